@@ -1,0 +1,27 @@
+//! Mutual pre-shared-key authentication and per-frame MACs (claims 5–6).
+
+mod handshake;
+mod identity;
+mod session;
+
+pub use handshake::{client_start, server_on_hello, AwaitChallenge, AwaitProof, AwaitServerProof};
+pub use identity::{ClientDirectory, Identity, IdentityError};
+pub use session::{Session, SessionKeys, Side};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum AuthError {
+    #[error("authentication failed: the server rejected this client's proof (unknown client or wrong secret)")]
+    ClientRejected,
+    #[error("server failed to authenticate: its proof does not match this client's secret (impostor or misconfigured server)")]
+    ServerImpostor,
+    #[error("authentication failed: {0}")]
+    Rejected(String),
+    #[error("authentication failed: unexpected {0} during the handshake")]
+    Unexpected(&'static str),
+    #[error("authentication failed: protocol version {0} is not supported")]
+    Version(u8),
+    #[error("frame MAC check failed (tampered or forged frame)")]
+    BadMac,
+    #[error("frame sequence {got} where {expected} was due (replayed, dropped or reordered frame)")]
+    Sequence { expected: u64, got: u64 },
+}

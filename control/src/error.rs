@@ -1,0 +1,70 @@
+//! The crate's one error type at its boundary, sorted by who is at fault; each maps to a wire
+//! [`ErrorCode`] and so to a CLI exit code.
+
+use crate::auth::AuthError;
+use crate::state::{CoreError, ResumeReport};
+use crate::store::StoreError;
+use crate::wire::{ErrorCode, WireError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer sent bytes that do not decode.
+    #[error("malformed message: {0}")]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A request the server's state machine refused.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed by the peer")]
+    Closed,
+    /// The peer broke the conversation's order (a reply where a request was due, …).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// An error the server sent back.
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String, report: Option<ResumeReport>, retry_after_ms: u64 },
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Wire(_) | Error::Protocol(_) => ErrorCode::Protocol,
+            Error::Auth(AuthError::BadMac | AuthError::Sequence { .. }) => ErrorCode::Protocol,
+            Error::Auth(_) => ErrorCode::AuthFailed,
+            Error::Core(CoreError::Denied { .. }) => ErrorCode::Denied,
+            Error::Core(CoreError::NotFound(_)) => ErrorCode::NotFound,
+            Error::Core(CoreError::Grace { .. }) => ErrorCode::Grace,
+            Error::Core(CoreError::BadRequest(_)) => ErrorCode::BadRequest,
+            Error::Store(_) | Error::Io(_) | Error::Closed => ErrorCode::Internal,
+            Error::Remote { code, .. } => *code,
+        }
+    }
+
+    /// The reply frame for this error (the server side).
+    pub fn to_message(&self) -> crate::wire::Message {
+        let (report, retry_after_ms) = match self {
+            Error::Core(CoreError::Denied { report, .. }) => (*report, 0),
+            Error::Core(CoreError::Grace { retry_after_ms }) => (None, *retry_after_ms),
+            Error::Remote { report, retry_after_ms, .. } => (*report, *retry_after_ms),
+            _ => (None, 0),
+        };
+        let mut message = self.to_string();
+        message.truncate(1000);
+        crate::wire::Message::Error { code: self.code(), message, report, retry_after_ms }
+    }
+
+    /// A user-facing "no such file" error.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::Core(CoreError::NotFound(message.into()))
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::Core(CoreError::BadRequest(message.into()))
+    }
+}

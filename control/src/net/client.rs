@@ -1,0 +1,43 @@
+//! The client end of the control channel.
+
+use tokio::net::TcpStream;
+
+use super::Channel;
+use crate::auth::Identity;
+use crate::wire::Message;
+use crate::Error;
+
+pub struct ControlClient {
+    chan: Channel<TcpStream>,
+}
+
+/// Turns an `Error` reply into `Err`.
+pub fn check_reply(msg: Message) -> Result<Message, Error> {
+    match msg {
+        Message::Error { code, message, report, retry_after_ms } => {
+            Err(Error::Remote { code, message, report, retry_after_ms })
+        }
+        other => Ok(other),
+    }
+}
+
+impl ControlClient {
+    /// Connects and runs the mutual authentication.
+    pub async fn connect(addr: &str, identity: &Identity) -> Result<Self, Error> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut chan = Channel::new(stream);
+        chan.client_handshake(identity).await?;
+        Ok(Self { chan })
+    }
+
+    pub fn peer_addr(&self) -> Result<std::net::SocketAddr, Error> {
+        Ok(self.chan.get_ref().peer_addr()?)
+    }
+
+    /// One request, one reply.
+    pub async fn request(&mut self, msg: &Message) -> Result<Message, Error> {
+        self.chan.send(msg).await?;
+        check_reply(self.chan.expect().await?)
+    }
+}

@@ -1,0 +1,11 @@
+//! The only IO in this crate: tokio tasks that move frames between sockets and the core.
+
+mod channel;
+mod client;
+mod files;
+mod server;
+
+pub use channel::Channel;
+pub use client::ControlClient;
+pub use files::{file_id, resolve_path};
+pub use server::{now_ms, ControlServer, ServerConfig, Shared};

@@ -1,0 +1,300 @@
+//! The control-channel server: a listener with a connection limit, one task per connection,
+//! and a timer task that wakes the core at its next deadline. State changes are written to the
+//! store under the same lock that decided them, before the reply is sent.
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tracing::Instrument;
+
+use super::files::{file_id, resolve_path};
+use super::Channel;
+use crate::auth::ClientDirectory;
+use crate::state::{Attached, CoreError, HandleId, IoKind, OpenRequest, ServerCore, ByteRange};
+use crate::state::resume_key::SEALED_LEN;
+use crate::store::Store;
+use crate::wire::{Endpoint, FileInfo, Message};
+use crate::Error;
+
+/// Wall-clock unix milliseconds: the only place the server reads time.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct ServerConfig {
+    pub root: PathBuf,
+    pub directory: ClientDirectory,
+    /// Data endpoints advertised to clients.
+    pub endpoints: Vec<Endpoint>,
+    pub tls_fingerprint: Option<[u8; 32]>,
+    pub max_connections: usize,
+}
+
+struct Inner {
+    core: ServerCore,
+    store: Box<dyn Store>,
+}
+
+/// The server's state shared by every connection task.
+#[derive(Clone)]
+pub struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    wake: Arc<Notify>,
+    pub config: Arc<ServerConfig>,
+}
+
+impl Shared {
+    pub fn new(core: ServerCore, store: Box<dyn Store>, config: ServerConfig) -> Result<Self, Error> {
+        let shared = Self {
+            inner: Arc::new(Mutex::new(Inner { core, store })),
+            wake: Arc::new(Notify::new()),
+            config: Arc::new(config),
+        };
+        // Persist what recovery produced (a new MAC key on a fresh store).
+        shared.run_blocking(|_, _| Ok(()))?;
+        Ok(shared)
+    }
+
+    /// Runs `f` on the core under the lock, then writes its mutations through to the store;
+    /// the result is returned only once they are durable. If the store fails, the server
+    /// cannot keep its promise and says so.
+    pub fn run_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut ServerCore, u64) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let result = f(&mut inner.core, now_ms());
+        let batch = inner.core.take_mutations();
+        if !batch.is_empty() {
+            inner.store.apply(&batch)?;
+            self.wake.notify_one();
+        }
+        result
+    }
+
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ServerCore, u64) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.run_blocking(f))
+            .await
+            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).core.poll_timeout()
+    }
+
+    /// Expires opens at their deadlines until the process ends.
+    pub async fn run_timers(self) {
+        loop {
+            let wait = self.next_deadline().map(|d| d.saturating_sub(now_ms()));
+            let sleep = tokio::time::sleep(Duration::from_millis(wait.unwrap_or(3_600_000)));
+            tokio::select! {
+                _ = sleep => {
+                    if let Err(e) = self.run(|core, now| { core.handle_timeout(now); Ok(()) }).await {
+                        tracing::error!("could not record expiries: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Data channel: a duplicate handle for `key`, with an open file of the right access.
+    pub async fn attach(&self, client: String, key: Vec<u8>) -> Result<(Attached, std::fs::File), Error> {
+        let root = self.config.root.clone();
+        self.run(move |core, now| {
+            let att = core.attach(&client, &key)?;
+            let path = resolve_path(&root, &att.path)?;
+            match OpenOptions::new().read(true).write(att.mode.can_write()).open(&path) {
+                Ok(f) => Ok((att, f)),
+                Err(e) => {
+                    core.detach(att.handle, now);
+                    Err(Error::not_found(format!("{}: {e}", att.path)))
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn detach(&self, handle: HandleId) {
+        let _ = self.run(move |core, now| {
+            core.detach(handle, now);
+            Ok(())
+        })
+        .await;
+    }
+
+    pub async fn begin_io(&self, handle: HandleId, kind: IoKind, range: Option<ByteRange>) -> Result<(), Error> {
+        self.run(move |core, _| Ok(core.begin_io(handle, kind, range)?)).await
+    }
+}
+
+pub struct ControlServer {
+    listener: TcpListener,
+    shared: Shared,
+}
+
+impl ControlServer {
+    pub async fn bind(addr: SocketAddr, shared: Shared) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self { listener, shared })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub async fn serve(self) -> Result<(), Error> {
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        loop {
+            let permit = limit.clone().acquire_owned().await.map_err(|_| Error::Closed)?;
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            let span = tracing::info_span!("control", %peer);
+            tokio::spawn(
+                async move {
+                    if let Err(e) = handle_connection(stream, shared).await {
+                        tracing::info!("connection ended: {e}");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+async fn handle_connection(stream: TcpStream, shared: Shared) -> Result<(), Error> {
+    stream.set_nodelay(true)?;
+    let mut chan = Channel::new(stream);
+    let client = chan.server_handshake(&shared.config.directory).await?;
+    tracing::debug!(client, "authenticated");
+    let mut handles = Vec::new();
+    let result = serve_requests(&mut chan, &shared, &client, &mut handles).await;
+    for h in handles {
+        shared.detach(h).await;
+    }
+    result
+}
+
+async fn serve_requests(
+    chan: &mut Channel<TcpStream>,
+    shared: &Shared,
+    client: &str,
+    handles: &mut Vec<HandleId>,
+) -> Result<(), Error> {
+    while let Some(msg) = chan.recv().await? {
+        let reply = match dispatch(shared, client, msg).await {
+            Ok((reply, handle)) => {
+                handles.extend(handle);
+                reply
+            }
+            Err(e) => {
+                tracing::info!(client, "request refused: {e}");
+                e.to_message()
+            }
+        };
+        chan.send(&reply).await?;
+    }
+    Ok(())
+}
+
+fn sealed_key(key: &[u8]) -> Result<(), Error> {
+    if key.len() > 56 || key.len() < SEALED_LEN {
+        return Err(Error::not_found("resume key rejected: wrong length"));
+    }
+    Ok(())
+}
+
+async fn dispatch(shared: &Shared, client: &str, msg: Message) -> Result<(Message, Option<HandleId>), Error> {
+    let client = client.to_owned();
+    match msg {
+        Message::Open(p) => {
+            let root = shared.config.root.clone();
+            let (key, handle, info) = shared
+                .run(move |core, now| {
+                    let path = resolve_path(&root, &p.path)?;
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(p.create || p.truncate)
+                        .create(p.create)
+                        .open(&path)
+                        .map_err(|e| match e.kind() {
+                            std::io::ErrorKind::NotFound => Error::not_found(format!("no such file: {}", p.path)),
+                            _ => Error::Core(CoreError::BadRequest(format!("{}: {e}", p.path))),
+                        })?;
+                    let meta = file.metadata()?;
+                    if !meta.is_file() {
+                        return Err(Error::bad_request(format!("{} is not a regular file", p.path)));
+                    }
+                    let granted = core.open(
+                        OpenRequest {
+                            client,
+                            path: p.path.clone(),
+                            file_id: file_id(&meta),
+                            mode: p.mode,
+                            share: p.share,
+                            locks: p.locks.clone(),
+                            pid: p.pid,
+                            truncate: p.truncate,
+                        },
+                        now,
+                    )?;
+                    if p.truncate {
+                        file.set_len(0)?;
+                    }
+                    let size = if p.truncate { 0 } else { meta.len() };
+                    let info = FileInfo { mode: p.mode, share: p.share, locks: p.locks, size };
+                    Ok((granted.sealed.to_vec(), granted.handle, info))
+                })
+                .await?;
+            Ok((Message::Opened { key, handle, info }, Some(handle)))
+        }
+        Message::Close { key } => {
+            sealed_key(&key)?;
+            shared.run(move |core, _| Ok(core.close(&client, &key)?)).await?;
+            Ok((Message::Done, None))
+        }
+        Message::Pass { key, to } => {
+            sealed_key(&key)?;
+            if !shared.config.directory.contains(&to) {
+                return Err(Error::not_found(format!("no client named {to:?} is known to this server")));
+            }
+            let key = shared.run(move |core, _| Ok(core.pass(&client, &key, &to)?)).await?;
+            Ok((Message::Key { key: key.to_vec() }, None))
+        }
+        Message::Inbox => {
+            let keys = shared.run(move |core, _| Ok(core.inbox(&client))).await?;
+            Ok((Message::Keys { keys }, None))
+        }
+        Message::Endpoints => Ok((
+            Message::EndpointList {
+                endpoints: shared.config.endpoints.clone(),
+                tls_fingerprint: shared.config.tls_fingerprint,
+            },
+            None,
+        )),
+        Message::Lock { key, range, take } => {
+            sealed_key(&key)?;
+            shared.run(move |core, _| Ok(core.lock(&client, &key, range, take)?)).await?;
+            Ok((Message::Done, None))
+        }
+        other => Err(Error::Protocol(format!("{:#04x} is not a control-channel request", other.kind()))),
+    }
+}

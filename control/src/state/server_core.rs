@@ -1,0 +1,529 @@
+//! The server's decisions, with no IO: opens, share modes, locks, resume keys, duplicate
+//! handles, durable deadlines, the grace period, handle passing and the accessed/changed report.
+//!
+//! Call order, for the IO layer: each `handle_*`/request method with the current wall-clock
+//! time in unix milliseconds; then [`ServerCore::take_mutations`] and write them to the store
+//! *before* sending the reply; then wait until [`ServerCore::poll_timeout`] and call
+//! [`ServerCore::handle_timeout`] (and persist again). Time is never read here, so tests drive
+//! expiry and grace explicitly.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+use super::records::{FileRecord, KeyGrant, OpenRecord, OpenStatus, MAX_GRANTS, MAX_LOCKS};
+use super::resume_key::{KeySealer, ResumeKey, SEALED_LEN};
+use super::{ByteRange, Mode, OpenTable, ShareMode};
+use crate::store::{Mutation, Snapshot};
+
+#[derive(Clone, Copy, Debug)]
+pub struct CoreConfig {
+    pub durable_timeout_ms: u64,
+    pub grace_ms: u64,
+    /// How long an expired open is remembered so its holder can still resume and be told.
+    pub tombstone_ms: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self { durable_timeout_ms: 60_000, grace_ms: 10_000, tombstone_ms: 24 * 3600 * 1000 }
+    }
+}
+
+/// A handle id: the control connection that opened, and every duplicate from a data channel.
+pub type HandleId = u64;
+
+/// What resuming learns about the time the open was unattended (claims 16–17).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResumeReport {
+    pub accessed_by_other: bool,
+    pub changed_by_other: bool,
+    /// The open had expired and was granted again.
+    pub reopened: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoreError {
+    /// Sharing violation, lock conflict, wrong rights or a key that is not this client's.
+    #[error("{message}")]
+    Denied { message: String, report: Option<ResumeReport> },
+    /// No such open: key unknown, closed or forgotten.
+    #[error("{0}")]
+    NotFound(String),
+    /// The server restarted recently and accepts only resumes until the grace period ends.
+    #[error("server is in its grace period after a restart; only resumes are accepted for {retry_after_ms} ms more")]
+    Grace { retry_after_ms: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl CoreError {
+    fn denied(message: impl Into<String>) -> Self {
+        CoreError::Denied { message: message.into(), report: None }
+    }
+}
+
+pub struct OpenRequest {
+    pub client: String,
+    pub path: String,
+    pub file_id: u64,
+    pub mode: Mode,
+    pub share: ShareMode,
+    pub locks: Vec<ByteRange>,
+    pub pid: u32,
+    /// The IO layer will truncate the file after the grant: counts as a change.
+    pub truncate: bool,
+}
+
+#[derive(Debug)]
+pub struct Granted {
+    pub sealed: [u8; SEALED_LEN],
+    pub handle: HandleId,
+    pub slot: u32,
+}
+
+/// A handle attached to an open, as a data channel sees it.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    pub handle: HandleId,
+    pub slot: u32,
+    pub file_id: u64,
+    pub path: String,
+    pub mode: Mode,
+    pub share: ShareMode,
+    pub locks: Vec<ByteRange>,
+    pub report: ResumeReport,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+}
+
+pub struct ServerCore {
+    config: CoreConfig,
+    sealer: KeySealer,
+    table: OpenTable,
+    inboxes: HashMap<String, Vec<String>>,
+    handles: HashMap<HandleId, u32>,
+    next_handle: HandleId,
+    next_slot: u32,
+    grace_until: u64,
+    rng: StdRng,
+    pending: Vec<Mutation>,
+}
+
+impl ServerCore {
+    /// Builds the core from what the store holds. A fresh store gets a new MAC key (returned
+    /// as a mutation to persist). Every recovered live open starts detached with a full
+    /// durable timeout, and a grace period begins if anything was recovered.
+    pub fn recover(config: CoreConfig, snapshot: Snapshot, now: u64, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut pending = Vec::new();
+        let mac_key = snapshot.mac_key.unwrap_or_else(|| {
+            let mut k = [0u8; 32];
+            rng.fill_bytes(&mut k);
+            pending.push(Mutation::PutMacKey(k));
+            k
+        });
+        let mut core = ServerCore {
+            config,
+            sealer: KeySealer::new(mac_key),
+            table: OpenTable::default(),
+            inboxes: snapshot.inboxes.into_iter().collect(),
+            handles: HashMap::new(),
+            next_handle: 1,
+            next_slot: snapshot.next_slot.max(1),
+            grace_until: 0,
+            rng,
+            pending,
+        };
+        let files: HashMap<u64, FileRecord> = snapshot.files.into_iter().collect();
+        let recovered = !snapshot.opens.is_empty();
+        for mut rec in snapshot.opens {
+            if rec.status == OpenStatus::Live {
+                let fresh = now.saturating_add(config.durable_timeout_ms);
+                rec.deadline = Some(rec.deadline.map_or(fresh, |d| d.max(fresh)));
+            }
+            core.next_slot = core.next_slot.max(rec.slot.saturating_add(1));
+            let file_id = rec.file_id;
+            core.table.insert(rec, 0);
+            core.table.file_mut(file_id).counters = files.get(&file_id).copied().unwrap_or_default();
+        }
+        if recovered {
+            core.grace_until = now.saturating_add(config.grace_ms);
+        }
+        core
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    pub fn sealer(&self) -> &KeySealer {
+        &self.sealer
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn in_grace(&self, now: u64) -> bool {
+        now < self.grace_until
+    }
+
+    /// Store writes the last calls produced, in order.
+    pub fn take_mutations(&mut self) -> Vec<Mutation> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// When [`ServerCore::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.table.next_deadline()
+    }
+
+    /// Expires live opens whose durable timeout passed (claims 13–15) and drops old tombstones.
+    pub fn handle_timeout(&mut self, now: u64) {
+        for slot in self.table.due(now) {
+            let Some(entry) = self.table.get(slot) else { continue };
+            match entry.record.status {
+                OpenStatus::Live if entry.channels == 0 => {
+                    tracing::info!(slot, path = %entry.record.path, "durable timeout expired; open closed, locks released");
+                    self.table.expire(slot);
+                    self.table.set_deadline(slot, Some(now.saturating_add(self.config.tombstone_ms)));
+                    self.persist_open(slot);
+                }
+                OpenStatus::Live => self.table.set_deadline(slot, None),
+                OpenStatus::Expired => self.forget(slot),
+            }
+        }
+    }
+
+    fn persist_open(&mut self, slot: u32) {
+        if let Some(e) = self.table.get(slot) {
+            let mut rec = e.record.clone();
+            if let Some(file) = self.table.file(rec.file_id) {
+                if rec.status == OpenStatus::Live {
+                    rec.locks = file.locks.ranges_of(slot);
+                }
+            }
+            self.pending.push(Mutation::PutOpen(rec));
+        }
+    }
+
+    fn persist_file(&mut self, file_id: u64) {
+        if let Some(f) = self.table.file(file_id) {
+            self.pending.push(Mutation::PutFile(file_id, f.counters));
+        }
+    }
+
+    fn forget(&mut self, slot: u32) {
+        if let Some((rec, unreferenced)) = self.table.remove(slot) {
+            self.pending.push(Mutation::DeleteOpen(slot));
+            if unreferenced {
+                self.pending.push(Mutation::DeleteFile(rec.file_id));
+            }
+        }
+        self.handles.retain(|_, s| *s != slot);
+    }
+
+    fn new_handle(&mut self, slot: u32) -> HandleId {
+        let h = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(h, slot);
+        if let Some(e) = self.table.get_mut(slot) {
+            e.channels += 1;
+        }
+        self.table.set_deadline(slot, None);
+        h
+    }
+
+    /// Checks `mode`/`share`/`locks` of `slot` (or of a prospective open) against every other
+    /// live open of the file.
+    fn check_compatible(
+        &self,
+        file_id: u64,
+        me: Option<u32>,
+        mode: Mode,
+        share: ShareMode,
+        locks: &[ByteRange],
+    ) -> Result<(), CoreError> {
+        let Some(file) = self.table.file(file_id) else { return Ok(()) };
+        for other in file.live.iter().filter(|s| Some(**s) != me) {
+            let Some(o) = self.table.get(*other) else { continue };
+            let r = &o.record;
+            if !ShareMode::compatible((mode, share), (r.mode, r.share)) {
+                return Err(CoreError::denied(format!(
+                    "sharing violation: {} is open by client {} (mode {}, shares {})",
+                    r.path, r.owner, r.mode, r.share
+                )));
+            }
+        }
+        let owner = me.unwrap_or(u32::MAX);
+        for range in locks {
+            if let Some(holder) = file.locks.conflict(owner, *range) {
+                let who = self.table.get(holder).map_or("?", |e| e.record.owner.as_str());
+                return Err(CoreError::denied(format!(
+                    "lock conflict: bytes {range} are locked by client {who}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A new open (claims 1–4, 21, 28–30). The opening connection holds the first handle.
+    pub fn open(&mut self, req: OpenRequest, now: u64) -> Result<Granted, CoreError> {
+        if self.in_grace(now) {
+            return Err(CoreError::Grace { retry_after_ms: self.grace_until - now });
+        }
+        if req.locks.len() > MAX_LOCKS {
+            return Err(CoreError::BadRequest(format!("at most {MAX_LOCKS} lock ranges")));
+        }
+        for (i, a) in req.locks.iter().enumerate() {
+            if req.locks[..i].iter().any(|b| a.overlaps(b)) {
+                return Err(CoreError::BadRequest(format!("lock ranges overlap at {a}")));
+            }
+        }
+        if req.mode == Mode::Read && req.truncate {
+            return Err(CoreError::BadRequest("truncating needs mode rw".into()));
+        }
+        self.check_compatible(req.file_id, None, req.mode, req.share, &req.locks)?;
+
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.checked_add(1).ok_or_else(|| {
+            CoreError::BadRequest("server has used every open slot; restart with a new --state".into())
+        })?;
+        self.pending.push(Mutation::PutNextSlot(self.next_slot));
+        let nonce = self.rng.next_u64();
+        let file = self.table.file_mut(req.file_id);
+        file.counters.access_seq += 1;
+        if req.truncate {
+            file.counters.version += 1;
+        }
+        let counters = file.counters;
+        let key = ResumeKey { file_id: req.file_id, opened_at: now, pid: req.pid, slot, nonce };
+        let record = OpenRecord {
+            slot,
+            file_id: req.file_id,
+            path: req.path,
+            owner: req.client.clone(),
+            pid: req.pid,
+            opened_at: now,
+            mode: req.mode,
+            share: req.share,
+            locks: req.locks,
+            seen_access: counters.access_seq,
+            seen_version: counters.version,
+            status: OpenStatus::Live,
+            deadline: None,
+            grants: vec![KeyGrant { nonce, client: req.client }],
+        };
+        tracing::info!(slot, path = %record.path, owner = %record.owner, mode = %record.mode, share = %record.share, "open granted");
+        self.table.insert(record, 0);
+        let handle = self.new_handle(slot);
+        self.persist_file(req.file_id);
+        self.persist_open(slot);
+        Ok(Granted { sealed: self.sealer.seal(&key), handle, slot })
+    }
+
+    /// Authenticates a key, then finds its open and checks it is `client`'s to use.
+    pub fn verify_key(&self, client: &str, sealed: &[u8]) -> Result<u32, CoreError> {
+        let key = self
+            .sealer
+            .open(sealed)
+            .map_err(|e| CoreError::NotFound(format!("resume key rejected: {e}")))?;
+        let gone = || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
+        let entry = self.table.get(key.slot).ok_or_else(gone)?;
+        let r = &entry.record;
+        if r.file_id != key.file_id || r.opened_at != key.opened_at || r.pid != key.pid {
+            return Err(gone());
+        }
+        let grant = r.grants.iter().find(|g| g.nonce == key.nonce).ok_or_else(gone)?;
+        if grant.client != client {
+            return Err(CoreError::denied("resume key belongs to another client"));
+        }
+        Ok(key.slot)
+    }
+
+    /// Resume: a duplicate handle on the open the key names, with the report (claims 16–17,
+    /// 22–23, 42, 44). An expired open is granted again if that is compatible with the opens
+    /// made meanwhile; otherwise the report comes back with the denial.
+    pub fn attach(&mut self, client: &str, sealed: &[u8]) -> Result<Attached, CoreError> {
+        let slot = self.verify_key(client, sealed)?;
+        let entry = self.table.get(slot).ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
+        let rec = entry.record.clone();
+        let counters = self.table.file(rec.file_id).map(|f| f.counters).unwrap_or_default();
+        let mut report = ResumeReport {
+            accessed_by_other: counters.access_seq != rec.seen_access,
+            changed_by_other: counters.version != rec.seen_version,
+            reopened: false,
+        };
+        if rec.status == OpenStatus::Expired {
+            if let Err(CoreError::Denied { message, .. }) =
+                self.check_compatible(rec.file_id, Some(slot), rec.mode, rec.share, &rec.locks)
+            {
+                return Err(CoreError::Denied {
+                    message: format!("the open expired and cannot be granted again: {message}"),
+                    report: Some(report),
+                });
+            }
+            self.table.revive(slot);
+            report.reopened = true;
+        }
+        if let Some(e) = self.table.get_mut(slot) {
+            e.record.seen_access = counters.access_seq;
+            e.record.seen_version = counters.version;
+        }
+        let handle = self.new_handle(slot);
+        self.persist_open(slot);
+        let locks = self.table.file(rec.file_id).map(|f| f.locks.ranges_of(slot)).unwrap_or_default();
+        tracing::info!(slot, handle, client, ?report, "duplicate handle attached");
+        Ok(Attached {
+            handle,
+            slot,
+            file_id: rec.file_id,
+            path: rec.path,
+            mode: rec.mode,
+            share: rec.share,
+            locks,
+            report,
+        })
+    }
+
+    /// A channel holding `handle` is gone. The last one starts the durable timeout (claims
+    /// 11–12, 26–27, 31–32).
+    pub fn detach(&mut self, handle: HandleId, now: u64) {
+        let Some(slot) = self.handles.remove(&handle) else { return };
+        let Some(e) = self.table.get_mut(slot) else { return };
+        e.channels = e.channels.saturating_sub(1);
+        if e.channels == 0 && e.record.status == OpenStatus::Live {
+            self.table.set_deadline(slot, Some(now.saturating_add(self.config.durable_timeout_ms)));
+            self.persist_open(slot);
+        }
+    }
+
+    /// Checks one read or write through `handle` of `range` (None: zero bytes) and counts it
+    /// as an access (and a change, for writes).
+    pub fn begin_io(
+        &mut self,
+        handle: HandleId,
+        kind: IoKind,
+        range: Option<ByteRange>,
+    ) -> Result<(), CoreError> {
+        let slot = *self
+            .handles
+            .get(&handle)
+            .ok_or_else(|| CoreError::NotFound("handle is closed".into()))?;
+        let e = self.table.get(slot).ok_or_else(|| CoreError::NotFound("open was closed".into()))?;
+        if kind == IoKind::Write && !e.record.mode.can_write() {
+            return Err(CoreError::denied("handle is read-only: the open's mode is r"));
+        }
+        let file_id = e.record.file_id;
+        if let (Some(range), Some(file)) = (range, self.table.file(file_id)) {
+            if let Some(holder) = file.locks.conflict(slot, range) {
+                let who = self.table.get(holder).map_or("?", |e| e.record.owner.as_str());
+                return Err(CoreError::denied(format!(
+                    "bytes {range} are locked by another open (client {who})"
+                )));
+            }
+        }
+        let file = self.table.file_mut(file_id);
+        file.counters.access_seq += 1;
+        if kind == IoKind::Write {
+            file.counters.version += 1;
+        }
+        let counters = file.counters;
+        if let Some(e) = self.table.get_mut(slot) {
+            e.record.seen_access = counters.access_seq;
+            e.record.seen_version = counters.version;
+        }
+        self.persist_file(file_id);
+        self.persist_open(slot);
+        Ok(())
+    }
+
+    /// Closes the open a key names, for every handle of it.
+    pub fn close(&mut self, client: &str, sealed: &[u8]) -> Result<(), CoreError> {
+        let slot = self.verify_key(client, sealed)?;
+        tracing::info!(slot, client, "open closed");
+        self.forget(slot);
+        Ok(())
+    }
+
+    /// Passes the open to client `to` (claims 18–20): a new key bound to `to`, also put in
+    /// `to`'s inbox. The caller checked that `to` is a known client.
+    pub fn pass(&mut self, client: &str, sealed: &[u8], to: &str) -> Result<[u8; SEALED_LEN], CoreError> {
+        let slot = self.verify_key(client, sealed)?;
+        let nonce = self.rng.next_u64();
+        let e = self.table.get_mut(slot).ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
+        if e.record.grants.len() >= MAX_GRANTS {
+            return Err(CoreError::BadRequest(format!("an open can be passed at most {} times", MAX_GRANTS - 1)));
+        }
+        e.record.grants.push(KeyGrant { nonce, client: to.to_owned() });
+        let r = &e.record;
+        let key = ResumeKey { file_id: r.file_id, opened_at: r.opened_at, pid: r.pid, slot, nonce };
+        let sealed = self.sealer.seal(&key);
+        let inbox = self.inboxes.entry(to.to_owned()).or_default();
+        if inbox.len() >= super::records::MAX_INBOX {
+            inbox.remove(0);
+        }
+        inbox.push(super::resume_key::sealed_to_token(&sealed));
+        let tokens = inbox.clone();
+        self.pending.push(Mutation::PutInbox(to.to_owned(), tokens));
+        self.persist_open(slot);
+        tracing::info!(slot, from = client, to, "open passed");
+        Ok(sealed)
+    }
+
+    /// Keys passed to `client` whose opens still exist.
+    pub fn inbox(&self, client: &str) -> Vec<String> {
+        self.inboxes
+            .get(client)
+            .map(|keys| {
+                keys.iter()
+                    .filter(|t| {
+                        super::resume_key::token_to_sealed(t)
+                            .ok()
+                            .is_some_and(|s| self.verify_key(client, &s).is_ok())
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Takes or gives up a byte-range lock for the open a key names.
+    pub fn lock(&mut self, client: &str, sealed: &[u8], range: ByteRange, take: bool) -> Result<(), CoreError> {
+        let slot = self.verify_key(client, sealed)?;
+        let e = self.table.get(slot).ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
+        if e.record.status != OpenStatus::Live {
+            return Err(CoreError::NotFound("the open expired; resume it first".into()));
+        }
+        let file_id = e.record.file_id;
+        let file = self.table.file_mut(file_id);
+        if take {
+            if file.locks.ranges_of(slot).len() >= MAX_LOCKS {
+                return Err(CoreError::BadRequest(format!("at most {MAX_LOCKS} lock ranges")));
+            }
+            file.locks.lock(slot, range).map_err(|_| {
+                CoreError::denied(format!("lock conflict: bytes {range} are locked by another open"))
+            })?;
+        } else if !file.locks.unlock(slot, range) {
+            return Err(CoreError::NotFound(format!("no lock held on bytes {range}")));
+        }
+        let locks = file.locks.ranges_of(slot);
+        if let Some(e) = self.table.get_mut(slot) {
+            e.record.locks = locks;
+        }
+        self.persist_open(slot);
+        Ok(())
+    }
+
+    /// The live record behind a handle (for the IO layer: path and mode).
+    pub fn handle_record(&self, handle: HandleId) -> Option<&OpenRecord> {
+        let slot = self.handles.get(&handle)?;
+        self.table.get(*slot).map(|e| &e.record)
+    }
+}

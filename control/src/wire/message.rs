@@ -1,0 +1,387 @@
+//! Every message of the control and data channels. A frame's `kind` byte selects the variant;
+//! payloads are decoded strictly (bounded lengths, no trailing bytes).
+
+use bytes::BytesMut;
+
+use super::{Reader, WireError, Writer};
+use crate::state::records::{decode_mode, decode_range, decode_share, encode_range, MAX_LOCKS, MAX_NAME, MAX_PATH};
+use crate::state::{ByteRange, Mode, ResumeReport, ShareMode};
+
+pub const PROTOCOL_VERSION: u8 = 1;
+const MAX_KEY: usize = 64;
+const MAX_MESSAGE: usize = 1024;
+const MAX_ENDPOINTS: usize = 16;
+const MAX_KEYS: usize = 1024;
+
+/// Error classes carried on the wire; each maps to one CLI exit code. Unknown codes from a
+/// newer peer are kept, not rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    Internal,
+    BadRequest,
+    Denied,
+    NotFound,
+    AuthFailed,
+    Grace,
+    Protocol,
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    pub fn to_wire(self) -> u16 {
+        match self {
+            ErrorCode::Internal => 1,
+            ErrorCode::BadRequest => 2,
+            ErrorCode::Denied => 3,
+            ErrorCode::NotFound => 4,
+            ErrorCode::AuthFailed => 5,
+            ErrorCode::Grace => 6,
+            ErrorCode::Protocol => 7,
+            ErrorCode::Unknown(v) => v,
+        }
+    }
+
+    pub fn from_wire(v: u16) -> Self {
+        match v {
+            1 => ErrorCode::Internal,
+            2 => ErrorCode::BadRequest,
+            3 => ErrorCode::Denied,
+            4 => ErrorCode::NotFound,
+            5 => ErrorCode::AuthFailed,
+            6 => ErrorCode::Grace,
+            7 => ErrorCode::Protocol,
+            v => ErrorCode::Unknown(v),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointKind {
+    Tcp,
+    Tls,
+    Rdma,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub kind: EndpointKind,
+    /// `host:port`; an unspecified host (0.0.0.0, [::]) means "the host you reached me at".
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenParams {
+    pub path: String,
+    pub mode: Mode,
+    pub share: ShareMode,
+    pub locks: Vec<ByteRange>,
+    pub create: bool,
+    pub truncate: bool,
+    pub pid: u32,
+}
+
+/// The state of an open as the client is told it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub mode: Mode,
+    pub share: ShareMode,
+    pub locks: Vec<ByteRange>,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    // Handshake (unauthenticated frames).
+    Hello { version: u8, client: String },
+    Challenge { server_nonce: [u8; 32] },
+    Proof { client_nonce: [u8; 32], proof: [u8; 32] },
+    ServerProof { proof: [u8; 32] },
+    AuthFailed { message: String },
+    // Control requests.
+    Open(OpenParams),
+    Close { key: Vec<u8> },
+    Pass { key: Vec<u8>, to: String },
+    Inbox,
+    Endpoints,
+    Lock { key: Vec<u8>, range: ByteRange, take: bool },
+    // Data-channel requests.
+    Attach { key: Vec<u8> },
+    Read { offset: u64, len: u64 },
+    Write { offset: u64, len: u64 },
+    // Responses.
+    Opened { key: Vec<u8>, handle: u64, info: FileInfo },
+    Done,
+    Key { key: Vec<u8> },
+    Keys { keys: Vec<String> },
+    EndpointList { endpoints: Vec<Endpoint>, tls_fingerprint: Option<[u8; 32]> },
+    Attached { handle: u64, info: FileInfo, report: ResumeReport },
+    /// `len` raw bytes follow the frame.
+    ReadData { len: u64 },
+    Written { len: u64 },
+    Error { code: ErrorCode, message: String, report: Option<ResumeReport>, retry_after_ms: u64 },
+}
+
+fn encode_info(w: &mut Writer, i: &FileInfo) -> Result<(), WireError> {
+    w.u8(i.mode.to_wire());
+    w.u8(i.share.to_wire());
+    w.list(&i.locks, MAX_LOCKS, encode_range)?;
+    w.u64(i.size);
+    Ok(())
+}
+
+fn decode_info(r: &mut Reader) -> Result<FileInfo, WireError> {
+    Ok(FileInfo {
+        mode: decode_mode(r)?,
+        share: decode_share(r)?,
+        locks: r.list(MAX_LOCKS, decode_range)?,
+        size: r.u64()?,
+    })
+}
+
+fn encode_report(w: &mut Writer, r: &ResumeReport) {
+    w.u8(u8::from(r.accessed_by_other) | u8::from(r.changed_by_other) << 1 | u8::from(r.reopened) << 2);
+}
+
+fn decode_report(r: &mut Reader) -> Result<ResumeReport, WireError> {
+    let bits = r.u8()?;
+    if bits > 7 {
+        return Err(WireError::Invalid("resume report"));
+    }
+    Ok(ResumeReport {
+        accessed_by_other: bits & 1 != 0,
+        changed_by_other: bits & 2 != 0,
+        reopened: bits & 4 != 0,
+    })
+}
+
+impl Message {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => 0x01,
+            Message::Challenge { .. } => 0x02,
+            Message::Proof { .. } => 0x03,
+            Message::ServerProof { .. } => 0x04,
+            Message::AuthFailed { .. } => 0x05,
+            Message::Open(_) => 0x10,
+            Message::Close { .. } => 0x11,
+            Message::Pass { .. } => 0x12,
+            Message::Inbox => 0x13,
+            Message::Endpoints => 0x14,
+            Message::Lock { .. } => 0x15,
+            Message::Attach { .. } => 0x20,
+            Message::Read { .. } => 0x21,
+            Message::Write { .. } => 0x22,
+            Message::Opened { .. } => 0x40,
+            Message::Done => 0x41,
+            Message::Key { .. } => 0x42,
+            Message::Keys { .. } => 0x43,
+            Message::EndpointList { .. } => 0x44,
+            Message::Attached { .. } => 0x45,
+            Message::ReadData { .. } => 0x46,
+            Message::Written { .. } => 0x47,
+            Message::Error { .. } => 0x4f,
+        }
+    }
+
+    /// Handshake messages travel before a session key exists, without a MAC.
+    pub fn is_handshake(kind: u8) -> bool {
+        (0x01..=0x05).contains(&kind)
+    }
+
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        let mut w = Writer::new(out);
+        match self {
+            Message::Hello { version, client } => {
+                w.u8(*version);
+                w.string(client, MAX_NAME)?;
+            }
+            Message::Challenge { server_nonce } => w.raw(server_nonce),
+            Message::Proof { client_nonce, proof } => {
+                w.raw(client_nonce);
+                w.raw(proof);
+            }
+            Message::ServerProof { proof } => w.raw(proof),
+            Message::AuthFailed { message } => w.string(message, MAX_MESSAGE)?,
+            Message::Open(p) => {
+                w.string(&p.path, MAX_PATH)?;
+                w.u8(p.mode.to_wire());
+                w.u8(p.share.to_wire());
+                w.list(&p.locks, MAX_LOCKS, encode_range)?;
+                w.bool(p.create);
+                w.bool(p.truncate);
+                w.u32(p.pid);
+            }
+            Message::Close { key } | Message::Attach { key } | Message::Key { key } => w.bytes(key, MAX_KEY)?,
+            Message::Pass { key, to } => {
+                w.bytes(key, MAX_KEY)?;
+                w.string(to, MAX_NAME)?;
+            }
+            Message::Inbox | Message::Endpoints | Message::Done => {}
+            Message::Lock { key, range, take } => {
+                w.bytes(key, MAX_KEY)?;
+                encode_range(&mut w, range)?;
+                w.bool(*take);
+            }
+            Message::Read { offset, len } | Message::Write { offset, len } => {
+                w.u64(*offset);
+                w.u64(*len);
+            }
+            Message::Opened { key, handle, info } => {
+                w.bytes(key, MAX_KEY)?;
+                w.u64(*handle);
+                encode_info(&mut w, info)?;
+            }
+            Message::Keys { keys } => w.list(keys, MAX_KEYS, |w, k| w.string(k, 128))?,
+            Message::EndpointList { endpoints, tls_fingerprint } => {
+                w.list(endpoints, MAX_ENDPOINTS, |w, e| {
+                    w.u8(match e.kind {
+                        EndpointKind::Tcp => 1,
+                        EndpointKind::Tls => 2,
+                        EndpointKind::Rdma => 3,
+                    });
+                    w.string(&e.addr, 256)
+                })?;
+                w.bool(tls_fingerprint.is_some());
+                if let Some(fp) = tls_fingerprint {
+                    w.raw(fp);
+                }
+            }
+            Message::Attached { handle, info, report } => {
+                w.u64(*handle);
+                encode_info(&mut w, info)?;
+                encode_report(&mut w, report);
+            }
+            Message::ReadData { len } | Message::Written { len } => w.u64(*len),
+            Message::Error { code, message, report, retry_after_ms } => {
+                w.u16(code.to_wire());
+                w.string(message, MAX_MESSAGE)?;
+                w.bool(report.is_some());
+                if let Some(r) = report {
+                    encode_report(&mut w, r);
+                }
+                w.u64(*retry_after_ms);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(payload);
+        let msg = match kind {
+            0x01 => Message::Hello { version: r.u8()?, client: r.string(MAX_NAME)? },
+            0x02 => Message::Challenge { server_nonce: r.array()? },
+            0x03 => Message::Proof { client_nonce: r.array()?, proof: r.array()? },
+            0x04 => Message::ServerProof { proof: r.array()? },
+            0x05 => Message::AuthFailed { message: r.string(MAX_MESSAGE)? },
+            0x10 => Message::Open(OpenParams {
+                path: r.string(MAX_PATH)?,
+                mode: decode_mode(&mut r)?,
+                share: decode_share(&mut r)?,
+                locks: r.list(MAX_LOCKS, decode_range)?,
+                create: r.bool()?,
+                truncate: r.bool()?,
+                pid: r.u32()?,
+            }),
+            0x11 => Message::Close { key: r.bytes(MAX_KEY)?.to_vec() },
+            0x12 => Message::Pass { key: r.bytes(MAX_KEY)?.to_vec(), to: r.string(MAX_NAME)? },
+            0x13 => Message::Inbox,
+            0x14 => Message::Endpoints,
+            0x15 => Message::Lock { key: r.bytes(MAX_KEY)?.to_vec(), range: decode_range(&mut r)?, take: r.bool()? },
+            0x20 => Message::Attach { key: r.bytes(MAX_KEY)?.to_vec() },
+            0x21 => Message::Read { offset: r.u64()?, len: r.u64()? },
+            0x22 => Message::Write { offset: r.u64()?, len: r.u64()? },
+            0x40 => Message::Opened { key: r.bytes(MAX_KEY)?.to_vec(), handle: r.u64()?, info: decode_info(&mut r)? },
+            0x41 => Message::Done,
+            0x42 => Message::Key { key: r.bytes(MAX_KEY)?.to_vec() },
+            0x43 => Message::Keys { keys: r.list(MAX_KEYS, |r| r.string(128))? },
+            0x44 => {
+                let endpoints = r.list(MAX_ENDPOINTS, |r| {
+                    let kind = match r.u8()? {
+                        1 => EndpointKind::Tcp,
+                        2 => EndpointKind::Tls,
+                        3 => EndpointKind::Rdma,
+                        _ => return Err(WireError::Invalid("endpoint kind")),
+                    };
+                    Ok(Endpoint { kind, addr: r.string(256)? })
+                })?;
+                let tls_fingerprint = if r.bool()? { Some(r.array()?) } else { None };
+                Message::EndpointList { endpoints, tls_fingerprint }
+            }
+            0x45 => Message::Attached { handle: r.u64()?, info: decode_info(&mut r)?, report: decode_report(&mut r)? },
+            0x46 => Message::ReadData { len: r.u64()? },
+            0x47 => Message::Written { len: r.u64()? },
+            0x4f => {
+                let code = ErrorCode::from_wire(r.u16()?);
+                let message = r.string(MAX_MESSAGE)?;
+                let report = if r.bool()? { Some(decode_report(&mut r)?) } else { None };
+                Message::Error { code, message, report, retry_after_ms: r.u64()? }
+            }
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_round_trips() {
+        let info = FileInfo {
+            mode: Mode::ReadWrite,
+            share: ShareMode::NONE,
+            locks: vec![ByteRange::new(1, 2).unwrap()],
+            size: 99,
+        };
+        let report = ResumeReport { accessed_by_other: true, changed_by_other: false, reopened: true };
+        let all = vec![
+            Message::Hello { version: 1, client: "c1".into() },
+            Message::Challenge { server_nonce: [1; 32] },
+            Message::Proof { client_nonce: [2; 32], proof: [3; 32] },
+            Message::ServerProof { proof: [4; 32] },
+            Message::AuthFailed { message: "no".into() },
+            Message::Open(OpenParams {
+                path: "a".into(),
+                mode: Mode::Read,
+                share: ShareMode::ALL,
+                locks: vec![ByteRange::new(0, 5).unwrap()],
+                create: true,
+                truncate: false,
+                pid: 7,
+            }),
+            Message::Close { key: vec![1, 2] },
+            Message::Pass { key: vec![3], to: "c2".into() },
+            Message::Inbox,
+            Message::Endpoints,
+            Message::Lock { key: vec![4], range: ByteRange::new(9, 1).unwrap(), take: true },
+            Message::Attach { key: vec![5] },
+            Message::Read { offset: 1, len: 2 },
+            Message::Write { offset: 3, len: 4 },
+            Message::Opened { key: vec![6], handle: 8, info: info.clone() },
+            Message::Done,
+            Message::Key { key: vec![7] },
+            Message::Keys { keys: vec!["a".into(), "b".into()] },
+            Message::EndpointList {
+                endpoints: vec![Endpoint { kind: EndpointKind::Tls, addr: "127.0.0.1:1".into() }],
+                tls_fingerprint: Some([5; 32]),
+            },
+            Message::Attached { handle: 3, info, report },
+            Message::ReadData { len: 10 },
+            Message::Written { len: 11 },
+            Message::Error { code: ErrorCode::Unknown(77), message: "x".into(), report: Some(report), retry_after_ms: 5 },
+        ];
+        for m in all {
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf).unwrap();
+            assert_eq!(Message::decode(m.kind(), &buf).unwrap(), m);
+            if !buf.is_empty() {
+                assert!(Message::decode(m.kind(), &buf[..buf.len() - 1]).is_err(), "{m:?} truncated");
+            }
+            buf.extend_from_slice(&[0]);
+            assert!(Message::decode(m.kind(), &buf).is_err(), "{m:?} with a trailing byte");
+        }
+        assert_eq!(Message::decode(0x99, &[]), Err(WireError::UnknownKind(0x99)));
+    }
+}
