@@ -1,1 +1,15 @@
+//! handoff: durable, duplicable file handles. Open a file over an authenticated control
+//! channel, get a resume key, present it on a data channel (TCP, TLS; RDMA where there is a
+//! NIC) for a duplicate handle with the same rights.
+//!
+//! This crate is the client API ([`Client`]) and the server wiring ([`server`]) behind the
+//! `handoff` and `handoffd` binaries.
 
+mod client;
+pub mod exit;
+pub mod server;
+
+pub use client::{Client, Endpoints, OpenOptions, Opened};
+pub use handoff_control::auth::Identity;
+pub use handoff_control::state::{ByteRange, Mode, ResumeReport, ShareMode};
+pub use handoff_datapath::tcp::{DataClient, Transport};

@@ -1,1 +1,102 @@
-fn main(){}
+//! `handoffd`: the handoff server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use handoff::server::{start, ServerOptions};
+use tracing_subscriber::EnvFilter;
+
+/// Serves files under --root with durable, duplicable handles.
+///
+/// Clients authenticate with a pre-shared secret (see `handoff keygen`) over the control
+/// channel (--listen), open files and get resume keys; they present the keys on the data
+/// channel (--data-listen, plain TCP and TLS on one port) for duplicate handles. State is
+/// written through to a database under --state before every reply, so a killed server
+/// restarted with the same --state keeps every open, lock and key.
+///
+/// Example:
+///   handoff keygen alice > alice.id && cp alice.id clients
+///   handoffd --root /srv/data --state /var/lib/handoff --clients clients
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Directory whose files are served (client paths are relative to it).
+    #[arg(long)]
+    root: PathBuf,
+    /// Directory for the state database and the TLS certificate (created if missing).
+    #[arg(long)]
+    state: PathBuf,
+    /// Control-channel address.
+    #[arg(long, default_value = "127.0.0.1:4455")]
+    listen: SocketAddr,
+    /// File of client identities, one `NAME:<64 hex>` line each (as `handoff keygen` prints);
+    /// blank and # lines are ignored.
+    #[arg(long)]
+    clients: PathBuf,
+    /// Seconds an open stays held after its last channel drops.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    durable_timeout: u64,
+    /// Seconds after a restart in which only resumes are accepted (new opens wait).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    grace: u64,
+    /// Data-channel address (TCP and TLS). Default: the control address's host, any port.
+    #[arg(long)]
+    data_listen: Option<SocketAddr>,
+    /// Most simultaneous connections per listener.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let opts = ServerOptions {
+        root: args.root,
+        state: args.state,
+        clients: args.clients,
+        listen: args.listen,
+        data_listen: args.data_listen,
+        durable_timeout: Duration::from_secs(args.durable_timeout),
+        grace: Duration::from_secs(args.grace),
+        max_connections: args.max_connections.max(1),
+    };
+    let running = match start(opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("handoffd: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    // One line on stdout that scripts (and the tests) read to learn the bound ports.
+    println!("handoffd listening control={} data={}", running.control_addr, running.data_addr);
+    tracing::info!(
+        control = %running.control_addr,
+        data = %running.data_addr,
+        recovered_opens = running.recovered_opens,
+        "handoffd ready"
+    );
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("handoffd: cannot watch SIGTERM: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = tokio::select! {
+        r = running.wait() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
+    };
+    if let Err(e) = result {
+        eprintln!("handoffd: {e:#}");
+        std::process::exit(1);
+    }
+    tracing::info!("handoffd stopped; state is on disk");
+}

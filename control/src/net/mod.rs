@@ -6,6 +6,6 @@ mod files;
 mod server;
 
 pub use channel::Channel;
-pub use client::ControlClient;
+pub use client::{check_reply, ControlClient};
 pub use files::{file_id, resolve_path};
 pub use server::{now_ms, ControlServer, ServerConfig, Shared};

@@ -146,7 +146,11 @@ pub struct ControlServer {
 impl ControlServer {
     pub async fn bind(addr: SocketAddr, shared: Shared) -> Result<Self, Error> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, shared })
+        Ok(Self::from_listener(listener, shared))
+    }
+
+    pub fn from_listener(listener: TcpListener, shared: Shared) -> Self {
+        Self { listener, shared }
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {

@@ -107,7 +107,10 @@ pub enum Message {
     // Data-channel requests.
     Attach { key: Vec<u8> },
     Read { offset: u64, len: u64 },
+    /// Answered with `Done` (go ahead), then `len` raw bytes follow, then `Written`.
     Write { offset: u64, len: u64 },
+    /// Make written bytes durable (fdatasync); answered with `Done`.
+    Flush,
     // Responses.
     Opened { key: Vec<u8>, handle: u64, info: FileInfo },
     Done,
@@ -171,6 +174,7 @@ impl Message {
             Message::Attach { .. } => 0x20,
             Message::Read { .. } => 0x21,
             Message::Write { .. } => 0x22,
+            Message::Flush => 0x23,
             Message::Opened { .. } => 0x40,
             Message::Done => 0x41,
             Message::Key { .. } => 0x42,
@@ -216,7 +220,7 @@ impl Message {
                 w.bytes(key, MAX_KEY)?;
                 w.string(to, MAX_NAME)?;
             }
-            Message::Inbox | Message::Endpoints | Message::Done => {}
+            Message::Inbox | Message::Endpoints | Message::Done | Message::Flush => {}
             Message::Lock { key, range, take } => {
                 w.bytes(key, MAX_KEY)?;
                 encode_range(&mut w, range)?;
@@ -290,6 +294,7 @@ impl Message {
             0x20 => Message::Attach { key: r.bytes(MAX_KEY)?.to_vec() },
             0x21 => Message::Read { offset: r.u64()?, len: r.u64()? },
             0x22 => Message::Write { offset: r.u64()?, len: r.u64()? },
+            0x23 => Message::Flush,
             0x40 => Message::Opened { key: r.bytes(MAX_KEY)?.to_vec(), handle: r.u64()?, info: decode_info(&mut r)? },
             0x41 => Message::Done,
             0x42 => Message::Key { key: r.bytes(MAX_KEY)?.to_vec() },
@@ -359,6 +364,7 @@ mod tests {
             Message::Attach { key: vec![5] },
             Message::Read { offset: 1, len: 2 },
             Message::Write { offset: 3, len: 4 },
+            Message::Flush,
             Message::Opened { key: vec![6], handle: 8, info: info.clone() },
             Message::Done,
             Message::Key { key: vec![7] },

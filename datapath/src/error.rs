@@ -1,0 +1,22 @@
+/// Errors of the data channel, at this crate's boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Control(#[from] handoff_control::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("TLS certificate: {0}")]
+    Certificate(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DataError {
+    pub fn code(&self) -> handoff_control::wire::ErrorCode {
+        match self {
+            DataError::Control(e) => e.code(),
+            DataError::Tls(_) | DataError::Certificate(_) => handoff_control::wire::ErrorCode::AuthFailed,
+            DataError::Io(_) => handoff_control::wire::ErrorCode::Internal,
+        }
+    }
+}

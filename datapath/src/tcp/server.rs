@@ -1,0 +1,250 @@
+//! The data-channel server: authenticate (same mutual PSK handshake as the control channel),
+//! attach a duplicate handle with the resume key, then serve reads (sendfile on plain TCP) and
+//! writes (socket → registered-size buffer → pwrite) until the client goes away.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use handoff_control::net::{Channel, Shared};
+use handoff_control::state::{ByteRange, HandleId, IoKind};
+use handoff_control::wire::{FileInfo, Message};
+use handoff_control::Error;
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::CHUNK;
+use crate::DataError;
+
+pub struct DataServer {
+    listener: TcpListener,
+    shared: Shared,
+    tls: Option<TlsAcceptor>,
+}
+
+impl DataServer {
+    pub async fn bind(
+        addr: SocketAddr,
+        shared: Shared,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, DataError> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::from_listener(listener, shared, tls))
+    }
+
+    /// Serves on an already bound listener (so its address can be advertised first).
+    pub fn from_listener(listener: TcpListener, shared: Shared, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        Self { listener, shared, tls: tls.map(TlsAcceptor::from) }
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, DataError> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub async fn serve(self) -> Result<(), DataError> {
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        loop {
+            let permit = limit.clone().acquire_owned().await.map_err(|_| Error::Closed)?;
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("data accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            let tls = self.tls.clone();
+            let span = tracing::info_span!("data", %peer);
+            tokio::spawn(
+                async move {
+                    if let Err(e) = accept(stream, shared, tls).await {
+                        tracing::info!("data channel ended: {e}");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+async fn accept(stream: TcpStream, shared: Shared, tls: Option<TlsAcceptor>) -> Result<(), DataError> {
+    stream.set_nodelay(true)?;
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Ok(());
+    }
+    if first[0] == 0x16 {
+        let Some(acceptor) = tls else {
+            return Err(Error::Protocol("TLS requested but this server has no TLS endpoint".into()).into());
+        };
+        let stream = acceptor.accept(stream).await?;
+        serve(Channel::new(stream), shared, |_chan, file, offset, len| Box::pin(send_copy(_chan, file, offset, len))).await
+    } else {
+        serve(Channel::new(stream), shared, |chan, file, offset, len| Box::pin(send_sendfile(chan, file, offset, len)))
+            .await
+    }
+}
+
+type SendFut<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DataError>> + Send + 'a>>;
+
+async fn serve<S, F>(mut chan: Channel<S>, shared: Shared, send_bytes: F) -> Result<(), DataError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    F: for<'a> Fn(&'a mut Channel<S>, &'a File, u64, u64) -> SendFut<'a>,
+{
+    let client = chan.server_handshake(&shared.config.directory).await?;
+    let key = match chan.expect().await? {
+        Message::Attach { key } => key,
+        other => {
+            let e = Error::Protocol(format!("expected Attach, got {:#04x}", other.kind()));
+            chan.send(&e.to_message()).await?;
+            return Err(e.into());
+        }
+    };
+    let (attached, file) = match shared.attach(client.clone(), key).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::info!(client, "attach refused: {e}");
+            chan.send(&e.to_message()).await?;
+            return Ok(());
+        }
+    };
+    let handle = attached.handle;
+    let span = tracing::info_span!("handle", handle, slot = attached.slot, client = %client);
+    let result = async {
+        let info = FileInfo {
+            mode: attached.mode,
+            share: attached.share,
+            locks: attached.locks.clone(),
+            size: file.metadata()?.len(),
+        };
+        chan.send(&Message::Attached { handle, info, report: attached.report }).await?;
+        serve_handle(&mut chan, &shared, handle, &file, &send_bytes).await
+    }
+    .instrument(span)
+    .await;
+    shared.detach(handle).await;
+    result
+}
+
+async fn serve_handle<S, F>(
+    chan: &mut Channel<S>,
+    shared: &Shared,
+    handle: HandleId,
+    file: &File,
+    send_bytes: &F,
+) -> Result<(), DataError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    F: for<'a> Fn(&'a mut Channel<S>, &'a File, u64, u64) -> SendFut<'a>,
+{
+    let mut buf = Vec::new();
+    while let Some(msg) = chan.recv().await? {
+        match msg {
+            Message::Read { offset, len } => {
+                let size = file.metadata()?.len();
+                let len = len.min(size.saturating_sub(offset));
+                if let Err(e) = shared.begin_io(handle, IoKind::Read, ByteRange::new(offset, len)).await {
+                    chan.send(&e.to_message()).await?;
+                    continue;
+                }
+                chan.send(&Message::ReadData { len }).await?;
+                send_bytes(chan, file, offset, len).await?;
+                chan.flush().await?;
+            }
+            Message::Write { offset, len } => {
+                if offset.checked_add(len).is_none() {
+                    chan.send(&Error::bad_request("write range overflows").to_message()).await?;
+                    continue;
+                }
+                if let Err(e) = shared.begin_io(handle, IoKind::Write, ByteRange::new(offset, len)).await {
+                    chan.send(&e.to_message()).await?;
+                    continue;
+                }
+                chan.send(&Message::Done).await?;
+                receive_into_file(chan, file, offset, len, &mut buf).await?;
+                chan.send(&Message::Written { len }).await?;
+            }
+            Message::Flush => {
+                let f = file.try_clone()?;
+                tokio::task::spawn_blocking(move || f.sync_data()).await.map_err(std::io::Error::other)??;
+                chan.send(&Message::Done).await?;
+            }
+            other => {
+                let e = Error::Protocol(format!("{:#04x} is not a data-channel request", other.kind()));
+                chan.send(&e.to_message()).await?;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
+    chan: &mut Channel<S>,
+    file: &File,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), DataError> {
+    buf.resize(CHUNK, 0);
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(CHUNK);
+        let n = chan.read_some(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(Error::Closed.into());
+        }
+        file.write_all_at(&buf[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// TLS: the bytes must pass through rustls, so read the file in chunks.
+async fn send_copy<S: AsyncRead + AsyncWrite + Unpin>(
+    chan: &mut Channel<S>,
+    file: &File,
+    offset: u64,
+    len: u64,
+) -> Result<(), DataError> {
+    let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(buf.len());
+        file.read_exact_at(&mut buf[..want], offset + done)?;
+        chan.write_raw(&buf[..want]).await?;
+        done += want as u64;
+    }
+    Ok(())
+}
+
+/// Plain TCP: the kernel moves page-cache pages to the socket (sendfile), no copy through
+/// this process.
+async fn send_sendfile(chan: &mut Channel<TcpStream>, file: &File, offset: u64, len: u64) -> Result<(), DataError> {
+    let stream = chan.get_mut();
+    let mut pos = i64::try_from(offset).map_err(|_| Error::bad_request("offset too large"))?;
+    let end = pos.checked_add(i64::try_from(len).map_err(|_| Error::bad_request("length too large"))?)
+        .ok_or_else(|| Error::bad_request("range overflows"))?;
+    while pos < end {
+        let count = usize::try_from(end - pos).unwrap_or(usize::MAX).min(1 << 30);
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            nix::sys::sendfile::sendfile64(&*stream, file, Some(&mut pos), count).map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(0) => return Err(Error::Protocol("file shrank while it was being sent".into()).into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The client library: the control channel for opens, closes, passes and the inbox, and the
+//! data channel for duplicate handles.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use handoff_control::auth::Identity;
+use handoff_control::net::ControlClient;
+use handoff_control::state::resume_key::{sealed_to_token, token_to_sealed};
+use handoff_control::state::{ByteRange, Mode, ShareMode};
+use handoff_control::wire::{Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams};
+use handoff_control::Error;
+use handoff_datapath::tcp::{DataClient, Transport};
+
+/// How to open a file.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    pub mode: Mode,
+    pub share: ShareMode,
+    pub locks: Vec<ByteRange>,
+    pub create: bool,
+    pub truncate: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { mode: Mode::Read, share: ShareMode::ALL, locks: Vec::new(), create: false, truncate: false }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// The printable resume key.
+    pub token: String,
+    pub handle: u64,
+    pub info: FileInfo,
+}
+
+/// Where the server's data channel listens, and how to recognise its TLS certificate.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub list: Vec<Endpoint>,
+    pub tls_fingerprint: Option<[u8; 32]>,
+}
+
+impl Endpoints {
+    pub fn addr(&self, kind: EndpointKind) -> Option<&str> {
+        self.list.iter().find(|e| e.kind == kind).map(|e| e.addr.as_str())
+    }
+}
+
+/// An authenticated control connection to one server.
+pub struct Client {
+    control: ControlClient,
+    identity: Identity,
+    server: SocketAddr,
+    /// How long `open` keeps retrying while a restarted server is in its grace period.
+    pub grace_wait: Duration,
+}
+
+/// A printed key back to its sealed bytes; a malformed one is "key unknown".
+pub fn parse_key(token: &str) -> Result<Vec<u8>, Error> {
+    token_to_sealed(token).map_err(|e| Error::not_found(format!("resume key rejected: {e}")))
+}
+
+fn unexpected(msg: &Message) -> Error {
+    Error::Protocol(format!("unexpected reply {:#04x}", msg.kind()))
+}
+
+impl Client {
+    pub async fn connect(addr: &str, identity: &Identity) -> Result<Self, Error> {
+        let control = ControlClient::connect(addr, identity).await?;
+        let server = control.peer_addr()?;
+        Ok(Self { control, identity: identity.clone(), server, grace_wait: Duration::from_secs(120) })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Opens `path`. While the server is in its post-restart grace period, waits and retries.
+    pub async fn open(&mut self, path: &str, opts: &OpenOptions) -> Result<Opened, Error> {
+        let started = Instant::now();
+        let msg = Message::Open(OpenParams {
+            path: path.to_owned(),
+            mode: opts.mode,
+            share: opts.share,
+            locks: opts.locks.clone(),
+            create: opts.create,
+            truncate: opts.truncate,
+            pid: std::process::id(),
+        });
+        loop {
+            match self.control.request(&msg).await {
+                Ok(Message::Opened { key, handle, info }) => {
+                    return Ok(Opened { token: sealed_to_token(&key), handle, info })
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                Err(Error::Remote { code: ErrorCode::Grace, retry_after_ms, .. })
+                    if started.elapsed() < self.grace_wait =>
+                {
+                    let wait = Duration::from_millis(retry_after_ms.clamp(100, 5_000));
+                    tracing::warn!("server is in its grace period after a restart; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn expect_done(&mut self, msg: Message) -> Result<(), Error> {
+        match self.control.request(&msg).await? {
+            Message::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Closes the open the key names (every handle of it).
+    pub async fn close(&mut self, token: &str) -> Result<(), Error> {
+        self.expect_done(Message::Close { key: parse_key(token)? }).await
+    }
+
+    /// Passes the open to client `to`; returns the key made for it.
+    pub async fn pass(&mut self, token: &str, to: &str) -> Result<String, Error> {
+        match self.control.request(&Message::Pass { key: parse_key(token)?, to: to.to_owned() }).await? {
+            Message::Key { key } => Ok(sealed_to_token(&key)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn inbox(&mut self) -> Result<Vec<String>, Error> {
+        match self.control.request(&Message::Inbox).await? {
+            Message::Keys { keys } => Ok(keys),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn lock(&mut self, token: &str, range: ByteRange, take: bool) -> Result<(), Error> {
+        self.expect_done(Message::Lock { key: parse_key(token)?, range, take }).await
+    }
+
+    /// The server's data endpoints, with unspecified hosts replaced by the control peer's.
+    pub async fn endpoints(&mut self) -> Result<Endpoints, Error> {
+        match self.control.request(&Message::Endpoints).await? {
+            Message::EndpointList { endpoints, tls_fingerprint } => {
+                let list = endpoints
+                    .into_iter()
+                    .map(|e| Endpoint { addr: self.reachable(&e.addr), ..e })
+                    .collect();
+                Ok(Endpoints { list, tls_fingerprint })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn reachable(&self, addr: &str) -> String {
+        match addr.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => SocketAddr::new(self.server.ip(), a.port()).to_string(),
+            _ => addr.to_owned(),
+        }
+    }
+
+    /// A duplicate handle for `token` over a data channel.
+    pub async fn attach(
+        &mut self,
+        token: &str,
+        transport: Transport,
+    ) -> Result<DataClient, handoff_datapath::DataError> {
+        let key = parse_key(token)?;
+        let eps = self.endpoints().await?;
+        let kind = match transport {
+            Transport::Tcp => EndpointKind::Tcp,
+            Transport::Tls => EndpointKind::Tls,
+        };
+        let addr = eps
+            .addr(kind)
+            .ok_or_else(|| Error::bad_request(format!("the server offers no {transport} data endpoint")))?
+            .to_owned();
+        DataClient::connect(&addr, transport, eps.tls_fingerprint, &self.identity, &key).await
+    }
+}

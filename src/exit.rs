@@ -1,0 +1,50 @@
+//! The CLI contract's exit codes, derived from the error chain.
+
+use handoff_control::wire::ErrorCode;
+
+pub const OK: i32 = 0;
+pub const OTHER: i32 = 1;
+pub const USAGE: i32 = 2;
+pub const DENIED: i32 = 3;
+pub const NOT_FOUND: i32 = 4;
+pub const AUTH: i32 = 5;
+
+pub fn for_code(code: ErrorCode) -> i32 {
+    match code {
+        ErrorCode::Denied => DENIED,
+        ErrorCode::NotFound => NOT_FOUND,
+        ErrorCode::AuthFailed => AUTH,
+        ErrorCode::BadRequest => USAGE,
+        _ => OTHER,
+    }
+}
+
+/// The exit code for an error: the first handoff error in its chain decides.
+pub fn for_error(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<handoff_control::Error>() {
+            return for_code(e.code());
+        }
+        if let Some(e) = cause.downcast_ref::<handoff_datapath::DataError>() {
+            return for_code(e.code());
+        }
+        if let Some(e) = cause.downcast_ref::<UsageError>() {
+            let _ = e;
+            return USAGE;
+        }
+    }
+    OTHER
+}
+
+/// Bad input found after argument parsing (a malformed key, a missing identity file).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The resume report a denial carried, if any.
+pub fn report_of(err: &handoff_datapath::DataError) -> Option<handoff_control::state::ResumeReport> {
+    match err {
+        handoff_datapath::DataError::Control(handoff_control::Error::Remote { report, .. }) => *report,
+        _ => None,
+    }
+}

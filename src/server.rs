@@ -1,0 +1,105 @@
+//! Wiring of `handoffd`: the store, the core, the control listener, the data listener (TCP and
+//! TLS on one port) and the timer task.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use handoff_control::auth::ClientDirectory;
+use handoff_control::net::{ControlServer, ServerConfig, Shared};
+use handoff_control::state::{CoreConfig, ServerCore};
+use handoff_control::store::{RedbStore, Store};
+use handoff_control::wire::{Endpoint, EndpointKind};
+use handoff_datapath::tcp::{DataServer, ServerIdentity};
+use rand::RngCore;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub clients: PathBuf,
+    pub listen: SocketAddr,
+    pub data_listen: Option<SocketAddr>,
+    pub durable_timeout: Duration,
+    pub grace: Duration,
+    pub max_connections: usize,
+}
+
+/// A started server: its bound addresses and the tasks that serve them.
+pub struct Running {
+    pub control_addr: SocketAddr,
+    pub data_addr: SocketAddr,
+    pub recovered_opens: usize,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Serves until a listener fails.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        match self.tasks.join_next().await {
+            Some(r) => r.context("server task panicked")?,
+            None => Ok(()),
+        }
+    }
+}
+
+pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
+    let root = std::fs::canonicalize(&opts.root)
+        .with_context(|| format!("--root {}: cannot use it", opts.root.display()))?;
+    anyhow::ensure!(root.is_dir(), "--root {} is not a directory", root.display());
+    std::fs::create_dir_all(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
+    let clients = std::fs::read_to_string(&opts.clients)
+        .with_context(|| format!("--clients {}", opts.clients.display()))?;
+    let directory = ClientDirectory::parse(&clients).with_context(|| format!("--clients {}", opts.clients.display()))?;
+    if directory.is_empty() {
+        tracing::warn!("--clients {} lists no client: nobody can connect", opts.clients.display());
+    }
+
+    let store = RedbStore::open(&opts.state.join("handoff.redb"))
+        .with_context(|| format!("opening the state store under {}", opts.state.display()))?;
+    let snapshot = store.load().context("reading the state store")?;
+    let config = CoreConfig {
+        durable_timeout_ms: opts.durable_timeout.as_millis() as u64,
+        grace_ms: opts.grace.as_millis() as u64,
+        ..CoreConfig::default()
+    };
+    let now = handoff_control::net::now_ms();
+    let core = ServerCore::recover(config, snapshot, now, rand::rngs::OsRng.next_u64());
+    let recovered_opens = core.open_count();
+
+    let tls = ServerIdentity::load_or_create(&opts.state).context("TLS certificate")?;
+    let control = TcpListener::bind(opts.listen).await.with_context(|| format!("--listen {}", opts.listen))?;
+    let control_addr = control.local_addr()?;
+    let data_want = opts.data_listen.unwrap_or_else(|| SocketAddr::new(control_addr.ip(), 0));
+    let data = TcpListener::bind(data_want).await.with_context(|| format!("--data-listen {data_want}"))?;
+    let data_addr = data.local_addr()?;
+
+    let shared = Shared::new(
+        core,
+        Box::new(store),
+        ServerConfig {
+            root,
+            directory,
+            endpoints: vec![
+                Endpoint { kind: EndpointKind::Tcp, addr: data_addr.to_string() },
+                Endpoint { kind: EndpointKind::Tls, addr: data_addr.to_string() },
+            ],
+            tls_fingerprint: Some(tls.fingerprint()),
+            max_connections: opts.max_connections,
+        },
+    )?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let timers = shared.clone();
+    tasks.spawn(async move {
+        timers.run_timers().await;
+        Ok(())
+    });
+    let control = ControlServer::from_listener(control, shared.clone());
+    tasks.spawn(async move { control.serve().await.context("control listener") });
+    let data = DataServer::from_listener(data, shared, Some(tls.server_config()?));
+    tasks.spawn(async move { data.serve().await.context("data listener") });
+    Ok(Running { control_addr, data_addr, recovered_opens, tasks })
+}
