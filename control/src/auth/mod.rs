@@ -4,7 +4,7 @@ mod handshake;
 mod identity;
 mod session;
 
-pub use handshake::{client_start, server_on_hello, AwaitChallenge, AwaitProof, AwaitServerProof};
+pub use handshake::{client_start, server_on_hello, AwaitChallenge, AwaitProof, AwaitWelcome};
 pub use identity::{ClientDirectory, Identity, IdentityError};
 pub use session::{Session, SessionKeys, Side};
 
@@ -12,10 +12,12 @@ pub use session::{Session, SessionKeys, Side};
 pub enum AuthError {
     #[error("authentication failed: the server rejected this client's proof (unknown client or wrong secret)")]
     ClientRejected,
-    #[error("server failed to authenticate: its proof does not match this client's secret (impostor or misconfigured server)")]
+    #[error("server failed to authenticate: its proof does not match this client's secret (an impostor server, or the server holds a different secret for this client than the identity file)")]
     ServerImpostor,
     #[error("authentication failed: {0}")]
     Rejected(String),
+    #[error("client {0:?} is not known to this server")]
+    UnknownClient(String),
     #[error("authentication failed: unexpected {0} during the handshake")]
     Unexpected(&'static str),
     #[error("authentication failed: protocol version {0} is not supported")]

@@ -111,23 +111,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// Client side of the mutual authentication. On return both sides are proven and every
     /// later frame is MAC'd. If the server's proof is wrong nothing more is sent.
     pub async fn client_handshake(&mut self, identity: &Identity) -> Result<(), Error> {
-        let (state, hello) = auth::client_start(identity);
+        let (state, hello) = auth::client_start(identity, nonce());
         self.send(&hello).await?;
-        let (state, proof) = state.on_message(self.expect().await?, nonce())?;
+        // An impostor's challenge fails here, before this client sends anything more.
+        let (state, proof) = state.on_message(self.expect().await?)?;
         self.send(&proof).await?;
         let keys = state.on_message(self.expect().await?)?;
         self.session = Some(Session::new(keys, Side::Client));
         Ok(())
     }
 
-    /// Server side; returns the authenticated client's name. A failed proof is answered with
+    /// Server side; returns the authenticated client's name. A refusal is answered with
     /// `AuthFailed` before the error is returned.
     pub async fn server_handshake(&mut self, directory: &ClientDirectory) -> Result<String, Error> {
-        let (state, challenge) = auth::server_on_hello(directory, self.expect().await?, nonce())?;
-        self.send(&challenge).await?;
-        match state.on_message(self.expect().await?) {
-            Ok((client, keys, proof)) => {
-                self.send(&proof).await?;
+        let result = match auth::server_on_hello(directory, self.expect().await?, nonce()) {
+            Ok((state, challenge)) => {
+                self.send(&challenge).await?;
+                state.on_message(self.expect().await?)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((client, keys, welcome)) => {
+                self.send(&welcome).await?;
                 self.session = Some(Session::new(keys, Side::Server));
                 Ok(client)
             }

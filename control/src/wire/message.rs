@@ -92,10 +92,10 @@ pub struct FileInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     // Handshake (unauthenticated frames).
-    Hello { version: u8, client: String },
-    Challenge { server_nonce: [u8; 32] },
-    Proof { client_nonce: [u8; 32], proof: [u8; 32] },
-    ServerProof { proof: [u8; 32] },
+    Hello { version: u8, client: String, client_nonce: [u8; 32] },
+    Challenge { server_nonce: [u8; 32], proof: [u8; 32] },
+    Proof { proof: [u8; 32] },
+    Welcome,
     AuthFailed { message: String },
     // Control requests.
     Open(OpenParams),
@@ -163,7 +163,7 @@ impl Message {
             Message::Hello { .. } => 0x01,
             Message::Challenge { .. } => 0x02,
             Message::Proof { .. } => 0x03,
-            Message::ServerProof { .. } => 0x04,
+            Message::Welcome => 0x04,
             Message::AuthFailed { .. } => 0x05,
             Message::Open(_) => 0x10,
             Message::Close { .. } => 0x11,
@@ -195,16 +195,17 @@ impl Message {
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
         let mut w = Writer::new(out);
         match self {
-            Message::Hello { version, client } => {
+            Message::Hello { version, client, client_nonce } => {
                 w.u8(*version);
                 w.string(client, MAX_NAME)?;
-            }
-            Message::Challenge { server_nonce } => w.raw(server_nonce),
-            Message::Proof { client_nonce, proof } => {
                 w.raw(client_nonce);
+            }
+            Message::Challenge { server_nonce, proof } => {
+                w.raw(server_nonce);
                 w.raw(proof);
             }
-            Message::ServerProof { proof } => w.raw(proof),
+            Message::Proof { proof } => w.raw(proof),
+            Message::Welcome => {}
             Message::AuthFailed { message } => w.string(message, MAX_MESSAGE)?,
             Message::Open(p) => {
                 w.string(&p.path, MAX_PATH)?;
@@ -272,10 +273,10 @@ impl Message {
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
         let msg = match kind {
-            0x01 => Message::Hello { version: r.u8()?, client: r.string(MAX_NAME)? },
-            0x02 => Message::Challenge { server_nonce: r.array()? },
-            0x03 => Message::Proof { client_nonce: r.array()?, proof: r.array()? },
-            0x04 => Message::ServerProof { proof: r.array()? },
+            0x01 => Message::Hello { version: r.u8()?, client: r.string(MAX_NAME)?, client_nonce: r.array()? },
+            0x02 => Message::Challenge { server_nonce: r.array()?, proof: r.array()? },
+            0x03 => Message::Proof { proof: r.array()? },
+            0x04 => Message::Welcome,
             0x05 => Message::AuthFailed { message: r.string(MAX_MESSAGE)? },
             0x10 => Message::Open(OpenParams {
                 path: r.string(MAX_PATH)?,
@@ -342,10 +343,10 @@ mod tests {
         };
         let report = ResumeReport { accessed_by_other: true, changed_by_other: false, reopened: true };
         let all = vec![
-            Message::Hello { version: 1, client: "c1".into() },
-            Message::Challenge { server_nonce: [1; 32] },
-            Message::Proof { client_nonce: [2; 32], proof: [3; 32] },
-            Message::ServerProof { proof: [4; 32] },
+            Message::Hello { version: 1, client: "c1".into(), client_nonce: [2; 32] },
+            Message::Challenge { server_nonce: [1; 32], proof: [3; 32] },
+            Message::Proof { proof: [3; 32] },
+            Message::Welcome,
             Message::AuthFailed { message: "no".into() },
             Message::Open(OpenParams {
                 path: "a".into(),
