@@ -74,14 +74,14 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    // One line on stdout that scripts (and the tests) read to learn the bound ports.
-    println!("handoffd listening control={} data={}", running.control_addr, running.data_addr);
     tracing::info!(
         control = %running.control_addr,
         data = %running.data_addr,
         recovered_opens = running.recovered_opens,
         "handoffd ready"
     );
+    // One line on stdout that scripts (and the tests) read to learn the bound ports.
+    println!("handoffd listening control={} data={}", running.control_addr, running.data_addr);
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

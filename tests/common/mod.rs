@@ -1,0 +1,223 @@
+//! Harness for end-to-end tests: real `handoffd` processes on 127.0.0.1 and the real `handoff`
+//! CLI, asserting what a user sees (bytes by checksum, exit codes, JSON reports).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use handoff::Identity;
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+pub const HANDOFFD: &str = env!("CARGO_BIN_EXE_handoffd");
+pub const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff");
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub data_addr: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// A client identity written to a file, as `handoff keygen` would.
+pub struct TestClient {
+    pub identity: Identity,
+    pub path: PathBuf,
+}
+
+pub fn client(dir: &Path, name: &str) -> TestClient {
+    let identity = Identity::generate(name).unwrap();
+    let path = dir.join(format!("{name}.id"));
+    std::fs::write(&path, identity.to_line() + "\n").unwrap();
+    TestClient { identity, path }
+}
+
+impl TestServer {
+    /// Starts `handoffd` serving `<tmp>/root` for the given clients.
+    pub fn start(clients: &[&TestClient], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("root")).unwrap();
+        let lines: Vec<String> = clients.iter().map(|c| c.identity.to_line()).collect();
+        std::fs::write(dir.path().join("clients"), lines.join("\n") + "\n").unwrap();
+        let mut s = TestServer {
+            dir,
+            addr: "127.0.0.1:0".into(),
+            data_addr: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            starts: 0,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn clients_file(&self) -> PathBuf {
+        self.dir.path().join("clients")
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("handoffd.{}.log", self.starts))).unwrap();
+        let mut child = Command::new(HANDOFFD)
+            .arg("--root")
+            .arg(self.root())
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
+            .arg("--clients")
+            .arg(self.clients_file())
+            .arg("--listen")
+            .arg(&self.addr)
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn handoffd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("handoffd listening"), "handoffd did not start: {line:?}\n{}", self.log());
+        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+        self.addr = field("control=");
+        self.data_addr = field("data=");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("handoffd.{}.log", self.starts))).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts again with the same --state, root, clients and control address.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn cli(&self, who: &TestClient) -> Cli {
+        Cli { server: self.addr.clone(), identity: who.path.clone(), keys: self.dir.path().join(format!("{}.keys", who.identity.name)) }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cli {
+    pub server: String,
+    pub identity: PathBuf,
+    pub keys: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).trim().to_string()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts the exit code, showing stderr when it differs.
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "exit code; stderr: {}", self.stderr);
+        self
+    }
+}
+
+impl Cli {
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_with(args, None)
+    }
+
+    pub fn run_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Out {
+        let mut child = Command::new(HANDOFF)
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--identity")
+            .arg(&self.identity)
+            .args(args)
+            .env("HANDOFF_KEYS", &self.keys)
+            .env_remove("HANDOFF_SERVER")
+            .env_remove("HANDOFF_IDENTITY")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn handoff");
+        let feeder = stdin.map(|data| {
+            let mut pipe = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            })
+        });
+        let out = child.wait_with_output().unwrap();
+        if let Some(f) = feeder {
+            f.join().unwrap();
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
+        Out { code: out.status.code().unwrap_or(-1), stdout: out.stdout, stderr }
+    }
+
+    /// `open` with args; returns the printed key.
+    pub fn open(&self, args: &[&str]) -> String {
+        let mut all = vec!["open"];
+        all.extend_from_slice(args);
+        let out = self.run(&all).expect(0);
+        let key = out.text();
+        assert_eq!(key.lines().count(), 1, "open prints one line: {key:?}");
+        key
+    }
+}
+
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Retries `f` until it returns Some or `limit` passes.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

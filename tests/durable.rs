@@ -1,0 +1,126 @@
+//! Claims 11–17, 26–27, 31–35: durable opens, the timeout, the resume report, reboots.
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn exclusive_open_denies_others_until_the_timeout_then_resume_reports_access() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let server = TestServer::start(&[&c1, &c2], &["--durable-timeout", "2"]);
+    std::fs::write(server.root().join("f"), b"original").unwrap();
+    let (a, b) = (server.cli(&c1), server.cli(&c2));
+
+    let opened_at = Instant::now();
+    let key = a.open(&["f", "--mode", "rw", "--exclusive"]);
+    let denied = b.run(&["open", "f"]).expect(3);
+    assert!(denied.stderr.contains("sharing violation"), "{}", denied.stderr);
+    // Granted only once the durable timeout ran out.
+    let key2 = eventually(Duration::from_secs(15), || {
+        let out = b.run(&["open", "f", "--mode", "rw"]);
+        match out.code {
+            0 => Some(out.text()),
+            3 => None,
+            other => panic!("unexpected exit {other}: {}", out.stderr),
+        }
+    });
+    assert!(opened_at.elapsed() >= Duration::from_secs(2), "granted before the timeout");
+
+    // While c2 holds the file, c1 cannot get its exclusive open back, but is told.
+    let r = a.run(&["resume", &key, "--json"]).expect(3).json();
+    assert_eq!((r["accessed_by_other"].as_bool(), r["changed_by_other"].as_bool()), (Some(true), Some(false)));
+
+    // c2 writes and closes: c1 resumes, learns of the change, and has its open back.
+    b.run_with(&["write", &key2], Some(b"CHANGED!")).expect(0);
+    b.run(&["close", &key2]).expect(0);
+    let r = a.run(&["resume", &key, "--json"]).expect(0).json();
+    assert_eq!(r["accessed_by_other"], true);
+    assert_eq!(r["changed_by_other"], true);
+    assert_eq!(r["reopened"], true);
+    assert_eq!(r["mode"], "rw");
+    assert_eq!(a.run(&["read", &key]).expect(0).stdout, b"CHANGED!");
+    // And it is exclusive again.
+    b.run(&["open", "f"]).expect(3);
+}
+
+#[test]
+fn a_reader_meanwhile_counts_as_access_but_not_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let server = TestServer::start(&[&c1, &c2], &["--durable-timeout", "30"]);
+    std::fs::write(server.root().join("f"), b"data").unwrap();
+    let key = server.cli(&c1).open(&["f", "--mode", "rw"]);
+    // Shared by default: c2 may open and read meanwhile.
+    assert_eq!(server.cli(&c2).run(&["get", "f"]).expect(0).stdout, b"data");
+    let r = server.cli(&c1).run(&["resume", &key, "--json"]).expect(0).json();
+    assert_eq!((r["accessed_by_other"].as_bool(), r["changed_by_other"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(r["reopened"], false);
+}
+
+#[test]
+fn resume_within_the_timeout_reports_nothing_and_keeps_the_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = TestServer::start(&[&c1], &["--durable-timeout", "30"]);
+    std::fs::write(server.root().join("f"), b"x").unwrap();
+    let cli = server.cli(&c1);
+    for mode in ["r", "rw"] {
+        let key = cli.open(&["f", "--mode", mode]);
+        for channel in ["tcp", "tls"] {
+            let r = cli.run(&["resume", &key, "--json", "--channel", channel]).expect(0).json();
+            assert_eq!(r["accessed_by_other"], false, "{mode} {channel}");
+            assert_eq!(r["changed_by_other"], false, "{mode} {channel}");
+            assert_eq!(r["mode"], mode);
+        }
+        cli.run(&["close", &key]).expect(0);
+    }
+}
+
+#[test]
+fn kill_9_and_restart_keep_opens_keys_and_locks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let mut server = TestServer::start(&[&c1, &c2], &["--durable-timeout", "60", "--grace", "3"]);
+    let data = random_bytes(1 << 20, 5);
+    std::fs::write(server.root().join("f"), &data).unwrap();
+    std::fs::write(server.root().join("other"), b"o").unwrap();
+    let (a, b) = (server.cli(&c1), server.cli(&c2));
+    let key = a.open(&["f", "--mode", "rw", "--exclusive", "--lock", "0:4096"]);
+
+    server.restart(); // SIGKILL, then the same --state
+    assert!(server.log().contains("recovered_opens=1"), "{}", server.log());
+
+    // The key still reads the same bytes, at once (resumes are allowed in the grace period).
+    let got = a.run(&["read", &key]).expect(0);
+    assert_eq!(sha256(&got.stdout), sha256(&data));
+    // A conflicting open by another client is still denied: it waits out the grace period,
+    // then meets the recovered exclusive open.
+    let started = Instant::now();
+    let denied = b.run(&["open", "f"]).expect(3);
+    assert!(denied.stderr.contains("sharing violation"), "{}", denied.stderr);
+    assert!(started.elapsed() >= Duration::from_secs(1), "open was not held back by the grace period");
+    // An unrelated open goes through after the grace period.
+    b.open(&["other"]);
+    // The lock and the mode came back too.
+    let r = a.run(&["resume", &key, "--json"]).expect(0).json();
+    assert_eq!(r["locks"], serde_json::json!(["0:4096"]));
+    assert_eq!(r["mode"], "rw");
+    assert_eq!(r["share"], "none");
+}
+
+#[test]
+fn a_rebooted_client_finds_its_keys_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = TestServer::start(&[&c1], &[]);
+    std::fs::write(server.root().join("f"), b"kept").unwrap();
+    let cli = server.cli(&c1);
+    let key = cli.open(&["f"]);
+    // The client process is gone (as after a reboot); the key it printed was kept on disk.
+    let kept = std::fs::read_to_string(&cli.keys).unwrap();
+    assert!(kept.lines().any(|l| l.starts_with(&key) && l.ends_with(" f")), "{kept}");
+    let again = kept.split_whitespace().next().unwrap();
+    assert_eq!(cli.run(&["read", again]).expect(0).stdout, b"kept");
+}
