@@ -24,7 +24,13 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { mode: Mode::Read, share: ShareMode::ALL, locks: Vec::new(), create: false, truncate: false }
+        Self {
+            mode: Mode::Read,
+            share: ShareMode::ALL,
+            locks: Vec::new(),
+            create: false,
+            truncate: false,
+        }
     }
 }
 
@@ -45,7 +51,10 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn addr(&self, kind: EndpointKind) -> Option<&str> {
-        self.list.iter().find(|e| e.kind == kind).map(|e| e.addr.as_str())
+        self.list
+            .iter()
+            .find(|e| e.kind == kind)
+            .map(|e| e.addr.as_str())
     }
 }
 
@@ -71,7 +80,12 @@ impl Client {
     pub async fn connect(addr: &str, identity: &Identity) -> Result<Self, Error> {
         let control = ControlClient::connect(addr, identity).await?;
         let server = control.peer_addr()?;
-        Ok(Self { control, identity: identity.clone(), server, grace_wait: Duration::from_secs(120) })
+        Ok(Self {
+            control,
+            identity: identity.clone(),
+            server,
+            grace_wait: Duration::from_secs(120),
+        })
     }
 
     pub fn identity(&self) -> &Identity {
@@ -93,14 +107,22 @@ impl Client {
         loop {
             match self.control.request(&msg).await {
                 Ok(Message::Opened { key, handle, info }) => {
-                    return Ok(Opened { token: sealed_to_token(&key), handle, info })
+                    return Ok(Opened {
+                        token: sealed_to_token(&key),
+                        handle,
+                        info,
+                    })
                 }
                 Ok(other) => return Err(unexpected(&other)),
-                Err(Error::Remote { code: ErrorCode::Grace, retry_after_ms, .. })
-                    if started.elapsed() < self.grace_wait =>
-                {
+                Err(Error::Remote {
+                    code: ErrorCode::Grace,
+                    retry_after_ms,
+                    ..
+                }) if started.elapsed() < self.grace_wait => {
                     let wait = Duration::from_millis(retry_after_ms.clamp(100, 5_000));
-                    tracing::warn!("server is in its grace period after a restart; retrying in {wait:?}");
+                    tracing::warn!(
+                        "server is in its grace period after a restart; retrying in {wait:?}"
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
@@ -117,12 +139,22 @@ impl Client {
 
     /// Closes the open the key names (every handle of it).
     pub async fn close(&mut self, token: &str) -> Result<(), Error> {
-        self.expect_done(Message::Close { key: parse_key(token)? }).await
+        self.expect_done(Message::Close {
+            key: parse_key(token)?,
+        })
+        .await
     }
 
     /// Passes the open to client `to`; returns the key made for it.
     pub async fn pass(&mut self, token: &str, to: &str) -> Result<String, Error> {
-        match self.control.request(&Message::Pass { key: parse_key(token)?, to: to.to_owned() }).await? {
+        match self
+            .control
+            .request(&Message::Pass {
+                key: parse_key(token)?,
+                to: to.to_owned(),
+            })
+            .await?
+        {
             Message::Key { key } => Ok(sealed_to_token(&key)),
             other => Err(unexpected(&other)),
         }
@@ -136,18 +168,32 @@ impl Client {
     }
 
     pub async fn lock(&mut self, token: &str, range: ByteRange, take: bool) -> Result<(), Error> {
-        self.expect_done(Message::Lock { key: parse_key(token)?, range, take }).await
+        self.expect_done(Message::Lock {
+            key: parse_key(token)?,
+            range,
+            take,
+        })
+        .await
     }
 
     /// The server's data endpoints, with unspecified hosts replaced by the control peer's.
     pub async fn endpoints(&mut self) -> Result<Endpoints, Error> {
         match self.control.request(&Message::Endpoints).await? {
-            Message::EndpointList { endpoints, tls_fingerprint } => {
+            Message::EndpointList {
+                endpoints,
+                tls_fingerprint,
+            } => {
                 let list = endpoints
                     .into_iter()
-                    .map(|e| Endpoint { addr: self.reachable(&e.addr), ..e })
+                    .map(|e| Endpoint {
+                        addr: self.reachable(&e.addr),
+                        ..e
+                    })
                     .collect();
-                Ok(Endpoints { list, tls_fingerprint })
+                Ok(Endpoints {
+                    list,
+                    tls_fingerprint,
+                })
             }
             other => Err(unexpected(&other)),
         }
@@ -155,7 +201,9 @@ impl Client {
 
     fn reachable(&self, addr: &str) -> String {
         match addr.parse::<SocketAddr>() {
-            Ok(a) if a.ip().is_unspecified() => SocketAddr::new(self.server.ip(), a.port()).to_string(),
+            Ok(a) if a.ip().is_unspecified() => {
+                SocketAddr::new(self.server.ip(), a.port()).to_string()
+            }
             _ => addr.to_owned(),
         }
     }
@@ -174,7 +222,9 @@ impl Client {
         };
         let addr = eps
             .addr(kind)
-            .ok_or_else(|| Error::bad_request(format!("the server offers no {transport} data endpoint")))?
+            .ok_or_else(|| {
+                Error::bad_request(format!("the server offers no {transport} data endpoint"))
+            })?
             .to_owned();
         DataClient::connect(&addr, transport, eps.tls_fingerprint, &self.identity, &key).await
     }

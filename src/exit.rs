@@ -42,9 +42,13 @@ pub fn for_error(err: &anyhow::Error) -> i32 {
 pub struct UsageError(pub String);
 
 /// The resume report a denial carried, if any.
-pub fn report_of(err: &handoff_datapath::DataError) -> Option<handoff_control::state::ResumeReport> {
+pub fn report_of(
+    err: &handoff_datapath::DataError,
+) -> Option<handoff_control::state::ResumeReport> {
     match err {
-        handoff_datapath::DataError::Control(handoff_control::Error::Remote { report, .. }) => *report,
+        handoff_datapath::DataError::Control(handoff_control::Error::Remote { report, .. }) => {
+            *report
+        }
         _ => None,
     }
 }

@@ -48,13 +48,22 @@ impl Running {
 pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let root = std::fs::canonicalize(&opts.root)
         .with_context(|| format!("--root {}: cannot use it", opts.root.display()))?;
-    anyhow::ensure!(root.is_dir(), "--root {} is not a directory", root.display());
-    std::fs::create_dir_all(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
+    anyhow::ensure!(
+        root.is_dir(),
+        "--root {} is not a directory",
+        root.display()
+    );
+    std::fs::create_dir_all(&opts.state)
+        .with_context(|| format!("--state {}", opts.state.display()))?;
     let clients = std::fs::read_to_string(&opts.clients)
         .with_context(|| format!("--clients {}", opts.clients.display()))?;
-    let directory = ClientDirectory::parse(&clients).with_context(|| format!("--clients {}", opts.clients.display()))?;
+    let directory = ClientDirectory::parse(&clients)
+        .with_context(|| format!("--clients {}", opts.clients.display()))?;
     if directory.is_empty() {
-        tracing::warn!("--clients {} lists no client: nobody can connect", opts.clients.display());
+        tracing::warn!(
+            "--clients {} lists no client: nobody can connect",
+            opts.clients.display()
+        );
     }
 
     let store = RedbStore::open(&opts.state.join("handoff.redb"))
@@ -70,10 +79,16 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let recovered_opens = core.open_count();
 
     let tls = ServerIdentity::load_or_create(&opts.state).context("TLS certificate")?;
-    let control = TcpListener::bind(opts.listen).await.with_context(|| format!("--listen {}", opts.listen))?;
+    let control = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("--listen {}", opts.listen))?;
     let control_addr = control.local_addr()?;
-    let data_want = opts.data_listen.unwrap_or_else(|| SocketAddr::new(control_addr.ip(), 0));
-    let data = TcpListener::bind(data_want).await.with_context(|| format!("--data-listen {data_want}"))?;
+    let data_want = opts
+        .data_listen
+        .unwrap_or_else(|| SocketAddr::new(control_addr.ip(), 0));
+    let data = TcpListener::bind(data_want)
+        .await
+        .with_context(|| format!("--data-listen {data_want}"))?;
     let data_addr = data.local_addr()?;
 
     let shared = Shared::new(
@@ -83,8 +98,14 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             root,
             directory,
             endpoints: vec![
-                Endpoint { kind: EndpointKind::Tcp, addr: data_addr.to_string() },
-                Endpoint { kind: EndpointKind::Tls, addr: data_addr.to_string() },
+                Endpoint {
+                    kind: EndpointKind::Tcp,
+                    addr: data_addr.to_string(),
+                },
+                Endpoint {
+                    kind: EndpointKind::Tls,
+                    addr: data_addr.to_string(),
+                },
             ],
             tls_fingerprint: Some(tls.fingerprint()),
             max_connections: opts.max_connections,
@@ -101,5 +122,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     tasks.spawn(async move { control.serve().await.context("control listener") });
     let data = DataServer::from_listener(data, shared, Some(tls.server_config()?));
     tasks.spawn(async move { data.serve().await.context("data listener") });
-    Ok(Running { control_addr, data_addr, recovered_opens, tasks })
+    Ok(Running {
+        control_addr,
+        data_addr,
+        recovered_opens,
+        tasks,
+    })
 }

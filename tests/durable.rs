@@ -16,7 +16,11 @@ fn exclusive_open_denies_others_until_the_timeout_then_resume_reports_access() {
     let opened_at = Instant::now();
     let key = a.open(&["f", "--mode", "rw", "--exclusive"]);
     let denied = b.run(&["open", "f"]).expect(3);
-    assert!(denied.stderr.contains("sharing violation"), "{}", denied.stderr);
+    assert!(
+        denied.stderr.contains("sharing violation"),
+        "{}",
+        denied.stderr
+    );
     // Granted only once the durable timeout ran out.
     let key2 = eventually(Duration::from_secs(15), || {
         let out = b.run(&["open", "f", "--mode", "rw"]);
@@ -26,11 +30,20 @@ fn exclusive_open_denies_others_until_the_timeout_then_resume_reports_access() {
             other => panic!("unexpected exit {other}: {}", out.stderr),
         }
     });
-    assert!(opened_at.elapsed() >= Duration::from_secs(2), "granted before the timeout");
+    assert!(
+        opened_at.elapsed() >= Duration::from_secs(2),
+        "granted before the timeout"
+    );
 
     // While c2 holds the file, c1 cannot get its exclusive open back, but is told.
     let r = a.run(&["resume", &key, "--json"]).expect(3).json();
-    assert_eq!((r["accessed_by_other"].as_bool(), r["changed_by_other"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (
+            r["accessed_by_other"].as_bool(),
+            r["changed_by_other"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
 
     // c2 writes and closes: c1 resumes, learns of the change, and has its open back.
     b.run_with(&["write", &key2], Some(b"CHANGED!")).expect(0);
@@ -54,8 +67,18 @@ fn a_reader_meanwhile_counts_as_access_but_not_change() {
     let key = server.cli(&c1).open(&["f", "--mode", "rw"]);
     // Shared by default: c2 may open and read meanwhile.
     assert_eq!(server.cli(&c2).run(&["get", "f"]).expect(0).stdout, b"data");
-    let r = server.cli(&c1).run(&["resume", &key, "--json"]).expect(0).json();
-    assert_eq!((r["accessed_by_other"].as_bool(), r["changed_by_other"].as_bool()), (Some(true), Some(false)));
+    let r = server
+        .cli(&c1)
+        .run(&["resume", &key, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (
+            r["accessed_by_other"].as_bool(),
+            r["changed_by_other"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
     assert_eq!(r["reopened"], false);
 }
 
@@ -69,7 +92,10 @@ fn resume_within_the_timeout_reports_nothing_and_keeps_the_mode() {
     for mode in ["r", "rw"] {
         let key = cli.open(&["f", "--mode", mode]);
         for channel in ["tcp", "tls"] {
-            let r = cli.run(&["resume", &key, "--json", "--channel", channel]).expect(0).json();
+            let r = cli
+                .run(&["resume", &key, "--json", "--channel", channel])
+                .expect(0)
+                .json();
             assert_eq!(r["accessed_by_other"], false, "{mode} {channel}");
             assert_eq!(r["changed_by_other"], false, "{mode} {channel}");
             assert_eq!(r["mode"], mode);
@@ -90,7 +116,11 @@ fn kill_9_and_restart_keep_opens_keys_and_locks() {
     let key = a.open(&["f", "--mode", "rw", "--exclusive", "--lock", "0:4096"]);
 
     server.restart(); // SIGKILL, then the same --state
-    assert!(server.log().contains("recovered_opens=1"), "{}", server.log());
+    assert!(
+        server.log().contains("recovered_opens=1"),
+        "{}",
+        server.log()
+    );
 
     // The key still reads the same bytes, at once (resumes are allowed in the grace period).
     let got = a.run(&["read", &key]).expect(0);
@@ -99,8 +129,15 @@ fn kill_9_and_restart_keep_opens_keys_and_locks() {
     // then meets the recovered exclusive open.
     let started = Instant::now();
     let denied = b.run(&["open", "f"]).expect(3);
-    assert!(denied.stderr.contains("sharing violation"), "{}", denied.stderr);
-    assert!(started.elapsed() >= Duration::from_secs(1), "open was not held back by the grace period");
+    assert!(
+        denied.stderr.contains("sharing violation"),
+        "{}",
+        denied.stderr
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "open was not held back by the grace period"
+    );
     // An unrelated open goes through after the grace period.
     b.open(&["other"]);
     // The lock and the mode came back too.
@@ -120,7 +157,11 @@ fn a_rebooted_client_finds_its_keys_and_resumes() {
     let key = cli.open(&["f"]);
     // The client process is gone (as after a reboot); the key it printed was kept on disk.
     let kept = std::fs::read_to_string(&cli.keys).unwrap();
-    assert!(kept.lines().any(|l| l.starts_with(&key) && l.ends_with(" f")), "{kept}");
+    assert!(
+        kept.lines()
+            .any(|l| l.starts_with(&key) && l.ends_with(" f")),
+        "{kept}"
+    );
     let again = kept.split_whitespace().next().unwrap();
     assert_eq!(cli.run(&["read", again]).expect(0).stdout, b"kept");
 }

@@ -16,7 +16,12 @@ fn wrong_secret_exits_5() {
     let server = TestServer::start(&[&c1], &[]);
     let forged = tmp.path().join("forged.id");
     std::fs::write(&forged, format!("c1:{}\n", "ab".repeat(32))).unwrap();
-    let out = Cli { identity: forged, ..server.cli(&c1) }.run(&["inbox"]).expect(5);
+    let out = Cli {
+        identity: forged,
+        ..server.cli(&c1)
+    }
+    .run(&["inbox"])
+    .expect(5);
     assert!(out.stderr.contains("authenticate"), "{}", out.stderr);
     let stranger = client(tmp.path(), "stranger");
     let out = server.cli(&stranger).run(&["inbox"]).expect(5);
@@ -39,7 +44,8 @@ fn a_server_holding_a_different_secret_is_detected_before_the_client_proves_itse
     let watcher = std::thread::spawn(move || {
         let (mut down, _) = relay.accept().unwrap();
         let mut up = TcpStream::connect(upstream).unwrap();
-        down.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        down.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         up.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // Hello from the client.
         let hello = read_frame(&mut down).expect("client hello");
@@ -52,11 +58,24 @@ fn a_server_holding_a_different_secret_is_detected_before_the_client_proves_itse
         let _ = down.read_to_end(&mut rest);
         (hello[4], rest)
     });
-    let out = Cli { server: relay_addr, ..server.cli(&c1) }.run(&["inbox"]).expect(5);
-    assert!(out.stderr.contains("server failed to authenticate"), "{}", out.stderr);
+    let out = Cli {
+        server: relay_addr,
+        ..server.cli(&c1)
+    }
+    .run(&["inbox"])
+    .expect(5);
+    assert!(
+        out.stderr.contains("server failed to authenticate"),
+        "{}",
+        out.stderr
+    );
     let (hello_kind, after_challenge) = watcher.join().unwrap();
     assert_eq!(hello_kind, 0x01);
-    assert!(after_challenge.is_empty(), "client sent {} bytes after a bad server proof", after_challenge.len());
+    assert!(
+        after_challenge.is_empty(),
+        "client sent {} bytes after a bad server proof",
+        after_challenge.len()
+    );
 }
 
 fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
@@ -88,7 +107,10 @@ fn garbage_truncated_and_oversize_frames_drop_only_their_connection() {
     let mut server = TestServer::start(&[&c1, &c2], &[]);
     let data = random_bytes(64 << 20, 9);
     let want = sha256(&data);
-    server.cli(&c1).run_with(&["put", "big"], Some(&data)).expect(0);
+    server
+        .cli(&c1)
+        .run_with(&["put", "big"], Some(&data))
+        .expect(0);
 
     // Two clients' transfers run while the attack goes on.
     let spawn_get = |cli: &Cli, channel: &str| {
@@ -101,7 +123,10 @@ fn garbage_truncated_and_oversize_frames_drop_only_their_connection() {
             .spawn()
             .unwrap()
     };
-    let gets = [spawn_get(&server.cli(&c1), "tcp"), spawn_get(&server.cli(&c2), "tls")];
+    let gets = [
+        spawn_get(&server.cli(&c1), "tcp"),
+        spawn_get(&server.cli(&c2), "tls"),
+    ];
 
     let mut hello = vec![];
     hello.extend_from_slice(&(1u32 + 8 + 16 + 1 + 2 + 2 + 32).to_be_bytes());
@@ -111,23 +136,41 @@ fn garbage_truncated_and_oversize_frames_drop_only_their_connection() {
     let attacks: Vec<(&str, Vec<u8>)> = vec![
         ("random bytes", random_bytes(4096, 10)),
         ("oversize length", vec![0xff, 0xff, 0xff, 0xff, 0x10, 0, 0]),
-        ("just under the limit but never sent", (64u32 * 1024 + 25).to_be_bytes().to_vec()),
+        (
+            "just under the limit but never sent",
+            (64u32 * 1024 + 25).to_be_bytes().to_vec(),
+        ),
         ("undersize length", vec![0, 0, 0, 1, 0x10]),
         ("truncated frame", vec![0, 0, 0, 100, 0x01, 0, 0]),
-        ("unknown type", [&30u32.to_be_bytes()[..], &[0x99], &[0u8; 29]].concat()),
-        ("session frame before the handshake", [&25u32.to_be_bytes()[..], &[0x13], &[0u8; 24]].concat()),
-        ("hello then garbage", [&hello[..], &random_bytes(100, 11)].concat()),
+        (
+            "unknown type",
+            [&30u32.to_be_bytes()[..], &[0x99], &[0u8; 29]].concat(),
+        ),
+        (
+            "session frame before the handshake",
+            [&25u32.to_be_bytes()[..], &[0x13], &[0u8; 24]].concat(),
+        ),
+        (
+            "hello then garbage",
+            [&hello[..], &random_bytes(100, 11)].concat(),
+        ),
         ("empty", vec![]),
     ];
     for round in 0..5 {
         for (what, bytes) in &attacks {
             for addr in [&server.addr, &server.data_addr] {
-                assert!(server_drops(addr, bytes), "round {round}: {what} on {addr} left the connection hanging");
+                assert!(
+                    server_drops(addr, bytes),
+                    "round {round}: {what} on {addr} left the connection hanging"
+                );
             }
         }
     }
     // A properly authenticated client that then sends a frame with a bad MAC is dropped too.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let addr = server.addr.clone();
     let identity = c1.identity.clone();
     let dropped = runtime.block_on(async move {
@@ -144,7 +187,12 @@ fn garbage_truncated_and_oversize_frames_drop_only_their_connection() {
 
     for g in gets {
         let out = g.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(sha256(&out.stdout), want);
     }
     assert!(server.is_running());

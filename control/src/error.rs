@@ -28,7 +28,12 @@ pub enum Error {
     Protocol(String),
     /// An error the server sent back.
     #[error("{message}")]
-    Remote { code: ErrorCode, message: String, report: Option<ResumeReport>, retry_after_ms: u64 },
+    Remote {
+        code: ErrorCode,
+        message: String,
+        report: Option<ResumeReport>,
+        retry_after_ms: u64,
+    },
 }
 
 impl Error {
@@ -51,12 +56,21 @@ impl Error {
         let (report, retry_after_ms) = match self {
             Error::Core(CoreError::Denied { report, .. }) => (*report, 0),
             Error::Core(CoreError::Grace { retry_after_ms }) => (None, *retry_after_ms),
-            Error::Remote { report, retry_after_ms, .. } => (*report, *retry_after_ms),
+            Error::Remote {
+                report,
+                retry_after_ms,
+                ..
+            } => (*report, *retry_after_ms),
             _ => (None, 0),
         };
         let mut message = self.to_string();
         message.truncate(1000);
-        crate::wire::Message::Error { code: self.code(), message, report, retry_after_ms }
+        crate::wire::Message::Error {
+            code: self.code(),
+            message,
+            report,
+            retry_after_ms,
+        }
     }
 
     /// A user-facing "no such file" error.

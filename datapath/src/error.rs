@@ -15,7 +15,9 @@ impl DataError {
     pub fn code(&self) -> handoff_control::wire::ErrorCode {
         match self {
             DataError::Control(e) => e.code(),
-            DataError::Tls(_) | DataError::Certificate(_) => handoff_control::wire::ErrorCode::AuthFailed,
+            DataError::Tls(_) | DataError::Certificate(_) => {
+                handoff_control::wire::ErrorCode::AuthFailed
+            }
             DataError::Io(_) => handoff_control::wire::ErrorCode::Internal,
         }
     }

@@ -29,7 +29,12 @@ use tracing_subscriber::EnvFilter;
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// Server control address.
-    #[arg(long, env = "HANDOFF_SERVER", default_value = "127.0.0.1:4455", global = true)]
+    #[arg(
+        long,
+        env = "HANDOFF_SERVER",
+        default_value = "127.0.0.1:4455",
+        global = true
+    )]
     server: String,
     /// This client's identity file (a `handoff keygen` line).
     #[arg(long, env = "HANDOFF_IDENTITY", global = true)]
@@ -135,14 +140,19 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("handoff: cannot start: {e}");
@@ -163,13 +173,19 @@ fn load_identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
     let path = match path {
         Some(p) => p.clone(),
         None => {
-            let home = std::env::var_os("HOME").ok_or_else(|| UsageError("no --identity given and no $HOME".into()))?;
+            let home = std::env::var_os("HOME")
+                .ok_or_else(|| UsageError("no --identity given and no $HOME".into()))?;
             PathBuf::from(home).join(".config/handoff/identity")
         }
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| UsageError(format!("identity file {}: {e} (make one with `handoff keygen NAME`)", path.display())))?;
-    Identity::parse(&text).map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        UsageError(format!(
+            "identity file {}: {e} (make one with `handoff keygen NAME`)",
+            path.display()
+        ))
+    })?;
+    Identity::parse(&text)
+        .map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
 }
 
 fn transport(arg: &ChannelArg) -> anyhow::Result<Transport> {
@@ -177,7 +193,8 @@ fn transport(arg: &ChannelArg) -> anyhow::Result<Transport> {
         None | Some("tcp") => Ok(Transport::Tcp),
         Some("tls") => Ok(Transport::Tls),
         Some("rdma") => Err(UsageError(
-            "--channel rdma: this build of handoff has no RDMA transport yet; use tcp or tls".into(),
+            "--channel rdma: this build of handoff has no RDMA transport yet; use tcp or tls"
+                .into(),
         )
         .into()),
         Some(other) => Err(UsageError(format!("unknown channel {other}")).into()),
@@ -187,15 +204,20 @@ fn transport(arg: &ChannelArg) -> anyhow::Result<Transport> {
 /// Keeps printed keys in $HANDOFF_KEYS (default ~/.local/state/handoff/keys), so a rebooted
 /// client still has them.
 fn remember_key(server: &str, path: &str, token: &str) {
-    let file = std::env::var_os("HANDOFF_KEYS").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/handoff/keys"))
-    });
+    let file = std::env::var_os("HANDOFF_KEYS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/handoff/keys"))
+        });
     let Some(file) = file else { return };
     let write = || -> std::io::Result<()> {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&file)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)?;
         writeln!(f, "{token} {server} {path}")
     };
     if let Err(e) = write() {
@@ -212,8 +234,10 @@ fn progress(total: Option<u64>) -> ProgressBar {
         None => ProgressBar::new_spinner(),
     };
     bar.set_style(
-        ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
@@ -274,10 +298,30 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .with_context(|| format!("server {}", args.server))?;
     match args.command {
         Command::Keygen { .. } => unreachable!("handled above"),
-        Command::Open { path, mode, exclusive, share, lock, create } => {
-            let share = if exclusive { ShareMode::NONE } else { share.unwrap_or(ShareMode::ALL) };
-            let opts = OpenOptions { mode, share, locks: lock, create, truncate: false };
-            let opened = client.open(&path, &opts).await.with_context(|| format!("open {path}"))?;
+        Command::Open {
+            path,
+            mode,
+            exclusive,
+            share,
+            lock,
+            create,
+        } => {
+            let share = if exclusive {
+                ShareMode::NONE
+            } else {
+                share.unwrap_or(ShareMode::ALL)
+            };
+            let opts = OpenOptions {
+                mode,
+                share,
+                locks: lock,
+                create,
+                truncate: false,
+            };
+            let opened = client
+                .open(&path, &opts)
+                .await
+                .with_context(|| format!("open {path}"))?;
             remember_key(&args.server, &path, &opened.token);
             if args.json {
                 println!(
@@ -295,12 +339,21 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 println!("{}", opened.token);
             }
         }
-        Command::Read { key, offset, len, channel } => {
+        Command::Read {
+            key,
+            offset,
+            len,
+            channel,
+        } => {
             let mut data = client.attach(&key, transport(&channel)?).await?;
             drop(client);
             read_to_stdout(&mut data, offset, len.unwrap_or(u64::MAX)).await?;
         }
-        Command::Write { key, offset, channel } => {
+        Command::Write {
+            key,
+            offset,
+            channel,
+        } => {
             let mut data = client.attach(&key, transport(&channel)?).await?;
             drop(client);
             let n = write_from_stdin(&mut data, offset).await?;
@@ -381,10 +434,15 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
         Command::Lock { key, range } => client.lock(&key, range, true).await.context("lock")?,
-        Command::Unlock { key, range } => client.lock(&key, range, false).await.context("unlock")?,
+        Command::Unlock { key, range } => {
+            client.lock(&key, range, false).await.context("unlock")?
+        }
         Command::Get { path, channel } => {
             let t = transport(&channel)?;
-            let opened = client.open(&path, &OpenOptions::default()).await.with_context(|| format!("open {path}"))?;
+            let opened = client
+                .open(&path, &OpenOptions::default())
+                .await
+                .with_context(|| format!("open {path}"))?;
             let result = async {
                 let mut data = client.attach(&opened.token, t).await?;
                 read_to_stdout(&mut data, 0, u64::MAX).await
@@ -396,8 +454,16 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
         Command::Put { path, channel } => {
             let t = transport(&channel)?;
-            let opts = OpenOptions { mode: Mode::ReadWrite, create: true, truncate: true, ..OpenOptions::default() };
-            let opened = client.open(&path, &opts).await.with_context(|| format!("open {path}"))?;
+            let opts = OpenOptions {
+                mode: Mode::ReadWrite,
+                create: true,
+                truncate: true,
+                ..OpenOptions::default()
+            };
+            let opened = client
+                .open(&path, &opts)
+                .await
+                .with_context(|| format!("open {path}"))?;
             let result = async {
                 let mut data = client.attach(&opened.token, t).await?;
                 write_from_stdin(&mut data, 0).await

@@ -52,7 +52,9 @@ struct Args {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -81,7 +83,10 @@ async fn main() {
         "handoffd ready"
     );
     // One line on stdout that scripts (and the tests) read to learn the bound ports.
-    println!("handoffd listening control={} data={}", running.control_addr, running.data_addr);
+    println!(
+        "handoffd listening control={} data={}",
+        running.control_addr, running.data_addr
+    );
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

@@ -65,7 +65,12 @@ impl TestServer {
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.path().join(format!("handoffd.{}.log", self.starts))).unwrap();
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("handoffd.{}.log", self.starts)),
+        )
+        .unwrap();
         let mut child = Command::new(HANDOFFD)
             .arg("--root")
             .arg(self.root())
@@ -83,16 +88,32 @@ impl TestServer {
             .spawn()
             .expect("spawn handoffd");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("handoffd listening"), "handoffd did not start: {line:?}\n{}", self.log());
-        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("handoffd listening"),
+            "handoffd did not start: {line:?}\n{}",
+            self.log()
+        );
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap()
+                .to_string()
+        };
         self.addr = field("control=");
         self.data_addr = field("data=");
         self.child = Some(child);
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("handoffd.{}.log", self.starts))).unwrap_or_default()
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("handoffd.{}.log", self.starts)),
+        )
+        .unwrap_or_default()
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -110,11 +131,17 @@ impl TestServer {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn cli(&self, who: &TestClient) -> Cli {
-        Cli { server: self.addr.clone(), identity: who.path.clone(), keys: self.dir.path().join(format!("{}.keys", who.identity.name)) }
+        Cli {
+            server: self.addr.clone(),
+            identity: who.path.clone(),
+            keys: self.dir.path().join(format!("{}.keys", who.identity.name)),
+        }
     }
 }
 
@@ -168,7 +195,11 @@ impl Cli {
             .env("HANDOFF_KEYS", &self.keys)
             .env_remove("HANDOFF_SERVER")
             .env_remove("HANDOFF_IDENTITY")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -186,7 +217,11 @@ impl Cli {
         }
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
-        Out { code: out.status.code().unwrap_or(-1), stdout: out.stdout, stderr }
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr,
+        }
     }
 
     /// `open` with args; returns the printed key.
@@ -217,7 +252,10 @@ pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -19,7 +19,13 @@ use sha2::Sha256;
 use super::{AuthError, ClientDirectory, Identity, SessionKeys};
 use crate::wire::{Message, PROTOCOL_VERSION};
 
-fn proof(secret: &[u8; 32], label: &[u8], name: &str, first: &[u8; 32], second: &[u8; 32]) -> Hmac<Sha256> {
+fn proof(
+    secret: &[u8; 32],
+    label: &[u8],
+    name: &str,
+    first: &[u8; 32],
+    second: &[u8; 32],
+) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(label);
     mac.update(&[name.len() as u8]);
@@ -34,8 +40,18 @@ const SERVER_LABEL: &[u8] = b"handoff server proof v1";
 
 /// Client: sends Hello.
 pub fn client_start(identity: &Identity, client_nonce: [u8; 32]) -> (AwaitChallenge, Message) {
-    let hello = Message::Hello { version: PROTOCOL_VERSION, client: identity.name.clone(), client_nonce };
-    (AwaitChallenge { identity: identity.clone(), client_nonce }, hello)
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        client: identity.name.clone(),
+        client_nonce,
+    };
+    (
+        AwaitChallenge {
+            identity: identity.clone(),
+            client_nonce,
+        },
+        hello,
+    )
 }
 
 pub struct AwaitChallenge {
@@ -47,15 +63,32 @@ impl AwaitChallenge {
     /// Checks the server's proof; only if it holds is the client's own proof returned.
     pub fn on_message(self, msg: Message) -> Result<(AwaitWelcome, Message), AuthError> {
         let (server_nonce, got) = match msg {
-            Message::Challenge { server_nonce, proof } => (server_nonce, proof),
+            Message::Challenge {
+                server_nonce,
+                proof,
+            } => (server_nonce, proof),
             Message::AuthFailed { message } => return Err(AuthError::Rejected(message)),
             _ => return Err(AuthError::Unexpected("message instead of a challenge")),
         };
         let id = &self.identity;
-        proof(&id.secret, SERVER_LABEL, &id.name, &self.client_nonce, &server_nonce)
-            .verify_slice(&got)
-            .map_err(|_| AuthError::ServerImpostor)?;
-        let p = proof(&id.secret, CLIENT_LABEL, &id.name, &server_nonce, &self.client_nonce).finalize().into_bytes();
+        proof(
+            &id.secret,
+            SERVER_LABEL,
+            &id.name,
+            &self.client_nonce,
+            &server_nonce,
+        )
+        .verify_slice(&got)
+        .map_err(|_| AuthError::ServerImpostor)?;
+        let p = proof(
+            &id.secret,
+            CLIENT_LABEL,
+            &id.name,
+            &server_nonce,
+            &self.client_nonce,
+        )
+        .finalize()
+        .into_bytes();
         let keys = SessionKeys::derive(&id.secret, &server_nonce, &self.client_nonce);
         Ok((AwaitWelcome { keys }, Message::Proof { proof: p.into() }))
     }
@@ -83,16 +116,35 @@ pub fn server_on_hello(
     server_nonce: [u8; 32],
 ) -> Result<(AwaitProof, Message), AuthError> {
     let (version, client, client_nonce) = match msg {
-        Message::Hello { version, client, client_nonce } => (version, client, client_nonce),
+        Message::Hello {
+            version,
+            client,
+            client_nonce,
+        } => (version, client, client_nonce),
         _ => return Err(AuthError::Unexpected("message instead of Hello")),
     };
     if version != PROTOCOL_VERSION {
         return Err(AuthError::Version(version));
     }
-    let secret = *directory.secret(&client).ok_or_else(|| AuthError::UnknownClient(client.clone()))?;
-    let p = proof(&secret, SERVER_LABEL, &client, &client_nonce, &server_nonce).finalize().into_bytes();
-    let challenge = Message::Challenge { server_nonce, proof: p.into() };
-    Ok((AwaitProof { client, secret, server_nonce, client_nonce }, challenge))
+    let secret = *directory
+        .secret(&client)
+        .ok_or_else(|| AuthError::UnknownClient(client.clone()))?;
+    let p = proof(&secret, SERVER_LABEL, &client, &client_nonce, &server_nonce)
+        .finalize()
+        .into_bytes();
+    let challenge = Message::Challenge {
+        server_nonce,
+        proof: p.into(),
+    };
+    Ok((
+        AwaitProof {
+            client,
+            secret,
+            server_nonce,
+            client_nonce,
+        },
+        challenge,
+    ))
 }
 
 pub struct AwaitProof {
@@ -107,11 +159,21 @@ impl AwaitProof {
     pub fn on_message(self, msg: Message) -> Result<(String, SessionKeys, Message), AuthError> {
         let got = match msg {
             Message::Proof { proof } => proof,
-            _ => return Err(AuthError::Unexpected("message instead of the client's proof")),
+            _ => {
+                return Err(AuthError::Unexpected(
+                    "message instead of the client's proof",
+                ))
+            }
         };
-        proof(&self.secret, CLIENT_LABEL, &self.client, &self.server_nonce, &self.client_nonce)
-            .verify_slice(&got)
-            .map_err(|_| AuthError::ClientRejected)?;
+        proof(
+            &self.secret,
+            CLIENT_LABEL,
+            &self.client,
+            &self.server_nonce,
+            &self.client_nonce,
+        )
+        .verify_slice(&got)
+        .map_err(|_| AuthError::ClientRejected)?;
         let keys = SessionKeys::derive(&self.secret, &self.server_nonce, &self.client_nonce);
         Ok((self.client, keys, Message::Welcome))
     }
@@ -137,21 +199,36 @@ mod tests {
         let mut c = Session::new(c.on_message(welcome).unwrap(), Side::Client);
         let mut s = Session::new(skeys, Side::Server);
         let (seq, mac) = c.seal(1, b"p");
-        s.open(&crate::wire::Frame { kind: 1, seq, payload: b"p", mac }).unwrap();
+        s.open(&crate::wire::Frame {
+            kind: 1,
+            seq,
+            payload: b"p",
+            mac,
+        })
+        .unwrap();
     }
 
     #[test]
     fn wrong_client_secret_is_detected_by_both_sides() {
         let id = Identity::generate("c1").unwrap();
-        let server_view = Identity { secret: [9; 32], ..id.clone() };
+        let server_view = Identity {
+            secret: [9; 32],
+            ..id.clone()
+        };
         let (c, hello) = client_start(&id, [8; 32]);
         let (s, challenge) = server_on_hello(&dir(&server_view), hello, [7; 32]).unwrap();
         // The client sees the server cannot prove knowledge of the client's secret...
-        assert!(matches!(c.on_message(challenge.clone()), Err(AuthError::ServerImpostor)));
+        assert!(matches!(
+            c.on_message(challenge.clone()),
+            Err(AuthError::ServerImpostor)
+        ));
         // ... and a client that went on regardless (an attacker guessing) is refused.
         let (_, guess) = client_start(&server_view, [8; 32]);
         let _ = guess;
-        assert_eq!(s.on_message(Message::Proof { proof: [0; 32] }).err(), Some(AuthError::ClientRejected));
+        assert_eq!(
+            s.on_message(Message::Proof { proof: [0; 32] }).err(),
+            Some(AuthError::ClientRejected)
+        );
     }
 
     #[test]
@@ -159,9 +236,18 @@ mod tests {
         let id = Identity::generate("c1").unwrap();
         let stranger = Identity::generate("nobody").unwrap();
         let (_, hello) = client_start(&stranger, [1; 32]);
-        assert!(matches!(server_on_hello(&dir(&id), hello, [2; 32]), Err(AuthError::UnknownClient(_))));
+        assert!(matches!(
+            server_on_hello(&dir(&id), hello, [2; 32]),
+            Err(AuthError::UnknownClient(_))
+        ));
         let (c, _hello) = client_start(&id, [2; 32]);
-        let forged = Message::Challenge { server_nonce: [1; 32], proof: [0; 32] };
-        assert!(matches!(c.on_message(forged), Err(AuthError::ServerImpostor)));
+        let forged = Message::Challenge {
+            server_nonce: [1; 32],
+            proof: [0; 32],
+        };
+        assert!(matches!(
+            c.on_message(forged),
+            Err(AuthError::ServerImpostor)
+        ));
     }
 }

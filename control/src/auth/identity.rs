@@ -19,7 +19,9 @@ pub enum IdentityError {
 
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -30,7 +32,9 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -38,11 +42,17 @@ impl Identity {
     /// A new identity with a random secret (`handoff keygen`).
     pub fn generate(name: &str) -> Result<Self, IdentityError> {
         if !valid_name(name) {
-            return Err(IdentityError::Name { line: 1, name: name.to_owned() });
+            return Err(IdentityError::Name {
+                line: 1,
+                name: name.to_owned(),
+            });
         }
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
-        Ok(Self { name: name.to_owned(), secret })
+        Ok(Self {
+            name: name.to_owned(),
+            secret,
+        })
     }
 
     /// The `NAME:hex` line.
@@ -51,14 +61,23 @@ impl Identity {
     }
 
     fn parse_line(line: &str, lineno: usize) -> Result<Self, IdentityError> {
-        let (name, hexsecret) = line.split_once(':').ok_or(IdentityError::Format { line: lineno })?;
+        let (name, hexsecret) = line
+            .split_once(':')
+            .ok_or(IdentityError::Format { line: lineno })?;
         let name = name.trim();
         if !valid_name(name) {
-            return Err(IdentityError::Name { line: lineno, name: name.to_owned() });
+            return Err(IdentityError::Name {
+                line: lineno,
+                name: name.to_owned(),
+            });
         }
         let mut secret = [0u8; 32];
-        hex::decode_to_slice(hexsecret.trim(), &mut secret).map_err(|_| IdentityError::Format { line: lineno })?;
-        Ok(Self { name: name.to_owned(), secret })
+        hex::decode_to_slice(hexsecret.trim(), &mut secret)
+            .map_err(|_| IdentityError::Format { line: lineno })?;
+        Ok(Self {
+            name: name.to_owned(),
+            secret,
+        })
     }
 
     /// The first identity line of a file (blank and `#` lines ignored).
@@ -87,7 +106,10 @@ impl ClientDirectory {
         for (n, line) in content_lines(text) {
             let id = Identity::parse_line(line, n)?;
             if secrets.insert(id.name.clone(), id.secret).is_some() {
-                return Err(IdentityError::Duplicate { line: n, name: id.name });
+                return Err(IdentityError::Duplicate {
+                    line: n,
+                    name: id.name,
+                });
             }
         }
         Ok(Self { secrets })
@@ -117,13 +139,33 @@ mod tests {
     #[test]
     fn parses_keygen_lines_and_rejects_bad_ones() {
         let id = Identity::generate("c1").unwrap();
-        assert_eq!(Identity::parse(&format!("# me\n\n{}\n", id.to_line())).unwrap(), id);
-        let dir = ClientDirectory::parse(&format!("{}\n# x\n{}\n", id.to_line(), Identity::generate("c2").unwrap().to_line())).unwrap();
+        assert_eq!(
+            Identity::parse(&format!("# me\n\n{}\n", id.to_line())).unwrap(),
+            id
+        );
+        let dir = ClientDirectory::parse(&format!(
+            "{}\n# x\n{}\n",
+            id.to_line(),
+            Identity::generate("c2").unwrap().to_line()
+        ))
+        .unwrap();
         assert_eq!(dir.len(), 2);
         assert_eq!(dir.secret("c1"), Some(&id.secret));
-        assert_eq!(Identity::parse("c1:abc"), Err(IdentityError::Format { line: 1 }));
-        assert!(matches!(Identity::parse("bad name:00"), Err(IdentityError::Name { .. })));
-        assert!(matches!(ClientDirectory::parse(&format!("{0}\n{0}", id.to_line())), Err(IdentityError::Duplicate { line: 2, .. })));
-        assert_eq!(Identity::parse("\n# only comments\n"), Err(IdentityError::Empty));
+        assert_eq!(
+            Identity::parse("c1:abc"),
+            Err(IdentityError::Format { line: 1 })
+        );
+        assert!(matches!(
+            Identity::parse("bad name:00"),
+            Err(IdentityError::Name { .. })
+        ));
+        assert!(matches!(
+            ClientDirectory::parse(&format!("{0}\n{0}", id.to_line())),
+            Err(IdentityError::Duplicate { line: 2, .. })
+        ));
+        assert_eq!(
+            Identity::parse("\n# only comments\n"),
+            Err(IdentityError::Empty)
+        );
     }
 }

@@ -24,6 +24,8 @@ pub enum AuthError {
     Version(u8),
     #[error("frame MAC check failed (tampered or forged frame)")]
     BadMac,
-    #[error("frame sequence {got} where {expected} was due (replayed, dropped or reordered frame)")]
+    #[error(
+        "frame sequence {got} where {expected} was due (replayed, dropped or reordered frame)"
+    )]
     Sequence { expected: u64, got: u64 },
 }

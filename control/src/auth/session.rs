@@ -22,8 +22,10 @@ impl SessionKeys {
         let hk = Hkdf::<Sha256>::new(Some(&salt), secret);
         let mut c2s = [0u8; 32];
         let mut s2c = [0u8; 32];
-        hk.expand(b"handoff session v1 client-to-server", &mut c2s).expect("32 bytes is a valid length");
-        hk.expand(b"handoff session v1 server-to-client", &mut s2c).expect("32 bytes is a valid length");
+        hk.expand(b"handoff session v1 client-to-server", &mut c2s)
+            .expect("32 bytes is a valid length");
+        hk.expand(b"handoff session v1 server-to-client", &mut s2c)
+            .expect("32 bytes is a valid length");
         Self { c2s, s2c }
     }
 }
@@ -56,14 +58,21 @@ impl Session {
             Side::Client => (keys.c2s, keys.s2c),
             Side::Server => (keys.s2c, keys.c2s),
         };
-        Self { send_key, recv_key, send_seq: 0, recv_seq: 0 }
+        Self {
+            send_key,
+            recv_key,
+            send_seq: 0,
+            recv_seq: 0,
+        }
     }
 
     /// The sequence number and MAC for the next outgoing frame.
     pub fn seal(&mut self, kind: u8, payload: &[u8]) -> (u64, [u8; MAC_LEN]) {
         let seq = self.send_seq;
         self.send_seq += 1;
-        let full = frame_mac(&self.send_key, kind, seq, payload).finalize().into_bytes();
+        let full = frame_mac(&self.send_key, kind, seq, payload)
+            .finalize()
+            .into_bytes();
         let mut mac = [0u8; MAC_LEN];
         mac.copy_from_slice(&full[..MAC_LEN]);
         (seq, mac)
@@ -74,7 +83,10 @@ impl Session {
             .verify_truncated_left(&frame.mac)
             .map_err(|_| AuthError::BadMac)?;
         if frame.seq != self.recv_seq {
-            return Err(AuthError::Sequence { expected: self.recv_seq, got: frame.seq });
+            return Err(AuthError::Sequence {
+                expected: self.recv_seq,
+                got: frame.seq,
+            });
         }
         self.recv_seq += 1;
         Ok(())
@@ -92,20 +104,53 @@ mod tests {
         let mut s = Session::new(keys, Side::Server);
         let (seq0, mac0) = c.seal(0x10, b"first");
         let (seq1, mac1) = c.seal(0x10, b"second");
-        let f0 = Frame { kind: 0x10, seq: seq0, payload: b"first", mac: mac0 };
-        let f1 = Frame { kind: 0x10, seq: seq1, payload: b"second", mac: mac1 };
+        let f0 = Frame {
+            kind: 0x10,
+            seq: seq0,
+            payload: b"first",
+            mac: mac0,
+        };
+        let f1 = Frame {
+            kind: 0x10,
+            seq: seq1,
+            payload: b"second",
+            mac: mac1,
+        };
         // Reordered: the second frame first.
-        assert_eq!(s.open(&f1), Err(AuthError::Sequence { expected: 0, got: 1 }));
+        assert_eq!(
+            s.open(&f1),
+            Err(AuthError::Sequence {
+                expected: 0,
+                got: 1
+            })
+        );
         s.open(&f0).unwrap();
         // Replayed.
         assert!(s.open(&f0).is_err());
         // Tampered payload or kind.
-        assert_eq!(s.open(&Frame { payload: b"secoNd", ..f1 }), Err(AuthError::BadMac));
+        assert_eq!(
+            s.open(&Frame {
+                payload: b"secoNd",
+                ..f1
+            }),
+            Err(AuthError::BadMac)
+        );
         assert_eq!(s.open(&Frame { kind: 0x11, ..f1 }), Err(AuthError::BadMac));
         s.open(&f1).unwrap();
         // A frame the server itself would send does not verify as coming from the client.
         let (seq, mac) = s.seal(0x10, b"x");
-        let mut s2 = Session::new(SessionKeys::derive(&[1; 32], &[2; 32], &[3; 32]), Side::Server);
-        assert_eq!(s2.open(&Frame { kind: 0x10, seq, payload: b"x", mac }), Err(AuthError::BadMac));
+        let mut s2 = Session::new(
+            SessionKeys::derive(&[1; 32], &[2; 32], &[3; 32]),
+            Side::Server,
+        );
+        assert_eq!(
+            s2.open(&Frame {
+                kind: 0x10,
+                seq,
+                payload: b"x",
+                mac
+            }),
+            Err(AuthError::BadMac)
+        );
     }
 }

@@ -25,7 +25,12 @@ fn nonce() -> [u8; 32] {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub fn new(stream: S) -> Self {
-        Self { stream, rbuf: BytesMut::with_capacity(8 * 1024), wbuf: BytesMut::new(), session: None }
+        Self {
+            stream,
+            rbuf: BytesMut::with_capacity(8 * 1024),
+            wbuf: BytesMut::new(),
+            session: None,
+        }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -46,12 +51,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 match &mut self.session {
                     Some(s) if !handshake => s.open(&frame)?,
                     None if handshake => {}
-                    _ => return Err(Error::Protocol(format!("frame type {:#04x} out of place", frame.kind))),
+                    _ => {
+                        return Err(Error::Protocol(format!(
+                            "frame type {:#04x} out of place",
+                            frame.kind
+                        )))
+                    }
                 }
                 return Ok(Some(Message::decode(frame.kind, frame.payload)?));
             }
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return if self.rbuf.is_empty() { Ok(None) } else { Err(Error::Closed) };
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::Closed)
+                };
             }
         }
     }
@@ -138,7 +152,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 Ok(client)
             }
             Err(e) => {
-                let _ = self.send(&Message::AuthFailed { message: e.to_string() }).await;
+                let _ = self
+                    .send(&Message::AuthFailed {
+                        message: e.to_string(),
+                    })
+                    .await;
                 Err(e.into())
             }
         }

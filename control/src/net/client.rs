@@ -14,9 +14,17 @@ pub struct ControlClient {
 /// Turns an `Error` reply into `Err`.
 pub fn check_reply(msg: Message) -> Result<Message, Error> {
     match msg {
-        Message::Error { code, message, report, retry_after_ms } => {
-            Err(Error::Remote { code, message, report, retry_after_ms })
-        }
+        Message::Error {
+            code,
+            message,
+            report,
+            retry_after_ms,
+        } => Err(Error::Remote {
+            code,
+            message,
+            report,
+            retry_after_ms,
+        }),
         other => Ok(other),
     }
 }

@@ -22,7 +22,9 @@ pub fn resolve_path(root: &Path, path: &str) -> Result<PathBuf, Error> {
             }
             Component::RootDir | Component::CurDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(Error::bad_request(format!("path {path:?} may not contain '..'")))
+                return Err(Error::bad_request(format!(
+                    "path {path:?} may not contain '..'"
+                )))
             }
         }
     }
@@ -44,7 +46,10 @@ mod tests {
     #[test]
     fn stays_under_the_root() {
         let root = Path::new("/srv");
-        assert_eq!(resolve_path(root, "a/b").unwrap(), PathBuf::from("/srv/a/b"));
+        assert_eq!(
+            resolve_path(root, "a/b").unwrap(),
+            PathBuf::from("/srv/a/b")
+        );
         assert_eq!(resolve_path(root, "/a").unwrap(), PathBuf::from("/srv/a"));
         assert!(resolve_path(root, "../etc/passwd").is_err());
         assert!(resolve_path(root, "a/../../b").is_err());

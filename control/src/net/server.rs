@@ -15,15 +15,17 @@ use tracing::Instrument;
 use super::files::{file_id, resolve_path};
 use super::Channel;
 use crate::auth::ClientDirectory;
-use crate::state::{Attached, CoreError, HandleId, IoKind, OpenRequest, ServerCore, ByteRange};
 use crate::state::resume_key::SEALED_LEN;
+use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};
 use crate::store::Store;
 use crate::wire::{Endpoint, FileInfo, Message};
 use crate::Error;
 
 /// Wall-clock unix milliseconds: the only place the server reads time.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct ServerConfig {
@@ -49,7 +51,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(core: ServerCore, store: Box<dyn Store>, config: ServerConfig) -> Result<Self, Error> {
+    pub fn new(
+        core: ServerCore,
+        store: Box<dyn Store>,
+        config: ServerConfig,
+    ) -> Result<Self, Error> {
         let shared = Self {
             inner: Arc::new(Mutex::new(Inner { core, store })),
             wake: Arc::new(Notify::new()),
@@ -88,7 +94,11 @@ impl Shared {
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).core.poll_timeout()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .core
+            .poll_timeout()
     }
 
     /// Expires opens at their deadlines until the process ends.
@@ -109,12 +119,20 @@ impl Shared {
     }
 
     /// Data channel: a duplicate handle for `key`, with an open file of the right access.
-    pub async fn attach(&self, client: String, key: Vec<u8>) -> Result<(Attached, std::fs::File), Error> {
+    pub async fn attach(
+        &self,
+        client: String,
+        key: Vec<u8>,
+    ) -> Result<(Attached, std::fs::File), Error> {
         let root = self.config.root.clone();
         self.run(move |core, now| {
             let att = core.attach(&client, &key)?;
             let path = resolve_path(&root, &att.path)?;
-            match OpenOptions::new().read(true).write(att.mode.can_write()).open(&path) {
+            match OpenOptions::new()
+                .read(true)
+                .write(att.mode.can_write())
+                .open(&path)
+            {
                 Ok(f) => Ok((att, f)),
                 Err(e) => {
                     core.detach(att.handle, now);
@@ -126,15 +144,22 @@ impl Shared {
     }
 
     pub async fn detach(&self, handle: HandleId) {
-        let _ = self.run(move |core, now| {
-            core.detach(handle, now);
-            Ok(())
-        })
-        .await;
+        let _ = self
+            .run(move |core, now| {
+                core.detach(handle, now);
+                Ok(())
+            })
+            .await;
     }
 
-    pub async fn begin_io(&self, handle: HandleId, kind: IoKind, range: Option<ByteRange>) -> Result<(), Error> {
-        self.run(move |core, _| Ok(core.begin_io(handle, kind, range)?)).await
+    pub async fn begin_io(
+        &self,
+        handle: HandleId,
+        kind: IoKind,
+        range: Option<ByteRange>,
+    ) -> Result<(), Error> {
+        self.run(move |core, _| Ok(core.begin_io(handle, kind, range)?))
+            .await
     }
 }
 
@@ -160,7 +185,11 @@ impl ControlServer {
     pub async fn serve(self) -> Result<(), Error> {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
         loop {
-            let permit = limit.clone().acquire_owned().await.map_err(|_| Error::Closed)?;
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed)?;
             let (stream, peer) = match self.listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -226,7 +255,11 @@ fn sealed_key(key: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-async fn dispatch(shared: &Shared, client: &str, msg: Message) -> Result<(Message, Option<HandleId>), Error> {
+async fn dispatch(
+    shared: &Shared,
+    client: &str,
+    msg: Message,
+) -> Result<(Message, Option<HandleId>), Error> {
     let client = client.to_owned();
     match msg {
         Message::Open(p) => {
@@ -240,12 +273,17 @@ async fn dispatch(shared: &Shared, client: &str, msg: Message) -> Result<(Messag
                         .create(p.create)
                         .open(&path)
                         .map_err(|e| match e.kind() {
-                            std::io::ErrorKind::NotFound => Error::not_found(format!("no such file: {}", p.path)),
+                            std::io::ErrorKind::NotFound => {
+                                Error::not_found(format!("no such file: {}", p.path))
+                            }
                             _ => Error::Core(CoreError::BadRequest(format!("{}: {e}", p.path))),
                         })?;
                     let meta = file.metadata()?;
                     if !meta.is_file() {
-                        return Err(Error::bad_request(format!("{} is not a regular file", p.path)));
+                        return Err(Error::bad_request(format!(
+                            "{} is not a regular file",
+                            p.path
+                        )));
                     }
                     let granted = core.open(
                         OpenRequest {
@@ -264,7 +302,12 @@ async fn dispatch(shared: &Shared, client: &str, msg: Message) -> Result<(Messag
                         file.set_len(0)?;
                     }
                     let size = if p.truncate { 0 } else { meta.len() };
-                    let info = FileInfo { mode: p.mode, share: p.share, locks: p.locks, size };
+                    let info = FileInfo {
+                        mode: p.mode,
+                        share: p.share,
+                        locks: p.locks,
+                        size,
+                    };
                     Ok((granted.sealed.to_vec(), granted.handle, info))
                 })
                 .await?;
@@ -272,15 +315,21 @@ async fn dispatch(shared: &Shared, client: &str, msg: Message) -> Result<(Messag
         }
         Message::Close { key } => {
             sealed_key(&key)?;
-            shared.run(move |core, _| Ok(core.close(&client, &key)?)).await?;
+            shared
+                .run(move |core, _| Ok(core.close(&client, &key)?))
+                .await?;
             Ok((Message::Done, None))
         }
         Message::Pass { key, to } => {
             sealed_key(&key)?;
             if !shared.config.directory.contains(&to) {
-                return Err(Error::not_found(format!("no client named {to:?} is known to this server")));
+                return Err(Error::not_found(format!(
+                    "no client named {to:?} is known to this server"
+                )));
             }
-            let key = shared.run(move |core, _| Ok(core.pass(&client, &key, &to)?)).await?;
+            let key = shared
+                .run(move |core, _| Ok(core.pass(&client, &key, &to)?))
+                .await?;
             Ok((Message::Key { key: key.to_vec() }, None))
         }
         Message::Inbox => {
@@ -296,9 +345,14 @@ async fn dispatch(shared: &Shared, client: &str, msg: Message) -> Result<(Messag
         )),
         Message::Lock { key, range, take } => {
             sealed_key(&key)?;
-            shared.run(move |core, _| Ok(core.lock(&client, &key, range, take)?)).await?;
+            shared
+                .run(move |core, _| Ok(core.lock(&client, &key, range, take)?))
+                .await?;
             Ok((Message::Done, None))
         }
-        other => Err(Error::Protocol(format!("{:#04x} is not a control-channel request", other.kind()))),
+        other => Err(Error::Protocol(format!(
+            "{:#04x} is not a control-channel request",
+            other.kind()
+        ))),
     }
 }

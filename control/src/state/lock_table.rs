@@ -31,7 +31,9 @@ impl LockTable {
 
     /// The owner of a lock that keeps `owner` from touching `range`, if any.
     pub fn conflict(&self, owner: Owner, range: ByteRange) -> Option<Owner> {
-        self.overlapping(range).find(|(_, _, o)| *o != owner).map(|(_, _, o)| o)
+        self.overlapping(range)
+            .find(|(_, _, o)| *o != owner)
+            .map(|(_, _, o)| o)
     }
 
     /// Takes `range` for `owner`, merging with the owner's overlapping ranges.
@@ -54,8 +56,10 @@ impl LockTable {
     /// Gives up `owner`'s hold on `range`, splitting its ranges where needed. Returns whether
     /// anything was held there.
     pub fn unlock(&mut self, owner: Owner, range: ByteRange) -> bool {
-        let own: Vec<(u64, u64, Owner)> =
-            self.overlapping(range).filter(|(_, _, o)| *o == owner).collect();
+        let own: Vec<(u64, u64, Owner)> = self
+            .overlapping(range)
+            .filter(|(_, _, o)| *o == owner)
+            .collect();
         for (s, e, o) in &own {
             self.ranges.remove(s);
             if *s < range.offset() {

@@ -97,7 +97,9 @@ impl OpenTable {
 
     /// Turns a live open into a tombstone: locks released, no longer counted against others.
     pub fn expire(&mut self, slot: u32) {
-        let Some(entry) = self.opens.get_mut(&slot) else { return };
+        let Some(entry) = self.opens.get_mut(&slot) else {
+            return;
+        };
         entry.record.status = OpenStatus::Expired;
         let file_id = entry.record.file_id;
         if let Some(file) = self.files.get_mut(&file_id) {
@@ -108,7 +110,9 @@ impl OpenTable {
 
     /// Makes a tombstone live again (the caller checked it is compatible).
     pub fn revive(&mut self, slot: u32) {
-        let Some(entry) = self.opens.get_mut(&slot) else { return };
+        let Some(entry) = self.opens.get_mut(&slot) else {
+            return;
+        };
         entry.record.status = OpenStatus::Live;
         let file = self.files.entry(entry.record.file_id).or_default();
         file.live.push(slot);
@@ -118,7 +122,9 @@ impl OpenTable {
     }
 
     pub fn set_deadline(&mut self, slot: u32, deadline: Option<u64>) {
-        let Some(entry) = self.opens.get_mut(&slot) else { return };
+        let Some(entry) = self.opens.get_mut(&slot) else {
+            return;
+        };
         if let Some(old) = entry.record.deadline {
             self.deadlines.remove(&(old, slot));
         }
@@ -134,7 +140,11 @@ impl OpenTable {
 
     /// Slots whose deadline is at or before `now`, earliest first.
     pub fn due(&self, now: u64) -> Vec<u32> {
-        self.deadlines.iter().take_while(|(d, _)| *d <= now).map(|(_, s)| *s).collect()
+        self.deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .map(|(_, s)| *s)
+            .collect()
     }
 
     pub fn records(&self) -> impl Iterator<Item = &OpenRecord> {

@@ -129,7 +129,10 @@ impl OpenRecord {
             },
             deadline: r.u64()?.checked_sub(1),
             grants: r.list(MAX_GRANTS, |r| {
-                Ok(KeyGrant { nonce: r.u64()?, client: r.string(MAX_NAME)? })
+                Ok(KeyGrant {
+                    nonce: r.u64()?,
+                    client: r.string(MAX_NAME)?,
+                })
             })?,
         };
         r.finish()?;
@@ -147,7 +150,10 @@ impl FileRecord {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(bytes);
-        let rec = FileRecord { access_seq: r.u64()?, version: r.u64()? };
+        let rec = FileRecord {
+            access_seq: r.u64()?,
+            version: r.u64()?,
+        };
         r.finish()?;
         Ok(rec)
     }
@@ -189,10 +195,16 @@ mod tests {
             seen_version: 2,
             status: OpenStatus::Expired,
             deadline: Some(0),
-            grants: vec![KeyGrant { nonce: 1, client: "c2".into() }],
+            grants: vec![KeyGrant {
+                nonce: 1,
+                client: "c2".into(),
+            }],
         };
         assert_eq!(OpenRecord::decode(&rec.encode().unwrap()).unwrap(), rec);
-        let none = OpenRecord { deadline: None, ..rec };
+        let none = OpenRecord {
+            deadline: None,
+            ..rec
+        };
         assert_eq!(OpenRecord::decode(&none.encode().unwrap()).unwrap(), none);
     }
 }

@@ -97,7 +97,8 @@ impl KeySealer {
         mac.update(b"handoff resume key v1");
         mac.update(&[version, len]);
         mac.update(body);
-        mac.verify_truncated_left(&tag).map_err(|_| KeyError::BadMac)?;
+        mac.verify_truncated_left(&tag)
+            .map_err(|_| KeyError::BadMac)?;
         let mut b = crate::wire::Reader::new(body);
         let parse = |b: &mut crate::wire::Reader| -> Result<ResumeKey, crate::wire::WireError> {
             Ok(ResumeKey {
@@ -122,7 +123,9 @@ pub fn token_to_sealed(token: &str) -> Result<Vec<u8>, KeyError> {
     if token.len() != TOKEN_LEN {
         return Err(KeyError::Malformed);
     }
-    URL_SAFE_NO_PAD.decode(token).map_err(|_| KeyError::Malformed)
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| KeyError::Malformed)
 }
 
 pub fn sealed_to_token(sealed: &[u8]) -> String {
@@ -134,7 +137,13 @@ mod tests {
     use super::*;
 
     fn key() -> ResumeKey {
-        ResumeKey { file_id: 11, opened_at: 1_700_000_000_000, pid: 4242, slot: 7, nonce: 99 }
+        ResumeKey {
+            file_id: 11,
+            opened_at: 1_700_000_000_000,
+            pid: 4242,
+            slot: 7,
+            nonce: 99,
+        }
     }
 
     #[test]

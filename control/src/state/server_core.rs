@@ -27,7 +27,11 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        Self { durable_timeout_ms: 60_000, grace_ms: 10_000, tombstone_ms: 24 * 3600 * 1000 }
+        Self {
+            durable_timeout_ms: 60_000,
+            grace_ms: 10_000,
+            tombstone_ms: 24 * 3600 * 1000,
+        }
     }
 }
 
@@ -47,7 +51,10 @@ pub struct ResumeReport {
 pub enum CoreError {
     /// Sharing violation, lock conflict, wrong rights or a key that is not this client's.
     #[error("{message}")]
-    Denied { message: String, report: Option<ResumeReport> },
+    Denied {
+        message: String,
+        report: Option<ResumeReport>,
+    },
     /// No such open: key unknown, closed or forgotten.
     #[error("{0}")]
     NotFound(String),
@@ -60,7 +67,10 @@ pub enum CoreError {
 
 impl CoreError {
     fn denied(message: impl Into<String>) -> Self {
-        CoreError::Denied { message: message.into(), report: None }
+        CoreError::Denied {
+            message: message.into(),
+            report: None,
+        }
     }
 }
 
@@ -150,7 +160,8 @@ impl ServerCore {
             core.next_slot = core.next_slot.max(rec.slot.saturating_add(1));
             let file_id = rec.file_id;
             core.table.insert(rec, 0);
-            core.table.file_mut(file_id).counters = files.get(&file_id).copied().unwrap_or_default();
+            core.table.file_mut(file_id).counters =
+                files.get(&file_id).copied().unwrap_or_default();
         }
         if recovered {
             core.grace_until = now.saturating_add(config.grace_ms);
@@ -187,12 +198,15 @@ impl ServerCore {
     /// Expires live opens whose durable timeout passed (claims 13–15) and drops old tombstones.
     pub fn handle_timeout(&mut self, now: u64) {
         for slot in self.table.due(now) {
-            let Some(entry) = self.table.get(slot) else { continue };
+            let Some(entry) = self.table.get(slot) else {
+                continue;
+            };
             match entry.record.status {
                 OpenStatus::Live if entry.channels == 0 => {
                     tracing::info!(slot, path = %entry.record.path, "durable timeout expired; open closed, locks released");
                     self.table.expire(slot);
-                    self.table.set_deadline(slot, Some(now.saturating_add(self.config.tombstone_ms)));
+                    self.table
+                        .set_deadline(slot, Some(now.saturating_add(self.config.tombstone_ms)));
                     self.persist_open(slot);
                 }
                 OpenStatus::Live => self.table.set_deadline(slot, None),
@@ -250,9 +264,13 @@ impl ServerCore {
         share: ShareMode,
         locks: &[ByteRange],
     ) -> Result<(), CoreError> {
-        let Some(file) = self.table.file(file_id) else { return Ok(()) };
+        let Some(file) = self.table.file(file_id) else {
+            return Ok(());
+        };
         for other in file.live.iter().filter(|s| Some(**s) != me) {
-            let Some(o) = self.table.get(*other) else { continue };
+            let Some(o) = self.table.get(*other) else {
+                continue;
+            };
             let r = &o.record;
             if !ShareMode::compatible((mode, share), (r.mode, r.share)) {
                 return Err(CoreError::denied(format!(
@@ -264,7 +282,10 @@ impl ServerCore {
         let owner = me.unwrap_or(u32::MAX);
         for range in locks {
             if let Some(holder) = file.locks.conflict(owner, *range) {
-                let who = self.table.get(holder).map_or("?", |e| e.record.owner.as_str());
+                let who = self
+                    .table
+                    .get(holder)
+                    .map_or("?", |e| e.record.owner.as_str());
                 return Err(CoreError::denied(format!(
                     "lock conflict: bytes {range} are locked by client {who}"
                 )));
@@ -276,10 +297,14 @@ impl ServerCore {
     /// A new open (claims 1–4, 21, 28–30). The opening connection holds the first handle.
     pub fn open(&mut self, req: OpenRequest, now: u64) -> Result<Granted, CoreError> {
         if self.in_grace(now) {
-            return Err(CoreError::Grace { retry_after_ms: self.grace_until - now });
+            return Err(CoreError::Grace {
+                retry_after_ms: self.grace_until - now,
+            });
         }
         if req.locks.len() > MAX_LOCKS {
-            return Err(CoreError::BadRequest(format!("at most {MAX_LOCKS} lock ranges")));
+            return Err(CoreError::BadRequest(format!(
+                "at most {MAX_LOCKS} lock ranges"
+            )));
         }
         for (i, a) in req.locks.iter().enumerate() {
             if req.locks[..i].iter().any(|b| a.overlaps(b)) {
@@ -293,7 +318,9 @@ impl ServerCore {
 
         let slot = self.next_slot;
         self.next_slot = self.next_slot.checked_add(1).ok_or_else(|| {
-            CoreError::BadRequest("server has used every open slot; restart with a new --state".into())
+            CoreError::BadRequest(
+                "server has used every open slot; restart with a new --state".into(),
+            )
         })?;
         self.pending.push(Mutation::PutNextSlot(self.next_slot));
         let nonce = self.rng.next_u64();
@@ -303,7 +330,13 @@ impl ServerCore {
             file.counters.version += 1;
         }
         let counters = file.counters;
-        let key = ResumeKey { file_id: req.file_id, opened_at: now, pid: req.pid, slot, nonce };
+        let key = ResumeKey {
+            file_id: req.file_id,
+            opened_at: now,
+            pid: req.pid,
+            slot,
+            nonce,
+        };
         let record = OpenRecord {
             slot,
             file_id: req.file_id,
@@ -318,14 +351,21 @@ impl ServerCore {
             seen_version: counters.version,
             status: OpenStatus::Live,
             deadline: None,
-            grants: vec![KeyGrant { nonce, client: req.client }],
+            grants: vec![KeyGrant {
+                nonce,
+                client: req.client,
+            }],
         };
         tracing::info!(slot, path = %record.path, owner = %record.owner, mode = %record.mode, share = %record.share, "open granted");
         self.table.insert(record, 0);
         let handle = self.new_handle(slot);
         self.persist_file(req.file_id);
         self.persist_open(slot);
-        Ok(Granted { sealed: self.sealer.seal(&key), handle, slot })
+        Ok(Granted {
+            sealed: self.sealer.seal(&key),
+            handle,
+            slot,
+        })
     }
 
     /// Authenticates a key, then finds its open and checks it is `client`'s to use.
@@ -334,13 +374,18 @@ impl ServerCore {
             .sealer
             .open(sealed)
             .map_err(|e| CoreError::NotFound(format!("resume key rejected: {e}")))?;
-        let gone = || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
+        let gone =
+            || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
         let entry = self.table.get(key.slot).ok_or_else(gone)?;
         let r = &entry.record;
         if r.file_id != key.file_id || r.opened_at != key.opened_at || r.pid != key.pid {
             return Err(gone());
         }
-        let grant = r.grants.iter().find(|g| g.nonce == key.nonce).ok_or_else(gone)?;
+        let grant = r
+            .grants
+            .iter()
+            .find(|g| g.nonce == key.nonce)
+            .ok_or_else(gone)?;
         if grant.client != client {
             return Err(CoreError::denied("resume key belongs to another client"));
         }
@@ -352,9 +397,16 @@ impl ServerCore {
     /// made meanwhile; otherwise the report comes back with the denial.
     pub fn attach(&mut self, client: &str, sealed: &[u8]) -> Result<Attached, CoreError> {
         let slot = self.verify_key(client, sealed)?;
-        let entry = self.table.get(slot).ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
+        let entry = self
+            .table
+            .get(slot)
+            .ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
         let rec = entry.record.clone();
-        let counters = self.table.file(rec.file_id).map(|f| f.counters).unwrap_or_default();
+        let counters = self
+            .table
+            .file(rec.file_id)
+            .map(|f| f.counters)
+            .unwrap_or_default();
         let mut report = ResumeReport {
             accessed_by_other: counters.access_seq != rec.seen_access,
             changed_by_other: counters.version != rec.seen_version,
@@ -378,7 +430,11 @@ impl ServerCore {
         }
         let handle = self.new_handle(slot);
         self.persist_open(slot);
-        let locks = self.table.file(rec.file_id).map(|f| f.locks.ranges_of(slot)).unwrap_or_default();
+        let locks = self
+            .table
+            .file(rec.file_id)
+            .map(|f| f.locks.ranges_of(slot))
+            .unwrap_or_default();
         tracing::info!(slot, handle, client, ?report, "duplicate handle attached");
         Ok(Attached {
             handle,
@@ -395,11 +451,18 @@ impl ServerCore {
     /// A channel holding `handle` is gone. The last one starts the durable timeout (claims
     /// 11–12, 26–27, 31–32).
     pub fn detach(&mut self, handle: HandleId, now: u64) {
-        let Some(slot) = self.handles.remove(&handle) else { return };
-        let Some(e) = self.table.get_mut(slot) else { return };
+        let Some(slot) = self.handles.remove(&handle) else {
+            return;
+        };
+        let Some(e) = self.table.get_mut(slot) else {
+            return;
+        };
         e.channels = e.channels.saturating_sub(1);
         if e.channels == 0 && e.record.status == OpenStatus::Live {
-            self.table.set_deadline(slot, Some(now.saturating_add(self.config.durable_timeout_ms)));
+            self.table.set_deadline(
+                slot,
+                Some(now.saturating_add(self.config.durable_timeout_ms)),
+            );
             self.persist_open(slot);
         }
     }
@@ -416,14 +479,22 @@ impl ServerCore {
             .handles
             .get(&handle)
             .ok_or_else(|| CoreError::NotFound("handle is closed".into()))?;
-        let e = self.table.get(slot).ok_or_else(|| CoreError::NotFound("open was closed".into()))?;
+        let e = self
+            .table
+            .get(slot)
+            .ok_or_else(|| CoreError::NotFound("open was closed".into()))?;
         if kind == IoKind::Write && !e.record.mode.can_write() {
-            return Err(CoreError::denied("handle is read-only: the open's mode is r"));
+            return Err(CoreError::denied(
+                "handle is read-only: the open's mode is r",
+            ));
         }
         let file_id = e.record.file_id;
         if let (Some(range), Some(file)) = (range, self.table.file(file_id)) {
             if let Some(holder) = file.locks.conflict(slot, range) {
-                let who = self.table.get(holder).map_or("?", |e| e.record.owner.as_str());
+                let who = self
+                    .table
+                    .get(holder)
+                    .map_or("?", |e| e.record.owner.as_str());
                 return Err(CoreError::denied(format!(
                     "bytes {range} are locked by another open (client {who})"
                 )));
@@ -454,16 +525,36 @@ impl ServerCore {
 
     /// Passes the open to client `to` (claims 18–20): a new key bound to `to`, also put in
     /// `to`'s inbox. The caller checked that `to` is a known client.
-    pub fn pass(&mut self, client: &str, sealed: &[u8], to: &str) -> Result<[u8; SEALED_LEN], CoreError> {
+    pub fn pass(
+        &mut self,
+        client: &str,
+        sealed: &[u8],
+        to: &str,
+    ) -> Result<[u8; SEALED_LEN], CoreError> {
         let slot = self.verify_key(client, sealed)?;
         let nonce = self.rng.next_u64();
-        let e = self.table.get_mut(slot).ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
+        let e = self
+            .table
+            .get_mut(slot)
+            .ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
         if e.record.grants.len() >= MAX_GRANTS {
-            return Err(CoreError::BadRequest(format!("an open can be passed at most {} times", MAX_GRANTS - 1)));
+            return Err(CoreError::BadRequest(format!(
+                "an open can be passed at most {} times",
+                MAX_GRANTS - 1
+            )));
         }
-        e.record.grants.push(KeyGrant { nonce, client: to.to_owned() });
+        e.record.grants.push(KeyGrant {
+            nonce,
+            client: to.to_owned(),
+        });
         let r = &e.record;
-        let key = ResumeKey { file_id: r.file_id, opened_at: r.opened_at, pid: r.pid, slot, nonce };
+        let key = ResumeKey {
+            file_id: r.file_id,
+            opened_at: r.opened_at,
+            pid: r.pid,
+            slot,
+            nonce,
+        };
         let sealed = self.sealer.seal(&key);
         let inbox = self.inboxes.entry(to.to_owned()).or_default();
         if inbox.len() >= super::records::MAX_INBOX {
@@ -495,23 +586,40 @@ impl ServerCore {
     }
 
     /// Takes or gives up a byte-range lock for the open a key names.
-    pub fn lock(&mut self, client: &str, sealed: &[u8], range: ByteRange, take: bool) -> Result<(), CoreError> {
+    pub fn lock(
+        &mut self,
+        client: &str,
+        sealed: &[u8],
+        range: ByteRange,
+        take: bool,
+    ) -> Result<(), CoreError> {
         let slot = self.verify_key(client, sealed)?;
-        let e = self.table.get(slot).ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
+        let e = self
+            .table
+            .get(slot)
+            .ok_or_else(|| CoreError::NotFound("open vanished".into()))?;
         if e.record.status != OpenStatus::Live {
-            return Err(CoreError::NotFound("the open expired; resume it first".into()));
+            return Err(CoreError::NotFound(
+                "the open expired; resume it first".into(),
+            ));
         }
         let file_id = e.record.file_id;
         let file = self.table.file_mut(file_id);
         if take {
             if file.locks.ranges_of(slot).len() >= MAX_LOCKS {
-                return Err(CoreError::BadRequest(format!("at most {MAX_LOCKS} lock ranges")));
+                return Err(CoreError::BadRequest(format!(
+                    "at most {MAX_LOCKS} lock ranges"
+                )));
             }
             file.locks.lock(slot, range).map_err(|_| {
-                CoreError::denied(format!("lock conflict: bytes {range} are locked by another open"))
+                CoreError::denied(format!(
+                    "lock conflict: bytes {range} are locked by another open"
+                ))
             })?;
         } else if !file.locks.unlock(slot, range) {
-            return Err(CoreError::NotFound(format!("no lock held on bytes {range}")));
+            return Err(CoreError::NotFound(format!(
+                "no lock held on bytes {range}"
+            )));
         }
         let locks = file.locks.ranges_of(slot);
         if let Some(e) = self.table.get_mut(slot) {

@@ -61,16 +61,25 @@ pub struct ShareMode {
 
 impl ShareMode {
     /// The default: others may read and write.
-    pub const ALL: ShareMode = ShareMode { read: true, write: true };
+    pub const ALL: ShareMode = ShareMode {
+        read: true,
+        write: true,
+    };
     /// `--exclusive`: no other opener at all.
-    pub const NONE: ShareMode = ShareMode { read: false, write: false };
+    pub const NONE: ShareMode = ShareMode {
+        read: false,
+        write: false,
+    };
 
     pub fn to_wire(self) -> u8 {
         u8::from(self.read) | (u8::from(self.write) << 1)
     }
 
     pub fn from_wire(v: u8) -> Option<Self> {
-        (v <= 3).then_some(ShareMode { read: v & 1 != 0, write: v & 2 != 0 })
+        (v <= 3).then_some(ShareMode {
+            read: v & 1 != 0,
+            write: v & 2 != 0,
+        })
     }
 
     /// SMB's rule: each open's access must be allowed by the other's share mode.
@@ -98,10 +107,18 @@ impl FromStr for ShareMode {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "rw" => Ok(ShareMode::ALL),
-            "r" => Ok(ShareMode { read: true, write: false }),
-            "w" => Ok(ShareMode { read: false, write: true }),
+            "r" => Ok(ShareMode {
+                read: true,
+                write: false,
+            }),
+            "w" => Ok(ShareMode {
+                read: false,
+                write: true,
+            }),
             "none" => Ok(ShareMode::NONE),
-            other => Err(format!("unknown share mode {other:?}: expected rw, r, w or none")),
+            other => Err(format!(
+                "unknown share mode {other:?}: expected rw, r, w or none"
+            )),
         }
     }
 }
@@ -115,7 +132,13 @@ mod tests {
         let r_all = (Mode::Read, ShareMode::ALL);
         let rw_all = (Mode::ReadWrite, ShareMode::ALL);
         let r_excl = (Mode::Read, ShareMode::NONE);
-        let rw_share_r = (Mode::ReadWrite, ShareMode { read: true, write: false });
+        let rw_share_r = (
+            Mode::ReadWrite,
+            ShareMode {
+                read: true,
+                write: false,
+            },
+        );
         assert!(ShareMode::compatible(r_all, rw_all));
         assert!(!ShareMode::compatible(r_excl, r_all));
         assert!(!ShareMode::compatible(r_all, r_excl));
@@ -123,6 +146,15 @@ mod tests {
         assert!(ShareMode::compatible(rw_share_r, r_all));
         assert!(!ShareMode::compatible(rw_share_r, rw_all));
         // A reader that denies writing keeps writers out.
-        assert!(!ShareMode::compatible((Mode::Read, ShareMode { read: true, write: false }), rw_all));
+        assert!(!ShareMode::compatible(
+            (
+                Mode::Read,
+                ShareMode {
+                    read: true,
+                    write: false
+                }
+            ),
+            rw_all
+        ));
     }
 }

@@ -6,7 +6,11 @@ use crate::store::{MemoryStore, Store};
 const T: u64 = 60_000;
 
 fn config() -> CoreConfig {
-    CoreConfig { durable_timeout_ms: T, grace_ms: 5_000, tombstone_ms: 3_600_000 }
+    CoreConfig {
+        durable_timeout_ms: T,
+        grace_ms: 5_000,
+        tombstone_ms: 3_600_000,
+    }
 }
 
 fn fresh() -> (ServerCore, MemoryStore) {
@@ -23,7 +27,10 @@ fn req(client: &str, mode: Mode, share: ShareMode, locks: &[(u64, u64)]) -> Open
         file_id: 42,
         mode,
         share,
-        locks: locks.iter().map(|(o, l)| ByteRange::new(*o, *l).unwrap()).collect(),
+        locks: locks
+            .iter()
+            .map(|(o, l)| ByteRange::new(*o, *l).unwrap())
+            .collect(),
         pid: 1000,
         truncate: false,
     }
@@ -40,7 +47,9 @@ fn denied(r: Result<impl std::fmt::Debug, CoreError>) -> Option<ResumeReport> {
 fn exclusive_open_denies_others_until_the_durable_timeout_then_grants() {
     let (mut core, _) = fresh();
     let t0 = 1_000;
-    let g = core.open(req("c1", Mode::ReadWrite, ShareMode::NONE, &[]), t0).unwrap();
+    let g = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::NONE, &[]), t0)
+        .unwrap();
     core.detach(g.handle, t0); // the CLI exits: channel gone
     assert_eq!(core.poll_timeout(), Some(t0 + T));
 
@@ -48,7 +57,9 @@ fn exclusive_open_denies_others_until_the_durable_timeout_then_grants() {
     denied(core.open(req("c2", Mode::Read, ShareMode::ALL, &[]), t0 + T - 1));
 
     core.handle_timeout(t0 + T);
-    let g2 = core.open(req("c2", Mode::Read, ShareMode::ALL, &[]), t0 + T).unwrap();
+    let g2 = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), t0 + T)
+        .unwrap();
 
     // c1 comes back: told someone accessed (not changed) the file, but c2's open blocks the
     // exclusive re-grant.
@@ -68,7 +79,9 @@ fn exclusive_open_denies_others_until_the_durable_timeout_then_grants() {
 #[test]
 fn resume_within_the_timeout_reports_nothing_and_keeps_the_mode() {
     let (mut core, _) = fresh();
-    let g = core.open(req("c1", Mode::Read, ShareMode::ALL, &[]), 10).unwrap();
+    let g = core
+        .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 10)
+        .unwrap();
     core.detach(g.handle, 10);
     core.handle_timeout(10 + T - 1);
     let a = core.attach("c1", &g.sealed).unwrap();
@@ -83,10 +96,15 @@ fn resume_within_the_timeout_reports_nothing_and_keeps_the_mode() {
 #[test]
 fn a_write_by_another_client_is_reported_as_a_change() {
     let (mut core, _) = fresh();
-    let g = core.open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0).unwrap();
+    let g = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
     core.detach(g.handle, 0);
-    let g2 = core.open(req("c2", Mode::ReadWrite, ShareMode::ALL, &[]), 1).unwrap();
-    core.begin_io(g2.handle, IoKind::Write, ByteRange::new(0, 10)).unwrap();
+    let g2 = core
+        .open(req("c2", Mode::ReadWrite, ShareMode::ALL, &[]), 1)
+        .unwrap();
+    core.begin_io(g2.handle, IoKind::Write, ByteRange::new(0, 10))
+        .unwrap();
     let a = core.attach("c1", &g.sealed).unwrap();
     assert!(a.report.accessed_by_other && a.report.changed_by_other && !a.report.reopened);
 }
@@ -94,37 +112,49 @@ fn a_write_by_another_client_is_reported_as_a_change() {
 #[test]
 fn locks_bind_other_opens_but_not_duplicates_of_the_holder() {
     let (mut core, _) = fresh();
-    let g = core.open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[(100, 50)]), 0).unwrap();
+    let g = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[(100, 50)]), 0)
+        .unwrap();
     let dup = core.attach("c1", &g.sealed).unwrap();
     assert_eq!(dup.locks, vec![ByteRange::new(100, 50).unwrap()]);
-    core.begin_io(dup.handle, IoKind::Write, ByteRange::new(120, 10)).unwrap();
+    core.begin_io(dup.handle, IoKind::Write, ByteRange::new(120, 10))
+        .unwrap();
 
-    let other = core.open(req("c2", Mode::ReadWrite, ShareMode::ALL, &[]), 0).unwrap();
+    let other = core
+        .open(req("c2", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
     denied(core.begin_io(other.handle, IoKind::Read, ByteRange::new(149, 1)));
     denied(core.begin_io(other.handle, IoKind::Write, ByteRange::new(0, 101)));
-    core.begin_io(other.handle, IoKind::Read, ByteRange::new(150, 1000)).unwrap();
+    core.begin_io(other.handle, IoKind::Read, ByteRange::new(150, 1000))
+        .unwrap();
     // A conflicting lock at open time is refused too.
     denied(core.open(req("c3", Mode::Read, ShareMode::ALL, &[(0, 120)]), 0));
     // Expiry of the holder releases its locks.
     core.detach(g.handle, 0);
     core.detach(dup.handle, 0);
     core.handle_timeout(T);
-    core.begin_io(other.handle, IoKind::Read, ByteRange::new(100, 50)).unwrap();
+    core.begin_io(other.handle, IoKind::Read, ByteRange::new(100, 50))
+        .unwrap();
 }
 
 #[test]
 fn read_only_handles_cannot_write() {
     let (mut core, _) = fresh();
-    let g = core.open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0).unwrap();
+    let g = core
+        .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
     let dup = core.attach("c1", &g.sealed).unwrap();
     denied(core.begin_io(dup.handle, IoKind::Write, ByteRange::new(0, 1)));
-    core.begin_io(dup.handle, IoKind::Read, ByteRange::new(0, 1)).unwrap();
+    core.begin_io(dup.handle, IoKind::Read, ByteRange::new(0, 1))
+        .unwrap();
 }
 
 #[test]
 fn keys_are_checked_before_use_and_bound_to_their_client() {
     let (mut core, _) = fresh();
-    let g = core.open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0).unwrap();
+    let g = core
+        .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
     let passed = core.pass("c1", &g.sealed, "c2").unwrap();
     assert_eq!(core.inbox("c2"), vec![resume_key::sealed_to_token(&passed)]);
     assert!(core.attach("c2", &passed).is_ok());
@@ -132,25 +162,39 @@ fn keys_are_checked_before_use_and_bound_to_their_client() {
     denied(core.attach("c2", &g.sealed));
     let mut altered = passed;
     altered[12] ^= 1;
-    assert!(matches!(core.attach("c2", &altered), Err(CoreError::NotFound(_))));
+    assert!(matches!(
+        core.attach("c2", &altered),
+        Err(CoreError::NotFound(_))
+    ));
     // After close, the key (and the inbox entry) is dead.
     core.close("c1", &g.sealed).unwrap();
-    assert!(matches!(core.attach("c1", &g.sealed), Err(CoreError::NotFound(_))));
+    assert!(matches!(
+        core.attach("c1", &g.sealed),
+        Err(CoreError::NotFound(_))
+    ));
     assert!(core.inbox("c2").is_empty());
 }
 
 #[test]
 fn restart_keeps_opens_keys_and_locks_and_starts_a_grace_period() {
     let (mut core, mut store) = fresh();
-    let g = core.open(req("c1", Mode::ReadWrite, ShareMode::NONE, &[(0, 10)]), 100).unwrap();
+    let g = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::NONE, &[(0, 10)]), 100)
+        .unwrap();
     core.detach(g.handle, 100);
     store.apply(&core.take_mutations()).unwrap();
     drop(core);
 
     // "kill -9", then a restart at t=200.
     let mut core = ServerCore::recover(config(), store.load().unwrap(), 200, 2);
-    assert!(core.take_mutations().is_empty(), "the MAC key is reused, not replaced");
-    assert!(matches!(core.open(req("c2", Mode::Read, ShareMode::ALL, &[]), 201), Err(CoreError::Grace { .. })));
+    assert!(
+        core.take_mutations().is_empty(),
+        "the MAC key is reused, not replaced"
+    );
+    assert!(matches!(
+        core.open(req("c2", Mode::Read, ShareMode::ALL, &[]), 201),
+        Err(CoreError::Grace { .. })
+    ));
     // After grace, the recovered exclusive open still denies.
     denied(core.open(req("c2", Mode::Read, ShareMode::ALL, &[]), 200 + 5_000));
     // The durable window restarted with the server.
@@ -163,11 +207,16 @@ fn restart_keeps_opens_keys_and_locks_and_starts_a_grace_period() {
 #[test]
 fn tombstones_are_forgotten_after_their_retention() {
     let (mut core, _) = fresh();
-    let g = core.open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0).unwrap();
+    let g = core
+        .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
     core.detach(g.handle, 0);
     core.handle_timeout(T);
     assert_eq!(core.open_count(), 1);
     core.handle_timeout(T + 3_600_000);
     assert_eq!(core.open_count(), 0);
-    assert!(matches!(core.attach("c1", &g.sealed), Err(CoreError::NotFound(_))));
+    assert!(matches!(
+        core.attach("c1", &g.sealed),
+        Err(CoreError::NotFound(_))
+    ));
 }

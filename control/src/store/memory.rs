@@ -19,7 +19,11 @@ impl Store for MemoryStore {
             next_slot: self.snapshot.next_slot,
             opens: self.opens.values().cloned().collect(),
             files: self.files.iter().map(|(k, v)| (*k, *v)).collect(),
-            inboxes: self.inboxes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            inboxes: self
+                .inboxes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 

@@ -35,7 +35,10 @@ pub enum StoreError {
     #[error("store: {0}")]
     Backend(String),
     #[error("store holds a corrupt record under {table}: {source}")]
-    Corrupt { table: &'static str, source: crate::wire::WireError },
+    Corrupt {
+        table: &'static str,
+        source: crate::wire::WireError,
+    },
 }
 
 pub trait Store: Send {

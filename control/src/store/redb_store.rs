@@ -25,7 +25,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens or creates `path` (a file). Fails clearly if another process holds it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
         {
             tx.open_table(META).map_err(backend)?;
@@ -57,22 +58,43 @@ impl Store for RedbStore {
             })?;
             snap.next_slot = u32::from_be_bytes(raw);
         }
-        for row in tx.open_table(OPENS).map_err(backend)?.iter().map_err(backend)? {
+        for row in tx
+            .open_table(OPENS)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
             let (_, v) = row.map_err(backend)?;
-            let rec = OpenRecord::decode(v.value())
-                .map_err(|source| StoreError::Corrupt { table: "opens", source })?;
+            let rec = OpenRecord::decode(v.value()).map_err(|source| StoreError::Corrupt {
+                table: "opens",
+                source,
+            })?;
             snap.opens.push(rec);
         }
-        for row in tx.open_table(FILES).map_err(backend)?.iter().map_err(backend)? {
+        for row in tx
+            .open_table(FILES)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
             let (k, v) = row.map_err(backend)?;
-            let rec = FileRecord::decode(v.value())
-                .map_err(|source| StoreError::Corrupt { table: "files", source })?;
+            let rec = FileRecord::decode(v.value()).map_err(|source| StoreError::Corrupt {
+                table: "files",
+                source,
+            })?;
             snap.files.push((k.value(), rec));
         }
-        for row in tx.open_table(INBOXES).map_err(backend)?.iter().map_err(backend)? {
+        for row in tx
+            .open_table(INBOXES)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
             let (k, v) = row.map_err(backend)?;
-            let keys = decode_inbox(v.value())
-                .map_err(|source| StoreError::Corrupt { table: "inboxes", source })?;
+            let keys = decode_inbox(v.value()).map_err(|source| StoreError::Corrupt {
+                table: "inboxes",
+                source,
+            })?;
             snap.inboxes.push((k.value().to_owned(), keys));
         }
         Ok(snap)
@@ -88,17 +110,23 @@ impl Store for RedbStore {
             let mut opens = tx.open_table(OPENS).map_err(backend)?;
             let mut files = tx.open_table(FILES).map_err(backend)?;
             let mut inboxes = tx.open_table(INBOXES).map_err(backend)?;
-            let invalid = |source| StoreError::Corrupt { table: "batch", source };
+            let invalid = |source| StoreError::Corrupt {
+                table: "batch",
+                source,
+            };
             for m in batch {
                 match m {
                     Mutation::PutMacKey(k) => {
                         meta.insert("mac_key", &k[..]).map_err(backend)?;
                     }
                     Mutation::PutNextSlot(n) => {
-                        meta.insert("next_slot", &n.to_be_bytes()[..]).map_err(backend)?;
+                        meta.insert("next_slot", &n.to_be_bytes()[..])
+                            .map_err(backend)?;
                     }
                     Mutation::PutOpen(r) => {
-                        opens.insert(r.slot, r.encode().map_err(invalid)?.as_slice()).map_err(backend)?;
+                        opens
+                            .insert(r.slot, r.encode().map_err(invalid)?.as_slice())
+                            .map_err(backend)?;
                     }
                     Mutation::DeleteOpen(s) => {
                         opens.remove(s).map_err(backend)?;
@@ -110,7 +138,9 @@ impl Store for RedbStore {
                         files.remove(id).map_err(backend)?;
                     }
                     Mutation::PutInbox(c, t) => {
-                        inboxes.insert(c.as_str(), encode_inbox(t).map_err(invalid)?.as_slice()).map_err(backend)?;
+                        inboxes
+                            .insert(c.as_str(), encode_inbox(t).map_err(invalid)?.as_slice())
+                            .map_err(backend)?;
                     }
                 }
             }
@@ -152,7 +182,13 @@ mod tests {
                 Mutation::PutMacKey([1; 32]),
                 Mutation::PutNextSlot(6),
                 Mutation::PutOpen(rec.clone()),
-                Mutation::PutFile(9, FileRecord { access_seq: 1, version: 0 }),
+                Mutation::PutFile(
+                    9,
+                    FileRecord {
+                        access_seq: 1,
+                        version: 0,
+                    },
+                ),
                 Mutation::PutInbox("c2".into(), vec!["k".into()]),
             ])
             .unwrap();
@@ -161,7 +197,19 @@ mod tests {
         assert_eq!(snap.mac_key, Some([1; 32]));
         assert_eq!(snap.next_slot, 6);
         assert_eq!(snap.opens, vec![rec]);
-        assert_eq!(snap.files, vec![(9, FileRecord { access_seq: 1, version: 0 })]);
-        assert_eq!(snap.inboxes, vec![("c2".to_string(), vec!["k".to_string()])]);
+        assert_eq!(
+            snap.files,
+            vec![(
+                9,
+                FileRecord {
+                    access_seq: 1,
+                    version: 0
+                }
+            )]
+        );
+        assert_eq!(
+            snap.inboxes,
+            vec![("c2".to_string(), vec!["k".to_string()])]
+        );
     }
 }

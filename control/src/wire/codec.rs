@@ -194,7 +194,10 @@ mod tests {
         let mut r = Reader::new(&buf);
         r.u64().unwrap();
         assert!(matches!(r.string(2), Err(WireError::TooLong)));
-        assert!(matches!(Reader::new(&[0, 5, b'a']).string(9), Err(WireError::Truncated)));
+        assert!(matches!(
+            Reader::new(&[0, 5, b'a']).string(9),
+            Err(WireError::Truncated)
+        ));
         let mut r = Reader::new(&[1, 2]);
         r.u8().unwrap();
         assert!(matches!(r.finish(), Err(WireError::TrailingBytes)));

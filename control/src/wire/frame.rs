@@ -52,11 +52,19 @@ impl<'a> Frame<'a> {
         let _len = r.u32()?;
         let kind = r.u8()?;
         let seq = r.u64()?;
-        let payload_len = r.remaining().checked_sub(MAC_LEN).ok_or(WireError::Truncated)?;
+        let payload_len = r
+            .remaining()
+            .checked_sub(MAC_LEN)
+            .ok_or(WireError::Truncated)?;
         let payload = r.take(payload_len)?;
         let mac = r.array::<MAC_LEN>()?;
         r.finish()?;
-        Ok(Self { kind, seq, payload, mac })
+        Ok(Self {
+            kind,
+            seq,
+            payload,
+            mac,
+        })
     }
 
     /// The bytes a frame MAC covers, in order: seq, kind, payload.
@@ -104,13 +112,19 @@ mod tests {
         }
         assert_eq!(Frame::check(&buf).unwrap(), Some(buf.len()));
         let f = Frame::parse(&buf).unwrap();
-        assert_eq!((f.kind, f.seq, f.payload, f.mac), (7, 42, &b"hello"[..], [9; MAC_LEN]));
+        assert_eq!(
+            (f.kind, f.seq, f.payload, f.mac),
+            (7, 42, &b"hello"[..], [9; MAC_LEN])
+        );
     }
 
     #[test]
     fn oversize_and_undersize_are_rejected_from_the_header_alone() {
         let huge = ((MAX_PAYLOAD + OVERHEAD + 1) as u32).to_be_bytes();
-        assert!(matches!(Frame::check(&huge), Err(WireError::FrameTooLarge(_))));
+        assert!(matches!(
+            Frame::check(&huge),
+            Err(WireError::FrameTooLarge(_))
+        ));
         assert!(Frame::check(&3u32.to_be_bytes()).is_err());
         let mut buf = BytesMut::new();
         assert!(encode_frame(&mut buf, 1, 0, &vec![0; MAX_PAYLOAD + 1], &[0; MAC_LEN]).is_err());

@@ -4,7 +4,9 @@
 use bytes::BytesMut;
 
 use super::{Reader, WireError, Writer};
-use crate::state::records::{decode_mode, decode_range, decode_share, encode_range, MAX_LOCKS, MAX_NAME, MAX_PATH};
+use crate::state::records::{
+    decode_mode, decode_range, decode_share, encode_range, MAX_LOCKS, MAX_NAME, MAX_PATH,
+};
 use crate::state::{ByteRange, Mode, ResumeReport, ShareMode};
 
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -92,36 +94,88 @@ pub struct FileInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     // Handshake (unauthenticated frames).
-    Hello { version: u8, client: String, client_nonce: [u8; 32] },
-    Challenge { server_nonce: [u8; 32], proof: [u8; 32] },
-    Proof { proof: [u8; 32] },
+    Hello {
+        version: u8,
+        client: String,
+        client_nonce: [u8; 32],
+    },
+    Challenge {
+        server_nonce: [u8; 32],
+        proof: [u8; 32],
+    },
+    Proof {
+        proof: [u8; 32],
+    },
     Welcome,
-    AuthFailed { message: String },
+    AuthFailed {
+        message: String,
+    },
     // Control requests.
     Open(OpenParams),
-    Close { key: Vec<u8> },
-    Pass { key: Vec<u8>, to: String },
+    Close {
+        key: Vec<u8>,
+    },
+    Pass {
+        key: Vec<u8>,
+        to: String,
+    },
     Inbox,
     Endpoints,
-    Lock { key: Vec<u8>, range: ByteRange, take: bool },
+    Lock {
+        key: Vec<u8>,
+        range: ByteRange,
+        take: bool,
+    },
     // Data-channel requests.
-    Attach { key: Vec<u8> },
-    Read { offset: u64, len: u64 },
+    Attach {
+        key: Vec<u8>,
+    },
+    Read {
+        offset: u64,
+        len: u64,
+    },
     /// Answered with `Done` (go ahead), then `len` raw bytes follow, then `Written`.
-    Write { offset: u64, len: u64 },
+    Write {
+        offset: u64,
+        len: u64,
+    },
     /// Make written bytes durable (fdatasync); answered with `Done`.
     Flush,
     // Responses.
-    Opened { key: Vec<u8>, handle: u64, info: FileInfo },
+    Opened {
+        key: Vec<u8>,
+        handle: u64,
+        info: FileInfo,
+    },
     Done,
-    Key { key: Vec<u8> },
-    Keys { keys: Vec<String> },
-    EndpointList { endpoints: Vec<Endpoint>, tls_fingerprint: Option<[u8; 32]> },
-    Attached { handle: u64, info: FileInfo, report: ResumeReport },
+    Key {
+        key: Vec<u8>,
+    },
+    Keys {
+        keys: Vec<String>,
+    },
+    EndpointList {
+        endpoints: Vec<Endpoint>,
+        tls_fingerprint: Option<[u8; 32]>,
+    },
+    Attached {
+        handle: u64,
+        info: FileInfo,
+        report: ResumeReport,
+    },
     /// `len` raw bytes follow the frame.
-    ReadData { len: u64 },
-    Written { len: u64 },
-    Error { code: ErrorCode, message: String, report: Option<ResumeReport>, retry_after_ms: u64 },
+    ReadData {
+        len: u64,
+    },
+    Written {
+        len: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        report: Option<ResumeReport>,
+        retry_after_ms: u64,
+    },
 }
 
 fn encode_info(w: &mut Writer, i: &FileInfo) -> Result<(), WireError> {
@@ -142,7 +196,9 @@ fn decode_info(r: &mut Reader) -> Result<FileInfo, WireError> {
 }
 
 fn encode_report(w: &mut Writer, r: &ResumeReport) {
-    w.u8(u8::from(r.accessed_by_other) | u8::from(r.changed_by_other) << 1 | u8::from(r.reopened) << 2);
+    w.u8(u8::from(r.accessed_by_other)
+        | u8::from(r.changed_by_other) << 1
+        | u8::from(r.reopened) << 2);
 }
 
 fn decode_report(r: &mut Reader) -> Result<ResumeReport, WireError> {
@@ -195,12 +251,19 @@ impl Message {
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
         let mut w = Writer::new(out);
         match self {
-            Message::Hello { version, client, client_nonce } => {
+            Message::Hello {
+                version,
+                client,
+                client_nonce,
+            } => {
                 w.u8(*version);
                 w.string(client, MAX_NAME)?;
                 w.raw(client_nonce);
             }
-            Message::Challenge { server_nonce, proof } => {
+            Message::Challenge {
+                server_nonce,
+                proof,
+            } => {
                 w.raw(server_nonce);
                 w.raw(proof);
             }
@@ -216,7 +279,9 @@ impl Message {
                 w.bool(p.truncate);
                 w.u32(p.pid);
             }
-            Message::Close { key } | Message::Attach { key } | Message::Key { key } => w.bytes(key, MAX_KEY)?,
+            Message::Close { key } | Message::Attach { key } | Message::Key { key } => {
+                w.bytes(key, MAX_KEY)?
+            }
             Message::Pass { key, to } => {
                 w.bytes(key, MAX_KEY)?;
                 w.string(to, MAX_NAME)?;
@@ -237,7 +302,10 @@ impl Message {
                 encode_info(&mut w, info)?;
             }
             Message::Keys { keys } => w.list(keys, MAX_KEYS, |w, k| w.string(k, 128))?,
-            Message::EndpointList { endpoints, tls_fingerprint } => {
+            Message::EndpointList {
+                endpoints,
+                tls_fingerprint,
+            } => {
                 w.list(endpoints, MAX_ENDPOINTS, |w, e| {
                     w.u8(match e.kind {
                         EndpointKind::Tcp => 1,
@@ -251,13 +319,22 @@ impl Message {
                     w.raw(fp);
                 }
             }
-            Message::Attached { handle, info, report } => {
+            Message::Attached {
+                handle,
+                info,
+                report,
+            } => {
                 w.u64(*handle);
                 encode_info(&mut w, info)?;
                 encode_report(&mut w, report);
             }
             Message::ReadData { len } | Message::Written { len } => w.u64(*len),
-            Message::Error { code, message, report, retry_after_ms } => {
+            Message::Error {
+                code,
+                message,
+                report,
+                retry_after_ms,
+            } => {
                 w.u16(code.to_wire());
                 w.string(message, MAX_MESSAGE)?;
                 w.bool(report.is_some());
@@ -273,11 +350,20 @@ impl Message {
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
         let msg = match kind {
-            0x01 => Message::Hello { version: r.u8()?, client: r.string(MAX_NAME)?, client_nonce: r.array()? },
-            0x02 => Message::Challenge { server_nonce: r.array()?, proof: r.array()? },
+            0x01 => Message::Hello {
+                version: r.u8()?,
+                client: r.string(MAX_NAME)?,
+                client_nonce: r.array()?,
+            },
+            0x02 => Message::Challenge {
+                server_nonce: r.array()?,
+                proof: r.array()?,
+            },
             0x03 => Message::Proof { proof: r.array()? },
             0x04 => Message::Welcome,
-            0x05 => Message::AuthFailed { message: r.string(MAX_MESSAGE)? },
+            0x05 => Message::AuthFailed {
+                message: r.string(MAX_MESSAGE)?,
+            },
             0x10 => Message::Open(OpenParams {
                 path: r.string(MAX_PATH)?,
                 mode: decode_mode(&mut r)?,
@@ -287,19 +373,44 @@ impl Message {
                 truncate: r.bool()?,
                 pid: r.u32()?,
             }),
-            0x11 => Message::Close { key: r.bytes(MAX_KEY)?.to_vec() },
-            0x12 => Message::Pass { key: r.bytes(MAX_KEY)?.to_vec(), to: r.string(MAX_NAME)? },
+            0x11 => Message::Close {
+                key: r.bytes(MAX_KEY)?.to_vec(),
+            },
+            0x12 => Message::Pass {
+                key: r.bytes(MAX_KEY)?.to_vec(),
+                to: r.string(MAX_NAME)?,
+            },
             0x13 => Message::Inbox,
             0x14 => Message::Endpoints,
-            0x15 => Message::Lock { key: r.bytes(MAX_KEY)?.to_vec(), range: decode_range(&mut r)?, take: r.bool()? },
-            0x20 => Message::Attach { key: r.bytes(MAX_KEY)?.to_vec() },
-            0x21 => Message::Read { offset: r.u64()?, len: r.u64()? },
-            0x22 => Message::Write { offset: r.u64()?, len: r.u64()? },
+            0x15 => Message::Lock {
+                key: r.bytes(MAX_KEY)?.to_vec(),
+                range: decode_range(&mut r)?,
+                take: r.bool()?,
+            },
+            0x20 => Message::Attach {
+                key: r.bytes(MAX_KEY)?.to_vec(),
+            },
+            0x21 => Message::Read {
+                offset: r.u64()?,
+                len: r.u64()?,
+            },
+            0x22 => Message::Write {
+                offset: r.u64()?,
+                len: r.u64()?,
+            },
             0x23 => Message::Flush,
-            0x40 => Message::Opened { key: r.bytes(MAX_KEY)?.to_vec(), handle: r.u64()?, info: decode_info(&mut r)? },
+            0x40 => Message::Opened {
+                key: r.bytes(MAX_KEY)?.to_vec(),
+                handle: r.u64()?,
+                info: decode_info(&mut r)?,
+            },
             0x41 => Message::Done,
-            0x42 => Message::Key { key: r.bytes(MAX_KEY)?.to_vec() },
-            0x43 => Message::Keys { keys: r.list(MAX_KEYS, |r| r.string(128))? },
+            0x42 => Message::Key {
+                key: r.bytes(MAX_KEY)?.to_vec(),
+            },
+            0x43 => Message::Keys {
+                keys: r.list(MAX_KEYS, |r| r.string(128))?,
+            },
             0x44 => {
                 let endpoints = r.list(MAX_ENDPOINTS, |r| {
                     let kind = match r.u8()? {
@@ -308,19 +419,38 @@ impl Message {
                         3 => EndpointKind::Rdma,
                         _ => return Err(WireError::Invalid("endpoint kind")),
                     };
-                    Ok(Endpoint { kind, addr: r.string(256)? })
+                    Ok(Endpoint {
+                        kind,
+                        addr: r.string(256)?,
+                    })
                 })?;
                 let tls_fingerprint = if r.bool()? { Some(r.array()?) } else { None };
-                Message::EndpointList { endpoints, tls_fingerprint }
+                Message::EndpointList {
+                    endpoints,
+                    tls_fingerprint,
+                }
             }
-            0x45 => Message::Attached { handle: r.u64()?, info: decode_info(&mut r)?, report: decode_report(&mut r)? },
+            0x45 => Message::Attached {
+                handle: r.u64()?,
+                info: decode_info(&mut r)?,
+                report: decode_report(&mut r)?,
+            },
             0x46 => Message::ReadData { len: r.u64()? },
             0x47 => Message::Written { len: r.u64()? },
             0x4f => {
                 let code = ErrorCode::from_wire(r.u16()?);
                 let message = r.string(MAX_MESSAGE)?;
-                let report = if r.bool()? { Some(decode_report(&mut r)?) } else { None };
-                Message::Error { code, message, report, retry_after_ms: r.u64()? }
+                let report = if r.bool()? {
+                    Some(decode_report(&mut r)?)
+                } else {
+                    None
+                };
+                Message::Error {
+                    code,
+                    message,
+                    report,
+                    retry_after_ms: r.u64()?,
+                }
             }
             other => return Err(WireError::UnknownKind(other)),
         };
@@ -341,13 +471,26 @@ mod tests {
             locks: vec![ByteRange::new(1, 2).unwrap()],
             size: 99,
         };
-        let report = ResumeReport { accessed_by_other: true, changed_by_other: false, reopened: true };
+        let report = ResumeReport {
+            accessed_by_other: true,
+            changed_by_other: false,
+            reopened: true,
+        };
         let all = vec![
-            Message::Hello { version: 1, client: "c1".into(), client_nonce: [2; 32] },
-            Message::Challenge { server_nonce: [1; 32], proof: [3; 32] },
+            Message::Hello {
+                version: 1,
+                client: "c1".into(),
+                client_nonce: [2; 32],
+            },
+            Message::Challenge {
+                server_nonce: [1; 32],
+                proof: [3; 32],
+            },
             Message::Proof { proof: [3; 32] },
             Message::Welcome,
-            Message::AuthFailed { message: "no".into() },
+            Message::AuthFailed {
+                message: "no".into(),
+            },
             Message::Open(OpenParams {
                 path: "a".into(),
                 mode: Mode::Read,
@@ -358,37 +501,71 @@ mod tests {
                 pid: 7,
             }),
             Message::Close { key: vec![1, 2] },
-            Message::Pass { key: vec![3], to: "c2".into() },
+            Message::Pass {
+                key: vec![3],
+                to: "c2".into(),
+            },
             Message::Inbox,
             Message::Endpoints,
-            Message::Lock { key: vec![4], range: ByteRange::new(9, 1).unwrap(), take: true },
+            Message::Lock {
+                key: vec![4],
+                range: ByteRange::new(9, 1).unwrap(),
+                take: true,
+            },
             Message::Attach { key: vec![5] },
             Message::Read { offset: 1, len: 2 },
             Message::Write { offset: 3, len: 4 },
             Message::Flush,
-            Message::Opened { key: vec![6], handle: 8, info: info.clone() },
+            Message::Opened {
+                key: vec![6],
+                handle: 8,
+                info: info.clone(),
+            },
             Message::Done,
             Message::Key { key: vec![7] },
-            Message::Keys { keys: vec!["a".into(), "b".into()] },
+            Message::Keys {
+                keys: vec!["a".into(), "b".into()],
+            },
             Message::EndpointList {
-                endpoints: vec![Endpoint { kind: EndpointKind::Tls, addr: "127.0.0.1:1".into() }],
+                endpoints: vec![Endpoint {
+                    kind: EndpointKind::Tls,
+                    addr: "127.0.0.1:1".into(),
+                }],
                 tls_fingerprint: Some([5; 32]),
             },
-            Message::Attached { handle: 3, info, report },
+            Message::Attached {
+                handle: 3,
+                info,
+                report,
+            },
             Message::ReadData { len: 10 },
             Message::Written { len: 11 },
-            Message::Error { code: ErrorCode::Unknown(77), message: "x".into(), report: Some(report), retry_after_ms: 5 },
+            Message::Error {
+                code: ErrorCode::Unknown(77),
+                message: "x".into(),
+                report: Some(report),
+                retry_after_ms: 5,
+            },
         ];
         for m in all {
             let mut buf = BytesMut::new();
             m.encode(&mut buf).unwrap();
             assert_eq!(Message::decode(m.kind(), &buf).unwrap(), m);
             if !buf.is_empty() {
-                assert!(Message::decode(m.kind(), &buf[..buf.len() - 1]).is_err(), "{m:?} truncated");
+                assert!(
+                    Message::decode(m.kind(), &buf[..buf.len() - 1]).is_err(),
+                    "{m:?} truncated"
+                );
             }
             buf.extend_from_slice(&[0]);
-            assert!(Message::decode(m.kind(), &buf).is_err(), "{m:?} with a trailing byte");
+            assert!(
+                Message::decode(m.kind(), &buf).is_err(),
+                "{m:?} with a trailing byte"
+            );
         }
-        assert_eq!(Message::decode(0x99, &[]), Err(WireError::UnknownKind(0x99)));
+        assert_eq!(
+            Message::decode(0x99, &[]),
+            Err(WireError::UnknownKind(0x99))
+        );
     }
 }

@@ -6,7 +6,9 @@ mod message;
 
 pub use codec::{Reader, Writer};
 pub use frame::{encode_frame, Frame, MAC_LEN, MAX_PAYLOAD};
-pub use message::{Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, PROTOCOL_VERSION};
+pub use message::{
+    Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, PROTOCOL_VERSION,
+};
 
 /// A decoding failure: the peer sent something malformed. Closes only that connection.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]

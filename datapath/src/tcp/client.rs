@@ -74,7 +74,9 @@ impl DataClient {
             Transport::Tcp => Box::new(tcp),
             Transport::Tls => {
                 let fp = tls_fingerprint.ok_or_else(|| {
-                    DataError::Certificate("the server offers no TLS certificate fingerprint".into())
+                    DataError::Certificate(
+                        "the server offers no TLS certificate fingerprint".into(),
+                    )
                 })?;
                 let connector = TlsConnector::from(client_config(fp)?);
                 let name = ServerName::try_from("handoff").expect("static name is valid");
@@ -85,10 +87,21 @@ impl DataClient {
         chan.client_handshake(identity).await?;
         chan.send(&Message::Attach { key: key.to_vec() }).await?;
         match reply(chan.expect().await?)? {
-            Message::Attached { handle, info, report } => {
-                Ok(Self { chan, handle, info, report, transport, buf: Vec::new() })
+            Message::Attached {
+                handle,
+                info,
+                report,
+            } => Ok(Self {
+                chan,
+                handle,
+                info,
+                report,
+                transport,
+                buf: Vec::new(),
+            }),
+            other => {
+                Err(Error::Protocol(format!("expected Attached, got {:#04x}", other.kind())).into())
             }
-            other => Err(Error::Protocol(format!("expected Attached, got {:#04x}", other.kind())).into()),
         }
     }
 
@@ -103,12 +116,20 @@ impl DataClient {
         self.chan.send(&Message::Read { offset, len }).await?;
         let total = match reply(self.chan.expect().await?)? {
             Message::ReadData { len } => len,
-            other => return Err(Error::Protocol(format!("expected ReadData, got {:#04x}", other.kind())).into()),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected ReadData, got {:#04x}",
+                    other.kind()
+                ))
+                .into())
+            }
         };
         self.buf.resize(CHUNK, 0);
         let mut done = 0u64;
         while done < total {
-            let want = usize::try_from(total - done).unwrap_or(usize::MAX).min(CHUNK);
+            let want = usize::try_from(total - done)
+                .unwrap_or(usize::MAX)
+                .min(CHUNK);
             let n = self.chan.read_some(&mut self.buf[..want]).await?;
             if n == 0 {
                 return Err(Error::Closed.into());
@@ -137,7 +158,11 @@ impl DataClient {
         self.chan.send(&Message::Write { offset, len }).await?;
         match reply(self.chan.expect().await?)? {
             Message::Done => {}
-            other => return Err(Error::Protocol(format!("expected Done, got {:#04x}", other.kind())).into()),
+            other => {
+                return Err(
+                    Error::Protocol(format!("expected Done, got {:#04x}", other.kind())).into(),
+                )
+            }
         }
         self.chan.write_raw(data).await?;
         self.chan.flush().await?;
@@ -152,7 +177,9 @@ impl DataClient {
         self.chan.send(&Message::Flush).await?;
         match reply(self.chan.expect().await?)? {
             Message::Done => Ok(()),
-            other => Err(Error::Protocol(format!("expected Done, got {:#04x}", other.kind())).into()),
+            other => {
+                Err(Error::Protocol(format!("expected Done, got {:#04x}", other.kind())).into())
+            }
         }
     }
 }

@@ -38,8 +38,16 @@ impl DataServer {
     }
 
     /// Serves on an already bound listener (so its address can be advertised first).
-    pub fn from_listener(listener: TcpListener, shared: Shared, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        Self { listener, shared, tls: tls.map(TlsAcceptor::from) }
+    pub fn from_listener(
+        listener: TcpListener,
+        shared: Shared,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
+        Self {
+            listener,
+            shared,
+            tls: tls.map(TlsAcceptor::from),
+        }
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, DataError> {
@@ -49,7 +57,11 @@ impl DataServer {
     pub async fn serve(self) -> Result<(), DataError> {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
         loop {
-            let permit = limit.clone().acquire_owned().await.map_err(|_| Error::Closed)?;
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed)?;
             let (stream, peer) = match self.listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -74,7 +86,11 @@ impl DataServer {
     }
 }
 
-async fn accept(stream: TcpStream, shared: Shared, tls: Option<TlsAcceptor>) -> Result<(), DataError> {
+async fn accept(
+    stream: TcpStream,
+    shared: Shared,
+    tls: Option<TlsAcceptor>,
+) -> Result<(), DataError> {
     stream.set_nodelay(true)?;
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await? == 0 {
@@ -82,17 +98,26 @@ async fn accept(stream: TcpStream, shared: Shared, tls: Option<TlsAcceptor>) -> 
     }
     if first[0] == 0x16 {
         let Some(acceptor) = tls else {
-            return Err(Error::Protocol("TLS requested but this server has no TLS endpoint".into()).into());
+            return Err(Error::Protocol(
+                "TLS requested but this server has no TLS endpoint".into(),
+            )
+            .into());
         };
         let stream = acceptor.accept(stream).await?;
-        serve(Channel::new(stream), shared, |_chan, file, offset, len| Box::pin(send_copy(_chan, file, offset, len))).await
+        serve(Channel::new(stream), shared, |_chan, file, offset, len| {
+            Box::pin(send_copy(_chan, file, offset, len))
+        })
+        .await
     } else {
-        serve(Channel::new(stream), shared, |chan, file, offset, len| Box::pin(send_sendfile(chan, file, offset, len)))
-            .await
+        serve(Channel::new(stream), shared, |chan, file, offset, len| {
+            Box::pin(send_sendfile(chan, file, offset, len))
+        })
+        .await
     }
 }
 
-type SendFut<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DataError>> + Send + 'a>>;
+type SendFut<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DataError>> + Send + 'a>>;
 
 async fn serve<S, F>(mut chan: Channel<S>, shared: Shared, send_bytes: F) -> Result<(), DataError>
 where
@@ -125,7 +150,12 @@ where
             locks: attached.locks.clone(),
             size: file.metadata()?.len(),
         };
-        chan.send(&Message::Attached { handle, info, report: attached.report }).await?;
+        chan.send(&Message::Attached {
+            handle,
+            info,
+            report: attached.report,
+        })
+        .await?;
         serve_handle(&mut chan, &shared, handle, &file, &send_bytes).await
     }
     .instrument(span)
@@ -151,7 +181,10 @@ where
             Message::Read { offset, len } => {
                 let size = file.metadata()?.len();
                 let len = len.min(size.saturating_sub(offset));
-                if let Err(e) = shared.begin_io(handle, IoKind::Read, ByteRange::new(offset, len)).await {
+                if let Err(e) = shared
+                    .begin_io(handle, IoKind::Read, ByteRange::new(offset, len))
+                    .await
+                {
                     chan.send(&e.to_message()).await?;
                     continue;
                 }
@@ -161,10 +194,14 @@ where
             }
             Message::Write { offset, len } => {
                 if offset.checked_add(len).is_none() {
-                    chan.send(&Error::bad_request("write range overflows").to_message()).await?;
+                    chan.send(&Error::bad_request("write range overflows").to_message())
+                        .await?;
                     continue;
                 }
-                if let Err(e) = shared.begin_io(handle, IoKind::Write, ByteRange::new(offset, len)).await {
+                if let Err(e) = shared
+                    .begin_io(handle, IoKind::Write, ByteRange::new(offset, len))
+                    .await
+                {
                     chan.send(&e.to_message()).await?;
                     continue;
                 }
@@ -174,11 +211,16 @@ where
             }
             Message::Flush => {
                 let f = file.try_clone()?;
-                tokio::task::spawn_blocking(move || f.sync_data()).await.map_err(std::io::Error::other)??;
+                tokio::task::spawn_blocking(move || f.sync_data())
+                    .await
+                    .map_err(std::io::Error::other)??;
                 chan.send(&Message::Done).await?;
             }
             other => {
-                let e = Error::Protocol(format!("{:#04x} is not a data-channel request", other.kind()));
+                let e = Error::Protocol(format!(
+                    "{:#04x} is not a data-channel request",
+                    other.kind()
+                ));
                 chan.send(&e.to_message()).await?;
                 return Err(e.into());
             }
@@ -218,7 +260,9 @@ async fn send_copy<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
     let mut done = 0u64;
     while done < len {
-        let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(len - done)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         file.read_exact_at(&mut buf[..want], offset + done)?;
         chan.write_raw(&buf[..want]).await?;
         done += want as u64;
@@ -228,19 +272,30 @@ async fn send_copy<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Plain TCP: the kernel moves page-cache pages to the socket (sendfile), no copy through
 /// this process.
-async fn send_sendfile(chan: &mut Channel<TcpStream>, file: &File, offset: u64, len: u64) -> Result<(), DataError> {
+async fn send_sendfile(
+    chan: &mut Channel<TcpStream>,
+    file: &File,
+    offset: u64,
+    len: u64,
+) -> Result<(), DataError> {
     let stream = chan.get_mut();
     let mut pos = i64::try_from(offset).map_err(|_| Error::bad_request("offset too large"))?;
-    let end = pos.checked_add(i64::try_from(len).map_err(|_| Error::bad_request("length too large"))?)
+    let end = pos
+        .checked_add(i64::try_from(len).map_err(|_| Error::bad_request("length too large"))?)
         .ok_or_else(|| Error::bad_request("range overflows"))?;
     while pos < end {
-        let count = usize::try_from(end - pos).unwrap_or(usize::MAX).min(1 << 30);
+        let count = usize::try_from(end - pos)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
         stream.writable().await?;
         let sent = stream.try_io(Interest::WRITABLE, || {
-            nix::sys::sendfile::sendfile64(&*stream, file, Some(&mut pos), count).map_err(std::io::Error::from)
+            nix::sys::sendfile::sendfile64(&*stream, file, Some(&mut pos), count)
+                .map_err(std::io::Error::from)
         });
         match sent {
-            Ok(0) => return Err(Error::Protocol("file shrank while it was being sent".into()).into()),
+            Ok(0) => {
+                return Err(Error::Protocol("file shrank while it was being sent".into()).into())
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),

@@ -39,7 +39,10 @@ impl ServerIdentity {
         let key = made.key_pair.serialize_der();
         write_private(&key_path, &key)?;
         std::fs::write(&cert_path, made.cert.der())?;
-        Ok(Self { cert: made.cert.der().clone(), key })
+        Ok(Self {
+            cert: made.cert.der().clone(),
+            key,
+        })
     }
 
     pub fn fingerprint(&self) -> [u8; 32] {
@@ -59,7 +62,12 @@ impl ServerIdentity {
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
@@ -86,7 +94,9 @@ impl ServerCertVerifier for PinnedCertificate {
         if got == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -96,7 +106,12 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -105,18 +120,28 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// A client configuration that pins the server certificate by fingerprint.
 pub fn client_config(fingerprint: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, DataError> {
     let provider = provider();
-    let verifier = PinnedCertificate { fingerprint, provider: provider.clone() };
+    let verifier = PinnedCertificate {
+        fingerprint,
+        provider: provider.clone(),
+    };
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
