@@ -198,3 +198,30 @@ fn garbage_truncated_and_oversize_frames_drop_only_their_connection() {
     assert!(server.is_running());
     server.cli(&c2).run(&["inbox"]).expect(0);
 }
+
+#[test]
+fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = TestServer::start(&[&c1], &[]);
+    let started = std::time::Instant::now();
+    let mut conns: Vec<TcpStream> = [&server.addr, &server.data_addr]
+        .iter()
+        .map(|a| TcpStream::connect(a).unwrap())
+        .collect();
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            s.read(&mut buf).unwrap(),
+            0,
+            "server closed the silent connection"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(19),
+        "{waited:?}"
+    );
+    server.cli(&c1).run(&["inbox"]).expect(0);
+}

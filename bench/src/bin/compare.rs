@@ -55,9 +55,13 @@ fn parse_args() -> Result<Args> {
 fn cpu_seconds(pid: u32) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
     let read = |pid: u32| -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0.0;
+        };
         // Fields after the parenthesised command name.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
@@ -81,7 +85,11 @@ impl Drop for Guard {
 }
 
 fn make_file(path: &Path, mib: u64) -> Result<()> {
-    if path.metadata().map(|m| m.len() == mib << 20).unwrap_or(false) {
+    if path
+        .metadata()
+        .map(|m| m.len() == mib << 20)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -96,7 +104,9 @@ fn make_file(path: &Path, mib: u64) -> Result<()> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_nginx(work: &Path, root: &Path) -> Result<(Guard, u16, u32)> {
@@ -134,10 +144,18 @@ fn start_nginx(work: &Path, root: &Path) -> Result<(Guard, u16, u32)> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nginx did not start; see {}", work.join("nginx.err").display())
+    bail!(
+        "nginx did not start; see {}",
+        work.join("nginx.err").display()
+    )
 }
 
-fn start_handoffd(bin: &Path, work: &Path, root: &Path, clients: &Path) -> Result<(Guard, String, u32)> {
+fn start_handoffd(
+    bin: &Path,
+    work: &Path,
+    root: &Path,
+    clients: &Path,
+) -> Result<(Guard, String, u32)> {
     let state = work.join("state");
     let _ = std::fs::remove_dir_all(&state);
     let mut child = Command::new(bin.join("handoffd"))
@@ -152,7 +170,12 @@ fn start_handoffd(bin: &Path, work: &Path, root: &Path, clients: &Path) -> Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {}/handoffd (cargo build --release first)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {}/handoffd (cargo build --release first)",
+                bin.display()
+            )
+        })?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     let addr = line
@@ -182,10 +205,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let work = PathBuf::from("target/bench-work").canonicalize().or_else(|_| {
-        std::fs::create_dir_all("target/bench-work")?;
-        PathBuf::from("target/bench-work").canonicalize()
-    })?;
+    let work = PathBuf::from("target/bench-work")
+        .canonicalize()
+        .or_else(|_| {
+            std::fs::create_dir_all("target/bench-work")?;
+            PathBuf::from("target/bench-work").canonicalize()
+        })?;
     let root = work.join("root");
     std::fs::create_dir_all(&root)?;
     let file = root.join("bench.bin");
@@ -203,12 +228,19 @@ fn main() -> Result<()> {
 
     let curl = || {
         let mut c = Command::new("curl");
-        c.args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/bench.bin")]);
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/bench.bin"),
+        ]);
         c
     };
     let handoff = || {
         let mut c = Command::new(args.bin_dir.join("handoff"));
-        c.args(["--server", &addr, "--identity"]).arg(&id_file).args(["get", "bench.bin", "--channel", "tcp"]);
+        c.args(["--server", &addr, "--identity"])
+            .arg(&id_file)
+            .args(["get", "bench.bin", "--channel", "tcp"]);
         c.env("HANDOFF_KEYS", work.join("keys"));
         c
     };
@@ -246,7 +278,10 @@ fn main() -> Result<()> {
         ],
     });
     std::fs::create_dir_all(&args.out_dir)?;
-    std::fs::write(args.out_dir.join("tcp-loopback.json"), serde_json::to_string_pretty(&result)? + "\n")?;
+    std::fs::write(
+        args.out_dir.join("tcp-loopback.json"),
+        serde_json::to_string_pretty(&result)? + "\n",
+    )?;
     let table = format!(
         "| tool | op | size | MiB/s (median of {runs}) | server CPU s/GiB | ratio |\n|---|---|---|---|---|---|\n\
          | nginx `sendfile on` + curl | read | {size} MiB | {n:.0} | {nc:.2} | 1.00 |\n\

@@ -8,4 +8,4 @@ mod server;
 pub use channel::Channel;
 pub use client::{check_reply, ControlClient};
 pub use files::{file_id, resolve_path};
-pub use server::{now_ms, ControlServer, ServerConfig, Shared};
+pub use server::{handshake, now_ms, ControlServer, ServerConfig, Shared, HANDSHAKE_TIMEOUT};

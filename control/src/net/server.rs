@@ -77,7 +77,14 @@ impl Shared {
         let result = f(&mut inner.core, now_ms());
         let batch = inner.core.take_mutations();
         if !batch.is_empty() {
-            inner.store.apply(&batch)?;
+            if let Err(e) = inner.store.apply(&batch) {
+                // Memory is now ahead of the store, and a reply would promise what a crash
+                // could lose. Stop (fail-stop, like a WAL write failure): a restart recovers
+                // the last consistent state from the store.
+                tracing::error!("cannot write state to the store, stopping: {e}");
+                eprintln!("handoffd: cannot write state to the store, stopping: {e}");
+                std::process::exit(70);
+            }
             self.wake.notify_one();
         }
         result
@@ -163,6 +170,23 @@ impl Shared {
     }
 }
 
+/// How long a connection may take to authenticate before it is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of the handshake, bounded in time so a silent peer cannot hold a
+/// connection slot.
+pub async fn handshake<S>(chan: &mut Channel<S>, shared: &Shared) -> Result<String, Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        chan.server_handshake(&shared.config.directory),
+    )
+    .await
+    .map_err(|_| Error::Protocol("no authentication within 10 s".into()))?
+}
+
 pub struct ControlServer {
     listener: TcpListener,
     shared: Shared,
@@ -216,7 +240,7 @@ impl ControlServer {
 async fn handle_connection(stream: TcpStream, shared: Shared) -> Result<(), Error> {
     stream.set_nodelay(true)?;
     let mut chan = Channel::new(stream);
-    let client = chan.server_handshake(&shared.config.directory).await?;
+    let client = handshake(&mut chan, &shared).await?;
     tracing::debug!(client, "authenticated");
     let mut handles = Vec::new();
     let result = serve_requests(&mut chan, &shared, &client, &mut handles).await;

@@ -93,7 +93,13 @@ async fn accept(
 ) -> Result<(), DataError> {
     stream.set_nodelay(true)?;
     let mut first = [0u8; 1];
-    if stream.peek(&mut first).await? == 0 {
+    let peeked = tokio::time::timeout(
+        handoff_control::net::HANDSHAKE_TIMEOUT,
+        stream.peek(&mut first),
+    )
+    .await
+    .map_err(|_| Error::Protocol("nothing received within 10 s".into()))??;
+    if peeked == 0 {
         return Ok(());
     }
     if first[0] == 0x16 {
@@ -103,7 +109,12 @@ async fn accept(
             )
             .into());
         };
-        let stream = acceptor.accept(stream).await?;
+        let stream = tokio::time::timeout(
+            handoff_control::net::HANDSHAKE_TIMEOUT,
+            acceptor.accept(stream),
+        )
+        .await
+        .map_err(|_| Error::Protocol("no TLS handshake within 10 s".into()))??;
         serve(Channel::new(stream), shared, |_chan, file, offset, len| {
             Box::pin(send_copy(_chan, file, offset, len))
         })
@@ -124,7 +135,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     F: for<'a> Fn(&'a mut Channel<S>, &'a File, u64, u64) -> SendFut<'a>,
 {
-    let client = chan.server_handshake(&shared.config.directory).await?;
+    let client = handoff_control::net::handshake(&mut chan, &shared).await?;
     let key = match chan.expect().await? {
         Message::Attach { key } => key,
         other => {
