@@ -11,7 +11,7 @@ use crate::wire::{ErrorCode, WireError};
 pub enum Error {
     /// The peer sent bytes that do not decode.
     #[error("malformed message: {0}")]
-    Wire(#[from] WireError),
+    Wire(WireError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// A request the server's state machine refused.
@@ -19,7 +19,7 @@ pub enum Error {
     Core(#[from] CoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("connection closed by the peer")]
     Closed,
@@ -34,6 +34,13 @@ pub enum Error {
         report: Option<ResumeReport>,
         retry_after_ms: u64,
     },
+}
+
+// Written out (not `#[from]`) so the detail shows once in a printed error chain.
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        Error::Wire(e)
+    }
 }
 
 impl Error {

@@ -4,10 +4,10 @@ pub enum DataError {
     #[error(transparent)]
     Control(#[from] handoff_control::Error),
     #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
     #[error("TLS certificate: {0}")]
     Certificate(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -20,5 +20,12 @@ impl DataError {
             }
             DataError::Io(_) => handoff_control::wire::ErrorCode::Internal,
         }
+    }
+}
+
+// Written out (not `#[from]`) so the detail shows once in a printed error chain.
+impl From<rustls::Error> for DataError {
+    fn from(e: rustls::Error) -> Self {
+        DataError::Tls(e)
     }
 }
