@@ -4,6 +4,7 @@
 //! RDMA transport lives in `rdma/`.
 
 mod error;
+pub mod rdma;
 pub mod tcp;
 
 pub use error::DataError;

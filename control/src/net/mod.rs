@@ -8,4 +8,7 @@ mod server;
 pub use channel::Channel;
 pub use client::{check_reply, ControlClient};
 pub use files::{file_id, resolve_path};
-pub use server::{handshake, now_ms, ControlServer, ServerConfig, Shared, HANDSHAKE_TIMEOUT};
+pub use server::{
+    handshake, now_ms, ControlServer, Revocable, ServerConfig, ServerStats, Shared,
+    HANDSHAKE_TIMEOUT,
+};

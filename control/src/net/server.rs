@@ -40,6 +40,49 @@ pub struct ServerConfig {
 struct Inner {
     core: ServerCore,
     store: Box<dyn Store>,
+    /// Direct-mode grants by open slot, to revoke when the core says so.
+    grants: std::collections::HashMap<u32, Vec<std::sync::Weak<dyn Revocable>>>,
+}
+
+/// Something the IO layer can take back at once: a direct-mode rkey (deregistering the MR).
+pub trait Revocable: Send + Sync {
+    fn revoke(&self);
+}
+
+/// Counters a server exposes (`handoff stats`); data-path work done by the server's CPU.
+#[derive(Default, Debug)]
+pub struct ServerStats {
+    /// Bytes the server moved with RDMA work requests it posted (WRITE for reads, READ for
+    /// writes). Direct-mode reads never add to it.
+    pub rdma_server_bytes: std::sync::atomic::AtomicU64,
+    pub rdma_requests: std::sync::atomic::AtomicU64,
+    pub rdma_connections: std::sync::atomic::AtomicU64,
+    pub direct_grants: std::sync::atomic::AtomicU64,
+    pub direct_revocations: std::sync::atomic::AtomicU64,
+    pub tcp_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl ServerStats {
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (
+                "rdma_server_bytes".into(),
+                self.rdma_server_bytes.load(Relaxed),
+            ),
+            ("rdma_requests".into(), self.rdma_requests.load(Relaxed)),
+            (
+                "rdma_connections".into(),
+                self.rdma_connections.load(Relaxed),
+            ),
+            ("direct_grants".into(), self.direct_grants.load(Relaxed)),
+            (
+                "direct_revocations".into(),
+                self.direct_revocations.load(Relaxed),
+            ),
+            ("tcp_bytes".into(), self.tcp_bytes.load(Relaxed)),
+        ]
+    }
 }
 
 /// The server's state shared by every connection task.
@@ -48,6 +91,7 @@ pub struct Shared {
     inner: Arc<Mutex<Inner>>,
     wake: Arc<Notify>,
     pub config: Arc<ServerConfig>,
+    pub stats: Arc<ServerStats>,
 }
 
 impl Shared {
@@ -57,9 +101,14 @@ impl Shared {
         config: ServerConfig,
     ) -> Result<Self, Error> {
         let shared = Self {
-            inner: Arc::new(Mutex::new(Inner { core, store })),
+            inner: Arc::new(Mutex::new(Inner {
+                core,
+                store,
+                grants: Default::default(),
+            })),
             wake: Arc::new(Notify::new()),
             config: Arc::new(config),
+            stats: Arc::default(),
         };
         // Persist what recovery produced (a new MAC key on a fresh store).
         shared.run_blocking(|_, _| Ok(()))?;
@@ -87,7 +136,37 @@ impl Shared {
             }
             self.wake.notify_one();
         }
+        for slot in inner.core.take_revocations() {
+            for grant in inner.grants.remove(&slot).unwrap_or_default() {
+                if let Some(g) = grant.upgrade() {
+                    g.revoke();
+                    self.stats
+                        .direct_revocations
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(slot, "direct-mode access revoked");
+                }
+            }
+        }
         result
+    }
+
+    /// Grants direct mode to `handle` if the core allows it: `make` registers the memory and
+    /// returns the grant, which is recorded (under the same lock) for later revocation.
+    pub fn grant_direct<T: Revocable + 'static>(
+        &self,
+        handle: HandleId,
+        make: impl FnOnce() -> Result<Arc<T>, Error>,
+    ) -> Result<Arc<T>, Error> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = inner.core.direct_allowed(handle)?;
+        let grant = make()?;
+        let weak: std::sync::Weak<dyn Revocable> =
+            Arc::downgrade(&(grant.clone() as Arc<dyn Revocable>));
+        inner.grants.entry(slot).or_default().push(weak);
+        self.stats
+            .direct_grants
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(grant)
     }
 
     pub async fn run<T: Send + 'static>(
@@ -360,6 +439,12 @@ async fn dispatch(
             let keys = shared.run(move |core, _| Ok(core.inbox(&client))).await?;
             Ok((Message::Keys { keys }, None))
         }
+        Message::Stats => Ok((
+            Message::StatsReply {
+                counters: shared.stats.snapshot(),
+            },
+            None,
+        )),
         Message::Endpoints => Ok((
             Message::EndpointList {
                 endpoints: shared.config.endpoints.clone(),

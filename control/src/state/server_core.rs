@@ -123,6 +123,8 @@ pub struct ServerCore {
     grace_until: u64,
     rng: StdRng,
     pending: Vec<Mutation>,
+    /// Opens whose direct-mode rkeys must be revoked (IO layer: deregister them).
+    revoked: Vec<u32>,
 }
 
 impl ServerCore {
@@ -149,6 +151,7 @@ impl ServerCore {
             grace_until: 0,
             rng,
             pending,
+            revoked: Vec::new(),
         };
         let files: HashMap<u64, FileRecord> = snapshot.files.into_iter().collect();
         let recovered = !snapshot.opens.is_empty();
@@ -190,6 +193,56 @@ impl ServerCore {
         std::mem::take(&mut self.pending)
     }
 
+    /// Opens whose direct-mode grants must be revoked now, as decided by the last calls.
+    pub fn take_revocations(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.revoked)
+    }
+
+    /// Revokes direct access of every live open of `file_id` but `except`.
+    fn revoke_others(&mut self, file_id: u64, except: u32) {
+        if let Some(f) = self.table.file(file_id) {
+            self.revoked
+                .extend(f.live.iter().copied().filter(|s| *s != except));
+        }
+    }
+
+    /// Direct mode (one-sided reads by the client, no server CPU) is granted to a read-only
+    /// handle while no other open of the file can write and no other open holds a lock.
+    pub fn direct_allowed(&self, handle: HandleId) -> Result<u32, CoreError> {
+        let slot = *self
+            .handles
+            .get(&handle)
+            .ok_or_else(|| CoreError::NotFound("handle is closed".into()))?;
+        let e = self
+            .table
+            .get(slot)
+            .ok_or_else(|| CoreError::NotFound("open was closed".into()))?;
+        if e.record.mode.can_write() {
+            return Err(CoreError::denied("direct mode is for read-only opens"));
+        }
+        let file = self.table.file(e.record.file_id);
+        for other in file.map(|f| f.live.as_slice()).unwrap_or_default() {
+            if *other == slot {
+                continue;
+            }
+            if self
+                .table
+                .get(*other)
+                .is_some_and(|o| o.record.mode.can_write())
+            {
+                return Err(CoreError::denied(
+                    "direct mode refused: another open of the file can write",
+                ));
+            }
+        }
+        if file.is_some_and(|f| f.locks.len() > f.locks.ranges_of(slot).len()) {
+            return Err(CoreError::denied(
+                "direct mode refused: another open holds a lock",
+            ));
+        }
+        Ok(slot)
+    }
+
     /// When [`ServerCore::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.table.next_deadline()
@@ -205,6 +258,7 @@ impl ServerCore {
                 OpenStatus::Live if entry.channels == 0 => {
                     tracing::info!(slot, path = %entry.record.path, "durable timeout expired; open closed, locks released");
                     self.table.expire(slot);
+                    self.revoked.push(slot);
                     self.table
                         .set_deadline(slot, Some(now.saturating_add(self.config.tombstone_ms)));
                     self.persist_open(slot);
@@ -234,6 +288,7 @@ impl ServerCore {
     }
 
     fn forget(&mut self, slot: u32) {
+        self.revoked.push(slot);
         if let Some((rec, unreferenced)) = self.table.remove(slot) {
             self.pending.push(Mutation::DeleteOpen(slot));
             if unreferenced {
@@ -357,6 +412,9 @@ impl ServerCore {
             }],
         };
         tracing::info!(slot, path = %record.path, owner = %record.owner, mode = %record.mode, share = %record.share, "open granted");
+        if record.mode.can_write() || !record.locks.is_empty() {
+            self.revoke_others(req.file_id, slot);
+        }
         self.table.insert(record, 0);
         let handle = self.new_handle(slot);
         self.persist_file(req.file_id);
@@ -390,6 +448,28 @@ impl ServerCore {
             return Err(CoreError::denied("resume key belongs to another client"));
         }
         Ok(key.slot)
+    }
+
+    /// For a connect request that carries only a key (RDMA private data): authenticates the
+    /// key, finds its open, and names the client the key is bound to, who must then prove
+    /// itself.
+    pub fn key_holder(&self, sealed: &[u8]) -> Result<(u32, String), CoreError> {
+        let key = self
+            .sealer
+            .open(sealed)
+            .map_err(|e| CoreError::NotFound(format!("resume key rejected: {e}")))?;
+        let gone =
+            || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
+        let r = &self.table.get(key.slot).ok_or_else(gone)?.record;
+        if r.file_id != key.file_id || r.opened_at != key.opened_at || r.pid != key.pid {
+            return Err(gone());
+        }
+        let grant = r
+            .grants
+            .iter()
+            .find(|g| g.nonce == key.nonce)
+            .ok_or_else(gone)?;
+        Ok((key.slot, grant.client.clone()))
     }
 
     /// Resume: a duplicate handle on the open the key names, with the report (claims 16–17,
@@ -622,6 +702,9 @@ impl ServerCore {
             )));
         }
         let locks = file.locks.ranges_of(slot);
+        if take {
+            self.revoke_others(file_id, slot);
+        }
         if let Some(e) = self.table.get_mut(slot) {
             e.record.locks = locks;
         }

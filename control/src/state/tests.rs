@@ -220,3 +220,53 @@ fn tombstones_are_forgotten_after_their_retention() {
         Err(CoreError::NotFound(_))
     ));
 }
+
+#[test]
+fn direct_mode_is_for_lone_readers_and_conflicts_revoke_it() {
+    let (mut core, _) = fresh();
+    let reader = core
+        .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let other_reader = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    assert_eq!(core.direct_allowed(reader.handle), Ok(reader.slot));
+    assert!(
+        core.take_revocations().is_empty(),
+        "a second reader revokes nothing"
+    );
+    // A writer's open revokes every other open's direct access and keeps it from coming back.
+    let writer = core
+        .open(req("c3", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let mut revoked = core.take_revocations();
+    revoked.sort();
+    assert_eq!(revoked, vec![reader.slot, other_reader.slot]);
+    denied(core.direct_allowed(reader.handle));
+    denied(core.direct_allowed(writer.handle));
+    core.close("c3", &writer.sealed).unwrap();
+    assert_eq!(core.take_revocations(), vec![writer.slot]);
+    assert!(core.direct_allowed(reader.handle).is_ok());
+    // A lock by another open revokes too.
+    core.lock(
+        "c2",
+        &other_reader.sealed,
+        ByteRange::new(0, 1).unwrap(),
+        true,
+    )
+    .unwrap();
+    assert_eq!(core.take_revocations(), vec![reader.slot]);
+    denied(core.direct_allowed(reader.handle));
+    // Expiry of the holder itself revokes its own grant.
+    core.lock(
+        "c2",
+        &other_reader.sealed,
+        ByteRange::new(0, 1).unwrap(),
+        false,
+    )
+    .unwrap();
+    core.take_revocations();
+    core.detach(reader.handle, 0);
+    core.handle_timeout(T);
+    assert!(core.take_revocations().contains(&reader.slot));
+}

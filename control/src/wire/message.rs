@@ -141,7 +141,37 @@ pub enum Message {
     },
     /// Make written bytes durable (fdatasync); answered with `Done`.
     Flush,
+    /// RDMA: the server RDMA-WRITEs up to `len` file bytes from `offset` into the client's
+    /// registered buffer (`addr`, `rkey`), then answers `ReadData` with the count.
+    RdmaRead {
+        offset: u64,
+        len: u64,
+        addr: u64,
+        rkey: u32,
+    },
+    /// RDMA: the server RDMA-READs `len` bytes from the client's buffer and writes them at
+    /// `offset`; answered with `Written`.
+    RdmaWrite {
+        offset: u64,
+        len: u64,
+        addr: u64,
+        rkey: u32,
+    },
+    /// RDMA direct mode: ask for an rkey to the file itself; answered with `FileMapped`.
+    MapFile,
+    /// The server's counters; answered with `StatsReply`.
+    Stats,
     // Responses.
+    /// Direct mode grant: the client may RDMA READ `[addr, addr + len)` with `rkey` until the
+    /// server revokes it (a conflicting open, lock, close or expiry).
+    FileMapped {
+        addr: u64,
+        len: u64,
+        rkey: u32,
+    },
+    StatsReply {
+        counters: Vec<(String, u64)>,
+    },
     Opened {
         key: Vec<u8>,
         handle: u64,
@@ -231,6 +261,10 @@ impl Message {
             Message::Read { .. } => 0x21,
             Message::Write { .. } => 0x22,
             Message::Flush => 0x23,
+            Message::RdmaRead { .. } => 0x24,
+            Message::RdmaWrite { .. } => 0x25,
+            Message::MapFile => 0x26,
+            Message::Stats => 0x16,
             Message::Opened { .. } => 0x40,
             Message::Done => 0x41,
             Message::Key { .. } => 0x42,
@@ -239,6 +273,8 @@ impl Message {
             Message::Attached { .. } => 0x45,
             Message::ReadData { .. } => 0x46,
             Message::Written { .. } => 0x47,
+            Message::FileMapped { .. } => 0x48,
+            Message::StatsReply { .. } => 0x49,
             Message::Error { .. } => 0x4f,
         }
     }
@@ -286,7 +322,12 @@ impl Message {
                 w.bytes(key, MAX_KEY)?;
                 w.string(to, MAX_NAME)?;
             }
-            Message::Inbox | Message::Endpoints | Message::Done | Message::Flush => {}
+            Message::Inbox
+            | Message::Endpoints
+            | Message::Done
+            | Message::Flush
+            | Message::MapFile
+            | Message::Stats => {}
             Message::Lock { key, range, take } => {
                 w.bytes(key, MAX_KEY)?;
                 encode_range(&mut w, range)?;
@@ -329,6 +370,33 @@ impl Message {
                 encode_report(&mut w, report);
             }
             Message::ReadData { len } | Message::Written { len } => w.u64(*len),
+            Message::RdmaRead {
+                offset,
+                len,
+                addr,
+                rkey,
+            }
+            | Message::RdmaWrite {
+                offset,
+                len,
+                addr,
+                rkey,
+            } => {
+                w.u64(*offset);
+                w.u64(*len);
+                w.u64(*addr);
+                w.u32(*rkey);
+            }
+            Message::StatsReply { counters } => w.list(counters, 64, |w, (k, v)| {
+                w.string(k, 64)?;
+                w.u64(*v);
+                Ok(())
+            })?,
+            Message::FileMapped { addr, len, rkey } => {
+                w.u64(*addr);
+                w.u64(*len);
+                w.u32(*rkey);
+            }
             Message::Error {
                 code,
                 message,
@@ -399,6 +467,28 @@ impl Message {
                 len: r.u64()?,
             },
             0x23 => Message::Flush,
+            0x24 => Message::RdmaRead {
+                offset: r.u64()?,
+                len: r.u64()?,
+                addr: r.u64()?,
+                rkey: r.u32()?,
+            },
+            0x25 => Message::RdmaWrite {
+                offset: r.u64()?,
+                len: r.u64()?,
+                addr: r.u64()?,
+                rkey: r.u32()?,
+            },
+            0x26 => Message::MapFile,
+            0x16 => Message::Stats,
+            0x49 => Message::StatsReply {
+                counters: r.list(64, |r| Ok((r.string(64)?, r.u64()?)))?,
+            },
+            0x48 => Message::FileMapped {
+                addr: r.u64()?,
+                len: r.u64()?,
+                rkey: r.u32()?,
+            },
             0x40 => Message::Opened {
                 key: r.bytes(MAX_KEY)?.to_vec(),
                 handle: r.u64()?,
@@ -516,6 +606,28 @@ mod tests {
             Message::Read { offset: 1, len: 2 },
             Message::Write { offset: 3, len: 4 },
             Message::Flush,
+            Message::RdmaRead {
+                offset: 1,
+                len: 2,
+                addr: 3,
+                rkey: 4,
+            },
+            Message::RdmaWrite {
+                offset: 5,
+                len: 6,
+                addr: 7,
+                rkey: 8,
+            },
+            Message::MapFile,
+            Message::Stats,
+            Message::StatsReply {
+                counters: vec![("a".into(), 1)],
+            },
+            Message::FileMapped {
+                addr: 9,
+                len: 10,
+                rkey: 11,
+            },
             Message::Opened {
                 key: vec![6],
                 handle: 8,

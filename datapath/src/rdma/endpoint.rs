@@ -1,0 +1,291 @@
+//! One end of an RDMA connection: PD, CQ, QP, and registered message slots for SEND/RECV.
+//! Messages are the same MAC'd frames as on the TCP channel, one per SEND; bulk bytes move
+//! by RDMA WRITE/READ between registered regions and never through these slots.
+
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use handoff_control::auth::{self, ClientDirectory, Identity, Session, Side};
+use handoff_control::wire::{encode_frame, Frame, Message, MAC_LEN};
+use handoff_control::Error;
+use rand::RngCore;
+
+use super::cm::CmId;
+use super::verbs::{
+    Access, Completion, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, SendOp,
+};
+use crate::DataError;
+
+/// Bytes per message slot (control messages are far smaller).
+pub const SLOT: usize = 4096;
+/// Receive slots posted at all times: the peer's credit for requests in flight.
+pub const RECV_SLOTS: usize = 32;
+const SEND_SLOTS: usize = 32;
+
+const TAG_RECV: u64 = 1 << 62;
+const TAG_SEND: u64 = 2 << 62;
+const TAG_MASK: u64 = 3 << 62;
+
+pub struct Endpoint {
+    // Field order is drop order: the QP goes first (flushing posted work), then the
+    // regions it referenced, then CQ and PD.
+    pub qp: QueuePair,
+    send_buf: MemoryRegion,
+    recv_buf: MemoryRegion,
+    pub cq: Arc<CompletionQueue>,
+    pub pd: Arc<ProtectionDomain>,
+    free_send: Vec<usize>,
+    inbox: VecDeque<(usize, usize)>,
+    finished: HashSet<u64>,
+    session: Option<Session>,
+    wcs: Vec<Completion>,
+    encode: BytesMut,
+    /// A remote access error seen on one of our own RDMA READs (direct mode revoked).
+    pub remote_access_error: bool,
+    /// How long a blocking wait may go without any completion (None: forever).
+    pub timeout: Option<std::time::Duration>,
+}
+
+fn broken(what: String) -> DataError {
+    DataError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, what))
+}
+
+impl Endpoint {
+    /// Builds PD, CQ, QP and message slots on `id` and posts every receive.
+    pub fn new(id: &Arc<CmId>) -> io::Result<Self> {
+        let pd = ProtectionDomain::new(id)?;
+        let cq = CompletionQueue::new(&pd, 512)?;
+        let qp = QueuePair::new(id, &pd, &cq)?;
+        let send_buf = MemoryRegion::alloc(&pd, SEND_SLOTS * SLOT, Access::LOCAL)?;
+        let recv_buf = MemoryRegion::alloc(&pd, RECV_SLOTS * SLOT, Access::LOCAL_WRITE)?;
+        for slot in 0..RECV_SLOTS {
+            qp.post_recv(TAG_RECV | slot as u64, &recv_buf, slot * SLOT, SLOT)?;
+        }
+        Ok(Self {
+            qp,
+            send_buf,
+            recv_buf,
+            cq,
+            pd,
+            free_send: (0..SEND_SLOTS).collect(),
+            inbox: VecDeque::new(),
+            finished: HashSet::new(),
+            session: None,
+            wcs: Vec::new(),
+            encode: BytesMut::with_capacity(SLOT),
+            remote_access_error: false,
+            timeout: None,
+        })
+    }
+
+    /// Takes completions (blocking for at least one if `block`) and sorts them.
+    fn pump(&mut self, block: bool) -> Result<(), DataError> {
+        self.wcs.clear();
+        if block {
+            if !self.cq.wait(&mut self.wcs, self.timeout)? {
+                return Err(broken(format!(
+                    "no RDMA completion within {:?}: the path or the peer is gone",
+                    self.timeout.unwrap_or_default()
+                )));
+            }
+        } else {
+            self.cq.poll(&mut self.wcs)?;
+        }
+        let mut failure = None;
+        for wc in self.wcs.drain(..) {
+            if !wc.ok() {
+                if wc.is_remote_access_error() {
+                    self.remote_access_error = true;
+                }
+                failure.get_or_insert_with(|| {
+                    format!("RDMA work request failed: {}", wc.status_name())
+                });
+                continue;
+            }
+            match wc.wr_id & TAG_MASK {
+                TAG_RECV => self
+                    .inbox
+                    .push_back(((wc.wr_id & !TAG_MASK) as usize, wc.byte_len as usize)),
+                TAG_SEND => self.free_send.push((wc.wr_id & !TAG_MASK) as usize),
+                _ => {
+                    self.finished.insert(wc.wr_id);
+                }
+            }
+        }
+        match failure {
+            Some(f) => Err(broken(f)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn send(&mut self, msg: &Message) -> Result<(), DataError> {
+        while self.free_send.is_empty() {
+            self.pump(true)?;
+        }
+        let mut payload = BytesMut::new();
+        msg.encode(&mut payload).map_err(Error::from)?;
+        let (seq, mac) = match &mut self.session {
+            Some(s) => s.seal(msg.kind(), &payload),
+            None => (0, [0u8; MAC_LEN]),
+        };
+        self.encode.clear();
+        encode_frame(&mut self.encode, msg.kind(), seq, &payload, &mac).map_err(Error::from)?;
+        if self.encode.len() > SLOT {
+            return Err(Error::Protocol("message larger than an RDMA message slot".into()).into());
+        }
+        let slot = self.free_send.pop().expect("checked non-empty");
+        let dst = self.send_buf.bytes_mut().expect("owned buffer");
+        dst[slot * SLOT..slot * SLOT + self.encode.len()].copy_from_slice(&self.encode);
+        self.qp.post_send(
+            TAG_SEND | slot as u64,
+            SendOp::Send,
+            &self.send_buf,
+            slot * SLOT,
+            self.encode.len(),
+            None,
+            true,
+        )?;
+        Ok(())
+    }
+
+    /// Whether a message is waiting (without blocking).
+    pub fn has_message(&mut self) -> Result<bool, DataError> {
+        if self.inbox.is_empty() {
+            self.pump(false)?;
+        }
+        Ok(!self.inbox.is_empty())
+    }
+
+    pub fn recv(&mut self) -> Result<Message, DataError> {
+        while self.inbox.is_empty() {
+            self.pump(true)?;
+        }
+        let (slot, len) = self.inbox.pop_front().expect("checked non-empty");
+        let result = self.decode_slot(slot, len);
+        // The slot is free again whatever it held.
+        self.qp
+            .post_recv(TAG_RECV | slot as u64, &self.recv_buf, slot * SLOT, SLOT)?;
+        result
+    }
+
+    fn decode_slot(&mut self, slot: usize, len: usize) -> Result<Message, DataError> {
+        let bytes = &self.recv_buf.bytes()[slot * SLOT..slot * SLOT + len.min(SLOT)];
+        let total = Frame::check(bytes)
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::Protocol("truncated frame".into()))?;
+        let frame = Frame::parse(&bytes[..total]).map_err(Error::from)?;
+        let handshake = Message::is_handshake(frame.kind);
+        match &mut self.session {
+            Some(s) if !handshake => s.open(&frame).map_err(Error::from)?,
+            None if handshake => {}
+            _ => {
+                return Err(
+                    Error::Protocol(format!("frame type {:#04x} out of place", frame.kind)).into(),
+                )
+            }
+        }
+        Ok(Message::decode(frame.kind, frame.payload).map_err(Error::from)?)
+    }
+
+    /// Posts an RDMA WRITE or READ between `local[offset..offset+len]` and the peer's memory.
+    pub fn post_rdma(
+        &mut self,
+        wr_id: u64,
+        op: SendOp,
+        local: &MemoryRegion,
+        offset: usize,
+        len: usize,
+        remote: (u64, u32),
+        signaled: bool,
+    ) -> Result<(), DataError> {
+        debug_assert_eq!(wr_id & TAG_MASK, 0);
+        self.qp
+            .post_send(wr_id, op, local, offset, len, Some(remote), signaled)?;
+        Ok(())
+    }
+
+    /// Blocks until the signaled work request `wr_id` completed.
+    pub fn wait_for(&mut self, wr_id: u64) -> Result<(), DataError> {
+        while !self.finished.remove(&wr_id) {
+            self.pump(true)?;
+        }
+        Ok(())
+    }
+
+    /// Blocks until every SEND this side posted has completed (so regions the peer was told
+    /// about are no longer referenced by posted work).
+    pub fn drain_sends(&mut self) -> Result<(), DataError> {
+        while self.free_send.len() < SEND_SLOTS {
+            self.pump(true)?;
+        }
+        Ok(())
+    }
+
+    /// Client side of the mutual PSK handshake, over SEND/RECV.
+    pub fn client_handshake(&mut self, identity: &Identity) -> Result<(), DataError> {
+        let (state, hello) = auth::client_start(identity, nonce());
+        self.send(&hello)?;
+        let (state, proof) = state.on_message(self.recv()?).map_err(Error::from)?;
+        self.send(&proof)?;
+        let keys = state.on_message(self.recv()?).map_err(Error::from)?;
+        self.session = Some(Session::new(keys, Side::Client));
+        Ok(())
+    }
+
+    /// Server side; the client must be `expected` (the holder of the key it connected with).
+    pub fn server_handshake(
+        &mut self,
+        directory: &ClientDirectory,
+        expected: &str,
+    ) -> Result<String, DataError> {
+        let hello = self.recv()?;
+        let result = match &hello {
+            Message::Hello { client, .. } if client != expected => Err(auth::AuthError::Rejected(
+                format!("the resume key is not bound to client {client:?}"),
+            )),
+            _ => match auth::server_on_hello(directory, hello, nonce()) {
+                Ok((state, challenge)) => {
+                    self.send(&challenge)?;
+                    state.on_message(self.recv()?)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok((client, keys, welcome)) => {
+                self.send(&welcome)?;
+                self.session = Some(Session::new(keys, Side::Server));
+                Ok(client)
+            }
+            Err(e) => {
+                let _ = self.send(&Message::AuthFailed {
+                    message: e.to_string(),
+                });
+                let _ = self.drain_sends();
+                Err(Error::from(e).into())
+            }
+        }
+    }
+}
+
+fn nonce() -> [u8; 32] {
+    let mut n = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut n);
+    n
+}
+
+/// The 6 bytes after the 50-byte key in the connect private data: a MAC of the key under the
+/// bound client's secret. A key presented by another client is refused before the QP is
+/// accepted; the full handshake that follows proves freshness.
+pub fn connect_tag(secret: &[u8; 32], sealed_key: &[u8]) -> [u8; 6] {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(b"handoff rdma connect v1");
+    mac.update(sealed_key);
+    let full = mac.finalize().into_bytes();
+    let mut tag = [0u8; 6];
+    tag.copy_from_slice(&full[..6]);
+    tag
+}
