@@ -208,6 +208,49 @@ impl Client {
         }
     }
 
+    /// A duplicate handle for `token` on `channel` (None: RDMA if the server offers it and
+    /// this host has a device, else TCP). `direct` asks RDMA direct mode for reads.
+    pub async fn open_data(
+        &mut self,
+        token: &str,
+        channel: Option<crate::Channel>,
+        direct: bool,
+    ) -> Result<crate::DataHandle, handoff_datapath::DataError> {
+        use crate::Channel;
+        let eps = self.endpoints().await?;
+        let rdma: Vec<SocketAddr> = eps
+            .list
+            .iter()
+            .filter(|e| e.kind == EndpointKind::Rdma)
+            .filter_map(|e| e.addr.parse().ok())
+            .collect();
+        let channel = channel.unwrap_or(if !rdma.is_empty() && crate::data::host_has_rdma() {
+            Channel::Rdma
+        } else {
+            Channel::Tcp
+        });
+        match channel {
+            Channel::Rdma => {
+                if rdma.is_empty() {
+                    return Err(Error::bad_request(
+                        "the server offers no RDMA endpoint (start handoffd with --rdma-listen)",
+                    )
+                    .into());
+                }
+                let key = parse_key(token)?;
+                let identity = self.identity.clone();
+                let h = crate::data::RdmaHandle::connect(rdma, &identity, &key, direct)?;
+                Ok(crate::DataHandle::Rdma(Box::new(h)))
+            }
+            Channel::Tcp => Ok(crate::DataHandle::Stream(Box::new(
+                self.attach(token, Transport::Tcp).await?,
+            ))),
+            Channel::Tls => Ok(crate::DataHandle::Stream(Box::new(
+                self.attach(token, Transport::Tls).await?,
+            ))),
+        }
+    }
+
     /// A duplicate handle for `token` over a data channel.
     pub async fn attach(
         &mut self,

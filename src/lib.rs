@@ -6,10 +6,12 @@
 //! `handoff` and `handoffd` binaries.
 
 mod client;
+pub mod data;
 pub mod exit;
 pub mod server;
 
 pub use client::{Client, Endpoints, OpenOptions, Opened};
+pub use data::{Channel, DataHandle};
 pub use handoff_control::auth::Identity;
 pub use handoff_control::state::{ByteRange, Mode, ResumeReport, ShareMode};
 pub use handoff_datapath::tcp::{DataClient, Transport};

@@ -22,6 +22,9 @@ pub struct ServerOptions {
     pub clients: PathBuf,
     pub listen: SocketAddr,
     pub data_listen: Option<SocketAddr>,
+    /// RDMA (rdma_cm) listen addresses: the IP of an RDMA-capable netdev and a port. Several
+    /// give the client one QP per address (multichannel).
+    pub rdma_listen: Vec<SocketAddr>,
     pub durable_timeout: Duration,
     pub grace: Duration,
     pub max_connections: usize,
@@ -112,6 +115,16 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         },
     )?;
 
+    if !opts.rdma_listen.is_empty() {
+        handoff_datapath::rdma::server::start(&opts.rdma_listen, shared.clone()).with_context(
+            || {
+                format!(
+                    "--rdma-listen {:?} (is rdma_rxe or an RDMA NIC up on that address?)",
+                    opts.rdma_listen
+                )
+            },
+        )?;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     let timers = shared.clone();
     tasks.spawn(async move {

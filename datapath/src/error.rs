@@ -12,6 +12,14 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// An error the server sent back (the request was refused), as opposed to a broken path.
+    pub fn is_remote_error(&self) -> bool {
+        matches!(
+            self,
+            DataError::Control(handoff_control::Error::Remote { .. })
+        )
+    }
+
     pub fn code(&self) -> handoff_control::wire::ErrorCode {
         match self {
             DataError::Control(e) => e.code(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use handoff::exit::{self, UsageError};
-use handoff::{ByteRange, Client, DataClient, Identity, Mode, OpenOptions, ShareMode, Transport};
+use handoff::{ByteRange, Channel, Client, DataHandle, Identity, Mode, OpenOptions, ShareMode};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -48,7 +48,8 @@ struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 struct ChannelArg {
-    /// Data channel: tcp, tls (encrypted) or rdma. Default: the fastest the server offers.
+    /// Data channel: rdma, tcp or tls (encrypted). Default: rdma when the server offers it and
+    /// this host has an RDMA device, else tcp.
     #[arg(long, value_parser = ["rdma", "tcp", "tls"])]
     channel: Option<String>,
 }
@@ -77,7 +78,8 @@ enum Command {
         #[arg(long)]
         create: bool,
     },
-    /// Read bytes through a duplicate handle to stdout.
+    /// Read bytes through a duplicate handle to stdout (with --json, a report on stderr:
+    /// channel, bytes per RDMA QP, direct mode).
     Read {
         key: String,
         #[arg(long, default_value_t = 0)]
@@ -85,10 +87,14 @@ enum Command {
         /// Bytes to read (default: to end of file).
         #[arg(long)]
         len: Option<u64>,
+        /// RDMA direct mode: read the file's memory region one-sided (no server CPU); falls
+        /// back to server-initiated reads if the server refuses or revokes it.
+        #[arg(long)]
+        direct: bool,
         #[command(flatten)]
         channel: ChannelArg,
     },
-    /// Write stdin through a duplicate handle at OFFSET.
+    /// Write stdin through a duplicate handle at OFFSET (with --json, a report on stdout).
     Write {
         key: String,
         #[arg(long, default_value_t = 0)]
@@ -188,17 +194,37 @@ fn load_identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
         .map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
 }
 
-fn transport(arg: &ChannelArg) -> anyhow::Result<Transport> {
+fn channel(arg: &ChannelArg) -> anyhow::Result<Option<Channel>> {
     match arg.channel.as_deref() {
-        None | Some("tcp") => Ok(Transport::Tcp),
-        Some("tls") => Ok(Transport::Tls),
-        Some("rdma") => Err(UsageError(
-            "--channel rdma: this build of handoff has no RDMA transport yet; use tcp or tls"
-                .into(),
-        )
-        .into()),
+        None => Ok(None),
+        Some("tcp") => Ok(Some(Channel::Tcp)),
+        Some("tls") => Ok(Some(Channel::Tls)),
+        Some("rdma") => Ok(Some(Channel::Rdma)),
         Some(other) => Err(UsageError(format!("unknown channel {other}")).into()),
     }
+}
+
+/// The transfer report `--json` prints for read/write/get/put (on stderr where stdout
+/// carries the bytes).
+fn transfer_report(data: &mut DataHandle, op: &str, bytes: u64) -> serde_json::Value {
+    let mut v = json!({ "op": op, "bytes": bytes });
+    match data {
+        DataHandle::Stream(d) => {
+            v["channel"] = json!(d.transport.to_string());
+        }
+        DataHandle::Rdma(r) => {
+            v["channel"] = json!("rdma");
+            v["direct"] = json!(r.want_direct && r.direct_bytes > 0);
+            v["direct_bytes"] = json!(r.direct_bytes);
+            v["fallbacks"] = json!(r.fallbacks);
+            v["qps"] = r
+                .qp_reports()
+                .iter()
+                .map(|q| json!({ "addr": q.addr.to_string(), "device": q.device, "bytes": q.bytes, "failed": q.failed }))
+                .collect();
+        }
+    }
+    v
 }
 
 /// Keeps printed keys in $HANDOFF_KEYS (default ~/.local/state/handoff/keys), so a rebooted
@@ -242,8 +268,8 @@ fn progress(total: Option<u64>) -> ProgressBar {
     bar
 }
 
-async fn read_to_stdout(data: &mut DataClient, offset: u64, len: u64) -> anyhow::Result<u64> {
-    let total = len.min(data.info.size.saturating_sub(offset));
+async fn read_to_stdout(data: &mut DataHandle, offset: u64, len: u64) -> anyhow::Result<u64> {
+    let total = len.min(data.info().size.saturating_sub(offset));
     let bar = progress(Some(total));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -258,32 +284,27 @@ async fn read_to_stdout(data: &mut DataClient, offset: u64, len: u64) -> anyhow:
     Ok(n)
 }
 
-async fn write_from_stdin(data: &mut DataClient, mut offset: u64) -> anyhow::Result<u64> {
-    const BLOCK: usize = 16 << 20;
+async fn write_from_stdin(data: &mut DataHandle, offset: u64) -> anyhow::Result<u64> {
     let bar = progress(None);
     let mut stdin = std::io::stdin().lock();
-    let mut buf = vec![0u8; BLOCK];
-    let mut total = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < BLOCK {
-            let n = stdin.read(&mut buf[filled..]).context("reading stdin")?;
-            if n == 0 {
-                break;
+    // stdin is read straight into the channel's (registered, for RDMA) buffers.
+    let n = data
+        .write_from(offset, &mut |buf| {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = stdin.read(&mut buf[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
             }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        data.write_at(offset, &buf[..filled]).await?;
-        offset += filled as u64;
-        total += filled as u64;
-        bar.inc(filled as u64);
-    }
+            bar.inc(filled as u64);
+            Ok(filled)
+        })
+        .await?;
     data.flush().await?;
     bar.finish_and_clear();
-    Ok(total)
+    Ok(n)
 }
 
 async fn run(args: Args) -> anyhow::Result<i32> {
@@ -343,29 +364,38 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             key,
             offset,
             len,
-            channel,
+            direct,
+            channel: ch,
         } => {
-            let mut data = client.attach(&key, transport(&channel)?).await?;
+            let mut data = client.open_data(&key, channel(&ch)?, direct).await?;
             drop(client);
-            read_to_stdout(&mut data, offset, len.unwrap_or(u64::MAX)).await?;
+            let n = read_to_stdout(&mut data, offset, len.unwrap_or(u64::MAX)).await?;
+            if args.json {
+                eprintln!("{}", transfer_report(&mut data, "read", n));
+            }
         }
         Command::Write {
             key,
             offset,
-            channel,
+            channel: ch,
         } => {
-            let mut data = client.attach(&key, transport(&channel)?).await?;
+            let mut data = client.open_data(&key, channel(&ch)?, false).await?;
             drop(client);
             let n = write_from_stdin(&mut data, offset).await?;
             if args.json {
-                println!("{}", json!({ "written": n }));
+                println!("{}", transfer_report(&mut data, "write", n));
             }
         }
-        Command::Resume { key, channel } => {
-            let t = transport(&channel)?;
-            match client.attach(&key, t).await {
-                Ok(data) => {
-                    let r = data.report;
+        Command::Resume { key, channel: ch } => {
+            match client.open_data(&key, channel(&ch)?, false).await {
+                Ok(mut data) => {
+                    let r = data.report();
+                    let info = data.info();
+                    let handle = data.handle();
+                    let used = match &data {
+                        DataHandle::Stream(d) => d.transport.to_string(),
+                        DataHandle::Rdma(_) => "rdma".to_string(),
+                    };
                     if args.json {
                         println!(
                             "{}",
@@ -374,20 +404,20 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                                 "accessed_by_other": r.accessed_by_other,
                                 "changed_by_other": r.changed_by_other,
                                 "reopened": r.reopened,
-                                "mode": data.info.mode.to_string(),
-                                "share": data.info.share.to_string(),
-                                "locks": data.info.locks.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                                "size": data.info.size,
-                                "handle": data.handle,
-                                "channel": t.to_string(),
+                                "mode": info.mode.to_string(),
+                                "share": info.share.to_string(),
+                                "locks": info.locks.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                                "size": info.size,
+                                "handle": handle,
+                                "channel": used,
                             })
                         );
                     } else {
                         println!(
                             "resumed handle {} (mode {}, {} bytes){}\naccessed by another client: {}\nchanged by another client: {}",
-                            data.handle,
-                            data.info.mode,
-                            data.info.size,
+                            handle,
+                            info.mode,
+                            info.size,
                             if r.reopened { "; the open had expired and was granted again" } else { "" },
                             if r.accessed_by_other { "yes" } else { "no" },
                             if r.changed_by_other { "yes" } else { "no" },
@@ -437,23 +467,27 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Unlock { key, range } => {
             client.lock(&key, range, false).await.context("unlock")?
         }
-        Command::Get { path, channel } => {
-            let t = transport(&channel)?;
+        Command::Get { path, channel: ch } => {
+            let t = channel(&ch)?;
             let opened = client
                 .open(&path, &OpenOptions::default())
                 .await
                 .with_context(|| format!("open {path}"))?;
             let result = async {
-                let mut data = client.attach(&opened.token, t).await?;
-                read_to_stdout(&mut data, 0, u64::MAX).await
+                let mut data = client.open_data(&opened.token, t, false).await?;
+                let n = read_to_stdout(&mut data, 0, u64::MAX).await?;
+                anyhow::Ok(transfer_report(&mut data, "get", n))
             }
             .await;
             let closed = client.close(&opened.token).await;
-            result.with_context(|| format!("get {path}"))?;
+            let report = result.with_context(|| format!("get {path}"))?;
             closed.context("close")?;
+            if args.json {
+                eprintln!("{report}");
+            }
         }
-        Command::Put { path, channel } => {
-            let t = transport(&channel)?;
+        Command::Put { path, channel: ch } => {
+            let t = channel(&ch)?;
             let opts = OpenOptions {
                 mode: Mode::ReadWrite,
                 create: true,
@@ -465,15 +499,16 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 .await
                 .with_context(|| format!("open {path}"))?;
             let result = async {
-                let mut data = client.attach(&opened.token, t).await?;
-                write_from_stdin(&mut data, 0).await
+                let mut data = client.open_data(&opened.token, t, false).await?;
+                let n = write_from_stdin(&mut data, 0).await?;
+                anyhow::Ok(transfer_report(&mut data, "put", n))
             }
             .await;
             let closed = client.close(&opened.token).await;
-            let n = result.with_context(|| format!("put {path}"))?;
+            let report = result.with_context(|| format!("put {path}"))?;
             closed.context("close")?;
             if args.json {
-                println!("{}", json!({ "written": n }));
+                println!("{report}");
             }
         }
     }

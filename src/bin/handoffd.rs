@@ -44,6 +44,10 @@ struct Args {
     /// Data-channel address (TCP and TLS). Default: the control address's host, any port.
     #[arg(long)]
     data_listen: Option<SocketAddr>,
+    /// RDMA data-channel address (rdma_cm): the IP of an RDMA-capable interface and a port.
+    /// Repeat it for one QP per interface (multichannel).
+    #[arg(long, value_name = "ADDR")]
+    rdma_listen: Vec<SocketAddr>,
     /// Most simultaneous connections per listener.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -65,6 +69,7 @@ async fn main() {
         clients: args.clients,
         listen: args.listen,
         data_listen: args.data_listen,
+        rdma_listen: args.rdma_listen,
         durable_timeout: Duration::from_secs(args.durable_timeout),
         grace: Duration::from_secs(args.grace),
         max_connections: args.max_connections.max(1),

@@ -60,6 +60,8 @@ pub struct ServerStats {
     pub direct_grants: std::sync::atomic::AtomicU64,
     pub direct_revocations: std::sync::atomic::AtomicU64,
     pub tcp_bytes: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the server truncates a file, so registered file windows are dropped.
+    pub truncations: std::sync::atomic::AtomicU64,
 }
 
 impl ServerStats {
@@ -367,6 +369,7 @@ async fn dispatch(
     match msg {
         Message::Open(p) => {
             let root = shared.config.root.clone();
+            let truncated = p.truncate;
             let (key, handle, info) = shared
                 .run(move |core, now| {
                     let path = resolve_path(&root, &p.path)?;
@@ -414,6 +417,12 @@ async fn dispatch(
                     Ok((granted.sealed.to_vec(), granted.handle, info))
                 })
                 .await?;
+            if truncated {
+                shared
+                    .stats
+                    .truncations
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             Ok((Message::Opened { key, handle, info }, Some(handle)))
         }
         Message::Close { key } => {

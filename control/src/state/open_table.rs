@@ -21,6 +21,10 @@ pub struct FileState {
     /// Slots of all opens (live or tombstoned) that refer to this file.
     pub refs: usize,
     pub locks: LockTable,
+    /// The open whose access last moved the counters, and whether that was a write. While no
+    /// other open has looked since, its further accesses change nothing anyone can observe
+    /// and are not written to the store again.
+    pub last_bump: Option<(u32, bool)>,
 }
 
 #[derive(Debug, Default)]

@@ -384,6 +384,7 @@ impl ServerCore {
         if req.truncate {
             file.counters.version += 1;
         }
+        file.last_bump = Some((slot, req.truncate));
         let counters = file.counters;
         let key = ResumeKey {
             file_id: req.file_id,
@@ -508,6 +509,11 @@ impl ServerCore {
             e.record.seen_access = counters.access_seq;
             e.record.seen_version = counters.version;
         }
+        let file = self.table.file_mut(rec.file_id);
+        if file.last_bump.is_some_and(|(s, _)| s != slot) {
+            // This open has now seen the other's accesses: the next one must count again.
+            file.last_bump = None;
+        }
         let handle = self.new_handle(slot);
         self.persist_open(slot);
         let locks = self
@@ -580,9 +586,16 @@ impl ServerCore {
                 )));
             }
         }
+        let wrote = kind == IoKind::Write;
         let file = self.table.file_mut(file_id);
+        match file.last_bump {
+            // Already counted, and nobody has looked since: nothing observable changes.
+            Some((s, w)) if s == slot && (w || !wrote) => return Ok(()),
+            Some((s, w)) if s == slot => file.last_bump = Some((s, w || wrote)),
+            _ => file.last_bump = Some((slot, wrote)),
+        }
         file.counters.access_seq += 1;
-        if kind == IoKind::Write {
+        if wrote {
             file.counters.version += 1;
         }
         let counters = file.counters;

@@ -270,3 +270,44 @@ fn direct_mode_is_for_lone_readers_and_conflicts_revoke_it() {
     core.handle_timeout(T);
     assert!(core.take_revocations().contains(&reader.slot));
 }
+
+#[test]
+fn repeated_access_by_one_open_is_written_once_but_reported_after_anyone_looked() {
+    let (mut core, _) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let b = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.take_mutations();
+    core.begin_io(a.handle, IoKind::Read, ByteRange::new(0, 1))
+        .unwrap();
+    assert!(
+        !core.take_mutations().is_empty(),
+        "the first access is recorded"
+    );
+    for _ in 0..10 {
+        core.begin_io(a.handle, IoKind::Read, ByteRange::new(0, 1))
+            .unwrap();
+    }
+    assert!(
+        core.take_mutations().is_empty(),
+        "repeats change nothing observable"
+    );
+    core.begin_io(a.handle, IoKind::Write, ByteRange::new(0, 1))
+        .unwrap();
+    assert!(
+        !core.take_mutations().is_empty(),
+        "the first write is a change"
+    );
+    // b looks (resumes): a's next access must be visible to b's next resume.
+    let rb = core.attach("c2", &b.sealed).unwrap();
+    assert!(rb.report.accessed_by_other && rb.report.changed_by_other);
+    let rb = core.attach("c2", &b.sealed).unwrap();
+    assert_eq!(rb.report, ResumeReport::default());
+    core.begin_io(a.handle, IoKind::Read, ByteRange::new(0, 1))
+        .unwrap();
+    let rb = core.attach("c2", &b.sealed).unwrap();
+    assert!(rb.report.accessed_by_other && !rb.report.changed_by_other);
+}

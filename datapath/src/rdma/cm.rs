@@ -81,6 +81,32 @@ impl EventChannel {
         Ok(Arc::new(Self { raw }))
     }
 
+    /// The next event if one arrives within `timeout`.
+    pub fn next_event_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<CmEvent>> {
+        // SAFETY: reading the fd field of a live channel.
+        let fd = unsafe { (*self.raw).fd };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        self.next_event().map(Some)
+    }
+
     /// Blocks until the next event on this channel.
     pub fn next_event(&self) -> io::Result<CmEvent> {
         let mut ev: *mut rdma_cm_event = ptr::null_mut();

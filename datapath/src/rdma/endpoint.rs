@@ -194,15 +194,14 @@ impl Endpoint {
         &mut self,
         wr_id: u64,
         op: SendOp,
-        local: &MemoryRegion,
-        offset: usize,
-        len: usize,
+        local: (&MemoryRegion, usize, usize),
         remote: (u64, u32),
         signaled: bool,
     ) -> Result<(), DataError> {
         debug_assert_eq!(wr_id & TAG_MASK, 0);
+        let (mr, offset, len) = local;
         self.qp
-            .post_send(wr_id, op, local, offset, len, Some(remote), signaled)?;
+            .post_send(wr_id, op, mr, offset, len, Some(remote), signaled)?;
         Ok(())
     }
 

@@ -1,6 +1,24 @@
 //! The RDMA data channel over rdma_cm + verbs (RoCE, IB, soft-RoCE). All `unsafe` in handoff
 //! lives under this module, each block with the reason it is sound.
+//!
+//! Connect: the client's `rdma_connect` private data is the 50-byte sealed resume key and a
+//! 6-byte tag (a MAC of the key under the client's secret). The server authenticates the key
+//! and checks the tag before it accepts the QP. Then, over SEND/RECV, the same mutual
+//! handshake as on TCP, and `Attached` with the duplicate handle. Requests name a registered
+//! client buffer (address, rkey); the server moves the bytes with RDMA WRITE (reads) or RDMA
+//! READ (writes). In direct mode the client reads the file's MR itself.
 
+pub mod client;
 pub mod cm;
 pub mod endpoint;
+mod file_windows;
+pub mod multi;
+pub mod server;
 pub mod verbs;
+
+/// Bytes of connect private data handoff sends: sealed key + client tag.
+pub const CONNECT_PRIVATE_LEN: usize = handoff_control::state::resume_key::SEALED_LEN + 6;
+/// The most one request moves.
+pub const MAX_REQUEST: u64 = 4 << 20;
+/// The largest file direct mode registers at once.
+pub const MAX_DIRECT: u64 = 4 << 30;

@@ -1,0 +1,457 @@
+//! The RDMA data-channel client: a duplicate handle on a QP, with a ring of registered
+//! buffers that the server writes into (reads) or reads from (writes), several requests in
+//! flight. Bytes reach the caller as slices of registered memory: no copy in handoff.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use handoff_control::auth::Identity;
+use handoff_control::state::ResumeReport;
+use handoff_control::wire::{ErrorCode, FileInfo, Message};
+use handoff_control::Error;
+use rdma_sys::rdma_cm_event_type::*;
+
+use super::cm::{CmId, EventChannel};
+use super::endpoint::{connect_tag, Endpoint};
+use super::verbs::{Access, MemoryRegion, SendOp};
+use super::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
+use crate::DataError;
+
+/// Requests in flight per QP.
+pub const DEPTH: usize = 8;
+/// Registered slots per QP: twice the depth, so a surviving QP can take over every chunk a
+/// failed one had in flight.
+pub const SLOTS: usize = 2 * DEPTH;
+/// Bytes per request.
+pub const CHUNK: usize = 1 << 20;
+const _: () = assert!(CHUNK as u64 <= MAX_REQUEST);
+
+pub struct RdmaClient {
+    // Drop order: the endpoint (QP) first, then the buffers it referenced, then the id.
+    ep: Endpoint,
+    buf: MemoryRegion,
+    id: Arc<CmId>,
+    channel: Arc<EventChannel>,
+    pub handle: u64,
+    pub info: FileInfo,
+    pub report: ResumeReport,
+    pub addr: SocketAddr,
+    pub device: String,
+    /// Bytes moved through this QP (either direction).
+    pub bytes: u64,
+    direct: Option<(u64, u64, u32)>,
+    next_wr: u64,
+}
+
+fn remote_error(code: u8, message: String) -> DataError {
+    Error::Remote {
+        code: ErrorCode::from_wire(u16::from(code)),
+        message,
+        report: None,
+        retry_after_ms: 0,
+    }
+    .into()
+}
+
+fn protocol(what: String) -> DataError {
+    Error::Protocol(what).into()
+}
+
+impl RdmaClient {
+    /// Connects to `addr`, presenting `key`; the server checks it before accepting the QP.
+    pub fn connect(addr: SocketAddr, identity: &Identity, key: &[u8]) -> Result<Self, DataError> {
+        let channel = EventChannel::new()?;
+        let id = CmId::new(&channel)?;
+        let wait = |want: u32, what: &str| -> Result<(), DataError> {
+            let ev = channel
+                .next_event_timeout(Duration::from_secs(10))?
+                .ok_or_else(|| protocol(format!("no answer from {addr} while {what}")))?;
+            if ev.kind() == want {
+                Ok(())
+            } else {
+                Err(protocol(format!(
+                    "{what} {addr}: {} (status {})",
+                    ev.name(),
+                    ev.status()
+                )))
+            }
+        };
+        id.resolve_addr(addr, 2000)?;
+        wait(RDMA_CM_EVENT_ADDR_RESOLVED, "resolving")?;
+        id.resolve_route(2000)?;
+        wait(RDMA_CM_EVENT_ROUTE_RESOLVED, "finding a route to")?;
+        // 4.096 µs × 2^16 ≈ 0.27 s per try, 7 tries: a dead path shows in about 2 s.
+        id.set_ack_timeout(16);
+        let mut ep = Endpoint::new(&id)?;
+        ep.timeout = Some(Duration::from_secs(15));
+        let buf = MemoryRegion::alloc(
+            &ep.pd,
+            SLOTS * CHUNK,
+            Access::LOCAL_WRITE
+                .with(Access::REMOTE_WRITE)
+                .with(Access::REMOTE_READ),
+        )?;
+        let mut private = key.to_vec();
+        private.extend_from_slice(&connect_tag(&identity.secret, key));
+        if private.len() != CONNECT_PRIVATE_LEN {
+            return Err(Error::not_found("resume key rejected: wrong length").into());
+        }
+        id.connect(&private)?;
+        let ev = channel
+            .next_event_timeout(Duration::from_secs(15))?
+            .ok_or_else(|| protocol(format!("no answer to the connect request from {addr}")))?;
+        match ev.kind() {
+            RDMA_CM_EVENT_ESTABLISHED => {}
+            RDMA_CM_EVENT_REJECTED => {
+                let data = ev.private_data();
+                let code = data.first().copied().unwrap_or(1);
+                let text = String::from_utf8_lossy(data.get(1..).unwrap_or_default());
+                let text = text.trim_end_matches('\0');
+                return Err(if text.is_empty() {
+                    protocol(format!(
+                        "{addr} rejected the RDMA connection (no handoff server there?)"
+                    ))
+                } else {
+                    remote_error(code, text.to_string())
+                });
+            }
+            _ => {
+                return Err(protocol(format!(
+                    "connecting to {addr}: {} (status {})",
+                    ev.name(),
+                    ev.status()
+                )))
+            }
+        }
+        drop(ev);
+        let device = id.device_name();
+        ep.client_handshake(identity)?;
+        let (handle, info, report) = match ep.recv()? {
+            Message::Attached {
+                handle,
+                info,
+                report,
+            } => (handle, info, report),
+            Message::Error {
+                code,
+                message,
+                report,
+                retry_after_ms,
+            } => {
+                return Err(Error::Remote {
+                    code,
+                    message,
+                    report,
+                    retry_after_ms,
+                }
+                .into())
+            }
+            other => {
+                return Err(protocol(format!(
+                    "expected Attached, got {:#04x}",
+                    other.kind()
+                )))
+            }
+        };
+        Ok(Self {
+            ep,
+            buf,
+            id,
+            channel,
+            handle,
+            info,
+            report,
+            addr,
+            device,
+            bytes: 0,
+            direct: None,
+            next_wr: 1,
+        })
+    }
+
+    fn slot(&self, i: usize) -> (u64, u32) {
+        (self.buf.addr() + (i * CHUNK) as u64, self.buf.rkey())
+    }
+
+    pub(crate) fn request_read(
+        &mut self,
+        slot: usize,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), DataError> {
+        let (addr, rkey) = self.slot(slot);
+        self.ep.send(&Message::RdmaRead {
+            offset,
+            len,
+            addr,
+            rkey,
+        })
+    }
+
+    pub(crate) fn slot_bytes(&self, slot: usize, n: usize) -> &[u8] {
+        &self.buf.bytes()[slot * CHUNK..slot * CHUNK + n]
+    }
+
+    pub(crate) fn expect_read(&mut self) -> Result<u64, DataError> {
+        match self.ep.recv()? {
+            Message::ReadData { len } => Ok(len),
+            Message::Error {
+                code,
+                message,
+                report,
+                retry_after_ms,
+            } => Err(Error::Remote {
+                code,
+                message,
+                report,
+                retry_after_ms,
+            }
+            .into()),
+            other => Err(protocol(format!(
+                "expected ReadData, got {:#04x}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Reads up to `len` bytes from `offset` (fewer at end of file), handing each chunk to
+    /// `sink` in order as a slice of registered memory. Returns the bytes read.
+    pub fn read_to(
+        &mut self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, DataError> {
+        let mut inflight: VecDeque<(usize, u64)> = VecDeque::new();
+        let mut issued = 0u64;
+        let mut got = 0u64;
+        let mut eof = false;
+        for slot in 0..DEPTH {
+            if issued >= len {
+                break;
+            }
+            let n = (len - issued).min(CHUNK as u64);
+            self.request_read(slot, offset + issued, n)?;
+            inflight.push_back((slot, n));
+            issued += n;
+        }
+        while let Some((slot, asked)) = inflight.pop_front() {
+            let n = self.expect_read()?;
+            if n > asked {
+                return Err(protocol("server returned more than asked".into()));
+            }
+            sink(&self.buf.bytes()[slot * CHUNK..slot * CHUNK + n as usize])?;
+            got += n;
+            self.bytes += n;
+            if n < asked {
+                eof = true;
+            }
+            if !eof && issued < len {
+                let m = (len - issued).min(CHUNK as u64);
+                self.request_read(slot, offset + issued, m)?;
+                inflight.push_back((slot, m));
+                issued += m;
+            }
+        }
+        Ok(got)
+    }
+
+    /// Writes what `fill` produces (it writes into registered memory and returns how many
+    /// bytes it put there; 0 ends) at `offset` onwards. Returns the bytes written.
+    pub fn write_from(
+        &mut self,
+        offset: u64,
+        fill: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Result<u64, DataError> {
+        let mut inflight: VecDeque<usize> = VecDeque::new();
+        let mut free: Vec<usize> = (0..DEPTH).rev().collect();
+        let mut pos = offset;
+        let mut done = false;
+        let mut written = 0u64;
+        loop {
+            while !done {
+                let Some(slot) = free.pop() else { break };
+                let region = &mut self.buf.bytes_mut().expect("owned buffer")
+                    [slot * CHUNK..(slot + 1) * CHUNK];
+                let n = fill(region)?;
+                if n == 0 {
+                    done = true;
+                    free.push(slot);
+                    break;
+                }
+                let (addr, rkey) = self.slot(slot);
+                self.ep.send(&Message::RdmaWrite {
+                    offset: pos,
+                    len: n as u64,
+                    addr,
+                    rkey,
+                })?;
+                pos += n as u64;
+                inflight.push_back(slot);
+            }
+            let Some(slot) = inflight.pop_front() else {
+                break;
+            };
+            match self.ep.recv()? {
+                Message::Written { len } => {
+                    written += len;
+                    self.bytes += len;
+                }
+                Message::Error {
+                    code,
+                    message,
+                    report,
+                    retry_after_ms,
+                } => {
+                    return Err(Error::Remote {
+                        code,
+                        message,
+                        report,
+                        retry_after_ms,
+                    }
+                    .into())
+                }
+                other => {
+                    return Err(protocol(format!(
+                        "expected Written, got {:#04x}",
+                        other.kind()
+                    )))
+                }
+            }
+            free.push(slot);
+        }
+        Ok(written)
+    }
+
+    /// Writes `data` at `offset` (copied into registered memory chunk by chunk).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), DataError> {
+        let mut rest = data;
+        self.write_from(offset, &mut |buf| {
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            Ok(n)
+        })?;
+        Ok(())
+    }
+
+    /// Makes written bytes durable on the server.
+    pub fn flush(&mut self) -> Result<(), DataError> {
+        self.ep.send(&Message::Flush)?;
+        match self.ep.recv()? {
+            Message::Done => Ok(()),
+            Message::Error {
+                code,
+                message,
+                report,
+                retry_after_ms,
+            } => Err(Error::Remote {
+                code,
+                message,
+                report,
+                retry_after_ms,
+            }
+            .into()),
+            other => Err(protocol(format!(
+                "expected Done, got {:#04x}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Asks for direct mode. `Ok(false)`: refused (the reason is logged); use `read_to`.
+    pub fn map_direct(&mut self) -> Result<bool, DataError> {
+        self.ep.send(&Message::MapFile)?;
+        match self.ep.recv()? {
+            Message::FileMapped { addr, len, rkey } => {
+                self.direct = Some((addr, len, rkey));
+                Ok(true)
+            }
+            Message::Error { message, .. } => {
+                tracing::info!("direct mode refused: {message}");
+                Ok(false)
+            }
+            other => Err(protocol(format!(
+                "expected FileMapped, got {:#04x}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Direct mode: one-sided RDMA READs of the file's MR, no server CPU. A revoked grant
+    /// shows as [`DirectRevoked`]: the QP is then dead; reconnect and use `read_to`.
+    pub fn read_direct(
+        &mut self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, DataError> {
+        let (base, size, rkey) = self
+            .direct
+            .ok_or_else(|| protocol("direct mode not granted".into()))?;
+        let len = len.min(size.saturating_sub(offset));
+        let mut inflight: VecDeque<(u64, usize, usize)> = VecDeque::new();
+        let mut issued = 0u64;
+        let mut got = 0u64;
+        let mut free: Vec<usize> = (0..DEPTH).rev().collect();
+        loop {
+            while issued < len {
+                let Some(slot) = free.pop() else { break };
+                let n = (len - issued).min(CHUNK as u64) as usize;
+                let wr = self.next_wr;
+                self.next_wr += 1;
+                let remote = (base + offset + issued, rkey);
+                self.ep
+                    .post_rdma(wr, SendOp::Read, (&self.buf, slot * CHUNK, n), remote, true)?;
+                inflight.push_back((wr, slot, n));
+                issued += n as u64;
+            }
+            let Some((wr, slot, n)) = inflight.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.ep.wait_for(wr) {
+                if self.ep.remote_access_error {
+                    self.direct = None;
+                    return Err(DataError::Io(std::io::Error::other(DirectRevoked)));
+                }
+                return Err(e);
+            }
+            sink(&self.buf.bytes()[slot * CHUNK..slot * CHUNK + n])?;
+            got += n as u64;
+            self.bytes += n as u64;
+            free.push(slot);
+        }
+        Ok(got)
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+impl Drop for RdmaClient {
+    fn drop(&mut self) {
+        // Disconnect, then take this id's remaining events (DISCONNECTED): rdma_destroy_id
+        // waits for every event of the id to be acked.
+        self.id.disconnect();
+        while let Ok(Some(ev)) = self.channel.next_event_timeout(Duration::from_millis(200)) {
+            let last = ev.kind() == RDMA_CM_EVENT_DISCONNECTED;
+            drop(ev);
+            if last {
+                break;
+            }
+        }
+    }
+}
+
+/// The server revoked direct access (a conflicting open or lock, a close, an expiry).
+#[derive(Debug, thiserror::Error)]
+#[error("direct-mode access was revoked by the server")]
+pub struct DirectRevoked;
+
+/// Whether an error is a direct-mode revocation.
+pub fn is_revoked(e: &DataError) -> bool {
+    matches!(e, DataError::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<DirectRevoked>()))
+}

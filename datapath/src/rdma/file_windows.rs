@@ -1,0 +1,179 @@
+//! Registered windows of a file for server-initiated RDMA WRITEs: the file is mapped
+//! (MAP_SHARED) and registered in aligned windows, cached and bounded, so reads go from the
+//! page cache to the wire without a copy. Where a kernel refuses to register a file mapping,
+//! a registered bounce buffer is filled with `pread` instead.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::verbs::{Access, Backing, MemoryRegion, ProtectionDomain};
+
+/// Bytes per registered window.
+pub const WINDOW: u64 = 64 << 20;
+/// Windows kept registered per connection.
+const MAX_WINDOWS: usize = 4;
+
+struct Window {
+    index: u64,
+    len: u64,
+    mr: Arc<MemoryRegion>,
+    last_use: u64,
+}
+
+pub struct FileWindows {
+    pd: Arc<ProtectionDomain>,
+    /// Opened read-write where possible: Linux 6.1 refuses to pin a read-only shared mapping.
+    map_file: Option<File>,
+    windows: Vec<Window>,
+    bounce: Option<MemoryRegion>,
+    tick: u64,
+    pub mapping_failed: bool,
+}
+
+/// Where the bytes for one WRITE come from.
+pub enum Source<'a> {
+    Window(Arc<MemoryRegion>, usize),
+    Bounce(&'a MemoryRegion),
+}
+
+impl FileWindows {
+    pub fn new(pd: &Arc<ProtectionDomain>, path: &std::path::Path) -> Self {
+        let map_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .ok();
+        Self {
+            pd: pd.clone(),
+            map_file,
+            windows: Vec::new(),
+            bounce: None,
+            tick: 0,
+            mapping_failed: false,
+        }
+    }
+
+    /// Whether taking a new window would evict one (the caller must first make sure no posted
+    /// work still reads from the window being evicted).
+    pub fn needs_eviction(&self, offset: u64, size: u64) -> bool {
+        let index = offset / WINDOW;
+        !self.mapping_failed
+            && !self.windows.iter().any(|w| {
+                w.index == index && w.len >= Self::window_len(index, size).min(w.len.max(1))
+            })
+            && self.windows.len() >= MAX_WINDOWS
+    }
+
+    fn window_len(index: u64, size: u64) -> u64 {
+        size.saturating_sub(index * WINDOW).min(WINDOW)
+    }
+
+    /// Drops every window (after a truncate, say). No posted work may reference them.
+    pub fn clear(&mut self) {
+        self.windows.clear();
+    }
+
+    /// A registered source for up to `len` bytes at `offset` (file of `size` bytes), and how
+    /// many bytes it covers. `file` is used for the bounce fallback.
+    pub fn source(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        size: u64,
+    ) -> io::Result<(Source<'_>, usize)> {
+        self.tick += 1;
+        let index = offset / WINDOW;
+        let within = offset - index * WINDOW;
+        let want_len = Self::window_len(index, size);
+        if !self.mapping_failed {
+            // Drop a stale window that no longer covers the file's current extent.
+            self.windows
+                .retain(|w| !(w.index == index && w.len < want_len.min(within + len)));
+            if !self.windows.iter().any(|w| w.index == index) {
+                if self.windows.len() >= MAX_WINDOWS {
+                    let oldest = self
+                        .windows
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, w)| w.last_use)
+                        .map(|(i, _)| i);
+                    if let Some(i) = oldest {
+                        self.windows.swap_remove(i);
+                    }
+                }
+                match self.map_window(index, want_len) {
+                    Ok(mr) => self.windows.push(Window {
+                        index,
+                        len: want_len,
+                        mr: Arc::new(mr),
+                        last_use: 0,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot register a file mapping ({e}); using a bounce buffer"
+                        );
+                        self.mapping_failed = true;
+                    }
+                }
+            }
+            if let Some(w) = self.windows.iter_mut().find(|w| w.index == index) {
+                w.last_use = self.tick;
+                let n = (w.len - within).min(len);
+                return Ok((Source::Window(w.mr.clone(), within as usize), n as usize));
+            }
+        }
+        if self.bounce.is_none() {
+            self.bounce = Some(MemoryRegion::alloc(
+                &self.pd,
+                super::MAX_REQUEST as usize,
+                Access::LOCAL,
+            )?);
+        }
+        let bounce = self.bounce.as_mut().expect("just made");
+        let n = len.min(bounce.len() as u64) as usize;
+        file.read_exact_at(&mut bounce.bytes_mut().expect("owned")[..n], offset)?;
+        Ok((Source::Bounce(self.bounce.as_ref().expect("just made")), n))
+    }
+
+    fn map_window(&self, index: u64, len: u64) -> io::Result<MemoryRegion> {
+        let file = self
+            .map_file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
+        // SAFETY: memmap2 requires that the file not be truncated under the mapping while it is
+        // in use. handoff clears every window before it truncates through the server, and
+        // bytes past EOF are never requested (requests are clamped to the size).
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(index * WINDOW)
+                .len(len as usize)
+                .map_mut(file)?
+        };
+        MemoryRegion::register(&self.pd, Backing::Mapped(map), Access::LOCAL)
+    }
+
+    /// Registers the whole file for one-sided reads by the client (direct mode).
+    pub fn map_direct(&self, size: u64) -> io::Result<MemoryRegion> {
+        let file = self
+            .map_file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
+        if size == 0 || size > super::MAX_DIRECT {
+            return Err(io::Error::other(format!(
+                "direct mode covers files of 1 byte to {} GiB",
+                super::MAX_DIRECT >> 30
+            )));
+        }
+        // SAFETY: as in `map_window`; the grant is revoked (deregistered and unmapped) before
+        // any truncate through handoff, since a writer's open revokes it first.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(size as usize)
+                .map_mut(file)?
+        };
+        MemoryRegion::register(&self.pd, Backing::Mapped(map), Access::REMOTE_READ)
+    }
+}

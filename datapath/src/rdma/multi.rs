@@ -1,0 +1,261 @@
+//! Multichannel (claims 9–10): one QP per server endpoint (rxe0, rxe1, …), large reads
+//! striped across them chunk by chunk and delivered in order; if a QP fails mid-transfer,
+//! the chunks it had in flight are asked again on a surviving one.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use handoff_control::auth::Identity;
+
+use super::client::{RdmaClient, CHUNK, DEPTH, SLOTS};
+use crate::DataError;
+
+/// Per-QP accounting, for reports.
+#[derive(Clone, Debug)]
+pub struct QpReport {
+    pub addr: SocketAddr,
+    pub device: String,
+    pub bytes: u64,
+    pub failed: Option<String>,
+}
+
+pub struct MultiChannel {
+    qps: Vec<Option<RdmaClient>>,
+    reports: Vec<QpReport>,
+}
+
+/// One chunk of a striped read, in delivery order.
+struct Chunk {
+    offset: u64,
+    asked: u64,
+    qp: usize,
+    slot: usize,
+    /// Bytes the server reported; None until its reply was taken.
+    got: Option<u64>,
+}
+
+impl MultiChannel {
+    /// Connects a QP to each address. Succeeds if at least one does (the others are reported
+    /// as failed); the first error otherwise.
+    pub fn connect(
+        addrs: &[SocketAddr],
+        identity: &Identity,
+        key: &[u8],
+    ) -> Result<Self, DataError> {
+        let mut qps = Vec::new();
+        let mut reports = Vec::new();
+        let mut first_err = None;
+        for addr in addrs {
+            match RdmaClient::connect(*addr, identity, key) {
+                Ok(c) => {
+                    reports.push(QpReport {
+                        addr: *addr,
+                        device: c.device.clone(),
+                        bytes: 0,
+                        failed: None,
+                    });
+                    qps.push(Some(c));
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, "RDMA path unavailable: {e}");
+                    reports.push(QpReport {
+                        addr: *addr,
+                        device: "?".into(),
+                        bytes: 0,
+                        failed: Some(e.to_string()),
+                    });
+                    qps.push(None);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if qps.iter().all(Option::is_none) {
+            return Err(first_err.expect("at least one address was tried"));
+        }
+        Ok(Self { qps, reports })
+    }
+
+    /// The first live QP (for handle info, writes and direct mode).
+    pub fn primary(&mut self) -> &mut RdmaClient {
+        self.qps
+            .iter_mut()
+            .flatten()
+            .next()
+            .expect("a live QP exists while Self does")
+    }
+
+    pub fn reports(&self) -> Vec<QpReport> {
+        let mut r = self.reports.clone();
+        for (rep, qp) in r.iter_mut().zip(&self.qps) {
+            if let Some(q) = qp {
+                rep.bytes = q.bytes;
+            }
+        }
+        r
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.qps.len())
+            .filter(|i| self.qps[*i].is_some())
+            .collect()
+    }
+
+    fn fail(&mut self, qp: usize, e: &DataError) {
+        if let Some(q) = self.qps[qp].take() {
+            self.reports[qp].bytes = q.bytes;
+        }
+        self.reports[qp].failed = Some(e.to_string());
+        tracing::warn!(addr = %self.reports[qp].addr, "RDMA path failed mid-transfer, continuing on the others: {e}");
+    }
+
+    /// Striped read of up to `len` bytes at `offset`, delivered to `sink` in order.
+    pub fn read_to(
+        &mut self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, DataError> {
+        if self.live().len() == 1 {
+            let r = self.primary().read_to(offset, len, sink);
+            return r;
+        }
+        let mut order: VecDeque<Chunk> = VecDeque::new();
+        // Per QP: free slots, and the chunks (by sequence number) whose replies are due, FIFO.
+        let mut free: Vec<Vec<usize>> = (0..self.qps.len())
+            .map(|_| (0..SLOTS).rev().collect())
+            .collect();
+        let mut due: Vec<VecDeque<u64>> = vec![VecDeque::new(); self.qps.len()];
+        let mut first_seq = 0u64; // sequence number of order[0]
+        let mut issued = 0u64;
+        let mut delivered = 0u64;
+        let mut eof = false;
+        let mut turn = 0usize;
+        loop {
+            // Issue new chunks round-robin while QPs have room in their normal depth.
+            while !eof && issued < len {
+                let live = self.live();
+                if live.is_empty() {
+                    break;
+                }
+                let qp = live[turn % live.len()];
+                turn += 1;
+                if due[qp].len() >= DEPTH || free[qp].is_empty() {
+                    if live
+                        .iter()
+                        .all(|q| due[*q].len() >= DEPTH || free[*q].is_empty())
+                    {
+                        break;
+                    }
+                    continue;
+                }
+                let slot = free[qp].pop().expect("checked");
+                let n = (len - issued).min(CHUNK as u64);
+                let seq = first_seq + order.len() as u64;
+                if let Err(e) =
+                    self.qps[qp]
+                        .as_mut()
+                        .expect("live")
+                        .request_read(slot, offset + issued, n)
+                {
+                    free[qp].push(slot);
+                    self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;
+                    continue;
+                }
+                order.push_back(Chunk {
+                    offset: offset + issued,
+                    asked: n,
+                    qp,
+                    slot,
+                    got: None,
+                });
+                due[qp].push_back(seq);
+                issued += n;
+            }
+            let Some(front) = order.front() else { break };
+            if let Some(n) = front.got {
+                let c = order.pop_front().expect("front exists");
+                first_seq += 1;
+                let q = self.qps[c.qp]
+                    .as_ref()
+                    .expect("a chunk with data is on a live QP");
+                sink(q.slot_bytes(c.slot, n as usize))?;
+                free[c.qp].push(c.slot);
+                delivered += n;
+                if n < c.asked {
+                    eof = true;
+                    // Anything asked past the end is dropped as it arrives.
+                }
+                continue;
+            }
+            // Take the next reply on the QP the front chunk waits for.
+            let qp = front.qp;
+            let Some(seq) = due[qp].pop_front() else {
+                return Err(DataError::Io(std::io::Error::other(
+                    "striped read lost track of a chunk",
+                )));
+            };
+            match self.qps[qp].as_mut().expect("live").expect_read() {
+                Ok(n) => {
+                    let idx = (seq - first_seq) as usize;
+                    if let Some(c) = order.get_mut(idx) {
+                        c.got = Some(n);
+                    }
+                    if let Some(q) = self.qps[qp].as_mut() {
+                        q.bytes += n;
+                    }
+                }
+                Err(e) if e.is_remote_error() => return Err(e),
+                Err(e) => {
+                    due[qp].push_front(seq);
+                    self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Moves every chunk still due on failed QP `qp` to surviving QPs.
+    fn reissue(
+        &mut self,
+        qp: usize,
+        e: &DataError,
+        order: &mut VecDeque<Chunk>,
+        first_seq: u64,
+        free: &mut [Vec<usize>],
+        due: &mut [VecDeque<u64>],
+    ) -> Result<(), DataError> {
+        self.fail(qp, e);
+        // Everything on the failed QP is lost with its buffers: chunks still due and chunks
+        // whose bytes arrived but were not delivered yet.
+        due[qp].clear();
+        let stranded: Vec<u64> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.qp == qp)
+            .map(|(i, _)| first_seq + i as u64)
+            .collect();
+        for seq in stranded {
+            let idx = (seq - first_seq) as usize;
+            let live = self.live();
+            let Some(&to) = live.iter().max_by_key(|q| free[**q].len()) else {
+                return Err(DataError::Io(std::io::Error::other(format!(
+                    "every RDMA path failed; last: {e}"
+                ))));
+            };
+            let Some(slot) = free[to].pop() else {
+                return Err(DataError::Io(std::io::Error::other(
+                    "no free slot to take over a failed path's chunk",
+                )));
+            };
+            let c = &mut order[idx];
+            let q = self.qps[to].as_mut().expect("live");
+            q.request_read(slot, c.offset, c.asked)?;
+            c.qp = to;
+            c.slot = slot;
+            c.got = None;
+            // Replies on `to` come after everything already due there.
+            due[to].push_back(seq);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,465 @@
+//! The RDMA data-channel server. One rdma_cm thread per listen address takes connect
+//! requests: the resume key in the private data is authenticated and looked up, and the
+//! 6-byte client tag checked, *before* a QP is accepted; a refusal goes back as reject
+//! private data. Each accepted connection gets a thread that runs the mutual handshake over
+//! SEND/RECV, attaches the duplicate handle, and serves requests: reads as RDMA WRITEs from
+//! registered file windows, writes as RDMA READs into a registered bounce pool, then `pwrite`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use handoff_control::net::{Revocable, Shared};
+use handoff_control::state::{ByteRange, HandleId, IoKind};
+use handoff_control::wire::{ErrorCode, FileInfo, Message};
+use handoff_control::Error;
+use rdma_sys::rdma_cm_event_type::*;
+
+use super::cm::{CmEvent, CmId, EventChannel};
+use super::endpoint::{connect_tag, Endpoint};
+use super::file_windows::{FileWindows, Source};
+use super::verbs::{Access, MemoryRegion, SendOp};
+use super::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
+use crate::DataError;
+
+/// Starts serving RDMA on each address; returns once every listener is bound.
+pub fn start(addrs: &[SocketAddr], shared: Shared) -> Result<Vec<String>, DataError> {
+    let mut bound = Vec::new();
+    for addr in addrs {
+        let channel = EventChannel::new()?;
+        let listener = CmId::new(&channel)?;
+        listener.bind_listen(*addr, 64)?;
+        let device = listener.device_name();
+        tracing::info!(%addr, device, "RDMA listener ready");
+        bound.push(addr.to_string());
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("rdma-cm {addr}"))
+            .spawn(move || cm_loop(channel, listener, shared))?;
+    }
+    Ok(bound)
+}
+
+struct Pending {
+    id: Arc<CmId>,
+    ep: Endpoint,
+    client: String,
+    key: Vec<u8>,
+}
+
+fn cm_loop(channel: Arc<EventChannel>, _listener: Arc<CmId>, shared: Shared) {
+    let mut pending: HashMap<usize, Pending> = HashMap::new();
+    let mut live: HashMap<usize, Weak<CmId>> = HashMap::new();
+    loop {
+        let ev = match channel.next_event() {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::error!("rdma_cm event channel failed: {e}");
+                return;
+            }
+        };
+        let raw = ev.id_raw() as usize;
+        match ev.kind() {
+            RDMA_CM_EVENT_CONNECT_REQUEST => {
+                // SAFETY: a CONNECT_REQUEST's id is a new child id that we now own.
+                let id = unsafe { CmId::adopt(ev.id_raw(), &channel) };
+                let private = ev.private_data().to_vec();
+                drop(ev); // ack before anything can destroy the id
+                match admit(&shared, &id, &private) {
+                    Ok(p) => {
+                        pending.insert(raw, p);
+                    }
+                    Err((code, reason)) => {
+                        tracing::info!("RDMA connect refused: {reason}");
+                        let mut data = vec![code.to_wire() as u8];
+                        data.extend_from_slice(reason.as_bytes());
+                        let _ = id.reject(&data);
+                    }
+                }
+            }
+            RDMA_CM_EVENT_ESTABLISHED => {
+                drop(ev);
+                if let Some(p) = pending.remove(&raw) {
+                    live.insert(raw, Arc::downgrade(&p.id));
+                    live.retain(|_, w| w.strong_count() > 0);
+                    let shared = shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("rdma-conn".into())
+                        .spawn(move || serve(p, shared));
+                    if let Err(e) = spawned {
+                        tracing::error!("cannot start a connection thread: {e}");
+                    }
+                }
+            }
+            RDMA_CM_EVENT_DISCONNECTED => {
+                drop(ev);
+                // Flush the QP so the connection thread wakes and ends.
+                if let Some(id) = live.remove(&raw).and_then(|w| w.upgrade()) {
+                    id.disconnect();
+                }
+                pending.remove(&raw);
+            }
+            RDMA_CM_EVENT_CONNECT_ERROR | RDMA_CM_EVENT_UNREACHABLE | RDMA_CM_EVENT_REJECTED => {
+                tracing::info!(
+                    "RDMA connection failed before it was established: {}",
+                    ev.name()
+                );
+                drop(ev);
+                pending.remove(&raw);
+            }
+            _ => log_event(&ev),
+        }
+    }
+}
+
+fn log_event(ev: &CmEvent) {
+    tracing::debug!(event = ev.name(), status = ev.status(), "rdma_cm event");
+}
+
+/// Checks a connect request. Nothing is set up for a key that fails.
+fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (ErrorCode, String)> {
+    let sealed = private.get(..handoff_control::state::resume_key::SEALED_LEN);
+    let tag = private.get(handoff_control::state::resume_key::SEALED_LEN..CONNECT_PRIVATE_LEN);
+    let (Some(sealed), Some(tag)) = (sealed, tag) else {
+        return Err((
+            ErrorCode::NotFound,
+            "connect request carries no resume key".into(),
+        ));
+    };
+    let sealed = sealed.to_vec();
+    let key = sealed.clone();
+    let (_slot, client) = shared
+        .run_blocking(move |core, _| Ok(core.key_holder(&key)?))
+        .map_err(|e| (e.code(), e.to_string()))?;
+    let secret = shared.config.directory.secret(&client).ok_or_else(|| {
+        (
+            ErrorCode::AuthFailed,
+            format!("client {client:?} is no longer known"),
+        )
+    })?;
+    if connect_tag(secret, &sealed) != tag {
+        return Err((
+            ErrorCode::Denied,
+            "resume key belongs to another client".into(),
+        ));
+    }
+    let ep = Endpoint::new(id)
+        .map_err(|e| (ErrorCode::Internal, format!("cannot set up the QP: {e}")))?;
+    id.accept(&[1])
+        .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    shared
+        .stats
+        .rdma_connections
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(Pending {
+        id: id.clone(),
+        ep,
+        client,
+        key: sealed,
+    })
+}
+
+/// A direct-mode grant: the MR behind a client's rkey. Revoking deregisters it.
+struct DirectGrant {
+    mr: Mutex<Option<MemoryRegion>>,
+}
+
+impl Revocable for DirectGrant {
+    fn revoke(&self) {
+        let taken = self.mr.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(taken); // ibv_dereg_mr: the rkey is dead from here on
+    }
+}
+
+struct Connection {
+    ep: Endpoint,
+    shared: Shared,
+    handle: HandleId,
+    file: File,
+    windows: FileWindows,
+    bounce: Vec<MemoryRegion>,
+    direct: Vec<Arc<DirectGrant>>,
+    truncations: u64,
+    next_wr: u64,
+}
+
+fn serve(p: Pending, shared: Shared) {
+    let Pending {
+        id,
+        mut ep,
+        client,
+        key,
+    } = p;
+    let span = tracing::info_span!("rdma", device = %id.device_name(), client = %client);
+    let _enter = span.enter();
+    let result = (|| -> Result<(), DataError> {
+        let who = ep.server_handshake(&shared.config.directory, &client)?;
+        let attached = shared.run_blocking(|core, _| Ok(core.attach(&who, &key)?));
+        let attached = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                ep.send(&e.to_message())?;
+                ep.drain_sends()?;
+                return Ok(());
+            }
+        };
+        let path = handoff_control::net::resolve_path(&shared.config.root, &attached.path)?;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(attached.mode.can_write())
+            .open(&path);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                shared.run_blocking(|core, now| {
+                    core.detach(attached.handle, now);
+                    Ok(())
+                })?;
+                ep.send(&Error::not_found(format!("{}: {e}", attached.path)).to_message())?;
+                ep.drain_sends()?;
+                return Ok(());
+            }
+        };
+        let info = FileInfo {
+            mode: attached.mode,
+            share: attached.share,
+            locks: attached.locks.clone(),
+            size: file.metadata()?.len(),
+        };
+        let windows = FileWindows::new(&ep.pd, &path);
+        ep.send(&Message::Attached {
+            handle: attached.handle,
+            info,
+            report: attached.report,
+        })?;
+        let _h =
+            tracing::info_span!("handle", handle = attached.handle, slot = attached.slot).entered();
+        let mut conn = Connection {
+            ep,
+            shared: shared.clone(),
+            handle: attached.handle,
+            file,
+            windows,
+            bounce: Vec::new(),
+            direct: Vec::new(),
+            truncations: shared.stats.truncations.load(Ordering::SeqCst),
+            next_wr: 1,
+        };
+        let r = conn.run();
+        let _ = shared.run_blocking(|core, now| {
+            core.detach(conn.handle, now);
+            Ok(())
+        });
+        for g in &conn.direct {
+            g.revoke();
+        }
+        r
+    })();
+    match result {
+        Ok(()) => tracing::debug!("RDMA connection closed"),
+        Err(e) => tracing::info!("RDMA connection ended: {e}"),
+    }
+    id.disconnect();
+}
+
+impl Connection {
+    fn run(&mut self) -> Result<(), DataError> {
+        loop {
+            let msg = self.ep.recv()?;
+            self.check_truncations()?;
+            match msg {
+                Message::RdmaRead {
+                    offset,
+                    len,
+                    addr,
+                    rkey,
+                } => self.read(offset, len, addr, rkey)?,
+                Message::RdmaWrite { .. } => {
+                    // Gather the writes already waiting, so their READs are in flight together.
+                    let mut batch = vec![msg];
+                    while batch.len() < WRITE_DEPTH && self.ep.has_message()? {
+                        batch.push(self.ep.recv()?);
+                    }
+                    self.writes(batch)?;
+                }
+                Message::Flush => {
+                    self.file.sync_data()?;
+                    self.ep.send(&Message::Done)?;
+                }
+                Message::MapFile => self.map_file()?,
+                other => {
+                    let e =
+                        Error::Protocol(format!("{:#04x} is not an RDMA request", other.kind()));
+                    self.ep.send(&e.to_message())?;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    fn check_truncations(&mut self) -> Result<(), DataError> {
+        let now = self.shared.stats.truncations.load(Ordering::SeqCst);
+        if now != self.truncations {
+            self.ep.drain_sends()?;
+            self.windows.clear();
+            self.truncations = now;
+        }
+        Ok(())
+    }
+
+    fn begin(&self, kind: IoKind, offset: u64, len: u64) -> Result<(), Error> {
+        let handle = self.handle;
+        self.shared.run_blocking(move |core, _| {
+            Ok(core.begin_io(handle, kind, ByteRange::new(offset, len))?)
+        })
+    }
+
+    fn read(&mut self, offset: u64, len: u64, addr: u64, rkey: u32) -> Result<(), DataError> {
+        let size = self.file.metadata()?.len();
+        let len = len.min(MAX_REQUEST).min(size.saturating_sub(offset));
+        if let Err(e) = self.begin(IoKind::Read, offset, len) {
+            return self.ep.send(&e.to_message());
+        }
+        let mut done = 0u64;
+        while done < len {
+            if self.windows.needs_eviction(offset + done, size) {
+                self.ep.drain_sends()?;
+            }
+            let (source, n) = self
+                .windows
+                .source(&self.file, offset + done, len - done, size)?;
+            let remote = (addr + done, rkey);
+            match source {
+                Source::Window(mr, at) => {
+                    self.ep
+                        .post_rdma(0, SendOp::Write, (&mr, at, n), remote, false)?
+                }
+                Source::Bounce(mr) => {
+                    // The bounce buffer is refilled next time: wait for this WRITE first.
+                    let wr = self.next_wr;
+                    self.next_wr += 1;
+                    self.ep
+                        .post_rdma(wr, SendOp::Write, (mr, 0, n), remote, true)?;
+                    self.ep.wait_for(wr)?;
+                }
+            }
+            done += n as u64;
+        }
+        self.shared
+            .stats
+            .rdma_server_bytes
+            .fetch_add(len, Ordering::Relaxed);
+        self.shared
+            .stats
+            .rdma_requests
+            .fetch_add(1, Ordering::Relaxed);
+        // RC ordering: the client sees this only after the WRITEs above have landed.
+        self.ep.send(&Message::ReadData { len })
+    }
+
+    fn writes(&mut self, batch: Vec<Message>) -> Result<(), DataError> {
+        while self.bounce.len() < batch.len() {
+            self.bounce.push(MemoryRegion::alloc(
+                &self.ep.pd,
+                MAX_REQUEST as usize,
+                Access::LOCAL_WRITE,
+            )?);
+        }
+        // Phase 1: check each and post its RDMA READ.
+        let mut posted: Vec<Result<(u64, u64, u64), Error>> = Vec::new();
+        for (i, msg) in batch.into_iter().enumerate() {
+            let Message::RdmaWrite {
+                offset,
+                len,
+                addr,
+                rkey,
+            } = msg
+            else {
+                posted.push(Err(Error::Protocol(
+                    "mixed requests in a write batch".into(),
+                )));
+                continue;
+            };
+            if len > MAX_REQUEST || offset.checked_add(len).is_none() {
+                posted.push(Err(Error::bad_request(format!(
+                    "an RDMA write moves at most {MAX_REQUEST} bytes"
+                ))));
+                continue;
+            }
+            if let Err(e) = self.begin(IoKind::Write, offset, len) {
+                posted.push(Err(e));
+                continue;
+            }
+            let wr = self.next_wr;
+            self.next_wr += 1;
+            if len > 0 {
+                self.ep.post_rdma(
+                    wr,
+                    SendOp::Read,
+                    (&self.bounce[i], 0, len as usize),
+                    (addr, rkey),
+                    true,
+                )?;
+            }
+            posted.push(Ok((wr, offset, len)));
+        }
+        // Phase 2: as each lands, write it to the file and answer, in request order.
+        for (i, p) in posted.into_iter().enumerate() {
+            match p {
+                Ok((wr, offset, len)) => {
+                    if len > 0 {
+                        self.ep.wait_for(wr)?;
+                        self.file
+                            .write_all_at(&self.bounce[i].bytes()[..len as usize], offset)?;
+                    }
+                    self.shared
+                        .stats
+                        .rdma_server_bytes
+                        .fetch_add(len, Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .rdma_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.ep.send(&Message::Written { len })?;
+                }
+                Err(e) => self.ep.send(&e.to_message())?,
+            }
+        }
+        Ok(())
+    }
+
+    fn map_file(&mut self) -> Result<(), DataError> {
+        let size = self.file.metadata()?.len();
+        let windows = &self.windows;
+        let granted = self.shared.grant_direct(self.handle, || {
+            let mr = windows.map_direct(size).map_err(Error::Io)?;
+            Ok(Arc::new(DirectGrant {
+                mr: Mutex::new(Some(mr)),
+            }))
+        });
+        match granted {
+            Ok(grant) => {
+                let (addr, rkey) = {
+                    let guard = grant.mr.lock().unwrap_or_else(|p| p.into_inner());
+                    let mr = guard
+                        .as_ref()
+                        .ok_or_else(|| Error::Protocol("grant revoked at once".into()))?;
+                    (mr.addr(), mr.rkey())
+                };
+                self.direct.push(grant);
+                self.ep.send(&Message::FileMapped {
+                    addr,
+                    len: size,
+                    rkey,
+                })
+            }
+            Err(e) => self.ep.send(&e.to_message()),
+        }
+    }
+}
+
+/// RDMA writes whose READs a connection keeps in flight at once.
+const WRITE_DEPTH: usize = 8;
