@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing handoff needs on a Debian machine (run as root, or with
 # sudo available). Idempotent: packages already present are skipped quickly.
-#   hw-setup/install-deps.sh            build + test packages
+#   hw-setup/install-deps.sh            build + test packages (incl. verbs headers, libclang)
 #   hw-setup/install-deps.sh --bench    also the benchmark peers (nginx, curl)
 #   hw-setup/install-deps.sh --rdma     also soft-RoCE testing: QEMU, rdma-core, perftest,
 #                                       libibverbs/librdmacm headers, libclang (for rdma-sys), and
@@ -27,10 +27,11 @@ done
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
-want=(pkg-config ca-certificates)
+# rdma-sys (the verbs FFI) is always built: it needs the verbs/rdmacm headers and libclang.
+want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev)
 ((bench)) && want+=(nginx-light curl)
 ((rdma)) && want+=(qemu-system-x86 busybox-static kmod cpio rdma-core ibverbs-utils perftest
-  libibverbs-dev librdmacm-dev libclang-dev iproute2)
+  ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2)
 
 updated=0
 apt_update_once() {
@@ -84,7 +85,7 @@ if ((rdma)); then
     echo "install-deps: guest kernel $pkg -> $cache/kernel"
     mkdir -p "$cache"
     dl="$cache/download"
-    rm -rf "$dl" "$cache/kernel"
+    rm -rf "$dl" "$cache/kernel" "$cache/kernel.part"
     mkdir -p "$dl"
     # apt-get download as root warns that _apt cannot write here; the download is fine.
     (cd "$dl" && apt-get download -qq "$pkg" 2>&1 | grep -v 'unsandboxed as root' >&2 || true)
