@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Runs every check handoff has: formatting, clippy, unit and end-to-end tests, and each fuzz
-# target for a bounded time. Installs what it needs first. This is the README's test command
+# Runs every check handoff has: formatting, clippy, unit and end-to-end tests on the host,
+# each fuzz target for a bounded time, and the RDMA end-to-end tests inside a QEMU guest with
+# real soft-RoCE (rdma_rxe). Installs what it needs first. This is the README's test command
 # and what CI (.ci/run) calls.
 #   FUZZ_SECONDS=30   seconds per fuzz target (0 skips fuzzing)
+#   HANDOFF_SKIP_RDMA=1   skip the guest tests (they need QEMU; on by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p target
+rm -f target/test-output.txt target/test-rdma-output.txt
 
 hw-setup/install-deps.sh
 
@@ -14,14 +18,20 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== cargo test"
+echo "== cargo test (host)"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
-passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 
-if [[ "${FUZZ_SECONDS:-30}" != "0" && -x hw-setup/fuzz.sh ]]; then
+if [[ "${FUZZ_SECONDS:-30}" != "0" ]]; then
   echo "== fuzz (${FUZZ_SECONDS:-30}s per target)"
   hw-setup/fuzz.sh
 fi
 
+if [[ "${HANDOFF_SKIP_RDMA:-0}" != "1" ]]; then
+  echo "== RDMA tests in the rxe guest"
+  hw-setup/test-rdma.sh 2>&1 | tee target/test-rdma-output.txt
+fi
+
+count() { grep -hEo "test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed" "$@" 2>/dev/null; }
+passed=$(count target/test-output.txt target/test-rdma-output.txt | awk '{s+=$4} END {print s+0}')
+failed=$(count target/test-output.txt target/test-rdma-output.txt | awk '{s+=$6} END {print s+0}')
 echo "tests: $passed passed, $failed failed"

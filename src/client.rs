@@ -167,6 +167,14 @@ impl Client {
         }
     }
 
+    /// The server's counters.
+    pub async fn stats(&mut self) -> Result<Vec<(String, u64)>, Error> {
+        match self.control.request(&Message::Stats).await? {
+            Message::StatsReply { counters } => Ok(counters),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn lock(&mut self, token: &str, range: ByteRange, take: bool) -> Result<(), Error> {
         self.expect_done(Message::Lock {
             key: parse_key(token)?,

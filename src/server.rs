@@ -100,16 +100,17 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         ServerConfig {
             root,
             directory,
-            endpoints: vec![
-                Endpoint {
-                    kind: EndpointKind::Tcp,
+            endpoints: [EndpointKind::Tcp, EndpointKind::Tls]
+                .into_iter()
+                .map(|kind| Endpoint {
+                    kind,
                     addr: data_addr.to_string(),
-                },
-                Endpoint {
-                    kind: EndpointKind::Tls,
-                    addr: data_addr.to_string(),
-                },
-            ],
+                })
+                .chain(opts.rdma_listen.iter().map(|a| Endpoint {
+                    kind: EndpointKind::Rdma,
+                    addr: a.to_string(),
+                }))
+                .collect(),
             tls_fingerprint: Some(tls.fingerprint()),
             max_connections: opts.max_connections,
         },

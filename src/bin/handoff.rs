@@ -118,6 +118,9 @@ enum Command {
     },
     /// Print the keys other clients passed to this one, one a line.
     Inbox,
+    /// Print the server's counters (data-path work by the server, RDMA connections, direct
+    /// grants and revocations) as JSON.
+    Stats,
     /// Take a byte-range lock for an open.
     Lock {
         key: String,
@@ -462,6 +465,12 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                     println!("{k}");
                 }
             }
+        }
+        Command::Stats => {
+            let counters = client.stats().await.context("stats")?;
+            let map: serde_json::Map<String, serde_json::Value> =
+                counters.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            println!("{}", serde_json::Value::Object(map));
         }
         Command::Lock { key, range } => client.lock(&key, range, true).await.context("lock")?,
         Command::Unlock { key, range } => {

@@ -130,6 +130,10 @@ impl TestServer {
         self.spawn();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

@@ -126,6 +126,7 @@ impl RdmaClient {
             }
         }
         drop(ev);
+        ep.cm = Some(channel.clone());
         let device = id.device_name();
         ep.client_handshake(identity)?;
         let (handle, info, report) = match ep.recv()? {
@@ -436,6 +437,9 @@ impl Drop for RdmaClient {
         // Disconnect, then take this id's remaining events (DISCONNECTED): rdma_destroy_id
         // waits for every event of the id to be acked.
         self.id.disconnect();
+        if self.ep.cm.is_none() {
+            return; // the connection's end was already seen
+        }
         while let Ok(Some(ev)) = self.channel.next_event_timeout(Duration::from_millis(200)) {
             let last = ev.kind() == RDMA_CM_EVENT_DISCONNECTED;
             drop(ev);

@@ -81,6 +81,12 @@ impl EventChannel {
         Ok(Arc::new(Self { raw }))
     }
 
+    /// The channel's file descriptor (for poll).
+    pub fn fd(&self) -> i32 {
+        // SAFETY: reading the fd field of a live channel.
+        unsafe { (*self.raw).fd }
+    }
+
     /// The next event if one arrives within `timeout`.
     pub fn next_event_timeout(&self, timeout: std::time::Duration) -> io::Result<Option<CmEvent>> {
         // SAFETY: reading the fd field of a live channel.

@@ -12,11 +12,13 @@ use handoff_control::wire::{encode_frame, Frame, Message, MAC_LEN};
 use handoff_control::Error;
 use rand::RngCore;
 
-use super::cm::CmId;
+use super::cm::{CmId, EventChannel};
+use super::verbs::Wait;
 use super::verbs::{
     Access, Completion, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, SendOp,
 };
 use crate::DataError;
+use rdma_sys::rdma_cm_event_type::{RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_DISCONNECTED};
 
 /// Bytes per message slot (control messages are far smaller).
 pub const SLOT: usize = 4096;
@@ -46,6 +48,9 @@ pub struct Endpoint {
     pub remote_access_error: bool,
     /// How long a blocking wait may go without any completion (None: forever).
     pub timeout: Option<std::time::Duration>,
+    /// The connection's own rdma_cm channel (client side), watched while waiting, so a
+    /// disconnect or a device removal ends the wait.
+    pub cm: Option<Arc<EventChannel>>,
 }
 
 fn broken(what: String) -> DataError {
@@ -77,6 +82,7 @@ impl Endpoint {
             encode: BytesMut::with_capacity(SLOT),
             remote_access_error: false,
             timeout: None,
+            cm: None,
         })
     }
 
@@ -84,11 +90,31 @@ impl Endpoint {
     fn pump(&mut self, block: bool) -> Result<(), DataError> {
         self.wcs.clear();
         if block {
-            if !self.cq.wait(&mut self.wcs, self.timeout)? {
-                return Err(broken(format!(
-                    "no RDMA completion within {:?}: the path or the peer is gone",
-                    self.timeout.unwrap_or_default()
-                )));
+            match self.cq.wait(
+                &mut self.wcs,
+                self.timeout,
+                self.cm.as_ref().map(|c| c.fd()),
+            )? {
+                Wait::Ready => {}
+                Wait::TimedOut => {
+                    return Err(broken(format!(
+                        "no RDMA completion within {:?}: the path or the peer is gone",
+                        self.timeout.unwrap_or_default()
+                    )))
+                }
+                Wait::Other => {
+                    let ev = self.cm.as_ref().expect("watched").next_event()?;
+                    let kind = ev.kind();
+                    let name = ev.name();
+                    drop(ev);
+                    if kind == RDMA_CM_EVENT_DISCONNECTED || kind == RDMA_CM_EVENT_DEVICE_REMOVAL {
+                        // Flush our QP too, so nothing is left posted on a dead path.
+                        self.qp.id().disconnect();
+                        self.cm = None;
+                        return Err(broken(format!("RDMA connection lost: {name}")));
+                    }
+                    return Ok(());
+                }
             }
         } else {
             self.cq.poll(&mut self.wcs)?;

@@ -50,7 +50,8 @@ struct Pending {
     key: Vec<u8>,
 }
 
-fn cm_loop(channel: Arc<EventChannel>, _listener: Arc<CmId>, shared: Shared) {
+fn cm_loop(channel: Arc<EventChannel>, listener: Arc<CmId>, shared: Shared) {
+    let mut listener = Some(listener);
     let mut pending: HashMap<usize, Pending> = HashMap::new();
     let mut live: HashMap<usize, Weak<CmId>> = HashMap::new();
     loop {
@@ -97,6 +98,18 @@ fn cm_loop(channel: Arc<EventChannel>, _listener: Arc<CmId>, shared: Shared) {
             RDMA_CM_EVENT_DISCONNECTED => {
                 drop(ev);
                 // Flush the QP so the connection thread wakes and ends.
+                if let Some(id) = live.remove(&raw).and_then(|w| w.upgrade()) {
+                    id.disconnect();
+                }
+                pending.remove(&raw);
+            }
+            RDMA_CM_EVENT_DEVICE_REMOVAL => {
+                drop(ev);
+                // The device is going away: release everything on it, or its removal waits.
+                if listener.as_ref().is_some_and(|l| l.raw() as usize == raw) {
+                    tracing::warn!("RDMA device removed; this listener stops");
+                    listener = None;
+                }
                 if let Some(id) = live.remove(&raw).and_then(|w| w.upgrade()) {
                     id.disconnect();
                 }

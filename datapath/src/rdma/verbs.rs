@@ -97,6 +97,15 @@ impl Completion {
     }
 }
 
+/// How a [`CompletionQueue::wait`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    Ready,
+    TimedOut,
+    /// The other descriptor became readable.
+    Other,
+}
+
 /// A CQ with its own completion channel, so waiting blocks in the kernel instead of spinning
 /// (under soft-RoCE the CPU is the NIC).
 pub struct CompletionQueue {
@@ -164,17 +173,18 @@ impl CompletionQueue {
         Ok(n as usize)
     }
 
-    /// Blocks until at least one completion is ready (then returns all that are), or until
-    /// `timeout` passes (returns `Ok(false)`).
+    /// Blocks until at least one completion is ready (then returns all that are), until
+    /// `timeout` passes, or until the descriptor `also` (an rdma_cm channel) is readable.
     pub fn wait(
         &self,
         out: &mut Vec<Completion>,
         timeout: Option<std::time::Duration>,
-    ) -> io::Result<bool> {
+        also: Option<i32>,
+    ) -> io::Result<Wait> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
             if self.poll(out)? > 0 {
-                return Ok(true);
+                return Ok(Wait::Ready);
             }
             // Arm, then poll again to close the race with a completion that arrived between.
             // SAFETY: live CQ.
@@ -182,27 +192,34 @@ impl CompletionQueue {
                 return Err(os_err("ibv_req_notify_cq"));
             }
             if self.poll(out)? > 0 {
-                return Ok(true);
+                return Ok(Wait::Ready);
             }
             let wait_ms = match deadline {
                 None => -1,
                 Some(d) => {
                     let left = d.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
-                        return Ok(false);
+                        return Ok(Wait::TimedOut);
                     }
                     left.as_millis().min(i32::MAX as u128) as i32
                 }
             };
             // SAFETY: reading the fd field of a live channel.
             let fd = unsafe { (*self.channel).fd };
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+            let mut pfds = [
+                libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: also.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, wait_ms) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -212,6 +229,12 @@ impl CompletionQueue {
             }
             if n == 0 {
                 continue; // re-check the deadline
+            }
+            if pfds[1].revents != 0 {
+                return Ok(Wait::Other);
+            }
+            if pfds[0].revents == 0 {
+                continue;
             }
             let mut cq: *mut ibv_cq = ptr::null_mut();
             let mut ctx: *mut c_void = ptr::null_mut();

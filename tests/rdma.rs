@@ -1,0 +1,481 @@
+//! Claims 9–10, 24–25, 26–27 over real soft-RoCE. These run inside the QEMU guest that
+//! `hw-setup/test-rdma.sh` boots (real `rdma_rxe` devices rxe0 and rxe1); on a host without
+//! RDMA they skip, unless HANDOFF_REQUIRE_RDMA=1 (as in CI), where a missing device fails.
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+use handoff::{Client, DataHandle};
+
+/// The guest's RDMA-capable addresses, or None (skip) on a host without them.
+fn rdma_ips() -> Option<Vec<String>> {
+    match std::env::var("HANDOFF_GUEST_IPS") {
+        Ok(v) if !v.is_empty() => Some(v.split(',').map(str::to_string).collect()),
+        _ => {
+            assert!(
+                std::env::var("HANDOFF_REQUIRE_RDMA").is_err(),
+                "HANDOFF_REQUIRE_RDMA is set but no RDMA device is configured"
+            );
+            eprintln!("skipped: no RDMA device (run through hw-setup/test-rdma.sh)");
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--rdma-listen` arguments for the first `nics` guest addresses.
+fn rdma_args(ips: &[String], nics: usize) -> Vec<String> {
+    let port = free_port();
+    ips.iter()
+        .take(nics)
+        .flat_map(|ip| ["--rdma-listen".to_string(), format!("{ip}:{port}")])
+        .collect()
+}
+
+fn start(clients: &[&TestClient], ips: &[String], nics: usize, extra: &[&str]) -> TestServer {
+    let mut args = rdma_args(ips, nics);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    TestServer::start(clients, &refs)
+}
+
+fn stats(server: &TestServer, who: &TestClient) -> serde_json::Value {
+    server.cli(who).run(&["stats"]).expect(0).json()
+}
+
+fn report(out: &Out) -> serde_json::Value {
+    let line = out
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON report: {}", out.stderr));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn rdma_read_and_write_256_mib_through_a_key_after_the_control_channel_closed() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let server = start(&[&c1, &c2], &ips, 1, &[]);
+    let data = random_bytes(256 << 20, 21);
+    std::fs::write(server.root().join("f"), &data).unwrap();
+    let (a, b) = (server.cli(&c1), server.cli(&c2));
+
+    // `open` exits: the control channel is gone before the RDMA channel is made.
+    let key = a.open(&["f", "--mode", "rw", "--lock", "0:4096"]);
+    let out = a
+        .run(&["read", &key, "--channel", "rdma", "--json"])
+        .expect(0);
+    assert_eq!(out.stdout.len(), data.len());
+    assert_eq!(sha256(&out.stdout), sha256(&data));
+    let r = report(&out);
+    assert_eq!(r["channel"], "rdma");
+    assert_eq!(r["qps"][0]["bytes"], (256u64 << 20));
+
+    // Write 256 MiB over RDMA (server RDMA-READs from the client's buffers).
+    let new = random_bytes(256 << 20, 22);
+    a.run_with(&["write", &key, "--channel", "rdma"], Some(&new))
+        .expect(0);
+    assert_eq!(
+        sha256(&std::fs::read(server.root().join("f")).unwrap()),
+        sha256(&new)
+    );
+    assert_eq!(
+        sha256(&a.run(&["read", &key, "--channel", "rdma"]).expect(0).stdout),
+        sha256(&new)
+    );
+
+    // The duplicate handle obeys the open's mode and locks.
+    let ro = b.open(&["f", "--mode", "r"]);
+    let denied = b
+        .run_with(&["write", &ro, "--channel", "rdma"], Some(b"nope"))
+        .expect(3);
+    assert!(denied.stderr.contains("read-only"), "{}", denied.stderr);
+    b.run(&[
+        "read",
+        &ro,
+        "--channel",
+        "rdma",
+        "--offset",
+        "100",
+        "--len",
+        "10",
+    ])
+    .expect(3);
+    let ok = b
+        .run(&[
+            "read",
+            &ro,
+            "--channel",
+            "rdma",
+            "--offset",
+            "4096",
+            "--len",
+            "10",
+        ])
+        .expect(0);
+    assert_eq!(ok.stdout, &new[4096..4106]);
+    // The locker's own duplicate reads its range.
+    let mine = a
+        .run(&[
+            "read",
+            &key,
+            "--channel",
+            "rdma",
+            "--offset",
+            "100",
+            "--len",
+            "10",
+        ])
+        .expect(0);
+    assert_eq!(mine.stdout, &new[100..110]);
+}
+
+#[test]
+fn forged_altered_and_foreign_keys_are_rejected_before_a_qp_is_accepted() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let server = start(&[&c1, &c2], &ips, 1, &[]);
+    std::fs::write(server.root().join("f"), b"rdma bytes").unwrap();
+    let (a, b) = (server.cli(&c1), server.cli(&c2));
+    let key = a.open(&["f"]);
+    let before = stats(&server, &c1)["rdma_connections"].as_u64().unwrap();
+
+    // Foreign: c2 presents c1's key (it cannot make c1's connect tag).
+    let out = b.run(&["read", &key, "--channel", "rdma"]).expect(3);
+    assert!(out.stderr.contains("another client"), "{}", out.stderr);
+    // Altered: one character of the key changed.
+    let mut altered = key.clone().into_bytes();
+    altered[30] = if altered[30] == b'A' { b'B' } else { b'A' };
+    a.run(&[
+        "read",
+        std::str::from_utf8(&altered).unwrap(),
+        "--channel",
+        "rdma",
+    ])
+    .expect(4);
+    // Forged: a well-formed key under the wrong MAC key.
+    let forged = handoff_control::state::KeySealer::new([7; 32]).to_token(
+        &handoff_control::state::ResumeKey {
+            file_id: 1,
+            opened_at: 2,
+            pid: 3,
+            slot: 1,
+            nonce: 4,
+        },
+    );
+    a.run(&["read", &forged, "--channel", "rdma"]).expect(4);
+    // Closed: a key replayed after close.
+    let closed = a.open(&["f"]);
+    a.run(&["close", &closed]).expect(0);
+    a.run(&["read", &closed, "--channel", "rdma"]).expect(4);
+
+    // None of them got a QP accepted; the server still serves.
+    assert_eq!(
+        stats(&server, &c1)["rdma_connections"].as_u64().unwrap(),
+        before
+    );
+    assert_eq!(
+        a.run(&["read", &key, "--channel", "rdma"]).expect(0).stdout,
+        b"rdma bytes"
+    );
+    assert_eq!(
+        stats(&server, &c1)["rdma_connections"].as_u64().unwrap(),
+        before + 1
+    );
+}
+
+#[test]
+fn two_nics_stripe_a_transfer_and_survive_losing_one() {
+    let Some(ips) = rdma_ips() else { return };
+    if ips.len() < 2 {
+        assert!(
+            std::env::var("HANDOFF_REQUIRE_RDMA").is_err(),
+            "two NICs required"
+        );
+        eprintln!("skipped: one RDMA NIC");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = start(&[&c1], &ips, 2, &[]);
+    let data = random_bytes(256 << 20, 23);
+    std::fs::write(server.root().join("f"), &data).unwrap();
+    let cli = server.cli(&c1);
+    let key = cli.open(&["f"]);
+
+    let out = cli
+        .run(&["read", &key, "--channel", "rdma", "--json"])
+        .expect(0);
+    assert_eq!(sha256(&out.stdout), sha256(&data));
+    let r = report(&out);
+    let (q0, q1) = (
+        r["qps"][0]["bytes"].as_u64().unwrap(),
+        r["qps"][1]["bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(q0 + q1, 256 << 20, "{r}");
+    assert!(
+        q0 >= 64 << 20 && q1 >= 64 << 20,
+        "both QPs carry a share: {r}"
+    );
+    assert_ne!(r["qps"][0]["device"], r["qps"][1]["device"]);
+
+    // Take the second NIC's RDMA device away mid-transfer. The reader's output goes to files
+    // so it never waits on this test.
+    let (out_path, err_path) = (tmp.path().join("out"), tmp.path().join("err"));
+    let mut child = std::process::Command::new(HANDOFF)
+        .args(["--server", &cli.server, "--identity"])
+        .arg(&cli.identity)
+        .args(["read", &key, "--channel", "rdma", "--json"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Device removal waits for every user to release the device: both ends must react to it.
+    let down = std::process::Command::new("timeout")
+        .args(["60", "rdma", "link", "delete", "rxe1"])
+        .status()
+        .unwrap();
+    assert!(
+        down.success(),
+        "rxe1 could not be removed: a process held on to it"
+    );
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        sha256(&std::fs::read(&out_path).unwrap()),
+        sha256(&data),
+        "bytes after losing a path"
+    );
+    let r = report(&Out {
+        code: 0,
+        stdout: vec![],
+        stderr,
+    });
+    assert!(
+        !r["qps"][1]["failed"].is_null(),
+        "the lost path is reported: {r}"
+    );
+    let _ = std::process::Command::new("rdma")
+        .args(["link", "add", "rxe1", "type", "rxe", "netdev", "eth1"])
+        .status();
+}
+
+#[test]
+fn direct_mode_reads_without_server_work_and_falls_back_when_revoked() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let server = start(&[&c1, &c2], &ips, 1, &[]);
+    let old = random_bytes(8 << 20, 24);
+    std::fs::write(server.root().join("f"), &old).unwrap();
+    let key = server.cli(&c1).open(&["f", "--mode", "r"]);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+        let mut data = control
+            .open_data(&key, Some(handoff::Channel::Rdma), true)
+            .await
+            .unwrap();
+        drop(control);
+        let before = stats(&server, &c1);
+        let mut got = Vec::new();
+        data.read_to(0, u64::MAX, &mut |c| {
+            got.extend_from_slice(c);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(sha256(&got), sha256(&old));
+        let after = stats(&server, &c1);
+        // One-sided: the server posted no work for these 8 MiB.
+        assert_eq!(after["rdma_server_bytes"], before["rdma_server_bytes"]);
+        assert_eq!(after["direct_grants"].as_u64().unwrap(), 1);
+        let DataHandle::Rdma(r) = &data else {
+            panic!("not RDMA")
+        };
+        assert_eq!(r.direct_bytes, 8 << 20);
+
+        // A writer opens the file: the reader's rkey is revoked; the writer changes bytes.
+        let b = server.cli(&c2);
+        let wkey = b.open(&["f", "--mode", "rw"]);
+        assert_eq!(
+            stats(&server, &c1)["direct_revocations"].as_u64().unwrap(),
+            1
+        );
+        let new = random_bytes(8 << 20, 25);
+        b.run_with(&["write", &wkey, "--channel", "tcp"], Some(&new))
+            .expect(0);
+
+        // The reader's next read hits the revoked rkey, falls back, and sees the new bytes.
+        let mut got = Vec::new();
+        data.read_to(0, u64::MAX, &mut |c| {
+            got.extend_from_slice(c);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(sha256(&got), sha256(&new));
+        let DataHandle::Rdma(r) = &data else {
+            panic!("not RDMA")
+        };
+        assert_eq!(r.fallbacks, 1);
+        let moved = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap();
+        assert!(
+            moved >= 8 << 20,
+            "the fallback read went through the server: {moved}"
+        );
+    });
+}
+
+#[test]
+fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_intact() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = start(&[&c1], &ips, 1, &["--durable-timeout", "60"]);
+    let data = random_bytes(128 << 20, 26);
+    std::fs::write(server.root().join("f"), &data).unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (key, got) = rt.block_on(async {
+        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+        let opened = control
+            .open(
+                "f",
+                &handoff::OpenOptions {
+                    mode: handoff::Mode::ReadWrite,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut data = control
+            .open_data(&opened.token, Some(handoff::Channel::Rdma), false)
+            .await
+            .unwrap();
+        let reader = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let mut got = Vec::with_capacity(128 << 20);
+            rt.block_on(data.read_to(0, u64::MAX, &mut |c| {
+                got.extend_from_slice(c);
+                Ok(())
+            }))
+            .map(|_| got)
+        });
+        // Kill the control connection (the one that opened the file) mid-transfer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(control);
+        (opened.token, reader.await.unwrap().unwrap())
+    });
+    assert_eq!(sha256(&got), sha256(&data));
+    // The open is still held: a resume gets a duplicate with the same mode, nothing to report.
+    let r = server
+        .cli(&c1)
+        .run(&["resume", &key, "--json", "--channel", "rdma"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (r["mode"].as_str(), r["accessed_by_other"].as_bool()),
+        (Some("rw"), Some(false))
+    );
+}
+
+async fn cycle(control: &mut Client, key: &str, data: &[u8]) {
+    let mut h = control
+        .open_data(key, Some(handoff::Channel::Rdma), false)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    h.read_to(0, u64::MAX, &mut |c| {
+        got.extend_from_slice(c);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(sha256(&got), sha256(data));
+}
+
+/// Counts of verbs objects the kernel holds (`rdma resource`), by kind.
+fn rdma_resources() -> Vec<(String, u64)> {
+    let out = std::process::Command::new("rdma")
+        .args(["resource", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for pair in words.windows(2) {
+            if ["pd", "cq", "qp", "cm_id", "mr", "ctx"].contains(&pair[0]) {
+                *counts.entry(pair[0].to_string()).or_default() +=
+                    pair[1].parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    counts.into_iter().collect()
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_hundred_connect_transfer_disconnect_cycles_leak_nothing() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = start(&[&c1], &ips, 1, &[]);
+    let data = random_bytes(256 << 10, 27);
+    std::fs::write(server.root().join("f"), &data).unwrap();
+    let key = server.cli(&c1).open(&["f", "--mode", "rw"]);
+    let pid = server.pid();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+        // Warm up (first-use allocations), then measure.
+        cycle(&mut control, &key, &data).await;
+        std::thread::sleep(Duration::from_millis(500));
+        let (res0, fds0) = (rdma_resources(), fd_count(pid));
+        let started = Instant::now();
+        for _ in 0..200 {
+            cycle(&mut control, &key, &data).await;
+        }
+        eprintln!("200 cycles in {:?}", started.elapsed());
+        // Server threads finish tearing down asynchronously.
+        let settled = eventually(Duration::from_secs(20), || {
+            let now = (rdma_resources(), fd_count(pid));
+            (now == (res0.clone(), fds0)).then_some(now)
+        });
+        assert_eq!(settled.0, res0);
+    });
+}
