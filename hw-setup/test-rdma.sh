@@ -15,4 +15,4 @@ for line in sys.stdin:
         print(j["executable"])' | tail -n 1)
 [[ -n "$bin" ]] || { echo "test-rdma: could not find the test binary" >&2; exit 1; }
 echo "== running them in the rxe guest"
-HANDOFF_REQUIRE_RDMA=1 hw-setup/rxe-guest.sh --nics 2 --timeout 1800 -- "$bin" --test-threads=1 "$@"
+HANDOFF_REQUIRE_RDMA=1 hw-setup/rxe-guest.sh --nics 2 --timeout 1800 -- "$bin" --include-ignored --test-threads=1 "$@"

@@ -9,6 +9,6 @@ pub use channel::Channel;
 pub use client::{check_reply, ControlClient};
 pub use files::{file_id, resolve_path};
 pub use server::{
-    handshake, now_ms, ControlServer, Revocable, ServerConfig, ServerStats, Shared,
+    accept_loop, handshake, now_ms, ControlServer, Revocable, ServerConfig, ServerStats, Shared,
     HANDSHAKE_TIMEOUT,
 };

@@ -288,33 +288,56 @@ impl ControlServer {
     }
 
     pub async fn serve(self) -> Result<(), Error> {
-        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
-        loop {
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Closed)?;
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+        let shared = self.shared.clone();
+        accept_loop(
+            &self.listener,
+            self.shared.config.max_connections,
+            "control",
+            move |stream| handle_connection(stream, shared.clone()),
+        )
+        .await
+    }
+}
+
+/// Accepts connections until the listener fails: at most `max` at once (the rest wait in
+/// the backlog), backing off briefly on accept errors, each served by `handle` in its own task
+/// inside a span naming the channel and the peer.
+pub async fn accept_loop<F, Fut, E>(
+    listener: &TcpListener,
+    max: usize,
+    channel: &'static str,
+    handle: F,
+) -> Result<(), Error>
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let limit = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(channel, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let conn = handle(stream);
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::info!("connection ended: {e}");
                 }
-            };
-            let shared = self.shared.clone();
-            let span = tracing::info_span!("control", %peer);
-            tokio::spawn(
-                async move {
-                    if let Err(e) = handle_connection(stream, shared).await {
-                        tracing::info!("connection ended: {e}");
-                    }
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
+                drop(permit);
+            }
+            .instrument(tracing::info_span!("conn", channel, %peer)),
+        );
     }
 }
 

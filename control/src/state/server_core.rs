@@ -427,30 +427,6 @@ impl ServerCore {
         })
     }
 
-    /// Authenticates a key, then finds its open and checks it is `client`'s to use.
-    pub fn verify_key(&self, client: &str, sealed: &[u8]) -> Result<u32, CoreError> {
-        let key = self
-            .sealer
-            .open(sealed)
-            .map_err(|e| CoreError::NotFound(format!("resume key rejected: {e}")))?;
-        let gone =
-            || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
-        let entry = self.table.get(key.slot).ok_or_else(gone)?;
-        let r = &entry.record;
-        if r.file_id != key.file_id || r.opened_at != key.opened_at || r.pid != key.pid {
-            return Err(gone());
-        }
-        let grant = r
-            .grants
-            .iter()
-            .find(|g| g.nonce == key.nonce)
-            .ok_or_else(gone)?;
-        if grant.client != client {
-            return Err(CoreError::denied("resume key belongs to another client"));
-        }
-        Ok(key.slot)
-    }
-
     /// For a connect request that carries only a key (RDMA private data): authenticates the
     /// key, finds its open, and names the client the key is bound to, who must then prove
     /// itself.
@@ -471,6 +447,15 @@ impl ServerCore {
             .find(|g| g.nonce == key.nonce)
             .ok_or_else(gone)?;
         Ok((key.slot, grant.client.clone()))
+    }
+
+    /// Authenticates a key, then finds its open and checks it is `client`'s to use.
+    pub fn verify_key(&self, client: &str, sealed: &[u8]) -> Result<u32, CoreError> {
+        let (slot, holder) = self.key_holder(sealed)?;
+        if holder != client {
+            return Err(CoreError::denied("resume key belongs to another client"));
+        }
+        Ok(slot)
     }
 
     /// Resume: a duplicate handle on the open the key names, with the report (claims 16–17,

@@ -45,6 +45,11 @@ pub struct RdmaClient {
     next_wr: u64,
 }
 
+/// The next reply on `ep`, with an `Error` reply turned into `Err`.
+fn reply(ep: &mut Endpoint) -> Result<Message, DataError> {
+    Ok(handoff_control::net::check_reply(ep.recv()?)?)
+}
+
 fn remote_error(code: u8, message: String) -> DataError {
     Error::Remote {
         code: ErrorCode::from_wire(u16::from(code)),
@@ -129,26 +134,12 @@ impl RdmaClient {
         ep.cm = Some(channel.clone());
         let device = id.device_name();
         ep.client_handshake(identity)?;
-        let (handle, info, report) = match ep.recv()? {
+        let (handle, info, report) = match reply(&mut ep)? {
             Message::Attached {
                 handle,
                 info,
                 report,
             } => (handle, info, report),
-            Message::Error {
-                code,
-                message,
-                report,
-                retry_after_ms,
-            } => {
-                return Err(Error::Remote {
-                    code,
-                    message,
-                    report,
-                    retry_after_ms,
-                }
-                .into())
-            }
             other => {
                 return Err(protocol(format!(
                     "expected Attached, got {:#04x}",
@@ -196,20 +187,8 @@ impl RdmaClient {
     }
 
     pub(crate) fn expect_read(&mut self) -> Result<u64, DataError> {
-        match self.ep.recv()? {
+        match reply(&mut self.ep)? {
             Message::ReadData { len } => Ok(len),
-            Message::Error {
-                code,
-                message,
-                report,
-                retry_after_ms,
-            } => Err(Error::Remote {
-                code,
-                message,
-                report,
-                retry_after_ms,
-            }
-            .into()),
             other => Err(protocol(format!(
                 "expected ReadData, got {:#04x}",
                 other.kind()
@@ -295,24 +274,10 @@ impl RdmaClient {
             let Some(slot) = inflight.pop_front() else {
                 break;
             };
-            match self.ep.recv()? {
+            match reply(&mut self.ep)? {
                 Message::Written { len } => {
                     written += len;
                     self.bytes += len;
-                }
-                Message::Error {
-                    code,
-                    message,
-                    report,
-                    retry_after_ms,
-                } => {
-                    return Err(Error::Remote {
-                        code,
-                        message,
-                        report,
-                        retry_after_ms,
-                    }
-                    .into())
                 }
                 other => {
                     return Err(protocol(format!(
@@ -341,20 +306,8 @@ impl RdmaClient {
     /// Makes written bytes durable on the server.
     pub fn flush(&mut self) -> Result<(), DataError> {
         self.ep.send(&Message::Flush)?;
-        match self.ep.recv()? {
+        match reply(&mut self.ep)? {
             Message::Done => Ok(()),
-            Message::Error {
-                code,
-                message,
-                report,
-                retry_after_ms,
-            } => Err(Error::Remote {
-                code,
-                message,
-                report,
-                retry_after_ms,
-            }
-            .into()),
             other => Err(protocol(format!(
                 "expected Done, got {:#04x}",
                 other.kind()

@@ -6,7 +6,6 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use handoff_control::net::{Channel, Shared};
 use handoff_control::state::{ByteRange, HandleId, IoKind};
@@ -14,7 +13,6 @@ use handoff_control::wire::{FileInfo, Message};
 use handoff_control::Error;
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -55,34 +53,13 @@ impl DataServer {
     }
 
     pub async fn serve(self) -> Result<(), DataError> {
-        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
-        loop {
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Closed)?;
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("data accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let shared = self.shared.clone();
-            let tls = self.tls.clone();
-            let span = tracing::info_span!("data", %peer);
-            tokio::spawn(
-                async move {
-                    if let Err(e) = accept(stream, shared, tls).await {
-                        tracing::info!("data channel ended: {e}");
-                    }
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
+        let (shared, tls) = (self.shared.clone(), self.tls.clone());
+        let max = self.shared.config.max_connections;
+        handoff_control::net::accept_loop(&self.listener, max, "data", move |stream| {
+            accept(stream, shared.clone(), tls.clone())
+        })
+        .await?;
+        Ok(())
     }
 }
 
