@@ -18,6 +18,7 @@ perftest() { # tool size iterations -> MiB/s (perftest's "MB/sec" is MiB/s)
   wait
 }
 
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 100 }'; }
 cpu() { awk '{print $14+$15}' /proc/$1/stat; } # utime+stime ticks
 guest_cpu() { awk '/^cpu / {print $2+$3+$4+$6+$7+$8}' /proc/stat; }
 
@@ -31,7 +32,7 @@ H="$B/handoff --server 127.0.0.1:7100 --identity $W/bench.id"
 RW=$($H open file --mode rw)
 results=()
 for size in 1048576 67108864; do
-  total=$((256 << 20)); iters=$((total / size))
+  total=$((256 << 20)); iters=$((total / size)); ((iters < 5)) && iters=5  # perftest needs >= 5
   for op in write read; do
     tool=ib_${op}_bw
     peer=$(perftest $tool $size $iters)
@@ -40,7 +41,7 @@ for size in 1048576 67108864; do
     mine=$($B/rdma_bench --server 127.0.0.1:7100 --identity $W/bench.id --key $key --op $op --block $size --total $total)
     c1=$(cpu $SRV); g1=$(guest_cpu)
     rate=$(echo "$mine" | sed 's/.*"mib_per_s":\([0-9.e+-]*\).*/\1/')
-    results+=("{\"op\":\"$op\",\"size\":$size,\"perftest\":\"$tool\",\"perftest_mib_s\":${peer:-0},\"handoff_mib_s\":$rate,\"server_cpu_s\":$(echo "($c1-$c0)/100" | bc -l),\"guest_cpu_s\":$(echo "($g1-$g0)/100" | bc -l)}")
+    results+=("{\"op\":\"$op\",\"size\":$size,\"perftest\":\"$tool\",\"perftest_mib_s\":${peer:-0},\"handoff_mib_s\":$rate,\"server_cpu_s\":$(secs $c0 $c1),\"guest_cpu_s\":$(secs $g0 $g1)}")
     echo "size=$size op=$op perftest=$peer handoff=$rate"
   done
 done
@@ -52,8 +53,8 @@ for op in read direct; do
   mine=$($B/rdma_bench --server 127.0.0.1:7100 --identity $W/bench.id --key $RO --op $op --block 67108864 --total $((256 << 20)))
   c1=$(cpu $SRV); g1=$(guest_cpu)
   rate=$(echo "$mine" | sed 's/.*"mib_per_s":\([0-9.e+-]*\).*/\1/')
-  results+=("{\"op\":\"$op-cpu\",\"size\":67108864,\"handoff_mib_s\":$rate,\"server_cpu_s\":$(echo "($c1-$c0)/100" | bc -l),\"guest_cpu_s\":$(echo "($g1-$g0)/100" | bc -l)}")
-  echo "cpu op=$op handoff=$rate server_cpu=$(echo "($c1-$c0)/100" | bc -l)"
+  results+=("{\"op\":\"$op-cpu\",\"size\":67108864,\"handoff_mib_s\":$rate,\"server_cpu_s\":$(secs $c0 $c1),\"guest_cpu_s\":$(secs $g0 $g1)}")
+  echo "cpu op=$op handoff=$rate server_cpu=$(secs $c0 $c1)"
 done
 kill $SRV
 (IFS=,; echo "[${results[*]}]") > $OUT/rdma.json

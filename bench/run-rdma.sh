@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hw-setup/install-deps.sh --rdma
-cargo build --release --locked --bin handoff --bin handoffd -p handoff-bench
+cargo build --release --locked -p handoff -p handoff-bench
 rm -rf target/bench-results
 hw-setup/rxe-guest.sh --timeout 1500 -- bash bench/rdma-guest.sh
 mkdir -p bench/results

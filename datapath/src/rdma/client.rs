@@ -25,7 +25,7 @@ pub const DEPTH: usize = 8;
 /// failed one had in flight.
 pub const SLOTS: usize = 2 * DEPTH;
 /// Bytes per request.
-pub const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 2 << 20;
 const _: () = assert!(CHUNK as u64 <= MAX_REQUEST);
 
 pub struct RdmaClient {
