@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (host)"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
 
+echo "== benchmark smoke (each criterion bench once)"
+cargo bench --locked -p handoff-bench --bench core -- --test
+
 if [[ "${FUZZ_SECONDS:-30}" != "0" ]]; then
   echo "== fuzz (${FUZZ_SECONDS:-30}s per target)"
   hw-setup/fuzz.sh
