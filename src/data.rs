@@ -52,6 +52,9 @@ pub struct RdmaHandle {
     pub direct_bytes: u64,
     /// Times a direct grant was revoked and the handle fell back to server-initiated reads.
     pub fallbacks: u32,
+    info: FileInfo,
+    report: ResumeReport,
+    handle: u64,
 }
 
 impl RdmaHandle {
@@ -62,8 +65,10 @@ impl RdmaHandle {
         want_direct: bool,
     ) -> Result<Self, DataError> {
         let mut multi = MultiChannel::connect(&addrs, identity, key)?;
+        let first = multi.primary()?;
+        let (info, report, handle) = (first.info.clone(), first.report, first.handle);
         if want_direct {
-            multi.primary().map_direct()?;
+            first.map_direct()?;
         }
         Ok(Self {
             multi,
@@ -73,6 +78,9 @@ impl RdmaHandle {
             want_direct,
             direct_bytes: 0,
             fallbacks: 0,
+            info,
+            report,
+            handle,
         })
     }
 
@@ -86,12 +94,15 @@ impl RdmaHandle {
         len: u64,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<u64, DataError> {
-        if self.multi.primary().is_direct() {
+        if self.multi.primary()?.is_direct() {
             let mut delivered = 0u64;
-            let r = self.multi.primary().read_direct(offset, len, &mut |chunk| {
-                delivered += chunk.len() as u64;
-                sink(chunk)
-            });
+            let r = self
+                .multi
+                .primary()?
+                .read_direct(offset, len, &mut |chunk| {
+                    delivered += chunk.len() as u64;
+                    sink(chunk)
+                });
             match r {
                 Ok(n) => {
                     self.direct_bytes += n;
@@ -120,21 +131,21 @@ impl DataHandle {
     pub fn info(&mut self) -> FileInfo {
         match self {
             DataHandle::Stream(d) => d.info.clone(),
-            DataHandle::Rdma(r) => r.multi.primary().info.clone(),
+            DataHandle::Rdma(r) => r.info.clone(),
         }
     }
 
     pub fn report(&mut self) -> ResumeReport {
         match self {
             DataHandle::Stream(d) => d.report,
-            DataHandle::Rdma(r) => r.multi.primary().report,
+            DataHandle::Rdma(r) => r.report,
         }
     }
 
     pub fn handle(&mut self) -> u64 {
         match self {
             DataHandle::Stream(d) => d.handle,
-            DataHandle::Rdma(r) => r.multi.primary().handle,
+            DataHandle::Rdma(r) => r.handle,
         }
     }
 
@@ -178,14 +189,14 @@ impl DataHandle {
                     pos += filled as u64;
                 }
             }
-            DataHandle::Rdma(r) => r.multi.primary().write_from(offset, fill),
+            DataHandle::Rdma(r) => r.multi.primary()?.write_from(offset, fill),
         }
     }
 
     pub async fn flush(&mut self) -> Result<(), DataError> {
         match self {
             DataHandle::Stream(d) => d.flush().await,
-            DataHandle::Rdma(r) => r.multi.primary().flush(),
+            DataHandle::Rdma(r) => r.multi.primary()?.flush(),
         }
     }
 }

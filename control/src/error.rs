@@ -71,7 +71,11 @@ impl Error {
             _ => (None, 0),
         };
         let mut message = self.to_string();
-        message.truncate(1000);
+        let mut cut = message.len().min(1000);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
         crate::wire::Message::Error {
             code: self.code(),
             message,

@@ -370,6 +370,22 @@ impl ServerCore {
             return Err(CoreError::BadRequest("truncating needs mode rw".into()));
         }
         self.check_compatible(req.file_id, None, req.mode, req.share, &req.locks)?;
+        if req.truncate {
+            let whole = ByteRange::new(0, u64::MAX).expect("non-empty, no overflow");
+            if let Some(holder) = self
+                .table
+                .file(req.file_id)
+                .and_then(|f| f.locks.conflict(u32::MAX, whole))
+            {
+                let who = self
+                    .table
+                    .get(holder)
+                    .map_or("?", |e| e.record.owner.as_str());
+                return Err(CoreError::denied(format!(
+                    "cannot truncate: client {who} holds a byte-range lock on the file"
+                )));
+            }
+        }
 
         let slot = self.next_slot;
         self.next_slot = self.next_slot.checked_add(1).ok_or_else(|| {
@@ -489,6 +505,9 @@ impl ServerCore {
             }
             self.table.revive(slot);
             report.reopened = true;
+            if rec.mode.can_write() || !rec.locks.is_empty() {
+                self.revoke_others(rec.file_id, slot);
+            }
         }
         if let Some(e) = self.table.get_mut(slot) {
             e.record.seen_access = counters.access_seq;
@@ -694,6 +713,11 @@ impl ServerCore {
                     "lock conflict: bytes {range} are locked by another open"
                 ))
             })?;
+        } else if file.locks.ranges_of(slot).len() >= MAX_LOCKS {
+            // Unlocking the middle of a range splits it in two.
+            return Err(CoreError::BadRequest(format!(
+                "at most {MAX_LOCKS} lock ranges; unlock whole ranges first"
+            )));
         } else if !file.locks.unlock(slot, range) {
             return Err(CoreError::NotFound(format!(
                 "no lock held on bytes {range}"

@@ -311,3 +311,50 @@ fn repeated_access_by_one_open_is_written_once_but_reported_after_anyone_looked(
     let rb = core.attach("c2", &b.sealed).unwrap();
     assert!(rb.report.accessed_by_other && !rb.report.changed_by_other);
 }
+
+#[test]
+fn unlock_splits_are_bounded_and_truncation_respects_others_locks() {
+    let (mut core, _) = fresh();
+    let g = core
+        .open(
+            req("c1", Mode::ReadWrite, ShareMode::ALL, &[(0, 10_000)]),
+            0,
+        )
+        .unwrap();
+    let mut refused = false;
+    for i in 0..300u64 {
+        match core.lock(
+            "c1",
+            &g.sealed,
+            ByteRange::new(1 + 2 * i, 1).unwrap(),
+            false,
+        ) {
+            Ok(()) => {}
+            Err(CoreError::BadRequest(_)) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(refused, "splitting past the lock limit is refused");
+    // Every record still encodes (the store never sees an oversize list).
+    for m in core.take_mutations() {
+        if let crate::store::Mutation::PutOpen(r) = m {
+            r.encode().unwrap();
+        }
+    }
+    let mut t = req("c2", Mode::ReadWrite, ShareMode::ALL, &[]);
+    t.truncate = true;
+    denied(core.open(t, 0));
+}
+
+#[test]
+fn error_messages_are_cut_on_a_character_boundary() {
+    let long = "é".repeat(800); // 1600 bytes, every other byte inside a character
+    let e = crate::Error::not_found(long);
+    let crate::wire::Message::Error { message, .. } = e.to_message() else {
+        panic!()
+    };
+    assert!(message.len() <= 1000);
+}

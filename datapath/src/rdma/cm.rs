@@ -207,10 +207,14 @@ impl Drop for CmEvent {
 pub struct CmId {
     raw: *mut rdma_cm_id,
     channel: Arc<EventChannel>,
+    /// Serialises `rdma_disconnect` (which reads `id->qp`) with `rdma_destroy_qp` (which
+    /// frees it): the CM thread may disconnect while a connection thread tears down.
+    qp_lock: std::sync::Mutex<()>,
 }
 
-// SAFETY: librdmacm calls on one id are thread-safe; the raw pointer is destroyed only in
-// Drop, after every Arc holder (QP, PD, connection) is gone.
+// SAFETY: the calls made from more than one thread on an id are `disconnect` and
+// `destroy_qp`, serialised by `qp_lock`; the others are made by the id's owner. The raw
+// pointer is destroyed only in Drop, after every Arc holder (QP, PD, connection) is gone.
 unsafe impl Send for CmId {}
 unsafe impl Sync for CmId {}
 
@@ -240,6 +244,7 @@ impl CmId {
         Ok(Arc::new(Self {
             raw,
             channel: channel.clone(),
+            qp_lock: Default::default(),
         }))
     }
 
@@ -251,6 +256,7 @@ impl CmId {
         Arc::new(Self {
             raw,
             channel: channel.clone(),
+            qp_lock: Default::default(),
         })
     }
 
@@ -364,8 +370,22 @@ impl CmId {
 
     /// Moves the QP to the error state (flushing posted work) and tells the peer.
     pub fn disconnect(&self) {
-        // SAFETY: live id; disconnecting twice or without a connection returns an error we ignore.
+        let _guard = self.qp_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: live id; `qp_lock` keeps its QP from being destroyed meanwhile (a destroyed
+        // QP leaves `id->qp` null, which rdma_disconnect skips). Disconnecting twice or
+        // without a connection returns an error we ignore.
         unsafe { rdma_disconnect(self.raw) };
+    }
+
+    /// Destroys the QP made on this id (`rdma_create_qp`).
+    ///
+    /// # Safety
+    /// A QP must have been created on this id and not destroyed yet, and no work may be
+    /// posted to it afterwards.
+    pub(crate) unsafe fn destroy_qp(&self) {
+        let _guard = self.qp_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: per this function's contract; serialised with `disconnect`.
+        unsafe { rdma_destroy_qp(self.raw) };
     }
 
     /// Shortens the ack timeout so a dead path is noticed in about a second, not minutes.

@@ -22,6 +22,8 @@ use rdma_sys::rdma_cm_event_type::{RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_D
 
 /// Bytes per message slot (control messages are far smaller).
 pub const SLOT: usize = 4096;
+/// Frame bytes around a payload: length, kind, sequence number, MAC.
+const FRAME_OVERHEAD: usize = 4 + 1 + 8 + MAC_LEN;
 /// Receive slots posted at all times: the peer's credit for requests in flight.
 pub const RECV_SLOTS: usize = 32;
 const SEND_SLOTS: usize = 32;
@@ -152,6 +154,9 @@ impl Endpoint {
         }
         let mut payload = BytesMut::new();
         msg.encode(&mut payload).map_err(Error::from)?;
+        if payload.len() + FRAME_OVERHEAD > SLOT {
+            return Err(Error::Protocol("message larger than an RDMA message slot".into()).into());
+        }
         let (seq, mac) = match &mut self.session {
             Some(s) => s.seal(msg.kind(), &payload),
             None => (0, [0u8; MAC_LEN]),

@@ -58,12 +58,15 @@ impl FileWindows {
     /// Whether taking a new window would evict one (the caller must first make sure no posted
     /// work still reads from the window being evicted).
     pub fn needs_eviction(&self, offset: u64, size: u64) -> bool {
+        if self.mapping_failed {
+            return false;
+        }
         let index = offset / WINDOW;
-        !self.mapping_failed
-            && !self.windows.iter().any(|w| {
-                w.index == index && w.len >= Self::window_len(index, size).min(w.len.max(1))
-            })
-            && self.windows.len() >= MAX_WINDOWS
+        match self.windows.iter().find(|w| w.index == index) {
+            // A window that no longer covers the file's extent is replaced: drain first.
+            Some(w) => w.len < Self::window_len(index, size),
+            None => self.windows.len() >= MAX_WINDOWS,
+        }
     }
 
     fn window_len(index: u64, size: u64) -> u64 {
@@ -90,8 +93,9 @@ impl FileWindows {
         let want_len = Self::window_len(index, size);
         if !self.mapping_failed {
             // Drop a stale window that no longer covers the file's current extent.
+            // (`needs_eviction` made the caller drain posted work before one is dropped here.)
             self.windows
-                .retain(|w| !(w.index == index && w.len < want_len.min(within + len)));
+                .retain(|w| !(w.index == index && w.len < want_len));
             if !self.windows.iter().any(|w| w.index == index) {
                 if self.windows.len() >= MAX_WINDOWS {
                     let oldest = self

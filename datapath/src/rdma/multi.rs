@@ -10,6 +10,13 @@ use handoff_control::auth::Identity;
 use super::client::{RdmaClient, CHUNK, DEPTH, SLOTS};
 use crate::DataError;
 
+fn all_failed() -> DataError {
+    DataError::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "every RDMA path failed",
+    ))
+}
+
 /// Per-QP accounting, for reports.
 #[derive(Clone, Debug)]
 pub struct QpReport {
@@ -76,12 +83,8 @@ impl MultiChannel {
     }
 
     /// The first live QP (for handle info, writes and direct mode).
-    pub fn primary(&mut self) -> &mut RdmaClient {
-        self.qps
-            .iter_mut()
-            .flatten()
-            .next()
-            .expect("a live QP exists while Self does")
+    pub fn primary(&mut self) -> Result<&mut RdmaClient, DataError> {
+        self.qps.iter_mut().flatten().next().ok_or_else(all_failed)
     }
 
     pub fn reports(&self) -> Vec<QpReport> {
@@ -115,9 +118,8 @@ impl MultiChannel {
         len: u64,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<u64, DataError> {
-        if self.live().len() == 1 {
-            let r = self.primary().read_to(offset, len, sink);
-            return r;
+        if self.live().len() <= 1 {
+            return self.primary()?.read_to(offset, len, sink);
         }
         let mut order: VecDeque<Chunk> = VecDeque::new();
         // Per QP: free slots, and the chunks (by sequence number) whose replies are due, FIFO.
@@ -175,15 +177,15 @@ impl MultiChannel {
             if let Some(n) = front.got {
                 let c = order.pop_front().expect("front exists");
                 first_seq += 1;
-                let q = self.qps[c.qp]
-                    .as_ref()
-                    .expect("a chunk with data is on a live QP");
-                sink(q.slot_bytes(c.slot, n as usize))?;
                 free[c.qp].push(c.slot);
+                if eof {
+                    continue; // asked past a short chunk: dropped, never delivered after a gap
+                }
+                let q = self.qps[c.qp].as_ref().ok_or_else(all_failed)?;
+                sink(q.slot_bytes(c.slot, n as usize))?;
                 delivered += n;
                 if n < c.asked {
                     eof = true;
-                    // Anything asked past the end is dropped as it arrives.
                 }
                 continue;
             }
@@ -210,6 +212,9 @@ impl MultiChannel {
                     self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;
                 }
             }
+        }
+        if !eof && issued < len && self.live().is_empty() {
+            return Err(all_failed());
         }
         Ok(delivered)
     }

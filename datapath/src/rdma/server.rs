@@ -240,14 +240,22 @@ fn serve(p: Pending, shared: Shared) {
             mode: attached.mode,
             share: attached.share,
             locks: attached.locks.clone(),
-            size: file.metadata()?.len(),
+            size: file.metadata().map_or(0, |m| m.len()),
         };
         let windows = FileWindows::new(&ep.pd, &path);
-        ep.send(&Message::Attached {
+        let sent = ep.send(&Message::Attached {
             handle: attached.handle,
             info,
             report: attached.report,
-        })?;
+        });
+        if let Err(e) = sent {
+            // The handle was attached: give it back, or the open could never expire.
+            shared.run_blocking(|core, now| {
+                core.detach(attached.handle, now);
+                Ok(())
+            })?;
+            return Err(e);
+        }
         let _h =
             tracing::info_span!("handle", handle = attached.handle, slot = attached.slot).entered();
         let mut conn = Connection {

@@ -390,8 +390,9 @@ impl QueuePair {
 
 impl Drop for QueuePair {
     fn drop(&mut self) {
-        // SAFETY: the id is alive (we hold it); destroying the QP flushes its posted work.
-        unsafe { rdma_destroy_qp(self.id.raw()) };
+        // SAFETY: this QP was made on `id` (alive: we hold it) and is destroyed once, here;
+        // destroying it flushes its posted work.
+        unsafe { self.id.destroy_qp() };
     }
 }
 
