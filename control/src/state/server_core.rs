@@ -206,9 +206,8 @@ impl ServerCore {
         }
     }
 
-    /// Direct mode (one-sided reads by the client, no server CPU) is granted to a read-only
-    /// handle while no other open of the file can write and no other open holds a lock.
-    pub fn direct_allowed(&self, handle: HandleId) -> Result<u32, CoreError> {
+    /// The open behind a handle, with its slot.
+    fn handle_entry(&self, handle: HandleId) -> Result<(u32, &super::OpenEntry), CoreError> {
         let slot = *self
             .handles
             .get(&handle)
@@ -217,6 +216,13 @@ impl ServerCore {
             .table
             .get(slot)
             .ok_or_else(|| CoreError::NotFound("open was closed".into()))?;
+        Ok((slot, e))
+    }
+
+    /// Direct mode (one-sided reads by the client, no server CPU) is granted to a read-only
+    /// handle while no other open of the file can write and no other open holds a lock.
+    pub fn direct_allowed(&self, handle: HandleId) -> Result<u32, CoreError> {
+        let (slot, e) = self.handle_entry(handle)?;
         if e.record.mode.can_write() {
             return Err(CoreError::denied("direct mode is for read-only opens"));
         }
@@ -565,14 +571,7 @@ impl ServerCore {
         kind: IoKind,
         range: Option<ByteRange>,
     ) -> Result<(), CoreError> {
-        let slot = *self
-            .handles
-            .get(&handle)
-            .ok_or_else(|| CoreError::NotFound("handle is closed".into()))?;
-        let e = self
-            .table
-            .get(slot)
-            .ok_or_else(|| CoreError::NotFound("open was closed".into()))?;
+        let (slot, e) = self.handle_entry(handle)?;
         if kind == IoKind::Write && !e.record.mode.can_write() {
             return Err(CoreError::denied(
                 "handle is read-only: the open's mode is r",

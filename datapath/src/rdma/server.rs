@@ -331,6 +331,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Bytes moved by work requests this server posted (never by direct-mode reads).
+    fn count_served(&self, len: u64) {
+        self.shared
+            .stats
+            .rdma_server_bytes
+            .fetch_add(len, Ordering::Relaxed);
+        self.shared
+            .stats
+            .rdma_requests
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     fn begin(&self, kind: IoKind, offset: u64, len: u64) -> Result<(), Error> {
         let handle = self.handle;
         self.shared.run_blocking(move |core, _| {
@@ -369,14 +381,7 @@ impl Connection {
             }
             done += n as u64;
         }
-        self.shared
-            .stats
-            .rdma_server_bytes
-            .fetch_add(len, Ordering::Relaxed);
-        self.shared
-            .stats
-            .rdma_requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.count_served(len);
         // RC ordering: the client sees this only after the WRITEs above have landed.
         self.ep.send(&Message::ReadData { len })
     }
@@ -436,14 +441,7 @@ impl Connection {
                         self.file
                             .write_all_at(&self.bounce[i].bytes()[..len as usize], offset)?;
                     }
-                    self.shared
-                        .stats
-                        .rdma_server_bytes
-                        .fetch_add(len, Ordering::Relaxed);
-                    self.shared
-                        .stats
-                        .rdma_requests
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.count_served(len);
                     self.ep.send(&Message::Written { len })?;
                 }
                 Err(e) => self.ep.send(&e.to_message())?,
