@@ -225,3 +225,42 @@ fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
     );
     server.cli(&c1).run(&["inbox"]).expect(0);
 }
+
+/// The kernel's timer on the server end of a TCP connection, from /proc/net/tcp: (kind, in
+/// seconds). Kind 2 is the keepalive timer.
+fn server_side_timer(server_port: u16, client_port: u16) -> Option<(u32, f64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        if port(f.get(1)?)? != server_port || port(f.get(2)?)? != client_port {
+            return None;
+        }
+        let (kind, when) = f.get(5)?.split_once(':')?;
+        Some((
+            u32::from_str_radix(kind, 16).ok()?,
+            u64::from_str_radix(when, 16).ok()? as f64 / 100.0,
+        ))
+    })
+}
+
+#[test]
+fn a_client_that_vanishes_is_probed_by_tcp_keepalive_on_both_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = TestServer::start(&[&c1], &[]);
+    for addr in [&server.addr, &server.data_addr] {
+        let s = TcpStream::connect(addr).unwrap();
+        let (server_port, client_port) = (
+            s.peer_addr().unwrap().port(),
+            s.local_addr().unwrap().port(),
+        );
+        // Without keepalive an idle connection has no timer; with it, the keepalive timer
+        // (kind 2) is armed for about 20 s, so a vanished client is noticed and detached.
+        let (kind, secs) = eventually(Duration::from_secs(3), || {
+            server_side_timer(server_port, client_port).filter(|t| t.0 != 0)
+        });
+        assert_eq!(kind, 2, "keepalive timer on the server end of {addr}");
+        assert!(secs > 5.0 && secs <= 20.5, "probe after {secs} s");
+    }
+}

@@ -299,6 +299,22 @@ impl ControlServer {
     }
 }
 
+/// How long an idle peer may be silent before the kernel probes it, the gap between probes,
+/// and how many may go unanswered: a client that vanished without closing (power loss,
+/// network outage) is noticed within about 35 s, its channels detach, and its opens' durable
+/// timeouts start.
+pub const KEEPALIVE: (Duration, Duration, u32) =
+    (Duration::from_secs(20), Duration::from_secs(5), 3);
+
+fn keep_alive(stream: &TcpStream) -> std::io::Result<()> {
+    let (idle, interval, probes) = KEEPALIVE;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(probes);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&ka)
+}
+
 /// Accepts connections until the listener fails: at most `max` at once (the rest wait in
 /// the backlog), backing off briefly on accept errors, each served by `handle` in its own task
 /// inside a span naming the channel and the peer.
@@ -328,6 +344,9 @@ where
                 continue;
             }
         };
+        if let Err(e) = keep_alive(&stream) {
+            tracing::warn!(channel, "cannot enable TCP keepalive: {e}");
+        }
         let conn = handle(stream);
         tokio::spawn(
             async move {
