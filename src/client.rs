@@ -251,22 +251,31 @@ impl Client {
                 Ok(crate::DataHandle::Rdma(Box::new(h)))
             }
             Channel::Tcp => Ok(crate::DataHandle::Stream(Box::new(
-                self.attach(token, Transport::Tcp).await?,
+                self.attach_with(token, Transport::Tcp, &eps).await?,
             ))),
             Channel::Tls => Ok(crate::DataHandle::Stream(Box::new(
-                self.attach(token, Transport::Tls).await?,
+                self.attach_with(token, Transport::Tls, &eps).await?,
             ))),
         }
     }
 
-    /// A duplicate handle for `token` over a data channel.
+    /// A duplicate handle for `token` over a TCP or TLS data channel.
     pub async fn attach(
         &mut self,
         token: &str,
         transport: Transport,
     ) -> Result<DataClient, handoff_datapath::DataError> {
-        let key = parse_key(token)?;
         let eps = self.endpoints().await?;
+        self.attach_with(token, transport, &eps).await
+    }
+
+    async fn attach_with(
+        &self,
+        token: &str,
+        transport: Transport,
+        eps: &Endpoints,
+    ) -> Result<DataClient, handoff_datapath::DataError> {
+        let key = parse_key(token)?;
         let kind = match transport {
             Transport::Tcp => EndpointKind::Tcp,
             Transport::Tls => EndpointKind::Tls,

@@ -28,8 +28,7 @@ pub fn for_error(err: &anyhow::Error) -> i32 {
         if let Some(e) = cause.downcast_ref::<handoff_datapath::DataError>() {
             return for_code(e.code());
         }
-        if let Some(e) = cause.downcast_ref::<UsageError>() {
-            let _ = e;
+        if cause.is::<UsageError>() {
             return USAGE;
         }
     }

@@ -206,15 +206,16 @@ impl Shared {
         }
     }
 
-    /// Data channel: a duplicate handle for `key`, with an open file of the right access.
-    pub async fn attach(
+    /// Data channel: a duplicate handle for `key`, with the file opened with the open's
+    /// access (read, or read-write). If the file cannot be opened the handle is detached.
+    pub fn attach_blocking(
         &self,
-        client: String,
-        key: Vec<u8>,
+        client: &str,
+        key: &[u8],
     ) -> Result<(Attached, std::fs::File), Error> {
         let root = self.config.root.clone();
-        self.run(move |core, now| {
-            let att = core.attach(&client, &key)?;
+        self.run_blocking(move |core, now| {
+            let att = core.attach(client, key)?;
             let path = resolve_path(&root, &att.path)?;
             match OpenOptions::new()
                 .read(true)
@@ -228,7 +229,18 @@ impl Shared {
                 }
             }
         })
-        .await
+    }
+
+    /// [`Shared::attach_blocking`] off the async runtime's threads.
+    pub async fn attach(
+        &self,
+        client: String,
+        key: Vec<u8>,
+    ) -> Result<(Attached, std::fs::File), Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.attach_blocking(&client, &key))
+            .await
+            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
     }
 
     pub async fn detach(&self, handle: HandleId) {

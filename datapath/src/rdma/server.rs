@@ -210,9 +210,8 @@ fn serve(p: Pending, shared: Shared) {
     let _enter = span.enter();
     let result = (|| -> Result<(), DataError> {
         let who = ep.server_handshake(&shared.config.directory, &client)?;
-        let attached = shared.run_blocking(|core, _| Ok(core.attach(&who, &key)?));
-        let attached = match attached {
-            Ok(a) => a,
+        let (attached, file) = match shared.attach_blocking(&who, &key) {
+            Ok(x) => x,
             Err(e) => {
                 ep.send(&e.to_message())?;
                 ep.drain_sends()?;
@@ -220,22 +219,6 @@ fn serve(p: Pending, shared: Shared) {
             }
         };
         let path = handoff_control::net::resolve_path(&shared.config.root, &attached.path)?;
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(attached.mode.can_write())
-            .open(&path);
-        let file = match opened {
-            Ok(f) => f,
-            Err(e) => {
-                shared.run_blocking(|core, now| {
-                    core.detach(attached.handle, now);
-                    Ok(())
-                })?;
-                ep.send(&Error::not_found(format!("{}: {e}", attached.path)).to_message())?;
-                ep.drain_sends()?;
-                return Ok(());
-            }
-        };
         let info = FileInfo {
             mode: attached.mode,
             share: attached.share,
