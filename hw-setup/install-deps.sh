@@ -2,7 +2,7 @@
 # Installs what building and testing handoff needs on a Debian machine (run as root, or with
 # sudo available). Idempotent: packages already present are skipped quickly.
 #   hw-setup/install-deps.sh            build + test packages (incl. verbs headers, libclang)
-#   hw-setup/install-deps.sh --bench    also the benchmark peers (nginx, curl)
+#   hw-setup/install-deps.sh --bench    also the benchmark peers and report needs (nginx, curl, openssl, a font)
 #   hw-setup/install-deps.sh --rdma     also soft-RoCE testing: QEMU, rdma-core, perftest,
 #                                       libibverbs/librdmacm headers, libclang (for rdma-sys), and
 #                                       a stock Debian kernel unpacked into target/rxe-guest/kernel
@@ -29,7 +29,7 @@ SUDO=""
 
 # rdma-sys (the verbs FFI) is always built: it needs the verbs/rdmacm headers and libclang.
 want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev)
-((bench)) && want+=(nginx-light curl)
+((bench)) && want+=(nginx-light curl openssl fonts-dejavu-core)
 ((rdma)) && want+=(qemu-system-x86 busybox-static kmod cpio rdma-core ibverbs-utils perftest
   ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2)
 

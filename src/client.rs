@@ -247,7 +247,13 @@ impl Client {
                 }
                 let key = parse_key(token)?;
                 let identity = self.identity.clone();
-                let h = crate::data::RdmaHandle::connect(rdma, &identity, &key, direct)?;
+                let h = crate::data::RdmaHandle::connect(
+                    rdma,
+                    &identity,
+                    &key,
+                    direct,
+                    handoff_datapath::rdma::client::CHUNK,
+                )?;
                 Ok(crate::DataHandle::Rdma(Box::new(h)))
             }
             Channel::Tcp => Ok(crate::DataHandle::Stream(Box::new(

@@ -55,16 +55,20 @@ pub struct RdmaHandle {
     info: FileInfo,
     report: ResumeReport,
     handle: u64,
+    request: usize,
 }
 
 impl RdmaHandle {
+    /// Connects one QP per address; `request` is the bytes asked per request (2 MiB, the
+    /// maximum, unless the caller reads or writes in smaller pieces).
     pub fn connect(
         addrs: Vec<SocketAddr>,
         identity: &Identity,
         key: &[u8],
         want_direct: bool,
+        request: usize,
     ) -> Result<Self, DataError> {
-        let mut multi = MultiChannel::connect(&addrs, identity, key)?;
+        let mut multi = MultiChannel::connect(&addrs, identity, key, request)?;
         let first = multi.primary()?;
         let (info, report, handle) = (first.info.clone(), first.report, first.handle);
         if want_direct {
@@ -81,7 +85,13 @@ impl RdmaHandle {
             info,
             report,
             handle,
+            request,
         })
+    }
+
+    /// Whether reads are one-sided (a direct-mode grant is held).
+    pub fn is_direct(&mut self) -> bool {
+        self.multi.primary().is_ok_and(|q| q.is_direct())
     }
 
     pub fn qp_reports(&self) -> Vec<QpReport> {
@@ -114,7 +124,12 @@ impl RdmaHandle {
                     tracing::info!("direct access revoked; falling back to server-initiated reads");
                     self.direct_bytes += delivered;
                     self.fallbacks += 1;
-                    self.multi = MultiChannel::connect(&self.addrs, &self.identity, &self.key)?;
+                    self.multi = MultiChannel::connect(
+                        &self.addrs,
+                        &self.identity,
+                        &self.key,
+                        self.request,
+                    )?;
                     let rest = self
                         .multi
                         .read_to(offset + delivered, len - delivered, sink)?;
@@ -170,12 +185,14 @@ impl DataHandle {
     ) -> Result<u64, DataError> {
         match self {
             DataHandle::Stream(d) => {
+                // Start small (a short write costs no big allocation) and double up to
+                // BLOCK while `fill` keeps filling the whole buffer.
                 const BLOCK: usize = 16 << 20;
-                let mut buf = vec![0u8; BLOCK];
+                let mut buf = vec![0u8; 64 << 10];
                 let mut pos = offset;
                 loop {
                     let mut filled = 0;
-                    while filled < BLOCK {
+                    while filled < buf.len() {
                         let n = fill(&mut buf[filled..])?;
                         if n == 0 {
                             break;
@@ -187,9 +204,20 @@ impl DataHandle {
                     }
                     d.write_at(pos, &buf[..filled]).await?;
                     pos += filled as u64;
+                    if filled == buf.len() && buf.len() < BLOCK {
+                        buf.resize(buf.len() * 2, 0);
+                    }
                 }
             }
             DataHandle::Rdma(r) => r.multi.primary()?.write_from(offset, fill),
+        }
+    }
+
+    /// Writes all of `data` at `offset`.
+    pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), DataError> {
+        match self {
+            DataHandle::Stream(d) => d.write_at(offset, data).await,
+            DataHandle::Rdma(r) => r.multi.primary()?.write_at(offset, data),
         }
     }
 

@@ -10,7 +10,7 @@ pub mod data;
 pub mod exit;
 pub mod server;
 
-pub use client::{Client, Endpoints, OpenOptions, Opened};
+pub use client::{parse_key, Client, Endpoints, OpenOptions, Opened};
 pub use data::{Channel, DataHandle};
 pub use handoff_control::auth::Identity;
 pub use handoff_control::state::{ByteRange, Mode, ResumeReport, ShareMode};

@@ -1,298 +1,170 @@
-//! Comparison runner: handoff next to the peer users already trust, on the same file, in the
-//! same run, alternating, reporting ratios.
+//! The comparison runner: handoff next to the tools users already trust, on the same devices,
+//! in the same run. bench/run.sh starts it inside one rxe guest boot; run by hand it measures
+//! whatever this machine has (the rdma suite needs RDMA devices).
 //!
-//! Suite `tcp`: `handoff get` over the plain-TCP data channel (sendfile on the server) vs
-//! `curl` from nginx with `sendfile on`, both on 127.0.0.1, page cache warm.
-//!
-//!   cargo build --release && cargo run --release -p handoff-bench --bin compare -- --size-mib 1024 --runs 5
-//!
-//! Writes `bench/results/tcp-loopback.json` and `.md`. Needs nginx and curl
-//! (`hw-setup/install-deps.sh --bench`).
+//!   compare [--suites rdma,stream,clients,opens] [--smoke] [--out FILE] ...  (see --help)
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use handoff::Identity;
-use rand::{RngCore, SeedableRng};
-use serde_json::json;
+use handoff_bench::results::{machine, now_stamp, Run};
+use handoff_bench::suites::{self, Ctx};
 
-struct Args {
-    size_mib: u64,
-    runs: usize,
-    bin_dir: PathBuf,
-    out_dir: PathBuf,
+const HELP: &str = "\
+compare: handoff next to perftest and nginx, in one run; writes one JSON file of rows.
+
+Usage: compare [OPTIONS]
+
+Suites (--suites, comma separated; default all):
+  rdma     ib_write_bw / ib_read_bw vs handoff over RDMA (server-initiated, 2 NICs, direct)
+  stream   handoff over TCP and TLS vs nginx (sendfile, TLS, WebDAV PUT) + curl, loopback
+  clients  1, 4, 16, 64 concurrent clients reading one file (RDMA if there is a NIC, TCP)
+  opens    opens/s and resumes/s with 10^3, 10^4, 10^5 durable opens held; RSS, store size
+
+Options:
+  --sizes LIST        bytes per request (default 4096,65536,1048576,16777216)
+  --smoke             one size (1 MiB), small totals: checks the runner works, in seconds
+  --runs N            runs per stream measurement, median kept (default 3; smoke 1)
+  --clients LIST      concurrent clients (default 1,4,16,64)
+  --held LIST         durable opens held (default 1000,10000,100000)
+  --rdma-ips LIST     IPs of the RDMA interfaces (default $HANDOFF_GUEST_IPS)
+  --rdma-devices LIST their rxe devices (default $HANDOFF_RXE_DEVICES)
+  --bin-dir DIR       where handoffd is built (default target/release)
+  --work DIR          scratch space (default /tmp/handoff-bench)
+  --out FILE          results (default target/bench-results/results.json)
+";
+
+fn list<T: std::str::FromStr>(v: &str) -> Result<Vec<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    v.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .with_context(|| format!("bad list item {s:?}"))
+        })
+        .collect()
 }
 
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        size_mib: 1024,
-        runs: 5,
-        bin_dir: PathBuf::from("target/release"),
-        out_dir: PathBuf::from("bench/results"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--size-mib" => a.size_mib = val()?.parse()?,
-            "--runs" => a.runs = val()?.parse()?,
-            "--bin-dir" => a.bin_dir = val()?.into(),
-            "--out-dir" => a.out_dir = val()?.into(),
-            "--help" | "-h" => {
-                println!("compare [--size-mib N (1024)] [--runs N (5)] [--bin-dir target/release] [--out-dir bench/results]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown flag {other} (see --help)"),
-        }
-    }
-    Ok(a)
-}
-
-/// Utime + stime of a process and its children threads, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let read = |pid: u32| -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0.0;
-        };
-        // Fields after the parenthesised command name.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            return 0.0;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        (ut + st) / ticks
-    };
-    let mut total = read(pid);
-    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            total += read(c);
-        }
-    }
-    total
-}
-
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn make_file(path: &Path, mib: u64) -> Result<()> {
-    if path
-        .metadata()
-        .map(|m| m.len() == mib << 20)
-        .unwrap_or(false)
-    {
-        return Ok(());
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut block = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        rng.fill_bytes(&mut block);
-        f.write_all(&block)?;
-    }
-    f.flush()?;
-    Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn start_nginx(work: &Path, root: &Path) -> Result<(Guard, u16, u32)> {
-    let port = free_port()?;
-    let conf = work.join("nginx.conf");
-    let tmp = work.join("nginx-tmp");
-    std::fs::create_dir_all(&tmp)?;
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {w}/nginx.pid;\nerror_log {w}/nginx.err;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
-               client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t}; uwsgi_temp_path {t}; scgi_temp_path {t};\n\
-               server {{ listen 127.0.0.1:{port}; root {r}; }}\n}}\n",
-            w = work.display(),
-            t = tmp.display(),
-            r = root.display(),
-        ),
-    )?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(work)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx (install it with hw-setup/install-deps.sh --bench)")?;
-    let pid = child.id();
-    let guard = Guard(child);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((guard, port, pid));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "nginx did not start; see {}",
-        work.join("nginx.err").display()
-    )
-}
-
-fn start_handoffd(
-    bin: &Path,
-    work: &Path,
-    root: &Path,
-    clients: &Path,
-) -> Result<(Guard, String, u32)> {
-    let state = work.join("state");
-    let _ = std::fs::remove_dir_all(&state);
-    let mut child = Command::new(bin.join("handoffd"))
-        .arg("--root")
-        .arg(root)
-        .arg("--state")
-        .arg(&state)
-        .arg("--clients")
-        .arg(clients)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {}/handoffd (cargo build --release first)",
-                bin.display()
-            )
-        })?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("control="))
-        .with_context(|| format!("handoffd did not start: {line:?}"))?
-        .to_string();
-    let pid = child.id();
-    Ok((Guard(child), addr, pid))
-}
-
-/// Runs `cmd` with stdout to /dev/null and returns MiB/s for `bytes`.
-fn timed(mut cmd: Command, bytes: u64) -> Result<f64> {
-    let start = Instant::now();
-    let status = cmd.stdout(Stdio::null()).status()?;
-    let secs = start.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(bytes as f64 / (1u64 << 20) as f64 / secs)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+fn env_list(name: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
-    let work = PathBuf::from("target/bench-work")
-        .canonicalize()
-        .or_else(|_| {
-            std::fs::create_dir_all("target/bench-work")?;
-            PathBuf::from("target/bench-work").canonicalize()
-        })?;
-    let root = work.join("root");
-    std::fs::create_dir_all(&root)?;
-    let file = root.join("bench.bin");
-    eprintln!("compare: preparing a {} MiB file", args.size_mib);
-    make_file(&file, args.size_mib)?;
-    let bytes = args.size_mib << 20;
-    let id = Identity::generate("bench")?;
-    let id_file = work.join("bench.id");
-    std::fs::write(&id_file, id.to_line())?;
-
-    let (_nginx, port, nginx_pid) = start_nginx(&work, &root)?;
-    let (_handoffd, addr, handoffd_pid) = start_handoffd(&args.bin_dir, &work, &root, &id_file)?;
-    // Warm the page cache so both read from memory.
-    std::io::copy(&mut std::fs::File::open(&file)?, &mut std::io::sink())?;
-
-    let curl = || {
-        let mut c = Command::new("curl");
-        c.args([
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/bench.bin"),
-        ]);
-        c
+    let mut suites_wanted = vec!["rdma", "stream", "clients", "opens"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    let mut sizes: Vec<u64> = vec![4 << 10, 64 << 10, 1 << 20, 16 << 20];
+    let mut smoke = false;
+    let mut runs: Option<usize> = None;
+    let mut client_counts: Vec<u64> = vec![1, 4, 16, 64];
+    let mut held: Vec<u64> = vec![1_000, 10_000, 100_000];
+    let mut rdma_ips = env_list("HANDOFF_GUEST_IPS");
+    let mut rdma_devices = env_list("HANDOFF_RXE_DEVICES");
+    let mut bin_dir = PathBuf::from("target/release");
+    let mut work = PathBuf::from("/tmp/handoff-bench");
+    let mut out = PathBuf::from("target/bench-results/results.json");
+    let mut sizes_given = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--suites" => suites_wanted = list(&val()?)?,
+            "--sizes" => {
+                sizes = list(&val()?)?;
+                sizes_given = true;
+            }
+            "--smoke" => smoke = true,
+            "--runs" => runs = Some(val()?.parse()?),
+            "--clients" => client_counts = list(&val()?)?,
+            "--held" => held = list(&val()?)?,
+            "--rdma-ips" => rdma_ips = list(&val()?)?,
+            "--rdma-devices" => rdma_devices = list(&val()?)?,
+            "--bin-dir" => bin_dir = val()?.into(),
+            "--work" => work = val()?.into(),
+            "--out" => out = val()?.into(),
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            other => bail!("unknown option {other} (see --help)"),
+        }
+    }
+    if smoke {
+        if !sizes_given {
+            sizes = vec![1 << 20];
+        }
+        client_counts = vec![2];
+        held = vec![100];
+    }
+    if sizes.is_empty() || sizes.contains(&0) {
+        bail!("--sizes needs positive byte counts");
+    }
+    std::fs::create_dir_all(&work)?;
+    let work = work.canonicalize()?;
+    let identity = Identity::generate("bench")?;
+    let clients_file = work.join("clients");
+    std::fs::write(&clients_file, identity.to_line())?;
+    let ctx = Ctx {
+        bin_dir: bin_dir
+            .canonicalize()
+            .with_context(|| format!("{} (build with cargo build --release)", bin_dir.display()))?,
+        work,
+        sizes,
+        smoke,
+        identity,
+        clients_file,
+        rdma_ips,
+        rdma_devices,
+        client_counts,
+        held,
     };
-    let handoff = || {
-        let mut c = Command::new(args.bin_dir.join("handoff"));
-        c.args(["--server", &addr, "--identity"])
-            .arg(&id_file)
-            .args(["get", "bench.bin", "--channel", "tcp"]);
-        c.env("HANDOFF_KEYS", work.join("keys"));
-        c
+    let runs = runs.unwrap_or(if smoke { 1 } else { 3 });
+    let mut run = Run {
+        date: now_stamp(),
+        machine: machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        rows: Vec::new(),
     };
-    let (mut nginx_rates, mut handoff_rates) = (Vec::new(), Vec::new());
-    let (mut nginx_cpu, mut handoff_cpu) = (0.0, 0.0);
-    for run in 0..args.runs {
-        // Alternate the order so neither always runs on a warmer machine.
-        for which in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
-            if which == 0 {
-                let before = cpu_seconds(nginx_pid);
-                nginx_rates.push(timed(curl(), bytes)?);
-                nginx_cpu += cpu_seconds(nginx_pid) - before;
-            } else {
-                let before = cpu_seconds(handoffd_pid);
-                handoff_rates.push(timed(handoff(), bytes)?);
-                handoff_cpu += cpu_seconds(handoffd_pid) - before;
+    let mut failed = Vec::new();
+    for suite in &suites_wanted {
+        let started = Instant::now();
+        eprintln!("== {suite}");
+        let r = match suite.as_str() {
+            "rdma" => suites::rdma::run(&ctx, &mut run.rows),
+            "stream" => suites::stream::run(&ctx, runs, &mut run.rows),
+            "clients" => suites::clients::run(&ctx, &mut run.rows),
+            "opens" => suites::opens::run(&ctx, &mut run.rows),
+            other => Err(anyhow::anyhow!("unknown suite {other} (see --help)")),
+        };
+        match r {
+            Ok(()) => eprintln!(
+                "== {suite} done in {:.0} s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                eprintln!("== {suite} FAILED: {e:#}");
+                failed.push(suite.clone());
             }
         }
-        eprintln!(
-            "run {run}: nginx+curl {:.0} MiB/s, handoff get {:.0} MiB/s",
-            nginx_rates[run], handoff_rates[run]
-        );
     }
-    let gib_total = (bytes as f64 / (1u64 << 30) as f64) * args.runs as f64;
-    let (n, h) = (median(&mut nginx_rates), median(&mut handoff_rates));
-    let result = json!({
-        "suite": "tcp-loopback",
-        "date": String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%MZ").output()?.stdout).trim(),
-        "machine": format!("{} cores, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()),
-        "size_mib": args.size_mib,
-        "runs": args.runs,
-        "results": [
-            { "tool": "nginx sendfile + curl", "op": "read", "mib_per_s": n, "server_cpu_s_per_gib": nginx_cpu / gib_total },
-            { "tool": "handoff get (tcp)", "op": "read", "mib_per_s": h, "server_cpu_s_per_gib": handoff_cpu / gib_total, "ratio": h / n },
-        ],
-    });
-    std::fs::create_dir_all(&args.out_dir)?;
-    std::fs::write(
-        args.out_dir.join("tcp-loopback.json"),
-        serde_json::to_string_pretty(&result)? + "\n",
-    )?;
-    let table = format!(
-        "| tool | op | size | MiB/s (median of {runs}) | server CPU s/GiB | ratio |\n|---|---|---|---|---|---|\n\
-         | nginx `sendfile on` + curl | read | {size} MiB | {n:.0} | {nc:.2} | 1.00 |\n\
-         | handoff get --channel tcp | read | {size} MiB | {h:.0} | {hc:.2} | **{r:.2}** |\n",
-        runs = args.runs,
-        size = args.size_mib,
-        nc = nginx_cpu / gib_total,
-        hc = handoff_cpu / gib_total,
-        r = h / n,
-    );
-    std::fs::write(args.out_dir.join("tcp-loopback.md"), &table)?;
-    print!("{table}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&run)? + "\n")?;
+    eprintln!("compare: {} rows in {}", run.rows.len(), out.display());
+    if !failed.is_empty() {
+        bail!("suites failed: {}", failed.join(", "));
+    }
     Ok(())
 }

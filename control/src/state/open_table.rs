@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::records::{FileRecord, OpenRecord, OpenStatus};
-use super::LockTable;
+use super::{LockTable, Mode, ShareMode};
 
 #[derive(Debug)]
 pub struct OpenEntry {
@@ -13,11 +13,63 @@ pub struct OpenEntry {
     pub channels: u32,
 }
 
+/// How many live opens of a file have each access and share bit: enough to decide SMB share
+/// compatibility in constant time however many opens the file has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShareCounts {
+    pub opens: u32,
+    pub writers: u32,
+    /// Opens that do not let others read (share without `r`).
+    pub deny_read: u32,
+    /// Opens that do not let others write (share without `w`).
+    pub deny_write: u32,
+}
+
+impl ShareCounts {
+    fn add(&mut self, mode: Mode, share: ShareMode, sign: i8) {
+        let step = |v: &mut u32, on: bool| {
+            if on {
+                *v = if sign > 0 {
+                    *v + 1
+                } else {
+                    v.saturating_sub(1)
+                };
+            }
+        };
+        step(&mut self.opens, true);
+        step(&mut self.writers, mode.can_write());
+        step(&mut self.deny_read, !share.read);
+        step(&mut self.deny_write, !share.write);
+    }
+
+    /// These counts with one more open.
+    pub fn with(mut self, mode: Mode, share: ShareMode) -> Self {
+        self.add(mode, share, 1);
+        self
+    }
+
+    /// These counts without one open (`mode`, `share`) that they include.
+    pub fn without(mut self, mode: Mode, share: ShareMode) -> Self {
+        self.add(mode, share, -1);
+        self
+    }
+
+    /// Whether an open with `mode`/`share` is compatible with every open counted here: the
+    /// same answer as [`ShareMode::compatible`] against each of them.
+    pub fn admit(&self, mode: Mode, share: ShareMode) -> bool {
+        let others_allow_me = self.deny_read == 0 && (!mode.can_write() || self.deny_write == 0);
+        let i_allow_others = (self.opens == 0 || share.read) && (self.writers == 0 || share.write);
+        others_allow_me && i_allow_others
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FileState {
     pub counters: FileRecord,
     /// Slots of the live opens of this file.
-    pub live: Vec<u32>,
+    pub live: BTreeSet<u32>,
+    /// Access and share bits of the live opens, counted.
+    pub shares: ShareCounts,
     /// Slots of all opens (live or tombstoned) that refer to this file.
     pub refs: usize,
     pub locks: LockTable,
@@ -65,7 +117,8 @@ impl OpenTable {
         let file = self.files.entry(record.file_id).or_default();
         file.refs += 1;
         if record.status == OpenStatus::Live {
-            file.live.push(slot);
+            file.live.insert(slot);
+            file.shares.add(record.mode, record.share, 1);
             for r in &record.locks {
                 // Recovered state was consistent when written; a conflict here would mean a
                 // corrupted store, and then the earlier holder keeps the range.
@@ -88,7 +141,9 @@ impl OpenTable {
         let file_id = entry.record.file_id;
         let mut unreferenced = false;
         if let Some(file) = self.files.get_mut(&file_id) {
-            file.live.retain(|s| *s != slot);
+            if file.live.remove(&slot) {
+                file.shares.add(entry.record.mode, entry.record.share, -1);
+            }
             file.locks.release_all(slot);
             file.refs = file.refs.saturating_sub(1);
             if file.refs == 0 {
@@ -107,7 +162,9 @@ impl OpenTable {
         entry.record.status = OpenStatus::Expired;
         let file_id = entry.record.file_id;
         if let Some(file) = self.files.get_mut(&file_id) {
-            file.live.retain(|s| *s != slot);
+            if file.live.remove(&slot) {
+                file.shares.add(entry.record.mode, entry.record.share, -1);
+            }
             file.locks.release_all(slot);
         }
     }
@@ -119,7 +176,9 @@ impl OpenTable {
         };
         entry.record.status = OpenStatus::Live;
         let file = self.files.entry(entry.record.file_id).or_default();
-        file.live.push(slot);
+        if file.live.insert(slot) {
+            file.shares.add(entry.record.mode, entry.record.share, 1);
+        }
         for r in &entry.record.locks {
             let _ = file.locks.lock(slot, *r);
         }

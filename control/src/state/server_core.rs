@@ -227,19 +227,11 @@ impl ServerCore {
             return Err(CoreError::denied("direct mode is for read-only opens"));
         }
         let file = self.table.file(e.record.file_id);
-        for other in file.map(|f| f.live.as_slice()).unwrap_or_default() {
-            if *other == slot {
-                continue;
-            }
-            if self
-                .table
-                .get(*other)
-                .is_some_and(|o| o.record.mode.can_write())
-            {
-                return Err(CoreError::denied(
-                    "direct mode refused: another open of the file can write",
-                ));
-            }
+        // This open is read-only, so every writer counted is another open.
+        if file.is_some_and(|f| f.shares.writers > 0) {
+            return Err(CoreError::denied(
+                "direct mode refused: another open of the file can write",
+            ));
         }
         if file.is_some_and(|f| f.locks.len() > f.locks.ranges_of(slot).len()) {
             return Err(CoreError::denied(
@@ -328,17 +320,29 @@ impl ServerCore {
         let Some(file) = self.table.file(file_id) else {
             return Ok(());
         };
-        for other in file.live.iter().filter(|s| Some(**s) != me) {
-            let Some(o) = self.table.get(*other) else {
-                continue;
-            };
-            let r = &o.record;
-            if !ShareMode::compatible((mode, share), (r.mode, r.share)) {
-                return Err(CoreError::denied(format!(
+        let mut others = file.shares;
+        if let Some(o) = me
+            .filter(|m| file.live.contains(m))
+            .and_then(|m| self.table.get(m))
+        {
+            others = others.without(o.record.mode, o.record.share);
+        }
+        // The counts decide; only a denial walks the opens, to name one in the message.
+        if !others.admit(mode, share) {
+            let culprit = file
+                .live
+                .iter()
+                .filter(|s| Some(**s) != me)
+                .filter_map(|s| self.table.get(*s))
+                .map(|o| &o.record)
+                .find(|r| !ShareMode::compatible((mode, share), (r.mode, r.share)));
+            return Err(CoreError::denied(match culprit {
+                Some(r) => format!(
                     "sharing violation: {} is open by client {} (mode {}, shares {})",
                     r.path, r.owner, r.mode, r.share
-                )));
-            }
+                ),
+                None => "sharing violation".to_string(),
+            }));
         }
         let owner = me.unwrap_or(u32::MAX);
         for range in locks {

@@ -358,3 +358,51 @@ fn error_messages_are_cut_on_a_character_boundary() {
     };
     assert!(message.len() <= 1000);
 }
+
+/// The constant-time share check gives the same answer as checking every open pairwise, for
+/// every combination of up to three existing opens and a newcomer.
+#[test]
+fn share_counts_agree_with_pairwise_checks() {
+    use super::open_table::ShareCounts;
+    let kinds: Vec<(Mode, ShareMode)> = [Mode::Read, Mode::ReadWrite]
+        .into_iter()
+        .flat_map(|m| {
+            [(false, false), (true, false), (false, true), (true, true)]
+                .into_iter()
+                .map(move |(read, write)| (m, ShareMode { read, write }))
+        })
+        .collect();
+    let mut checked = 0;
+    for n in 0..=3u32 {
+        let combos = (kinds.len() as u32).pow(n);
+        for c in 0..combos {
+            let existing: Vec<(Mode, ShareMode)> = (0..n)
+                .map(|i| kinds[((c / (kinds.len() as u32).pow(i)) % kinds.len() as u32) as usize])
+                .collect();
+            let mut counts = ShareCounts::default();
+            for (m, s) in &existing {
+                counts = counts.with(*m, *s);
+            }
+            for new in &kinds {
+                let pairwise = existing.iter().all(|o| ShareMode::compatible(*new, *o));
+                assert_eq!(
+                    counts.admit(new.0, new.1),
+                    pairwise,
+                    "{existing:?} + {new:?}"
+                );
+                checked += 1;
+            }
+            if let Some(first) = existing.first() {
+                // Removing one open from the counts matches checking the rest.
+                let rest = counts.without(first.0, first.1);
+                for new in &kinds {
+                    let pairwise = existing[1..]
+                        .iter()
+                        .all(|o| ShareMode::compatible(*new, *o));
+                    assert_eq!(rest.admit(new.0, new.1), pairwise);
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 8 * (1 + 8 + 64 + 512));
+}

@@ -24,7 +24,7 @@ pub const DEPTH: usize = 8;
 /// Registered slots per QP: twice the depth, so a surviving QP can take over every chunk a
 /// failed one had in flight.
 pub const SLOTS: usize = 2 * DEPTH;
-/// Bytes per request.
+/// Bytes per request by default, and the largest request a client asks.
 pub const CHUNK: usize = 2 << 20;
 const _: () = assert!(CHUNK as u64 <= MAX_REQUEST);
 
@@ -43,6 +43,9 @@ pub struct RdmaClient {
     pub bytes: u64,
     direct: Option<(u64, u64, u32)>,
     next_wr: u64,
+    /// Bytes asked per request, also the stride of the registered slots; up to [`DEPTH`]
+    /// requests are in flight.
+    request: usize,
 }
 
 /// The next reply on `ep`, with an `Error` reply turned into `Err`.
@@ -66,7 +69,21 @@ fn protocol(what: String) -> DataError {
 
 impl RdmaClient {
     /// Connects to `addr`, presenting `key`; the server checks it before accepting the QP.
+    /// Requests are [`CHUNK`] bytes.
     pub fn connect(addr: SocketAddr, identity: &Identity, key: &[u8]) -> Result<Self, DataError> {
+        Self::connect_sized(addr, identity, key, CHUNK)
+    }
+
+    /// As [`connect`](Self::connect), asking `request` bytes per request (clamped to
+    /// 4 KiB..=[`CHUNK`]): smaller requests register less memory ([`SLOTS`] × `request`) but
+    /// cost more round trips per byte.
+    pub fn connect_sized(
+        addr: SocketAddr,
+        identity: &Identity,
+        key: &[u8],
+        request: usize,
+    ) -> Result<Self, DataError> {
+        let request = request.clamp(4096, CHUNK);
         let channel = EventChannel::new()?;
         let id = CmId::new(&channel)?;
         let wait = |want: u32, what: &str| -> Result<(), DataError> {
@@ -93,7 +110,7 @@ impl RdmaClient {
         ep.timeout = Some(Duration::from_secs(15));
         let buf = MemoryRegion::alloc(
             &ep.pd,
-            SLOTS * CHUNK,
+            SLOTS * request,
             Access::LOCAL_WRITE
                 .with(Access::REMOTE_WRITE)
                 .with(Access::REMOTE_READ),
@@ -160,11 +177,17 @@ impl RdmaClient {
             bytes: 0,
             direct: None,
             next_wr: 1,
+            request,
         })
     }
 
+    /// Bytes asked per request (and the size of each registered slot).
+    pub fn request_size(&self) -> usize {
+        self.request
+    }
+
     fn slot(&self, i: usize) -> (u64, u32) {
-        (self.buf.addr() + (i * CHUNK) as u64, self.buf.rkey())
+        (self.buf.addr() + (i * self.request) as u64, self.buf.rkey())
     }
 
     pub(crate) fn request_read(
@@ -183,7 +206,7 @@ impl RdmaClient {
     }
 
     pub(crate) fn slot_bytes(&self, slot: usize, n: usize) -> &[u8] {
-        &self.buf.bytes()[slot * CHUNK..slot * CHUNK + n]
+        &self.buf.bytes()[slot * self.request..slot * self.request + n]
     }
 
     pub(crate) fn expect_read(&mut self) -> Result<u64, DataError> {
@@ -212,7 +235,7 @@ impl RdmaClient {
             if issued >= len {
                 break;
             }
-            let n = (len - issued).min(CHUNK as u64);
+            let n = (len - issued).min(self.request as u64);
             self.request_read(slot, offset + issued, n)?;
             inflight.push_back((slot, n));
             issued += n;
@@ -226,14 +249,14 @@ impl RdmaClient {
                 // Asked before the end was seen: bytes past a short chunk would leave a gap.
                 continue;
             }
-            sink(&self.buf.bytes()[slot * CHUNK..slot * CHUNK + n as usize])?;
+            sink(&self.buf.bytes()[slot * self.request..slot * self.request + n as usize])?;
             got += n;
             self.bytes += n;
             if n < asked {
                 eof = true;
             }
             if !eof && issued < len {
-                let m = (len - issued).min(CHUNK as u64);
+                let m = (len - issued).min(self.request as u64);
                 self.request_read(slot, offset + issued, m)?;
                 inflight.push_back((slot, m));
                 issued += m;
@@ -257,8 +280,9 @@ impl RdmaClient {
         loop {
             while !done {
                 let Some(slot) = free.pop() else { break };
+                let stride = self.request;
                 let region = &mut self.buf.bytes_mut().expect("owned buffer")
-                    [slot * CHUNK..(slot + 1) * CHUNK];
+                    [slot * stride..(slot + 1) * stride];
                 let n = fill(region)?;
                 if n == 0 {
                     done = true;
@@ -357,12 +381,17 @@ impl RdmaClient {
         loop {
             while issued < len {
                 let Some(slot) = free.pop() else { break };
-                let n = (len - issued).min(CHUNK as u64) as usize;
+                let n = (len - issued).min(self.request as u64) as usize;
                 let wr = self.next_wr;
                 self.next_wr += 1;
                 let remote = (base + offset + issued, rkey);
-                self.ep
-                    .post_rdma(wr, SendOp::Read, (&self.buf, slot * CHUNK, n), remote, true)?;
+                self.ep.post_rdma(
+                    wr,
+                    SendOp::Read,
+                    (&self.buf, slot * self.request, n),
+                    remote,
+                    true,
+                )?;
                 inflight.push_back((wr, slot, n));
                 issued += n as u64;
             }
@@ -376,7 +405,7 @@ impl RdmaClient {
                 }
                 return Err(e);
             }
-            sink(&self.buf.bytes()[slot * CHUNK..slot * CHUNK + n])?;
+            sink(&self.buf.bytes()[slot * self.request..slot * self.request + n])?;
             got += n as u64;
             self.bytes += n as u64;
             free.push(slot);

@@ -29,6 +29,7 @@ pub struct QpReport {
 pub struct MultiChannel {
     qps: Vec<Option<RdmaClient>>,
     reports: Vec<QpReport>,
+    request: usize,
 }
 
 /// One chunk of a striped read, in delivery order.
@@ -42,18 +43,20 @@ struct Chunk {
 }
 
 impl MultiChannel {
-    /// Connects a QP to each address. Succeeds if at least one does (the others are reported
+    /// Connects a QP to each address, asking `request` bytes per request (see
+    /// [`RdmaClient::connect_sized`]). Succeeds if at least one does (the others are reported
     /// as failed); the first error otherwise.
     pub fn connect(
         addrs: &[SocketAddr],
         identity: &Identity,
         key: &[u8],
+        request: usize,
     ) -> Result<Self, DataError> {
         let mut qps = Vec::new();
         let mut reports = Vec::new();
         let mut first_err = None;
         for addr in addrs {
-            match RdmaClient::connect(*addr, identity, key) {
+            match RdmaClient::connect_sized(*addr, identity, key, request) {
                 Ok(c) => {
                     reports.push(QpReport {
                         addr: *addr,
@@ -79,7 +82,16 @@ impl MultiChannel {
         if qps.iter().all(Option::is_none) {
             return Err(first_err.expect("at least one address was tried"));
         }
-        Ok(Self { qps, reports })
+        let request = qps
+            .iter()
+            .flatten()
+            .next()
+            .map_or(CHUNK, RdmaClient::request_size);
+        Ok(Self {
+            qps,
+            reports,
+            request,
+        })
     }
 
     /// The first live QP (for handle info, writes and direct mode).
@@ -151,7 +163,7 @@ impl MultiChannel {
                     continue;
                 }
                 let slot = free[qp].pop().expect("checked");
-                let n = (len - issued).min(CHUNK as u64);
+                let n = (len - issued).min(self.request as u64);
                 let seq = first_seq + order.len() as u64;
                 if let Err(e) =
                     self.qps[qp]

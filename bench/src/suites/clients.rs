@@ -1,0 +1,142 @@
+//! Concurrency: 1, 4, 16, 64 clients, each with its own control connection, open and data
+//! channel, reading its share of one file at once. Aggregate MiB/s, server CPU per GiB and
+//! server resident memory with every channel attached.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use handoff::data::RdmaHandle;
+use handoff::{Channel, Client, DataHandle, Mode};
+
+use super::{make_file, open_key, Ctx};
+use crate::process::{cpu_seconds, rss_mib};
+use crate::results::Row;
+use crate::servers::start_handoffd;
+
+/// Bytes per RDMA request here: 8 in flight per client, 16 registered slots each.
+const RDMA_REQUEST: usize = 256 << 10;
+/// Bytes per TCP read call.
+const TCP_BLOCK: u64 = 1 << 20;
+const PORT: u16 = 7481;
+
+pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
+    let root = ctx.dir("clients-root")?;
+    let total: u64 = if ctx.smoke { 16 << 20 } else { 128 << 20 };
+    make_file(&root.join("shared.bin"), total)?;
+    let listen: Vec<String> = ctx
+        .rdma_ips
+        .iter()
+        .take(1)
+        .map(|ip| format!("{ip}:{PORT}"))
+        .collect();
+    let srv = start_handoffd(&ctx.bin_dir, &ctx.work, &root, &ctx.clients_file, &listen)?;
+    let mut channels = vec![Channel::Tcp];
+    if !listen.is_empty() {
+        channels.insert(0, Channel::Rdma);
+    }
+    let rdma: Vec<SocketAddr> = listen.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    for channel in channels {
+        for &n in &ctx.client_counts {
+            let row = measure(ctx, &srv, channel, &rdma, n, total)
+                .with_context(|| format!("{n} clients over {channel}"))?;
+            eprintln!("clients {n:>3} over {channel}: {:.1} MiB/s", row.rate);
+            rows.push(row);
+        }
+    }
+    Ok(())
+}
+
+fn measure(
+    ctx: &Ctx,
+    srv: &crate::servers::Handoffd,
+    channel: Channel,
+    rdma: &[SocketAddr],
+    n: u64,
+    total: u64,
+) -> Result<Row> {
+    let share = total / n;
+    let ready = Arc::new(Barrier::new(n as usize + 1));
+    let go = Arc::new(Barrier::new(n as usize + 1));
+    let mut threads = Vec::new();
+    for i in 0..n {
+        let (ready, go) = (ready.clone(), go.clone());
+        let (addr, identity, rdma) = (srv.addr.clone(), ctx.identity.clone(), rdma.to_vec());
+        threads.push(std::thread::spawn(move || -> Result<(u64, Instant)> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let setup = rt.block_on(async {
+                let mut control = Client::connect(&addr, &identity).await?;
+                let key = open_key(&mut control, "shared.bin", Mode::Read).await?;
+                let data = match channel {
+                    Channel::Rdma => {
+                        let sealed = handoff::parse_key(&key)?;
+                        DataHandle::Rdma(Box::new(RdmaHandle::connect(
+                            rdma,
+                            &identity,
+                            &sealed,
+                            false,
+                            RDMA_REQUEST,
+                        )?))
+                    }
+                    _ => control.open_data(&key, Some(channel), false).await?,
+                };
+                anyhow::Ok((control, data))
+            });
+            // Every thread reaches both barriers, even after a failed setup.
+            ready.wait();
+            go.wait();
+            let (_control, mut data) = setup?;
+            let moved = rt.block_on(async {
+                let base = i * share;
+                if channel == Channel::Rdma {
+                    return data.read_to(base, share, &mut |_| Ok(())).await;
+                }
+                let mut got = 0;
+                while got < share {
+                    got += data
+                        .read_to(base + got, TCP_BLOCK.min(share - got), &mut |_| Ok(()))
+                        .await?;
+                }
+                Ok(got)
+            })?;
+            Ok((moved, Instant::now()))
+        }));
+    }
+    ready.wait();
+    let rss = rss_mib(srv.proc.pid());
+    let cpu0 = cpu_seconds(srv.proc.pid());
+    let started = Instant::now();
+    go.wait();
+    let mut moved = 0;
+    let mut last = started;
+    for t in threads {
+        let (m, done) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        moved += m;
+        last = last.max(done);
+    }
+    let secs = (last - started).as_secs_f64();
+    let cpu = cpu_seconds(srv.proc.pid()) - cpu0;
+    anyhow::ensure!(moved == share * n, "moved {moved} of {} bytes", share * n);
+    Ok(Row {
+        suite: "clients".into(),
+        tool: format!("handoff {channel}"),
+        op: "read".into(),
+        size: if channel == Channel::Rdma {
+            RDMA_REQUEST as u64
+        } else {
+            TCP_BLOCK
+        },
+        clients: n,
+        bytes: moved,
+        secs,
+        rate: Row::mib_per_s(moved, secs),
+        server_cpu_s_per_gib: Row::cpu_per_gib(cpu, moved),
+        server_rss_mib: Some(rss),
+        ..Row::default()
+    })
+}

@@ -1,0 +1,130 @@
+//! The control plane under load: opens per second and resumes (a key presented on a TCP data
+//! channel for a duplicate handle) per second while 10^3, 10^4, 10^5 durable opens are held,
+//! with the server's resident memory and store size at each level. Every open is committed
+//! to the store before its reply, as in production.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use handoff::{Client, Mode, Transport};
+
+use super::{make_file, open_key, Ctx};
+use crate::process::{cpu_seconds, rss_mib};
+use crate::results::Row;
+use crate::servers::start_handoffd;
+
+/// Connections that fill the table concurrently.
+const FILLERS: u64 = 8;
+
+pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
+    let root = ctx.dir("opens-root")?;
+    make_file(&root.join("held.bin"), 4096)?;
+    make_file(&root.join("probe.bin"), 4096)?;
+    let srv = start_handoffd(&ctx.bin_dir, &ctx.work, &root, &ctx.clients_file, &[])?;
+    let probes: u64 = if ctx.smoke { 50 } else { 1000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // Held connections stay open, so their opens stay attached to a live control channel.
+    let mut holders: Vec<Client> = Vec::new();
+    let mut held = 0u64;
+    for &level in &ctx.held {
+        let fill_started = Instant::now();
+        let add = level.saturating_sub(held);
+        holders.extend(rt.block_on(fill(&srv.addr, &ctx.identity, add))?);
+        held = level;
+        eprintln!(
+            "opens: {level} held (filled {add} in {:.1} s)",
+            fill_started.elapsed().as_secs_f64()
+        );
+        let rss = rss_mib(srv.proc.pid());
+        let store = dir_bytes(&srv.state) as f64 / f64::from(1u32 << 20);
+        let pid = srv.proc.pid();
+        let (open_row, resume_row) = rt.block_on(async {
+            let mut c = Client::connect(&srv.addr, &ctx.identity).await?;
+            let cpu0 = cpu_seconds(pid);
+            let started = Instant::now();
+            let mut keys = Vec::new();
+            for _ in 0..probes {
+                keys.push(open_key(&mut c, "probe.bin", Mode::Read).await?);
+            }
+            let open_secs = started.elapsed().as_secs_f64();
+            let open_cpu = cpu_seconds(pid) - cpu0;
+            let cpu0 = cpu_seconds(pid);
+            let started = Instant::now();
+            for k in &keys {
+                let d = c.attach(k, Transport::Tcp).await?;
+                drop(d);
+            }
+            let resume_secs = started.elapsed().as_secs_f64();
+            let resume_cpu = cpu_seconds(pid) - cpu0;
+            for k in &keys {
+                c.close(k).await?;
+            }
+            let row = |op: &str, secs: f64, cpu: f64| Row {
+                suite: "opens".into(),
+                tool: "handoff".into(),
+                op: op.into(),
+                held_opens: level,
+                secs,
+                rate: probes as f64 / secs,
+                server_rss_mib: Some(rss),
+                store_mib: Some(store),
+                note: Some(format!(
+                    "{probes} sequential on one connection; server CPU {:.0} µs each",
+                    cpu / probes as f64 * 1e6
+                )),
+                ..Row::default()
+            };
+            anyhow::Ok((
+                row("open", open_secs, open_cpu),
+                row("resume", resume_secs, resume_cpu),
+            ))
+        })?;
+        eprintln!(
+            "opens: {level} held: {:.0} opens/s, {:.0} resumes/s, RSS {rss:.0} MiB, store {store:.1} MiB",
+            open_row.rate, resume_row.rate
+        );
+        rows.push(open_row);
+        rows.push(resume_row);
+    }
+    drop(holders);
+    Ok(())
+}
+
+/// Opens `count` read-only handles of held.bin over `FILLERS` connections at once; returns
+/// the connections (closing one would start its opens' durable timeouts).
+async fn fill(addr: &str, identity: &handoff::Identity, count: u64) -> Result<Vec<Client>> {
+    let mut tasks = Vec::new();
+    for i in 0..FILLERS {
+        let n = count / FILLERS + u64::from(i < count % FILLERS);
+        let (addr, identity) = (addr.to_owned(), identity.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&addr, &identity).await?;
+            for _ in 0..n {
+                open_key(&mut c, "held.bin", Mode::Read).await?;
+            }
+            anyhow::Ok(c)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.context("filler task")??);
+    }
+    Ok(out)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,248 @@
+//! RDMA on the rxe devices: perftest (`ib_write_bw`, `ib_read_bw`: the limit) and handoff
+//! over the same devices, each request size, reads and writes.
+//!
+//! handoff's requests are pipelined (8 per QP in flight), as perftest's messages are. A read
+//! served by the server is an RDMA WRITE into the client, so its limit is `ib_write_bw`; a
+//! write is an RDMA READ by the server and a direct-mode read an RDMA READ by the client,
+//! so theirs is `ib_read_bw`.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use handoff::data::RdmaHandle;
+use handoff::{Client, DataHandle, Mode};
+
+use super::{make_file, open_key, size_label, Ctx};
+use crate::process::{cpu_seconds, reaped_children_cpu, wait_listening};
+use crate::results::{set_ratios, Row};
+use crate::servers::start_handoffd;
+
+const PORT: u16 = 7471;
+
+pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
+    if ctx.rdma_ips.is_empty() {
+        bail!("the rdma suite needs --rdma-ips (the guest sets HANDOFF_GUEST_IPS)");
+    }
+    let root = ctx.dir("rdma-root")?;
+    let file_bytes = ctx
+        .sizes
+        .iter()
+        .map(|s| ctx.total_for(*s))
+        .max()
+        .unwrap_or(0);
+    make_file(&root.join("rw.bin"), file_bytes)?;
+    make_file(&root.join("ro.bin"), file_bytes)?;
+    let listen: Vec<String> = ctx
+        .rdma_ips
+        .iter()
+        .map(|ip| format!("{ip}:{PORT}"))
+        .collect();
+    let srv = start_handoffd(&ctx.bin_dir, &ctx.work, &root, &ctx.clients_file, &listen)?;
+    let addrs: Vec<SocketAddr> = listen.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let rt = ctx.rt()?;
+    let (rw, ro) = rt.block_on(async {
+        let mut c = Client::connect(&srv.addr, &ctx.identity).await?;
+        let rw = open_key(&mut c, "rw.bin", Mode::ReadWrite).await?;
+        let ro = open_key(&mut c, "ro.bin", Mode::Read).await?;
+        anyhow::Ok((rw, ro))
+    })?;
+    let mut mine = Vec::new();
+    for &size in &ctx.sizes {
+        let total = ctx.total_for(size);
+        for verb in ["write", "read"] {
+            let row = perftest(ctx, verb, size, total)?;
+            eprintln!(
+                "rdma {:>7} ib_{verb}_bw: {:.1} MiB/s",
+                size_label(size),
+                row.rate
+            );
+            mine.push(row);
+        }
+        let mut cases = vec![("handoff rdma", "read", 1, &rw, false)];
+        if addrs.len() > 1 && !ctx.smoke {
+            cases.push(("handoff rdma 2 NICs", "read", 2, &rw, false));
+        }
+        cases.push(("handoff rdma", "write", 1, &rw, false));
+        cases.push(("handoff rdma direct", "read", 1, &ro, true));
+        for (tool, op, nics, key, direct) in cases {
+            let row = handoff(
+                ctx,
+                &srv.proc,
+                tool,
+                op,
+                size,
+                total,
+                &addrs[..nics],
+                key,
+                direct,
+            )
+            .with_context(|| format!("{tool} {op} at {}", size_label(size)))?;
+            eprintln!(
+                "rdma {:>7} {tool} {op}: {:.1} MiB/s",
+                size_label(size),
+                row.rate
+            );
+            mine.push(row);
+        }
+    }
+    set_ratios(&mut mine, |r| {
+        let verb = match (r.tool.as_str(), r.op.as_str()) {
+            ("handoff rdma" | "handoff rdma 2 NICs", "read") => "write",
+            ("handoff rdma", "write") | ("handoff rdma direct", "read") => "read",
+            _ => return None,
+        };
+        Some((format!("ib_{verb}_bw"), verb.to_string()))
+    });
+    rows.extend(mine);
+    Ok(())
+}
+
+/// One perftest run on the first rxe device: a server, then a client to the first IP.
+/// Rate is perftest's average ("MB/sec", which perftest counts in MiB); server CPU is
+/// what the reaped server process used.
+fn perftest(ctx: &Ctx, verb: &str, size: u64, total: u64) -> Result<Row> {
+    let tool = format!("ib_{verb}_bw");
+    let dev = ctx.rdma_devices.first().context("no rxe device named")?;
+    let iters = (total / size).max(5).to_string(); // perftest needs at least 5
+    let port = crate::process::free_port()?.to_string();
+    let args = [
+        "-d",
+        dev,
+        "-s",
+        &size.to_string(),
+        "-n",
+        &iters,
+        "-F",
+        "-p",
+        &port,
+    ];
+    let mut server = Command::new(&tool)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!("starting {tool} (hw-setup/install-deps.sh --rdma installs perftest)")
+        })?;
+    wait_listening(port.parse()?, Duration::from_secs(20), &tool)?;
+    let started = Instant::now();
+    let out = Command::new(&tool)
+        .args(args)
+        .arg(&ctx.rdma_ips[0])
+        .stderr(Stdio::null())
+        .output()?;
+    let secs = started.elapsed().as_secs_f64();
+    let before = reaped_children_cpu();
+    let status = server.wait()?;
+    let server_cpu = reaped_children_cpu() - before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[0] == size.to_string())
+        .and_then(|f| f[3].parse::<f64>().ok());
+    let Some(rate) = rate.filter(|_| out.status.success() && status.success()) else {
+        bail!(
+            "{tool} at {size} bytes failed (client {}, server {status}):\n{text}",
+            out.status
+        );
+    };
+    let bytes = size * iters.parse::<u64>()?;
+    Ok(Row {
+        suite: "rdma".into(),
+        tool,
+        op: verb.into(),
+        size,
+        bytes,
+        secs,
+        rate,
+        server_cpu_s_per_gib: Row::cpu_per_gib(server_cpu, bytes),
+        note: Some(format!(
+            "{} on {dev}",
+            if verb == "write" {
+                "RDMA WRITE"
+            } else {
+                "RDMA READ"
+            }
+        )),
+        ..Row::default()
+    })
+}
+
+/// handoff over RDMA: connect (untimed), then move `total` bytes in `size`-byte requests.
+#[allow(clippy::too_many_arguments)]
+fn handoff(
+    ctx: &Ctx,
+    server: &crate::process::Proc,
+    tool: &str,
+    op: &str,
+    size: u64,
+    total: u64,
+    addrs: &[SocketAddr],
+    key: &str,
+    direct: bool,
+) -> Result<Row> {
+    let setup0 = cpu_seconds(server.pid());
+    let sealed = handoff::parse_key(key)?;
+    let mut handle = RdmaHandle::connect(
+        addrs.to_vec(),
+        &ctx.identity,
+        &sealed,
+        direct,
+        size as usize,
+    )?;
+    if direct && !handle.is_direct() {
+        bail!("direct mode was refused (see handoffd's log)");
+    }
+    let mut data = DataHandle::Rdma(Box::new(handle));
+    let cpu0 = cpu_seconds(server.pid());
+    let rt = ctx.rt()?;
+    let started = Instant::now();
+    let moved = rt.block_on(async {
+        match op {
+            "read" => data.read_to(0, total, &mut |_| Ok(())).await,
+            _ => {
+                let mut left = total;
+                data.write_from(0, &mut |buf| {
+                    let n = left.min(buf.len() as u64) as usize;
+                    left -= n as u64;
+                    Ok(n)
+                })
+                .await
+            }
+        }
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(server.pid()) - cpu0;
+    if moved != total {
+        bail!("moved {moved} of {total} bytes");
+    }
+    let note = match &data {
+        DataHandle::Rdma(h) if direct => {
+            Some(format!("one-sided, {} bytes direct", h.direct_bytes))
+        }
+        DataHandle::Rdma(h) => Some(
+            h.qp_reports()
+                .iter()
+                .map(|q| format!("{} {} MiB", q.device, q.bytes >> 20))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        DataHandle::Stream(_) => None,
+    };
+    Ok(Row {
+        suite: "rdma".into(),
+        tool: tool.into(),
+        op: op.into(),
+        size,
+        bytes: moved,
+        secs,
+        rate: Row::mib_per_s(moved, secs),
+        server_cpu_s_per_gib: Row::cpu_per_gib(cpu, moved),
+        server_setup_cpu_s: Some(cpu0 - setup0),
+        note,
+        ..Row::default()
+    })
+}
