@@ -66,6 +66,15 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         }
         cases.push(("handoff rdma", "write", 1, &rw, false));
         cases.push(("handoff rdma direct", "read", 1, &ro, true));
+        // The TCP data channel on the same (emulated) CPUs: the reference for server CPU.
+        let row = tcp_reference(ctx, &srv, size, total, &ro)
+            .with_context(|| format!("handoff tcp read at {}", size_label(size)))?;
+        eprintln!(
+            "rdma {:>7} handoff tcp read: {:.1} MiB/s",
+            size_label(size),
+            row.rate
+        );
+        mine.push(row);
         for (tool, op, nics, key, direct) in cases {
             let row = handoff(
                 ctx,
@@ -244,5 +253,47 @@ fn handoff(
         server_setup_cpu_s: Some(cpu0 - setup0),
         note,
         ..Row::default()
+    })
+}
+
+/// handoff's TCP data channel on the guest's loopback, `size`-byte reads: what the server's
+/// CPU per GiB is when it moves the bytes itself through sockets.
+fn tcp_reference(
+    ctx: &Ctx,
+    srv: &crate::servers::Handoffd,
+    size: u64,
+    total: u64,
+    key: &str,
+) -> Result<Row> {
+    let pid = srv.proc.pid();
+    ctx.rt()?.block_on(async {
+        let mut control = Client::connect(&srv.addr, &ctx.identity).await?;
+        let mut data = control
+            .open_data(key, Some(handoff::Channel::Tcp), false)
+            .await?;
+        let cpu0 = cpu_seconds(pid);
+        let started = Instant::now();
+        let mut moved = 0;
+        while moved < total {
+            let n = data
+                .read_to(moved, size.min(total - moved), &mut |_| Ok(()))
+                .await?;
+            anyhow::ensure!(n > 0, "file shorter than {total} bytes");
+            moved += n;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid) - cpu0;
+        Ok(Row {
+            suite: "rdma".into(),
+            tool: "handoff tcp".into(),
+            op: "read".into(),
+            size,
+            bytes: moved,
+            secs,
+            rate: Row::mib_per_s(moved, secs),
+            server_cpu_s_per_gib: Row::cpu_per_gib(cpu, moved),
+            note: Some("TCP data channel, guest loopback (CPU reference)".into()),
+            ..Row::default()
+        })
     })
 }

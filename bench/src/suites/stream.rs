@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, runs: usize, rows: &mut Vec<Row>) -> Result<()> {
     let srv = start_handoffd(&ctx.bin_dir, &ctx.work, &root, &ctx.clients_file, &[])?;
     let mut mine = Vec::new();
     for &size in &ctx.sizes {
-        let n = (ctx.total_for(size) / size).max(1);
+        let n = (ctx.stream_total_for(size) / size).max(1);
         let cases: [(&str, &str); 8] = [
             ("nginx http", "read"),
             ("handoff tcp", "read"),

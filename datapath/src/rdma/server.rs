@@ -5,7 +5,7 @@
 //! SEND/RECV, attaches the duplicate handle, and serves requests: reads as RDMA WRITEs from
 //! registered file windows, writes as RDMA READs into a registered bounce pool, then `pwrite`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -271,8 +271,13 @@ fn serve(p: Pending, shared: Shared) {
 
 impl Connection {
     fn run(&mut self) -> Result<(), DataError> {
+        // A request that ended a run of pipelined writes, to be handled next.
+        let mut next: Option<Message> = None;
         loop {
-            let msg = self.ep.recv()?;
+            let msg = match next.take() {
+                Some(m) => m,
+                None => self.ep.recv()?,
+            };
             self.check_truncations()?;
             match msg {
                 Message::RdmaRead {
@@ -281,14 +286,7 @@ impl Connection {
                     addr,
                     rkey,
                 } => self.read(offset, len, addr, rkey)?,
-                Message::RdmaWrite { .. } => {
-                    // Gather the writes already waiting, so their READs are in flight together.
-                    let mut batch = vec![msg];
-                    while batch.len() < WRITE_DEPTH && self.ep.has_message()? {
-                        batch.push(self.ep.recv()?);
-                    }
-                    self.writes(batch)?;
-                }
+                Message::RdmaWrite { .. } => next = self.writes(msg)?,
                 Message::Flush => {
                     self.file.sync_data()?;
                     self.ep.send(&Message::Done)?;
@@ -369,68 +367,95 @@ impl Connection {
         self.ep.send(&Message::ReadData { len })
     }
 
-    fn writes(&mut self, batch: Vec<Message>) -> Result<(), DataError> {
-        while self.bounce.len() < batch.len() {
-            self.bounce.push(MemoryRegion::alloc(
-                &self.ep.pd,
-                MAX_REQUEST as usize,
-                Access::LOCAL_WRITE,
-            )?);
-        }
-        // Phase 1: check each and post its RDMA READ.
-        let mut posted: Vec<Result<(u64, u64, u64), Error>> = Vec::new();
-        for (i, msg) in batch.into_iter().enumerate() {
-            let Message::RdmaWrite {
-                offset,
-                len,
-                addr,
-                rkey,
-            } = msg
-            else {
-                posted.push(Err(Error::Protocol(
-                    "mixed requests in a write batch".into(),
-                )));
-                continue;
+    /// A run of RDMA writes, pipelined: each request's RDMA READ is posted as soon as it
+    /// arrives and a bounce buffer is free (up to [`WRITE_DEPTH`] in flight), and as the
+    /// oldest lands it is written to the file and answered, in request order. Returns the
+    /// request that ended the run (a Flush or a read), to be handled after these writes.
+    fn writes(&mut self, first: Message) -> Result<Option<Message>, DataError> {
+        let mut queue: VecDeque<(usize, PostedWrite)> = VecDeque::new();
+        let mut free: Vec<usize> = (0..WRITE_DEPTH).rev().collect();
+        let mut incoming = Some(first);
+        let mut ended_by = None;
+        loop {
+            while let Some(msg) = incoming.take() {
+                let Message::RdmaWrite {
+                    offset,
+                    len,
+                    addr,
+                    rkey,
+                } = msg
+                else {
+                    ended_by = Some(msg);
+                    break;
+                };
+                let buf = free
+                    .pop()
+                    .expect("a write is taken only with a free buffer");
+                let posted = self.post_write(buf, offset, len, (addr, rkey))?;
+                queue.push_back((buf, posted));
+                if !free.is_empty() && self.ep.has_message()? {
+                    incoming = Some(self.ep.recv()?);
+                }
+            }
+            let Some((buf, posted)) = queue.pop_front() else {
+                break;
             };
-            if len > MAX_REQUEST || offset.checked_add(len).is_none() {
-                posted.push(Err(Error::bad_request(format!(
-                    "an RDMA write moves at most {MAX_REQUEST} bytes"
-                ))));
-                continue;
-            }
-            if let Err(e) = self.begin(IoKind::Write, offset, len) {
-                posted.push(Err(e));
-                continue;
-            }
-            let wr = self.next_wr;
-            self.next_wr += 1;
-            if len > 0 {
-                self.ep.post_rdma(
-                    wr,
-                    SendOp::Read,
-                    (&self.bounce[i], 0, len as usize),
-                    (addr, rkey),
-                    true,
-                )?;
-            }
-            posted.push(Ok((wr, offset, len)));
-        }
-        // Phase 2: as each lands, write it to the file and answer, in request order.
-        for (i, p) in posted.into_iter().enumerate() {
-            match p {
+            match posted {
                 Ok((wr, offset, len)) => {
                     if len > 0 {
                         self.ep.wait_for(wr)?;
                         self.file
-                            .write_all_at(&self.bounce[i].bytes()[..len as usize], offset)?;
+                            .write_all_at(&self.bounce[buf].bytes()[..len as usize], offset)?;
                     }
                     self.count_served(len);
                     self.ep.send(&Message::Written { len })?;
                 }
                 Err(e) => self.ep.send(&e.to_message())?,
             }
+            free.push(buf);
+            if ended_by.is_none() && self.ep.has_message()? {
+                incoming = Some(self.ep.recv()?);
+            }
         }
-        Ok(())
+        Ok(ended_by)
+    }
+
+    /// Checks one write request and posts the RDMA READ of its bytes into bounce buffer
+    /// `buf`. `Ok(Err(..))` is a refusal to answer in its turn.
+    fn post_write(
+        &mut self,
+        buf: usize,
+        offset: u64,
+        len: u64,
+        remote: (u64, u32),
+    ) -> Result<PostedWrite, DataError> {
+        if len > MAX_REQUEST || offset.checked_add(len).is_none() {
+            return Ok(Err(Error::bad_request(format!(
+                "an RDMA write moves at most {MAX_REQUEST} bytes"
+            ))));
+        }
+        if let Err(e) = self.begin(IoKind::Write, offset, len) {
+            return Ok(Err(e));
+        }
+        while self.bounce.len() <= buf {
+            self.bounce.push(MemoryRegion::alloc(
+                &self.ep.pd,
+                MAX_REQUEST as usize,
+                Access::LOCAL_WRITE,
+            )?);
+        }
+        let wr = self.next_wr;
+        self.next_wr += 1;
+        if len > 0 {
+            self.ep.post_rdma(
+                wr,
+                SendOp::Read,
+                (&self.bounce[buf], 0, len as usize),
+                remote,
+                true,
+            )?;
+        }
+        Ok(Ok((wr, offset, len)))
     }
 
     fn map_file(&mut self) -> Result<(), DataError> {
@@ -462,6 +487,10 @@ impl Connection {
         }
     }
 }
+
+/// A write request whose RDMA READ was posted (work request id, file offset, length), or
+/// its refusal, answered in its turn.
+type PostedWrite = Result<(u64, u64, u64), Error>;
 
 /// RDMA writes whose READs a connection keeps in flight at once.
 const WRITE_DEPTH: usize = 8;
