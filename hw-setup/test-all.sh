@@ -4,7 +4,7 @@
 # real soft-RoCE (rdma_rxe). Installs what it needs first. This is the README's test command
 # and what CI (.ci/run) calls.
 #   FUZZ_SECONDS=30   seconds per fuzz target (0 skips fuzzing)
-#   HANDOFF_SKIP_RDMA=1   skip the guest tests (they need QEMU; on by default)
+#   HANDOFF_SKIP_RDMA=1   skip the guest tests and the benchmark smoke (they need QEMU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target
@@ -32,6 +32,8 @@ fi
 if [[ "${HANDOFF_SKIP_RDMA:-0}" != "1" ]]; then
   echo "== RDMA tests in the rxe guest"
   hw-setup/test-rdma.sh 2>&1 | tee target/test-rdma-output.txt
+  echo "== benchmark runner smoke: one size, one tool each, report and plot (bench/run.sh --smoke)"
+  bench/run.sh --smoke
 fi
 
 count() { grep -hEo "test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed" "$@" 2>/dev/null; }

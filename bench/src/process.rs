@@ -1,5 +1,6 @@
 //! Child processes the runner starts, and what it reads about them from /proc.
 
+use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -35,31 +36,57 @@ fn ticks(f: &[String], i: usize) -> f64 {
     f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / TICKS
 }
 
-/// CPU seconds of a process (every live thread) and of its child processes (nginx's
-/// workers), from /proc/PID/task/*/schedstat: nanoseconds on a CPU, where /proc/PID/stat
-/// counts 10 ms ticks, too coarse for a few hundred MiB of one-sided reads. Threads that
-/// exited are not counted: measure across windows in which the server's threads live.
-pub fn cpu_seconds(pid: u32) -> f64 {
+/// CPU time of a process's threads (and of its child processes' threads: nginx's workers)
+/// from a starting point. Read from /proc/PID/task/*/schedstat, in nanoseconds, where
+/// /proc/PID/stat counts 10 ms ticks, too coarse for a few hundred MiB of one-sided reads.
+/// Counted per thread, so a thread that exits in between takes only its own time away
+/// (never the others'); a thread started in between counts in full.
+pub struct CpuMeter {
+    pid: u32,
+    start: HashMap<u32, f64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            start: thread_times(pid),
+        }
+    }
+
+    /// CPU seconds used since [`start`](Self::start) by the threads alive now.
+    pub fn seconds(&self) -> f64 {
+        thread_times(self.pid)
+            .into_iter()
+            .map(|(tid, t)| t - self.start.get(&tid).copied().unwrap_or(0.0))
+            .filter(|d| *d > 0.0)
+            .sum::<f64>()
+            .max(0.0) // an empty f64 sum is -0.0
+    }
+}
+
+/// Seconds on a CPU of every thread of `pid` and of its child processes, by thread id.
+fn thread_times(pid: u32) -> HashMap<u32, f64> {
+    let mut out = HashMap::new();
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
         .unwrap_or_default();
-    let own: f64 = tasks
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(t.join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        / 1e9;
-    let children = tasks
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(t.join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .map(cpu_seconds)
-        .sum::<f64>();
-    own + children
+    for task in &tasks {
+        let tid = task
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<u32>().ok());
+        let ns = std::fs::read_to_string(task.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+        if let (Some(tid), Some(ns)) = (tid, ns) {
+            out.insert(tid, ns / 1e9);
+        }
+        let children = std::fs::read_to_string(task.join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.extend(thread_times(child));
+        }
+    }
+    out
 }
 
 /// CPU seconds of this process's reaped children (cutime + cstime): the difference across a

@@ -23,6 +23,18 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
+/// Three significant digits: 201.8 → "202", 0.7138 → "0.714", 0.001234 → "0.00123".
+fn sig(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.abs() < 1e-12 => "0".into(),
+        Some(v) => {
+            let digits = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+            format!("{v:.digits$}")
+        }
+    }
+}
+
 /// The headline numbers the issue asks for, as bullet points.
 fn headline(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -46,8 +58,8 @@ fn headline(rows: &[Row]) -> String {
         if let (false, Some(limit)) = (
             parts.is_empty(),
             rows.iter()
-                .find(|r| r.tool == tool && r.op == op)
-                .and_then(|r| r.limit.clone()),
+                .filter(|r| r.tool == tool && r.op == op)
+                .find_map(|r| r.limit.clone()),
         ) {
             let _ = writeln!(out, "- {tool} {op} ÷ {limit}: {}", parts.join(", "));
         }
@@ -67,9 +79,9 @@ fn headline(rows: &[Row]) -> String {
         let _ = write!(
             out,
             "- Server CPU per GiB read: server-initiated {} s, direct mode {} s (setup once: {} s)",
-            opt(si.server_cpu_s_per_gib, 3),
-            opt(di.server_cpu_s_per_gib, 3),
-            opt(di.server_setup_cpu_s, 2),
+            sig(si.server_cpu_s_per_gib),
+            sig(di.server_cpu_s_per_gib),
+            sig(di.server_setup_cpu_s),
         );
         match (
             tcp.and_then(|t| t.server_cpu_s_per_gib),
@@ -78,8 +90,9 @@ fn headline(rows: &[Row]) -> String {
             (Some(t), Some(d)) if t > 0.0 => {
                 let _ = writeln!(
                     out,
-                    "; direct = **{:.1} %** of the TCP path's {t:.3} s",
-                    d / t * 100.0
+                    "; direct = **{} %** of the TCP path's {} s on the same CPUs",
+                    sig(Some(d / t * 100.0)),
+                    sig(Some(t))
                 );
             }
             _ => out.push('\n'),
@@ -147,7 +160,7 @@ fn throughput_table(rows: &[Row], suite: &str) -> String {
                 r.tool,
                 r.op,
                 r.rate,
-                opt(r.server_cpu_s_per_gib, 3),
+                sig(r.server_cpu_s_per_gib),
                 r.note.as_deref().unwrap_or(""),
             );
         }
@@ -167,7 +180,7 @@ fn clients_table(rows: &[Row]) -> String {
             size_label(r.size),
             r.clients,
             r.rate,
-            opt(r.server_cpu_s_per_gib, 3),
+            sig(r.server_cpu_s_per_gib),
             opt(r.server_rss_mib, 0),
         );
     }
@@ -334,4 +347,70 @@ pub fn plot(runs: &[Run], path: &Path) -> Result<()> {
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::set_ratios;
+
+    fn row(suite: &str, tool: &str, op: &str, size: u64, rate: f64) -> Row {
+        Row {
+            suite: suite.into(),
+            tool: tool.into(),
+            op: op.into(),
+            size,
+            rate,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn ratios_pair_rows_of_the_same_size_with_their_peer() {
+        let mut rows = vec![
+            row("rdma", "ib_write_bw", "write", 1 << 20, 100.0),
+            row("rdma", "ib_write_bw", "write", 4096, 50.0),
+            row("rdma", "handoff rdma", "read", 1 << 20, 90.0),
+            row("rdma", "handoff rdma", "read", 4096, 10.0),
+            row("rdma", "handoff rdma", "read", 65536, 10.0),
+        ];
+        set_ratios(&mut rows, |r| {
+            (r.tool == "handoff rdma").then(|| ("ib_write_bw".into(), "write".into()))
+        });
+        assert_eq!(rows[2].ratio, Some(0.9));
+        assert_eq!(rows[3].ratio, Some(0.2));
+        assert_eq!(rows[4].ratio, None, "no peer measured at 64 KiB");
+        assert_eq!(rows[0].ratio, None);
+        let md = markdown(
+            &[Run {
+                rows,
+                ..Run::default()
+            }],
+            "p.png",
+        );
+        assert!(
+            md.contains("handoff rdma read ÷ ib_write_bw write: **0.90** at 1 MiB"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_readme_section_is_replaced_and_nothing_else() {
+        let readme = format!("# T\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n");
+        let out = splice_readme(&readme, "new table\n").unwrap();
+        assert_eq!(
+            out,
+            format!("# T\nbefore\n{README_BEGIN}\nnew table\n{README_END}\nafter\n")
+        );
+        assert!(splice_readme("no markers", "x").is_err());
+    }
+
+    #[test]
+    fn cpu_figures_keep_three_significant_digits() {
+        assert_eq!(sig(Some(201.79)), "202");
+        assert_eq!(sig(Some(0.71381)), "0.714");
+        assert_eq!(sig(Some(0.0012345)), "0.00123");
+        assert_eq!(sig(Some(0.0)), "0");
+        assert_eq!(sig(None), "–");
+    }
 }

@@ -11,7 +11,7 @@ use handoff::data::RdmaHandle;
 use handoff::{Channel, Client, DataHandle, Mode};
 
 use super::{make_file, open_key, Ctx};
-use crate::process::{cpu_seconds, rss_mib};
+use crate::process::{rss_mib, CpuMeter};
 use crate::results::Row;
 use crate::servers::start_handoffd;
 
@@ -107,7 +107,7 @@ fn measure(
     }
     ready.wait();
     let rss = rss_mib(srv.proc.pid());
-    let cpu0 = cpu_seconds(srv.proc.pid());
+    let cpu0 = CpuMeter::start(srv.proc.pid());
     let started = Instant::now();
     go.wait();
     let mut moved = 0;
@@ -120,7 +120,7 @@ fn measure(
         last = last.max(done);
     }
     let secs = (last - started).as_secs_f64();
-    let cpu = cpu_seconds(srv.proc.pid()) - cpu0;
+    let cpu = cpu0.seconds();
     anyhow::ensure!(moved == share * n, "moved {moved} of {} bytes", share * n);
     Ok(Row {
         suite: "clients".into(),

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use handoff::{Client, Mode, Transport};
 
 use super::{make_file, open_key, Ctx};
-use crate::process::{cpu_seconds, rss_mib};
+use crate::process::{rss_mib, CpuMeter};
 use crate::results::Row;
 use crate::servers::start_handoffd;
 
@@ -44,22 +44,22 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         let pid = srv.proc.pid();
         let (open_row, resume_row) = rt.block_on(async {
             let mut c = Client::connect(&srv.addr, &ctx.identity).await?;
-            let cpu0 = cpu_seconds(pid);
+            let cpu0 = CpuMeter::start(pid);
             let started = Instant::now();
             let mut keys = Vec::new();
             for _ in 0..probes {
                 keys.push(open_key(&mut c, "probe.bin", Mode::Read).await?);
             }
             let open_secs = started.elapsed().as_secs_f64();
-            let open_cpu = cpu_seconds(pid) - cpu0;
-            let cpu0 = cpu_seconds(pid);
+            let open_cpu = cpu0.seconds();
+            let cpu0 = CpuMeter::start(pid);
             let started = Instant::now();
             for k in &keys {
                 let d = c.attach(k, Transport::Tcp).await?;
                 drop(d);
             }
             let resume_secs = started.elapsed().as_secs_f64();
-            let resume_cpu = cpu_seconds(pid) - cpu0;
+            let resume_cpu = cpu0.seconds();
             for k in &keys {
                 c.close(k).await?;
             }

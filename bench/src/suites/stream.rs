@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use handoff::{Channel, Client, Mode, OpenOptions};
 
 use super::{make_file, open_key, size_label, Ctx};
-use crate::process::cpu_seconds;
+use crate::process::CpuMeter;
 use crate::results::{set_ratios, Row};
 use crate::servers::{start_handoffd, start_nginx, Handoffd};
 
@@ -125,11 +125,11 @@ fn curl(
             .arg(root.join(&name))
             .arg(format!("{scheme}://127.0.0.1:{port}/up/w[1-{n}]"));
     }
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = CpuMeter::start(pid);
     let started = Instant::now();
     let status = cmd.status().context("running curl")?;
     let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu = cpu0.seconds();
     if !status.success() {
         bail!("curl {op} over {scheme} failed: {status}");
     }
@@ -176,7 +176,7 @@ fn handoff(
             control.open(&format!("up/h{size}.bin"), &opts).await?.token
         };
         let block = vec![0x5au8; size as usize];
-        let cpu0 = cpu_seconds(pid);
+        let cpu0 = CpuMeter::start(pid);
         let started = Instant::now();
         let mut data = control.open_data(&key, Some(channel), false).await?;
         let mut bytes = 0u64;
@@ -189,7 +189,7 @@ fn handoff(
             };
         }
         let secs = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid) - cpu0;
+        let cpu = cpu0.seconds();
         drop(data);
         control.close(&key).await?;
         if bytes != size * n {
