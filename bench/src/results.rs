@@ -56,6 +56,19 @@ impl Row {
         bytes as f64 / f64::from(1u32 << 20) / secs.max(1e-9)
     }
 
+    /// A throughput row's numbers: `bytes` moved in `size`-byte requests in `secs`, with
+    /// `server_cpu_s` of server CPU. The caller names the suite, tool and op.
+    pub fn moved(size: u64, bytes: u64, secs: f64, server_cpu_s: f64) -> Row {
+        Row {
+            size,
+            bytes,
+            secs,
+            rate: Row::mib_per_s(bytes, secs),
+            server_cpu_s_per_gib: Row::cpu_per_gib(server_cpu_s, bytes),
+            ..Row::default()
+        }
+    }
+
     pub fn cpu_per_gib(cpu_s: f64, bytes: u64) -> Option<f64> {
         (bytes > 0).then(|| cpu_s / (bytes as f64 / f64::from(1u32 << 30)))
     }

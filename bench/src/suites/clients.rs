@@ -122,21 +122,17 @@ fn measure(
     let secs = (last - started).as_secs_f64();
     let cpu = cpu0.seconds();
     anyhow::ensure!(moved == share * n, "moved {moved} of {} bytes", share * n);
+    let size = if channel == Channel::Rdma {
+        RDMA_REQUEST as u64
+    } else {
+        TCP_BLOCK
+    };
     Ok(Row {
         suite: "clients".into(),
         tool: format!("handoff {channel}"),
         op: "read".into(),
-        size: if channel == Channel::Rdma {
-            RDMA_REQUEST as u64
-        } else {
-            TCP_BLOCK
-        },
         clients: n,
-        bytes: moved,
-        secs,
-        rate: Row::mib_per_s(moved, secs),
-        server_cpu_s_per_gib: Row::cpu_per_gib(cpu, moved),
         server_rss_mib: Some(rss),
-        ..Row::default()
+        ..Row::moved(size, moved, secs, cpu)
     })
 }

@@ -257,14 +257,9 @@ fn handoff(
         suite: "rdma".into(),
         tool: tool.into(),
         op: op.into(),
-        size,
-        bytes: moved,
-        secs,
-        rate: Row::mib_per_s(moved, secs),
-        server_cpu_s_per_gib: Row::cpu_per_gib(cpu, moved),
         server_setup_cpu_s: Some(setup),
         note,
-        ..Row::default()
+        ..Row::moved(size, moved, secs, cpu)
     })
 }
 
@@ -299,13 +294,8 @@ fn tcp_reference(
             suite: "rdma".into(),
             tool: "handoff tcp".into(),
             op: "read".into(),
-            size,
-            bytes: moved,
-            secs,
-            rate: Row::mib_per_s(moved, secs),
-            server_cpu_s_per_gib: Row::cpu_per_gib(cpu, moved),
             note: Some("TCP data channel, guest loopback (CPU reference)".into()),
-            ..Row::default()
+            ..Row::moved(size, moved, secs, cpu)
         })
     })
 }

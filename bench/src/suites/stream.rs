@@ -139,15 +139,7 @@ fn curl(
             bail!("nginx did not store {}", last.display());
         }
     }
-    let bytes = size * n;
-    Ok(Row {
-        size,
-        bytes,
-        secs,
-        rate: Row::mib_per_s(bytes, secs),
-        server_cpu_s_per_gib: Row::cpu_per_gib(cpu, bytes),
-        ..Row::default()
-    })
+    Ok(Row::moved(size, size * n, secs, cpu))
 }
 
 /// handoff's data channel: open (control channel, untimed), then attach and read the S-byte
@@ -195,13 +187,6 @@ fn handoff(
         if bytes != size * n {
             bail!("moved {bytes} of {} bytes", size * n);
         }
-        Ok(Row {
-            size,
-            bytes,
-            secs,
-            rate: Row::mib_per_s(bytes, secs),
-            server_cpu_s_per_gib: Row::cpu_per_gib(cpu, bytes),
-            ..Row::default()
-        })
+        Ok(Row::moved(size, bytes, secs, cpu))
     })
 }
