@@ -8,6 +8,9 @@ pub const USAGE: i32 = 2;
 pub const DENIED: i32 = 3;
 pub const NOT_FOUND: i32 = 4;
 pub const AUTH: i32 = 5;
+/// No server could serve the request now (cluster store unreachable, node passive or fenced,
+/// every listed server down): retry later.
+pub const UNAVAILABLE: i32 = 6;
 
 pub fn for_code(code: ErrorCode) -> i32 {
     match code {
@@ -15,6 +18,7 @@ pub fn for_code(code: ErrorCode) -> i32 {
         ErrorCode::NotFound => NOT_FOUND,
         ErrorCode::AuthFailed => AUTH,
         ErrorCode::BadRequest => USAGE,
+        ErrorCode::Unavailable => UNAVAILABLE,
         _ => OTHER,
     }
 }

@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use std::sync::Arc;
+
 use handoff_control::auth::ClientDirectory;
-use handoff_control::net::{ControlServer, ServerConfig, Shared};
+use handoff_control::cluster::{Cluster, EtcdUrl, Health};
+use handoff_control::net::{fail_stop, ControlServer, ServerConfig, Shared, EXIT_FENCED};
 use handoff_control::state::{CoreConfig, ServerCore};
-use handoff_control::store::{RedbStore, Store};
+use handoff_control::store::{EtcdStore, RedbStore, Store};
 use handoff_control::wire::{Endpoint, EndpointKind};
 use handoff_datapath::tcp::{DataServer, ServerIdentity};
 use rand::RngCore;
@@ -28,6 +31,21 @@ pub struct ServerOptions {
     pub durable_timeout: Duration,
     pub grace: Duration,
     pub max_connections: usize,
+    pub store: StoreChoice,
+}
+
+/// Where the server keeps its state.
+#[derive(Clone, Debug)]
+pub enum StoreChoice {
+    /// A redb database under `--state` (one server).
+    Embedded,
+    /// etcd, shared by an active/passive group of servers over one `--root`.
+    Etcd {
+        url: EtcdUrl,
+        cluster: String,
+        node: String,
+        lease_ttl: Duration,
+    },
 }
 
 /// A started server: its bound addresses and the tasks that serve them.
@@ -35,6 +53,8 @@ pub struct Running {
     pub control_addr: SocketAddr,
     pub data_addr: SocketAddr,
     pub recovered_opens: usize,
+    /// The cluster membership, when the store is etcd.
+    pub cluster: Option<Arc<Cluster>>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
 
@@ -69,8 +89,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         );
     }
 
-    let store = RedbStore::open(&opts.state.join("handoff.redb"))
-        .with_context(|| format!("opening the state store under {}", opts.state.display()))?;
+    let (store, cluster) = open_store(&opts).await?;
+    // (An etcd read blocks this thread briefly, as the redb read does.)
     let snapshot = store.load().context("reading the state store")?;
     let config = CoreConfig {
         durable_timeout_ms: opts.durable_timeout.as_millis() as u64,
@@ -96,7 +116,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
 
     let shared = Shared::new(
         core,
-        Box::new(store),
+        store,
         ServerConfig {
             root,
             directory,
@@ -127,6 +147,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         )?;
     }
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(c) = &cluster {
+        tasks.spawn(watch_lease(c.clone(), shared.clone()));
+    }
     let timers = shared.clone();
     tasks.spawn(async move {
         timers.run_timers().await;
@@ -140,6 +163,63 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         control_addr,
         data_addr,
         recovered_opens,
+        cluster,
         tasks,
     })
+}
+
+/// The embedded store, or (with etcd) this node's cluster membership and the shared store
+/// once this node is active: a passive node waits here, before binding any listener.
+async fn open_store(opts: &ServerOptions) -> anyhow::Result<(Box<dyn Store>, Option<Arc<Cluster>>)> {
+    match &opts.store {
+        StoreChoice::Embedded => {
+            let store = RedbStore::open(&opts.state.join("handoff.redb")).with_context(|| {
+                format!("opening the state store under {}", opts.state.display())
+            })?;
+            Ok((Box::new(store), None))
+        }
+        StoreChoice::Etcd {
+            url,
+            cluster,
+            node,
+            lease_ttl,
+        } => {
+            let (u, c, n, ttl) = (url.clone(), cluster.clone(), node.clone(), *lease_ttl);
+            let member = tokio::task::spawn_blocking(move || Cluster::connect(&u, &c, &n, ttl))
+                .await?
+                .with_context(|| format!("--store {url}"))?;
+            tracing::info!(node = %node, cluster = %cluster, "joined; campaigning to be the active node");
+            let advertise = opts.listen.to_string();
+            let m = member.clone();
+            tokio::task::spawn_blocking(move || m.campaign(&advertise))
+                .await?
+                .with_context(|| format!("--store {url}: election"))?;
+            Ok((Box::new(EtcdStore::new(member.clone())), Some(member)))
+        }
+    }
+}
+
+/// Follows this node's lease: a fenced node stops at once (exit 75) so it serves nothing
+/// more; while etcd is unreachable the server refuses state changes and keeps serving reads;
+/// when etcd answers again, what was deferred meanwhile is written.
+async fn watch_lease(cluster: Arc<Cluster>, shared: Shared) -> anyhow::Result<()> {
+    let mut was_active = true;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match cluster.health() {
+            Health::Fenced(why) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
+            Health::Suspended(why) if was_active => {
+                tracing::warn!("{why}");
+                was_active = false;
+            }
+            Health::Active if !was_active => {
+                tracing::info!("etcd answers again: serving state changes");
+                was_active = true;
+                if let Err(e) = shared.run(|_, _| Ok(())).await {
+                    tracing::warn!("writing deferred state: {e}");
+                }
+            }
+            _ => {}
+        }
+    }
 }

@@ -53,6 +53,9 @@ impl Error {
             Error::Core(CoreError::NotFound(_)) => ErrorCode::NotFound,
             Error::Core(CoreError::Grace { .. }) => ErrorCode::Grace,
             Error::Core(CoreError::BadRequest(_)) => ErrorCode::BadRequest,
+            Error::Store(StoreError::Unavailable(_) | StoreError::Fenced(_)) => {
+                ErrorCode::Unavailable
+            }
             Error::Store(_) | Error::Io(_) | Error::Closed => ErrorCode::Internal,
             Error::Remote { code, .. } => *code,
         }

@@ -2,6 +2,7 @@
 //! [`store`] it writes through to, and [`net`], the only module that does IO.
 
 pub mod auth;
+pub mod cluster;
 mod error;
 pub mod net;
 pub mod state;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use handoff::server::{start, ServerOptions};
+use handoff::server::{start, ServerOptions, StoreChoice};
+use handoff_control::cluster::EtcdUrl;
 use tracing_subscriber::EnvFilter;
 
 /// Serves files under --root with durable, duplicable handles.
@@ -51,6 +52,21 @@ struct Args {
     /// Most simultaneous connections per listener.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Keep state in etcd (`etcd://HOST:PORT[,HOST:PORT…]`) instead of the embedded database
+    /// under --state: several handoffd over one --root then form an active/passive group, one
+    /// active (it holds an etcd lease), the others waiting to take over.
+    #[arg(long, value_name = "URL")]
+    store: Option<EtcdUrl>,
+    /// Name of the group of servers sharing one etcd store (with --store).
+    #[arg(long, default_value = "handoff", requires = "store")]
+    cluster: String,
+    /// This server's name in the group (with --store). Default: HOSTNAME:--listen.
+    #[arg(long, requires = "store")]
+    node: Option<String>,
+    /// Seconds the active server's etcd lease outlives its last renewal: a dead or paused
+    /// active server is replaced after about this long (with --store).
+    #[arg(long, default_value_t = 5, value_name = "SECS", requires = "store")]
+    lease_ttl: u64,
 }
 
 #[tokio::main]
@@ -73,6 +89,20 @@ async fn main() {
         durable_timeout: Duration::from_secs(args.durable_timeout),
         grace: Duration::from_secs(args.grace),
         max_connections: args.max_connections.max(1),
+        store: match args.store {
+            None => StoreChoice::Embedded,
+            Some(url) => StoreChoice::Etcd {
+                url,
+                cluster: args.cluster,
+                node: args.node.unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "localhost".into());
+                    format!("{host}:{}", args.listen)
+                }),
+                lease_ttl: Duration::from_secs(args.lease_ttl.max(2)),
+            },
+        },
     };
     let running = match start(opts).await {
         Ok(r) => r,
@@ -99,11 +129,16 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let cluster = running.cluster.clone();
     let result = tokio::select! {
         r = running.wait() => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     };
+    if let Some(c) = cluster {
+        // Hand over at once instead of making the passive node wait out the lease.
+        c.resign();
+    }
     if let Err(e) = result {
         eprintln!("handoffd: {e:#}");
         std::process::exit(1);

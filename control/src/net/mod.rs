@@ -9,6 +9,6 @@ pub use channel::Channel;
 pub use client::{check_reply, ControlClient};
 pub use files::{file_id, resolve_path};
 pub use server::{
-    accept_loop, handshake, now_ms, ControlServer, Revocable, ServerConfig, ServerStats, Shared,
-    HANDSHAKE_TIMEOUT,
+    accept_loop, fail_stop, handshake, now_ms, ControlServer, Persist, Revocable, ServerConfig,
+    ServerStats, Shared, EXIT_FENCED, EXIT_STORE_FAILED, HANDSHAKE_TIMEOUT,
 };

@@ -17,7 +17,8 @@ use super::Channel;
 use crate::auth::ClientDirectory;
 use crate::state::resume_key::SEALED_LEN;
 use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};
-use crate::store::Store;
+use crate::cluster::Health;
+use crate::store::{Store, StoreError};
 use crate::wire::{Endpoint, FileInfo, Message};
 use crate::Error;
 
@@ -40,8 +41,33 @@ pub struct ServerConfig {
 struct Inner {
     core: ServerCore,
     store: Box<dyn Store>,
+    /// Writes decided while the store was unreachable by requests that may wait for it
+    /// (detaches, access counting of reads); written first once it answers again.
+    backlog: Vec<crate::store::Mutation>,
     /// Direct-mode grants by open slot, to revoke when the core says so.
     grants: std::collections::HashMap<u32, Vec<std::sync::Weak<dyn Revocable>>>,
+}
+
+/// Exit status of a server that could not write its state to the store.
+pub const EXIT_STORE_FAILED: i32 = 70;
+/// Exit status of a cluster node that lost its lease: another node may be active.
+pub const EXIT_FENCED: i32 = 75;
+
+/// Stops the process with `code`, saying why on stderr and in the log.
+pub fn fail_stop(code: i32, why: &str) -> ! {
+    tracing::error!(code, "{why}");
+    eprintln!("handoffd: {why} (exit {code})");
+    std::process::exit(code)
+}
+
+/// When a request's state changes must reach the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Before the reply: refused while the store is unreachable.
+    Now,
+    /// May wait for the store (a detach, a read's access count): served even while it is
+    /// unreachable, written once it is back.
+    Deferred,
 }
 
 /// Something the IO layer can take back at once: a direct-mode rkey (deregistering the MR).
@@ -106,6 +132,7 @@ impl Shared {
             inner: Arc::new(Mutex::new(Inner {
                 core,
                 store,
+                backlog: Vec::new(),
                 grants: Default::default(),
             })),
             wake: Arc::new(Notify::new()),
@@ -124,19 +151,57 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut ServerCore, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.run_with(Persist::Now, f)
+    }
+
+    /// [`Shared::run_blocking`] with a choice of what happens while a cluster store is
+    /// unreachable: [`Persist::Now`] refuses the request, [`Persist::Deferred`] runs it and
+    /// writes its mutations once the store is back.
+    pub fn run_with<T>(
+        &self,
+        persist: Persist,
+        f: impl FnOnce(&mut ServerCore, u64) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let result = f(&mut inner.core, now_ms());
-        let batch = inner.core.take_mutations();
-        if !batch.is_empty() {
-            if let Err(e) = inner.store.apply(&batch) {
-                // Memory is now ahead of the store, and a reply would promise what a crash
-                // could lose. Stop (fail-stop, like a WAL write failure): a restart recovers
-                // the last consistent state from the store.
-                tracing::error!("cannot write state to the store, stopping: {e}");
-                eprintln!("handoffd: cannot write state to the store, stopping: {e}");
-                std::process::exit(70);
+        let defer = match inner.store.health() {
+            Health::Active => false,
+            Health::Fenced(why) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
+            Health::Passive => {
+                return Err(Error::Store(StoreError::Unavailable(
+                    "this node is passive; another node is active".into(),
+                )))
             }
-            self.wake.notify_one();
+            Health::Suspended(why) if persist == Persist::Now => {
+                return Err(Error::Store(StoreError::Unavailable(why)))
+            }
+            Health::Suspended(_) => true,
+        };
+        let result = f(&mut inner.core, now_ms());
+        let mut batch = inner.core.take_mutations();
+        if defer {
+            inner.backlog.append(&mut batch);
+        } else {
+            if !inner.backlog.is_empty() {
+                let mut all = std::mem::take(&mut inner.backlog);
+                all.append(&mut batch);
+                batch = all;
+            }
+            if !batch.is_empty() {
+                match inner.store.apply(&batch) {
+                    Ok(()) => {}
+                    Err(StoreError::Fenced(why)) => {
+                        fail_stop(EXIT_FENCED, &format!("fenced: {why}"))
+                    }
+                    // Memory is now ahead of the store, and a reply would promise what a
+                    // crash could lose. Stop (fail-stop, like a WAL write failure): a
+                    // restart, or the passive node, recovers the last consistent state.
+                    Err(e) => fail_stop(
+                        EXIT_STORE_FAILED,
+                        &format!("cannot write state to the store, stopping: {e}"),
+                    ),
+                }
+                self.wake.notify_one();
+            }
         }
         for slot in inner.core.take_revocations() {
             for grant in inner.grants.remove(&slot).unwrap_or_default() {
@@ -197,7 +262,7 @@ impl Shared {
             tokio::select! {
                 _ = sleep => {
                     if let Err(e) = self.run(|core, now| { core.handle_timeout(now); Ok(()) }).await {
-                        tracing::error!("could not record expiries: {e}");
+                        tracing::debug!("expiries wait: {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -243,13 +308,34 @@ impl Shared {
             .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
     }
 
+    /// A channel holding `handle` is gone (written to the store once it is reachable).
+    pub fn detach_blocking(&self, handle: HandleId) {
+        let _ = self.run_with(Persist::Deferred, move |core, now| {
+            core.detach(handle, now);
+            Ok(())
+        });
+    }
+
     pub async fn detach(&self, handle: HandleId) {
-        let _ = self
-            .run(move |core, now| {
-                core.detach(handle, now);
-                Ok(())
-            })
-            .await;
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.detach_blocking(handle)).await;
+    }
+
+    /// Checks and counts one read or write. Reads go on while a cluster store is
+    /// unreachable (their access count is written later); writes are refused.
+    pub fn begin_io_blocking(
+        &self,
+        handle: HandleId,
+        kind: IoKind,
+        range: Option<ByteRange>,
+    ) -> Result<(), Error> {
+        let persist = match kind {
+            IoKind::Read => Persist::Deferred,
+            IoKind::Write => Persist::Now,
+        };
+        self.run_with(persist, move |core, _| {
+            Ok(core.begin_io(handle, kind, range)?)
+        })
     }
 
     pub async fn begin_io(
@@ -258,8 +344,10 @@ impl Shared {
         kind: IoKind,
         range: Option<ByteRange>,
     ) -> Result<(), Error> {
-        self.run(move |core, _| Ok(core.begin_io(handle, kind, range)?))
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.begin_io_blocking(handle, kind, range))
             .await
+            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
     }
 }
 

@@ -1,9 +1,11 @@
 //! Where server state lives between restarts. The core emits [`Mutation`]s; a [`Store`] applies
 //! each batch atomically before the reply that depends on it is sent.
 
+mod etcd_store;
 mod memory;
 mod redb_store;
 
+pub use etcd_store::EtcdStore;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -34,6 +36,12 @@ pub struct Snapshot {
 pub enum StoreError {
     #[error("store: {0}")]
     Backend(String),
+    /// The store cannot be reached now (etcd down or cut off); it may come back.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// This node lost the right to write (its cluster lease ended): it must stop serving.
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("store holds a corrupt record under {table}: {source}")]
     Corrupt {
         table: &'static str,
@@ -43,6 +51,11 @@ pub enum StoreError {
 
 pub trait Store: Send {
     fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Whether this node may write now. An embedded store always may; a cluster store only
+    /// while this node is active and its lease is confirmed.
+    fn health(&self) -> crate::cluster::Health {
+        crate::cluster::Health::Active
+    }
     /// Applies a batch atomically and durably (on return, a crash keeps all of it).
     fn apply(&mut self, batch: &[Mutation]) -> Result<(), StoreError>;
 }

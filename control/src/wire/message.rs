@@ -26,6 +26,9 @@ pub enum ErrorCode {
     AuthFailed,
     Grace,
     Protocol,
+    /// The server cannot change state now (its cluster store is unreachable, or it is not
+    /// the active node): try again, or another server.
+    Unavailable,
     Unknown(u16),
 }
 
@@ -39,6 +42,7 @@ impl ErrorCode {
             ErrorCode::AuthFailed => 5,
             ErrorCode::Grace => 6,
             ErrorCode::Protocol => 7,
+            ErrorCode::Unavailable => 8,
             ErrorCode::Unknown(v) => v,
         }
     }
@@ -52,6 +56,7 @@ impl ErrorCode {
             5 => ErrorCode::AuthFailed,
             6 => ErrorCode::Grace,
             7 => ErrorCode::Protocol,
+            8 => ErrorCode::Unavailable,
             v => ErrorCode::Unknown(v),
         }
     }

@@ -233,10 +233,7 @@ fn serve(p: Pending, shared: Shared) {
         });
         if let Err(e) = sent {
             // The handle was attached: give it back, or the open could never expire.
-            shared.run_blocking(|core, now| {
-                core.detach(attached.handle, now);
-                Ok(())
-            })?;
+            shared.detach_blocking(attached.handle);
             return Err(e);
         }
         let _h =
@@ -253,10 +250,7 @@ fn serve(p: Pending, shared: Shared) {
             next_wr: 1,
         };
         let r = conn.run();
-        let _ = shared.run_blocking(|core, now| {
-            core.detach(conn.handle, now);
-            Ok(())
-        });
+        shared.detach_blocking(conn.handle);
         for g in &conn.direct {
             g.revoke();
         }
@@ -326,9 +320,8 @@ impl Connection {
 
     fn begin(&self, kind: IoKind, offset: u64, len: u64) -> Result<(), Error> {
         let handle = self.handle;
-        self.shared.run_blocking(move |core, _| {
-            Ok(core.begin_io(handle, kind, ByteRange::new(offset, len))?)
-        })
+        self.shared
+            .begin_io_blocking(handle, kind, ByteRange::new(offset, len))
     }
 
     fn read(&mut self, offset: u64, len: u64, addr: u64, rkey: u32) -> Result<(), DataError> {

@@ -1,0 +1,169 @@
+//! The cluster store: every record under `/handoff/<cluster>/` in etcd, each batch one etcd
+//! transaction that succeeds only while this node's leader key still exists with the revision
+//! it was created at. A node that lost its lease (paused, cut off) therefore changes nothing:
+//! its write is refused by etcd itself, and the node is fenced.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+
+use super::{Mutation, Snapshot, Store, StoreError};
+use crate::cluster::Cluster;
+use crate::state::records::{decode_inbox, encode_inbox, FileRecord, OpenRecord};
+
+/// etcd's default `--max-txn-ops`: a larger batch is written in several transactions, each
+/// fenced (only a drain's import is that large).
+const MAX_TXN_OPS: usize = 128;
+
+pub struct EtcdStore {
+    cluster: Arc<Cluster>,
+}
+
+impl EtcdStore {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+}
+
+fn corrupt(table: &'static str) -> impl Fn(crate::wire::WireError) -> StoreError {
+    move |source| StoreError::Corrupt { table, source }
+}
+
+/// The key (under the cluster prefix) and value (None: delete) a mutation writes.
+fn entry(m: &Mutation) -> Result<(String, Option<Vec<u8>>), StoreError> {
+    Ok(match m {
+        Mutation::PutMacKey(k) => ("meta/mac_key".into(), Some(k.to_vec())),
+        Mutation::PutNextSlot(n) => ("meta/next_slot".into(), Some(n.to_be_bytes().to_vec())),
+        Mutation::PutOpen(r) => (
+            format!("open/{:08x}", r.slot),
+            Some(r.encode().map_err(corrupt("batch"))?),
+        ),
+        Mutation::DeleteOpen(s) => (format!("open/{s:08x}"), None),
+        Mutation::PutFile(id, f) => (format!("file/{id:016x}"), Some(f.encode())),
+        Mutation::DeleteFile(id) => (format!("file/{id:016x}"), None),
+        Mutation::PutInbox(c, t) => (
+            format!("inbox/{c}"),
+            Some(encode_inbox(t).map_err(corrupt("batch"))?),
+        ),
+    })
+}
+
+/// A batch as the final value of each key it touches (etcd refuses a transaction that names
+/// one key twice), in first-touched order.
+fn collapse(batch: &[Mutation]) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    let mut order: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for m in batch {
+        let (k, v) = entry(m)?;
+        match at.get(&k) {
+            Some(i) => order[*i].1 = v,
+            None => {
+                at.insert(k.clone(), order.len());
+                order.push((k, v));
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn hex_u64(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+impl Store for EtcdStore {
+    fn health(&self) -> crate::cluster::Health {
+        self.cluster.health()
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut client = self.cluster.client();
+        let prefix = self.cluster.prefix().to_owned();
+        let p = prefix.clone();
+        let resp = self
+            .cluster
+            .block(async move { client.get(p, Some(GetOptions::new().with_prefix())).await })?
+            .map_err(|e| StoreError::Unavailable(format!("etcd: reading the state: {e}")))?;
+        let mut snap = Snapshot::default();
+        for kv in resp.kvs() {
+            let Some(name) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let v = kv.value();
+            let (table, rest) = name.split_once('/').unwrap_or((name, ""));
+            match (table, rest) {
+                ("meta", "mac_key") => {
+                    snap.mac_key = Some(v.try_into().map_err(|_| {
+                        corrupt("meta")(crate::wire::WireError::Invalid("mac key length"))
+                    })?)
+                }
+                ("meta", "next_slot") => {
+                    let raw: [u8; 4] = v.try_into().map_err(|_| {
+                        corrupt("meta")(crate::wire::WireError::Invalid("next slot"))
+                    })?;
+                    snap.next_slot = u32::from_be_bytes(raw);
+                }
+                ("open", _) => snap
+                    .opens
+                    .push(OpenRecord::decode(v).map_err(corrupt("opens"))?),
+                ("file", id) => {
+                    let id = hex_u64(id).ok_or_else(|| {
+                        corrupt("files")(crate::wire::WireError::Invalid("file key"))
+                    })?;
+                    snap.files
+                        .push((id, FileRecord::decode(v).map_err(corrupt("files"))?));
+                }
+                ("inbox", name) => snap.inboxes.push((
+                    name.to_owned(),
+                    decode_inbox(v).map_err(corrupt("inboxes"))?,
+                )),
+                _ => {}
+            }
+        }
+        Ok(snap)
+    }
+
+    fn apply(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let lease = self.cluster.lease().clone();
+        let Some(rev) = lease.leader_revision() else {
+            return Err(StoreError::Fenced(
+                "this node is not the active one; it may not write".into(),
+            ));
+        };
+        let leader = self.cluster.key("leader");
+        for chunk in collapse(batch)?.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    let key = self.cluster.key(k);
+                    match v {
+                        Some(v) => TxnOp::put(key, v.clone(), None),
+                        None => TxnOp::delete(key, None),
+                    }
+                })
+                .collect();
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    leader.clone(),
+                    CompareOp::Equal,
+                    rev,
+                )])
+                .and_then(ops);
+            let mut client = self.cluster.client();
+            let resp = self
+                .cluster
+                .block(async move { client.txn(txn).await })?
+                .map_err(|e| StoreError::Unavailable(format!("etcd: writing the state: {e}")))?;
+            if !resp.succeeded() {
+                let why = "etcd refused a write: this node's leader key is gone (its lease \
+                           expired), so another node may be active";
+                lease.fence(why);
+                return Err(StoreError::Fenced(why.into()));
+            }
+        }
+        Ok(())
+    }
+}
