@@ -26,6 +26,12 @@ pub enum Error {
     /// The peer broke the conversation's order (a reply where a request was due, …).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// No listed server could be reached.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The server referred the client to another one (it was drained).
+    #[error("referred to {0}")]
+    Referred(String),
     /// An error the server sent back.
     #[error("{message}")]
     Remote {
@@ -53,6 +59,9 @@ impl Error {
             Error::Core(CoreError::NotFound(_)) => ErrorCode::NotFound,
             Error::Core(CoreError::Grace { .. }) => ErrorCode::Grace,
             Error::Core(CoreError::BadRequest(_)) => ErrorCode::BadRequest,
+            Error::Core(CoreError::Referred { .. }) | Error::Referred(_) | Error::Unreachable(_) => {
+                ErrorCode::Unavailable
+            }
             Error::Store(StoreError::Unavailable(_) | StoreError::Fenced(_)) => {
                 ErrorCode::Unavailable
             }
@@ -63,6 +72,12 @@ impl Error {
 
     /// The reply frame for this error (the server side).
     pub fn to_message(&self) -> crate::wire::Message {
+        match self {
+            Error::Core(CoreError::Referred { peer }) | Error::Referred(peer) => {
+                return crate::wire::Message::Referral { peer: peer.clone() }
+            }
+            _ => {}
+        }
         let (report, retry_after_ms) = match self {
             Error::Core(CoreError::Denied { report, .. }) => (*report, 0),
             Error::Core(CoreError::Grace { retry_after_ms }) => (None, *retry_after_ms),

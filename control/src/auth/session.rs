@@ -11,6 +11,7 @@ use crate::wire::{Frame, MAC_LEN};
 pub struct SessionKeys {
     c2s: [u8; 32],
     s2c: [u8; 32],
+    wrap: [u8; 32],
 }
 
 impl SessionKeys {
@@ -26,7 +27,10 @@ impl SessionKeys {
             .expect("32 bytes is a valid length");
         hk.expand(b"handoff session v1 server-to-client", &mut s2c)
             .expect("32 bytes is a valid length");
-        Self { c2s, s2c }
+        let mut wrap = [0u8; 32];
+        hk.expand(b"handoff session v1 key-wrap", &mut wrap)
+            .expect("32 bytes is a valid length");
+        Self { c2s, s2c, wrap }
     }
 }
 
@@ -41,6 +45,7 @@ pub enum Side {
 pub struct Session {
     send_key: [u8; 32],
     recv_key: [u8; 32],
+    wrap_key: [u8; 32],
     send_seq: u64,
     recv_seq: u64,
 }
@@ -61,9 +66,22 @@ impl Session {
         Self {
             send_key,
             recv_key,
+            wrap_key: keys.wrap,
             send_seq: 0,
             recv_seq: 0,
         }
+    }
+
+    /// Wraps (or unwraps: the same operation) a 32-byte secret for this session only: XOR
+    /// with a key both ends derived from the handshake and nobody else can. A secret sent this
+    /// way (a drained server's resume-key MAC key) is unreadable on the wire; the frame's MAC
+    /// protects it from alteration.
+    pub fn wrap_secret(&self, secret: &[u8; 32]) -> [u8; 32] {
+        let mut out = *secret;
+        for (o, k) in out.iter_mut().zip(self.wrap_key.iter()) {
+            *o ^= k;
+        }
+        out
     }
 
     /// The sequence number and MAC for the next outgoing frame.

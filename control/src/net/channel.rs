@@ -33,6 +33,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         }
     }
 
+    /// Wraps or unwraps a secret with this session's key-wrap key (see
+    /// [`crate::auth::Session::wrap_secret`]); only after the handshake.
+    pub fn wrap_secret(&self, secret: &[u8; 32]) -> Result<[u8; 32], Error> {
+        self.session
+            .as_ref()
+            .map(|s| s.wrap_secret(secret))
+            .ok_or_else(|| Error::Protocol("no session to wrap a secret with".into()))
+    }
+
     pub fn get_ref(&self) -> &S {
         &self.stream
     }

@@ -25,6 +25,7 @@ pub fn check_reply(msg: Message) -> Result<Message, Error> {
             report,
             retry_after_ms,
         }),
+        Message::Referral { peer } => Err(Error::Referred(peer)),
         other => Ok(other),
     }
 }

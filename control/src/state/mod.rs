@@ -13,8 +13,8 @@ pub use lock_table::LockTable;
 pub use open_table::{FileState, OpenEntry, OpenTable};
 pub use resume_key::{KeyError, KeySealer, ResumeKey};
 pub use server_core::{
-    Attached, CoreConfig, CoreError, Granted, HandleId, IoKind, OpenRequest, ResumeReport,
-    ServerCore,
+    Attached, CoreConfig, CoreError, Export, Granted, HandleId, ImportSummary, Imported, IoKind,
+    OpenRequest, ResumeReport, ServerCore,
 };
 pub use share_mode::{Mode, ShareMode};
 

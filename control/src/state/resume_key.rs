@@ -51,6 +51,11 @@ impl KeySealer {
         Self { mac_key }
     }
 
+    /// The key itself, for a planned drain (it travels wrapped, to a peer only).
+    pub fn mac_key(&self) -> [u8; 32] {
+        self.mac_key
+    }
+
     fn tag(&self, head_and_body: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.mac_key).expect("any key length");
         mac.update(b"handoff resume key v1");

@@ -17,6 +17,10 @@ use super::resume_key::{KeySealer, ResumeKey, SEALED_LEN};
 use super::{ByteRange, Mode, OpenTable, ShareMode};
 use crate::store::{Mutation, Snapshot};
 
+#[path = "drain.rs"]
+mod drain;
+pub use drain::{Export, Imported, ImportSummary};
+
 #[derive(Clone, Copy, Debug)]
 pub struct CoreConfig {
     pub durable_timeout_ms: u64,
@@ -63,6 +67,9 @@ pub enum CoreError {
     Grace { retry_after_ms: u64 },
     #[error("{0}")]
     BadRequest(String),
+    /// This server was drained: the open (and new ones) are served by `peer` now.
+    #[error("this server was drained; ask {peer}")]
+    Referred { peer: String },
 }
 
 impl CoreError {
@@ -125,6 +132,13 @@ pub struct ServerCore {
     pending: Vec<Mutation>,
     /// Opens whose direct-mode rkeys must be revoked (IO layer: deregister them).
     revoked: Vec<u32>,
+    /// MAC keys of servers that drained into this one, by origin index.
+    foreign: Vec<(u32, KeySealer)>,
+    /// Imported opens: (origin, old slot) → (slot here, old file id), and back.
+    aliases: HashMap<(u32, u32), (u32, u64)>,
+    alias_of: HashMap<u32, (u32, u32)>,
+    /// Drained (or draining): every client is referred to this peer.
+    referral: Option<String>,
 }
 
 impl ServerCore {
@@ -152,7 +166,20 @@ impl ServerCore {
             rng,
             pending,
             revoked: Vec::new(),
+            foreign: snapshot
+                .foreign_keys
+                .iter()
+                .map(|(i, k)| (*i, KeySealer::new(*k)))
+                .collect(),
+            aliases: HashMap::new(),
+            alias_of: HashMap::new(),
+            referral: snapshot.referral.clone(),
         };
+        for a in &snapshot.aliases {
+            core.aliases
+                .insert((a.origin, a.old_slot), (a.slot, a.old_file_id));
+            core.alias_of.insert(a.slot, (a.origin, a.old_slot));
+        }
         let files: HashMap<u64, FileRecord> = snapshot.files.into_iter().collect();
         let recovered = !snapshot.opens.is_empty();
         for mut rec in snapshot.opens {
@@ -208,6 +235,7 @@ impl ServerCore {
 
     /// The open behind a handle, with its slot.
     fn handle_entry(&self, handle: HandleId) -> Result<(u32, &super::OpenEntry), CoreError> {
+        self.check_referral()?;
         let slot = *self
             .handles
             .get(&handle)
@@ -287,6 +315,11 @@ impl ServerCore {
 
     fn forget(&mut self, slot: u32) {
         self.revoked.push(slot);
+        if let Some((origin, old_slot)) = self.alias_of.remove(&slot) {
+            self.aliases.remove(&(origin, old_slot));
+            self.pending
+                .push(Mutation::DeleteAlias { origin, old_slot });
+        }
         if let Some((rec, unreferenced)) = self.table.remove(slot) {
             self.pending.push(Mutation::DeleteOpen(slot));
             if unreferenced {
@@ -361,6 +394,7 @@ impl ServerCore {
 
     /// A new open (claims 1–4, 21, 28–30). The opening connection holds the first handle.
     pub fn open(&mut self, req: OpenRequest, now: u64) -> Result<Granted, CoreError> {
+        self.check_referral()?;
         if self.in_grace(now) {
             return Err(CoreError::Grace {
                 retry_after_ms: self.grace_until - now,
@@ -457,14 +491,38 @@ impl ServerCore {
     /// key, finds its open, and names the client the key is bound to, who must then prove
     /// itself.
     pub fn key_holder(&self, sealed: &[u8]) -> Result<(u32, String), CoreError> {
-        let key = self
-            .sealer
-            .open(sealed)
-            .map_err(|e| CoreError::NotFound(format!("resume key rejected: {e}")))?;
+        self.check_referral()?;
+        let rejected = |e: super::KeyError| CoreError::NotFound(format!("resume key rejected: {e}"));
+        // Authenticated first with this server's key, then with the keys of servers that
+        // drained into it; only an authentic key is looked up.
+        let (key, slot, file_id) = match self.sealer.open(sealed) {
+            Ok(k) => (k, k.slot, k.file_id),
+            Err(super::KeyError::BadMac) => {
+                let (origin, key) = self
+                    .foreign
+                    .iter()
+                    .find_map(|(i, s)| s.open(sealed).ok().map(|k| (*i, k)))
+                    .ok_or_else(|| rejected(super::KeyError::BadMac))?;
+                let (slot, old_file_id) =
+                    self.aliases.get(&(origin, key.slot)).copied().ok_or_else(|| {
+                        CoreError::NotFound(
+                            "resume key unknown: its open was closed or forgotten".into(),
+                        )
+                    })?;
+                if old_file_id != key.file_id {
+                    return Err(CoreError::NotFound(
+                        "resume key unknown: its open was closed or forgotten".into(),
+                    ));
+                }
+                let here = self.table.get(slot).map_or(0, |e| e.record.file_id);
+                (key, slot, here)
+            }
+            Err(e) => return Err(rejected(e)),
+        };
         let gone =
             || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
-        let r = &self.table.get(key.slot).ok_or_else(gone)?.record;
-        if r.file_id != key.file_id || r.opened_at != key.opened_at || r.pid != key.pid {
+        let r = &self.table.get(slot).ok_or_else(gone)?.record;
+        if r.file_id != file_id || r.opened_at != key.opened_at || r.pid != key.pid {
             return Err(gone());
         }
         let grant = r
@@ -472,7 +530,15 @@ impl ServerCore {
             .iter()
             .find(|g| g.nonce == key.nonce)
             .ok_or_else(gone)?;
-        Ok((key.slot, grant.client.clone()))
+        Ok((slot, grant.client.clone()))
+    }
+
+    /// A drained server refers every request about opens to its peer.
+    pub fn check_referral(&self) -> Result<(), CoreError> {
+        match &self.referral {
+            Some(peer) => Err(CoreError::Referred { peer: peer.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// Authenticates a key, then finds its open and checks it is `client`'s to use.

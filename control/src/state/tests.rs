@@ -14,8 +14,13 @@ fn config() -> CoreConfig {
 }
 
 fn fresh() -> (ServerCore, MemoryStore) {
+    fresh_seeded(1)
+}
+
+/// A new server whose MAC key (and nonces) come from `seed`.
+fn fresh_seeded(seed: u64) -> (ServerCore, MemoryStore) {
     let mut store = MemoryStore::default();
-    let mut core = ServerCore::recover(config(), store.load().unwrap(), 0, 1);
+    let mut core = ServerCore::recover(config(), store.load().unwrap(), 0, seed);
     store.apply(&core.take_mutations()).unwrap();
     (core, store)
 }
@@ -405,4 +410,75 @@ fn share_counts_agree_with_pairwise_checks() {
         }
     }
     assert_eq!(checked, 8 * (1 + 8 + 64 + 512));
+}
+
+/// A server drains to a peer whose store, file ids, slots and MAC key all differ: the keys
+/// clients hold resume there with the same rights, locks and report; the drained server
+/// refers; a peer restart keeps it all.
+#[test]
+fn drained_opens_resume_on_the_peer_with_their_locks_and_report() {
+    let (mut a, _) = fresh();
+    let g = a
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[(0, 100)]), 1_000)
+        .unwrap();
+    a.detach(g.handle, 1_000);
+    // Another client changes the file meanwhile (the holder should hear of it).
+    let other = a
+        .open(req("c2", Mode::ReadWrite, ShareMode::ALL, &[]), 2_000)
+        .unwrap();
+    a.begin_io(other.handle, IoKind::Write, ByteRange::new(500, 10))
+        .unwrap();
+    a.detach(other.handle, 2_000);
+    let export = a.begin_drain("peer:1").unwrap();
+    assert_eq!(export.records.len(), 2);
+    // While draining, nothing may change here.
+    assert!(matches!(
+        a.open(req("c3", Mode::Read, ShareMode::ALL, &[]), 2_500),
+        Err(CoreError::Referred { .. })
+    ));
+
+    let (mut b, mut b_store) = fresh_seeded(2);
+    // The peer already serves an unrelated file, so its counters and slots differ.
+    let mut unrelated = req("c9", Mode::Read, ShareMode::ALL, &[]);
+    unrelated.file_id = 7;
+    b.open(unrelated, 2_000).unwrap();
+    let counters = |id: u64| export.counters.iter().find(|(f, _)| *f == id).unwrap().1;
+    let opens = export
+        .records
+        .iter()
+        .map(|r| Imported {
+            record: r.clone(),
+            counters: counters(r.file_id),
+            local_file_id: 4242,
+        })
+        .collect();
+    let summary = b.import(export.mac_key, opens, 3_000).unwrap();
+    assert_eq!(summary.imported, 2);
+    a.finish_drain();
+    assert!(matches!(
+        a.attach("c1", &g.sealed),
+        Err(CoreError::Referred { peer }) if peer == "peer:1"
+    ));
+    b_store.apply(&b.take_mutations()).unwrap();
+
+    // The lock travelled: another open asking for those bytes is denied on the peer.
+    let mut conflicting = req("c3", Mode::Read, ShareMode::ALL, &[(50, 10)]);
+    conflicting.file_id = 4242;
+    denied(b.open(conflicting, 3_500));
+    b.take_mutations();
+
+    // A peer restarted from its store still knows the drained keys.
+    let mut b = ServerCore::recover(config(), b_store.load().unwrap(), 4_000, 2);
+    let att = b.attach("c1", &g.sealed).unwrap();
+    assert!(att.report.changed_by_other, "{:?}", att.report);
+    assert_eq!(att.locks, vec![ByteRange::new(0, 100).unwrap()]);
+    assert_eq!(att.mode, Mode::ReadWrite);
+    // Only its owner may use it, and a forged key is rejected before any lookup.
+    assert!(matches!(b.attach("c2", &g.sealed), Err(CoreError::Denied { .. })));
+    let mut forged = g.sealed;
+    forged[10] ^= 1;
+    assert!(matches!(b.attach("c1", &forged), Err(CoreError::NotFound(_))));
+    // Closing on the peer forgets the alias: the key is dead everywhere.
+    b.close("c1", &g.sealed).unwrap();
+    assert!(matches!(b.attach("c1", &g.sealed), Err(CoreError::NotFound(_))));
 }

@@ -46,6 +46,18 @@ fn entry(m: &Mutation) -> Result<(String, Option<Vec<u8>>), StoreError> {
             format!("inbox/{c}"),
             Some(encode_inbox(t).map_err(corrupt("batch"))?),
         ),
+        Mutation::PutForeignKey(i, k) => (format!("foreign/{i:08x}"), Some(k.to_vec())),
+        Mutation::PutAlias(a) => (
+            format!("alias/{:08x}{:08x}", a.origin, a.old_slot),
+            Some(a.encode().to_vec()),
+        ),
+        Mutation::DeleteAlias { origin, old_slot } => {
+            (format!("alias/{origin:08x}{old_slot:08x}"), None)
+        }
+        Mutation::PutReferral(r) => (
+            "meta/referral".into(),
+            Some(r.as_deref().unwrap_or("").as_bytes().to_vec()),
+        ),
     })
 }
 
@@ -113,6 +125,25 @@ impl Store for EtcdStore {
                     snap.files
                         .push((id, FileRecord::decode(v).map_err(corrupt("files"))?));
                 }
+                ("meta", "referral") => {
+                    let peer = String::from_utf8_lossy(v).into_owned();
+                    snap.referral = (!peer.is_empty()).then_some(peer);
+                }
+                ("foreign", i) => {
+                    let i = hex_u64(i).and_then(|i| u32::try_from(i).ok());
+                    let key: Option<[u8; 32]> = v.try_into().ok();
+                    match (i, key) {
+                        (Some(i), Some(k)) => snap.foreign_keys.push((i, k)),
+                        _ => {
+                            return Err(corrupt("foreign")(crate::wire::WireError::Invalid(
+                                "foreign key",
+                            )))
+                        }
+                    }
+                }
+                ("alias", _) => snap
+                    .aliases
+                    .push(super::Alias::decode(v).map_err(corrupt("aliases"))?),
                 ("inbox", name) => snap.inboxes.push((
                     name.to_owned(),
                     decode_inbox(v).map_err(corrupt("inboxes"))?,

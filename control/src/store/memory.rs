@@ -10,6 +10,7 @@ pub struct MemoryStore {
     opens: BTreeMap<u32, crate::state::records::OpenRecord>,
     files: BTreeMap<u64, crate::state::records::FileRecord>,
     inboxes: BTreeMap<String, Vec<String>>,
+    aliases: BTreeMap<(u32, u32), super::Alias>,
 }
 
 impl Store for MemoryStore {
@@ -24,6 +25,9 @@ impl Store for MemoryStore {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            foreign_keys: self.snapshot.foreign_keys.clone(),
+            aliases: self.aliases.values().copied().collect(),
+            referral: self.snapshot.referral.clone(),
         })
     }
 
@@ -47,6 +51,17 @@ impl Store for MemoryStore {
                 Mutation::PutInbox(c, t) => {
                     self.inboxes.insert(c.clone(), t.clone());
                 }
+                Mutation::PutForeignKey(i, k) => {
+                    self.snapshot.foreign_keys.retain(|(j, _)| j != i);
+                    self.snapshot.foreign_keys.push((*i, *k));
+                }
+                Mutation::PutAlias(a) => {
+                    self.aliases.insert((a.origin, a.old_slot), *a);
+                }
+                Mutation::DeleteAlias { origin, old_slot } => {
+                    self.aliases.remove(&(*origin, *old_slot));
+                }
+                Mutation::PutReferral(r) => self.snapshot.referral = r.clone(),
             }
         }
         Ok(())

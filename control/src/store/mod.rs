@@ -20,6 +20,45 @@ pub enum Mutation {
     PutFile(u64, FileRecord),
     DeleteFile(u64),
     PutInbox(String, Vec<String>),
+    /// The resume-key MAC key of a server that drained into this one (index `.0`).
+    PutForeignKey(u32, [u8; 32]),
+    /// An imported open: keys sealed by foreign key `origin` naming `old_slot` (and
+    /// `old_file_id`) resolve to this server's `slot`.
+    PutAlias(Alias),
+    DeleteAlias { origin: u32, old_slot: u32 },
+    /// Drained: every client is referred to this peer (None: serving).
+    PutReferral(Option<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Alias {
+    pub origin: u32,
+    pub old_slot: u32,
+    pub slot: u32,
+    pub old_file_id: u64,
+}
+
+impl Alias {
+    pub fn encode(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[..4].copy_from_slice(&self.origin.to_be_bytes());
+        out[4..8].copy_from_slice(&self.old_slot.to_be_bytes());
+        out[8..12].copy_from_slice(&self.slot.to_be_bytes());
+        out[12..].copy_from_slice(&self.old_file_id.to_be_bytes());
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, crate::wire::WireError> {
+        let mut r = crate::wire::Reader::new(b);
+        let a = Alias {
+            origin: r.u32()?,
+            old_slot: r.u32()?,
+            slot: r.u32()?,
+            old_file_id: r.u64()?,
+        };
+        r.finish()?;
+        Ok(a)
+    }
 }
 
 /// Everything a server needs to rebuild its tables.
@@ -30,6 +69,9 @@ pub struct Snapshot {
     pub opens: Vec<OpenRecord>,
     pub files: Vec<(u64, FileRecord)>,
     pub inboxes: Vec<(String, Vec<String>)>,
+    pub foreign_keys: Vec<(u32, [u8; 32])>,
+    pub aliases: Vec<Alias>,
+    pub referral: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OPENS: TableDefinition<u32, &[u8]> = TableDefinition::new("opens");
 const FILES: TableDefinition<u64, &[u8]> = TableDefinition::new("files");
 const INBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("inboxes");
+const FOREIGN: TableDefinition<u32, &[u8]> = TableDefinition::new("foreign_keys");
+/// Keyed by `origin << 32 | old_slot`.
+const ALIASES: TableDefinition<u64, &[u8]> = TableDefinition::new("aliases");
 
 pub struct RedbStore {
     db: Database,
@@ -33,6 +36,8 @@ impl RedbStore {
             tx.open_table(OPENS).map_err(backend)?;
             tx.open_table(FILES).map_err(backend)?;
             tx.open_table(INBOXES).map_err(backend)?;
+            tx.open_table(FOREIGN).map_err(backend)?;
+            tx.open_table(ALIASES).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
         Ok(Self { db })
@@ -57,6 +62,38 @@ impl Store for RedbStore {
                 source: crate::wire::WireError::Invalid("next slot"),
             })?;
             snap.next_slot = u32::from_be_bytes(raw);
+        }
+        if let Some(v) = meta.get("referral").map_err(backend)? {
+            let peer = String::from_utf8_lossy(v.value()).into_owned();
+            snap.referral = (!peer.is_empty()).then_some(peer);
+        }
+        for row in tx
+            .open_table(FOREIGN)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
+            let (k, v) = row.map_err(backend)?;
+            let key: [u8; 32] = v.value().try_into().map_err(|_| StoreError::Corrupt {
+                table: "foreign_keys",
+                source: crate::wire::WireError::Invalid("foreign key length"),
+            })?;
+            snap.foreign_keys.push((k.value(), key));
+        }
+        for row in tx
+            .open_table(ALIASES)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
+            let (_, v) = row.map_err(backend)?;
+            snap.aliases
+                .push(
+                    super::Alias::decode(v.value()).map_err(|source| StoreError::Corrupt {
+                        table: "aliases",
+                        source,
+                    })?,
+                );
         }
         for row in tx
             .open_table(OPENS)
@@ -110,6 +147,8 @@ impl Store for RedbStore {
             let mut opens = tx.open_table(OPENS).map_err(backend)?;
             let mut files = tx.open_table(FILES).map_err(backend)?;
             let mut inboxes = tx.open_table(INBOXES).map_err(backend)?;
+            let mut foreign = tx.open_table(FOREIGN).map_err(backend)?;
+            let mut aliases = tx.open_table(ALIASES).map_err(backend)?;
             let invalid = |source| StoreError::Corrupt {
                 table: "batch",
                 source,
@@ -140,6 +179,23 @@ impl Store for RedbStore {
                     Mutation::PutInbox(c, t) => {
                         inboxes
                             .insert(c.as_str(), encode_inbox(t).map_err(invalid)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Mutation::PutForeignKey(i, k) => {
+                        foreign.insert(i, &k[..]).map_err(backend)?;
+                    }
+                    Mutation::PutAlias(a) => {
+                        let key = u64::from(a.origin) << 32 | u64::from(a.old_slot);
+                        aliases
+                            .insert(key, &a.encode()[..])
+                            .map_err(backend)?;
+                    }
+                    Mutation::DeleteAlias { origin, old_slot } => {
+                        let key = u64::from(*origin) << 32 | u64::from(*old_slot);
+                        aliases.remove(key).map_err(backend)?;
+                    }
+                    Mutation::PutReferral(r) => {
+                        meta.insert("referral", r.as_deref().unwrap_or("").as_bytes())
                             .map_err(backend)?;
                     }
                 }

@@ -14,6 +14,12 @@ const MAX_KEY: usize = 64;
 const MAX_MESSAGE: usize = 1024;
 const MAX_ENDPOINTS: usize = 16;
 const MAX_KEYS: usize = 1024;
+/// Paths, records or counters in one drain message (a larger drain sends several).
+pub const MAX_DRAIN_ITEMS: usize = 1024;
+/// Bytes of one encoded open record in an `Import`.
+const MAX_RECORD: usize = 32 * 1024;
+/// File bytes in one `FileChunk` (under the frame's 64 KiB payload).
+pub const MAX_CHUNK: usize = 60 * 1024;
 
 /// Error classes carried on the wire; each maps to one CLI exit code. Unknown codes from a
 /// newer peer are kept, not rejected.
@@ -166,6 +172,33 @@ pub enum Message {
     MapFile,
     /// The server's counters; answered with `StatsReply`.
     Stats,
+    // Planned drain (admin and server-to-server requests).
+    /// Admin: hand every open of this server to the server at `to` (its control address),
+    /// then refer clients there; answered with `Drained`.
+    Drain {
+        to: String,
+    },
+    /// Server to peer: which of these paths does the peer lack? Answered with `Paths`.
+    Missing {
+        paths: Vec<String>,
+    },
+    /// Server to peer: bytes of a file the peer lacks, in order; `last` completes it.
+    /// Answered with `Done`.
+    FileChunk {
+        path: String,
+        offset: u64,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// Server to peer: opens to merge into the peer's table. `mac_key` is the sender's key
+    /// for its resume keys, wrapped with this session's key-wrap key (it never travels in
+    /// clear); `counters` are (path, access count, version) of the files the opens name.
+    /// Answered with `Done`.
+    Import {
+        mac_key: [u8; 32],
+        records: Vec<Vec<u8>>,
+        counters: Vec<(String, u64, u64)>,
+    },
     // Responses.
     /// Direct mode grant: the client may RDMA READ `[addr, addr + len)` with `rkey` until the
     /// server revokes it (a conflicting open, lock, close or expiry).
@@ -210,6 +243,18 @@ pub enum Message {
         message: String,
         report: Option<ResumeReport>,
         retry_after_ms: u64,
+    },
+    /// This server was drained: ask the server at `peer` (a control address) instead.
+    Referral {
+        peer: String,
+    },
+    Drained {
+        opens: u64,
+        files_sent: u64,
+        bytes_sent: u64,
+    },
+    Paths {
+        paths: Vec<String>,
     },
 }
 
@@ -270,6 +315,13 @@ impl Message {
             Message::RdmaWrite { .. } => 0x25,
             Message::MapFile => 0x26,
             Message::Stats => 0x16,
+            Message::Drain { .. } => 0x17,
+            Message::Missing { .. } => 0x18,
+            Message::FileChunk { .. } => 0x19,
+            Message::Import { .. } => 0x1a,
+            Message::Drained { .. } => 0x4a,
+            Message::Referral { .. } => 0x4b,
+            Message::Paths { .. } => 0x4c,
             Message::Opened { .. } => 0x40,
             Message::Done => 0x41,
             Message::Key { .. } => 0x42,
@@ -392,6 +444,45 @@ impl Message {
                 w.u64(*addr);
                 w.u32(*rkey);
             }
+            Message::Drain { to } => w.string(to, 256)?,
+            Message::Referral { peer } => w.string(peer, 256)?,
+            Message::Missing { paths } | Message::Paths { paths } => {
+                w.list(paths, MAX_DRAIN_ITEMS, |w, p| w.string(p, MAX_PATH))?
+            }
+            Message::FileChunk {
+                path,
+                offset,
+                data,
+                last,
+            } => {
+                w.string(path, MAX_PATH)?;
+                w.u64(*offset);
+                w.bytes(data, MAX_CHUNK)?;
+                w.bool(*last);
+            }
+            Message::Import {
+                mac_key,
+                records,
+                counters,
+            } => {
+                w.raw(mac_key);
+                w.list(records, MAX_DRAIN_ITEMS, |w, r| w.bytes(r, MAX_RECORD))?;
+                w.list(counters, MAX_DRAIN_ITEMS, |w, (p, a, v)| {
+                    w.string(p, MAX_PATH)?;
+                    w.u64(*a);
+                    w.u64(*v);
+                    Ok(())
+                })?;
+            }
+            Message::Drained {
+                opens,
+                files_sent,
+                bytes_sent,
+            } => {
+                w.u64(*opens);
+                w.u64(*files_sent);
+                w.u64(*bytes_sent);
+            }
             Message::StatsReply { counters } => w.list(counters, 64, |w, (k, v)| {
                 w.string(k, 64)?;
                 w.u64(*v);
@@ -486,6 +577,36 @@ impl Message {
             },
             0x26 => Message::MapFile,
             0x16 => Message::Stats,
+            0x17 => Message::Drain {
+                to: r.string(256)?,
+            },
+            0x4b => Message::Referral {
+                peer: r.string(256)?,
+            },
+            0x18 => Message::Missing {
+                paths: r.list(MAX_DRAIN_ITEMS, |r| r.string(MAX_PATH))?,
+            },
+            0x4c => Message::Paths {
+                paths: r.list(MAX_DRAIN_ITEMS, |r| r.string(MAX_PATH))?,
+            },
+            0x19 => Message::FileChunk {
+                path: r.string(MAX_PATH)?,
+                offset: r.u64()?,
+                data: r.bytes(MAX_CHUNK)?.to_vec(),
+                last: r.bool()?,
+            },
+            0x1a => Message::Import {
+                mac_key: r.array()?,
+                records: r.list(MAX_DRAIN_ITEMS, |r| Ok(r.bytes(MAX_RECORD)?.to_vec()))?,
+                counters: r.list(MAX_DRAIN_ITEMS, |r| {
+                    Ok((r.string(MAX_PATH)?, r.u64()?, r.u64()?))
+                })?,
+            },
+            0x4a => Message::Drained {
+                opens: r.u64()?,
+                files_sent: r.u64()?,
+                bytes_sent: r.u64()?,
+            },
             0x49 => Message::StatsReply {
                 counters: r.list(64, |r| Ok((r.string(64)?, r.u64()?)))?,
             },
@@ -657,6 +778,34 @@ mod tests {
             },
             Message::ReadData { len: 10 },
             Message::Written { len: 11 },
+            Message::Drain {
+                to: "127.0.0.1:2".into(),
+            },
+            Message::Referral {
+                peer: "127.0.0.1:3".into(),
+            },
+            Message::Missing {
+                paths: vec!["a/b".into()],
+            },
+            Message::Paths {
+                paths: vec!["c".into(), "d".into()],
+            },
+            Message::FileChunk {
+                path: "a/b".into(),
+                offset: 60,
+                data: vec![1, 2, 3],
+                last: true,
+            },
+            Message::Import {
+                mac_key: [9; 32],
+                records: vec![vec![1, 2], vec![]],
+                counters: vec![("a/b".into(), 4, 5)],
+            },
+            Message::Drained {
+                opens: 1,
+                files_sent: 2,
+                bytes_sent: 3,
+            },
             Message::Error {
                 code: ErrorCode::Unknown(77),
                 message: "x".into(),
