@@ -58,7 +58,23 @@ impl Endpoints {
     }
 }
 
-/// An authenticated control connection to one server.
+/// How long one server may take to accept and authenticate a connection before the next
+/// listed one is tried (a paused server accepts in the kernel but never answers).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Referrals followed for one request before giving up (a drained server refers to its peer;
+/// a loop of referrals is a misconfiguration).
+const MAX_REFERRALS: usize = 4;
+
+/// What a planned drain moved (`handoff admin drain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainReport {
+    pub opens: u64,
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+}
+
+/// An authenticated control connection to one server, which follows referrals (a drained
+/// server names its peer) by reconnecting there.
 pub struct Client {
     control: ControlClient,
     identity: Identity,
@@ -76,16 +92,102 @@ fn unexpected(msg: &Message) -> Error {
     Error::Protocol(format!("unexpected reply {:#04x}", msg.kind()))
 }
 
+/// Connects to the first of `list` that answers and authenticates. With one address its
+/// error comes back as is; with several, one error names what each said.
+async fn connect_first(
+    list: &[String],
+    identity: &Identity,
+) -> Result<(ControlClient, SocketAddr), Error> {
+    let mut why = Vec::new();
+    for addr in list {
+        let err = match tokio::time::timeout(CONNECT_TIMEOUT, ControlClient::connect(addr, identity))
+            .await
+        {
+            Ok(Ok(c)) => {
+                let peer = c.peer_addr()?;
+                return Ok((c, peer));
+            }
+            Ok(Err(e)) => e,
+            Err(_) => Error::Unreachable(format!(
+                "{addr}: no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )),
+        };
+        if list.len() == 1 {
+            return Err(err);
+        }
+        tracing::info!("server {addr}: {err}; trying the next one");
+        why.push(format!("{addr}: {err}"));
+    }
+    Err(Error::Unreachable(format!(
+        "no listed server answered ({})",
+        why.join("; ")
+    )))
+}
+
 impl Client {
-    pub async fn connect(addr: &str, identity: &Identity) -> Result<Self, Error> {
-        let control = ControlClient::connect(addr, identity).await?;
-        let server = control.peer_addr()?;
+    /// Connects to `servers`: one control address, or several comma-separated (the members
+    /// of an active/passive group, in any order), of which the first that answers is used.
+    pub async fn connect(servers: &str, identity: &Identity) -> Result<Self, Error> {
+        let list: Vec<String> = servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if list.is_empty() {
+            return Err(Error::bad_request("no server address given"));
+        }
+        let (control, server) = connect_first(&list, identity).await?;
         Ok(Self {
             control,
             identity: identity.clone(),
             server,
             grace_wait: Duration::from_secs(120),
         })
+    }
+
+    /// The control address this client is connected to now (after any referral).
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// One request; a referral reconnects to the peer it names and asks again.
+    async fn request(&mut self, msg: &Message) -> Result<Message, Error> {
+        let mut hops = 0;
+        loop {
+            match self.control.request(msg).await {
+                Err(Error::Referred(peer)) if hops < MAX_REFERRALS => {
+                    hops += 1;
+                    tracing::info!("server {} was drained; following its referral to {peer}", self.server);
+                    let (control, server) = connect_first(&[peer], &self.identity).await?;
+                    self.control = control;
+                    self.server = server;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Admin: drains the connected server into `to` (a control address); from then on its
+    /// clients are referred there.
+    pub async fn drain(&mut self, to: &str) -> Result<DrainReport, Error> {
+        match self
+            .control
+            .request(&Message::Drain { to: to.to_owned() })
+            .await?
+        {
+            Message::Drained {
+                opens,
+                files_sent,
+                bytes_sent,
+            } => Ok(DrainReport {
+                opens,
+                files_sent,
+                bytes_sent,
+            }),
+            other => Err(unexpected(&other)),
+        }
     }
 
     pub fn identity(&self) -> &Identity {
@@ -105,7 +207,7 @@ impl Client {
             pid: std::process::id(),
         });
         loop {
-            match self.control.request(&msg).await {
+            match self.request(&msg).await {
                 Ok(Message::Opened { key, handle, info }) => {
                     return Ok(Opened {
                         token: sealed_to_token(&key),
@@ -131,7 +233,7 @@ impl Client {
     }
 
     async fn expect_done(&mut self, msg: Message) -> Result<(), Error> {
-        match self.control.request(&msg).await? {
+        match self.request(&msg).await? {
             Message::Done => Ok(()),
             other => Err(unexpected(&other)),
         }
@@ -148,7 +250,6 @@ impl Client {
     /// Passes the open to client `to`; returns the key made for it.
     pub async fn pass(&mut self, token: &str, to: &str) -> Result<String, Error> {
         match self
-            .control
             .request(&Message::Pass {
                 key: parse_key(token)?,
                 to: to.to_owned(),
@@ -161,7 +262,7 @@ impl Client {
     }
 
     pub async fn inbox(&mut self) -> Result<Vec<String>, Error> {
-        match self.control.request(&Message::Inbox).await? {
+        match self.request(&Message::Inbox).await? {
             Message::Keys { keys } => Ok(keys),
             other => Err(unexpected(&other)),
         }
@@ -169,7 +270,7 @@ impl Client {
 
     /// The server's counters.
     pub async fn stats(&mut self) -> Result<Vec<(String, u64)>, Error> {
-        match self.control.request(&Message::Stats).await? {
+        match self.request(&Message::Stats).await? {
             Message::StatsReply { counters } => Ok(counters),
             other => Err(unexpected(&other)),
         }
@@ -186,7 +287,7 @@ impl Client {
 
     /// The server's data endpoints, with unspecified hosts replaced by the control peer's.
     pub async fn endpoints(&mut self) -> Result<Endpoints, Error> {
-        match self.control.request(&Message::Endpoints).await? {
+        match self.request(&Message::Endpoints).await? {
             Message::EndpointList {
                 endpoints,
                 tls_fingerprint,

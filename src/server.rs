@@ -32,6 +32,10 @@ pub struct ServerOptions {
     pub grace: Duration,
     pub max_connections: usize,
     pub store: StoreChoice,
+    /// Client names allowed to drain this server (and servers allowed to drain into it).
+    pub admins: Vec<String>,
+    /// The identity file this server presents when it drains into a peer.
+    pub peer_identity: Option<PathBuf>,
 }
 
 /// Where the server keeps its state.
@@ -89,6 +93,22 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         );
     }
 
+    for admin in &opts.admins {
+        if !directory.contains(admin) {
+            tracing::warn!("--admins names {admin:?}, which --clients does not list");
+        }
+    }
+    let peer_identity = match &opts.peer_identity {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--peer-identity {}", path.display()))?;
+            Some(
+                handoff_control::auth::Identity::parse(&text)
+                    .with_context(|| format!("--peer-identity {}", path.display()))?,
+            )
+        }
+    };
     let (store, cluster) = open_store(&opts).await?;
     // (An etcd read blocks this thread briefly, as the redb read does.)
     let snapshot = store.load().context("reading the state store")?;
@@ -133,6 +153,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
                 .collect(),
             tls_fingerprint: Some(tls.fingerprint()),
             max_connections: opts.max_connections,
+            admins: opts.admins.clone(),
+            peer_identity,
         },
     )?;
 

@@ -24,11 +24,13 @@ use tracing_subscriber::EnvFilter;
 ///   handoff close "$KEY"
 ///
 /// Exit codes: 0 ok, 2 usage, 3 denied (sharing/lock conflict, key not ours),
-/// 4 no such file / key unknown or expired, 5 authentication failed, 1 other.
+/// 4 no such file / key unknown or expired, 5 authentication failed, 6 unavailable (no
+/// listed server answered, or its cluster store is unreachable: retry), 1 other.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
-    /// Server control address.
+    /// Server control address, or several comma-separated (an active/passive group: the
+    /// first that answers is used). A drained server's referral is followed by itself.
     #[arg(
         long,
         env = "HANDOFF_SERVER",
@@ -144,6 +146,27 @@ enum Command {
         path: String,
         #[command(flatten)]
         channel: ChannelArg,
+    },
+    /// Server administration (this client must be listed in the server's --admins).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Planned drain: the server (--server) sends its resume keys, opens, locks and file
+    /// versions, and the files the peer lacks, to the peer; then it refers every client there
+    /// (they follow by themselves and resume by key). The peer must list the server's
+    /// --peer-identity in its --clients and --admins.
+    ///
+    ///   handoff --server A:4455 admin drain --to B:4455
+    #[command(verbatim_doc_comment)]
+    Drain {
+        /// The peer's control address.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
     },
 }
 
@@ -493,6 +516,25 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             closed.context("close")?;
             if args.json {
                 eprintln!("{report}");
+            }
+        }
+        Command::Admin {
+            command: AdminCommand::Drain { to },
+        } => {
+            let r = client
+                .drain(&to)
+                .await
+                .with_context(|| format!("drain {} to {to}", args.server))?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "drained_to": to, "opens": r.opens, "files_sent": r.files_sent, "bytes_sent": r.bytes_sent })
+                );
+            } else {
+                println!(
+                    "drained {} opens to {to} (sent {} files the peer lacked, {} bytes); clients are referred there",
+                    r.opens, r.files_sent, r.bytes_sent
+                );
             }
         }
         Command::Put { path, channel: ch } => {

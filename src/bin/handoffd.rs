@@ -67,6 +67,14 @@ struct Args {
     /// active server is replaced after about this long (with --store).
     #[arg(long, default_value_t = 5, value_name = "SECS", requires = "store")]
     lease_ttl: u64,
+    /// Client names (comma-separated) allowed to drain this server with `handoff admin
+    /// drain`, and servers allowed to drain into it (their --peer-identity names).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    admins: Vec<String>,
+    /// Identity file (a `handoff keygen` line) this server presents when it drains into a
+    /// peer; the peer must list that name in its --clients and --admins.
+    #[arg(long, value_name = "FILE")]
+    peer_identity: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -89,6 +97,8 @@ async fn main() {
         durable_timeout: Duration::from_secs(args.durable_timeout),
         grace: Duration::from_secs(args.grace),
         max_connections: args.max_connections.max(1),
+        admins: args.admins,
+        peer_identity: args.peer_identity,
         store: match args.store {
             None => StoreChoice::Embedded,
             Some(url) => StoreChoice::Etcd {

@@ -40,6 +40,11 @@ impl ControlClient {
         Ok(Self { chan })
     }
 
+    /// Wraps a secret for this session (see [`Channel::wrap_secret`]).
+    pub fn wrap_secret(&self, secret: &[u8; 32]) -> Result<[u8; 32], Error> {
+        self.chan.wrap_secret(secret)
+    }
+
     pub fn peer_addr(&self) -> Result<std::net::SocketAddr, Error> {
         Ok(self.chan.get_ref().peer_addr()?)
     }

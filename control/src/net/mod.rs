@@ -1,6 +1,7 @@
 //! The only IO in this crate: tokio tasks that move frames between sockets and the core.
 
 mod channel;
+mod drain;
 mod client;
 mod files;
 mod server;

@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub endpoints: Vec<Endpoint>,
     pub tls_fingerprint: Option<[u8; 32]>,
     pub max_connections: usize,
+    /// Clients allowed to drain this server, and servers allowed to drain into it.
+    pub admins: Vec<String>,
+    /// Who this server is when it drains into a peer.
+    pub peer_identity: Option<crate::auth::Identity>,
 }
 
 struct Inner {
@@ -244,6 +248,16 @@ impl Shared {
         tokio::task::spawn_blocking(move || this.run_blocking(f))
             .await
             .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
+    }
+
+    /// The peer this server refers its clients to, if it was drained.
+    pub fn referral(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .core
+            .referral()
+            .map(str::to_owned)
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
@@ -480,7 +494,30 @@ async fn serve_requests(
     handles: &mut Vec<HandleId>,
 ) -> Result<(), Error> {
     while let Some(msg) = chan.recv().await? {
-        let reply = match dispatch(shared, client, msg).await {
+        let reply = match msg {
+            // The one request that needs the channel itself: its key-wrap key.
+            Message::Import {
+                mac_key,
+                records,
+                counters,
+            } => {
+                let merged = match super::drain::require_admin(shared, client) {
+                    Ok(()) => {
+                        let key = chan.wrap_secret(&mac_key)?;
+                        super::drain::import(shared, key, records, counters).await
+                    }
+                    Err(e) => Err(e),
+                };
+                chan.send(&merged.unwrap_or_else(|e| {
+                    tracing::info!(client, "import refused: {e}");
+                    e.to_message()
+                }))
+                .await?;
+                continue;
+            }
+            msg => msg,
+        };
+        let reply = match dispatch(shared, client, reply).await {
             Ok((reply, handle)) => {
                 handles.extend(handle);
                 reply
@@ -586,6 +623,10 @@ async fn dispatch(
                 .await?;
             Ok((Message::Key { key: key.to_vec() }, None))
         }
+        Message::Inbox | Message::Endpoints if shared.referral().is_some() => {
+            let peer = shared.referral().unwrap_or_default();
+            Err(Error::Core(CoreError::Referred { peer }))
+        }
         Message::Inbox => {
             let keys = shared.run(move |core, _| Ok(core.inbox(&client))).await?;
             Ok((Message::Keys { keys }, None))
@@ -609,6 +650,29 @@ async fn dispatch(
                 .run(move |core, _| Ok(core.lock(&client, &key, range, take)?))
                 .await?;
             Ok((Message::Done, None))
+        }
+        Message::Drain { to } => {
+            super::drain::require_admin(shared, &client)?;
+            Ok((super::drain::drain_to(shared, to).await?, None))
+        }
+        Message::Missing { paths } => {
+            super::drain::require_admin(shared, &client)?;
+            Ok((super::drain::missing(shared, paths)?, None))
+        }
+        Message::FileChunk {
+            path,
+            offset,
+            data,
+            last,
+        } => {
+            super::drain::require_admin(shared, &client)?;
+            let s = shared.clone();
+            let reply = tokio::task::spawn_blocking(move || {
+                super::drain::file_chunk(&s, &path, offset, &data, last)
+            })
+            .await
+            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))??;
+            Ok((reply, None))
         }
         other => Err(Error::Protocol(format!(
             "{:#04x} is not a control-channel request",

@@ -7,6 +7,7 @@ mod message;
 pub use codec::{Reader, Writer};
 pub use frame::{encode_frame, Frame, MAC_LEN, MAX_PAYLOAD};
 pub use message::{
+    MAX_CHUNK, MAX_DRAIN_ITEMS,
     Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, PROTOCOL_VERSION,
 };
 

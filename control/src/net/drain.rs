@@ -1,0 +1,285 @@
+//! Planned drain (claim 43), the IO half. The drained server (on an admin's `Drain`) connects
+//! to its peer as a client with its `--peer-identity`, asks which files the peer lacks and
+//! sends them, then sends its table in `Import` batches, its MAC key wrapped with the session's
+//! key-wrap key. Only when the peer took everything does it start referring clients there; a
+//! failure half-way leaves it serving as before.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+use super::files::{file_id, resolve_path};
+use super::server::{now_ms, Shared};
+use super::ControlClient;
+use crate::state::records::{FileRecord, OpenRecord};
+use crate::state::{CoreError, Export, Imported};
+use crate::wire::{Message, MAX_CHUNK, MAX_DRAIN_ITEMS};
+use crate::Error;
+
+/// Encoded records per `Import` stay under this many bytes (the frame holds 64 KiB).
+const IMPORT_BATCH_BYTES: usize = 40 * 1024;
+/// Paths per `Missing` question.
+const MISSING_BATCH: usize = 256;
+
+/// Refuses drain requests from clients the server does not list in `--admins`.
+pub(super) fn require_admin(shared: &Shared, client: &str) -> Result<(), Error> {
+    if shared.config.admins.iter().any(|a| a == client) {
+        return Ok(());
+    }
+    Err(Error::Core(CoreError::Denied {
+        message: format!(
+            "client {client:?} is not an administrator of this server (handoffd --admins)"
+        ),
+        report: None,
+    }))
+}
+
+fn unexpected(what: &str, msg: &Message) -> Error {
+    Error::Protocol(format!("peer answered {what} with {:#04x}", msg.kind()))
+}
+
+/// Drains this server into `peer`; returns the `Drained` reply for the admin.
+pub(super) async fn drain_to(shared: &Shared, peer: String) -> Result<Message, Error> {
+    let identity = shared.config.peer_identity.clone().ok_or_else(|| {
+        Error::bad_request(
+            "this server has no identity to present to a peer: start it with --peer-identity FILE \
+             (a client identity the peer lists in its --clients and --admins)",
+        )
+    })?;
+    let to = peer.clone();
+    let export = shared
+        .run(move |core, _| Ok(core.begin_drain(&to)?))
+        .await?;
+    tracing::info!(peer, opens = export.records.len(), "draining");
+    match send(shared, &peer, &identity, &export).await {
+        Ok((files_sent, bytes_sent)) => {
+            shared
+                .run(|core, _| {
+                    core.finish_drain();
+                    Ok(())
+                })
+                .await?;
+            Ok(Message::Drained {
+                opens: export.records.len() as u64,
+                files_sent,
+                bytes_sent,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(peer, "drain failed, serving again: {e}");
+            let _ = shared
+                .run(|core, _| {
+                    core.abort_drain();
+                    Ok(())
+                })
+                .await;
+            Err(Error::Protocol(format!("drain to {peer} failed: {e}")))
+        }
+    }
+}
+
+/// Sends the files the peer lacks, then the table. Returns (files, bytes) sent.
+async fn send(
+    shared: &Shared,
+    peer: &str,
+    identity: &crate::auth::Identity,
+    export: &Export,
+) -> Result<(u64, u64), Error> {
+    let mut to = ControlClient::connect(peer, identity).await?;
+    let paths: Vec<String> = export
+        .records
+        .iter()
+        .map(|r| r.path.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut missing = Vec::new();
+    for batch in paths.chunks(MISSING_BATCH) {
+        match to
+            .request(&Message::Missing {
+                paths: batch.to_vec(),
+            })
+            .await?
+        {
+            Message::Paths { paths } => missing.extend(paths),
+            other => return Err(unexpected("Missing", &other)),
+        }
+    }
+    let mut bytes = 0;
+    for path in &missing {
+        bytes += send_file(shared, &mut to, path).await?;
+    }
+
+    let mac_key = to.wrap_secret(&export.mac_key)?;
+    let counters: BTreeMap<u64, FileRecord> = export.counters.iter().copied().collect();
+    let mut batch: Vec<&OpenRecord> = Vec::new();
+    let mut size = 0;
+    for (i, rec) in export.records.iter().enumerate() {
+        let len = rec.encode()?.len();
+        batch.push(rec);
+        size += len;
+        let last = i + 1 == export.records.len();
+        if last || size + len > IMPORT_BATCH_BYTES || batch.len() >= MAX_DRAIN_ITEMS / 2 {
+            let msg = import_message(mac_key, &batch, &counters)?;
+            match to.request(&msg).await? {
+                Message::Done => {}
+                other => return Err(unexpected("Import", &other)),
+            }
+            batch.clear();
+            size = 0;
+        }
+    }
+    Ok((missing.len() as u64, bytes))
+}
+
+fn import_message(
+    mac_key: [u8; 32],
+    batch: &[&OpenRecord],
+    counters: &BTreeMap<u64, FileRecord>,
+) -> Result<Message, Error> {
+    let mut by_path = BTreeMap::new();
+    for r in batch {
+        let c = counters.get(&r.file_id).copied().unwrap_or_default();
+        by_path.insert(r.path.clone(), (c.access_seq, c.version));
+    }
+    Ok(Message::Import {
+        mac_key,
+        records: batch
+            .iter()
+            .map(|r| r.encode())
+            .collect::<Result<_, _>>()?,
+        counters: by_path.into_iter().map(|(p, (a, v))| (p, a, v)).collect(),
+    })
+}
+
+async fn send_file(shared: &Shared, to: &mut ControlClient, path: &str) -> Result<u64, Error> {
+    let full = resolve_path(&shared.config.root, path)?;
+    let mut file = std::fs::File::open(&full)?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; MAX_CHUNK];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let last = filled < buf.len();
+        let msg = Message::FileChunk {
+            path: path.to_owned(),
+            offset,
+            data: buf[..filled].to_vec(),
+            last,
+        };
+        match to.request(&msg).await? {
+            Message::Done => {}
+            other => return Err(unexpected("FileChunk", &other)),
+        }
+        offset += filled as u64;
+        if last {
+            tracing::info!(path, bytes = offset, "sent a file the peer lacked");
+            return Ok(offset);
+        }
+    }
+}
+
+/// Peer side: which of `paths` are not under this server's root.
+pub(super) fn missing(shared: &Shared, paths: Vec<String>) -> Result<Message, Error> {
+    let mut out = Vec::new();
+    for p in paths {
+        if !resolve_path(&shared.config.root, &p)?.exists() {
+            out.push(p);
+        }
+    }
+    Ok(Message::Paths { paths: out })
+}
+
+/// Peer side: one chunk of a file this server lacks. It is written beside the target and
+/// renamed into place when complete, so a half-sent file is never served; an existing file is
+/// never overwritten.
+pub(super) fn file_chunk(
+    shared: &Shared,
+    path: &str,
+    offset: u64,
+    data: &[u8],
+    last: bool,
+) -> Result<Message, Error> {
+    let target = resolve_path(&shared.config.root, path)?;
+    if target.exists() {
+        return Err(Error::Core(CoreError::Denied {
+            message: format!("{path} exists here already; a drain does not overwrite it"),
+            report: None,
+        }));
+    }
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let part = target.with_file_name(format!(".{name}.handoff-drain"));
+    if offset == 0 {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::File::create(&part)?;
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(&part)?;
+    file.write_all_at(data, offset)?;
+    if last {
+        file.sync_all()?;
+        std::fs::rename(&part, &target)?;
+        if let Some(dir) = target.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    } else {
+        (&file).flush()?;
+    }
+    Ok(Message::Done)
+}
+
+/// Peer side: merges a batch of drained opens (the MAC key already unwrapped).
+pub(super) async fn import(
+    shared: &Shared,
+    mac_key: [u8; 32],
+    records: Vec<Vec<u8>>,
+    counters: Vec<(String, u64, u64)>,
+) -> Result<Message, Error> {
+    let counters: BTreeMap<String, FileRecord> = counters
+        .into_iter()
+        .map(|(p, access_seq, version)| {
+            (
+                p,
+                FileRecord {
+                    access_seq,
+                    version,
+                },
+            )
+        })
+        .collect();
+    let mut opens = Vec::with_capacity(records.len());
+    for bytes in &records {
+        let record = OpenRecord::decode(bytes)?;
+        let full = resolve_path(&shared.config.root, &record.path)?;
+        let meta = std::fs::metadata(&full).map_err(|e| {
+            Error::not_found(format!(
+                "{}: {e} (a drain sends missing files before the table)",
+                record.path
+            ))
+        })?;
+        opens.push(Imported {
+            counters: counters.get(&record.path).copied().unwrap_or_default(),
+            local_file_id: file_id(&meta),
+            record,
+        });
+    }
+    let summary = shared
+        .run(move |core, _| Ok(core.import(mac_key, opens, now_ms())?))
+        .await?;
+    tracing::info!(
+        imported = summary.imported,
+        conflicted = summary.conflicted,
+        "merged opens from a drained server"
+    );
+    Ok(Message::Done)
+}
