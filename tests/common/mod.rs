@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 use handoff::Identity;
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};

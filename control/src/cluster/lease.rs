@@ -134,6 +134,8 @@ impl LeaseState {
 /// paused) gets a new one; an active node whose lease expired is fenced.
 pub(super) async fn keep_alive(mut client: etcd_client::Client, state: Arc<LeaseState>) {
     let interval = state.interval();
+    // Logged once per outage, not every interval.
+    let mut failing = false;
     loop {
         let id = state.id();
         match client.lease_keep_alive(id).await {
@@ -145,6 +147,9 @@ pub(super) async fn keep_alive(mut client: etcd_client::Client, state: Arc<Lease
                 match tokio::time::timeout(interval * 2, stream.message()).await {
                     Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                         state.confirmed(sent, Duration::from_secs(resp.ttl() as u64));
+                        if std::mem::take(&mut failing) {
+                            tracing::info!(lease = id, "etcd renews the lease again");
+                        }
                     }
                     Ok(Ok(Some(_))) => {
                         if state.leader_revision().is_some() {
@@ -166,13 +171,19 @@ pub(super) async fn keep_alive(mut client: etcd_client::Client, state: Arc<Lease
                         break;
                     }
                     Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                        tracing::warn!(lease = id, "etcd lease keep-alive got no answer; reconnecting");
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(lease = id, "etcd lease keep-alive got no answer; reconnecting");
+                        }
                         break;
                     }
                 }
                 tokio::time::sleep(interval).await;
             },
-            Err(e) => tracing::warn!(lease = id, "cannot reach etcd to renew the lease: {e}"),
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(lease = id, "cannot reach etcd to renew the lease: {e}");
+                }
+            }
         }
         tokio::time::sleep(interval).await;
     }

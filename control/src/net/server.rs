@@ -64,6 +64,28 @@ pub fn fail_stop(code: i32, why: &str) -> ! {
     std::process::exit(code)
 }
 
+/// Writes `batch`; while the store is unreachable but this node's lease still holds, keeps
+/// trying (etcd may be restarting). A fenced node stops; a store that fails otherwise stops
+/// the server (fail-stop, like a WAL write failure: a restart recovers the last consistent
+/// state). Returns why it gave up when the store stayed unreachable for the whole lease.
+fn apply_while_leased(store: &mut dyn Store, batch: &[crate::store::Mutation]) -> Result<(), String> {
+    loop {
+        match store.apply(batch) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Fenced(why)) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
+            Err(StoreError::Unavailable(why)) => match store.health() {
+                Health::Fenced(f) => fail_stop(EXIT_FENCED, &format!("fenced: {f}")),
+                Health::Active => std::thread::sleep(Duration::from_millis(200)),
+                _ => return Err(why),
+            },
+            Err(e) => fail_stop(
+                EXIT_STORE_FAILED,
+                &format!("cannot write state to the store, stopping: {e}"),
+            ),
+        }
+    }
+}
+
 /// When a request's state changes must reach the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Persist {
@@ -180,7 +202,8 @@ impl Shared {
             }
             Health::Suspended(_) => true,
         };
-        let result = f(&mut inner.core, now_ms());
+        let first_handle = inner.core.next_handle();
+        let mut result = f(&mut inner.core, now_ms());
         let mut batch = inner.core.take_mutations();
         if defer {
             inner.backlog.append(&mut batch);
@@ -191,18 +214,20 @@ impl Shared {
                 batch = all;
             }
             if !batch.is_empty() {
-                match inner.store.apply(&batch) {
-                    Ok(()) => {}
-                    Err(StoreError::Fenced(why)) => {
-                        fail_stop(EXIT_FENCED, &format!("fenced: {why}"))
+                if let Err(why) = apply_while_leased(inner.store.as_mut(), &batch) {
+                    // Not confirmed: the change stays in memory and is written when the
+                    // store is back (writes are idempotent), but nothing is promised to the
+                    // client. Handles this request made are given back, so the open they
+                    // hold runs its durable timeout instead of staying attached forever.
+                    let now = now_ms();
+                    for h in inner.core.handles_since(first_handle) {
+                        inner.core.detach(h, now);
                     }
-                    // Memory is now ahead of the store, and a reply would promise what a
-                    // crash could lose. Stop (fail-stop, like a WAL write failure): a
-                    // restart, or the passive node, recovers the last consistent state.
-                    Err(e) => fail_stop(
-                        EXIT_STORE_FAILED,
-                        &format!("cannot write state to the store, stopping: {e}"),
-                    ),
+                    batch.append(&mut inner.core.take_mutations());
+                    inner.backlog = batch;
+                    result = Err(Error::Store(StoreError::Unavailable(format!(
+                        "{why}; the request was not confirmed, retry it"
+                    ))));
                 }
                 self.wake.notify_one();
             }

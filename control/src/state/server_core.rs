@@ -215,6 +215,17 @@ impl ServerCore {
         now < self.grace_until
     }
 
+    /// The id the next handle will get: handles at or above it were made after this call.
+    pub fn next_handle(&self) -> HandleId {
+        self.next_handle
+    }
+
+    /// Handles made since [`ServerCore::next_handle`] returned `since` (to give them back when
+    /// the request that made them cannot be confirmed).
+    pub fn handles_since(&self, since: HandleId) -> Vec<HandleId> {
+        self.handles.keys().copied().filter(|h| *h >= since).collect()
+    }
+
     /// Store writes the last calls produced, in order.
     pub fn take_mutations(&mut self) -> Vec<Mutation> {
         std::mem::take(&mut self.pending)
