@@ -100,19 +100,20 @@ async fn connect_first(
 ) -> Result<(ControlClient, SocketAddr), Error> {
     let mut why = Vec::new();
     for addr in list {
-        let err = match tokio::time::timeout(CONNECT_TIMEOUT, ControlClient::connect(addr, identity))
-            .await
-        {
-            Ok(Ok(c)) => {
-                let peer = c.peer_addr()?;
-                return Ok((c, peer));
-            }
-            Ok(Err(e)) => e,
-            Err(_) => Error::Unreachable(format!(
-                "{addr}: no answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            )),
-        };
+        let err =
+            match tokio::time::timeout(CONNECT_TIMEOUT, ControlClient::connect(addr, identity))
+                .await
+            {
+                Ok(Ok(c)) => {
+                    let peer = c.peer_addr()?;
+                    return Ok((c, peer));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => Error::Unreachable(format!(
+                    "{addr}: no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )),
+            };
         if list.len() == 1 {
             return Err(err);
         }
@@ -159,7 +160,10 @@ impl Client {
             match self.control.request(msg).await {
                 Err(Error::Referred(peer)) if hops < MAX_REFERRALS => {
                     hops += 1;
-                    tracing::info!("server {} was drained; following its referral to {peer}", self.server);
+                    tracing::info!(
+                        "server {} was drained; following its referral to {peer}",
+                        self.server
+                    );
                     let (control, server) = connect_first(&[peer], &self.identity).await?;
                     self.control = control;
                     self.server = server;

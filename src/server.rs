@@ -192,7 +192,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
 
 /// The embedded store, or (with etcd) this node's cluster membership and the shared store
 /// once this node is active: a passive node waits here, before binding any listener.
-async fn open_store(opts: &ServerOptions) -> anyhow::Result<(Box<dyn Store>, Option<Arc<Cluster>>)> {
+async fn open_store(
+    opts: &ServerOptions,
+) -> anyhow::Result<(Box<dyn Store>, Option<Arc<Cluster>>)> {
     match &opts.store {
         StoreChoice::Embedded => {
             let store = RedbStore::open(&opts.state.join("handoff.redb")).with_context(|| {

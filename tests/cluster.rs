@@ -57,7 +57,10 @@ fn kill9_of_the_active_moves_keys_locks_and_denials_to_the_passive() {
 
     let data = random_bytes(3 << 20, 41);
     std::fs::write(dir.path().join("root/f"), &data).unwrap();
-    let (al, bo) = (cli(dir.path(), &[&a, &b], &alice), cli(dir.path(), &[&a, &b], &bob));
+    let (al, bo) = (
+        cli(dir.path(), &[&a, &b], &alice),
+        cli(dir.path(), &[&a, &b], &bob),
+    );
     let key = al.open(&["f", "--mode", "rw", "--lock", "0:4096"]);
 
     a.kill9();
@@ -143,7 +146,11 @@ fn a_paused_active_is_fenced_and_overwrites_nothing() {
     let mut want = vec![b'.'; 64 << 10];
     want[..newer.len()].copy_from_slice(&newer);
     let on_disk = std::fs::read(dir.path().join("root/f")).unwrap();
-    assert_eq!(sha256(&on_disk), sha256(&want), "bytes written through b were lost");
+    assert_eq!(
+        sha256(&on_disk),
+        sha256(&want),
+        "bytes written through b were lost"
+    );
     let read = al.run(&["read", &key]).expect(0);
     assert_eq!(sha256(&read.stdout), sha256(&want));
 }
@@ -171,7 +178,9 @@ fn etcd_outage_and_restart_lose_no_open_and_reads_go_on() {
     let rt = runtime();
     let mut channel = rt.block_on(async {
         let mut c = Client::connect(&a.addr, &alice.identity).await.unwrap();
-        c.open_data(&keys[0], Some(Channel::Tcp), false).await.unwrap()
+        c.open_data(&keys[0], Some(Channel::Tcp), false)
+            .await
+            .unwrap()
     });
     let read_all = |h: &mut handoff::DataHandle| {
         let mut got = Vec::new();
@@ -188,7 +197,11 @@ fn etcd_outage_and_restart_lose_no_open_and_reads_go_on() {
         (out.code != 0).then_some(out)
     });
     assert_eq!(out.code, 6, "{}", out.stderr);
-    assert!(out.stderr.contains("etcd"), "not a clear error: {}", out.stderr);
+    assert!(
+        out.stderr.contains("etcd"),
+        "not a clear error: {}",
+        out.stderr
+    );
     assert_eq!(read_all(&mut channel).unwrap(), sha256(&data));
     std::thread::sleep(Duration::from_secs(4)); // past the lease: still no panic, no exit
     assert!(a.is_running(), "{}", a.log());

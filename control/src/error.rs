@@ -59,9 +59,9 @@ impl Error {
             Error::Core(CoreError::NotFound(_)) => ErrorCode::NotFound,
             Error::Core(CoreError::Grace { .. }) => ErrorCode::Grace,
             Error::Core(CoreError::BadRequest(_)) => ErrorCode::BadRequest,
-            Error::Core(CoreError::Referred { .. }) | Error::Referred(_) | Error::Unreachable(_) => {
-                ErrorCode::Unavailable
-            }
+            Error::Core(CoreError::Referred { .. })
+            | Error::Referred(_)
+            | Error::Unreachable(_) => ErrorCode::Unavailable,
             Error::Store(StoreError::Unavailable(_) | StoreError::Fenced(_)) => {
                 ErrorCode::Unavailable
             }

@@ -120,12 +120,7 @@ pub struct Node {
 }
 
 /// Starts node `name` over `root`, storing state in `etcd`; it becomes active or waits.
-pub fn start_node(
-    name: &str,
-    dir: &Path,
-    etcd: &Etcd,
-    extra: &[&str],
-) -> Node {
+pub fn start_node(name: &str, dir: &Path, etcd: &Etcd, extra: &[&str]) -> Node {
     let addr = format!("127.0.0.1:{}", free_port());
     let out = dir.join(format!("{name}.out"));
     let log = dir.join(format!("{name}.log"));
@@ -240,7 +235,10 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if self.child.is_some() {
-            let _ = Command::new("kill").arg("-CONT").arg(self.pid().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(self.pid().to_string())
+                .status();
         }
         self.kill9();
     }

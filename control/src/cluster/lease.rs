@@ -105,7 +105,11 @@ impl LeaseState {
 
     pub fn health(&self) -> Health {
         if self.fenced.load(Ordering::SeqCst) {
-            let why = self.fenced_why.lock().map(|w| w.clone()).unwrap_or_default();
+            let why = self
+                .fenced_why
+                .lock()
+                .map(|w| w.clone())
+                .unwrap_or_default();
             return Health::Fenced(why);
         }
         if self.leader_revision().is_none() {
@@ -162,7 +166,11 @@ pub(super) async fn keep_alive(mut client: etcd_client::Client, state: Arc<Lease
                         }
                         match client.lease_grant(state.ttl.as_secs() as i64, None).await {
                             Ok(l) => {
-                                tracing::info!(old = id, new = l.id(), "passive: lease expired; granted a new one");
+                                tracing::info!(
+                                    old = id,
+                                    new = l.id(),
+                                    "passive: lease expired; granted a new one"
+                                );
                                 state.id.store(l.id(), Ordering::SeqCst);
                                 state.confirmed(sent, state.ttl);
                             }
@@ -172,7 +180,10 @@ pub(super) async fn keep_alive(mut client: etcd_client::Client, state: Arc<Lease
                     }
                     Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                         if !std::mem::replace(&mut failing, true) {
-                            tracing::warn!(lease = id, "etcd lease keep-alive got no answer; reconnecting");
+                            tracing::warn!(
+                                lease = id,
+                                "etcd lease keep-alive got no answer; reconnecting"
+                            );
                         }
                         break;
                     }

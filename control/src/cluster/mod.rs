@@ -84,12 +84,16 @@ impl Cluster {
         &self,
         fut: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let rt = self.rt.as_ref().ok_or_else(|| backend("runtime", "stopped"))?;
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| backend("runtime", "stopped"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().map_err(|_| backend("runtime", "request abandoned"))
+        rx.recv()
+            .map_err(|_| backend("runtime", "request abandoned"))
     }
 
     pub(crate) fn client(&self) -> etcd_client::Client {
@@ -145,7 +149,11 @@ impl Cluster {
             let v = value.clone();
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.clone(), v, Some(PutOptions::new().with_lease(id)))])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    v,
+                    Some(PutOptions::new().with_lease(id)),
+                )])
                 .or_else([TxnOp::get(key, None)]);
             match self.block(async move { client.txn(txn).await })? {
                 Ok(resp) if resp.succeeded() => {

@@ -60,7 +60,13 @@ mod tests {
             u.endpoints(),
             ["http://127.0.0.1:2379", "http://10.0.0.2:2379"]
         );
-        for bad in ["127.0.0.1:2379", "etcd://", "etcd://host", "etcd://h:99999", "redb://x"] {
+        for bad in [
+            "127.0.0.1:2379",
+            "etcd://",
+            "etcd://host",
+            "etcd://h:99999",
+            "redb://x",
+        ] {
             assert!(bad.parse::<EtcdUrl>().is_err(), "{bad}");
         }
     }

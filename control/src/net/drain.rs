@@ -144,10 +144,7 @@ fn import_message(
     }
     Ok(Message::Import {
         mac_key,
-        records: batch
-            .iter()
-            .map(|r| r.encode())
-            .collect::<Result<_, _>>()?,
+        records: batch.iter().map(|r| r.encode()).collect::<Result<_, _>>()?,
         counters: by_path.into_iter().map(|(p, (a, v))| (p, a, v)).collect(),
     })
 }

@@ -1,8 +1,8 @@
 //! The only IO in this crate: tokio tasks that move frames between sockets and the core.
 
 mod channel;
-mod drain;
 mod client;
+mod drain;
 mod files;
 mod server;
 

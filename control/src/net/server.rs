@@ -15,9 +15,9 @@ use tracing::Instrument;
 use super::files::{file_id, resolve_path};
 use super::Channel;
 use crate::auth::ClientDirectory;
+use crate::cluster::Health;
 use crate::state::resume_key::SEALED_LEN;
 use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};
-use crate::cluster::Health;
 use crate::store::{Store, StoreError};
 use crate::wire::{Endpoint, FileInfo, Message};
 use crate::Error;
@@ -68,7 +68,10 @@ pub fn fail_stop(code: i32, why: &str) -> ! {
 /// trying (etcd may be restarting). A fenced node stops; a store that fails otherwise stops
 /// the server (fail-stop, like a WAL write failure: a restart recovers the last consistent
 /// state). Returns why it gave up when the store stayed unreachable for the whole lease.
-fn apply_while_leased(store: &mut dyn Store, batch: &[crate::store::Mutation]) -> Result<(), String> {
+fn apply_while_leased(
+    store: &mut dyn Store,
+    batch: &[crate::store::Mutation],
+) -> Result<(), String> {
     loop {
         match store.apply(batch) {
             Ok(()) => return Ok(()),

@@ -96,11 +96,7 @@ impl ServerCore {
         now: u64,
     ) -> Result<ImportSummary, CoreError> {
         self.check_referral()?;
-        let origin = match self
-            .foreign
-            .iter()
-            .find(|(_, s)| s.mac_key() == origin_mac)
-        {
+        let origin = match self.foreign.iter().find(|(_, s)| s.mac_key() == origin_mac) {
             Some((i, _)) => *i,
             None => {
                 let i = self.foreign.iter().map(|(i, _)| i + 1).max().unwrap_or(0);
@@ -120,9 +116,10 @@ impl ServerCore {
             let old_slot = rec.slot;
             let old_file_id = rec.file_id;
             let slot = self.next_slot;
-            self.next_slot = self.next_slot.checked_add(1).ok_or_else(|| {
-                CoreError::BadRequest("server has used every open slot".into())
-            })?;
+            self.next_slot = self
+                .next_slot
+                .checked_add(1)
+                .ok_or_else(|| CoreError::BadRequest("server has used every open slot".into()))?;
             self.pending.push(Mutation::PutNextSlot(self.next_slot));
             rec.slot = slot;
             rec.file_id = imp.local_file_id;

@@ -19,7 +19,7 @@ use crate::store::{Mutation, Snapshot};
 
 #[path = "drain.rs"]
 mod drain;
-pub use drain::{Export, Imported, ImportSummary};
+pub use drain::{Export, ImportSummary, Imported};
 
 #[derive(Clone, Copy, Debug)]
 pub struct CoreConfig {
@@ -223,7 +223,11 @@ impl ServerCore {
     /// Handles made since [`ServerCore::next_handle`] returned `since` (to give them back when
     /// the request that made them cannot be confirmed).
     pub fn handles_since(&self, since: HandleId) -> Vec<HandleId> {
-        self.handles.keys().copied().filter(|h| *h >= since).collect()
+        self.handles
+            .keys()
+            .copied()
+            .filter(|h| *h >= since)
+            .collect()
     }
 
     /// Store writes the last calls produced, in order.
@@ -503,7 +507,8 @@ impl ServerCore {
     /// itself.
     pub fn key_holder(&self, sealed: &[u8]) -> Result<(u32, String), CoreError> {
         self.check_referral()?;
-        let rejected = |e: super::KeyError| CoreError::NotFound(format!("resume key rejected: {e}"));
+        let rejected =
+            |e: super::KeyError| CoreError::NotFound(format!("resume key rejected: {e}"));
         // Authenticated first with this server's key, then with the keys of servers that
         // drained into it; only an authentic key is looked up.
         let (key, slot, file_id) = match self.sealer.open(sealed) {
@@ -514,8 +519,11 @@ impl ServerCore {
                     .iter()
                     .find_map(|(i, s)| s.open(sealed).ok().map(|k| (*i, k)))
                     .ok_or_else(|| rejected(super::KeyError::BadMac))?;
-                let (slot, old_file_id) =
-                    self.aliases.get(&(origin, key.slot)).copied().ok_or_else(|| {
+                let (slot, old_file_id) = self
+                    .aliases
+                    .get(&(origin, key.slot))
+                    .copied()
+                    .ok_or_else(|| {
                         CoreError::NotFound(
                             "resume key unknown: its open was closed or forgotten".into(),
                         )

@@ -419,7 +419,10 @@ fn share_counts_agree_with_pairwise_checks() {
 fn drained_opens_resume_on_the_peer_with_their_locks_and_report() {
     let (mut a, _) = fresh();
     let g = a
-        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[(0, 100)]), 1_000)
+        .open(
+            req("c1", Mode::ReadWrite, ShareMode::ALL, &[(0, 100)]),
+            1_000,
+        )
         .unwrap();
     a.detach(g.handle, 1_000);
     // Another client changes the file meanwhile (the holder should hear of it).
@@ -474,11 +477,20 @@ fn drained_opens_resume_on_the_peer_with_their_locks_and_report() {
     assert_eq!(att.locks, vec![ByteRange::new(0, 100).unwrap()]);
     assert_eq!(att.mode, Mode::ReadWrite);
     // Only its owner may use it, and a forged key is rejected before any lookup.
-    assert!(matches!(b.attach("c2", &g.sealed), Err(CoreError::Denied { .. })));
+    assert!(matches!(
+        b.attach("c2", &g.sealed),
+        Err(CoreError::Denied { .. })
+    ));
     let mut forged = g.sealed;
     forged[10] ^= 1;
-    assert!(matches!(b.attach("c1", &forged), Err(CoreError::NotFound(_))));
+    assert!(matches!(
+        b.attach("c1", &forged),
+        Err(CoreError::NotFound(_))
+    ));
     // Closing on the peer forgets the alias: the key is dead everywhere.
     b.close("c1", &g.sealed).unwrap();
-    assert!(matches!(b.attach("c1", &g.sealed), Err(CoreError::NotFound(_))));
+    assert!(matches!(
+        b.attach("c1", &g.sealed),
+        Err(CoreError::NotFound(_))
+    ));
 }

@@ -30,8 +30,11 @@ fn corrupt(table: &'static str) -> impl Fn(crate::wire::WireError) -> StoreError
     move |source| StoreError::Corrupt { table, source }
 }
 
-/// The key (under the cluster prefix) and value (None: delete) a mutation writes.
-fn entry(m: &Mutation) -> Result<(String, Option<Vec<u8>>), StoreError> {
+/// A key under the cluster prefix and its new value (None: delete).
+type Entry = (String, Option<Vec<u8>>);
+
+/// The key and value a mutation writes.
+fn entry(m: &Mutation) -> Result<Entry, StoreError> {
     Ok(match m {
         Mutation::PutMacKey(k) => ("meta/mac_key".into(), Some(k.to_vec())),
         Mutation::PutNextSlot(n) => ("meta/next_slot".into(), Some(n.to_be_bytes().to_vec())),
@@ -63,8 +66,8 @@ fn entry(m: &Mutation) -> Result<(String, Option<Vec<u8>>), StoreError> {
 
 /// A batch as the final value of each key it touches (etcd refuses a transaction that names
 /// one key twice), in first-touched order.
-fn collapse(batch: &[Mutation]) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
-    let mut order: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+fn collapse(batch: &[Mutation]) -> Result<Vec<Entry>, StoreError> {
+    let mut order: Vec<Entry> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
     for m in batch {
         let (k, v) = entry(m)?;

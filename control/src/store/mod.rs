@@ -25,7 +25,10 @@ pub enum Mutation {
     /// An imported open: keys sealed by foreign key `origin` naming `old_slot` (and
     /// `old_file_id`) resolve to this server's `slot`.
     PutAlias(Alias),
-    DeleteAlias { origin: u32, old_slot: u32 },
+    DeleteAlias {
+        origin: u32,
+        old_slot: u32,
+    },
     /// Drained: every client is referred to this peer (None: serving).
     PutReferral(Option<String>),
 }

@@ -186,9 +186,7 @@ impl Store for RedbStore {
                     }
                     Mutation::PutAlias(a) => {
                         let key = u64::from(a.origin) << 32 | u64::from(a.old_slot);
-                        aliases
-                            .insert(key, &a.encode()[..])
-                            .map_err(backend)?;
+                        aliases.insert(key, &a.encode()[..]).map_err(backend)?;
                     }
                     Mutation::DeleteAlias { origin, old_slot } => {
                         let key = u64::from(*origin) << 32 | u64::from(*old_slot);

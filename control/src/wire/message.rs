@@ -577,9 +577,7 @@ impl Message {
             },
             0x26 => Message::MapFile,
             0x16 => Message::Stats,
-            0x17 => Message::Drain {
-                to: r.string(256)?,
-            },
+            0x17 => Message::Drain { to: r.string(256)? },
             0x4b => Message::Referral {
                 peer: r.string(256)?,
             },

@@ -7,8 +7,8 @@ mod message;
 pub use codec::{Reader, Writer};
 pub use frame::{encode_frame, Frame, MAC_LEN, MAX_PAYLOAD};
 pub use message::{
-    MAX_CHUNK, MAX_DRAIN_ITEMS,
-    Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, PROTOCOL_VERSION,
+    Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, MAX_CHUNK, MAX_DRAIN_ITEMS,
+    PROTOCOL_VERSION,
 };
 
 /// A decoding failure: the peer sent something malformed. Closes only that connection.

@@ -1,0 +1,131 @@
+//! Claim 43: planned drain between two servers with separate roots and stores. The drained
+//! server sends its keys, locks, versions and the files the peer lacks; its clients are
+//! referred and resume by the keys they hold.
+
+mod common;
+use common::*;
+use handoff::Identity;
+use handoff_control::net::ControlClient;
+use handoff_control::wire::{Message, OpenParams};
+use handoff_control::{state::Mode, state::ShareMode, Error};
+
+#[test]
+fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = client(tmp.path(), "alice");
+    let bob = client(tmp.path(), "bob");
+    let admin = client(tmp.path(), "admin");
+    let srv_a = client(tmp.path(), "srv-a");
+    // b knows a's server identity and lets it drain in; a lets `admin` drain it.
+    let b = TestServer::start(&[&alice, &bob, &srv_a], &["--admins", "srv-a"]);
+    let peer_id = srv_a.path.to_str().unwrap().to_owned();
+    let a = TestServer::start(
+        &[&alice, &bob, &admin],
+        &["--admins", "admin", "--peer-identity", &peer_id],
+    );
+    let data = random_bytes(300_000, 43); // five FileChunks
+    std::fs::write(a.root().join("f"), &data).unwrap();
+    std::fs::write(a.root().join("g"), b"a's g").unwrap();
+    std::fs::write(b.root().join("g"), b"b's own g").unwrap();
+
+    let (al, bo) = (a.cli(&alice), a.cli(&bob));
+    let key = al.open(&["f", "--mode", "rw", "--lock", "0:4096"]);
+    let _g = al.open(&["g"]);
+    // bob changes f meanwhile: alice must still hear of it after the drain.
+    let bkey = bo.open(&["f", "--mode", "rw"]);
+    bo.run_with(
+        &["write", &bkey, "--offset", "100000"],
+        Some(b"bob was here"),
+    )
+    .expect(0);
+    let mut want = data.clone();
+    want[100_000..100_012].copy_from_slice(b"bob was here");
+
+    // Only an administrator may drain.
+    let out = al.run(&["admin", "drain", "--to", &b.addr]).expect(3);
+    assert!(out.stderr.contains("--admins"), "{}", out.stderr);
+    let out = a
+        .cli(&admin)
+        .run(&["--json", "admin", "drain", "--to", &b.addr])
+        .expect(0);
+    let r = out.json();
+    assert_eq!(r["opens"], 3, "{r}");
+    assert_eq!(r["files_sent"], 1, "only f was missing on b: {r}");
+    assert_eq!(r["bytes_sent"], want.len(), "{r}");
+    assert_eq!(
+        sha256(&std::fs::read(b.root().join("f")).unwrap()),
+        sha256(&want)
+    );
+    assert_eq!(std::fs::read(b.root().join("g")).unwrap(), b"b's own g");
+
+    // alice still talks to a; she is referred to b and resumes there by her key.
+    let out = al.run(&["--json", "resume", &key]).expect(0);
+    let report = out.json();
+    assert_eq!(report["changed_by_other"], true, "{report}");
+    assert_eq!(report["locks"][0], "0:4096", "{report}");
+    let read = al.run(&["read", &key]).expect(0);
+    assert_eq!(sha256(&read.stdout), sha256(&want));
+    // The lock moved with the open: bob (referred too) cannot take those bytes on b.
+    let out = bo.run(&["open", "f", "--lock", "0:10"]).expect(3);
+    assert!(out.stderr.contains("lock conflict"), "{}", out.stderr);
+    // Writes through the old key land on b's copy.
+    al.run_with(&["write", &key, "--offset", "0"], Some(b"ALICE"))
+        .expect(0);
+    assert_eq!(&std::fs::read(b.root().join("f")).unwrap()[..5], b"ALICE");
+    assert_ne!(&std::fs::read(a.root().join("f")).unwrap()[..5], b"ALICE");
+
+    // a itself refuses new opens of the drained files, naming b.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let referred = rt.block_on(async {
+        let id = Identity::parse(&std::fs::read_to_string(&alice.path).unwrap()).unwrap();
+        let mut c = ControlClient::connect(&a.addr, &id).await.unwrap();
+        c.request(&Message::Open(OpenParams {
+            path: "f".into(),
+            mode: Mode::Read,
+            share: ShareMode::ALL,
+            locks: vec![],
+            create: false,
+            truncate: false,
+            pid: 1,
+        }))
+        .await
+    });
+    match referred {
+        Err(Error::Referred(peer)) => assert_eq!(peer, b.addr),
+        other => panic!("expected a referral, got {other:?}"),
+    }
+
+    // The referral survives a restart of the drained server, and b's import a restart of b.
+    let mut a = a;
+    a.restart();
+    let mut b = b;
+    b.restart();
+    let read = a.cli(&alice).run(&["read", &key, "--len", "5"]).expect(0);
+    assert_eq!(read.stdout, b"ALICE");
+}
+
+#[test]
+fn a_drain_to_an_unreachable_peer_fails_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = client(tmp.path(), "alice");
+    let admin = client(tmp.path(), "admin");
+    let srv_a = client(tmp.path(), "srv-a");
+    let peer_id = srv_a.path.to_str().unwrap().to_owned();
+    let a = TestServer::start(
+        &[&alice, &admin],
+        &["--admins", "admin", "--peer-identity", &peer_id],
+    );
+    std::fs::write(a.root().join("f"), b"data").unwrap();
+    let key = a.cli(&alice).open(&["f"]);
+    let nobody = format!("127.0.0.1:{}", common::cluster::free_port());
+    let out = a
+        .cli(&admin)
+        .run(&["admin", "drain", "--to", &nobody])
+        .expect(1);
+    assert!(out.stderr.contains("drain"), "{}", out.stderr);
+    let read = a.cli(&alice).run(&["read", &key]).expect(0);
+    assert_eq!(read.stdout, b"data");
+}
