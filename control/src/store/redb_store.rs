@@ -244,6 +244,24 @@ mod tests {
                     },
                 ),
                 Mutation::PutInbox("c2".into(), vec!["k".into()]),
+                Mutation::PutForeignKey(0, [7; 32]),
+                Mutation::PutAlias(crate::store::Alias {
+                    origin: 0,
+                    old_slot: 3,
+                    slot: 5,
+                    old_file_id: 77,
+                }),
+                Mutation::PutAlias(crate::store::Alias {
+                    origin: 0,
+                    old_slot: 4,
+                    slot: 6,
+                    old_file_id: 77,
+                }),
+                Mutation::DeleteAlias {
+                    origin: 0,
+                    old_slot: 4,
+                },
+                Mutation::PutReferral(Some("peer:1".into())),
             ])
             .unwrap();
         }
@@ -265,5 +283,16 @@ mod tests {
             snap.inboxes,
             vec![("c2".to_string(), vec!["k".to_string()])]
         );
+        assert_eq!(snap.foreign_keys, vec![(0, [7; 32])]);
+        assert_eq!(
+            snap.aliases,
+            vec![crate::store::Alias {
+                origin: 0,
+                old_slot: 3,
+                slot: 5,
+                old_file_id: 77
+            }]
+        );
+        assert_eq!(snap.referral.as_deref(), Some("peer:1"));
     }
 }
