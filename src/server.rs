@@ -32,8 +32,10 @@ pub struct ServerOptions {
     pub grace: Duration,
     pub max_connections: usize,
     pub store: StoreChoice,
-    /// Client names allowed to drain this server (and servers allowed to drain into it).
+    /// Client names allowed to drain this server.
     pub admins: Vec<String>,
+    /// Server identity names allowed to drain into this one.
+    pub peers: Vec<String>,
     /// The identity file this server presents when it drains into a peer.
     pub peer_identity: Option<PathBuf>,
 }
@@ -93,9 +95,14 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         );
     }
 
-    for admin in &opts.admins {
-        if !directory.contains(admin) {
-            tracing::warn!("--admins names {admin:?}, which --clients does not list");
+    for (flag, name) in opts
+        .admins
+        .iter()
+        .map(|n| ("--admins", n))
+        .chain(opts.peers.iter().map(|n| ("--peers", n)))
+    {
+        if !directory.contains(name) {
+            tracing::warn!("{flag} names {name:?}, which --clients does not list");
         }
     }
     let peer_identity = match &opts.peer_identity {
@@ -154,6 +161,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             tls_fingerprint: Some(tls.fingerprint()),
             max_connections: opts.max_connections,
             admins: opts.admins.clone(),
+            peers: opts.peers.clone(),
             peer_identity,
         },
     )?;
@@ -169,6 +177,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         )?;
     }
     let mut tasks = tokio::task::JoinSet::new();
+    if shared.draining().is_some() {
+        let s = shared.clone();
+        tokio::spawn(handoff_control::net::resume_drain(s));
+    }
     if let Some(c) = &cluster {
         tasks.spawn(watch_lease(c.clone(), shared.clone()));
     }

@@ -32,6 +32,13 @@ fn cli(dir: &Path, nodes: &[&Node], who: &TestClient) -> Cli {
     }
 }
 
+/// One cluster test at a time: each runs an etcd and two servers on ports picked free just
+/// before they start, and shares 2 cores with them.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -44,6 +51,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// timeout, and its lock still holds.
 #[test]
 fn kill9_of_the_active_moves_keys_locks_and_denials_to_the_passive() {
+    let _serial = one_at_a_time();
     let ids = tempfile::tempdir().unwrap();
     let (alice, bob) = (client(ids.path(), "alice"), client(ids.path(), "bob"));
     let dir = cluster_dir(&[&alice, &bob]);
@@ -52,7 +60,9 @@ fn kill9_of_the_active_moves_keys_locks_and_denials_to_the_passive() {
     let mut a = start_node("a", dir.path(), &etcd, &opts);
     a.wait_active(Duration::from_secs(20));
     let b = start_node("b", dir.path(), &etcd, &opts);
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(Duration::from_secs(20), || {
+        b.log().contains("passive: waiting").then_some(())
+    });
     assert!(!b.is_active(), "two active nodes");
 
     let data = random_bytes(3 << 20, 41);
@@ -104,6 +114,7 @@ fn kill9_of_the_active_moves_keys_locks_and_denials_to_the_passive() {
 /// bytes written through the new active stay.
 #[test]
 fn a_paused_active_is_fenced_and_overwrites_nothing() {
+    let _serial = one_at_a_time();
     let ids = tempfile::tempdir().unwrap();
     let alice = client(ids.path(), "alice");
     let dir = cluster_dir(&[&alice]);
@@ -160,6 +171,7 @@ fn a_paused_active_is_fenced_and_overwrites_nothing() {
 /// serves again and every open is still there.
 #[test]
 fn etcd_outage_and_restart_lose_no_open_and_reads_go_on() {
+    let _serial = one_at_a_time();
     let ids = tempfile::tempdir().unwrap();
     let alice = client(ids.path(), "alice");
     let dir = cluster_dir(&[&alice]);
@@ -223,6 +235,7 @@ fn etcd_outage_and_restart_lose_no_open_and_reads_go_on() {
 /// Must-show 5: 1 000 durable opens held across a failover all resume on the new active.
 #[test]
 fn a_thousand_durable_opens_all_resume_after_failover() {
+    let _serial = one_at_a_time();
     let ids = tempfile::tempdir().unwrap();
     let alice = client(ids.path(), "alice");
     let dir = cluster_dir(&[&alice]);

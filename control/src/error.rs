@@ -57,7 +57,7 @@ impl Error {
             Error::Auth(_) => ErrorCode::AuthFailed,
             Error::Core(CoreError::Denied { .. }) => ErrorCode::Denied,
             Error::Core(CoreError::NotFound(_)) => ErrorCode::NotFound,
-            Error::Core(CoreError::Grace { .. }) => ErrorCode::Grace,
+            Error::Core(CoreError::Grace { .. } | CoreError::Draining { .. }) => ErrorCode::Grace,
             Error::Core(CoreError::BadRequest(_)) => ErrorCode::BadRequest,
             Error::Core(CoreError::Referred { .. })
             | Error::Referred(_)
@@ -81,6 +81,7 @@ impl Error {
         let (report, retry_after_ms) = match self {
             Error::Core(CoreError::Denied { report, .. }) => (*report, 0),
             Error::Core(CoreError::Grace { retry_after_ms }) => (None, *retry_after_ms),
+            Error::Core(CoreError::Draining { .. }) => (None, 1_000),
             Error::Remote {
                 report,
                 retry_after_ms,

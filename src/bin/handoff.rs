@@ -159,7 +159,7 @@ enum AdminCommand {
     /// Planned drain: the server (--server) sends its resume keys, opens, locks and file
     /// versions, and the files the peer lacks, to the peer; then it refers every client there
     /// (they follow by themselves and resume by key). The peer must list the server's
-    /// --peer-identity in its --clients and --admins.
+    /// --peer-identity in its --clients and --peers.
     ///
     ///   handoff --server A:4455 admin drain --to B:4455
     #[command(verbatim_doc_comment)]

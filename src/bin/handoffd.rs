@@ -68,11 +68,15 @@ struct Args {
     #[arg(long, default_value_t = 5, value_name = "SECS", requires = "store")]
     lease_ttl: u64,
     /// Client names (comma-separated) allowed to drain this server with `handoff admin
-    /// drain`, and servers allowed to drain into it (their --peer-identity names).
+    /// drain`.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     admins: Vec<String>,
+    /// Servers (comma-separated names of their --peer-identity, listed in --clients too)
+    /// allowed to drain into this one: to send it files and merge opens into its table.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    peers: Vec<String>,
     /// Identity file (a `handoff keygen` line) this server presents when it drains into a
-    /// peer; the peer must list that name in its --clients and --admins.
+    /// peer; the peer must list that name in its --clients and --peers.
     #[arg(long, value_name = "FILE")]
     peer_identity: Option<PathBuf>,
 }
@@ -98,6 +102,7 @@ async fn main() {
         grace: Duration::from_secs(args.grace),
         max_connections: args.max_connections.max(1),
         admins: args.admins,
+        peers: args.peers,
         peer_identity: args.peer_identity,
         store: match args.store {
             None => StoreChoice::Embedded,

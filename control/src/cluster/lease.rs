@@ -36,19 +36,24 @@ pub struct LeaseState {
     leader_rev: AtomicI64,
     fenced: AtomicBool,
     fenced_why: Mutex<String>,
+    /// A clean stop began: no state changes from now on (the lease is about to be revoked).
+    stopping: AtomicBool,
 }
 
 impl LeaseState {
-    pub(super) fn new(id: i64, ttl: Duration) -> Self {
+    /// A lease granted with `ttl` by a request sent at `asked` (etcd counts the TTL from
+    /// when it received the request, which is later).
+    pub(super) fn new(id: i64, ttl: Duration, asked: Instant) -> Self {
         let s = Self {
             id: AtomicI64::new(id),
             ttl,
-            epoch: Instant::now(),
+            epoch: asked,
             valid_until: AtomicU64::new(0),
             last_contact: AtomicU64::new(0),
             leader_rev: AtomicI64::new(0),
             fenced: AtomicBool::new(false),
             fenced_why: Mutex::new(String::new()),
+            stopping: AtomicBool::new(false),
         };
         // The grant itself was an answer: valid for 0.9 × TTL from (about) now.
         s.confirmed(0, ttl);
@@ -103,7 +108,16 @@ impl LeaseState {
         self.fenced.store(true, Ordering::SeqCst);
     }
 
+    /// A clean stop: refuse every state change from now on, before the lease is revoked
+    /// and another node takes over.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
     pub fn health(&self) -> Health {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Health::Suspended("this server is stopping; another node takes over".into());
+        }
         if self.fenced.load(Ordering::SeqCst) {
             let why = self
                 .fenced_why

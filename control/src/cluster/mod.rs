@@ -57,6 +57,7 @@ impl Cluster {
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT);
         let ttl_secs = ttl.as_secs().max(2) as i64;
+        let asked = std::time::Instant::now();
         let (client, id) = rt.block_on(async {
             let mut client = etcd_client::Client::connect(&endpoints, Some(options))
                 .await
@@ -67,7 +68,11 @@ impl Cluster {
                 .map_err(|e| backend(&format!("at {url}: granting a lease"), e))?;
             Ok::<_, StoreError>((client, lease.id()))
         })?;
-        let lease = Arc::new(LeaseState::new(id, Duration::from_secs(ttl_secs as u64)));
+        let lease = Arc::new(LeaseState::new(
+            id,
+            Duration::from_secs(ttl_secs as u64),
+            asked,
+        ));
         rt.spawn(lease::keep_alive(client.clone(), lease.clone()));
         Ok(Arc::new(Self {
             rt: Some(rt),
@@ -193,6 +198,7 @@ impl Cluster {
     /// Gives up leadership at once (a clean stop), so a passive node need not wait for the
     /// lease to time out.
     pub fn resign(&self) {
+        self.lease.stop();
         let mut client = self.client();
         let id = self.lease.id();
         let _ = self.block(async move { client.lease_revoke(id).await });

@@ -21,7 +21,20 @@ const IMPORT_BATCH_BYTES: usize = 40 * 1024;
 /// Paths per `Missing` question.
 const MISSING_BATCH: usize = 256;
 
-/// Refuses drain requests from clients the server does not list in `--admins`.
+/// Refuses files and opens from a server this one does not list in `--peers`.
+pub(super) fn require_peer(shared: &Shared, client: &str) -> Result<(), Error> {
+    if shared.config.peers.iter().any(|a| a == client) {
+        return Ok(());
+    }
+    Err(Error::Core(CoreError::Denied {
+        message: format!(
+            "{client:?} is not a peer that may drain into this server (handoffd --peers)"
+        ),
+        report: None,
+    }))
+}
+
+/// Refuses a drain of this server by a client it does not list in `--admins`.
 pub(super) fn require_admin(shared: &Shared, client: &str) -> Result<(), Error> {
     if shared.config.admins.iter().any(|a| a == client) {
         return Ok(());
@@ -38,12 +51,31 @@ fn unexpected(what: &str, msg: &Message) -> Error {
     Error::Protocol(format!("peer answered {what} with {:#04x}", msg.kind()))
 }
 
-/// Drains this server into `peer`; returns the `Drained` reply for the admin.
-pub(super) async fn drain_to(shared: &Shared, peer: String) -> Result<Message, Error> {
+/// Carries on a drain that a restart interrupted, retrying every 5 s until the peer has
+/// everything: until then requests about opens are told to retry (neither served here,
+/// since the peer may hold them already, nor referred, since it may not).
+pub async fn resume_drain(shared: Shared) {
+    let Some(peer) = shared.draining() else {
+        return;
+    };
+    tracing::warn!(peer, "a drain was interrupted by a restart; carrying it on");
+    loop {
+        match drain_to(&shared, peer.clone(), false).await {
+            Ok(_) => return,
+            Err(e) => tracing::warn!(peer, "drain not finished, retrying in 5 s: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+}
+
+/// Drains this server into `peer`; returns the `Drained` reply for the admin. If the
+/// transfer fails, `abort` makes the server serve again (an admin's drain); otherwise it
+/// stays draining (a resumed drain, which retries).
+pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Result<Message, Error> {
     let identity = shared.config.peer_identity.clone().ok_or_else(|| {
         Error::bad_request(
             "this server has no identity to present to a peer: start it with --peer-identity FILE \
-             (a client identity the peer lists in its --clients and --admins)",
+             (a client identity the peer lists in its --clients and --peers)",
         )
     })?;
     let to = peer.clone();
@@ -53,19 +85,27 @@ pub(super) async fn drain_to(shared: &Shared, peer: String) -> Result<Message, E
     tracing::info!(peer, opens = export.records.len(), "draining");
     match send(shared, &peer, &identity, &export).await {
         Ok((files_sent, bytes_sent)) => {
+            // If this cannot be recorded, the server stays "draining" (refusing, not
+            // serving) rather than serve opens the peer now holds too.
             shared
                 .run(|core, _| {
                     core.finish_drain();
                     Ok(())
                 })
-                .await?;
+                .await
+                .map_err(|e| {
+                    Error::Protocol(format!(
+                        "{peer} took the opens, but this server could not record the referral \
+                         ({e}); it refuses requests until restarted"
+                    ))
+                })?;
             Ok(Message::Drained {
                 opens: export.records.len() as u64,
                 files_sent,
                 bytes_sent,
             })
         }
-        Err(e) => {
+        Err(e) if abort => {
             tracing::warn!(peer, "drain failed, serving again: {e}");
             let _ = shared
                 .run(|core, _| {
@@ -73,8 +113,11 @@ pub(super) async fn drain_to(shared: &Shared, peer: String) -> Result<Message, E
                     Ok(())
                 })
                 .await;
-            Err(Error::Protocol(format!("drain to {peer} failed: {e}")))
+            Err(Error::Protocol(format!(
+                "drain to {peer} failed, this server serves as before: {e}"
+            )))
         }
+        Err(e) => Err(Error::Protocol(format!("drain to {peer} failed: {e}"))),
     }
 }
 
@@ -115,7 +158,8 @@ async fn send(
     let mut batch: Vec<&OpenRecord> = Vec::new();
     let mut size = 0;
     for (i, rec) in export.records.iter().enumerate() {
-        let len = rec.encode()?.len();
+        // The record, and its path again among the counters.
+        let len = rec.encode()?.len() + rec.path.len() + 24;
         batch.push(rec);
         size += len;
         let last = i + 1 == export.records.len();
@@ -203,6 +247,7 @@ pub(super) fn file_chunk(
     data: &[u8],
     last: bool,
 ) -> Result<Message, Error> {
+    shared.writable()?;
     let target = resolve_path(&shared.config.root, path)?;
     if target.exists() {
         return Err(Error::Core(CoreError::Denied {
@@ -225,7 +270,15 @@ pub(super) fn file_chunk(
     file.write_all_at(data, offset)?;
     if last {
         file.sync_all()?;
-        std::fs::rename(&part, &target)?;
+        // A link, unlike a rename, never replaces a file that appeared meanwhile.
+        std::fs::hard_link(&part, &target).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::Core(CoreError::Denied {
+                message: format!("{path} exists here already; a drain does not overwrite it"),
+                report: None,
+            }),
+            _ => e.into(),
+        })?;
+        std::fs::remove_file(&part)?;
         if let Some(dir) = target.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }

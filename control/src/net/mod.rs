@@ -3,6 +3,7 @@
 mod channel;
 mod client;
 mod drain;
+pub use drain::resume_drain;
 mod files;
 mod server;
 

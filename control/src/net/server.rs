@@ -36,8 +36,10 @@ pub struct ServerConfig {
     pub endpoints: Vec<Endpoint>,
     pub tls_fingerprint: Option<[u8; 32]>,
     pub max_connections: usize,
-    /// Clients allowed to drain this server, and servers allowed to drain into it.
+    /// Clients allowed to drain this server.
     pub admins: Vec<String>,
+    /// Servers (their --peer-identity names) allowed to drain into this one.
+    pub peers: Vec<String>,
     /// Who this server is when it drains into a peer.
     pub peer_identity: Option<crate::auth::Identity>,
 }
@@ -72,13 +74,17 @@ fn apply_while_leased(
     store: &mut dyn Store,
     batch: &[crate::store::Mutation],
 ) -> Result<(), String> {
+    // Bounded even if the lease keeps being renewed (etcd answers keep-alives but not this).
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match store.apply(batch) {
             Ok(()) => return Ok(()),
             Err(StoreError::Fenced(why)) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
             Err(StoreError::Unavailable(why)) => match store.health() {
                 Health::Fenced(f) => fail_stop(EXIT_FENCED, &format!("fenced: {f}")),
-                Health::Active => std::thread::sleep(Duration::from_millis(200)),
+                Health::Active if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
                 _ => return Err(why),
             },
             Err(e) => fail_stop(
@@ -146,6 +152,8 @@ impl ServerStats {
 #[derive(Clone)]
 pub struct Shared {
     inner: Arc<Mutex<Inner>>,
+    /// The cluster lease (with an etcd store), read without the lock.
+    lease: Option<Arc<crate::cluster::LeaseState>>,
     wake: Arc<Notify>,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
@@ -158,6 +166,7 @@ impl Shared {
         config: ServerConfig,
     ) -> Result<Self, Error> {
         let shared = Self {
+            lease: store.lease(),
             inner: Arc::new(Mutex::new(Inner {
                 core,
                 store,
@@ -206,6 +215,7 @@ impl Shared {
             Health::Suspended(_) => true,
         };
         let first_handle = inner.core.next_handle();
+        let first_slot = inner.core.next_slot();
         let mut result = f(&mut inner.core, now_ms());
         let mut batch = inner.core.take_mutations();
         if defer {
@@ -218,11 +228,12 @@ impl Shared {
             }
             if !batch.is_empty() {
                 if let Err(why) = apply_while_leased(inner.store.as_mut(), &batch) {
-                    // Not confirmed: the change stays in memory and is written when the
-                    // store is back (writes are idempotent), but nothing is promised to the
-                    // client. Handles this request made are given back, so the open they
-                    // hold runs its durable timeout instead of staying attached forever.
+                    // Not confirmed, so nothing is promised to the client: opens this request
+                    // made are undone (a retry does not meet its own ghost), handles it made
+                    // on older opens are given back (their durable timeouts run), and the
+                    // rest is written when the store is back (writes are idempotent).
                     let now = now_ms();
+                    inner.core.undo_opens_since(first_slot);
                     for h in inner.core.handles_since(first_handle) {
                         inner.core.detach(h, now);
                     }
@@ -249,6 +260,19 @@ impl Shared {
         result
     }
 
+    /// Whether this server may change file bytes now: checked before each chunk of a write
+    /// is put into the file, so a node whose lease lapsed mid-transfer stops writing at once.
+    pub fn writable(&self) -> Result<(), Error> {
+        match self.lease.as_ref().map(|l| l.health()) {
+            None | Some(Health::Active) => Ok(()),
+            Some(Health::Fenced(why)) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
+            Some(Health::Passive) => Err(Error::Store(StoreError::Unavailable(
+                "this node is passive; another node is active".into(),
+            ))),
+            Some(Health::Suspended(why)) => Err(Error::Store(StoreError::Unavailable(why))),
+        }
+    }
+
     /// Grants direct mode to `handle` if the core allows it: `make` registers the memory and
     /// returns the grant, which is recorded (under the same lock) for later revocation.
     pub fn grant_direct<T: Revocable + 'static>(
@@ -256,6 +280,7 @@ impl Shared {
         handle: HandleId,
         make: impl FnOnce() -> Result<Arc<T>, Error>,
     ) -> Result<Arc<T>, Error> {
+        self.writable()?;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let slot = inner.core.direct_allowed(handle)?;
         let grant = make()?;
@@ -276,6 +301,16 @@ impl Shared {
         tokio::task::spawn_blocking(move || this.run_blocking(f))
             .await
             .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
+    }
+
+    /// The peer a drain interrupted by a restart is still going to.
+    pub fn draining(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .core
+            .draining()
+            .map(str::to_owned)
     }
 
     /// The peer this server refers its clients to, if it was drained.
@@ -529,7 +564,7 @@ async fn serve_requests(
                 records,
                 counters,
             } => {
-                let merged = match super::drain::require_admin(shared, client) {
+                let merged = match super::drain::require_peer(shared, client) {
                     Ok(()) => {
                         let key = chan.wrap_secret(&mac_key)?;
                         super::drain::import(shared, key, records, counters).await
@@ -573,6 +608,10 @@ async fn dispatch(
     msg: Message,
 ) -> Result<(Message, Option<HandleId>), Error> {
     let client = client.to_owned();
+    let referral = match msg {
+        Message::Inbox | Message::Endpoints => shared.referral(),
+        _ => None,
+    };
     match msg {
         Message::Open(p) => {
             let root = shared.config.root.clone();
@@ -651,8 +690,8 @@ async fn dispatch(
                 .await?;
             Ok((Message::Key { key: key.to_vec() }, None))
         }
-        Message::Inbox | Message::Endpoints if shared.referral().is_some() => {
-            let peer = shared.referral().unwrap_or_default();
+        Message::Inbox | Message::Endpoints if referral.is_some() => {
+            let peer = referral.unwrap_or_default();
             Err(Error::Core(CoreError::Referred { peer }))
         }
         Message::Inbox => {
@@ -681,10 +720,10 @@ async fn dispatch(
         }
         Message::Drain { to } => {
             super::drain::require_admin(shared, &client)?;
-            Ok((super::drain::drain_to(shared, to).await?, None))
+            Ok((super::drain::drain_to(shared, to, true).await?, None))
         }
         Message::Missing { paths } => {
-            super::drain::require_admin(shared, &client)?;
+            super::drain::require_peer(shared, &client)?;
             Ok((super::drain::missing(shared, paths)?, None))
         }
         Message::FileChunk {
@@ -693,7 +732,7 @@ async fn dispatch(
             data,
             last,
         } => {
-            super::drain::require_admin(shared, &client)?;
+            super::drain::require_peer(shared, &client)?;
             let s = shared.clone();
             let reply = tokio::task::spawn_blocking(move || {
                 super::drain::file_chunk(&s, &path, offset, &data, last)

@@ -37,15 +37,31 @@ pub struct ImportSummary {
 }
 
 impl ServerCore {
-    /// Starts draining to `peer`: from now on every request about opens is referred there
-    /// (so nothing changes while the table travels). Returns the table to send.
+    /// Starts draining to `peer`: until [`ServerCore::finish_drain`], requests about opens are
+    /// told to retry in a moment (so nothing changes while the table travels, and nobody is
+    /// sent to a peer that does not hold their open yet). Returns the table to send.
     pub fn begin_drain(&mut self, peer: &str) -> Result<Export, CoreError> {
         if let Some(p) = &self.referral {
             return Err(CoreError::BadRequest(format!(
                 "this server is already drained to {p}"
             )));
         }
-        self.referral = Some(peer.to_owned());
+        match &self.draining {
+            // Carrying on a drain a restart interrupted.
+            Some(p) if p == peer => {}
+            Some(p) => {
+                return Err(CoreError::BadRequest(format!(
+                    "this server is draining to {p} already"
+                )))
+            }
+            None => {
+                // Durable before anything is sent: a crash mid-transfer resumes the drain
+                // at restart instead of serving opens the peer may already hold.
+                self.draining = Some(peer.to_owned());
+                self.pending
+                    .push(Mutation::PutDraining(Some(peer.to_owned())));
+            }
+        }
         let mut records = Vec::with_capacity(self.table.len());
         let mut counters = std::collections::BTreeMap::new();
         for rec in self.table.records() {
@@ -67,10 +83,12 @@ impl ServerCore {
 
     /// The peer took the table: remember the referral durably and let go of every open.
     pub fn finish_drain(&mut self) {
-        let Some(peer) = self.referral.clone() else {
+        let Some(peer) = self.draining.take() else {
             return;
         };
+        self.referral = Some(peer.clone());
         self.pending.push(Mutation::PutReferral(Some(peer.clone())));
+        self.pending.push(Mutation::PutDraining(None));
         let slots: Vec<u32> = self.table.records().map(|r| r.slot).collect();
         for slot in slots {
             self.forget(slot);
@@ -80,7 +98,14 @@ impl ServerCore {
 
     /// The transfer failed: serve again as before.
     pub fn abort_drain(&mut self) {
-        self.referral = None;
+        if self.draining.take().is_some() {
+            self.pending.push(Mutation::PutDraining(None));
+        }
+    }
+
+    /// The peer a drain (interrupted by a restart) is still going to.
+    pub fn draining(&self) -> Option<&str> {
+        self.draining.as_deref()
     }
 
     /// Where this server refers its clients, if it was drained.
@@ -107,9 +132,10 @@ impl ServerCore {
         };
         let mut summary = ImportSummary::default();
         for imp in &opens {
-            if self.aliases.contains_key(&(origin, imp.record.slot)) {
-                // Sent twice (a retried drain): already here.
-                continue;
+            if let Some((slot, _)) = self.aliases.get(&(origin, imp.record.slot)).copied() {
+                // Sent again (a drain retried after a failure): the origin kept serving it
+                // meanwhile, so its state now is the one that counts.
+                self.forget(slot);
             }
             self.rebase_counters(imp, &opens);
             let mut rec = imp.record.clone();

@@ -70,6 +70,9 @@ pub enum CoreError {
     /// This server was drained: the open (and new ones) are served by `peer` now.
     #[error("this server was drained; ask {peer}")]
     Referred { peer: String },
+    /// This server is handing its opens to `peer` right now: retry in a moment.
+    #[error("this server is draining into {peer}; retry in a moment")]
+    Draining { peer: String },
 }
 
 impl CoreError {
@@ -137,8 +140,11 @@ pub struct ServerCore {
     /// Imported opens: (origin, old slot) → (slot here, old file id), and back.
     aliases: HashMap<(u32, u32), (u32, u64)>,
     alias_of: HashMap<u32, (u32, u32)>,
-    /// Drained (or draining): every client is referred to this peer.
+    /// Drained: every client is referred to this peer.
     referral: Option<String>,
+    /// Draining into this peer now: requests about opens wait (they are not referred until
+    /// the peer holds the opens).
+    draining: Option<String>,
 }
 
 impl ServerCore {
@@ -173,6 +179,10 @@ impl ServerCore {
                 .collect(),
             aliases: HashMap::new(),
             alias_of: HashMap::new(),
+            draining: snapshot
+                .draining
+                .clone()
+                .filter(|_| snapshot.referral.is_none()),
             referral: snapshot.referral.clone(),
         };
         for a in &snapshot.aliases {
@@ -218,6 +228,25 @@ impl ServerCore {
     /// The id the next handle will get: handles at or above it were made after this call.
     pub fn next_handle(&self) -> HandleId {
         self.next_handle
+    }
+
+    /// The slot the next open will get.
+    pub fn next_slot(&self) -> u32 {
+        self.next_slot
+    }
+
+    /// Forgets every open made since [`ServerCore::next_slot`] returned `since` (a request
+    /// the store did not confirm); their deletions are new mutations.
+    pub fn undo_opens_since(&mut self, since: u32) {
+        let slots: Vec<u32> = self
+            .table
+            .records()
+            .map(|r| r.slot)
+            .filter(|s| *s >= since)
+            .collect();
+        for slot in slots {
+            self.forget(slot);
+        }
     }
 
     /// Handles made since [`ServerCore::next_handle`] returned `since` (to give them back when
@@ -554,10 +583,13 @@ impl ServerCore {
 
     /// A drained server refers every request about opens to its peer.
     pub fn check_referral(&self) -> Result<(), CoreError> {
-        match &self.referral {
-            Some(peer) => Err(CoreError::Referred { peer: peer.clone() }),
-            None => Ok(()),
+        if let Some(peer) = &self.referral {
+            return Err(CoreError::Referred { peer: peer.clone() });
         }
+        if let Some(peer) = &self.draining {
+            return Err(CoreError::Draining { peer: peer.clone() });
+        }
+        Ok(())
     }
 
     /// Authenticates a key, then finds its open and checks it is `client`'s to use.

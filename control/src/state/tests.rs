@@ -434,10 +434,10 @@ fn drained_opens_resume_on_the_peer_with_their_locks_and_report() {
     a.detach(other.handle, 2_000);
     let export = a.begin_drain("peer:1").unwrap();
     assert_eq!(export.records.len(), 2);
-    // While draining, nothing may change here.
+    // While draining, nothing may change here, and nobody is sent to the peer yet.
     assert!(matches!(
         a.open(req("c3", Mode::Read, ShareMode::ALL, &[]), 2_500),
-        Err(CoreError::Referred { .. })
+        Err(CoreError::Draining { .. })
     ));
 
     let (mut b, mut b_store) = fresh_seeded(2);
@@ -493,4 +493,63 @@ fn drained_opens_resume_on_the_peer_with_their_locks_and_report() {
         b.attach("c1", &g.sealed),
         Err(CoreError::NotFound(_))
     ));
+}
+
+/// A drain is a durable intent: a server restarted mid-drain neither serves nor refers its
+/// opens until it finishes, and a peer sent the same opens twice keeps the latest state.
+#[test]
+fn an_interrupted_drain_resumes_after_a_restart_and_a_resent_open_replaces_the_first() {
+    let (mut a, mut a_store) = fresh();
+    let g = a
+        .open(
+            req("c1", Mode::ReadWrite, ShareMode::ALL, &[(0, 10)]),
+            1_000,
+        )
+        .unwrap();
+    let first = a.begin_drain("peer:1").unwrap();
+    a_store.apply(&a.take_mutations()).unwrap();
+
+    // Crash here; the restarted server is still draining.
+    let mut a = ServerCore::recover(config(), a_store.load().unwrap(), 2_000, 3);
+    assert_eq!(a.draining(), Some("peer:1"));
+    assert!(matches!(
+        a.attach("c1", &g.sealed),
+        Err(CoreError::Draining { .. })
+    ));
+    assert!(a.begin_drain("elsewhere:1").is_err());
+    let again = a.begin_drain("peer:1").unwrap();
+
+    let (mut b, _) = fresh_seeded(2);
+    let imported = |e: &Export, locks: &[(u64, u64)]| {
+        e.records
+            .iter()
+            .map(|r| {
+                let mut record = r.clone();
+                record.locks = locks
+                    .iter()
+                    .map(|(o, l)| ByteRange::new(*o, *l).unwrap())
+                    .collect();
+                Imported {
+                    record,
+                    counters: e.counters[0].1,
+                    local_file_id: 99,
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    b.import(first.mac_key, imported(&first, &[(0, 10)]), 3_000)
+        .unwrap();
+    // The second send carries what the origin holds now (here: a different lock).
+    b.import(again.mac_key, imported(&again, &[(20, 5)]), 3_000)
+        .unwrap();
+    assert_eq!(b.open_count(), 1);
+    let att = b.attach("c1", &g.sealed).unwrap();
+    assert_eq!(att.locks, vec![ByteRange::new(20, 5).unwrap()]);
+
+    a.finish_drain();
+    a_store.apply(&a.take_mutations()).unwrap();
+    let a = ServerCore::recover(config(), a_store.load().unwrap(), 4_000, 4);
+    assert_eq!(a.draining(), None);
+    assert_eq!(a.referral(), Some("peer:1"));
+    assert_eq!(a.open_count(), 0);
 }

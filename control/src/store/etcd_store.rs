@@ -61,6 +61,10 @@ fn entry(m: &Mutation) -> Result<Entry, StoreError> {
             "meta/referral".into(),
             Some(r.as_deref().unwrap_or("").as_bytes().to_vec()),
         ),
+        Mutation::PutDraining(r) => (
+            "meta/draining".into(),
+            Some(r.as_deref().unwrap_or("").as_bytes().to_vec()),
+        ),
     })
 }
 
@@ -82,6 +86,23 @@ fn collapse(batch: &[Mutation]) -> Result<Vec<Entry>, StoreError> {
     Ok(order)
 }
 
+/// An etcd failure as a store error: the ones a retry can cure (etcd unreachable, restarting,
+/// electing) are `Unavailable`; the rest (a request too large, permission) are not.
+fn classify(what: &str, e: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    let transient = match &e {
+        E::TransportError(_) | E::IoError(_) => true,
+        // gRPC codes DEADLINE_EXCEEDED (4), ABORTED (10), UNAVAILABLE (14).
+        E::GRpcStatus(s) => matches!(i32::from(s.code()), 4 | 10 | 14),
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(format!("etcd: {what}: {e}"))
+    } else {
+        StoreError::Backend(format!("etcd: {what}: {e}"))
+    }
+}
+
 fn hex_u64(s: &str) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
@@ -89,6 +110,10 @@ fn hex_u64(s: &str) -> Option<u64> {
 impl Store for EtcdStore {
     fn health(&self) -> crate::cluster::Health {
         self.cluster.health()
+    }
+
+    fn lease(&self) -> Option<Arc<crate::cluster::LeaseState>> {
+        Some(self.cluster.lease().clone())
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
@@ -131,6 +156,10 @@ impl Store for EtcdStore {
                 ("meta", "referral") => {
                     let peer = String::from_utf8_lossy(v).into_owned();
                     snap.referral = (!peer.is_empty()).then_some(peer);
+                }
+                ("meta", "draining") => {
+                    let peer = String::from_utf8_lossy(v).into_owned();
+                    snap.draining = (!peer.is_empty()).then_some(peer);
                 }
                 ("foreign", i) => {
                     let i = hex_u64(i).and_then(|i| u32::try_from(i).ok());
@@ -190,7 +219,7 @@ impl Store for EtcdStore {
             let resp = self
                 .cluster
                 .block(async move { client.txn(txn).await })?
-                .map_err(|e| StoreError::Unavailable(format!("etcd: writing the state: {e}")))?;
+                .map_err(|e| classify("writing the state", e))?;
             if !resp.succeeded() {
                 let why = "etcd refused a write: this node's leader key is gone (its lease \
                            expired), so another node may be active";

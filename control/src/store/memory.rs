@@ -28,6 +28,7 @@ impl Store for MemoryStore {
             foreign_keys: self.snapshot.foreign_keys.clone(),
             aliases: self.aliases.values().copied().collect(),
             referral: self.snapshot.referral.clone(),
+            draining: self.snapshot.draining.clone(),
         })
     }
 
@@ -62,6 +63,7 @@ impl Store for MemoryStore {
                     self.aliases.remove(&(*origin, *old_slot));
                 }
                 Mutation::PutReferral(r) => self.snapshot.referral = r.clone(),
+                Mutation::PutDraining(r) => self.snapshot.draining = r.clone(),
             }
         }
         Ok(())

@@ -31,6 +31,8 @@ pub enum Mutation {
     },
     /// Drained: every client is referred to this peer (None: serving).
     PutReferral(Option<String>),
+    /// A drain into this peer began and has not finished: a restart carries it on.
+    PutDraining(Option<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +77,7 @@ pub struct Snapshot {
     pub foreign_keys: Vec<(u32, [u8; 32])>,
     pub aliases: Vec<Alias>,
     pub referral: Option<String>,
+    pub draining: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,11 @@ pub trait Store: Send {
     /// while this node is active and its lease is confirmed.
     fn health(&self) -> crate::cluster::Health {
         crate::cluster::Health::Active
+    }
+    /// The cluster lease behind [`Store::health`], for checks made without the server's lock
+    /// (before each chunk of file bytes is written). None: an embedded store.
+    fn lease(&self) -> Option<std::sync::Arc<crate::cluster::LeaseState>> {
+        None
     }
     /// Applies a batch atomically and durably (on return, a crash keeps all of it).
     fn apply(&mut self, batch: &[Mutation]) -> Result<(), StoreError>;

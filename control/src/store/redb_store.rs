@@ -67,6 +67,10 @@ impl Store for RedbStore {
             let peer = String::from_utf8_lossy(v.value()).into_owned();
             snap.referral = (!peer.is_empty()).then_some(peer);
         }
+        if let Some(v) = meta.get("draining").map_err(backend)? {
+            let peer = String::from_utf8_lossy(v.value()).into_owned();
+            snap.draining = (!peer.is_empty()).then_some(peer);
+        }
         for row in tx
             .open_table(FOREIGN)
             .map_err(backend)?
@@ -196,6 +200,10 @@ impl Store for RedbStore {
                         meta.insert("referral", r.as_deref().unwrap_or("").as_bytes())
                             .map_err(backend)?;
                     }
+                    Mutation::PutDraining(r) => {
+                        meta.insert("draining", r.as_deref().unwrap_or("").as_bytes())
+                            .map_err(backend)?;
+                    }
                 }
             }
         }
@@ -262,6 +270,7 @@ mod tests {
                     old_slot: 4,
                 },
                 Mutation::PutReferral(Some("peer:1".into())),
+                Mutation::PutDraining(Some("peer:2".into())),
             ])
             .unwrap();
         }
@@ -294,5 +303,6 @@ mod tests {
             }]
         );
         assert_eq!(snap.referral.as_deref(), Some("peer:1"));
+        assert_eq!(snap.draining.as_deref(), Some("peer:2"));
     }
 }

@@ -397,6 +397,8 @@ impl Connection {
                 Ok((wr, offset, len)) => {
                     if len > 0 {
                         self.ep.wait_for(wr)?;
+                        // The lease may have lapsed while the RDMA READ ran.
+                        self.shared.writable()?;
                         self.file
                             .write_all_at(&self.bounce[buf].bytes()[..len as usize], offset)?;
                     }

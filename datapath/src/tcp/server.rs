@@ -194,7 +194,7 @@ where
                     continue;
                 }
                 chan.send(&Message::Done).await?;
-                receive_into_file(chan, file, offset, len, &mut buf).await?;
+                receive_into_file(chan, shared, file, offset, len, &mut buf).await?;
                 chan.send(&Message::Written { len }).await?;
             }
             Message::Flush => {
@@ -219,6 +219,7 @@ where
 
 async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
     chan: &mut Channel<S>,
+    shared: &Shared,
     file: &File,
     offset: u64,
     len: u64,
@@ -232,6 +233,9 @@ async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
         if n == 0 {
             return Err(Error::Closed.into());
         }
+        // A node that lost its lease mid-transfer writes no further byte; the connection
+        // ends (the stream is mid-payload, so it cannot carry a reply).
+        shared.writable()?;
         file.write_all_at(&buf[..n], offset + done)?;
         done += n as u64;
     }
