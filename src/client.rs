@@ -79,6 +79,8 @@ pub struct Client {
     control: ControlClient,
     identity: Identity,
     server: SocketAddr,
+    /// The servers as given (a data handle resumes through them when its connection breaks).
+    servers: String,
     /// How long `open` keeps retrying while a restarted server is in its grace period.
     pub grace_wait: Duration,
 }
@@ -144,6 +146,7 @@ impl Client {
             control,
             identity: identity.clone(),
             server,
+            servers: list.join(","),
             grace_wait: Duration::from_secs(120),
         })
     }
@@ -361,12 +364,33 @@ impl Client {
                 )?;
                 Ok(crate::DataHandle::Rdma(Box::new(h)))
             }
-            Channel::Tcp => Ok(crate::DataHandle::Stream(Box::new(
-                self.attach_with(token, Transport::Tcp, &eps).await?,
-            ))),
-            Channel::Tls => Ok(crate::DataHandle::Stream(Box::new(
-                self.attach_with(token, Transport::Tls, &eps).await?,
-            ))),
+            Channel::Tcp | Channel::Tls => {
+                let transport = if channel == Channel::Tls {
+                    Transport::Tls
+                } else {
+                    Transport::Tcp
+                };
+                let client = self.attach_with(token, transport, &eps).await?;
+                // Resuming goes through every server given, plus the one a referral led to.
+                let servers = if self
+                    .servers
+                    .split(',')
+                    .any(|s| s == self.server.to_string())
+                {
+                    self.servers.clone()
+                } else {
+                    format!("{},{}", self.server, self.servers)
+                };
+                let resume = crate::stream_handle::Resume {
+                    servers,
+                    identity: self.identity.clone(),
+                    token: token.to_owned(),
+                    transport,
+                };
+                Ok(crate::DataHandle::Stream(Box::new(
+                    crate::StreamHandle::new(client, Some(resume)),
+                )))
+            }
         }
     }
 

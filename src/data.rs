@@ -6,7 +6,6 @@ use handoff_control::state::ResumeReport;
 use handoff_control::wire::FileInfo;
 use handoff_datapath::rdma::client::is_revoked;
 use handoff_datapath::rdma::multi::{MultiChannel, QpReport};
-use handoff_datapath::tcp::DataClient;
 use handoff_datapath::DataError;
 
 use crate::Identity;
@@ -35,7 +34,8 @@ pub fn host_has_rdma() -> bool {
 }
 
 pub enum DataHandle {
-    Stream(Box<DataClient>),
+    /// TCP or TLS; resumes by key by itself when its connection breaks.
+    Stream(Box<crate::StreamHandle>),
     Rdma(Box<RdmaHandle>),
 }
 

@@ -9,9 +9,11 @@ mod client;
 pub mod data;
 pub mod exit;
 pub mod server;
+pub mod stream_handle;
 
 pub use client::{parse_key, Client, Endpoints, OpenOptions, Opened};
 pub use data::{Channel, DataHandle};
 pub use handoff_control::auth::Identity;
 pub use handoff_control::state::{ByteRange, Mode, ResumeReport, ShareMode};
 pub use handoff_datapath::tcp::{DataClient, Transport};
+pub use stream_handle::StreamHandle;

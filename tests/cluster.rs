@@ -128,10 +128,10 @@ fn a_paused_active_is_fenced_and_overwrites_nothing() {
     let key = al.open(&["f", "--mode", "rw"]);
 
     let rt = runtime();
-    // A data channel to the active, held across the pause.
+    // A raw data channel to the active (no resuming elsewhere), held across the pause.
     let mut stale = rt.block_on(async {
         let mut c = Client::connect(&a.addr, &alice.identity).await.unwrap();
-        let mut h = c.open_data(&key, Some(Channel::Tcp), false).await.unwrap();
+        let mut h = c.attach(&key, handoff::Transport::Tcp).await.unwrap();
         h.write_at(0, b"AAAA").await.unwrap();
         h
     });
@@ -248,6 +248,7 @@ fn a_thousand_durable_opens_all_resume_after_failover() {
         std::fs::write(dir.path().join(format!("root/f{i}")), format!("file {i}")).unwrap();
     }
     let rt = runtime();
+    let started = Instant::now();
     let keys: Vec<String> = rt.block_on(async {
         let mut c = Client::connect(&a.addr, &alice.identity).await.unwrap();
         let mut keys = Vec::new();
@@ -257,9 +258,12 @@ fn a_thousand_durable_opens_all_resume_after_failover() {
         }
         keys
     });
+    eprintln!("1000 opens through etcd in {:?}", started.elapsed());
     a.kill9();
-    b.wait_active(Duration::from_secs(10));
+    let took = b.wait_active(Duration::from_secs(10));
+    eprintln!("b active {took:?} after kill -9 with 1000 opens held");
     assert!(b.log().contains("recovered_opens=1000"), "{}", b.log());
+    let started = Instant::now();
     let resumed = rt.block_on(async {
         let mut c = Client::connect(&b.addr, &alice.identity).await.unwrap();
         let mut n = 0;
@@ -277,5 +281,74 @@ fn a_thousand_durable_opens_all_resume_after_failover() {
         }
         n
     });
+    eprintln!(
+        "1000 resumes (TCP duplicate handles) in {:?}",
+        started.elapsed()
+    );
     assert_eq!(resumed, 1000);
+}
+
+/// A library user's data handle rides out a failover by itself: its connection to the dead
+/// active breaks, it resumes by key through the next listed server, and the transfer goes on.
+#[test]
+fn a_data_handle_resumes_by_itself_across_a_failover() {
+    let _serial = one_at_a_time();
+    let ids = tempfile::tempdir().unwrap();
+    let alice = client(ids.path(), "alice");
+    let dir = cluster_dir(&[&alice]);
+    let etcd = Etcd::start();
+    let opts = ["--lease-ttl", "3", "--grace", "1"];
+    let mut a = start_node("a", dir.path(), &etcd, &opts);
+    a.wait_active(Duration::from_secs(20));
+    let b = start_node("b", dir.path(), &etcd, &opts);
+    std::fs::write(dir.path().join("root/f"), b"").unwrap();
+    let servers = format!("{},{}", a.addr, b.addr);
+    let first = random_bytes(1 << 20, 5);
+    let second = random_bytes(1 << 20, 6);
+
+    let rt = runtime();
+    let mut h = rt.block_on(async {
+        let mut c = Client::connect(&servers, &alice.identity).await.unwrap();
+        let opened = c
+            .open(
+                "f",
+                &handoff::OpenOptions {
+                    mode: handoff::Mode::ReadWrite,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut h = c
+            .open_data(&opened.token, Some(Channel::Tcp), false)
+            .await
+            .unwrap();
+        h.write_at(0, &first).await.unwrap();
+        h
+    });
+    a.kill9();
+    let got = rt.block_on(async {
+        // The next write finds the connection dead, resumes through b and is redone there.
+        h.write_at(first.len() as u64, &second).await.unwrap();
+        h.flush().await.unwrap();
+        let mut got = Vec::new();
+        h.read_to(0, u64::MAX, &mut |c| {
+            got.extend_from_slice(c);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        got
+    });
+    assert!(b.is_active());
+    let handoff::DataHandle::Stream(s) = &h else {
+        panic!("asked for TCP")
+    };
+    assert_eq!(s.reconnects, 1);
+    let want = [first, second].concat();
+    assert_eq!(sha256(&got), sha256(&want));
+    assert_eq!(
+        sha256(&std::fs::read(dir.path().join("root/f")).unwrap()),
+        sha256(&want)
+    );
 }

@@ -237,6 +237,7 @@ fn transfer_report(data: &mut DataHandle, op: &str, bytes: u64) -> serde_json::V
     match data {
         DataHandle::Stream(d) => {
             v["channel"] = json!(d.transport.to_string());
+            v["reconnects"] = json!(d.reconnects);
         }
         DataHandle::Rdma(r) => {
             v["channel"] = json!("rdma");
