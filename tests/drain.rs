@@ -30,7 +30,20 @@ fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {
 
     let (al, bo) = (a.cli(&alice), a.cli(&bob));
     let key = al.open(&["f", "--mode", "rw", "--lock", "0:4096"]);
-    let _g = al.open(&["g"]);
+    let g = al.open(&["g"]);
+    // A library user holds a data handle on a across the drain.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut held = rt.block_on(async {
+        let mut c = handoff::Client::connect(&a.addr, &alice.identity)
+            .await
+            .unwrap();
+        c.open_data(&g, Some(handoff::Channel::Tcp), false)
+            .await
+            .unwrap()
+    });
     // bob changes f meanwhile: alice must still hear of it after the drain.
     let bkey = bo.open(&["f", "--mode", "rw"]);
     bo.run_with(
@@ -73,11 +86,21 @@ fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {
         .expect(0);
     assert_eq!(&std::fs::read(b.root().join("f")).unwrap()[..5], b"ALICE");
 
+    // The held handle is referred on its next read and resumes on b (b's own g: b's file
+    // wins, the open moved).
+    let mut got = Vec::new();
+    rt.block_on(held.read_to(0, u64::MAX, &mut |c| {
+        got.extend_from_slice(c);
+        Ok(())
+    }))
+    .unwrap();
+    assert_eq!(got, b"b's own g");
+    let handoff::DataHandle::Stream(s) = &held else {
+        panic!("asked for TCP")
+    };
+    assert_eq!(s.reconnects, 1);
+
     // a itself refuses new opens of the drained files, naming b.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let referred = rt.block_on(async {
         let id = Identity::parse(&std::fs::read_to_string(&alice.path).unwrap()).unwrap();
         let mut c = ControlClient::connect(&a.addr, &id).await.unwrap();
