@@ -46,6 +46,8 @@ fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {
     });
     // bob changes f meanwhile: alice must still hear of it after the drain.
     let bkey = bo.open(&["f", "--mode", "rw"]);
+    // alice passes g to bob, who has not collected it when the drain happens.
+    let passed = al.run(&["pass", &g, "--to", "bob"]).expect(0).text();
     bo.run_with(
         &["write", &bkey, "--offset", "100000"],
         Some(b"bob was here"),
@@ -62,7 +64,7 @@ fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {
         .run(&["--json", "admin", "drain", "--to", &b.addr])
         .expect(0);
     let r = out.json();
-    assert_eq!(r["opens"], 3, "{r}");
+    assert_eq!(r["opens"], 3, "{r}"); // f twice, g once
     assert_eq!(r["files_sent"], 1, "only f was missing on b: {r}");
     assert_eq!(r["bytes_sent"], want.len(), "{r}");
     assert_eq!(
@@ -99,6 +101,12 @@ fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {
         panic!("asked for TCP")
     };
     assert_eq!(s.reconnects, 1);
+
+    // bob's inbox moved too (asked at a, answered by b), and the passed key works there.
+    let inbox = bo.run(&["inbox"]).expect(0).text();
+    assert_eq!(inbox.lines().collect::<Vec<_>>(), vec![passed.as_str()]);
+    let read = bo.run(&["read", &passed]).expect(0);
+    assert_eq!(read.stdout, b"b's own g");
 
     // a itself refuses new opens of the drained files, naming b.
     let referred = rt.block_on(async {

@@ -13,7 +13,7 @@ use super::server::{now_ms, Shared};
 use super::ControlClient;
 use crate::state::records::{FileRecord, OpenRecord};
 use crate::state::{CoreError, Export, Imported};
-use crate::wire::{Message, MAX_CHUNK, MAX_DRAIN_ITEMS};
+use crate::wire::{Message, MAX_CHUNK, MAX_DRAIN_ITEMS, MAX_INBOX_BATCH};
 use crate::Error;
 
 /// Encoded records per `Import` stay under this many bytes (the frame holds 64 KiB).
@@ -171,6 +171,18 @@ async fn send(
             }
             batch.clear();
             size = 0;
+        }
+    }
+    for (client, tokens) in &export.inboxes {
+        for batch in tokens.chunks(MAX_INBOX_BATCH) {
+            let msg = Message::ImportInbox {
+                client: client.clone(),
+                tokens: batch.to_vec(),
+            };
+            match to.request(&msg).await? {
+                Message::Done => {}
+                other => return Err(unexpected("ImportInbox", &other)),
+            }
         }
     }
     Ok((missing.len() as u64, bytes))

@@ -722,6 +722,13 @@ async fn dispatch(
             super::drain::require_admin(shared, &client)?;
             Ok((super::drain::drain_to(shared, to, true).await?, None))
         }
+        Message::ImportInbox { client: to, tokens } => {
+            super::drain::require_peer(shared, &client)?;
+            shared
+                .run(move |core, _| Ok(core.import_inbox(&to, tokens)?))
+                .await?;
+            Ok((Message::Done, None))
+        }
         Message::Missing { paths } => {
             super::drain::require_peer(shared, &client)?;
             Ok((super::drain::missing(shared, paths)?, None))

@@ -17,6 +17,8 @@ pub struct Export {
     pub records: Vec<OpenRecord>,
     /// The counters of each file the records name, by the drained server's file id.
     pub counters: Vec<(u64, FileRecord)>,
+    /// Passed keys not yet collected, by client (only those whose opens still exist).
+    pub inboxes: Vec<(String, Vec<String>)>,
 }
 
 /// One open as the peer receives it: the record as the origin had it (its slot and file id),
@@ -46,6 +48,8 @@ impl ServerCore {
                 "this server is already drained to {p}"
             )));
         }
+        // (Read before the drain starts: while draining, keys are not looked up.)
+        let inboxes = self.live_inboxes();
         match &self.draining {
             // Carrying on a drain a restart interrupted.
             Some(p) if p == peer => {}
@@ -78,6 +82,7 @@ impl ServerCore {
             mac_key: self.sealer.mac_key(),
             records,
             counters: counters.into_iter().collect(),
+            inboxes,
         })
     }
 
@@ -189,6 +194,36 @@ impl ServerCore {
             summary.imported += 1;
         }
         Ok(summary)
+    }
+
+    /// Every client's passed keys whose opens still exist, by client name.
+    fn live_inboxes(&self) -> Vec<(String, Vec<String>)> {
+        let mut clients: Vec<&String> = self.inboxes.keys().collect();
+        clients.sort();
+        clients
+            .into_iter()
+            .map(|c| (c.clone(), self.inbox(c)))
+            .filter(|(_, keys)| !keys.is_empty())
+            .collect()
+    }
+
+    /// Adds keys passed to `client` on a drained server to its inbox here (after the opens
+    /// they name were imported; keys that name nothing here are never shown).
+    pub fn import_inbox(&mut self, client: &str, tokens: Vec<String>) -> Result<(), CoreError> {
+        self.check_referral()?;
+        let inbox = self.inboxes.entry(client.to_owned()).or_default();
+        for t in tokens {
+            if !inbox.contains(&t) {
+                if inbox.len() >= crate::state::records::MAX_INBOX {
+                    inbox.remove(0);
+                }
+                inbox.push(t);
+            }
+        }
+        let tokens = inbox.clone();
+        self.pending
+            .push(Mutation::PutInbox(client.to_owned(), tokens));
+        Ok(())
     }
 
     /// Makes this server's counters of `imp`'s file at least the distance each imported open

@@ -536,6 +536,11 @@ impl ServerCore {
     /// itself.
     pub fn key_holder(&self, sealed: &[u8]) -> Result<(u32, String), CoreError> {
         self.check_referral()?;
+        self.lookup_key(sealed)
+    }
+
+    /// [`ServerCore::key_holder`] whether or not this server was drained.
+    fn lookup_key(&self, sealed: &[u8]) -> Result<(u32, String), CoreError> {
         let rejected =
             |e: super::KeyError| CoreError::NotFound(format!("resume key rejected: {e}"));
         // Authenticated first with this server's key, then with the keys of servers that
@@ -792,9 +797,10 @@ impl ServerCore {
             .map(|keys| {
                 keys.iter()
                     .filter(|t| {
-                        super::resume_key::token_to_sealed(t)
-                            .ok()
-                            .is_some_and(|s| self.verify_key(client, &s).is_ok())
+                        super::resume_key::token_to_sealed(t).ok().is_some_and(|s| {
+                            self.lookup_key(&s)
+                                .is_ok_and(|(_, holder)| holder == client)
+                        })
                     })
                     .cloned()
                     .collect()

@@ -18,6 +18,8 @@ const MAX_KEYS: usize = 1024;
 pub const MAX_DRAIN_ITEMS: usize = 1024;
 /// Bytes of one encoded open record in an `Import`.
 const MAX_RECORD: usize = 32 * 1024;
+/// Passed keys in one `ImportInbox` (each token is 67 characters).
+pub const MAX_INBOX_BATCH: usize = 512;
 /// File bytes in one `FileChunk` (under the frame's 64 KiB payload).
 pub const MAX_CHUNK: usize = 60 * 1024;
 
@@ -199,6 +201,12 @@ pub enum Message {
         records: Vec<Vec<u8>>,
         counters: Vec<(String, u64, u64)>,
     },
+    /// Server to peer (after `Import`): keys passed to `client` that it has not collected
+    /// yet, for its inbox there. Answered with `Done`.
+    ImportInbox {
+        client: String,
+        tokens: Vec<String>,
+    },
     // Responses.
     /// Direct mode grant: the client may RDMA READ `[addr, addr + len)` with `rkey` until the
     /// server revokes it (a conflicting open, lock, close or expiry).
@@ -319,6 +327,7 @@ impl Message {
             Message::Missing { .. } => 0x18,
             Message::FileChunk { .. } => 0x19,
             Message::Import { .. } => 0x1a,
+            Message::ImportInbox { .. } => 0x1b,
             Message::Drained { .. } => 0x4a,
             Message::Referral { .. } => 0x4b,
             Message::Paths { .. } => 0x4c,
@@ -474,6 +483,10 @@ impl Message {
                     Ok(())
                 })?;
             }
+            Message::ImportInbox { client, tokens } => {
+                w.string(client, MAX_NAME)?;
+                w.list(tokens, MAX_INBOX_BATCH, |w, t| w.string(t, 128))?;
+            }
             Message::Drained {
                 opens,
                 files_sent,
@@ -599,6 +612,10 @@ impl Message {
                 counters: r.list(MAX_DRAIN_ITEMS, |r| {
                     Ok((r.string(MAX_PATH)?, r.u64()?, r.u64()?))
                 })?,
+            },
+            0x1b => Message::ImportInbox {
+                client: r.string(MAX_NAME)?,
+                tokens: r.list(MAX_INBOX_BATCH, |r| r.string(128))?,
             },
             0x4a => Message::Drained {
                 opens: r.u64()?,
@@ -798,6 +815,10 @@ mod tests {
                 mac_key: [9; 32],
                 records: vec![vec![1, 2], vec![]],
                 counters: vec![("a/b".into(), 4, 5)],
+            },
+            Message::ImportInbox {
+                client: "bob".into(),
+                tokens: vec!["k1".into(), "k2".into()],
             },
             Message::Drained {
                 opens: 1,
