@@ -114,6 +114,17 @@ fn headline(rows: &[Row]) -> String {
         }
     }
     for op in ["open", "resume"] {
+        if let Some(r) = rows.iter().find(|r| r.suite == "cluster" && r.op == op) {
+            let _ = writeln!(
+                out,
+                "- {op}s/s with the etcd cluster store ({} held): {:.0}, **{}** × the embedded redb store's",
+                r.held_opens,
+                r.rate,
+                opt(r.ratio, 2)
+            );
+        }
+    }
+    for op in ["open", "resume"] {
         let rates: Vec<&Row> = rows
             .iter()
             .filter(|r| r.suite == "opens" && r.op == op)

@@ -26,6 +26,21 @@ pub fn start_handoffd(
     clients: &Path,
     rdma: &[String],
 ) -> Result<Handoffd> {
+    let extra: Vec<&str> = rdma
+        .iter()
+        .flat_map(|a| ["--rdma-listen", a.as_str()])
+        .collect();
+    start_handoffd_with(bin_dir, work, root, clients, &extra)
+}
+
+/// [`start_handoffd`] with any other handoffd arguments.
+pub fn start_handoffd_with(
+    bin_dir: &Path,
+    work: &Path,
+    root: &Path,
+    clients: &Path,
+    extra: &[&str],
+) -> Result<Handoffd> {
     let state = work.join("state");
     let _ = std::fs::remove_dir_all(&state);
     let mut cmd = Command::new(bin_dir.join("handoffd"));
@@ -39,9 +54,7 @@ pub fn start_handoffd(
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for a in rdma {
-        cmd.args(["--rdma-listen", a]);
-    }
+    cmd.args(extra);
     let mut child = cmd.spawn().with_context(|| {
         format!(
             "starting {}/handoffd (build it with cargo build --release)",
@@ -58,6 +71,36 @@ pub fn start_handoffd(
         .with_context(|| format!("handoffd did not start: {line:?}"))?
         .to_string();
     Ok(Handoffd { proc, addr, state })
+}
+
+/// A single-member etcd with its data under the run's scratch space.
+pub struct Etcd {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+/// Starts etcd on 127.0.0.1 (the cluster store handoffd's `--store etcd://` uses).
+pub fn start_etcd(work: &Path) -> Result<Etcd> {
+    let dir = work.join("etcd");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (port, peer) = (free_port()?, free_port()?);
+    let child = Command::new("etcd")
+        .arg("--name=bench")
+        .arg(format!("--data-dir={}", dir.display()))
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting etcd (hw-setup/install-deps.sh installs Debian's etcd-server)")?;
+    let proc = Proc(child);
+    wait_listening(port, Duration::from_secs(20), "etcd")?;
+    Ok(Etcd { proc, port })
 }
 
 pub struct Nginx {

@@ -12,7 +12,7 @@ use handoff::{Client, Mode, Transport};
 use super::{make_file, open_key, Ctx};
 use crate::process::{rss_mib, CpuMeter};
 use crate::results::Row;
-use crate::servers::start_handoffd;
+use crate::servers::{start_etcd, start_handoffd, start_handoffd_with};
 
 /// Connections that fill the table concurrently.
 const FILLERS: u64 = 8;
@@ -41,48 +41,18 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         );
         let rss = rss_mib(srv.proc.pid());
         let store = dir_bytes(&srv.state) as f64 / f64::from(1u32 << 20);
-        let pid = srv.proc.pid();
-        let (open_row, resume_row) = rt.block_on(async {
-            let mut c = Client::connect(&srv.addr, &ctx.identity).await?;
-            let cpu0 = CpuMeter::start(pid);
-            let started = Instant::now();
-            let mut keys = Vec::new();
-            for _ in 0..probes {
-                keys.push(open_key(&mut c, "probe.bin", Mode::Read).await?);
-            }
-            let open_secs = started.elapsed().as_secs_f64();
-            let open_cpu = cpu0.seconds();
-            let cpu0 = CpuMeter::start(pid);
-            let started = Instant::now();
-            for k in &keys {
-                let d = c.attach(k, Transport::Tcp).await?;
-                drop(d);
-            }
-            let resume_secs = started.elapsed().as_secs_f64();
-            let resume_cpu = cpu0.seconds();
-            for k in &keys {
-                c.close(k).await?;
-            }
-            let row = |op: &str, secs: f64, cpu: f64| Row {
-                suite: "opens".into(),
-                tool: "handoff".into(),
-                op: op.into(),
-                held_opens: level,
-                secs,
-                rate: probes as f64 / secs,
-                server_rss_mib: Some(rss),
-                store_mib: Some(store),
-                note: Some(format!(
-                    "{probes} sequential on one connection; server CPU {:.0} µs each",
-                    cpu / probes as f64 * 1e6
-                )),
-                ..Row::default()
-            };
-            anyhow::Ok((
-                row("open", open_secs, open_cpu),
-                row("resume", resume_secs, resume_cpu),
-            ))
-        })?;
+        let probe = Probe {
+            suite: "opens",
+            tool: "handoff",
+            level,
+            probes,
+        };
+        let (mut open_row, mut resume_row) =
+            rt.block_on(probe.measure(&srv.addr, &ctx.identity, srv.proc.pid()))?;
+        for r in [&mut open_row, &mut resume_row] {
+            r.server_rss_mib = Some(rss);
+            r.store_mib = Some(store);
+        }
         eprintln!(
             "opens: {level} held: {:.0} opens/s, {:.0} resumes/s, RSS {rss:.0} MiB, store {store:.1} MiB",
             open_row.rate, resume_row.rate
@@ -91,7 +61,112 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         rows.push(resume_row);
     }
     drop(holders);
+    drop(srv);
+    cluster_store(ctx, &rt, &root, probes, rows)
+}
+
+/// The same probe with the cluster store: one handoffd (the active node) keeping its state
+/// in a real etcd on 127.0.0.1, with the smallest number of opens held. Its rates are given
+/// as a ratio of the embedded store's at that level.
+fn cluster_store(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    root: &Path,
+    probes: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let level = ctx.held.first().copied().unwrap_or(1000);
+    let etcd = start_etcd(&ctx.work)?;
+    let store = format!("etcd://127.0.0.1:{}", etcd.port);
+    let srv = start_handoffd_with(
+        &ctx.bin_dir,
+        &ctx.work,
+        root,
+        &ctx.clients_file,
+        &["--store", &store, "--cluster", "bench"],
+    )?;
+    let holders = rt.block_on(fill(&srv.addr, &ctx.identity, level))?;
+    let probe = Probe {
+        suite: "cluster",
+        tool: "handoff etcd",
+        level,
+        probes,
+    };
+    let (mut open_row, mut resume_row) =
+        rt.block_on(probe.measure(&srv.addr, &ctx.identity, srv.proc.pid()))?;
+    for r in [&mut open_row, &mut resume_row] {
+        r.server_rss_mib = Some(rss_mib(srv.proc.pid()));
+        let embedded = rows
+            .iter()
+            .find(|e| e.suite == "opens" && e.op == r.op && e.held_opens == level);
+        r.ratio = embedded.map(|e| r.rate / e.rate);
+        r.limit = Some(format!("handoff redb {}", r.op));
+    }
+    eprintln!(
+        "opens: etcd store, {level} held: {:.0} opens/s, {:.0} resumes/s",
+        open_row.rate, resume_row.rate
+    );
+    rows.push(open_row);
+    rows.push(resume_row);
+    drop(holders);
     Ok(())
+}
+
+/// Opens then resumes `probes` keys one after another on one connection, with the server's
+/// CPU for each.
+struct Probe {
+    suite: &'static str,
+    tool: &'static str,
+    level: u64,
+    probes: u64,
+}
+
+impl Probe {
+    async fn measure(
+        &self,
+        addr: &str,
+        identity: &handoff::Identity,
+        pid: u32,
+    ) -> Result<(Row, Row)> {
+        let probes = self.probes;
+        let mut c = Client::connect(addr, identity).await?;
+        let cpu0 = CpuMeter::start(pid);
+        let started = Instant::now();
+        let mut keys = Vec::new();
+        for _ in 0..probes {
+            keys.push(open_key(&mut c, "probe.bin", Mode::Read).await?);
+        }
+        let open_secs = started.elapsed().as_secs_f64();
+        let open_cpu = cpu0.seconds();
+        let cpu0 = CpuMeter::start(pid);
+        let started = Instant::now();
+        for k in &keys {
+            let d = c.attach(k, Transport::Tcp).await?;
+            drop(d);
+        }
+        let resume_secs = started.elapsed().as_secs_f64();
+        let resume_cpu = cpu0.seconds();
+        for k in &keys {
+            c.close(k).await?;
+        }
+        let row = |op: &str, secs: f64, cpu: f64| Row {
+            suite: self.suite.into(),
+            tool: self.tool.into(),
+            op: op.into(),
+            held_opens: self.level,
+            secs,
+            rate: probes as f64 / secs,
+            note: Some(format!(
+                "{probes} sequential on one connection; server CPU {:.0} µs each",
+                cpu / probes as f64 * 1e6
+            )),
+            ..Row::default()
+        };
+        Ok((
+            row("open", open_secs, open_cpu),
+            row("resume", resume_secs, resume_cpu),
+        ))
+    }
 }
 
 /// Opens `count` read-only handles of held.bin over `FILLERS` connections at once; returns

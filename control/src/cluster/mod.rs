@@ -22,6 +22,8 @@ use crate::store::StoreError;
 
 /// How long one etcd request may take before it counts as a failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a starting node waits for etcd to answer before giving up with an error.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(15);
 /// How often a passive node tries for leadership.
 const CAMPAIGN_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -57,17 +59,29 @@ impl Cluster {
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT);
         let ttl_secs = ttl.as_secs().max(2) as i64;
-        let asked = std::time::Instant::now();
-        let (client, id) = rt.block_on(async {
-            let mut client = etcd_client::Client::connect(&endpoints, Some(options))
-                .await
-                .map_err(|e| backend(&format!("at {url}"), e))?;
-            let lease = client
-                .lease_grant(ttl_secs, None)
-                .await
-                .map_err(|e| backend(&format!("at {url}: granting a lease"), e))?;
-            Ok::<_, StoreError>((client, lease.id()))
-        })?;
+        // etcd may be starting with us (a member still electing): keep asking for a while.
+        let give_up = std::time::Instant::now() + CONNECT_PATIENCE;
+        let (client, id, asked) = loop {
+            let asked = std::time::Instant::now();
+            let attempt = rt.block_on(async {
+                let mut client = etcd_client::Client::connect(&endpoints, Some(options.clone()))
+                    .await
+                    .map_err(|e| backend(&format!("at {url}"), e))?;
+                let lease = client
+                    .lease_grant(ttl_secs, None)
+                    .await
+                    .map_err(|e| backend(&format!("at {url}: granting a lease"), e))?;
+                Ok::<_, StoreError>((client, lease.id()))
+            });
+            match attempt {
+                Ok((client, id)) => break (client, id, asked),
+                Err(e) if std::time::Instant::now() < give_up => {
+                    tracing::warn!("{e}; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let lease = Arc::new(LeaseState::new(
             id,
             Duration::from_secs(ttl_secs as u64),
