@@ -61,6 +61,9 @@ impl Endpoints {
 /// How long one server may take to accept and authenticate a connection before the next
 /// listed one is tried (a paused server accepts in the kernel but never answers).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client given several servers waits for one of them to answer (a failover
+/// takes the active's lease TTL, 5 s by default, plus its successor's start).
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(30);
 /// Referrals followed for one request before giving up (a drained server refers to its peer;
 /// a loop of referrals is a misconfiguration).
 const MAX_REFERRALS: usize = 4;
@@ -141,7 +144,20 @@ impl Client {
         if list.is_empty() {
             return Err(Error::bad_request("no server address given"));
         }
-        let (control, server) = connect_first(&list, identity).await?;
+        // A group of servers with none answering is most likely between an active's death
+        // and its successor's start: wait that out rather than fail the command.
+        let started = Instant::now();
+        let (control, server) = loop {
+            match connect_first(&list, identity).await {
+                Err(Error::Unreachable(why))
+                    if list.len() > 1 && started.elapsed() < FAILOVER_WAIT =>
+                {
+                    tracing::warn!("{why}; waiting for a failover");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => break other?,
+            }
+        };
         Ok(Self {
             control,
             identity: identity.clone(),

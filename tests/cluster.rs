@@ -307,7 +307,7 @@ fn a_data_handle_resumes_by_itself_across_a_failover() {
     let second = random_bytes(1 << 20, 6);
 
     let rt = runtime();
-    let mut h = rt.block_on(async {
+    let (mut h, token) = rt.block_on(async {
         let mut c = Client::connect(&servers, &alice.identity).await.unwrap();
         let opened = c
             .open(
@@ -324,9 +324,19 @@ fn a_data_handle_resumes_by_itself_across_a_failover() {
             .await
             .unwrap();
         h.write_at(0, &first).await.unwrap();
-        h
+        h.flush().await.unwrap();
+        (h, opened.token)
     });
     a.kill9();
+    // The CLI, given both servers and started before b is active, waits out the failover.
+    assert!(!b.is_active());
+    let cli = Cli {
+        server: servers.clone(),
+        identity: alice.path.clone(),
+        keys: dir.path().join("alice.keys"),
+    };
+    let read = cli.run(&["read", &token]).expect(0);
+    assert_eq!(sha256(&read.stdout), sha256(&first));
     let got = rt.block_on(async {
         // The next write finds the connection dead, resumes through b and is redone there.
         h.write_at(first.len() as u64, &second).await.unwrap();
