@@ -83,7 +83,7 @@ pub struct Client {
     identity: Identity,
     server: SocketAddr,
     /// The servers as given (a data handle resumes through them when its connection breaks).
-    servers: String,
+    servers: Vec<String>,
     /// How long `open` keeps retrying while a restarted server is in its grace period.
     pub grace_wait: Duration,
 }
@@ -162,7 +162,7 @@ impl Client {
             control,
             identity: identity.clone(),
             server,
-            servers: list.join(","),
+            servers: list,
             grace_wait: Duration::from_secs(120),
         })
     }
@@ -388,17 +388,13 @@ impl Client {
                 };
                 let client = self.attach_with(token, transport, &eps).await?;
                 // Resuming goes through every server given, plus the one a referral led to.
-                let servers = if self
-                    .servers
-                    .split(',')
-                    .any(|s| s == self.server.to_string())
-                {
-                    self.servers.clone()
-                } else {
-                    format!("{},{}", self.server, self.servers)
-                };
+                let here = self.server.to_string();
+                let mut servers = self.servers.clone();
+                if !servers.contains(&here) {
+                    servers.insert(0, here);
+                }
                 let resume = crate::stream_handle::Resume {
-                    servers,
+                    servers: servers.join(","),
                     identity: self.identity.clone(),
                     token: token.to_owned(),
                     transport,

@@ -181,8 +181,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         let s = shared.clone();
         tokio::spawn(handoff_control::net::resume_drain(s));
     }
-    if let Some(c) = &cluster {
-        tasks.spawn(watch_lease(c.clone(), shared.clone()));
+    if cluster.is_some() {
+        tasks.spawn(watch_lease(shared.clone()));
     }
     let timers = shared.clone();
     tasks.spawn(async move {
@@ -238,11 +238,11 @@ async fn open_store(
 /// Follows this node's lease: a fenced node stops at once (exit 75) so it serves nothing
 /// more; while etcd is unreachable the server refuses state changes and keeps serving reads;
 /// when etcd answers again, what was deferred meanwhile is written.
-async fn watch_lease(cluster: Arc<Cluster>, shared: Shared) -> anyhow::Result<()> {
+async fn watch_lease(shared: Shared) -> anyhow::Result<()> {
     let mut was_active = true;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        match cluster.health() {
+        match shared.health() {
             Health::Fenced(why) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
             Health::Suspended(why) if was_active => {
                 tracing::warn!("{why}");

@@ -108,6 +108,14 @@ impl Error {
         Error::Core(CoreError::NotFound(message.into()))
     }
 
+    /// A user-facing denial (exit 3), with no resume report.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Error::Core(CoreError::Denied {
+            message: message.into(),
+            report: None,
+        })
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Error::Core(CoreError::BadRequest(message.into()))
     }

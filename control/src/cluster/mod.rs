@@ -136,11 +136,6 @@ impl Cluster {
         &self.lease
     }
 
-    /// Whether this node may change state now.
-    pub fn health(&self) -> Health {
-        self.lease.health()
-    }
-
     /// The active node's record (`NODE CONTROL-ADDR`), if any node is active.
     pub fn leader(&self) -> Result<Option<String>, StoreError> {
         let mut client = self.client();

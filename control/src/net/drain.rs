@@ -12,7 +12,7 @@ use super::files::{file_id, resolve_path};
 use super::server::{now_ms, Shared};
 use super::ControlClient;
 use crate::state::records::{FileRecord, OpenRecord};
-use crate::state::{CoreError, Export, Imported};
+use crate::state::{Export, Imported};
 use crate::wire::{Message, MAX_CHUNK, MAX_DRAIN_ITEMS, MAX_INBOX_BATCH};
 use crate::Error;
 
@@ -23,32 +23,40 @@ const MISSING_BATCH: usize = 256;
 
 /// Refuses files and opens from a server this one does not list in `--peers`.
 pub(super) fn require_peer(shared: &Shared, client: &str) -> Result<(), Error> {
-    if shared.config.peers.iter().any(|a| a == client) {
-        return Ok(());
-    }
-    Err(Error::Core(CoreError::Denied {
-        message: format!(
-            "{client:?} is not a peer that may drain into this server (handoffd --peers)"
-        ),
-        report: None,
-    }))
+    require_listed(&shared.config.peers, client, || {
+        format!("{client:?} is not a peer that may drain into this server (handoffd --peers)")
+    })
 }
 
 /// Refuses a drain of this server by a client it does not list in `--admins`.
 pub(super) fn require_admin(shared: &Shared, client: &str) -> Result<(), Error> {
-    if shared.config.admins.iter().any(|a| a == client) {
-        return Ok(());
-    }
-    Err(Error::Core(CoreError::Denied {
-        message: format!(
-            "client {client:?} is not an administrator of this server (handoffd --admins)"
-        ),
-        report: None,
-    }))
+    require_listed(&shared.config.admins, client, || {
+        format!("client {client:?} is not an administrator of this server (handoffd --admins)")
+    })
 }
 
-fn unexpected(what: &str, msg: &Message) -> Error {
-    Error::Protocol(format!("peer answered {what} with {:#04x}", msg.kind()))
+fn require_listed(list: &[String], client: &str, why: impl Fn() -> String) -> Result<(), Error> {
+    if list.iter().any(|a| a == client) {
+        Ok(())
+    } else {
+        Err(Error::denied(why()))
+    }
+}
+
+/// Sends `msg` to the peer and expects `Done`.
+async fn expect_done(to: &mut ControlClient, msg: &Message) -> Result<(), Error> {
+    match to.request(msg).await? {
+        Message::Done => Ok(()),
+        other => Err(unexpected(msg, &other)),
+    }
+}
+
+fn unexpected(asked: &Message, answer: &Message) -> Error {
+    Error::Protocol(format!(
+        "peer answered {:#04x} with {:#04x}",
+        asked.kind(),
+        answer.kind()
+    ))
 }
 
 /// Carries on a drain that a restart interrupted, retrying every 5 s until the peer has
@@ -138,14 +146,12 @@ async fn send(
         .collect();
     let mut missing = Vec::new();
     for batch in paths.chunks(MISSING_BATCH) {
-        match to
-            .request(&Message::Missing {
-                paths: batch.to_vec(),
-            })
-            .await?
-        {
+        let ask = Message::Missing {
+            paths: batch.to_vec(),
+        };
+        match to.request(&ask).await? {
             Message::Paths { paths } => missing.extend(paths),
-            other => return Err(unexpected("Missing", &other)),
+            other => return Err(unexpected(&ask, &other)),
         }
     }
     let mut bytes = 0;
@@ -155,21 +161,18 @@ async fn send(
 
     let mac_key = to.wrap_secret(&export.mac_key)?;
     let counters: BTreeMap<u64, FileRecord> = export.counters.iter().copied().collect();
-    let mut batch: Vec<&OpenRecord> = Vec::new();
+    let mut batch: Vec<(Vec<u8>, &OpenRecord)> = Vec::new();
     let mut size = 0;
     for (i, rec) in export.records.iter().enumerate() {
+        let encoded = rec.encode()?;
         // The record, and its path again among the counters.
-        let len = rec.encode()?.len() + rec.path.len() + 24;
-        batch.push(rec);
+        let len = encoded.len() + rec.path.len() + 24;
+        batch.push((encoded, rec));
         size += len;
         let last = i + 1 == export.records.len();
         if last || size + len > IMPORT_BATCH_BYTES || batch.len() >= MAX_DRAIN_ITEMS / 2 {
-            let msg = import_message(mac_key, &batch, &counters)?;
-            match to.request(&msg).await? {
-                Message::Done => {}
-                other => return Err(unexpected("Import", &other)),
-            }
-            batch.clear();
+            let msg = import_message(mac_key, std::mem::take(&mut batch), &counters);
+            expect_done(&mut to, &msg).await?;
             size = 0;
         }
     }
@@ -179,30 +182,30 @@ async fn send(
                 client: client.clone(),
                 tokens: batch.to_vec(),
             };
-            match to.request(&msg).await? {
-                Message::Done => {}
-                other => return Err(unexpected("ImportInbox", &other)),
-            }
+            expect_done(&mut to, &msg).await?;
         }
     }
     Ok((missing.len() as u64, bytes))
 }
 
+/// One `Import`: the batch's encoded records, and the counters of the files they name.
 fn import_message(
     mac_key: [u8; 32],
-    batch: &[&OpenRecord],
+    batch: Vec<(Vec<u8>, &OpenRecord)>,
     counters: &BTreeMap<u64, FileRecord>,
-) -> Result<Message, Error> {
+) -> Message {
     let mut by_path = BTreeMap::new();
-    for r in batch {
+    let mut records = Vec::with_capacity(batch.len());
+    for (encoded, r) in batch {
         let c = counters.get(&r.file_id).copied().unwrap_or_default();
         by_path.insert(r.path.clone(), (c.access_seq, c.version));
+        records.push(encoded);
     }
-    Ok(Message::Import {
+    Message::Import {
         mac_key,
-        records: batch.iter().map(|r| r.encode()).collect::<Result<_, _>>()?,
+        records,
         counters: by_path.into_iter().map(|(p, (a, v))| (p, a, v)).collect(),
-    })
+    }
 }
 
 async fn send_file(shared: &Shared, to: &mut ControlClient, path: &str) -> Result<u64, Error> {
@@ -226,10 +229,7 @@ async fn send_file(shared: &Shared, to: &mut ControlClient, path: &str) -> Resul
             data: buf[..filled].to_vec(),
             last,
         };
-        match to.request(&msg).await? {
-            Message::Done => {}
-            other => return Err(unexpected("FileChunk", &other)),
-        }
+        expect_done(to, &msg).await?;
         offset += filled as u64;
         if last {
             tracing::info!(path, bytes = offset, "sent a file the peer lacked");
@@ -250,7 +250,7 @@ pub(super) fn missing(shared: &Shared, paths: Vec<String>) -> Result<Message, Er
 }
 
 /// Peer side: one chunk of a file this server lacks. It is written beside the target and
-/// renamed into place when complete, so a half-sent file is never served; an existing file is
+/// linked into place when complete, so a half-sent file is never served; an existing file is
 /// never overwritten.
 pub(super) fn file_chunk(
     shared: &Shared,
@@ -261,11 +261,13 @@ pub(super) fn file_chunk(
 ) -> Result<Message, Error> {
     shared.writable()?;
     let target = resolve_path(&shared.config.root, path)?;
+    let exists = || {
+        Error::denied(format!(
+            "{path} exists here already; a drain does not overwrite it"
+        ))
+    };
     if target.exists() {
-        return Err(Error::Core(CoreError::Denied {
-            message: format!("{path} exists here already; a drain does not overwrite it"),
-            report: None,
-        }));
+        return Err(exists());
     }
     let name = target
         .file_name()
@@ -284,10 +286,7 @@ pub(super) fn file_chunk(
         file.sync_all()?;
         // A link, unlike a rename, never replaces a file that appeared meanwhile.
         std::fs::hard_link(&part, &target).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Core(CoreError::Denied {
-                message: format!("{path} exists here already; a drain does not overwrite it"),
-                report: None,
-            }),
+            std::io::ErrorKind::AlreadyExists => exists(),
             _ => e.into(),
         })?;
         std::fs::remove_file(&part)?;

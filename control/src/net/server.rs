@@ -73,6 +73,7 @@ pub fn fail_stop(code: i32, why: &str) -> ! {
 fn apply_while_leased(
     store: &mut dyn Store,
     batch: &[crate::store::Mutation],
+    health: impl Fn() -> Health,
 ) -> Result<(), String> {
     // Bounded even if the lease keeps being renewed (etcd answers keep-alives but not this).
     let give_up = std::time::Instant::now() + Duration::from_secs(10);
@@ -80,7 +81,7 @@ fn apply_while_leased(
         match store.apply(batch) {
             Ok(()) => return Ok(()),
             Err(StoreError::Fenced(why)) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
-            Err(StoreError::Unavailable(why)) => match store.health() {
+            Err(StoreError::Unavailable(why)) => match health() {
                 Health::Fenced(f) => fail_stop(EXIT_FENCED, &format!("fenced: {f}")),
                 Health::Active if std::time::Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(200))
@@ -92,6 +93,19 @@ fn apply_while_leased(
                 &format!("cannot write state to the store, stopping: {e}"),
             ),
         }
+    }
+}
+
+/// Whether a node in `health` may change state: a fenced node stops here, a passive or
+/// suspended one refuses.
+fn may_change(health: Health) -> Result<(), Error> {
+    match health {
+        Health::Active => Ok(()),
+        Health::Fenced(why) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
+        Health::Passive => Err(Error::Store(StoreError::Unavailable(
+            "this node is passive; another node is active".into(),
+        ))),
+        Health::Suspended(why) => Err(Error::Store(StoreError::Unavailable(why))),
     }
 }
 
@@ -201,18 +215,12 @@ impl Shared {
         f: impl FnOnce(&mut ServerCore, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let defer = match inner.store.health() {
-            Health::Active => false,
-            Health::Fenced(why) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
-            Health::Passive => {
-                return Err(Error::Store(StoreError::Unavailable(
-                    "this node is passive; another node is active".into(),
-                )))
+        let defer = match self.health() {
+            Health::Suspended(_) if persist == Persist::Deferred => true,
+            health => {
+                may_change(health)?;
+                false
             }
-            Health::Suspended(why) if persist == Persist::Now => {
-                return Err(Error::Store(StoreError::Unavailable(why)))
-            }
-            Health::Suspended(_) => true,
         };
         let first_handle = inner.core.next_handle();
         let first_slot = inner.core.next_slot();
@@ -227,7 +235,8 @@ impl Shared {
                 batch = all;
             }
             if !batch.is_empty() {
-                if let Err(why) = apply_while_leased(inner.store.as_mut(), &batch) {
+                if let Err(why) = apply_while_leased(inner.store.as_mut(), &batch, || self.health())
+                {
                     // Not confirmed, so nothing is promised to the client: opens this request
                     // made are undone (a retry does not meet its own ghost), handles it made
                     // on older opens are given back (their durable timeouts run), and the
@@ -263,14 +272,13 @@ impl Shared {
     /// Whether this server may change file bytes now: checked before each chunk of a write
     /// is put into the file, so a node whose lease lapsed mid-transfer stops writing at once.
     pub fn writable(&self) -> Result<(), Error> {
-        match self.lease.as_ref().map(|l| l.health()) {
-            None | Some(Health::Active) => Ok(()),
-            Some(Health::Fenced(why)) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
-            Some(Health::Passive) => Err(Error::Store(StoreError::Unavailable(
-                "this node is passive; another node is active".into(),
-            ))),
-            Some(Health::Suspended(why)) => Err(Error::Store(StoreError::Unavailable(why))),
-        }
+        may_change(self.health())
+    }
+
+    /// Whether this node may change state now: always with an embedded store; with a
+    /// cluster store, what its lease says.
+    pub fn health(&self) -> Health {
+        self.lease.as_ref().map_or(Health::Active, |l| l.health())
     }
 
     /// Grants direct mode to `handle` if the core allows it: `make` registers the memory and
@@ -297,38 +305,37 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut ServerCore, u64) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.run_blocking(f))
-            .await
-            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
+        self.blocking(move |s| s.run_blocking(f)).await
     }
 
     /// The peer a drain interrupted by a restart is still going to.
     pub fn draining(&self) -> Option<String> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .core
-            .draining()
-            .map(str::to_owned)
+        self.peek(|core| core.draining().map(str::to_owned))
     }
 
     /// The peer this server refers its clients to, if it was drained.
     pub fn referral(&self) -> Option<String> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .core
-            .referral()
-            .map(str::to_owned)
+        self.peek(|core| core.referral().map(str::to_owned))
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .core
-            .poll_timeout()
+        self.peek(ServerCore::poll_timeout)
+    }
+
+    /// Reads the core under the lock (nothing changes, nothing is written).
+    fn peek<T>(&self, f: impl FnOnce(&ServerCore) -> T) -> T {
+        f(&self.inner.lock().unwrap_or_else(|p| p.into_inner()).core)
+    }
+
+    /// Runs blocking work (the lock, the store, file IO) off the async runtime's threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
     }
 
     /// Expires opens at their deadlines until the process ends.
@@ -379,10 +386,8 @@ impl Shared {
         client: String,
         key: Vec<u8>,
     ) -> Result<(Attached, std::fs::File), Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.attach_blocking(&client, &key))
+        self.blocking(move |s| s.attach_blocking(&client, &key))
             .await
-            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
     }
 
     /// A channel holding `handle` is gone (written to the store once it is reachable).
@@ -394,8 +399,12 @@ impl Shared {
     }
 
     pub async fn detach(&self, handle: HandleId) {
-        let this = self.clone();
-        let _ = tokio::task::spawn_blocking(move || this.detach_blocking(handle)).await;
+        let _ = self
+            .blocking(move |s| {
+                s.detach_blocking(handle);
+                Ok(())
+            })
+            .await;
     }
 
     /// Checks and counts one read or write. Reads go on while a cluster store is
@@ -421,10 +430,8 @@ impl Shared {
         kind: IoKind,
         range: Option<ByteRange>,
     ) -> Result<(), Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.begin_io_blocking(handle, kind, range))
+        self.blocking(move |s| s.begin_io_blocking(handle, kind, range))
             .await
-            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
     }
 }
 
@@ -740,12 +747,9 @@ async fn dispatch(
             last,
         } => {
             super::drain::require_peer(shared, &client)?;
-            let s = shared.clone();
-            let reply = tokio::task::spawn_blocking(move || {
-                super::drain::file_chunk(&s, &path, offset, &data, last)
-            })
-            .await
-            .map_err(|e| Error::Protocol(format!("server task failed: {e}")))??;
+            let reply = shared
+                .blocking(move |s| super::drain::file_chunk(s, &path, offset, &data, last))
+                .await?;
             Ok((reply, None))
         }
         other => Err(Error::Protocol(format!(

@@ -543,6 +543,8 @@ impl ServerCore {
     fn lookup_key(&self, sealed: &[u8]) -> Result<(u32, String), CoreError> {
         let rejected =
             |e: super::KeyError| CoreError::NotFound(format!("resume key rejected: {e}"));
+        let gone =
+            || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
         // Authenticated first with this server's key, then with the keys of servers that
         // drained into it; only an authentic key is looked up.
         let (key, slot, file_id) = match self.sealer.open(sealed) {
@@ -553,27 +555,18 @@ impl ServerCore {
                     .iter()
                     .find_map(|(i, s)| s.open(sealed).ok().map(|k| (*i, k)))
                     .ok_or_else(|| rejected(super::KeyError::BadMac))?;
-                let (slot, old_file_id) = self
+                // The alias names the open here and the file id the key was sealed with.
+                let (slot, _) = self
                     .aliases
                     .get(&(origin, key.slot))
                     .copied()
-                    .ok_or_else(|| {
-                        CoreError::NotFound(
-                            "resume key unknown: its open was closed or forgotten".into(),
-                        )
-                    })?;
-                if old_file_id != key.file_id {
-                    return Err(CoreError::NotFound(
-                        "resume key unknown: its open was closed or forgotten".into(),
-                    ));
-                }
+                    .filter(|(_, old_file_id)| *old_file_id == key.file_id)
+                    .ok_or_else(gone)?;
                 let here = self.table.get(slot).map_or(0, |e| e.record.file_id);
                 (key, slot, here)
             }
             Err(e) => return Err(rejected(e)),
         };
-        let gone =
-            || CoreError::NotFound("resume key unknown: its open was closed or forgotten".into());
         let r = &self.table.get(slot).ok_or_else(gone)?.record;
         if r.file_id != file_id || r.opened_at != key.opened_at || r.pid != key.pid {
             return Err(gone());

@@ -108,10 +108,6 @@ fn hex_u64(s: &str) -> Option<u64> {
 }
 
 impl Store for EtcdStore {
-    fn health(&self) -> crate::cluster::Health {
-        self.cluster.health()
-    }
-
     fn lease(&self) -> Option<Arc<crate::cluster::LeaseState>> {
         Some(self.cluster.lease().clone())
     }

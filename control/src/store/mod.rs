@@ -99,13 +99,8 @@ pub enum StoreError {
 
 pub trait Store: Send {
     fn load(&self) -> Result<Snapshot, StoreError>;
-    /// Whether this node may write now. An embedded store always may; a cluster store only
-    /// while this node is active and its lease is confirmed.
-    fn health(&self) -> crate::cluster::Health {
-        crate::cluster::Health::Active
-    }
-    /// The cluster lease behind [`Store::health`], for checks made without the server's lock
-    /// (before each chunk of file bytes is written). None: an embedded store.
+    /// The cluster lease that decides whether this node may write (only while it is active
+    /// and the lease is confirmed). None: an embedded store, which always may.
     fn lease(&self) -> Option<std::sync::Arc<crate::cluster::LeaseState>> {
         None
     }
