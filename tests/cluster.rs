@@ -10,16 +10,51 @@ use common::cluster::{start_node, Etcd, Node};
 use common::*;
 use handoff::{Channel, Client};
 
-/// A cluster directory: the shared root, the clients file, and CLI helpers that list every
-/// node (`--server A,B`), as a user of a pair would.
-fn cluster_dir(clients: &[&TestClient]) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("root")).unwrap();
-    let lines: Vec<String> = clients.iter().map(|c| c.identity.to_line()).collect();
-    std::fs::write(tmp.path().join("clients"), lines.join("\n") + "\n").unwrap();
-    tmp
+/// What every cluster test starts from: a real etcd, node `a` active and node `b` passive
+/// over one root, and the clients. Fields drop in order: the nodes before etcd, and the
+/// one-at-a-time lock last.
+struct Pair {
+    a: Node,
+    b: Node,
+    etcd: Etcd,
+    /// The shared root (`root/`) and the clients file.
+    dir: tempfile::TempDir,
+    clients: Vec<TestClient>,
+    _ids: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
+/// Starts a [`Pair`] serving the clients `names`, both nodes with `opts`. One test at a
+/// time: each runs an etcd and two servers on ports picked free just before they start, and
+/// shares 2 cores with them.
+fn pair(names: &[&str], opts: &[&str]) -> Pair {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let ids = tempfile::tempdir().unwrap();
+    let clients: Vec<TestClient> = names.iter().map(|n| client(ids.path(), n)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("root")).unwrap();
+    let lines: Vec<String> = clients.iter().map(|c| c.identity.to_line()).collect();
+    std::fs::write(dir.path().join("clients"), lines.join("\n") + "\n").unwrap();
+    let etcd = Etcd::start();
+    let a = start_node("a", dir.path(), &etcd, opts);
+    a.wait_active(Duration::from_secs(20));
+    let b = start_node("b", dir.path(), &etcd, opts);
+    eventually(Duration::from_secs(20), || {
+        b.log().contains("passive: waiting").then_some(())
+    });
+    Pair {
+        a,
+        b,
+        etcd,
+        dir,
+        clients,
+        _ids: ids,
+        _serial: serial,
+    }
+}
+
+/// CLI helpers that list every node (`--server A,B`), as a user of a pair would.
 fn cli(dir: &Path, nodes: &[&Node], who: &TestClient) -> Cli {
     Cli {
         server: nodes
@@ -30,13 +65,6 @@ fn cli(dir: &Path, nodes: &[&Node], who: &TestClient) -> Cli {
         identity: who.path.clone(),
         keys: dir.join(format!("{}.keys", who.identity.name)),
     }
-}
-
-/// One cluster test at a time: each runs an etcd and two servers on ports picked free just
-/// before they start, and shares 2 cores with them.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -51,32 +79,25 @@ fn runtime() -> tokio::runtime::Runtime {
 /// timeout, and its lock still holds.
 #[test]
 fn kill9_of_the_active_moves_keys_locks_and_denials_to_the_passive() {
-    let _serial = one_at_a_time();
-    let ids = tempfile::tempdir().unwrap();
-    let (alice, bob) = (client(ids.path(), "alice"), client(ids.path(), "bob"));
-    let dir = cluster_dir(&[&alice, &bob]);
-    let etcd = Etcd::start();
-    let opts = ["--durable-timeout", "15", "--grace", "1"];
-    let mut a = start_node("a", dir.path(), &etcd, &opts);
-    a.wait_active(Duration::from_secs(20));
-    let b = start_node("b", dir.path(), &etcd, &opts);
-    eventually(Duration::from_secs(20), || {
-        b.log().contains("passive: waiting").then_some(())
-    });
-    assert!(!b.is_active(), "two active nodes");
+    let mut p = pair(
+        &["alice", "bob"],
+        &["--durable-timeout", "15", "--grace", "1"],
+    );
+    let (alice, bob) = (&p.clients[0], &p.clients[1]);
+    assert!(!p.b.is_active(), "two active nodes");
 
     let data = random_bytes(3 << 20, 41);
-    std::fs::write(dir.path().join("root/f"), &data).unwrap();
+    std::fs::write(p.dir.path().join("root/f"), &data).unwrap();
     let (al, bo) = (
-        cli(dir.path(), &[&a, &b], &alice),
-        cli(dir.path(), &[&a, &b], &bob),
+        cli(p.dir.path(), &[&p.a, &p.b], alice),
+        cli(p.dir.path(), &[&p.a, &p.b], bob),
     );
     let key = al.open(&["f", "--mode", "rw", "--lock", "0:4096"]);
 
-    a.kill9();
-    let took = b.wait_active(Duration::from_secs(10));
+    p.a.kill9();
+    let took = p.b.wait_active(Duration::from_secs(10));
     eprintln!("passive became active {took:?} after kill -9 of the active");
-    assert!(b.log().contains("recovered_opens=1"), "{}", b.log());
+    assert!(p.b.log().contains("recovered_opens=1"), "{}", p.b.log());
 
     let read = al.run(&["read", &key]).expect(0);
     assert_eq!(sha256(&read.stdout), sha256(&data));
@@ -88,7 +109,7 @@ fn kill9_of_the_active_moves_keys_locks_and_denials_to_the_passive() {
     let read = al.run(&["read", &key]).expect(0);
     assert_eq!(sha256(&read.stdout), sha256(&want));
     assert_eq!(
-        sha256(&std::fs::read(dir.path().join("root/f")).unwrap()),
+        sha256(&std::fs::read(p.dir.path().join("root/f")).unwrap()),
         sha256(&want)
     );
 
@@ -114,35 +135,28 @@ fn kill9_of_the_active_moves_keys_locks_and_denials_to_the_passive() {
 /// bytes written through the new active stay.
 #[test]
 fn a_paused_active_is_fenced_and_overwrites_nothing() {
-    let _serial = one_at_a_time();
-    let ids = tempfile::tempdir().unwrap();
-    let alice = client(ids.path(), "alice");
-    let dir = cluster_dir(&[&alice]);
-    let etcd = Etcd::start();
-    let opts = ["--lease-ttl", "3", "--grace", "1"];
-    let mut a = start_node("a", dir.path(), &etcd, &opts);
-    a.wait_active(Duration::from_secs(20));
-    let b = start_node("b", dir.path(), &etcd, &opts);
-    std::fs::write(dir.path().join("root/f"), vec![b'.'; 64 << 10]).unwrap();
-    let al = cli(dir.path(), &[&a, &b], &alice);
+    let mut p = pair(&["alice"], &["--lease-ttl", "3", "--grace", "1"]);
+    let alice = &p.clients[0];
+    std::fs::write(p.dir.path().join("root/f"), vec![b'.'; 64 << 10]).unwrap();
+    let al = cli(p.dir.path(), &[&p.a, &p.b], alice);
     let key = al.open(&["f", "--mode", "rw"]);
 
     let rt = runtime();
     // A raw data channel to the active (no resuming elsewhere), held across the pause.
     let mut stale = rt.block_on(async {
-        let mut c = Client::connect(&a.addr, &alice.identity).await.unwrap();
+        let mut c = Client::connect(&p.a.addr, &alice.identity).await.unwrap();
         let mut h = c.attach(&key, handoff::Transport::Tcp).await.unwrap();
         h.write_at(0, b"AAAA").await.unwrap();
         h
     });
 
-    a.pause();
-    b.wait_active(Duration::from_secs(15));
+    p.a.pause();
+    p.b.wait_active(Duration::from_secs(15));
     // The client lists both: the paused one never answers, so it moves on to b.
     let newer = random_bytes(16 << 10, 7);
     al.run_with(&["write", &key, "--offset", "0"], Some(&newer))
         .expect(0);
-    a.resume();
+    p.a.resume();
 
     let refused = rt.block_on(async {
         let w = stale.write_at(0, b"CCCC").await;
@@ -150,13 +164,13 @@ fn a_paused_active_is_fenced_and_overwrites_nothing() {
         w.is_err() || f.is_err()
     });
     assert!(refused, "the fenced node accepted a write");
-    let code = a.wait_exit(Duration::from_secs(10));
-    assert_eq!(code, Some(75), "{}", a.log());
-    assert!(a.log().contains("fenced"), "{}", a.log());
+    let code = p.a.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(75), "{}", p.a.log());
+    assert!(p.a.log().contains("fenced"), "{}", p.a.log());
 
     let mut want = vec![b'.'; 64 << 10];
     want[..newer.len()].copy_from_slice(&newer);
-    let on_disk = std::fs::read(dir.path().join("root/f")).unwrap();
+    let on_disk = std::fs::read(p.dir.path().join("root/f")).unwrap();
     assert_eq!(
         sha256(&on_disk),
         sha256(&want),
@@ -171,39 +185,25 @@ fn a_paused_active_is_fenced_and_overwrites_nothing() {
 /// serves again and every open is still there.
 #[test]
 fn etcd_outage_and_restart_lose_no_open_and_reads_go_on() {
-    let _serial = one_at_a_time();
-    let ids = tempfile::tempdir().unwrap();
-    let alice = client(ids.path(), "alice");
-    let dir = cluster_dir(&[&alice]);
-    let mut etcd = Etcd::start();
-    let opts = ["--lease-ttl", "3", "--grace", "1"];
-    let mut a = start_node("a", dir.path(), &etcd, &opts);
-    a.wait_active(Duration::from_secs(20));
-    let b = start_node("b", dir.path(), &etcd, &opts);
+    let mut p = pair(&["alice"], &["--lease-ttl", "3", "--grace", "1"]);
+    let alice = &p.clients[0];
     let data = random_bytes(1 << 20, 3);
     for i in 0..20 {
-        std::fs::write(dir.path().join(format!("root/f{i}")), &data).unwrap();
+        std::fs::write(p.dir.path().join(format!("root/f{i}")), &data).unwrap();
     }
-    let al = cli(dir.path(), &[&a, &b], &alice);
+    let al = cli(p.dir.path(), &[&p.a, &p.b], alice);
     let keys: Vec<String> = (0..20).map(|i| al.open(&[&format!("f{i}")])).collect();
 
     let rt = runtime();
     let mut channel = rt.block_on(async {
-        let mut c = Client::connect(&a.addr, &alice.identity).await.unwrap();
+        let mut c = Client::connect(&p.a.addr, &alice.identity).await.unwrap();
         c.open_data(&keys[0], Some(Channel::Tcp), false)
             .await
             .unwrap()
     });
-    let read_all = |h: &mut handoff::DataHandle| {
-        let mut got = Vec::new();
-        rt.block_on(h.read_to(0, u64::MAX, &mut |c| {
-            got.extend_from_slice(c);
-            Ok(())
-        }))
-        .map(|_| sha256(&got))
-    };
+    let mut read_sum = || sha256(&rt.block_on(read_all(&mut channel)));
 
-    etcd.kill();
+    p.etcd.kill();
     let out = eventually(Duration::from_secs(10), || {
         let out = al.run(&["open", "f1"]);
         (out.code != 0).then_some(out)
@@ -214,43 +214,39 @@ fn etcd_outage_and_restart_lose_no_open_and_reads_go_on() {
         "not a clear error: {}",
         out.stderr
     );
-    assert_eq!(read_all(&mut channel).unwrap(), sha256(&data));
+    assert_eq!(read_sum(), sha256(&data));
     std::thread::sleep(Duration::from_secs(4)); // past the lease: still no panic, no exit
-    assert!(a.is_running(), "{}", a.log());
-    assert_eq!(read_all(&mut channel).unwrap(), sha256(&data));
-    assert!(!a.log().contains("panicked"));
+    assert!(p.a.is_running(), "{}", p.a.log());
+    assert_eq!(read_sum(), sha256(&data));
+    assert!(!p.a.log().contains("panicked"));
 
-    etcd.restart();
+    p.etcd.restart();
     let extra = eventually(Duration::from_secs(15), || {
         let out = al.run(&["open", "f1"]);
         (out.code == 0).then(|| out.text())
     });
-    assert!(a.is_running() && !b.is_active(), "the active node changed");
+    assert!(
+        p.a.is_running() && !p.b.is_active(),
+        "the active node changed"
+    );
     for k in keys.iter().chain([&extra]) {
         al.run(&["resume", k]).expect(0);
     }
-    assert_eq!(read_all(&mut channel).unwrap(), sha256(&data));
+    assert_eq!(read_sum(), sha256(&data));
 }
 
 /// Must-show 5: 1 000 durable opens held across a failover all resume on the new active.
 #[test]
 fn a_thousand_durable_opens_all_resume_after_failover() {
-    let _serial = one_at_a_time();
-    let ids = tempfile::tempdir().unwrap();
-    let alice = client(ids.path(), "alice");
-    let dir = cluster_dir(&[&alice]);
-    let etcd = Etcd::start();
-    let opts = ["--grace", "1", "--durable-timeout", "600"];
-    let mut a = start_node("a", dir.path(), &etcd, &opts);
-    a.wait_active(Duration::from_secs(20));
-    let b = start_node("b", dir.path(), &etcd, &opts);
+    let mut p = pair(&["alice"], &["--grace", "1", "--durable-timeout", "600"]);
+    let alice = &p.clients[0];
     for i in 0..100 {
-        std::fs::write(dir.path().join(format!("root/f{i}")), format!("file {i}")).unwrap();
+        std::fs::write(p.dir.path().join(format!("root/f{i}")), format!("file {i}")).unwrap();
     }
     let rt = runtime();
     let started = Instant::now();
     let keys: Vec<String> = rt.block_on(async {
-        let mut c = Client::connect(&a.addr, &alice.identity).await.unwrap();
+        let mut c = Client::connect(&p.a.addr, &alice.identity).await.unwrap();
         let mut keys = Vec::new();
         for i in 0..1000 {
             let path = format!("f{}", i % 100);
@@ -259,23 +255,17 @@ fn a_thousand_durable_opens_all_resume_after_failover() {
         keys
     });
     eprintln!("1000 opens through etcd in {:?}", started.elapsed());
-    a.kill9();
-    let took = b.wait_active(Duration::from_secs(10));
+    p.a.kill9();
+    let took = p.b.wait_active(Duration::from_secs(10));
     eprintln!("b active {took:?} after kill -9 with 1000 opens held");
-    assert!(b.log().contains("recovered_opens=1000"), "{}", b.log());
+    assert!(p.b.log().contains("recovered_opens=1000"), "{}", p.b.log());
     let started = Instant::now();
     let resumed = rt.block_on(async {
-        let mut c = Client::connect(&b.addr, &alice.identity).await.unwrap();
+        let mut c = Client::connect(&p.b.addr, &alice.identity).await.unwrap();
         let mut n = 0;
         for (i, k) in keys.iter().enumerate() {
             let mut h = c.open_data(k, Some(Channel::Tcp), false).await.unwrap();
-            let mut got = Vec::new();
-            h.read_to(0, u64::MAX, &mut |c| {
-                got.extend_from_slice(c);
-                Ok(())
-            })
-            .await
-            .unwrap();
+            let got = read_all(&mut h).await;
             assert_eq!(got, format!("file {}", i % 100).as_bytes());
             n += 1;
         }
@@ -292,17 +282,10 @@ fn a_thousand_durable_opens_all_resume_after_failover() {
 /// active breaks, it resumes by key through the next listed server, and the transfer goes on.
 #[test]
 fn a_data_handle_resumes_by_itself_across_a_failover() {
-    let _serial = one_at_a_time();
-    let ids = tempfile::tempdir().unwrap();
-    let alice = client(ids.path(), "alice");
-    let dir = cluster_dir(&[&alice]);
-    let etcd = Etcd::start();
-    let opts = ["--lease-ttl", "3", "--grace", "1"];
-    let mut a = start_node("a", dir.path(), &etcd, &opts);
-    a.wait_active(Duration::from_secs(20));
-    let b = start_node("b", dir.path(), &etcd, &opts);
-    std::fs::write(dir.path().join("root/f"), b"").unwrap();
-    let servers = format!("{},{}", a.addr, b.addr);
+    let mut p = pair(&["alice"], &["--lease-ttl", "3", "--grace", "1"]);
+    let alice = &p.clients[0];
+    std::fs::write(p.dir.path().join("root/f"), b"").unwrap();
+    let servers = format!("{},{}", p.a.addr, p.b.addr);
     let first = random_bytes(1 << 20, 5);
     let second = random_bytes(1 << 20, 6);
 
@@ -327,13 +310,13 @@ fn a_data_handle_resumes_by_itself_across_a_failover() {
         h.flush().await.unwrap();
         (h, opened.token)
     });
-    a.kill9();
+    p.a.kill9();
     // The CLI, given both servers and started before b is active, waits out the failover.
-    assert!(!b.is_active());
+    assert!(!p.b.is_active());
     let cli = Cli {
         server: servers.clone(),
         identity: alice.path.clone(),
-        keys: dir.path().join("alice.keys"),
+        keys: p.dir.path().join("alice.keys"),
     };
     let read = cli.run(&["read", &token]).expect(0);
     assert_eq!(sha256(&read.stdout), sha256(&first));
@@ -341,16 +324,10 @@ fn a_data_handle_resumes_by_itself_across_a_failover() {
         // The next write finds the connection dead, resumes through b and is redone there.
         h.write_at(first.len() as u64, &second).await.unwrap();
         h.flush().await.unwrap();
-        let mut got = Vec::new();
-        h.read_to(0, u64::MAX, &mut |c| {
-            got.extend_from_slice(c);
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let got = read_all(&mut h).await;
         got
     });
-    assert!(b.is_active());
+    assert!(p.b.is_active());
     let handoff::DataHandle::Stream(s) = &h else {
         panic!("asked for TCP")
     };
@@ -358,7 +335,7 @@ fn a_data_handle_resumes_by_itself_across_a_failover() {
     let want = [first, second].concat();
     assert_eq!(sha256(&got), sha256(&want));
     assert_eq!(
-        sha256(&std::fs::read(dir.path().join("root/f")).unwrap()),
+        sha256(&std::fs::read(p.dir.path().join("root/f")).unwrap()),
         sha256(&want)
     );
 }

@@ -90,12 +90,7 @@ fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {
 
     // The held handle is referred on its next read and resumes on b (b's own g: b's file
     // wins, the open moved).
-    let mut got = Vec::new();
-    rt.block_on(held.read_to(0, u64::MAX, &mut |c| {
-        got.extend_from_slice(c);
-        Ok(())
-    }))
-    .unwrap();
+    let got = rt.block_on(read_all(&mut held));
     assert_eq!(got, b"b's own g");
     let handoff::DataHandle::Stream(s) = &held else {
         panic!("asked for TCP")

@@ -315,13 +315,7 @@ fn direct_mode_reads_without_server_work_and_falls_back_when_revoked() {
             .unwrap();
         drop(control);
         let before = stats(&server, &c1);
-        let mut got = Vec::new();
-        data.read_to(0, u64::MAX, &mut |c| {
-            got.extend_from_slice(c);
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let got = read_all(&mut data).await;
         assert_eq!(sha256(&got), sha256(&old));
         let after = stats(&server, &c1);
         // One-sided: the server posted no work for these 8 MiB.
@@ -344,13 +338,7 @@ fn direct_mode_reads_without_server_work_and_falls_back_when_revoked() {
             .expect(0);
 
         // The reader's next read hits the revoked rkey, falls back, and sees the new bytes.
-        let mut got = Vec::new();
-        data.read_to(0, u64::MAX, &mut |c| {
-            got.extend_from_slice(c);
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let got = read_all(&mut data).await;
         assert_eq!(sha256(&got), sha256(&new));
         let DataHandle::Rdma(r) = &data else {
             panic!("not RDMA")
@@ -429,13 +417,7 @@ async fn cycle(control: &mut Client, key: &str, data: &[u8]) {
         .open_data(key, Some(handoff::Channel::Rdma), false)
         .await
         .unwrap();
-    let mut got = Vec::new();
-    h.read_to(0, u64::MAX, &mut |c| {
-        got.extend_from_slice(c);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    let got = read_all(&mut h).await;
     assert_eq!(sha256(&got), sha256(data));
 }
 

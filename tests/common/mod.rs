@@ -251,6 +251,18 @@ pub fn sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// All of the file behind a duplicate handle, read from offset 0.
+pub async fn read_all(h: &mut handoff::DataHandle) -> Vec<u8> {
+    let mut got = Vec::new();
+    h.read_to(0, u64::MAX, &mut |c| {
+        got.extend_from_slice(c);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    got
+}
+
 /// Retries `f` until it returns Some or `limit` passes.
 pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
