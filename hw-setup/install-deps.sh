@@ -28,8 +28,10 @@ SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
 # rdma-sys (the verbs FFI) is always built: it needs the verbs/rdmacm headers and libclang.
-# etcd-client compiles etcd's protos (protoc); the cluster tests start a real etcd.
-want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev protobuf-compiler etcd-server)
+# etcd-client compiles etcd's protos (protoc, whose well-known types such as
+# google/protobuf/descriptor.proto are in libprotobuf-dev, which --no-install-recommends skips);
+# the cluster tests start a real etcd.
+want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev protobuf-compiler libprotobuf-dev etcd-server)
 ((bench)) && want+=(nginx-light curl openssl fonts-dejavu-core)
 ((rdma)) && want+=(qemu-system-x86 busybox-static kmod cpio rdma-core ibverbs-utils perftest
   ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2)
