@@ -22,11 +22,11 @@ show() { printf '$ %s\n' "$*"; "$@"; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timed out waiting for $2 in $1" >&2; return 1; }
 
-"$BIN/handoff" keygen alice > "$work/alice.id"
-"$BIN/handoff" keygen bob > "$work/bob.id"
-"$BIN/handoff" keygen admin > "$work/admin.id"
-"$BIN/handoff" keygen srv-a > "$work/srv-a.id"
-cat "$work/alice.id" "$work/bob.id" "$work/admin.id" "$work/srv-a.id" > "$work/clients"
+"$BIN/handoff" keygen alice -o "$work/alice.id"
+"$BIN/handoff" keygen bob -o "$work/bob.id"
+"$BIN/handoff" keygen admin -o "$work/admin.id"
+"$BIN/handoff" keygen srv-a -o "$work/srv-a.id"
+(umask 077; cat "$work/alice.id" "$work/bob.id" "$work/admin.id" "$work/srv-a.id" > "$work/clients")
 alice() { "$BIN/handoff" --identity "$work/alice.id" "$@"; }
 bob() { "$BIN/handoff" --identity "$work/bob.id" "$@"; }
 export HANDOFF_KEYS=$work/keys

@@ -17,9 +17,9 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 
 step "identities: one line per client, shared with the server"
-"$BIN/handoff" keygen alice > "$work/alice.id"
-"$BIN/handoff" keygen bob > "$work/bob.id"
-cat "$work/alice.id" "$work/bob.id" > "$work/clients"
+"$BIN/handoff" keygen alice -o "$work/alice.id"
+"$BIN/handoff" keygen bob -o "$work/bob.id"
+(umask 077; cat "$work/alice.id" "$work/bob.id" > "$work/clients")
 sed 's/:.*/:<secret>/' "$work/clients"
 
 start_server() {

@@ -11,6 +11,9 @@ pub const AUTH: i32 = 5;
 /// No server could serve the request now (cluster store unreachable, node passive or fenced,
 /// every listed server down): retry later.
 pub const UNAVAILABLE: i32 = 6;
+/// The server's file system refused the operation (no space, file too large, quota, I/O
+/// error); nothing was retried.
+pub const FILE_IO: i32 = 7;
 
 pub fn for_code(code: ErrorCode) -> i32 {
     match code {
@@ -19,6 +22,7 @@ pub fn for_code(code: ErrorCode) -> i32 {
         ErrorCode::AuthFailed => AUTH,
         ErrorCode::BadRequest => USAGE,
         ErrorCode::Unavailable => UNAVAILABLE,
+        ErrorCode::FileIo => FILE_IO,
         _ => OTHER,
     }
 }

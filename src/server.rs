@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub peers: Vec<String>,
     /// The identity file this server presents when it drains into a peer.
     pub peer_identity: Option<PathBuf>,
+    /// Replace a damaged, empty or missing embedded store with a new one (keeping the old
+    /// file aside) instead of refusing to start.
+    pub reset_state: bool,
 }
 
 /// Where the server keeps its state.
@@ -82,10 +85,12 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         "--root {} is not a directory",
         root.display()
     );
-    std::fs::create_dir_all(&opts.state)
-        .with_context(|| format!("--state {}", opts.state.display()))?;
+    make_private_dir(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
     let clients = std::fs::read_to_string(&opts.clients)
         .with_context(|| format!("--clients {}", opts.clients.display()))?;
+    handoff_control::auth::check_private(&opts.clients)
+        .map_err(handoff_control::Error::from)
+        .context("--clients")?;
     let directory = ClientDirectory::parse(&clients)
         .with_context(|| format!("--clients {}", opts.clients.display()))?;
     if directory.is_empty() {
@@ -110,6 +115,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--peer-identity {}", path.display()))?;
+            handoff_control::auth::check_private(path)
+                .map_err(handoff_control::Error::from)
+                .context("--peer-identity")?;
             Some(
                 handoff_control::auth::Identity::parse(&text)
                     .with_context(|| format!("--peer-identity {}", path.display()))?,
@@ -145,7 +153,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         core,
         store,
         ServerConfig {
-            root,
+            root: handoff_control::net::Root::open(&root)
+                .with_context(|| format!("--root {}", root.display()))?,
             directory,
             endpoints: [EndpointKind::Tcp, EndpointKind::Tls]
                 .into_iter()
@@ -204,14 +213,34 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
 
 /// The embedded store, or (with etcd) this node's cluster membership and the shared store
 /// once this node is active: a passive node waits here, before binding any listener.
+/// The state directory holds the resume-key MAC key and the TLS key: only its owner may
+/// enter it. Made 0700 if new; an existing one open to others is closed (and said so).
+fn make_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "--state {} was open to group or others (mode {mode:04o}); made 0700",
+            dir.display()
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 async fn open_store(
     opts: &ServerOptions,
 ) -> anyhow::Result<(Box<dyn Store>, Option<Arc<Cluster>>)> {
     match &opts.store {
         StoreChoice::Embedded => {
-            let store = RedbStore::open(&opts.state.join("handoff.redb")).with_context(|| {
-                format!("opening the state store under {}", opts.state.display())
-            })?;
+            let store = RedbStore::open(&opts.state.join("handoff.redb"), opts.reset_state)
+                .with_context(|| {
+                    format!("opening the state store under {}", opts.state.display())
+                })?;
             Ok((Box::new(store), None))
         }
         StoreChoice::Etcd {

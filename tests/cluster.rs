@@ -35,7 +35,7 @@ fn pair(names: &[&str], opts: &[&str]) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("root")).unwrap();
     let lines: Vec<String> = clients.iter().map(|c| c.identity.to_line()).collect();
-    std::fs::write(dir.path().join("clients"), lines.join("\n") + "\n").unwrap();
+    write_private(&dir.path().join("clients"), &(lines.join("\n") + "\n"));
     let etcd = Etcd::start();
     let a = start_node("a", dir.path(), &etcd, opts);
     a.wait_active(Duration::from_secs(20));

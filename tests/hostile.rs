@@ -15,7 +15,7 @@ fn wrong_secret_exits_5() {
     let c1 = client(tmp.path(), "c1");
     let server = TestServer::start(&[&c1], &[]);
     let forged = tmp.path().join("forged.id");
-    std::fs::write(&forged, format!("c1:{}\n", "ab".repeat(32))).unwrap();
+    write_private(&forged, &format!("c1:{}\n", "ab".repeat(32)));
     let out = Cli {
         identity: forged,
         ..server.cli(&c1)
@@ -263,4 +263,56 @@ fn a_client_that_vanishes_is_probed_by_tcp_keepalive_on_both_channels() {
         assert_eq!(kind, 2, "keepalive timer on the server end of {addr}");
         assert!(secs > 5.0 && secs <= 20.5, "probe after {secs} s");
     }
+}
+
+/// A data server that announces more bytes than the client asked for (broken or hostile):
+/// the client library refuses the reply instead of overrunning the caller's buffer.
+#[test]
+fn a_server_announcing_more_bytes_than_asked_is_refused_not_a_panic() {
+    use handoff_control::net::Channel;
+    use handoff_control::state::{Mode, ShareMode};
+    use handoff_control::wire::{FileInfo, Message};
+    use handoff_datapath::tcp::{DataClient, Transport};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let directory = handoff_control::auth::ClientDirectory::parse(&c1.identity.to_line()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let fake = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut chan = Channel::new(stream);
+            chan.server_handshake(&directory).await.unwrap();
+            let _attach = chan.expect().await.unwrap();
+            let info = FileInfo {
+                mode: Mode::Read,
+                share: ShareMode::ALL,
+                locks: vec![],
+                size: 10,
+            };
+            chan.send(&Message::Attached {
+                handle: 1,
+                info,
+                report: Default::default(),
+            })
+            .await
+            .unwrap();
+            let _read = chan.expect().await.unwrap();
+            chan.send(&Message::ReadData { len: 1 << 20 })
+                .await
+                .unwrap();
+            let _ = chan.write_raw(&vec![0xAA; 1 << 20]).await;
+            let _ = chan.flush().await;
+        });
+        let mut data = DataClient::connect(&addr, Transport::Tcp, None, &c1.identity, &[0; 50])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 10];
+        let e = data.read_at(0, &mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("announced"), "{e}");
+        assert_eq!(buf, [0u8; 10], "bytes past the reply were delivered");
+        fake.await.unwrap();
+    });
 }

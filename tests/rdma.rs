@@ -412,6 +412,52 @@ fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_int
     );
 }
 
+#[test]
+#[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
+fn a_refused_rdma_read_leaves_no_stale_replies_for_the_next_one() {
+    let Some(ips) = rdma_ips() else { return };
+    for nics in [1, ips.len().min(2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+        let server = start(&[&c1, &c2], &ips, nics, &[]);
+        let data = random_bytes(32 << 20, 8);
+        std::fs::write(server.root().join("f"), &data).unwrap();
+        // c2 locks the first page: a read from 0 is refused on its first chunk, while the
+        // chunks asked after it (up to a pipeline's depth, on every path) are answered.
+        server
+            .cli(&c2)
+            .open(&["f", "--mode", "rw", "--lock", "0:4096"]);
+        let key = server.cli(&c1).open(&["f"]);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+            let mut h = control
+                .open_data(&key, Some(handoff::Channel::Rdma), false)
+                .await
+                .unwrap();
+            let refused = h.read_to(0, u64::MAX, &mut |_| Ok(())).await.unwrap_err();
+            assert!(refused.to_string().contains("locked"), "{refused}");
+            // The next read on the same handle gets its own bytes, not the leftovers.
+            for _ in 0..3 {
+                let mut got = Vec::new();
+                let n = h
+                    .read_to(4 << 20, 8 << 20, &mut |c| {
+                        got.extend_from_slice(c);
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(n, 8 << 20, "{nics} NIC(s)");
+                assert_eq!(
+                    sha256(&got),
+                    sha256(&data[4 << 20..12 << 20]),
+                    "{nics} NIC(s)"
+                );
+            }
+        });
+    }
+}
+
 async fn cycle(control: &mut Client, key: &str, data: &[u8]) {
     let mut h = control
         .open_data(key, Some(handoff::Channel::Rdma), false)

@@ -101,7 +101,9 @@ fn user_errors_have_their_exit_codes_and_one_clear_line() {
     cli.open(&["nope.bin", "--create"]);
     assert!(server.root().join("nope.bin").exists());
 
-    cli.run(&["open", "../escape", "--create"]).expect(2);
+    // Outside the root: a denial (exit 3), and nothing is created beside it.
+    cli.run(&["open", "../escape", "--create"]).expect(3);
+    assert!(!server.root().join("../escape").exists());
     cli.run(&["open", "x", "--lock", "12"]).expect(2);
     cli.run(&["open", "x", "--mode", "wx"]).expect(2);
     cli.run(&["frobnicate"]).expect(2);

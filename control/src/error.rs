@@ -21,6 +21,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The file system refused an operation on a client's file (ENOSPC, EFBIG, EIO, …).
+    #[error("{0}")]
+    FileSystem(String),
     #[error("connection closed by the peer")]
     Closed,
     /// The peer broke the conversation's order (a reply where a request was due, …).
@@ -65,6 +68,7 @@ impl Error {
             Error::Store(StoreError::Unavailable(_) | StoreError::Fenced(_)) => {
                 ErrorCode::Unavailable
             }
+            Error::FileSystem(_) => ErrorCode::FileIo,
             Error::Store(_) | Error::Io(_) | Error::Closed => ErrorCode::Internal,
             Error::Remote { code, .. } => *code,
         }
@@ -116,7 +120,37 @@ impl Error {
         })
     }
 
+    /// The file system refused `what` (e.g. "write of 10 bytes at offset 0"): the message
+    /// names the errno ("No space left on device (ENOSPC)").
+    pub fn file_system(what: &str, e: &std::io::Error) -> Self {
+        let text = e.to_string();
+        let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+        let name = e.raw_os_error().map(errno_name);
+        Error::FileSystem(match name {
+            Some(Some(n)) => format!("{what} failed: {text} ({n})"),
+            _ => format!("{what} failed: {text}"),
+        })
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Error::Core(CoreError::BadRequest(message.into()))
     }
+}
+
+/// The symbolic name of the errno values a file write or truncate can meet.
+fn errno_name(code: i32) -> Option<&'static str> {
+    Some(match code {
+        1 => "EPERM",
+        5 => "EIO",
+        9 => "EBADF",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        22 => "EINVAL",
+        27 => "EFBIG",
+        28 => "ENOSPC",
+        30 => "EROFS",
+        116 => "ESTALE",
+        122 => "EDQUOT",
+        _ => return None,
+    })
 }

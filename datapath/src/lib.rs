@@ -4,6 +4,8 @@
 //! RDMA transport lives in `rdma/`.
 
 mod error;
+mod file_write;
+pub use file_write::{flush_refused, write_fully_at, write_refused};
 pub mod rdma;
 pub mod tcp;
 

@@ -60,7 +60,13 @@ struct ChannelArg {
 enum Command {
     /// Make a new identity: prints one line "NAME:<64 hex chars>" (give it to the server's
     /// --clients file, keep it as this client's --identity).
-    Keygen { name: String },
+    Keygen {
+        name: String,
+        /// Write the identity to FILE (created with mode 0600; an existing file is not
+        /// overwritten) instead of printing it.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Open PATH and print its resume key; the open stays held (durable) after exit.
     Open {
         path: String,
@@ -212,12 +218,46 @@ fn load_identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
     };
     let text = std::fs::read_to_string(&path).map_err(|e| {
         UsageError(format!(
-            "identity file {}: {e} (make one with `handoff keygen NAME`)",
+            "identity file {}: {e} (make one with `handoff keygen NAME -o FILE`)",
             path.display()
         ))
     })?;
+    handoff_control::auth::check_private(&path).map_err(handoff_control::Error::from)?;
     Identity::parse(&text)
         .map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
+}
+
+/// `keygen > FILE` under a usual umask makes a secret others can read: say so.
+fn warn_if_stdout_is_exposed() {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata("/proc/self/fd/1") {
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "handoff: warning: the identity went to a file group or others can read; \
+                 chmod 600 it, or use `handoff keygen NAME -o FILE`"
+            );
+        }
+    }
+}
+
+/// Creates `path` with mode 0600 holding `text`; an existing file is left alone.
+fn write_secret(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => UsageError(format!(
+                "{} exists; not overwriting an identity (remove it first)",
+                path.display()
+            )),
+            _ => UsageError(format!("{}: {e}", path.display())),
+        })?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn channel(arg: &ChannelArg) -> anyhow::Result<Option<Channel>> {
@@ -263,14 +303,21 @@ fn remember_key(server: &str, path: &str, token: &str) {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/handoff/keys"))
         });
     let Some(file) = file else { return };
+    // Keys are capabilities (with this client's identity): private like the identity.
     let write = || -> std::io::Result<()> {
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&file)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         writeln!(f, "{token} {server} {path}")
     };
     if let Err(e) = write() {
@@ -335,9 +382,15 @@ async fn write_from_stdin(data: &mut DataHandle, offset: u64) -> anyhow::Result<
 }
 
 async fn run(args: Args) -> anyhow::Result<i32> {
-    if let Command::Keygen { name } = &args.command {
+    if let Command::Keygen { name, output } = &args.command {
         let id = Identity::generate(name).map_err(|e| UsageError(e.to_string()))?;
-        println!("{}", id.to_line());
+        match output {
+            Some(path) => write_secret(path, &(id.to_line() + "\n"))?,
+            None => {
+                println!("{}", id.to_line());
+                warn_if_stdout_is_exposed();
+            }
+        }
         return Ok(exit::OK);
     }
     let identity = load_identity(args.identity.as_ref())?;

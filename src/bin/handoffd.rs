@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 /// restarted with the same --state keeps every open, lock and key.
 ///
 /// Example:
-///   handoff keygen alice > alice.id && cp alice.id clients
+///   handoff keygen alice -o alice.id && cp alice.id clients    # both mode 0600
 ///   handoffd --root /srv/data --state /var/lib/handoff --clients clients
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
@@ -33,7 +33,8 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:4455")]
     listen: SocketAddr,
     /// File of client identities, one `NAME:<64 hex>` line each (as `handoff keygen` prints);
-    /// blank and # lines are ignored.
+    /// blank and # lines are ignored. It holds secrets: refused unless only its owner can
+    /// read it (chmod 600).
     #[arg(long)]
     clients: PathBuf,
     /// Seconds an open stays held after its last channel drops.
@@ -79,6 +80,12 @@ struct Args {
     /// peer; the peer must list that name in its --clients and --peers.
     #[arg(long, value_name = "FILE")]
     peer_identity: Option<PathBuf>,
+    /// Start even though the embedded state store under --state is damaged, empty or
+    /// missing: it is kept aside as handoff.redb.damaged-<time> and a new, empty store begins
+    /// (every durable open, key and inbox is forgotten). Without it such a store stops the
+    /// server.
+    #[arg(long)]
+    reset_state: bool,
 }
 
 #[tokio::main]
@@ -91,6 +98,9 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    // A write past a file-size limit (RLIMIT_FSIZE) must fail with EFBIG, answered to the
+    // client, instead of killing the server with SIGXFSZ: a handler that does nothing.
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
     let opts = ServerOptions {
         root: args.root,
         state: args.state,
@@ -104,6 +114,7 @@ async fn main() {
         admins: args.admins,
         peers: args.peers,
         peer_identity: args.peer_identity,
+        reset_state: args.reset_state,
         store: match args.store {
             None => StoreChoice::Embedded,
             Some(url) => StoreChoice::Etcd {
@@ -123,7 +134,7 @@ async fn main() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("handoffd: {e:#}");
-            std::process::exit(1);
+            std::process::exit(start_failure_code(&e));
         }
     };
     tracing::info!(
@@ -159,4 +170,22 @@ async fn main() {
         std::process::exit(1);
     }
     tracing::info!("handoffd stopped; state is on disk");
+}
+
+/// Exit status of a server that could not start: 5 for a secret file open to others (as the
+/// CLI's authentication failures), 1 otherwise.
+fn start_failure_code(e: &anyhow::Error) -> i32 {
+    let exposed = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<handoff_control::Error>(),
+            Some(handoff_control::Error::Auth(
+                handoff_control::auth::AuthError::Exposed(_)
+            ))
+        )
+    });
+    if exposed {
+        5
+    } else {
+        1
+    }
 }

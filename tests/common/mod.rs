@@ -21,6 +21,9 @@ pub struct TestServer {
     pub addr: String,
     pub data_addr: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
+    /// A program (and its arguments) that runs handoffd, e.g. `prlimit --fsize=N --`.
+    pub wrapper: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -34,22 +37,32 @@ pub struct TestClient {
 pub fn client(dir: &Path, name: &str) -> TestClient {
     let identity = Identity::generate(name).unwrap();
     let path = dir.join(format!("{name}.id"));
-    std::fs::write(&path, identity.to_line() + "\n").unwrap();
+    write_private(&path, &(identity.to_line() + "\n"));
     TestClient { identity, path }
 }
 
 impl TestServer {
     /// Starts `handoffd` serving `<tmp>/root` for the given clients.
     pub fn start(clients: &[&TestClient], extra: &[&str]) -> Self {
+        Self::start_with_env(clients, extra, &[])
+    }
+
+    /// [`TestServer::start`] with extra environment variables for `handoffd`.
+    pub fn start_with_env(clients: &[&TestClient], extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("root")).unwrap();
         let lines: Vec<String> = clients.iter().map(|c| c.identity.to_line()).collect();
-        std::fs::write(dir.path().join("clients"), lines.join("\n") + "\n").unwrap();
+        write_private(&dir.path().join("clients"), &(lines.join("\n") + "\n"));
         let mut s = TestServer {
             dir,
             addr: "127.0.0.1:0".into(),
             data_addr: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            wrapper: Vec::new(),
             child: None,
             starts: 0,
         };
@@ -73,7 +86,15 @@ impl TestServer {
                 .join(format!("handoffd.{}.log", self.starts)),
         )
         .unwrap();
-        let mut child = Command::new(HANDOFFD)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(HANDOFFD);
+                c
+            }
+            None => Command::new(HANDOFFD),
+        };
+        let mut child = cmd
             .arg("--root")
             .arg(self.root())
             .arg("--state")
@@ -84,6 +105,7 @@ impl TestServer {
             .arg(&self.addr)
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -124,6 +146,60 @@ impl TestServer {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// Starts `handoffd` through `wrapper` (a program and its arguments, e.g. `prlimit`).
+    pub fn start_wrapped(clients: &[&TestClient], extra: &[&str], wrapper: &[&str]) -> Self {
+        let mut s = Self::start_with_env(clients, extra, &[]);
+        s.kill9();
+        s.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+        s.addr = "127.0.0.1:0".into();
+        s.spawn();
+        s
+    }
+
+    /// Runs `handoffd` with this server's arguments plus `extra` (the server itself stopped
+    /// first), expecting it to refuse to start: its exit code and stderr. Panics if it is
+    /// still running after 20 s.
+    pub fn start_refused(&mut self, extra: &[&str]) -> Out {
+        self.kill9();
+        let mut child = Command::new(HANDOFFD)
+            .arg("--root")
+            .arg(self.root())
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
+            .arg("--clients")
+            .arg(self.clients_file())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&self.extra)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn handoffd");
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("handoffd started (or hung) where it should have refused");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Starts again with `extra` arguments added for good.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.extra.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn();
     }
 
     /// Starts again with the same --state, root, clients and control address.
@@ -191,16 +267,46 @@ impl Cli {
         self.run_with(args, None)
     }
 
-    pub fn run_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Out {
-        let mut child = Command::new(HANDOFF)
-            .arg("--server")
+    /// Starts the CLI without waiting for it (stdin empty, output captured).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn handoff")
+    }
+
+    /// Runs the CLI; panics (after killing it) if it takes longer than `limit`.
+    pub fn run_within(&self, limit: Duration, args: &[&str]) -> Out {
+        let mut child = self.spawn(args);
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                panic!("`handoff {}` took longer than {limit:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        finish(child)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(HANDOFF);
+        cmd.arg("--server")
             .arg(&self.server)
             .arg("--identity")
             .arg(&self.identity)
             .args(args)
             .env("HANDOFF_KEYS", &self.keys)
             .env_remove("HANDOFF_SERVER")
-            .env_remove("HANDOFF_IDENTITY")
+            .env_remove("HANDOFF_IDENTITY");
+        cmd
+    }
+
+    pub fn run_with(&self, args: &[&str], stdin: Option<&[u8]>) -> Out {
+        let mut child = self
+            .command(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -217,17 +323,11 @@ impl Cli {
                 let _ = pipe.write_all(&data);
             })
         });
-        let out = child.wait_with_output().unwrap();
+        let out = finish(child);
         if let Some(f) = feeder {
             f.join().unwrap();
         }
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: out.stdout,
-            stderr,
-        }
+        out
     }
 
     /// `open` with args; returns the printed key.
@@ -238,6 +338,26 @@ impl Cli {
         let key = out.text();
         assert_eq!(key.lines().count(), 1, "open prints one line: {key:?}");
         key
+    }
+}
+
+/// Writes a file of secrets (an identity, a clients list) readable by its owner only, as
+/// `handoff keygen -o` does; the CLI and the server refuse looser ones.
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Waits for a CLI process and collects what it printed.
+pub fn finish(child: Child) -> Out {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr,
     }
 }
 

@@ -115,6 +115,11 @@ fn main() -> Result<()> {
     let identity = Identity::generate("bench")?;
     let clients_file = work.join("clients");
     std::fs::write(&clients_file, identity.to_line())?;
+    // Secrets: handoffd refuses a clients file others can read.
+    std::fs::set_permissions(
+        &clients_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let ctx = Ctx {
         bin_dir: bin_dir
             .canonicalize()

@@ -28,4 +28,25 @@ pub enum AuthError {
         "frame sequence {got} where {expected} was due (replayed, dropped or reordered frame)"
     )]
     Sequence { expected: u64, got: u64 },
+    /// A file holding secrets may be read by other users.
+    #[error("{0}")]
+    Exposed(String),
+}
+
+/// Refuses a file holding secrets (an identity, a clients list) that users other than its
+/// owner may read or write, as ssh and MUNGE do: the message says how to fix it.
+pub fn check_private(path: &std::path::Path) -> Result<(), AuthError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // reading it will say what is wrong
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(AuthError::Exposed(format!(
+            "{} holds secrets but is open to group or others (mode {mode:04o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
 }

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 
-use super::files::{file_id, resolve_path};
 use super::server::{now_ms, Shared};
 use super::ControlClient;
 use crate::state::records::{FileRecord, OpenRecord};
@@ -209,8 +208,8 @@ fn import_message(
 }
 
 async fn send_file(shared: &Shared, to: &mut ControlClient, path: &str) -> Result<u64, Error> {
-    let full = resolve_path(&shared.config.root, path)?;
-    let mut file = std::fs::File::open(&full)?;
+    let root = &shared.config.root;
+    let mut file = root.open_file(path, false)?.file;
     let mut offset = 0u64;
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
@@ -242,7 +241,7 @@ async fn send_file(shared: &Shared, to: &mut ControlClient, path: &str) -> Resul
 pub(super) fn missing(shared: &Shared, paths: Vec<String>) -> Result<Message, Error> {
     let mut out = Vec::new();
     for p in paths {
-        if !resolve_path(&shared.config.root, &p)?.exists() {
+        if !shared.config.root.exists(&p)? {
             out.push(p);
         }
     }
@@ -260,39 +259,53 @@ pub(super) fn file_chunk(
     last: bool,
 ) -> Result<Message, Error> {
     shared.writable()?;
-    let target = resolve_path(&shared.config.root, path)?;
+    use rustix::fs::{AtFlags, Mode, OFlags};
     let exists = || {
         Error::denied(format!(
             "{path} exists here already; a drain does not overwrite it"
         ))
     };
-    if target.exists() {
-        return Err(exists());
+    // Everything happens relative to the target's directory, opened beneath the root: no
+    // link can lead the write elsewhere.
+    let (dir, name) = shared.config.root.parent_dir(path, offset == 0)?;
+    match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => return Err(exists()),
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(std::io::Error::from(e).into()),
     }
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let part = target.with_file_name(format!(".{name}.handoff-drain"));
-    if offset == 0 {
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::File::create(&part)?;
+    let part = std::path::PathBuf::from(format!(".{}.handoff-drain", name.display()));
+    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = if offset == 0 {
+        // A part left by an interrupted drain starts again.
+        let _ = rustix::fs::unlinkat(&dir, &part, AtFlags::empty());
+        rustix::fs::openat(
+            &dir,
+            &part,
+            flags | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(0o666),
+        )
+    } else {
+        rustix::fs::openat(&dir, &part, flags, Mode::empty())
     }
-    let file = std::fs::OpenOptions::new().write(true).open(&part)?;
+    .map_err(std::io::Error::from)?;
+    let file = std::fs::File::from(fd);
     file.write_all_at(data, offset)?;
     if last {
         file.sync_all()?;
         // A link, unlike a rename, never replaces a file that appeared meanwhile.
-        std::fs::hard_link(&part, &target).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => exists(),
-            _ => e.into(),
+        rustix::fs::linkat(&dir, &part, &dir, &name, AtFlags::empty()).map_err(|e| match e {
+            rustix::io::Errno::EXIST => exists(),
+            e => std::io::Error::from(e).into(),
         })?;
-        std::fs::remove_file(&part)?;
-        if let Some(dir) = target.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        rustix::fs::unlinkat(&dir, &part, AtFlags::empty()).map_err(std::io::Error::from)?;
+        let d = rustix::fs::openat(
+            &dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        rustix::fs::fsync(&d).map_err(std::io::Error::from)?;
     } else {
         (&file).flush()?;
     }
@@ -321,16 +334,18 @@ pub(super) async fn import(
     let mut opens = Vec::with_capacity(records.len());
     for bytes in &records {
         let record = OpenRecord::decode(bytes)?;
-        let full = resolve_path(&shared.config.root, &record.path)?;
-        let meta = std::fs::metadata(&full).map_err(|e| {
-            Error::not_found(format!(
-                "{}: {e} (a drain sends missing files before the table)",
-                record.path
-            ))
-        })?;
+        let here = shared
+            .config
+            .root
+            .open_file(&record.path, false)
+            .map_err(|e| {
+                Error::not_found(format!(
+                    "{e} (a drain sends missing files before the table)"
+                ))
+            })?;
         opens.push(Imported {
             counters: counters.get(&record.path).copied().unwrap_or_default(),
-            local_file_id: file_id(&meta),
+            local_file_id: here.identity.file_id(),
             record,
         });
     }

@@ -1,59 +1,422 @@
-//! Mapping client paths to files under the server's root.
+//! Files beneath the server's root, resolved by the kernel.
+//!
+//! Every client path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
+//! relative to a descriptor of the root taken at start, so no symbolic link, `..` or
+//! `/proc` magic link can lead outside it; a link that stays beneath the root works. A path
+//! is first opened `O_PATH` (which opens nothing: a FIFO, a device or a socket cannot block,
+//! rewind a tape or arm a watchdog), its type is checked, and only a regular file is then
+//! opened for IO, through that same descriptor, so the object checked is the object used.
+//!
+//! These calls can block for as long as the file system likes (an NFS server that does not
+//! answer): callers run them outside the server's lock.
 
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags};
+use sha2::{Digest, Sha256};
 
 use crate::Error;
 
-/// `path` relative to `root` (a leading `/` means the root). `..`, empty paths and NUL bytes
-/// are refused, so a client cannot name anything outside the root.
-pub fn resolve_path(root: &Path, path: &str) -> Result<PathBuf, Error> {
-    if path.contains('\0') {
-        return Err(Error::bad_request("path contains a NUL byte"));
+/// Which file an open names: its file system (device), inode and birth time. The birth time
+/// tells a file from a later one that reuses its inode number; where a file system does not
+/// report it, device and inode decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    /// Birth time (seconds, nanoseconds) where the file system reports it.
+    pub birth: Option<(i64, u32)>,
+}
+
+impl FileIdentity {
+    /// The 64-bit id the open table and resume keys use: a digest of the identity, so files
+    /// on two file systems with the same inode number never collide.
+    pub fn file_id(&self) -> u64 {
+        let mut h = Sha256::new();
+        h.update(b"handoff file identity v1");
+        h.update(self.dev.to_be_bytes());
+        h.update(self.ino.to_be_bytes());
+        if let Some((s, ns)) = self.birth {
+            h.update(s.to_be_bytes());
+            h.update(ns.to_be_bytes());
+        }
+        let d = h.finalize();
+        u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
     }
-    let mut out = root.to_path_buf();
-    let mut any = false;
-    for c in Path::new(path).components() {
-        match c {
-            Component::Normal(p) => {
-                out.push(p);
-                any = true;
+
+    /// The identity of an open file.
+    pub fn of(file: &impl AsFd) -> io::Result<Self> {
+        Ok(Self::from_statx(&statx(file)?))
+    }
+
+    fn from_statx(st: &rustix::fs::Statx) -> Self {
+        let birth = (st.stx_mask & StatxFlags::BTIME.bits() != 0)
+            .then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec));
+        FileIdentity {
+            dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            birth,
+        }
+    }
+}
+
+fn statx(fd: &impl AsFd) -> io::Result<rustix::fs::Statx> {
+    Ok(rustix::fs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::TYPE | StatxFlags::INO | StatxFlags::SIZE | StatxFlags::BTIME,
+    )?)
+}
+
+/// A regular file opened beneath the root.
+#[derive(Debug)]
+pub struct OpenedFile {
+    pub file: File,
+    pub identity: FileIdentity,
+    pub size: u64,
+    /// This call created the file.
+    pub created: bool,
+}
+
+/// The served directory, held open for the server's life.
+pub struct Root {
+    dir: OwnedFd,
+    path: PathBuf,
+    /// Test hook (`HANDOFFD_FAULT_SLOW_OPEN=NAME=MS`): opening a file named NAME takes MS
+    /// milliseconds more, as on a file system whose server does not answer.
+    slow_open: Option<(String, Duration)>,
+}
+
+impl std::fmt::Debug for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Root").field("path", &self.path).finish()
+    }
+}
+
+impl Root {
+    /// Opens the root directory; fails if it is not one or the kernel cannot confine paths
+    /// beneath it (openat2 needs Linux 5.6).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let dir = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("root {}: {e}", path.display())))?;
+        match rustix::fs::openat2(
+            &dir,
+            ".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH,
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::NOSYS) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel has no openat2 (Linux 5.6 or newer is needed to confine paths beneath --root)",
+                ))
             }
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(Error::bad_request(format!(
-                    "path {path:?} may not contain '..'"
-                )))
+            Err(e) => return Err(e.into()),
+        }
+        let slow_open = std::env::var("HANDOFFD_FAULT_SLOW_OPEN")
+            .ok()
+            .and_then(|v| {
+                let (name, ms) = v.split_once('=')?;
+                Some((name.to_owned(), Duration::from_millis(ms.parse().ok()?)))
+            });
+        Ok(Self {
+            dir,
+            path: path.to_path_buf(),
+            slow_open,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens an existing regular file at the client path `path` for reading (and writing if
+    /// `write`).
+    pub fn open_file(&self, path: &str, write: bool) -> Result<OpenedFile, Error> {
+        let rel = relative(path)?;
+        self.fault_delay(&rel);
+        let at = rustix::fs::openat2(
+            &self.dir,
+            &rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            confined(),
+        )
+        .map_err(|e| open_error(path, e))?;
+        let st = statx(&at).map_err(|e| io_error(path, e))?;
+        let kind = FileType::from_raw_mode(st.stx_mode.into());
+        if kind != FileType::RegularFile {
+            return Err(Error::denied(format!(
+                "{path} is not a regular file (it is {}); handoff serves regular files only",
+                type_name(kind)
+            )));
+        }
+        let identity = FileIdentity::from_statx(&st);
+        let file = reopen_fd(&at, write).map_err(|e| io_error(path, e))?;
+        // The same object, by construction (opened through its descriptor); checked anyway.
+        let again = FileIdentity::of(&file).map_err(|e| io_error(path, e))?;
+        if again != identity {
+            return Err(Error::not_found(format!(
+                "{path} changed while it was opened"
+            )));
+        }
+        Ok(OpenedFile {
+            file,
+            identity,
+            size: st.stx_size,
+            created: false,
+        })
+    }
+
+    /// Creates the regular file `path` (read-write), or opens it if it exists.
+    pub fn create_file(&self, path: &str) -> Result<OpenedFile, Error> {
+        let rel = relative(path)?;
+        self.fault_delay(&rel);
+        let made = rustix::fs::openat2(
+            &self.dir,
+            &rel,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+            confined(),
+        );
+        match made {
+            Ok(fd) => {
+                let file = File::from(fd);
+                let identity = FileIdentity::of(&file).map_err(|e| io_error(path, e))?;
+                Ok(OpenedFile {
+                    file,
+                    identity,
+                    size: 0,
+                    created: true,
+                })
+            }
+            Err(rustix::io::Errno::EXIST) => self.open_file(path, true),
+            Err(e) => Err(open_error(path, e)),
+        }
+    }
+
+    /// Removes `path` if it is still the file `identity` names and still empty (undoing a
+    /// create whose open was then refused).
+    pub fn remove_created(&self, path: &str, identity: &FileIdentity) {
+        let Ok(f) = self.open_file(path, false) else {
+            return;
+        };
+        if f.identity == *identity && f.size == 0 {
+            if let Ok((dir, name)) = self.parent_dir(path, false) {
+                let _ = rustix::fs::unlinkat(&dir, &name, AtFlags::empty());
             }
         }
     }
-    if !any {
+
+    /// The directory that holds `path` (opened beneath the root, made first with its parents
+    /// if `create`) and the file's name in it.
+    pub fn parent_dir(&self, path: &str, create: bool) -> Result<(OwnedFd, PathBuf), Error> {
+        let rel = relative(path)?;
+        let name = PathBuf::from(
+            rel.file_name()
+                .ok_or_else(|| Error::bad_request(format!("path {path:?} names no file")))?,
+        );
+        let mut dir = rustix::fs::openat2(
+            &self.dir,
+            ".",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            confined(),
+        )
+        .map_err(|e| open_error(path, e))?;
+        for part in rel.parent().into_iter().flat_map(Path::components) {
+            let part = part.as_os_str();
+            if create {
+                match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(open_error(path, e)),
+                }
+            }
+            // Each step beneath the last: a component that is a link elsewhere is refused.
+            let next = rustix::fs::openat2(
+                &dir,
+                part,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                confined(),
+            )
+            .map_err(|e| open_error(path, e))?;
+            dir = next;
+        }
+        Ok((dir, name))
+    }
+
+    /// Whether `path` exists beneath the root (any type).
+    pub fn exists(&self, path: &str) -> Result<bool, Error> {
+        let rel = relative(path)?;
+        match rustix::fs::openat2(
+            &self.dir,
+            &rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            confined(),
+        ) {
+            Ok(_) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(open_error(path, e)),
+        }
+    }
+
+    fn fault_delay(&self, rel: &Path) {
+        if let Some((name, delay)) = &self.slow_open {
+            if rel.file_name() == Some(OsStr::new(name)) {
+                std::thread::sleep(*delay);
+            }
+        }
+    }
+}
+
+/// Another descriptor of the same open file, for reading (and writing if `write`), opened
+/// through `/proc/self/fd` (the file's object, not its path).
+pub fn reopen(file: &File, write: bool) -> io::Result<File> {
+    reopen_fd(file, write)
+}
+
+fn reopen_fd(fd: &impl AsRawFd, write: bool) -> io::Result<File> {
+    let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+    let file = File::from(rustix::fs::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        access | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?);
+    rustix::fs::fcntl_setfl(&file, OFlags::empty())?;
+    Ok(file)
+}
+
+fn confined() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+}
+
+/// The client path as a path relative to the root. Empty paths, NUL and control characters
+/// are refused (`..` is left to the kernel, which refuses it where it would leave the root).
+fn relative(path: &str) -> Result<PathBuf, Error> {
+    if path.len() > crate::state::records::MAX_PATH {
+        return Err(Error::bad_request("path is too long"));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(Error::bad_request(format!(
+            "path {path:?} contains a control character"
+        )));
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir => out.push(".."),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let last = Path::new(path).components().next_back();
+    if out.as_os_str().is_empty() || matches!(last, Some(Component::ParentDir)) {
         return Err(Error::bad_request(format!("path {path:?} names no file")));
     }
     Ok(out)
 }
 
-/// A file's identity for the open table: its inode number.
-pub fn file_id(meta: &Metadata) -> u64 {
-    meta.ino()
+fn open_error(path: &str, e: rustix::io::Errno) -> Error {
+    use rustix::io::Errno;
+    match e {
+        Errno::NOENT => Error::not_found(format!("no such file: {path}")),
+        Errno::NOTDIR => Error::not_found(format!(
+            "no such file: {path} (a parent is not a directory)"
+        )),
+        Errno::XDEV => Error::denied(format!(
+            "{path} leads outside the served root (through a symbolic link or '..'); refused"
+        )),
+        Errno::LOOP => Error::denied(format!(
+            "{path}: too many symbolic links, or a link the server does not follow"
+        )),
+        Errno::ACCESS | Errno::PERM => Error::denied(format!("{path}: permission denied")),
+        Errno::ISDIR => Error::denied(format!(
+            "{path} is not a regular file (it is a directory); handoff serves regular files only"
+        )),
+        e => io_error(path, e.into()),
+    }
+}
+
+fn io_error(path: &str, e: io::Error) -> Error {
+    Error::Io(io::Error::new(e.kind(), format!("{path}: {e}")))
+}
+
+fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "of an unknown type",
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
     #[test]
-    fn stays_under_the_root() {
-        let root = Path::new("/srv");
-        assert_eq!(
-            resolve_path(root, "a/b").unwrap(),
-            PathBuf::from("/srv/a/b")
-        );
-        assert_eq!(resolve_path(root, "/a").unwrap(), PathBuf::from("/srv/a"));
-        assert!(resolve_path(root, "../etc/passwd").is_err());
-        assert!(resolve_path(root, "a/../../b").is_err());
-        assert!(resolve_path(root, "/").is_err());
-        assert!(resolve_path(root, "").is_err());
+    fn client_paths_are_relative_and_clean() {
+        assert_eq!(relative("/a/b").unwrap(), PathBuf::from("a/b"));
+        assert_eq!(relative("a/./b").unwrap(), PathBuf::from("a/b"));
+        assert!(relative("/").is_err());
+        assert!(relative("").is_err());
+        assert!(relative("a\nb").is_err());
+        assert!(relative("a/..").is_err());
+    }
+
+    #[test]
+    fn links_resolve_only_beneath_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(tmp.path().join("secret"), b"s").unwrap();
+        std::fs::write(root.join("d/f"), b"inside").unwrap();
+        symlink(tmp.path().join("secret"), root.join("abs")).unwrap();
+        symlink("../secret", root.join("rel")).unwrap();
+        symlink("d/f", root.join("ok")).unwrap();
+        let r = Root::open(&root).unwrap();
+        for p in ["abs", "rel", "../secret", "d/../../secret"] {
+            let e = r.open_file(p, false).unwrap_err();
+            assert_eq!(e.code(), crate::wire::ErrorCode::Denied, "{p}: {e}");
+        }
+        assert!(r.create_file("rel").is_err());
+        assert_eq!(r.open_file("ok", false).unwrap().size, 6);
+        assert_eq!(r.open_file("d/../ok", false).unwrap().size, 6);
+    }
+
+    #[test]
+    fn identity_tells_files_apart_even_with_the_same_inode_number() {
+        let a = FileIdentity {
+            dev: 1,
+            ino: 7,
+            birth: None,
+        };
+        let b = FileIdentity { dev: 2, ..a };
+        let c = FileIdentity {
+            birth: Some((1, 2)),
+            ..a
+        };
+        assert_ne!(a.file_id(), b.file_id());
+        assert_ne!(a.file_id(), c.file_id());
+        assert_eq!(a.file_id(), a.file_id());
     }
 }

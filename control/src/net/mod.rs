@@ -9,8 +9,8 @@ mod server;
 
 pub use channel::Channel;
 pub use client::{check_reply, ControlClient};
-pub use files::{file_id, resolve_path};
+pub use files::{reopen, FileIdentity, OpenedFile, Root};
 pub use server::{
-    accept_loop, fail_stop, handshake, now_ms, ControlServer, Persist, Revocable, ServerConfig,
-    ServerStats, Shared, EXIT_FENCED, EXIT_STORE_FAILED, HANDSHAKE_TIMEOUT,
+    accept_loop, fail_stop, handshake, now_ms, AttachedHandle, ControlServer, Persist, Revocable,
+    ServerConfig, ServerStats, Shared, EXIT_FENCED, EXIT_STORE_FAILED, HANDSHAKE_TIMEOUT,
 };

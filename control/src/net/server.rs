@@ -2,9 +2,9 @@
 //! and a timer task that wakes the core at its next deadline. State changes are written to the
 //! store under the same lock that decided them, before the reply is sent.
 
-use std::fs::OpenOptions;
+use std::collections::HashMap;
+use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
-use super::files::{file_id, resolve_path};
+use super::files::{reopen, OpenedFile, Root};
 use super::Channel;
 use crate::auth::ClientDirectory;
 use crate::cluster::Health;
@@ -30,7 +30,8 @@ pub fn now_ms() -> u64 {
 }
 
 pub struct ServerConfig {
-    pub root: PathBuf,
+    /// The served directory: every client path is resolved beneath it.
+    pub root: Root,
     pub directory: ClientDirectory,
     /// Data endpoints advertised to clients.
     pub endpoints: Vec<Endpoint>,
@@ -51,7 +52,10 @@ struct Inner {
     /// (detaches, access counting of reads); written first once it answers again.
     backlog: Vec<crate::store::Mutation>,
     /// Direct-mode grants by open slot, to revoke when the core says so.
-    grants: std::collections::HashMap<u32, Vec<std::sync::Weak<dyn Revocable>>>,
+    grants: HashMap<u32, Vec<std::sync::Weak<dyn Revocable>>>,
+    /// The file each open names, held open while the open lives, by slot: duplicates are
+    /// opened through it (never by path again), so a key follows its file, not its path.
+    files: HashMap<u32, Arc<File>>,
 }
 
 /// Exit status of a server that could not write its state to the store.
@@ -186,6 +190,7 @@ impl Shared {
                 store,
                 backlog: Vec::new(),
                 grants: Default::default(),
+                files: HashMap::new(),
             })),
             wake: Arc::new(Notify::new()),
             config: Arc::new(config),
@@ -214,6 +219,17 @@ impl Shared {
         persist: Persist,
         f: impl FnOnce(&mut ServerCore, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.run_files(persist, |core, _, now| f(core, now))
+    }
+
+    /// [`Shared::run_with`] that also sees the files kept for opens (by slot). Nothing here
+    /// touches the file system: files of opens that ended are closed after the lock is given
+    /// up.
+    fn run_files<T>(
+        &self,
+        persist: Persist,
+        f: impl FnOnce(&mut ServerCore, &mut HashMap<u32, Arc<File>>, u64) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let defer = match self.health() {
             Health::Suspended(_) if persist == Persist::Deferred => true,
@@ -224,7 +240,8 @@ impl Shared {
         };
         let first_handle = inner.core.next_handle();
         let first_slot = inner.core.next_slot();
-        let mut result = f(&mut inner.core, now_ms());
+        let Inner { core, files, .. } = &mut *inner;
+        let mut result = f(core, files, now_ms());
         let mut batch = inner.core.take_mutations();
         if defer {
             inner.backlog.append(&mut batch);
@@ -266,6 +283,14 @@ impl Shared {
                 }
             }
         }
+        let released = inner.core.take_released();
+        let closing: Vec<Arc<File>> = released
+            .iter()
+            .filter_map(|slot| inner.files.remove(slot))
+            .collect();
+        drop(inner);
+        // close(2) can wait on a network file system: never under the lock.
+        drop(closing);
         result
     }
 
@@ -355,29 +380,100 @@ impl Shared {
         }
     }
 
-    /// Data channel: a duplicate handle for `key`, with the file opened with the open's
-    /// access (read, or read-write). If the file cannot be opened the handle is detached.
+    /// Data channel: a duplicate handle for `key`, with its own descriptor of the open's file
+    /// (read, or read-write, as the open). The file is the one the open was granted on: while
+    /// the server runs it is reached through the descriptor kept for the open; after a restart
+    /// (or once an expired open is granted again) the path is opened beneath the root and must
+    /// still name the same file. If it does not, or the file cannot be opened, the handle is
+    /// given back.
     pub fn attach_blocking(
         &self,
         client: &str,
         key: &[u8],
-    ) -> Result<(Attached, std::fs::File), Error> {
-        let root = self.config.root.clone();
-        self.run_blocking(move |core, now| {
+    ) -> Result<(Attached, File, AttachedHandle), Error> {
+        let (att, kept) = self.run_files(Persist::Now, |core, files, _| {
             let att = core.attach(client, key)?;
-            let path = resolve_path(&root, &att.path)?;
-            match OpenOptions::new()
-                .read(true)
-                .write(att.mode.can_write())
-                .open(&path)
-            {
-                Ok(f) => Ok((att, f)),
-                Err(e) => {
-                    core.detach(att.handle, now);
-                    Err(Error::not_found(format!("{}: {e}", att.path)))
+            let kept = files.get(&att.slot).cloned();
+            Ok((att, kept))
+        })?;
+        // From here on the handle is given back however this ends (an error, a panic).
+        let guard = AttachedHandle {
+            shared: self.clone(),
+            handle: att.handle,
+        };
+        let write = att.mode.can_write();
+        let file = match kept {
+            Some(kept) => reopen(&kept, write).map_err(Error::from)?,
+            None => self.reopen_by_path(&att, write)?,
+        };
+        Ok((att, file, guard))
+    }
+
+    /// Opens the file of `att` by its path again and checks it is the file the open was
+    /// granted on; keeps it for the open.
+    fn reopen_by_path(&self, att: &Attached, write: bool) -> Result<File, Error> {
+        let replaced = || {
+            Error::not_found(format!(
+                "{}: the file was replaced or removed since it was opened; the key no longer names a file",
+                att.path
+            ))
+        };
+        let opened = match self.config.root.open_file(&att.path, write) {
+            Ok(o) => o,
+            Err(Error::Core(CoreError::NotFound(_))) => return Err(replaced()),
+            Err(e) => return Err(e),
+        };
+        if opened.identity.file_id() != att.file_id {
+            tracing::warn!(path = %att.path, slot = att.slot, "the open's file was replaced: refusing its key");
+            return Err(replaced());
+        }
+        let file = reopen(&opened.file, write)?;
+        let kept = Arc::new(opened.file);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.core.handle_record(att.handle).is_some() {
+            inner.files.entry(att.slot).or_insert(kept);
+        }
+        Ok(file)
+    }
+
+    /// A new open of a file already opened beneath the root (outside the lock): the core
+    /// decides, and a granted open keeps the file. A denied one closes it here, after the
+    /// lock was given up; if this open had created the file and no open holds it, it is
+    /// removed again, so a refused create leaves nothing behind.
+    pub fn open_blocking(
+        &self,
+        req: OpenRequest,
+        opened: OpenedFile,
+    ) -> Result<(crate::state::Granted, Arc<File>), Error> {
+        let path = req.path.clone();
+        let file = Arc::new(opened.file);
+        let kept = file.clone();
+        let granted = self.run_files(Persist::Now, move |core, files, now| {
+            let g = core.open(req, now)?;
+            files.insert(g.slot, kept);
+            Ok(g)
+        });
+        match granted {
+            Ok(g) => Ok((g, file)),
+            Err(e) => {
+                drop(file);
+                if opened.created && !self.file_in_use(opened.identity.file_id()) {
+                    self.config.root.remove_created(&path, &opened.identity);
                 }
+                Err(e)
             }
-        })
+        }
+    }
+
+    /// Whether a new open could be granted now (asked before creating a file).
+    pub fn admits_new_opens(&self) -> Result<(), Error> {
+        let now = now_ms();
+        Ok(self.peek(|core| core.admits_new_opens(now))?)
+    }
+
+    /// Whether a live open holds the file `file_id`.
+    pub fn file_in_use(&self, file_id: u64) -> bool {
+        self.peek(|core| core.file_in_use(file_id))
     }
 
     /// [`Shared::attach_blocking`] off the async runtime's threads.
@@ -385,7 +481,7 @@ impl Shared {
         &self,
         client: String,
         key: Vec<u8>,
-    ) -> Result<(Attached, std::fs::File), Error> {
+    ) -> Result<(Attached, std::fs::File, AttachedHandle), Error> {
         self.blocking(move |s| s.attach_blocking(&client, &key))
             .await
     }
@@ -432,6 +528,71 @@ impl Shared {
     ) -> Result<(), Error> {
         self.blocking(move |s| s.begin_io_blocking(handle, kind, range))
             .await
+    }
+
+    /// Checks a write before its bytes move (nothing is counted: see
+    /// [`Shared::wrote_blocking`]). Refused while a cluster store is unreachable.
+    pub fn check_write_blocking(
+        &self,
+        handle: HandleId,
+        range: Option<ByteRange>,
+    ) -> Result<(), Error> {
+        self.writable()?;
+        self.peek(|core| core.check_io(handle, IoKind::Write, range))?;
+        Ok(())
+    }
+
+    pub async fn check_write(
+        &self,
+        handle: HandleId,
+        range: Option<ByteRange>,
+    ) -> Result<(), Error> {
+        self.blocking(move |s| s.check_write_blocking(handle, range))
+            .await
+    }
+
+    /// Bytes of a write through `handle` reached the file: the change is counted (written to
+    /// the store now, or once a cluster store is reachable again).
+    pub fn wrote_blocking(&self, handle: HandleId) {
+        let counted = self.run_with(Persist::Deferred, move |core, _| {
+            Ok(core.count_io(handle, IoKind::Write)?)
+        });
+        if let Err(e) = counted {
+            tracing::warn!(handle, "a write could not be counted: {e}");
+        }
+    }
+
+    pub async fn wrote(&self, handle: HandleId) {
+        let _ = self
+            .blocking(move |s| {
+                s.wrote_blocking(handle);
+                Ok(())
+            })
+            .await;
+    }
+}
+
+/// A duplicate handle held by a data channel: dropping it (the session ended, failed or
+/// panicked) detaches the handle, so the open's durable timeout can start.
+pub struct AttachedHandle {
+    shared: Shared,
+    handle: HandleId,
+}
+
+impl AttachedHandle {
+    pub fn handle(&self) -> HandleId {
+        self.handle
+    }
+}
+
+impl Drop for AttachedHandle {
+    fn drop(&mut self) {
+        let (shared, handle) = (self.shared.clone(), self.handle);
+        match tokio::runtime::Handle::try_current() {
+            // Off the async workers: a detach may wait for the store.
+            Ok(rt) => drop(rt.spawn_blocking(move || shared.detach_blocking(handle))),
+            Err(_) => shared.detach_blocking(handle),
+        }
     }
 }
 
@@ -609,6 +770,64 @@ fn sealed_key(key: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A new open: the file is opened (or created) beneath the root outside the server's lock,
+/// the core decides on what was found, and only a granted open truncates.
+async fn open(
+    shared: &Shared,
+    client: String,
+    p: crate::wire::OpenParams,
+) -> Result<(Vec<u8>, HandleId, FileInfo), Error> {
+    if p.create {
+        shared.admits_new_opens()?;
+    }
+    let (path, create, write) = (p.path.clone(), p.create, p.mode.can_write());
+    let opened = shared
+        .blocking(move |s| {
+            if create {
+                s.config.root.create_file(&path)
+            } else {
+                s.config.root.open_file(&path, write)
+            }
+        })
+        .await?;
+    let req = OpenRequest {
+        client: client.clone(),
+        path: p.path.clone(),
+        file_id: opened.identity.file_id(),
+        mode: p.mode,
+        share: p.share,
+        locks: p.locks.clone(),
+        pid: p.pid,
+        truncate: p.truncate,
+    };
+    let size = opened.size;
+    let (granted, file) = shared
+        .blocking(move |s| s.open_blocking(req, opened))
+        .await?;
+    let key = granted.sealed.to_vec();
+    if p.truncate {
+        let truncated = shared.blocking(move |_| Ok(file.set_len(0)?)).await;
+        if let Err(e) = truncated {
+            let k = key.clone();
+            let _ = shared
+                .run(move |core, _| Ok(core.close(&client, &k)?))
+                .await;
+            return Err(e);
+        }
+        shared
+            .stats
+            .truncations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    let info = FileInfo {
+        mode: p.mode,
+        share: p.share,
+        locks: p.locks,
+        size: if p.truncate { 0 } else { size },
+    };
+    Ok((key, granted.handle, info))
+}
+
 async fn dispatch(
     shared: &Shared,
     client: &str,
@@ -621,61 +840,7 @@ async fn dispatch(
     };
     match msg {
         Message::Open(p) => {
-            let root = shared.config.root.clone();
-            let truncated = p.truncate;
-            let (key, handle, info) = shared
-                .run(move |core, now| {
-                    let path = resolve_path(&root, &p.path)?;
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(p.create || p.truncate)
-                        .create(p.create)
-                        .open(&path)
-                        .map_err(|e| match e.kind() {
-                            std::io::ErrorKind::NotFound => {
-                                Error::not_found(format!("no such file: {}", p.path))
-                            }
-                            _ => Error::Core(CoreError::BadRequest(format!("{}: {e}", p.path))),
-                        })?;
-                    let meta = file.metadata()?;
-                    if !meta.is_file() {
-                        return Err(Error::bad_request(format!(
-                            "{} is not a regular file",
-                            p.path
-                        )));
-                    }
-                    let granted = core.open(
-                        OpenRequest {
-                            client,
-                            path: p.path.clone(),
-                            file_id: file_id(&meta),
-                            mode: p.mode,
-                            share: p.share,
-                            locks: p.locks.clone(),
-                            pid: p.pid,
-                            truncate: p.truncate,
-                        },
-                        now,
-                    )?;
-                    if p.truncate {
-                        file.set_len(0)?;
-                    }
-                    let size = if p.truncate { 0 } else { meta.len() };
-                    let info = FileInfo {
-                        mode: p.mode,
-                        share: p.share,
-                        locks: p.locks,
-                        size,
-                    };
-                    Ok((granted.sealed.to_vec(), granted.handle, info))
-                })
-                .await?;
-            if truncated {
-                shared
-                    .stats
-                    .truncations
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
+            let (key, handle, info) = open(shared, client, p).await?;
             Ok((Message::Opened { key, handle, info }, Some(handle)))
         }
         Message::Close { key } => {

@@ -135,6 +135,8 @@ pub struct ServerCore {
     pending: Vec<Mutation>,
     /// Opens whose direct-mode rkeys must be revoked (IO layer: deregister them).
     revoked: Vec<u32>,
+    /// Opens that ended (closed, expired, forgotten): the IO layer lets go of their files.
+    released: Vec<u32>,
     /// MAC keys of servers that drained into this one, by origin index.
     foreign: Vec<(u32, KeySealer)>,
     /// Imported opens: (origin, old slot) → (slot here, old file id), and back.
@@ -172,6 +174,7 @@ impl ServerCore {
             rng,
             pending,
             revoked: Vec::new(),
+            released: Vec::new(),
             foreign: snapshot
                 .foreign_keys
                 .iter()
@@ -269,6 +272,28 @@ impl ServerCore {
         std::mem::take(&mut self.revoked)
     }
 
+    /// Opens that ended since the last call: the IO layer closes the files it kept for them.
+    pub fn take_released(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Whether a live open holds `file_id`.
+    pub fn file_in_use(&self, file_id: u64) -> bool {
+        self.table.file(file_id).is_some_and(|f| !f.live.is_empty())
+    }
+
+    /// Whether a new open could be granted now at all (not drained, not in the grace period):
+    /// asked before a file is created, so a refused create leaves nothing behind.
+    pub fn admits_new_opens(&self, now: u64) -> Result<(), CoreError> {
+        self.check_referral()?;
+        if self.in_grace(now) {
+            return Err(CoreError::Grace {
+                retry_after_ms: self.grace_until - now,
+            });
+        }
+        Ok(())
+    }
+
     /// Revokes direct access of every live open of `file_id` but `except`.
     fn revoke_others(&mut self, file_id: u64, except: u32) {
         if let Some(f) = self.table.file(file_id) {
@@ -329,6 +354,7 @@ impl ServerCore {
                     tracing::info!(slot, path = %entry.record.path, "durable timeout expired; open closed, locks released");
                     self.table.expire(slot);
                     self.revoked.push(slot);
+                    self.released.push(slot);
                     self.table
                         .set_deadline(slot, Some(now.saturating_add(self.config.tombstone_ms)));
                     self.persist_open(slot);
@@ -359,6 +385,7 @@ impl ServerCore {
 
     fn forget(&mut self, slot: u32) {
         self.revoked.push(slot);
+        self.released.push(slot);
         if let Some((origin, old_slot)) = self.alias_of.remove(&slot) {
             self.aliases.remove(&(origin, old_slot));
             self.pending
@@ -438,12 +465,7 @@ impl ServerCore {
 
     /// A new open (claims 1–4, 21, 28–30). The opening connection holds the first handle.
     pub fn open(&mut self, req: OpenRequest, now: u64) -> Result<Granted, CoreError> {
-        self.check_referral()?;
-        if self.in_grace(now) {
-            return Err(CoreError::Grace {
-                retry_after_ms: self.grace_until - now,
-            });
-        }
+        self.admits_new_opens(now)?;
         if req.locks.len() > MAX_LOCKS {
             return Err(CoreError::BadRequest(format!(
                 "at most {MAX_LOCKS} lock ranges"
@@ -690,14 +712,26 @@ impl ServerCore {
         kind: IoKind,
         range: Option<ByteRange>,
     ) -> Result<(), CoreError> {
+        self.check_io(handle, kind, range)?;
+        self.count_io(handle, kind)
+    }
+
+    /// Whether `handle` may read or write `range` (None: zero bytes) now; counts nothing.
+    /// A write is checked before its bytes move and counted ([`ServerCore::count_io`]) only
+    /// once some of them reached the file.
+    pub fn check_io(
+        &self,
+        handle: HandleId,
+        kind: IoKind,
+        range: Option<ByteRange>,
+    ) -> Result<(), CoreError> {
         let (slot, e) = self.handle_entry(handle)?;
         if kind == IoKind::Write && !e.record.mode.can_write() {
             return Err(CoreError::denied(
                 "handle is read-only: the open's mode is r",
             ));
         }
-        let file_id = e.record.file_id;
-        if let (Some(range), Some(file)) = (range, self.table.file(file_id)) {
+        if let (Some(range), Some(file)) = (range, self.table.file(e.record.file_id)) {
             if let Some(holder) = file.locks.conflict(slot, range) {
                 let who = self
                     .table
@@ -708,6 +742,13 @@ impl ServerCore {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Counts an access (and a change, for a write) through `handle`.
+    pub fn count_io(&mut self, handle: HandleId, kind: IoKind) -> Result<(), CoreError> {
+        let (slot, e) = self.handle_entry(handle)?;
+        let file_id = e.record.file_id;
         let wrote = kind == IoKind::Write;
         let file = self.table.file_mut(file_id);
         match file.last_bump {

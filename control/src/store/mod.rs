@@ -90,6 +90,9 @@ pub enum StoreError {
     /// This node lost the right to write (its cluster lease ended): it must stop serving.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The store's file cannot be used and will not be replaced without the operator.
+    #[error("{0}")]
+    Damaged(String),
     #[error("store holds a corrupt record under {table}: {source}")]
     Corrupt {
         table: &'static str,

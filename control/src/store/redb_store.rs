@@ -26,8 +26,76 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens or creates `path` (a file). Fails clearly if another process holds it.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens `path` (a file), or creates it on a first start. A store that cannot be read
+    /// (damaged, truncated, emptied) or that vanished from a `--state` directory used before
+    /// is never replaced by a new, empty one unless `reset` says so: it holds every durable
+    /// open and the resume-key MAC key. With `reset`, such a file is kept beside as
+    /// `<path>.damaged-<unix seconds>` and a new store begins. Fails clearly if another
+    /// process holds it.
+    pub fn open(path: &Path, reset: bool) -> Result<Self, StoreError> {
+        let damaged = |why: String| {
+            StoreError::Damaged(format!(
+                "state store {p} {why}. It holds every durable open and the resume-key MAC key, \
+                 so handoffd will not start a new one in its place: restore it from a backup, or \
+                 start once with --reset-state to keep it aside and begin empty (every durable \
+                 open and key is then forgotten)",
+                p = path.display()
+            ))
+        };
+        let problem = match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => Some("is empty (0 bytes)".to_owned()),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let used_before = path
+                    .parent()
+                    .is_some_and(|dir| dir.join("tls-key.der").exists());
+                used_before
+                    .then(|| "is missing, though this --state directory was used before".to_owned())
+            }
+            Err(e) => return Err(backend(format!("{}: {e}", path.display()))),
+        };
+        let problem = problem.or_else(|| {
+            if !path.exists() {
+                return None;
+            }
+            // Reading every record is what a start does anyway: do it here, where a damaged
+            // file can still be set aside.
+            match quietly(|| Self::open_tables(path).and_then(|s| s.load().map(|_| s))) {
+                Ok(_) => None,
+                Err(StoreError::Backend(why))
+                    if why.contains("already open") || why.contains("locked") =>
+                {
+                    None
+                }
+                Err(e) => Some(format!("cannot be read ({e})")),
+            }
+        });
+        if let Some(why) = problem {
+            if !reset {
+                return Err(damaged(why));
+            }
+            if path.exists() {
+                let aside = path.with_extension(format!(
+                    "redb.damaged-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
+                std::fs::rename(path, &aside)
+                    .map_err(|e| backend(format!("{}: {e}", path.display())))?;
+                tracing::warn!(
+                    "--reset-state: the state store {} ({why}) was kept aside as {}; starting empty",
+                    path.display(),
+                    aside.display()
+                );
+            }
+        }
+        let store = quietly(|| Self::open_tables(path))?;
+        make_private(path);
+        Ok(store)
+    }
+
+    fn open_tables(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
@@ -42,10 +110,8 @@ impl RedbStore {
         tx.commit().map_err(backend)?;
         Ok(Self { db })
     }
-}
 
-impl Store for RedbStore {
-    fn load(&self) -> Result<Snapshot, StoreError> {
+    fn load_tables(&self) -> Result<Snapshot, StoreError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let meta = tx.open_table(META).map_err(backend)?;
         let mut snap = Snapshot::default();
@@ -141,10 +207,7 @@ impl Store for RedbStore {
         Ok(snap)
     }
 
-    fn apply(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    fn apply_batch(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(backend)?;
         {
             let mut meta = tx.open_table(META).map_err(backend)?;
@@ -212,6 +275,50 @@ impl Store for RedbStore {
     }
 }
 
+impl Store for RedbStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        guarded(|| self.load_tables())
+    }
+
+    fn apply(&mut self, batch: &[Mutation]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        guarded(|| self.apply_batch(batch))
+    }
+}
+
+/// Runs `f`, turning a panic inside the database (which redb can raise on a damaged file)
+/// into an error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(backend(format!("the database failed: {what}")))
+    })
+}
+
+/// [`guarded`], with the panic message kept off stderr (at start, where one line explains
+/// the problem instead).
+fn quietly<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = guarded(f);
+    std::panic::set_hook(hook);
+    r
+}
+
+/// The store holds the resume-key MAC key: only its owner may read it.
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!("cannot make {} private: {e}", path.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +346,7 @@ mod tests {
             grants: vec![],
         };
         {
-            let mut s = RedbStore::open(&path).unwrap();
+            let mut s = RedbStore::open(&path, false).unwrap();
             s.apply(&[
                 Mutation::PutMacKey([1; 32]),
                 Mutation::PutNextSlot(6),
@@ -274,7 +381,7 @@ mod tests {
             ])
             .unwrap();
         }
-        let snap = RedbStore::open(&path).unwrap().load().unwrap();
+        let snap = RedbStore::open(&path, false).unwrap().load().unwrap();
         assert_eq!(snap.mac_key, Some([1; 32]));
         assert_eq!(snap.next_slot, 6);
         assert_eq!(snap.opens, vec![rec]);

@@ -37,6 +37,10 @@ pub enum ErrorCode {
     /// The server cannot change state now (its cluster store is unreachable, or it is not
     /// the active node): try again, or another server.
     Unavailable,
+    /// The server's file system refused an operation on the file (no space, file too large,
+    /// quota, I/O error): the request did not happen, or only partly; resending it as it is
+    /// will not help.
+    FileIo,
     Unknown(u16),
 }
 
@@ -51,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Grace => 6,
             ErrorCode::Protocol => 7,
             ErrorCode::Unavailable => 8,
+            ErrorCode::FileIo => 9,
             ErrorCode::Unknown(v) => v,
         }
     }
@@ -65,6 +70,7 @@ impl ErrorCode {
             6 => ErrorCode::Grace,
             7 => ErrorCode::Protocol,
             8 => ErrorCode::Unavailable,
+            9 => ErrorCode::FileIo,
             v => ErrorCode::Unknown(v),
         }
     }

@@ -209,6 +209,20 @@ impl RdmaClient {
         &self.buf.bytes()[slot * self.request..slot * self.request + n]
     }
 
+    /// After the server refused a request, reads and drops the replies to the `outstanding`
+    /// requests sent after it, so the next call does not take them for its own; returns the
+    /// refusal. (Any other error leaves the connection unusable anyway.)
+    pub(crate) fn settle(&mut self, refusal: DataError, outstanding: usize) -> DataError {
+        if refusal.is_remote_error() {
+            for _ in 0..outstanding {
+                if let Err(e) = self.ep.recv() {
+                    return e;
+                }
+            }
+        }
+        refusal
+    }
+
     pub(crate) fn expect_read(&mut self) -> Result<u64, DataError> {
         match reply(&mut self.ep)? {
             Message::ReadData { len } => Ok(len),
@@ -241,9 +255,14 @@ impl RdmaClient {
             issued += n;
         }
         while let Some((slot, asked)) = inflight.pop_front() {
-            let n = self.expect_read()?;
+            let n = match self.expect_read() {
+                Ok(n) => n,
+                Err(e) => return Err(self.settle(e, inflight.len())),
+            };
             if n > asked {
-                return Err(protocol("server returned more than asked".into()));
+                return Err(protocol(format!(
+                    "server announced {n} bytes for a read of at most {asked}"
+                )));
             }
             if eof {
                 // Asked before the end was seen: bytes past a short chunk would leave a gap.
@@ -302,7 +321,11 @@ impl RdmaClient {
             let Some(slot) = inflight.pop_front() else {
                 break;
             };
-            match reply(&mut self.ep)? {
+            let answer = match reply(&mut self.ep) {
+                Ok(m) => m,
+                Err(e) => return Err(self.settle(e, inflight.len())),
+            };
+            match answer {
                 Message::Written { len } => {
                     written += len;
                     self.bytes += len;

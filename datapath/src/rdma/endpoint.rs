@@ -310,12 +310,27 @@ fn nonce() -> [u8; 32] {
 /// bound client's secret. A key presented by another client is refused before the QP is
 /// accepted; the full handshake that follows proves freshness.
 pub fn connect_tag(secret: &[u8; 32], sealed_key: &[u8]) -> [u8; 6] {
+    use hmac::Mac;
+    let full = connect_mac(secret, sealed_key).finalize().into_bytes();
+    let mut tag = [0u8; 6];
+    tag.copy_from_slice(&full[..6]);
+    tag
+}
+
+/// Whether `tag` is the [`connect_tag`] of `sealed_key` under `secret`, compared in constant
+/// time (no timing tells a forger how many leading bytes were right).
+pub fn connect_tag_matches(secret: &[u8; 32], sealed_key: &[u8], tag: &[u8]) -> bool {
+    use hmac::Mac;
+    tag.len() == 6
+        && connect_mac(secret, sealed_key)
+            .verify_truncated_left(tag)
+            .is_ok()
+}
+
+fn connect_mac(secret: &[u8; 32], sealed_key: &[u8]) -> hmac::Hmac<sha2::Sha256> {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(b"handoff rdma connect v1");
     mac.update(sealed_key);
-    let full = mac.finalize().into_bytes();
-    let mut tag = [0u8; 6];
-    tag.copy_from_slice(&full[..6]);
-    tag
+    mac
 }

@@ -39,12 +39,10 @@ pub enum Source<'a> {
 }
 
 impl FileWindows {
-    pub fn new(pd: &Arc<ProtectionDomain>, path: &std::path::Path) -> Self {
-        let map_file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .ok();
+    /// Windows of `file` (the handle's own descriptor; the mapping is made through another
+    /// descriptor of the same file, never by path).
+    pub fn new(pd: &Arc<ProtectionDomain>, file: &File) -> Self {
+        let map_file = handoff_control::net::reopen(file, true).ok();
         Self {
             pd: pd.clone(),
             map_file,

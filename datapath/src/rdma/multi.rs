@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use handoff_control::auth::Identity;
+use handoff_control::Error;
 
 use super::client::{RdmaClient, CHUNK, DEPTH, SLOTS};
 use crate::DataError;
@@ -212,13 +213,28 @@ impl MultiChannel {
                 Ok(n) => {
                     let idx = (seq - first_seq) as usize;
                     if let Some(c) = order.get_mut(idx) {
+                        if n > c.asked {
+                            return Err(DataError::Control(Error::Protocol(format!(
+                                "server announced {n} bytes for a read of at most {}",
+                                c.asked
+                            ))));
+                        }
                         c.got = Some(n);
                     }
                     if let Some(q) = self.qps[qp].as_mut() {
                         q.bytes += n;
                     }
                 }
-                Err(e) if e.is_remote_error() => return Err(e),
+                Err(e) if e.is_remote_error() => {
+                    // Every QP still owes replies to chunks asked after this one.
+                    let mut e = e;
+                    for (q, owed) in due.iter().enumerate() {
+                        if let Some(path) = self.qps[q].as_mut() {
+                            e = path.settle(e, owed.len());
+                        }
+                    }
+                    return Err(e);
+                }
                 Err(e) => {
                     due[qp].push_front(seq);
                     self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;

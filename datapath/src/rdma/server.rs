@@ -8,7 +8,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -19,7 +18,7 @@ use handoff_control::Error;
 use rdma_sys::rdma_cm_event_type::*;
 
 use super::cm::{CmEvent, CmId, EventChannel};
-use super::endpoint::{connect_tag, Endpoint};
+use super::endpoint::{connect_tag_matches, Endpoint};
 use super::file_windows::{FileWindows, Source};
 use super::verbs::{Access, MemoryRegion, SendOp};
 use super::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
@@ -153,7 +152,7 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
             format!("client {client:?} is no longer known"),
         )
     })?;
-    if connect_tag(secret, &sealed) != tag {
+    if !connect_tag_matches(secret, &sealed, tag) {
         return Err((
             ErrorCode::Denied,
             "resume key belongs to another client".into(),
@@ -210,7 +209,7 @@ fn serve(p: Pending, shared: Shared) {
     let _enter = span.enter();
     let result = (|| -> Result<(), DataError> {
         let who = ep.server_handshake(&shared.config.directory, &client)?;
-        let (attached, file) = match shared.attach_blocking(&who, &key) {
+        let (attached, file, held) = match shared.attach_blocking(&who, &key) {
             Ok(x) => x,
             Err(e) => {
                 ep.send(&e.to_message())?;
@@ -218,24 +217,21 @@ fn serve(p: Pending, shared: Shared) {
                 return Ok(());
             }
         };
-        let path = handoff_control::net::resolve_path(&shared.config.root, &attached.path)?;
         let info = FileInfo {
             mode: attached.mode,
             share: attached.share,
             locks: attached.locks.clone(),
             size: file.metadata().map_or(0, |m| m.len()),
         };
-        let windows = FileWindows::new(&ep.pd, &path);
+        let windows = FileWindows::new(&ep.pd, &file);
         let sent = ep.send(&Message::Attached {
             handle: attached.handle,
             info,
             report: attached.report,
         });
-        if let Err(e) = sent {
-            // The handle was attached: give it back, or the open could never expire.
-            shared.detach_blocking(attached.handle);
-            return Err(e);
-        }
+        // From here, `held` gives the handle back however the session ends (an error, a
+        // panic), or the open could never expire.
+        sent?;
         let _h =
             tracing::info_span!("handle", handle = attached.handle, slot = attached.slot).entered();
         let mut conn = Connection {
@@ -250,7 +246,7 @@ fn serve(p: Pending, shared: Shared) {
             next_wr: 1,
         };
         let r = conn.run();
-        shared.detach_blocking(conn.handle);
+        drop(held);
         for g in &conn.direct {
             g.revoke();
         }
@@ -281,10 +277,10 @@ impl Connection {
                     rkey,
                 } => self.read(offset, len, addr, rkey)?,
                 Message::RdmaWrite { .. } => next = self.writes(msg)?,
-                Message::Flush => {
-                    self.file.sync_data()?;
-                    self.ep.send(&Message::Done)?;
-                }
+                Message::Flush => match self.file.sync_data() {
+                    Ok(()) => self.ep.send(&Message::Done)?,
+                    Err(e) => self.ep.send(&crate::flush_refused(&e).to_message())?,
+                },
                 Message::MapFile => self.map_file()?,
                 other => {
                     let e =
@@ -327,6 +323,10 @@ impl Connection {
     fn read(&mut self, offset: u64, len: u64, addr: u64, rkey: u32) -> Result<(), DataError> {
         let size = self.file.metadata()?.len();
         let len = len.min(MAX_REQUEST).min(size.saturating_sub(offset));
+        if addr.checked_add(len).is_none() || offset.checked_add(len).is_none() {
+            let e = Error::bad_request("read range or buffer address overflows");
+            return self.ep.send(&e.to_message());
+        }
         if let Err(e) = self.begin(IoKind::Read, offset, len) {
             return self.ep.send(&e.to_message());
         }
@@ -395,15 +395,26 @@ impl Connection {
             };
             match posted {
                 Ok((wr, offset, len)) => {
+                    let mut refused = None;
                     if len > 0 {
                         self.ep.wait_for(wr)?;
                         // The lease may have lapsed while the RDMA READ ran.
                         self.shared.writable()?;
-                        self.file
-                            .write_all_at(&self.bounce[buf].bytes()[..len as usize], offset)?;
+                        let bytes = &self.bounce[buf].bytes()[..len as usize];
+                        let (written, error) = crate::write_fully_at(&self.file, bytes, offset);
+                        if written > 0 {
+                            self.shared.wrote_blocking(self.handle);
+                        }
+                        refused = error.map(|e| crate::write_refused(len, offset, &e));
                     }
                     self.count_served(len);
-                    self.ep.send(&Message::Written { len })?;
+                    match refused {
+                        None => self.ep.send(&Message::Written { len })?,
+                        Some(e) => {
+                            tracing::warn!(offset, len, "write refused by the file system: {e}");
+                            self.ep.send(&e.to_message())?
+                        }
+                    }
                 }
                 Err(e) => self.ep.send(&e.to_message())?,
             }
@@ -424,12 +435,18 @@ impl Connection {
         len: u64,
         remote: (u64, u32),
     ) -> Result<PostedWrite, DataError> {
-        if len > MAX_REQUEST || offset.checked_add(len).is_none() {
+        if len > MAX_REQUEST
+            || offset.checked_add(len).is_none()
+            || remote.0.checked_add(len).is_none()
+        {
             return Ok(Err(Error::bad_request(format!(
                 "an RDMA write moves at most {MAX_REQUEST} bytes"
             ))));
         }
-        if let Err(e) = self.begin(IoKind::Write, offset, len) {
+        if let Err(e) = self
+            .shared
+            .check_write_blocking(self.handle, ByteRange::new(offset, len))
+        {
             return Ok(Err(e));
         }
         while self.bounce.len() <= buf {

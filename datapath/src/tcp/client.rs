@@ -115,6 +115,14 @@ impl DataClient {
     ) -> Result<u64, DataError> {
         self.chan.send(&Message::Read { offset, len }).await?;
         let total = match reply(self.chan.expect().await?)? {
+            // More than was asked would overrun the caller's buffer: the server is broken or
+            // hostile, and the stream cannot be trusted any further.
+            Message::ReadData { len: total } if total > len => {
+                return Err(Error::Protocol(format!(
+                    "server announced {total} bytes for a read of at most {len}"
+                ))
+                .into())
+            }
             Message::ReadData { len } => len,
             other => {
                 return Err(Error::Protocol(format!(

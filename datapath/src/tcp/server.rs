@@ -121,7 +121,7 @@ where
             return Err(e.into());
         }
     };
-    let (attached, file) = match shared.attach(client.clone(), key).await {
+    let (attached, file, held) = match shared.attach(client.clone(), key).await {
         Ok(x) => x,
         Err(e) => {
             tracing::info!(client, "attach refused: {e}");
@@ -148,7 +148,7 @@ where
     }
     .instrument(span)
     .await;
-    shared.detach(handle).await;
+    drop(held); // detaches the handle (also on a panic or a cancelled task)
     result
 }
 
@@ -187,22 +187,39 @@ where
                     continue;
                 }
                 if let Err(e) = shared
-                    .begin_io(handle, IoKind::Write, ByteRange::new(offset, len))
+                    .check_write(handle, ByteRange::new(offset, len))
                     .await
                 {
                     chan.send(&e.to_message()).await?;
                     continue;
                 }
                 chan.send(&Message::Done).await?;
-                receive_into_file(chan, shared, file, offset, len, &mut buf).await?;
-                chan.send(&Message::Written { len }).await?;
+                let landed = receive_into_file(chan, shared, file, offset, len, &mut buf).await?;
+                if landed.written > 0 {
+                    shared.wrote(handle).await;
+                }
+                match landed.error {
+                    None => chan.send(&Message::Written { len }).await?,
+                    Some(e) => {
+                        tracing::warn!(
+                            offset,
+                            len,
+                            written = landed.written,
+                            "write refused by the file system: {e}"
+                        );
+                        chan.send(&e.to_message()).await?
+                    }
+                }
             }
             Message::Flush => {
                 let f = file.try_clone()?;
-                tokio::task::spawn_blocking(move || f.sync_data())
+                let synced = tokio::task::spawn_blocking(move || f.sync_data())
                     .await
-                    .map_err(std::io::Error::other)??;
-                chan.send(&Message::Done).await?;
+                    .map_err(std::io::Error::other)?;
+                match synced {
+                    Ok(()) => chan.send(&Message::Done).await?,
+                    Err(e) => chan.send(&crate::flush_refused(&e).to_message()).await?,
+                }
             }
             other => {
                 let e = Error::Protocol(format!(
@@ -217,6 +234,17 @@ where
     Ok(())
 }
 
+/// What became of a write's payload.
+struct Landed {
+    /// Bytes that reached the file (from the start of the request).
+    written: u64,
+    /// Why the rest did not: the file system's refusal.
+    error: Option<Error>,
+}
+
+/// Reads a write's `len` payload bytes from the channel into the file at `offset`. If the
+/// file system refuses a chunk (no space, file too large), the rest of the payload is still
+/// read (and dropped) so the connection stays in step and can carry the error back.
 async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
     chan: &mut Channel<S>,
     shared: &Shared,
@@ -224,22 +252,30 @@ async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
     offset: u64,
     len: u64,
     buf: &mut Vec<u8>,
-) -> Result<(), DataError> {
+) -> Result<Landed, DataError> {
     buf.resize(CHUNK, 0);
     let mut done = 0u64;
+    let mut landed = Landed {
+        written: 0,
+        error: None,
+    };
     while done < len {
         let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(CHUNK);
         let n = chan.read_some(&mut buf[..want]).await?;
         if n == 0 {
             return Err(Error::Closed.into());
         }
-        // A node that lost its lease mid-transfer writes no further byte; the connection
-        // ends (the stream is mid-payload, so it cannot carry a reply).
-        shared.writable()?;
-        file.write_all_at(&buf[..n], offset + done)?;
+        if landed.error.is_none() {
+            // A node that lost its lease mid-transfer writes no further byte; the
+            // connection ends (a client must not take the rest as written).
+            shared.writable()?;
+            let (wrote, refused) = crate::write_fully_at(file, &buf[..n], offset + done);
+            landed.written += wrote;
+            landed.error = refused.map(|e| crate::write_refused(len, offset, &e));
+        }
         done += n as u64;
     }
-    Ok(())
+    Ok(landed)
 }
 
 /// TLS: the bytes must pass through rustls, so read the file in chunks.

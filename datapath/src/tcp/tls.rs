@@ -38,7 +38,7 @@ impl ServerIdentity {
             .map_err(|e| DataError::Certificate(e.to_string()))?;
         let key = made.key_pair.serialize_der();
         write_private(&key_path, &key)?;
-        std::fs::write(&cert_path, made.cert.der())?;
+        write_private(&cert_path, made.cert.der())?;
         Ok(Self {
             cert: made.cert.der().clone(),
             key,
