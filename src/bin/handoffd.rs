@@ -101,6 +101,7 @@ async fn main() {
     // A write past a file-size limit (RLIMIT_FSIZE) must fail with EFBIG, answered to the
     // client, instead of killing the server with SIGXFSZ: a handler that does nothing.
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
+    raise_fd_limit();
     let opts = ServerOptions {
         root: args.root,
         state: args.state,
@@ -187,5 +188,23 @@ fn start_failure_code(e: &anyhow::Error) -> i32 {
         5
     } else {
         1
+    }
+}
+
+/// Every durable open keeps its file open (so its key follows the file, not the path): raise
+/// the soft limit on descriptors to the hard one, as servers holding many files do.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    limit.current = limit.maximum;
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => tracing::debug!(max = ?limit.maximum, "descriptor limit raised"),
+        Err(e) => tracing::warn!(
+            "cannot raise the descriptor limit ({e}): at most {:?} files can be held open",
+            getrlimit(Resource::Nofile).current
+        ),
     }
 }

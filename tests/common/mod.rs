@@ -86,24 +86,8 @@ impl TestServer {
                 .join(format!("handoffd.{}.log", self.starts)),
         )
         .unwrap();
-        let mut cmd = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(HANDOFFD);
-                c
-            }
-            None => Command::new(HANDOFFD),
-        };
-        let mut child = cmd
-            .arg("--root")
-            .arg(self.root())
-            .arg("--state")
-            .arg(self.dir.path().join("state"))
-            .arg("--clients")
-            .arg(self.clients_file())
-            .arg("--listen")
-            .arg(&self.addr)
-            .args(&self.extra)
+        let mut child = self
+            .handoffd(&self.addr)
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -129,6 +113,28 @@ impl TestServer {
         self.addr = field("control=");
         self.data_addr = field("data=");
         self.child = Some(child);
+    }
+
+    /// `handoffd` (through the wrapper, if any) with this server's arguments.
+    fn handoffd(&self, listen: &str) -> Command {
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(HANDOFFD);
+                c
+            }
+            None => Command::new(HANDOFFD),
+        };
+        cmd.arg("--root")
+            .arg(self.root())
+            .arg("--state")
+            .arg(self.dir.path().join("state"))
+            .arg("--clients")
+            .arg(self.clients_file())
+            .arg("--listen")
+            .arg(listen)
+            .args(&self.extra);
+        cmd
     }
 
     pub fn log(&self) -> String {
@@ -163,16 +169,8 @@ impl TestServer {
     /// still running after 20 s.
     pub fn start_refused(&mut self, extra: &[&str]) -> Out {
         self.kill9();
-        let mut child = Command::new(HANDOFFD)
-            .arg("--root")
-            .arg(self.root())
-            .arg("--state")
-            .arg(self.dir.path().join("state"))
-            .arg("--clients")
-            .arg(self.clients_file())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(&self.extra)
+        let mut child = self
+            .handoffd("127.0.0.1:0")
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

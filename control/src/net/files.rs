@@ -125,6 +125,13 @@ impl Root {
             }
             Err(e) => return Err(e.into()),
         }
+        // Files are opened for IO through /proc/self/fd (the object, never the path again).
+        reopen_fd(&dir, false).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot reopen through /proc/self/fd ({e}): handoffd needs /proc mounted"),
+            )
+        })?;
         let slow_open = std::env::var("HANDOFFD_FAULT_SLOW_OPEN")
             .ok()
             .and_then(|v| {

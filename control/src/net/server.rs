@@ -175,7 +175,16 @@ pub struct Shared {
     wake: Arc<Notify>,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
+    /// Slots for file-system work: see [`Shared::fs`].
+    fs_slots: Arc<Semaphore>,
 }
+
+/// File-system calls (opens, creates, truncations) that may wait at once. Tokio's pool has 512
+/// blocking threads; a file system that stops answering can hold at most this many of them,
+/// and the rest stay free for requests that only need the server's state.
+pub const FS_CALLS: usize = 128;
+/// How long a request waits for a slot before it is told the file system is not answering.
+const FS_WAIT: Duration = Duration::from_secs(30);
 
 impl Shared {
     pub fn new(
@@ -195,6 +204,7 @@ impl Shared {
             wake: Arc::new(Notify::new()),
             config: Arc::new(config),
             stats: Arc::default(),
+            fs_slots: Arc::new(Semaphore::new(FS_CALLS)),
         };
         // Persist what recovery produced (a new MAC key on a fresh store).
         shared.run_blocking(|_, _| Ok(()))?;
@@ -363,6 +373,25 @@ impl Shared {
             .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
     }
 
+    /// Runs file-system work (which a hung network file system can stall for as long as it
+    /// likes) off the async workers and outside the lock, at most [`FS_CALLS`] at a time.
+    pub async fn fs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let slot = tokio::time::timeout(FS_WAIT, self.fs_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Error::FileSystem(format!(
+                    "the server's file system is not answering ({FS_CALLS} operations are waiting on it); try again later"
+                ))
+            })?
+            .map_err(|_| Error::Closed)?;
+        let r = self.blocking(f).await;
+        drop(slot);
+        r
+    }
+
     /// Expires opens at their deadlines until the process ends.
     pub async fn run_timers(self) {
         loop {
@@ -428,11 +457,17 @@ impl Shared {
             return Err(replaced());
         }
         let file = reopen(&opened.file, write)?;
-        let kept = Arc::new(opened.file);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.core.handle_record(att.handle).is_some() {
-            inner.files.entry(att.slot).or_insert(kept);
+        let mut kept = Some(Arc::new(opened.file));
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let live = inner.core.handle_record(att.handle).is_some();
+            if live && !inner.files.contains_key(&att.slot) {
+                if let Some(k) = kept.take() {
+                    inner.files.insert(att.slot, k);
+                }
+            }
         }
+        drop(kept); // a close(2), after the lock is given up
         Ok(file)
     }
 
@@ -482,8 +517,7 @@ impl Shared {
         client: String,
         key: Vec<u8>,
     ) -> Result<(Attached, std::fs::File, AttachedHandle), Error> {
-        self.blocking(move |s| s.attach_blocking(&client, &key))
-            .await
+        self.fs(move |s| s.attach_blocking(&client, &key)).await
     }
 
     /// A channel holding `handle` is gone (written to the store once it is reachable).
@@ -782,7 +816,7 @@ async fn open(
     }
     let (path, create, write) = (p.path.clone(), p.create, p.mode.can_write());
     let opened = shared
-        .blocking(move |s| {
+        .fs(move |s| {
             if create {
                 s.config.root.create_file(&path)
             } else {
@@ -806,7 +840,12 @@ async fn open(
         .await?;
     let key = granted.sealed.to_vec();
     if p.truncate {
-        let truncated = shared.blocking(move |_| Ok(file.set_len(0)?)).await;
+        let truncated = shared
+            .fs(move |_| {
+                file.set_len(0)
+                    .map_err(|e| Error::file_system("truncating the file", &e))
+            })
+            .await;
         if let Err(e) = truncated {
             let k = key.clone();
             let _ = shared
