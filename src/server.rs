@@ -169,6 +169,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
                 .collect(),
             tls_fingerprint: Some(tls.fingerprint()),
             max_connections: opts.max_connections,
+            max_kept_files: kept_files_limit(opts.max_connections),
             admins: opts.admins.clone(),
             peers: opts.peers.clone(),
             peer_identity,
@@ -213,6 +214,16 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
 
 /// The embedded store, or (with etcd) this node's cluster membership and the shared store
 /// once this node is active: a passive node waits here, before binding any listener.
+/// How many files the server may keep open for opens: its descriptor limit, less room for
+/// every listener's connections (control, data, RDMA), the store and the process itself.
+fn kept_files_limit(max_connections: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let reserve = max_connections.saturating_mul(3).saturating_add(256);
+    limit.saturating_sub(reserve).max(16)
+}
+
 /// The state directory holds the resume-key MAC key and the TLS key: only its owner may
 /// enter it. Made 0700 if new; an existing one open to others is closed (and said so).
 fn make_private_dir(dir: &std::path::Path) -> std::io::Result<()> {

@@ -216,3 +216,31 @@ fn a_write_the_file_system_refuses_is_answered_once_and_changes_nothing() {
     let r = b.run(&["resume", &kb, "--json"]).expect(0).json();
     assert_eq!(r["changed_by_other"], true);
 }
+
+#[test]
+fn opens_past_the_descriptor_budget_are_served_and_still_follow_their_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = client(tmp.path(), "alice");
+    // 300 descriptors, 4 connections per listener: room to keep a few dozen files open.
+    let server = TestServer::start_wrapped(
+        &[&alice],
+        &["--max-connections", "4"],
+        &["prlimit", "--nofile=300:300", "--"],
+    );
+    let a = server.cli(&alice);
+    let keys: Vec<String> = (0..80)
+        .map(|i| {
+            std::fs::write(server.root().join(format!("f{i}")), format!("file {i}")).unwrap();
+            a.open(&[&format!("f{i}")])
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        let out = a.run(&["read", key]).expect(0);
+        assert_eq!(out.stdout, format!("file {i}").as_bytes());
+    }
+    // The last opens' files were not kept: their keys still refuse a file moved over the path.
+    std::fs::write(server.root().join("other"), b"someone else's").unwrap();
+    std::fs::rename(server.root().join("other"), server.root().join("f79")).unwrap();
+    let out = a.run(&["read", &keys[79]]).expect(4);
+    assert!(out.stderr.contains("replaced or removed"), "{}", out.stderr);
+}

@@ -351,6 +351,10 @@ fn open_error(path: &str, e: rustix::io::Errno) -> Error {
             "{path}: too many symbolic links, or a link the server does not follow"
         )),
         Errno::ACCESS | Errno::PERM => Error::denied(format!("{path}: permission denied")),
+        Errno::MFILE | Errno::NFILE => Error::FileSystem(format!(
+            "{path} was not opened: the server has reached its limit of open files \
+             (raise handoffd's descriptor limit: ulimit -n, or LimitNOFILE= under systemd)"
+        )),
         Errno::ISDIR => Error::denied(format!(
             "{path} is not a regular file (it is a directory); handoff serves regular files only"
         )),

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub endpoints: Vec<Endpoint>,
     pub tls_fingerprint: Option<[u8; 32]>,
     pub max_connections: usize,
+    /// Files kept open for opens at most (the descriptor limit less room for connections).
+    /// Past it, a new open's file is not kept: its duplicates open the path again and check
+    /// it is the same file (a replaced file is then refused, never attached).
+    pub max_kept_files: usize,
     /// Clients allowed to drain this server.
     pub admins: Vec<String>,
     /// Servers (their --peer-identity names) allowed to drain into this one.
@@ -461,7 +465,8 @@ impl Shared {
         {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let live = inner.core.handle_record(att.handle).is_some();
-            if live && !inner.files.contains_key(&att.slot) {
+            let room = inner.files.len() < self.config.max_kept_files;
+            if live && room && !inner.files.contains_key(&att.slot) {
                 if let Some(k) = kept.take() {
                     inner.files.insert(att.slot, k);
                 }
@@ -483,9 +488,12 @@ impl Shared {
         let path = req.path.clone();
         let file = Arc::new(opened.file);
         let kept = file.clone();
+        let max_kept = self.config.max_kept_files;
         let granted = self.run_files(Persist::Now, move |core, files, now| {
             let g = core.open(req, now)?;
-            files.insert(g.slot, kept);
+            if files.len() < max_kept {
+                files.insert(g.slot, kept);
+            }
             Ok(g)
         });
         match granted {
