@@ -212,15 +212,17 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     })
 }
 
-/// The embedded store, or (with etcd) this node's cluster membership and the shared store
-/// once this node is active: a passive node waits here, before binding any listener.
 /// How many files the server may keep open for opens: its descriptor limit, less room for
-/// every listener's connections (control, data, RDMA), the store and the process itself.
+/// every listener's connections (control, data, RDMA: a session holds several descriptors),
+/// the file-system calls in flight, the store and the process itself.
 fn kept_files_limit(max_connections: usize) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let reserve = max_connections.saturating_mul(3).saturating_add(256);
+    let reserve = max_connections
+        .saturating_mul(4)
+        .saturating_add(2 * handoff_control::net::FS_CALLS)
+        .saturating_add(256);
     limit.saturating_sub(reserve).max(16)
 }
 
@@ -243,6 +245,8 @@ fn make_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The embedded store, or (with etcd) this node's cluster membership and the shared store
+/// once this node is active: a passive node waits here, before binding any listener.
 async fn open_store(
     opts: &ServerOptions,
 ) -> anyhow::Result<(Box<dyn Store>, Option<Arc<Cluster>>)> {

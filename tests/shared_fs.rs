@@ -61,11 +61,11 @@ fn symlinks_that_leave_the_root_are_refused_and_name_the_path_not_the_target() {
 fn a_fifo_is_refused_at_once_and_a_slow_open_stalls_nobody_else() {
     let tmp = tempfile::tempdir().unwrap();
     let (alice, bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
-    // `slow` takes 8 s to open, as on a file system whose server is not answering.
+    // `slow` takes 20 s to open, as on a file system whose server is not answering.
     let server = TestServer::start_with_env(
         &[&alice, &bob],
         &["--durable-timeout", "2"],
-        &[("HANDOFFD_FAULT_SLOW_OPEN", "slow=8000")],
+        &[("HANDOFFD_FAULT_SLOW_OPEN", "slow=20000")],
     );
     let (a, b) = (server.cli(&alice), server.cli(&bob));
     let fifo = server.root().join("f");
@@ -96,11 +96,11 @@ fn a_fifo_is_refused_at_once_and_a_slow_open_stalls_nobody_else() {
     b.run_within(QUICK, &["close", &k]).expect(0);
     b.run_within(QUICK, &["inbox"]).expect(0);
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < Duration::from_secs(5),
         "took {:?}",
         t.elapsed()
     );
-    eventually(Duration::from_secs(6), || {
+    eventually(Duration::from_secs(12), || {
         (b.run_within(QUICK, &["open", "x", "--mode", "rw"]).code == 0).then_some(())
     });
     assert!(
@@ -161,6 +161,11 @@ fn a_denied_open_creates_and_truncates_nothing() {
     let out = b.run_with(&["put", "g"], Some(b"x")).expect(3);
     assert!(out.stderr.contains("sharing violation"), "{}", out.stderr);
     assert_eq!(std::fs::read(server.root().join("g")).unwrap(), b"keep me");
+
+    // A create refused for what it asks (overlapping locks) creates nothing either.
+    b.run(&["open", "h", "--create", "--lock", "0:10", "--lock", "5:10"])
+        .expect(2);
+    assert!(!server.root().join("h").exists(), "a refused create left h");
 
     // After a restart only resumes are served: a create waits (the CLI retries through the
     // grace period) and creates nothing meanwhile.
@@ -238,9 +243,14 @@ fn opens_past_the_descriptor_budget_are_served_and_still_follow_their_file() {
         let out = a.run(&["read", key]).expect(0);
         assert_eq!(out.stdout, format!("file {i}").as_bytes());
     }
-    // The last opens' files were not kept: their keys still refuse a file moved over the path.
-    std::fs::write(server.root().join("other"), b"someone else's").unwrap();
-    std::fs::rename(server.root().join("other"), server.root().join("f79")).unwrap();
+    // Files moved over the paths of the first open (kept) and of the last (past the budget):
+    // the first key still reaches its own file, the last refuses the stranger.
+    for i in [0, 79] {
+        let other = server.root().join("other");
+        std::fs::write(&other, b"someone else's").unwrap();
+        std::fs::rename(&other, server.root().join(format!("f{i}"))).unwrap();
+    }
+    assert_eq!(a.run(&["read", &keys[0]]).expect(0).stdout, b"file 0");
     let out = a.run(&["read", &keys[79]]).expect(4);
     assert!(out.stderr.contains("replaced or removed"), "{}", out.stderr);
 }

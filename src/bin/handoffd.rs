@@ -100,7 +100,9 @@ async fn main() {
     let args = Args::parse();
     // A write past a file-size limit (RLIMIT_FSIZE) must fail with EFBIG, answered to the
     // client, instead of killing the server with SIGXFSZ: a handler that does nothing.
-    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        rustix::process::Signal::XFSZ.as_raw(),
+    ));
     raise_fd_limit();
     let opts = ServerOptions {
         root: args.root,

@@ -208,8 +208,10 @@ fn import_message(
 }
 
 async fn send_file(shared: &Shared, to: &mut ControlClient, path: &str) -> Result<u64, Error> {
-    let root = &shared.config.root;
-    let mut file = root.open_file(path, false)?.file;
+    let p = path.to_owned();
+    let mut file = shared
+        .fs(move |s| Ok(s.config.root.open_file(&p, false)?.file))
+        .await?;
     let mut offset = 0u64;
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
@@ -274,7 +276,9 @@ pub(super) fn file_chunk(
         Err(e) => return Err(std::io::Error::from(e).into()),
     }
     let part = std::path::PathBuf::from(format!(".{}.handoff-drain", name.display()));
-    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+    // Non-blocking and checked: a FIFO planted under the part's name must not hold a thread.
+    let flags =
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = if offset == 0 {
         // A part left by an interrupted drain starts again.
         let _ = rustix::fs::unlinkat(&dir, &part, AtFlags::empty());
@@ -289,6 +293,11 @@ pub(super) fn file_chunk(
     }
     .map_err(std::io::Error::from)?;
     let file = std::fs::File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(Error::denied(format!(
+            "{path}: the partial file of a drain is not a regular file"
+        )));
+    }
     file.write_all_at(data, offset)?;
     if last {
         file.sync_all()?;
@@ -331,24 +340,29 @@ pub(super) async fn import(
             )
         })
         .collect();
-    let mut opens = Vec::with_capacity(records.len());
+    let mut decoded = Vec::with_capacity(records.len());
     for bytes in &records {
-        let record = OpenRecord::decode(bytes)?;
-        let here = shared
-            .config
-            .root
-            .open_file(&record.path, false)
-            .map_err(|e| {
-                Error::not_found(format!(
-                    "{e} (a drain sends missing files before the table)"
-                ))
-            })?;
-        opens.push(Imported {
-            counters: counters.get(&record.path).copied().unwrap_or_default(),
-            local_file_id: here.identity.file_id(),
-            record,
-        });
+        decoded.push(OpenRecord::decode(bytes)?);
     }
+    // Which file each path names here (opened beneath the root, off the async workers).
+    let opens = shared
+        .fs(move |s| {
+            let mut opens = Vec::with_capacity(decoded.len());
+            for record in decoded {
+                let here = s.config.root.open_file(&record.path, false).map_err(|e| {
+                    Error::not_found(format!(
+                        "{e} (a drain sends missing files before the table)"
+                    ))
+                })?;
+                opens.push(Imported {
+                    counters: counters.get(&record.path).copied().unwrap_or_default(),
+                    local_file_id: here.identity.file_id(),
+                    record,
+                });
+            }
+            Ok(opens)
+        })
+        .await?;
     let summary = shared
         .run(move |core, _| Ok(core.import(mac_key, opens, now_ms())?))
         .await?;

@@ -22,12 +22,15 @@ use sha2::{Digest, Sha256};
 
 use crate::Error;
 
-/// Which file an open names: its file system (device), inode and birth time. The birth time
-/// tells a file from a later one that reuses its inode number; where a file system does not
-/// report it, device and inode decide.
+/// Which file an open names: its file system, inode and birth time. The file system is named
+/// by its `f_fsid` (from the file system itself: the same on every host that mounts a shared
+/// file system, and across reboots and remounts, unlike `st_dev`, which each host numbers as
+/// it mounts), or by the device where a file system reports no fsid. The birth time tells a
+/// file from a later one that reuses its inode number; where a file system does not report
+/// it, file system and inode decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileIdentity {
-    pub dev: u64,
+    pub fs: u64,
     pub ino: u64,
     /// Birth time (seconds, nanoseconds) where the file system reports it.
     pub birth: Option<(i64, u32)>,
@@ -39,7 +42,7 @@ impl FileIdentity {
     pub fn file_id(&self) -> u64 {
         let mut h = Sha256::new();
         h.update(b"handoff file identity v1");
-        h.update(self.dev.to_be_bytes());
+        h.update(self.fs.to_be_bytes());
         h.update(self.ino.to_be_bytes());
         if let Some((s, ns)) = self.birth {
             h.update(s.to_be_bytes());
@@ -51,17 +54,23 @@ impl FileIdentity {
 
     /// The identity of an open file.
     pub fn of(file: &impl AsFd) -> io::Result<Self> {
-        Ok(Self::from_statx(&statx(file)?))
+        Self::from_statx(file, &statx(file)?)
     }
 
-    fn from_statx(st: &rustix::fs::Statx) -> Self {
+    fn from_statx(fd: &impl AsFd, st: &rustix::fs::Statx) -> io::Result<Self> {
         let birth = (st.stx_mask & StatxFlags::BTIME.bits() != 0)
             .then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec));
-        FileIdentity {
-            dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        let fsid = rustix::fs::fstatvfs(fd)?.f_fsid;
+        let fs = if fsid != 0 {
+            fsid
+        } else {
+            rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor) | 1 << 63
+        };
+        Ok(FileIdentity {
+            fs,
             ino: st.stx_ino,
             birth,
-        }
+        })
     }
 }
 
@@ -170,7 +179,7 @@ impl Root {
                 type_name(kind)
             )));
         }
-        let identity = FileIdentity::from_statx(&st);
+        let identity = FileIdentity::from_statx(&at, &st).map_err(|e| io_error(path, e))?;
         let file = reopen_fd(&at, write).map_err(|e| io_error(path, e))?;
         // The same object, by construction (opened through its descriptor); checked anyway.
         let again = FileIdentity::of(&file).map_err(|e| io_error(path, e))?;
@@ -235,15 +244,21 @@ impl Root {
             rel.file_name()
                 .ok_or_else(|| Error::bad_request(format!("path {path:?} names no file")))?,
         );
-        let mut dir = rustix::fs::openat2(
-            &self.dir,
-            ".",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            confined(),
-        )
-        .map_err(|e| open_error(path, e))?;
-        for part in rel.parent().into_iter().flat_map(Path::components) {
+        let parent = match rel.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        // The whole parent at once, as opens resolve it ('..' and links that stay inside).
+        match rustix::fs::openat2(&self.dir, &parent, dir_flags, Mode::empty(), confined()) {
+            Ok(dir) => return Ok((dir, name)),
+            Err(rustix::io::Errno::NOENT) if create => {}
+            Err(e) => return Err(open_error(path, e)),
+        }
+        // Missing directories are made one step at a time, each beneath the last.
+        let mut dir = rustix::fs::openat2(&self.dir, ".", dir_flags, Mode::empty(), confined())
+            .map_err(|e| open_error(path, e))?;
+        for part in parent.components() {
             let part = part.as_os_str();
             if create {
                 match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
@@ -291,9 +306,12 @@ impl Root {
 }
 
 /// Another descriptor of the same open file, for reading (and writing if `write`), opened
-/// through `/proc/self/fd` (the file's object, not its path).
-pub fn reopen(file: &File, write: bool) -> io::Result<File> {
-    reopen_fd(file, write)
+/// through `/proc/self/fd` (the file's object, not its path). `path` names it in errors.
+pub fn reopen(file: &File, write: bool, path: &str) -> Result<File, Error> {
+    reopen_fd(file, write).map_err(|e| match rustix::io::Errno::from_io_error(&e) {
+        Some(errno) => open_error(path, errno),
+        None => io_error(path, e),
+    })
 }
 
 fn reopen_fd(fd: &impl AsRawFd, write: bool) -> io::Result<File> {
@@ -351,6 +369,10 @@ fn open_error(path: &str, e: rustix::io::Errno) -> Error {
             "{path}: too many symbolic links, or a link the server does not follow"
         )),
         Errno::ACCESS | Errno::PERM => Error::denied(format!("{path}: permission denied")),
+        Errno::NAMETOOLONG => Error::bad_request(format!("{path}: a name is too long")),
+        Errno::NOSPC | Errno::DQUOT | Errno::ROFS | Errno::IO => {
+            Error::file_system(&format!("opening {path}"), &e.into())
+        }
         Errno::MFILE | Errno::NFILE => Error::FileSystem(format!(
             "{path} was not opened: the server has reached its limit of open files \
              (raise handoffd's descriptor limit: ulimit -n, or LimitNOFILE= under systemd)"
@@ -417,11 +439,11 @@ mod tests {
     #[test]
     fn identity_tells_files_apart_even_with_the_same_inode_number() {
         let a = FileIdentity {
-            dev: 1,
+            fs: 1,
             ino: 7,
             birth: None,
         };
-        let b = FileIdentity { dev: 2, ..a };
+        let b = FileIdentity { fs: 2, ..a };
         let c = FileIdentity {
             birth: Some((1, 2)),
             ..a

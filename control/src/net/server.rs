@@ -328,12 +328,17 @@ impl Shared {
         make: impl FnOnce() -> Result<Arc<T>, Error>,
     ) -> Result<Arc<T>, Error> {
         self.writable()?;
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = inner.core.direct_allowed(handle)?;
+        self.peek(|core| core.direct_allowed(handle))?;
+        // Registering pins (so reads in) every page of the file: not under the lock.
         let grant = make()?;
         let weak: std::sync::Weak<dyn Revocable> =
             Arc::downgrade(&(grant.clone() as Arc<dyn Revocable>));
-        inner.grants.entry(slot).or_default().push(weak);
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            // Decided again: a conflicting open or lock may have come meanwhile.
+            let slot = inner.core.direct_allowed(handle)?;
+            inner.grants.entry(slot).or_default().push(weak);
+        }
         self.stats
             .direct_grants
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -424,56 +429,56 @@ impl Shared {
         client: &str,
         key: &[u8],
     ) -> Result<(Attached, File, AttachedHandle), Error> {
-        let (att, kept) = self.run_files(Persist::Now, |core, files, _| {
+        // The file is checked before anything changes: a key whose file was replaced attaches
+        // nothing (and revives no expired open).
+        let kept = self.run_files(Persist::Now, |core, files, _| {
+            let rec = core.key_record(client, key)?;
+            Ok(match files.get(&rec.slot) {
+                Some(f) => Ok(f.clone()),
+                None => Err((rec.path.clone(), rec.file_id, rec.mode.can_write())),
+            })
+        })?;
+        let (file, found) = match kept {
+            Ok(kept) => (kept, false),
+            Err((path, file_id, write)) => {
+                (Arc::new(self.open_by_path(&path, file_id, write)?), true)
+            }
+        };
+        let att = self.run_files(Persist::Now, |core, files, _| {
             let att = core.attach(client, key)?;
-            let kept = files.get(&att.slot).cloned();
-            Ok((att, kept))
+            if found && files.len() < self.config.max_kept_files {
+                files.entry(att.slot).or_insert_with(|| file.clone());
+            }
+            Ok(att)
         })?;
         // From here on the handle is given back however this ends (an error, a panic).
         let guard = AttachedHandle {
             shared: self.clone(),
             handle: att.handle,
         };
-        let write = att.mode.can_write();
-        let file = match kept {
-            Some(kept) => reopen(&kept, write).map_err(Error::from)?,
-            None => self.reopen_by_path(&att, write)?,
-        };
-        Ok((att, file, guard))
+        let own = reopen(&file, att.mode.can_write(), &att.path)?;
+        drop(file); // if not kept, a close(2) here, after the lock was given up
+        Ok((att, own, guard))
     }
 
-    /// Opens the file of `att` by its path again and checks it is the file the open was
-    /// granted on; keeps it for the open.
-    fn reopen_by_path(&self, att: &Attached, write: bool) -> Result<File, Error> {
+    /// Opens `path` beneath the root again (after a restart, or once an expired open is
+    /// granted again) and checks it is still the file `file_id` the open was granted on.
+    fn open_by_path(&self, path: &str, file_id: u64, write: bool) -> Result<File, Error> {
         let replaced = || {
             Error::not_found(format!(
-                "{}: the file was replaced or removed since it was opened; the key no longer names a file",
-                att.path
+                "{path}: the file was replaced or removed since it was opened; the key no longer names a file"
             ))
         };
-        let opened = match self.config.root.open_file(&att.path, write) {
+        let opened = match self.config.root.open_file(path, write) {
             Ok(o) => o,
             Err(Error::Core(CoreError::NotFound(_))) => return Err(replaced()),
             Err(e) => return Err(e),
         };
-        if opened.identity.file_id() != att.file_id {
-            tracing::warn!(path = %att.path, slot = att.slot, "the open's file was replaced: refusing its key");
+        if opened.identity.file_id() != file_id {
+            tracing::warn!(path, "the open's file was replaced: refusing its key");
             return Err(replaced());
         }
-        let file = reopen(&opened.file, write)?;
-        let mut kept = Some(Arc::new(opened.file));
-        {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let live = inner.core.handle_record(att.handle).is_some();
-            let room = inner.files.len() < self.config.max_kept_files;
-            if live && room && !inner.files.contains_key(&att.slot) {
-                if let Some(k) = kept.take() {
-                    inner.files.insert(att.slot, k);
-                }
-            }
-        }
-        drop(kept); // a close(2), after the lock is given up
-        Ok(file)
+        Ok(opened.file)
     }
 
     /// A new open of a file already opened beneath the root (outside the lock): the core
@@ -508,10 +513,11 @@ impl Shared {
         }
     }
 
-    /// Whether a new open could be granted now (asked before creating a file).
-    pub fn admits_new_opens(&self) -> Result<(), Error> {
+    /// What can be decided about a new open without its file (asked before it is opened or
+    /// created): see [`ServerCore::precheck_open`].
+    pub fn precheck_open(&self, p: &crate::wire::OpenParams) -> Result<(), Error> {
         let now = now_ms();
-        Ok(self.peek(|core| core.admits_new_opens(now))?)
+        Ok(self.peek(|core| core.precheck_open(p.mode, &p.locks, p.truncate, now))?)
     }
 
     /// Whether a live open holds the file `file_id`.
@@ -819,9 +825,7 @@ async fn open(
     client: String,
     p: crate::wire::OpenParams,
 ) -> Result<(Vec<u8>, HandleId, FileInfo), Error> {
-    if p.create {
-        shared.admits_new_opens()?;
-    }
+    shared.precheck_open(&p)?;
     let (path, create, write) = (p.path.clone(), p.create, p.mode.can_write());
     let opened = shared
         .fs(move |s| {
@@ -843,9 +847,7 @@ async fn open(
         truncate: p.truncate,
     };
     let size = opened.size;
-    let (granted, file) = shared
-        .blocking(move |s| s.open_blocking(req, opened))
-        .await?;
+    let (granted, file) = shared.fs(move |s| s.open_blocking(req, opened)).await?;
     let key = granted.sealed.to_vec();
     if p.truncate {
         let truncated = shared
@@ -950,7 +952,8 @@ async fn dispatch(
         }
         Message::Missing { paths } => {
             super::drain::require_peer(shared, &client)?;
-            Ok((super::drain::missing(shared, paths)?, None))
+            let reply = shared.fs(move |s| super::drain::missing(s, paths)).await?;
+            Ok((reply, None))
         }
         Message::FileChunk {
             path,
@@ -960,7 +963,7 @@ async fn dispatch(
         } => {
             super::drain::require_peer(shared, &client)?;
             let reply = shared
-                .blocking(move |s| super::drain::file_chunk(s, &path, offset, &data, last))
+                .fs(move |s| super::drain::file_chunk(s, &path, offset, &data, last))
                 .await?;
             Ok((reply, None))
         }

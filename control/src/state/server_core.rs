@@ -294,6 +294,43 @@ impl ServerCore {
         Ok(())
     }
 
+    /// Everything about a new open that can be decided without its file (drained, grace
+    /// period, malformed lock list, truncation without write access): asked before the file
+    /// is opened or created, so a request refused for these reasons touches nothing.
+    pub fn precheck_open(
+        &self,
+        mode: Mode,
+        locks: &[ByteRange],
+        truncate: bool,
+        now: u64,
+    ) -> Result<(), CoreError> {
+        self.admits_new_opens(now)?;
+        if locks.len() > MAX_LOCKS {
+            return Err(CoreError::BadRequest(format!(
+                "at most {MAX_LOCKS} lock ranges"
+            )));
+        }
+        for (i, a) in locks.iter().enumerate() {
+            if locks[..i].iter().any(|b| a.overlaps(b)) {
+                return Err(CoreError::BadRequest(format!("lock ranges overlap at {a}")));
+            }
+        }
+        if mode == Mode::Read && truncate {
+            return Err(CoreError::BadRequest("truncating needs mode rw".into()));
+        }
+        Ok(())
+    }
+
+    /// The open a key names, for the IO layer to check its file before attaching (the key
+    /// authenticated and `client`'s to use, as for [`ServerCore::attach`]).
+    pub fn key_record(&self, client: &str, sealed: &[u8]) -> Result<&OpenRecord, CoreError> {
+        let slot = self.verify_key(client, sealed)?;
+        self.table
+            .get(slot)
+            .map(|e| &e.record)
+            .ok_or_else(|| CoreError::NotFound("open vanished".into()))
+    }
+
     /// Revokes direct access of every live open of `file_id` but `except`.
     fn revoke_others(&mut self, file_id: u64, except: u32) {
         if let Some(f) = self.table.file(file_id) {
@@ -465,20 +502,7 @@ impl ServerCore {
 
     /// A new open (claims 1–4, 21, 28–30). The opening connection holds the first handle.
     pub fn open(&mut self, req: OpenRequest, now: u64) -> Result<Granted, CoreError> {
-        self.admits_new_opens(now)?;
-        if req.locks.len() > MAX_LOCKS {
-            return Err(CoreError::BadRequest(format!(
-                "at most {MAX_LOCKS} lock ranges"
-            )));
-        }
-        for (i, a) in req.locks.iter().enumerate() {
-            if req.locks[..i].iter().any(|b| a.overlaps(b)) {
-                return Err(CoreError::BadRequest(format!("lock ranges overlap at {a}")));
-            }
-        }
-        if req.mode == Mode::Read && req.truncate {
-            return Err(CoreError::BadRequest("truncating needs mode rw".into()));
-        }
+        self.precheck_open(req.mode, &req.locks, req.truncate, now)?;
         self.check_compatible(req.file_id, None, req.mode, req.share, &req.locks)?;
         if req.truncate {
             let whole = ByteRange::new(0, u64::MAX).expect("non-empty, no overflow");

@@ -42,7 +42,7 @@ impl FileWindows {
     /// Windows of `file` (the handle's own descriptor; the mapping is made through another
     /// descriptor of the same file, never by path).
     pub fn new(pd: &Arc<ProtectionDomain>, file: &File) -> Self {
-        let map_file = handoff_control::net::reopen(file, true).ok();
+        let map_file = handoff_control::net::reopen(file, true, "").ok();
         Self {
             pd: pd.clone(),
             map_file,
