@@ -254,3 +254,58 @@ fn opens_past_the_descriptor_budget_are_served_and_still_follow_their_file() {
     let out = a.run(&["read", &keys[79]]).expect(4);
     assert!(out.stderr.contains("replaced or removed"), "{}", out.stderr);
 }
+
+/// Unmounts a test mount however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn files_with_the_same_inode_number_on_two_file_systems_are_two_files() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (alice, bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    let server = TestServer::start(&[&alice, &bob], &[]);
+    let mut mounts = Vec::new();
+    for d in ["a", "b"] {
+        let dir = server.root().join(d);
+        std::fs::create_dir(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount tmpfs here (not root?)");
+            return;
+        }
+        mounts.push(Mounted(dir.clone()));
+        std::fs::write(dir.join("f"), d).unwrap();
+    }
+    let ino = |d: &str| {
+        std::fs::metadata(server.root().join(d).join("f"))
+            .unwrap()
+            .ino()
+    };
+    if ino("a") != ino("b") {
+        eprintln!("skipped: the two tmpfs gave different inode numbers");
+        return;
+    }
+    let (a, b) = (server.cli(&alice), server.cli(&bob));
+    let ka = a.open(&["a/f", "--mode", "rw", "--exclusive"]);
+    let kb = b.open(&["b/f", "--mode", "rw", "--exclusive"]);
+    assert_eq!(a.run(&["read", &ka]).expect(0).stdout, b"a");
+    assert_eq!(b.run(&["read", &kb]).expect(0).stdout, b"b");
+    // The same file is still exclusive.
+    let out = b.run(&["open", "a/f"]).expect(3);
+    assert!(out.stderr.contains("sharing violation"), "{}", out.stderr);
+    drop(mounts); // before the server's directory is removed
+}
