@@ -12,5 +12,6 @@ pub use client::{check_reply, ControlClient};
 pub use files::{reopen, FileIdentity, OpenedFile, Root};
 pub use server::{
     accept_loop, fail_stop, handshake, now_ms, AttachedHandle, ControlServer, Persist, Revocable,
-    ServerConfig, ServerStats, Shared, EXIT_FENCED, EXIT_STORE_FAILED, FS_CALLS, HANDSHAKE_TIMEOUT,
+    ServerConfig, ServerStats, Shared, WriteCheck, EXIT_FENCED, EXIT_STORE_FAILED, FS_CALLS,
+    HANDSHAKE_TIMEOUT,
 };

@@ -578,46 +578,57 @@ impl Shared {
             .await
     }
 
-    /// Checks a write before its bytes move (nothing is counted: see
+    /// Checks a write before its bytes move; nothing is counted until some land (see
     /// [`Shared::wrote_blocking`]). Refused while a cluster store is unreachable.
     pub fn check_write_blocking(
         &self,
         handle: HandleId,
         range: Option<ByteRange>,
-    ) -> Result<(), Error> {
+    ) -> Result<WriteCheck, Error> {
         self.writable()?;
-        self.peek(|core| core.check_io(handle, IoKind::Write, range))?;
-        Ok(())
+        let file_id = self.peek(|core| core.check_io(handle, IoKind::Write, range))?;
+        Ok(WriteCheck { handle, file_id })
     }
 
     pub async fn check_write(
         &self,
         handle: HandleId,
         range: Option<ByteRange>,
-    ) -> Result<(), Error> {
+    ) -> Result<WriteCheck, Error> {
         self.blocking(move |s| s.check_write_blocking(handle, range))
             .await
     }
 
-    /// Bytes of a write through `handle` reached the file: the change is counted (written to
-    /// the store now, or once a cluster store is reachable again).
-    pub fn wrote_blocking(&self, handle: HandleId) {
+    /// Bytes of a checked write reached the file: the change is counted (written to the
+    /// store now, or once a cluster store is reachable again), also if the handle's open was
+    /// closed meanwhile.
+    pub fn wrote_blocking(&self, write: WriteCheck) {
         let counted = self.run_with(Persist::Deferred, move |core, _| {
-            Ok(core.count_io(handle, IoKind::Write)?)
+            if core.count_io(write.handle, IoKind::Write).is_err() {
+                core.count_change(write.file_id);
+            }
+            Ok(())
         });
         if let Err(e) = counted {
-            tracing::warn!(handle, "a write could not be counted: {e}");
+            tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
         }
     }
 
-    pub async fn wrote(&self, handle: HandleId) {
+    pub async fn wrote(&self, write: WriteCheck) {
         let _ = self
             .blocking(move |s| {
-                s.wrote_blocking(handle);
+                s.wrote_blocking(write);
                 Ok(())
             })
             .await;
     }
+}
+
+/// A write that passed its checks: what to count once its bytes land.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteCheck {
+    pub handle: HandleId,
+    pub file_id: u64,
 }
 
 /// A duplicate handle held by a data channel: dropping it (the session ended, failed or

@@ -743,12 +743,13 @@ impl ServerCore {
     /// Whether `handle` may read or write `range` (None: zero bytes) now; counts nothing.
     /// A write is checked before its bytes move and counted ([`ServerCore::count_io`]) only
     /// once some of them reached the file.
+    /// Returns the file's id.
     pub fn check_io(
         &self,
         handle: HandleId,
         kind: IoKind,
         range: Option<ByteRange>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<u64, CoreError> {
         let (slot, e) = self.handle_entry(handle)?;
         if kind == IoKind::Write && !e.record.mode.can_write() {
             return Err(CoreError::denied(
@@ -766,7 +767,21 @@ impl ServerCore {
                 )));
             }
         }
-        Ok(())
+        Ok(e.record.file_id)
+    }
+
+    /// Counts a change to `file_id` whose handle is gone (its open was closed while the
+    /// bytes were on their way): the file's other opens are still told.
+    pub fn count_change(&mut self, file_id: u64) {
+        if let Some(file) = self.table.file(file_id) {
+            let mut counters = file.counters;
+            counters.access_seq += 1;
+            counters.version += 1;
+            let file = self.table.file_mut(file_id);
+            file.counters = counters;
+            file.last_bump = None;
+            self.persist_file(file_id);
+        }
     }
 
     /// Counts an access (and a change, for a write) through `handle`.

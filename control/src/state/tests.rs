@@ -553,3 +553,29 @@ fn an_interrupted_drain_resumes_after_a_restart_and_a_resent_open_replaces_the_f
     assert_eq!(a.referral(), Some("peer:1"));
     assert_eq!(a.open_count(), 0);
 }
+
+#[test]
+fn a_write_is_counted_when_it_lands_even_if_its_open_was_closed_meanwhile() {
+    let (mut core, _) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let b = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.attach("c2", &b.sealed).unwrap();
+    // Checked, not counted: a write the file system then refuses changes nothing.
+    let file_id = core
+        .check_io(a.handle, IoKind::Write, ByteRange::new(0, 1))
+        .unwrap();
+    assert_eq!(
+        core.attach("c2", &b.sealed).unwrap().report,
+        ResumeReport::default()
+    );
+    // Its bytes land after its open was closed: the others are told all the same.
+    core.close("c1", &a.sealed).unwrap();
+    assert!(core.count_io(a.handle, IoKind::Write).is_err());
+    core.count_change(file_id);
+    let r = core.attach("c2", &b.sealed).unwrap().report;
+    assert!(r.changed_by_other && r.accessed_by_other, "{r:?}");
+}

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
-use handoff_control::net::{Revocable, Shared};
+use handoff_control::net::{Revocable, Shared, WriteCheck};
 use handoff_control::state::{ByteRange, HandleId, IoKind};
 use handoff_control::wire::{ErrorCode, FileInfo, Message};
 use handoff_control::Error;
@@ -394,7 +394,7 @@ impl Connection {
                 break;
             };
             match posted {
-                Ok((wr, offset, len)) => {
+                Ok((wr, offset, len, checked)) => {
                     let mut refused = None;
                     if len > 0 {
                         self.ep.wait_for(wr)?;
@@ -403,7 +403,7 @@ impl Connection {
                         let bytes = &self.bounce[buf].bytes()[..len as usize];
                         let (written, error) = crate::write_fully_at(&self.file, bytes, offset);
                         if written > 0 {
-                            self.shared.wrote_blocking(self.handle);
+                            self.shared.wrote_blocking(checked);
                         }
                         refused = error.map(|e| crate::write_refused(len, offset, &e));
                     }
@@ -443,12 +443,13 @@ impl Connection {
                 "an RDMA write moves at most {MAX_REQUEST} bytes"
             ))));
         }
-        if let Err(e) = self
+        let checked = match self
             .shared
             .check_write_blocking(self.handle, ByteRange::new(offset, len))
         {
-            return Ok(Err(e));
-        }
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
         while self.bounce.len() <= buf {
             self.bounce.push(MemoryRegion::alloc(
                 &self.ep.pd,
@@ -467,7 +468,7 @@ impl Connection {
                 true,
             )?;
         }
-        Ok(Ok((wr, offset, len)))
+        Ok(Ok((wr, offset, len, checked)))
     }
 
     fn map_file(&mut self) -> Result<(), DataError> {
@@ -500,9 +501,10 @@ impl Connection {
     }
 }
 
-/// A write request whose RDMA READ was posted (work request id, file offset, length), or
+/// A write request whose RDMA READ was posted (work request id, file offset, length, what to
+/// count once it lands), or
 /// its refusal, answered in its turn.
-type PostedWrite = Result<(u64, u64, u64), Error>;
+type PostedWrite = Result<(u64, u64, u64, WriteCheck), Error>;
 
 /// RDMA writes whose READs a connection keeps in flight at once.
 const WRITE_DEPTH: usize = 8;

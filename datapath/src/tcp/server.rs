@@ -186,17 +186,20 @@ where
                         .await?;
                     continue;
                 }
-                if let Err(e) = shared
+                let checked = match shared
                     .check_write(handle, ByteRange::new(offset, len))
                     .await
                 {
-                    chan.send(&e.to_message()).await?;
-                    continue;
-                }
+                    Ok(c) => c,
+                    Err(e) => {
+                        chan.send(&e.to_message()).await?;
+                        continue;
+                    }
+                };
                 chan.send(&Message::Done).await?;
                 let landed = receive_into_file(chan, shared, file, offset, len, &mut buf).await?;
                 if landed.written > 0 {
-                    shared.wrote(handle).await;
+                    shared.wrote(checked).await;
                 }
                 match landed.error {
                     None => chan.send(&Message::Written { len }).await?,
