@@ -31,10 +31,10 @@ SUDO=""
 # etcd-client compiles etcd's protos (protoc, whose well-known types such as
 # google/protobuf/descriptor.proto are in libprotobuf-dev, which --no-install-recommends skips);
 # the cluster tests start a real etcd. The tests also signal processes (kill, from procps),
-# limit a server's resources (prlimit, util-linux) and mount a tmpfs (mount): a minimal
-# Debian root has none of them.
+# limit a server's resources (prlimit, util-linux) and mount a tmpfs (mount); the fuzzers
+# build libFuzzer, which is C++ (g++): a minimal Debian root has none of them.
 want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev protobuf-compiler libprotobuf-dev etcd-server
-  procps util-linux mount)
+  procps util-linux mount g++)
 ((bench)) && want+=(nginx-light curl openssl fonts-dejavu-core)
 ((rdma)) && want+=(qemu-system-x86 busybox-static kmod cpio rdma-core ibverbs-utils perftest
   ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2)
