@@ -470,6 +470,47 @@ fn a_refused_rdma_read_leaves_no_stale_replies_for_the_next_one() {
     }
 }
 
+#[test]
+#[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
+fn an_rdma_write_the_file_system_refuses_is_answered_and_the_handle_carries_on() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let args = rdma_args(&ips, 1);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    // handoffd may write no file beyond 16 MiB: writes past it get EFBIG.
+    let server =
+        TestServer::start_wrapped(&[&c1, &c2], &refs, &["prlimit", "--fsize=16777216", "--"]);
+    std::fs::write(server.root().join("f"), b"original").unwrap();
+    let kb = server.cli(&c2).open(&["f", "--mode", "rw"]);
+    let cli = server.cli(&c1);
+    let key = cli.open(&["f", "--mode", "rw"]);
+    let out = cli
+        .run_with(
+            &["write", &key, "--offset", "20000000", "--channel", "rdma"],
+            Some(&random_bytes(4 << 20, 3)),
+        )
+        .expect(7);
+    assert!(out.stderr.contains("EFBIG"), "{}", out.stderr);
+    assert_eq!(std::fs::read(server.root().join("f")).unwrap(), b"original");
+    let r = server
+        .cli(&c2)
+        .run(&["resume", &kb, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(r["changed_by_other"], false, "nothing was written: {r}");
+    // The server and the key carry on over RDMA.
+    cli.run_with(&["write", &key, "--channel", "rdma"], Some(b"ORIG"))
+        .expect(0);
+    assert_eq!(std::fs::read(server.root().join("f")).unwrap(), b"ORIGinal");
+    let r = server
+        .cli(&c2)
+        .run(&["resume", &kb, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(r["changed_by_other"], true, "{r}");
+}
+
 async fn cycle(control: &mut Client, key: &str, data: &[u8]) {
     let mut h = control
         .open_data(key, Some(handoff::Channel::Rdma), false)
