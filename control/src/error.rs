@@ -139,18 +139,19 @@ impl Error {
 
 /// The symbolic name of the errno values a file write or truncate can meet.
 fn errno_name(code: i32) -> Option<&'static str> {
-    Some(match code {
-        1 => "EPERM",
-        5 => "EIO",
-        9 => "EBADF",
-        12 => "ENOMEM",
-        13 => "EACCES",
-        22 => "EINVAL",
-        27 => "EFBIG",
-        28 => "ENOSPC",
-        30 => "EROFS",
-        116 => "ESTALE",
-        122 => "EDQUOT",
+    use rustix::io::Errno;
+    Some(match Errno::from_raw_os_error(code) {
+        Errno::PERM => "EPERM",
+        Errno::IO => "EIO",
+        Errno::BADF => "EBADF",
+        Errno::NOMEM => "ENOMEM",
+        Errno::ACCESS => "EACCES",
+        Errno::INVAL => "EINVAL",
+        Errno::FBIG => "EFBIG",
+        Errno::NOSPC => "ENOSPC",
+        Errno::ROFS => "EROFS",
+        Errno::STALE => "ESTALE",
+        Errno::DQUOT => "EDQUOT",
         _ => return None,
     })
 }

@@ -23,7 +23,7 @@ pub struct TestServer {
     extra: Vec<String>,
     env: Vec<(String, String)>,
     /// A program (and its arguments) that runs handoffd, e.g. `prlimit --fsize=N --`.
-    pub wrapper: Vec<String>,
+    wrapper: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -49,11 +49,30 @@ impl TestServer {
 
     /// [`TestServer::start`] with extra environment variables for `handoffd`.
     pub fn start_with_env(clients: &[&TestClient], extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut s = Self::prepare(clients, extra, env, &[]);
+        s.spawn();
+        s
+    }
+
+    /// Starts `handoffd` through `wrapper` (a program and its arguments, e.g. `prlimit`).
+    pub fn start_wrapped(clients: &[&TestClient], extra: &[&str], wrapper: &[&str]) -> Self {
+        let mut s = Self::prepare(clients, extra, &[], wrapper);
+        s.spawn();
+        s
+    }
+
+    /// The directory, root and clients file of a server not started yet.
+    fn prepare(
+        clients: &[&TestClient],
+        extra: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("root")).unwrap();
         let lines: Vec<String> = clients.iter().map(|c| c.identity.to_line()).collect();
         write_private(&dir.path().join("clients"), &(lines.join("\n") + "\n"));
-        let mut s = TestServer {
+        TestServer {
             dir,
             addr: "127.0.0.1:0".into(),
             data_addr: String::new(),
@@ -62,12 +81,10 @@ impl TestServer {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            wrapper: Vec::new(),
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             child: None,
             starts: 0,
-        };
-        s.spawn();
-        s
+        }
     }
 
     pub fn root(&self) -> PathBuf {
@@ -152,16 +169,6 @@ impl TestServer {
             c.kill().unwrap();
             c.wait().unwrap();
         }
-    }
-
-    /// Starts `handoffd` through `wrapper` (a program and its arguments, e.g. `prlimit`).
-    pub fn start_wrapped(clients: &[&TestClient], extra: &[&str], wrapper: &[&str]) -> Self {
-        let mut s = Self::start_with_env(clients, extra, &[]);
-        s.kill9();
-        s.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
-        s.addr = "127.0.0.1:0".into();
-        s.spawn();
-        s
     }
 
     /// Runs `handoffd` with this server's arguments plus `extra` (the server itself stopped

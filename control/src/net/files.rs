@@ -154,23 +154,12 @@ impl Root {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Opens an existing regular file at the client path `path` for reading (and writing if
     /// `write`).
     pub fn open_file(&self, path: &str, write: bool) -> Result<OpenedFile, Error> {
         let rel = relative(path)?;
         self.fault_delay(&rel);
-        let at = rustix::fs::openat2(
-            &self.dir,
-            &rel,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            confined(),
-        )
-        .map_err(|e| open_error(path, e))?;
+        let at = self.locate(&rel).map_err(|e| open_error(path, e))?;
         let st = statx(&at).map_err(|e| io_error(path, e))?;
         let kind = FileType::from_raw_mode(st.stx_mode.into());
         if kind != FileType::RegularFile {
@@ -180,7 +169,7 @@ impl Root {
             )));
         }
         let identity = FileIdentity::from_statx(&at, &st).map_err(|e| io_error(path, e))?;
-        let file = reopen_fd(&at, write).map_err(|e| io_error(path, e))?;
+        let file = reopen(&at, write, path)?;
         // The same object, by construction (opened through its descriptor); checked anyway.
         let again = FileIdentity::of(&file).map_err(|e| io_error(path, e))?;
         if again != identity {
@@ -267,14 +256,8 @@ impl Root {
                 }
             }
             // Each step beneath the last: a component that is a link elsewhere is refused.
-            let next = rustix::fs::openat2(
-                &dir,
-                part,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                confined(),
-            )
-            .map_err(|e| open_error(path, e))?;
+            let next = rustix::fs::openat2(&dir, part, dir_flags, Mode::empty(), confined())
+                .map_err(|e| open_error(path, e))?;
             dir = next;
         }
         Ok((dir, name))
@@ -282,18 +265,22 @@ impl Root {
 
     /// Whether `path` exists beneath the root (any type).
     pub fn exists(&self, path: &str) -> Result<bool, Error> {
-        let rel = relative(path)?;
-        match rustix::fs::openat2(
-            &self.dir,
-            &rel,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            confined(),
-        ) {
+        match self.locate(&relative(path)?) {
             Ok(_) => Ok(true),
             Err(rustix::io::Errno::NOENT) => Ok(false),
             Err(e) => Err(open_error(path, e)),
         }
+    }
+
+    /// `rel` resolved beneath the root and opened `O_PATH` (which opens nothing for IO).
+    fn locate(&self, rel: &Path) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::openat2(
+            &self.dir,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            confined(),
+        )
     }
 
     fn fault_delay(&self, rel: &Path) {
@@ -305,9 +292,10 @@ impl Root {
     }
 }
 
-/// Another descriptor of the same open file, for reading (and writing if `write`), opened
-/// through `/proc/self/fd` (the file's object, not its path). `path` names it in errors.
-pub fn reopen(file: &File, write: bool, path: &str) -> Result<File, Error> {
+/// Another descriptor of the same open file (or `O_PATH` descriptor), for reading (and
+/// writing if `write`), opened through `/proc/self/fd` (the file's object, not its path).
+/// `path` names it in errors.
+pub fn reopen(file: &impl AsRawFd, write: bool, path: &str) -> Result<File, Error> {
     reopen_fd(file, write).map_err(|e| match rustix::io::Errno::from_io_error(&e) {
         Some(errno) => open_error(path, errno),
         None => io_error(path, e),

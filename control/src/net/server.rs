@@ -638,12 +638,6 @@ pub struct AttachedHandle {
     handle: HandleId,
 }
 
-impl AttachedHandle {
-    pub fn handle(&self) -> HandleId {
-        self.handle
-    }
-}
-
 impl Drop for AttachedHandle {
     fn drop(&mut self) {
         let (shared, handle) = (self.shared.clone(), self.handle);
@@ -869,9 +863,15 @@ async fn open(
             .await;
         if let Err(e) = truncated {
             let k = key.clone();
-            let _ = shared
+            let closed = shared
                 .run(move |core, _| Ok(core.close(&client, &k)?))
                 .await;
+            if let Err(why) = closed {
+                // Not closed (the store is unreachable, say): at least give the handle back,
+                // so the open's durable timeout runs.
+                tracing::warn!("an open whose truncation failed could not be closed: {why}");
+                shared.detach(granted.handle).await;
+            }
             return Err(e);
         }
         shared

@@ -773,15 +773,14 @@ impl ServerCore {
     /// Counts a change to `file_id` whose handle is gone (its open was closed while the
     /// bytes were on their way): the file's other opens are still told.
     pub fn count_change(&mut self, file_id: u64) {
-        if let Some(file) = self.table.file(file_id) {
-            let mut counters = file.counters;
-            counters.access_seq += 1;
-            counters.version += 1;
-            let file = self.table.file_mut(file_id);
-            file.counters = counters;
-            file.last_bump = None;
-            self.persist_file(file_id);
+        if self.table.file(file_id).is_none() {
+            return; // no open of the file is left to tell
         }
+        let file = self.table.file_mut(file_id);
+        file.counters.access_seq += 1;
+        file.counters.version += 1;
+        file.last_bump = None;
+        self.persist_file(file_id);
     }
 
     /// Counts an access (and a change, for a write) through `handle`.

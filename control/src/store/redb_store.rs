@@ -54,22 +54,25 @@ impl RedbStore {
             }
             Err(e) => return Err(backend(format!("{}: {e}", path.display()))),
         };
-        let problem = problem.or_else(|| {
-            if !path.exists() {
-                return None;
-            }
+        let problem = match problem {
+            Some(why) => Some(why),
+            None if !path.exists() => None,
             // Reading every record is what a start does anyway: do it here, where a damaged
-            // file can still be set aside.
-            match quietly(|| Self::open_tables(path).and_then(|s| s.load().map(|_| s))) {
-                Ok(_) => None,
-                Err(StoreError::Backend(why))
-                    if why.contains("already open") || why.contains("locked") =>
+            // file can still be set aside; a store that reads is the one kept.
+            None => match quietly(|| Self::open_tables(path).and_then(|s| s.load().map(|_| s))) {
+                Ok(store) => {
+                    make_private(path);
+                    return Ok(store);
+                }
+                Err(e @ StoreError::Backend(_))
+                    if e.to_string().contains("already open")
+                        || e.to_string().contains("locked") =>
                 {
-                    None
+                    return Err(e)
                 }
                 Err(e) => Some(format!("cannot be read ({e})")),
-            }
-        });
+            },
+        };
         if let Some(why) = problem {
             if !reset {
                 return Err(damaged(why));
