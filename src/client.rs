@@ -172,11 +172,24 @@ impl Client {
         self.server
     }
 
-    /// One request; a referral reconnects to the peer it names and asks again.
+    /// One request; a referral reconnects to the peer it names and asks again, and so does a
+    /// goodbye (the server closed an idle connection without reading the request).
     async fn request(&mut self, msg: &Message) -> Result<Message, Error> {
         let mut hops = 0;
+        let mut reconnected = false;
         loop {
             match self.control.request(msg).await {
+                Err(Error::Goodbye(why)) if !reconnected => {
+                    reconnected = true;
+                    tracing::debug!(
+                        "server {} closed the connection ({why}); reconnecting",
+                        self.server
+                    );
+                    let (control, server) =
+                        connect_first(&[self.server.to_string()], &self.identity).await?;
+                    self.control = control;
+                    self.server = server;
+                }
                 Err(Error::Referred(peer)) if hops < MAX_REFERRALS => {
                     hops += 1;
                     tracing::info!(
@@ -284,10 +297,22 @@ impl Client {
         }
     }
 
+    /// Every key passed to this client whose open still exists, oldest first (fetched a page
+    /// at a time).
     pub async fn inbox(&mut self) -> Result<Vec<String>, Error> {
-        match self.request(&Message::Inbox).await? {
-            Message::Keys { keys } => Ok(keys),
-            other => Err(unexpected(&other)),
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            match self.request(&Message::Inbox { after }).await? {
+                Message::Keys { keys, next } => {
+                    all.extend(keys);
+                    if next == 0 || next <= after {
+                        return Ok(all);
+                    }
+                    after = next;
+                }
+                other => return Err(unexpected(&other)),
+            }
         }
     }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use handoff_control::auth::ClientDirectory;
 use handoff_control::cluster::{Cluster, EtcdUrl, Health};
-use handoff_control::net::{fail_stop, ControlServer, ServerConfig, Shared, EXIT_FENCED};
-use handoff_control::state::{CoreConfig, ServerCore};
+use handoff_control::net::{fail_stop, ControlServer, Limits, ServerConfig, Shared, EXIT_FENCED};
+use handoff_control::state::{CoreConfig, Quotas, ServerCore};
 use handoff_control::store::{EtcdStore, RedbStore, Store};
 use handoff_control::wire::{Endpoint, EndpointKind};
 use handoff_datapath::tcp::{DataServer, ServerIdentity};
@@ -30,7 +30,10 @@ pub struct ServerOptions {
     pub rdma_listen: Vec<SocketAddr>,
     pub durable_timeout: Duration,
     pub grace: Duration,
-    pub max_connections: usize,
+    /// Connection caps and stall timeouts.
+    pub limits: Limits,
+    /// Per-client quotas on opens, locks and passed keys.
+    pub quotas: Quotas,
     pub store: StoreChoice,
     /// Client names allowed to drain this server.
     pub admins: Vec<String>,
@@ -130,6 +133,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let config = CoreConfig {
         durable_timeout_ms: opts.durable_timeout.as_millis() as u64,
         grace_ms: opts.grace.as_millis() as u64,
+        quotas: opts.quotas,
         ..CoreConfig::default()
     };
     let now = handoff_control::net::now_ms();
@@ -168,8 +172,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
                 }))
                 .collect(),
             tls_fingerprint: Some(tls.fingerprint()),
-            max_connections: opts.max_connections,
-            max_kept_files: kept_files_limit(opts.max_connections),
+            max_kept_files: kept_files_limit(&opts.limits),
+            limits: opts.limits.clone(),
             admins: opts.admins.clone(),
             peers: opts.peers.clone(),
             peer_identity,
@@ -215,12 +219,13 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
 /// How many files the server may keep open for opens: its descriptor limit, less room for
 /// every listener's connections (control, data, RDMA: a session holds several descriptors),
 /// the file-system calls in flight, the store and the process itself.
-fn kept_files_limit(max_connections: usize) -> usize {
+fn kept_files_limit(limits: &Limits) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let reserve = max_connections
-        .saturating_mul(4)
+    let reserve = limits
+        .connection_fds()
+        .saturating_mul(2)
         .saturating_add(2 * handoff_control::net::FS_CALLS)
         .saturating_add(256);
     limit.saturating_sub(reserve).max(16)

@@ -226,10 +226,10 @@ fn a_write_the_file_system_refuses_is_answered_once_and_changes_nothing() {
 fn opens_past_the_descriptor_budget_are_served_and_still_follow_their_file() {
     let tmp = tempfile::tempdir().unwrap();
     let alice = client(tmp.path(), "alice");
-    // 300 descriptors, 4 connections per listener: room to keep a few dozen files open.
+    // 300 descriptors, 4 + 4 connections: room to keep only the fewest files open (16).
     let server = TestServer::start_wrapped(
         &[&alice],
-        &["--max-connections", "4"],
+        &["--max-connections", "4", "--max-unauthenticated", "4"],
         &["prlimit", "--nofile=300:300", "--"],
     );
     let a = server.cli(&alice);

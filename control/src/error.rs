@@ -26,6 +26,20 @@ pub enum Error {
     FileSystem(String),
     #[error("connection closed by the peer")]
     Closed,
+    /// A cap of the server's admission control or a quota refused the request.
+    #[error("{0}")]
+    Limit(String),
+    /// The peer stalled: a frame or a transfer stopped half-way, or it sent nothing for
+    /// longer than the server allows.
+    #[error("{0}")]
+    TimedOut(String),
+    /// The server closed the connection before it read the request (it was idle, or the
+    /// server is stopping): the request did not happen and may be sent again.
+    #[error("the server closed the connection: {0}")]
+    Goodbye(String),
+    /// The peer sent nothing between frames for this long (an idle connection).
+    #[error("no request for {} s", .0.as_secs())]
+    Idle(std::time::Duration),
     /// The peer broke the conversation's order (a reply where a request was due, …).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -64,12 +78,18 @@ impl Error {
             Error::Core(CoreError::BadRequest(_)) => ErrorCode::BadRequest,
             Error::Core(CoreError::Referred { .. })
             | Error::Referred(_)
-            | Error::Unreachable(_) => ErrorCode::Unavailable,
+            | Error::Unreachable(_)
+            | Error::Goodbye(_) => ErrorCode::Unavailable,
             Error::Store(StoreError::Unavailable(_) | StoreError::Fenced(_)) => {
                 ErrorCode::Unavailable
             }
             Error::FileSystem(_) => ErrorCode::FileIo,
-            Error::Store(_) | Error::Io(_) | Error::Closed => ErrorCode::Internal,
+            Error::Limit(_) => ErrorCode::Denied,
+            Error::Store(_)
+            | Error::Io(_)
+            | Error::Closed
+            | Error::TimedOut(_)
+            | Error::Idle(_) => ErrorCode::Internal,
             Error::Remote { code, .. } => *code,
         }
     }

@@ -33,7 +33,7 @@ fn messages() -> Vec<Message> {
         }),
         Message::Close { key: vec![1, 2] },
         Message::Pass { key: vec![3], to: "c2".into() },
-        Message::Inbox,
+        Message::Inbox { after: 0 },
         Message::Endpoints,
         Message::Lock { key: vec![4], range, take: true },
         Message::Attach { key: vec![5] },
@@ -43,7 +43,8 @@ fn messages() -> Vec<Message> {
         Message::Opened { key: vec![6], handle: 8, info: info.clone() },
         Message::Done,
         Message::Key { key: vec![7] },
-        Message::Keys { keys: vec!["a".into(), "b".into()] },
+        Message::Keys { keys: vec!["a".into(), "b".into()], next: 0 },
+        Message::Goodbye { message: "idle".into() },
         Message::EndpointList {
             endpoints: vec![
                 Endpoint { kind: EndpointKind::Tcp, addr: "0.0.0.0:1".into() },

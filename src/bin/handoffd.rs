@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use handoff::server::{start, ServerOptions, StoreChoice};
 use handoff_control::cluster::EtcdUrl;
+use handoff_control::net::Limits;
+use handoff_control::state::Quotas;
 use tracing_subscriber::EnvFilter;
 
 /// Serves files under --root with durable, duplicable handles.
@@ -50,9 +52,6 @@ struct Args {
     /// Repeat it for one QP per interface (multichannel).
     #[arg(long, value_name = "ADDR")]
     rdma_listen: Vec<SocketAddr>,
-    /// Most simultaneous connections per listener.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
     /// Keep state in etcd (`etcd://HOST:PORT[,HOST:PORT…]`) instead of the embedded database
     /// under --state: several handoffd over one --root then form an active/passive group, one
     /// active (it holds an etcd lease), the others waiting to take over.
@@ -86,6 +85,68 @@ struct Args {
     /// server.
     #[arg(long)]
     reset_state: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Caps on connections and per-client quotas (the README's "Limits" table). A client that
+/// hits one is refused with exit 3 and a message naming the flag.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
+    /// Authenticated connections at once: control, data and RDMA together.
+    #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N")]
+    max_connections: usize,
+    /// Authenticated connections of one client at once.
+    #[arg(long, default_value_t = Limits::default().max_client_connections, value_name = "N")]
+    max_client_connections: usize,
+    /// Connections still authenticating, in total; past it the oldest of the address with
+    /// the most is closed to make room (they never take room from authenticated ones).
+    #[arg(long, default_value_t = Limits::default().max_unauthenticated, value_name = "N")]
+    max_unauthenticated: usize,
+    /// Connections still authenticating from one IP address; past it that address's oldest
+    /// is closed to make room.
+    #[arg(long, default_value_t = Limits::default().max_unauthenticated_per_address, value_name = "N")]
+    max_unauthenticated_per_address: usize,
+    /// Seconds a frame may stay half-received, or a transfer make no progress, before the
+    /// connection is closed.
+    #[arg(long, default_value_t = Limits::default().frame_timeout.as_secs(), value_name = "SECS")]
+    frame_timeout: u64,
+    /// Seconds an authenticated control connection may send no request before it is closed
+    /// (its opens stay held, durable; clients reconnect by themselves). 0: never.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_secs()), value_name = "SECS")]
+    idle_timeout: u64,
+    /// Opens one client may hold (durable ones included).
+    #[arg(long, default_value_t = Quotas::default().max_client_opens, value_name = "N")]
+    max_client_opens: usize,
+    /// Byte-range locks one client may hold over all its opens.
+    #[arg(long, default_value_t = Quotas::default().max_client_locks, value_name = "N")]
+    max_client_locks: usize,
+    /// Keys passed to one client that may wait in its inbox; a pass beyond it is refused
+    /// (keys already there are never dropped).
+    #[arg(long, default_value_t = Quotas::default().max_inbox, value_name = "N")]
+    max_inbox: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections.max(1),
+            max_client_connections: self.max_client_connections.max(1),
+            max_unauthenticated: self.max_unauthenticated.max(1),
+            max_unauthenticated_per_address: self.max_unauthenticated_per_address.max(1),
+            frame_timeout: Duration::from_secs(self.frame_timeout.max(1)),
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+        }
+    }
+
+    fn quotas(&self) -> Quotas {
+        Quotas {
+            max_client_opens: self.max_client_opens.max(1),
+            max_client_locks: self.max_client_locks,
+            max_inbox: self.max_inbox,
+        }
+    }
 }
 
 #[tokio::main]
@@ -113,7 +174,8 @@ async fn main() {
         rdma_listen: args.rdma_listen,
         durable_timeout: Duration::from_secs(args.durable_timeout),
         grace: Duration::from_secs(args.grace),
-        max_connections: args.max_connections.max(1),
+        limits: args.limits.limits(),
+        quotas: args.limits.quotas(),
         admins: args.admins,
         peers: args.peers,
         peer_identity: args.peer_identity,

@@ -2,6 +2,9 @@
 //! (check a whole frame is buffered, then parse); bulk bytes that follow a `ReadData`/`Write`
 //! frame are read raw through [`Channel::read_some`], which drains the frame buffer first.
 
+use std::future::Future;
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,6 +18,17 @@ pub struct Channel<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     session: Option<Session>,
+    timeouts: Timeouts,
+}
+
+/// How long a peer may stall. Both unset (the client side): wait as long as it takes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timeouts {
+    /// A frame, once its first byte arrived, must be whole within this; a send or a raw
+    /// transfer must make progress within it.
+    pub frame: Option<Duration>,
+    /// Between frames, the peer may send nothing for this long ([`Error::Idle`]).
+    pub idle: Option<Duration>,
 }
 
 fn nonce() -> [u8; 32] {
@@ -30,6 +44,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             rbuf: BytesMut::with_capacity(8 * 1024),
             wbuf: BytesMut::new(),
             session: None,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Bounds how long the peer may stall from now on (the server side).
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// `io` bounded by the frame timeout: a peer that stops reading or writing half-way
+    /// through is given up on.
+    async fn progress<T>(
+        frame: Option<Duration>,
+        what: &str,
+        io: impl Future<Output = std::io::Result<T>>,
+    ) -> Result<T, Error> {
+        match frame {
+            None => Ok(io.await?),
+            Some(limit) => tokio::time::timeout(limit, io)
+                .await
+                .map_err(|_| {
+                    Error::TimedOut(format!(
+                        "the peer stalled for {} s {what}; connection closed",
+                        limit.as_secs_f64()
+                    ))
+                })?
+                .map_err(Error::from),
         }
     }
 
@@ -52,6 +97,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
 
     /// The next message, `Ok(None)` on a clean end of stream between frames.
     pub async fn recv(&mut self) -> Result<Option<Message>, Error> {
+        // A frame must be whole by `frame` after its first byte (trickling bytes does not
+        // extend it); between frames the peer may stay silent for `idle`.
+        let mut frame_deadline = None;
         loop {
             if let Some(n) = Frame::check(&self.rbuf)? {
                 let frame_bytes = self.rbuf.split_to(n);
@@ -69,7 +117,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
                 }
                 return Ok(Some(Message::decode(frame.kind, frame.payload)?));
             }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            let deadline = if self.rbuf.is_empty() {
+                self.timeouts
+                    .idle
+                    .map(|t| (tokio::time::Instant::now() + t, None))
+            } else {
+                let limit = self.timeouts.frame;
+                if frame_deadline.is_none() {
+                    frame_deadline = limit.map(|t| tokio::time::Instant::now() + t);
+                }
+                frame_deadline.zip(limit.map(Some))
+            };
+            let read = self.stream.read_buf(&mut self.rbuf);
+            let n = match deadline {
+                None => read.await?,
+                Some((at, frame)) => match tokio::time::timeout_at(at, read).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        return Err(match (frame, self.timeouts.idle) {
+                            (Some(limit), _) => Error::TimedOut(format!(
+                                "a frame stayed incomplete for {} s; connection closed",
+                                limit.as_secs_f64()
+                            )),
+                            (None, idle) => Error::Idle(idle.unwrap_or_default()),
+                        })
+                    }
+                },
+            };
+            if n == 0 {
                 return if self.rbuf.is_empty() {
                     Ok(None)
                 } else {
@@ -94,9 +169,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         };
         self.wbuf.clear();
         encode_frame(&mut self.wbuf, kind, seq, &payload, &mac)?;
-        self.stream.write_all(&self.wbuf).await?;
-        self.stream.flush().await?;
-        Ok(())
+        let (stream, wbuf) = (&mut self.stream, &self.wbuf);
+        Self::progress(self.timeouts.frame, "reading a reply", async {
+            stream.write_all(wbuf).await?;
+            stream.flush().await
+        })
+        .await
     }
 
     /// Up to `out.len()` raw bytes (buffered first, then from the stream); 0 only at EOF.
@@ -107,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             self.rbuf.advance(n);
             return Ok(n);
         }
-        Ok(self.stream.read(out).await?)
+        Self::progress(self.timeouts.frame, "sending bytes", self.stream.read(out)).await
     }
 
     pub async fn read_exact_raw(&mut self, mut out: &mut [u8]) -> Result<(), Error> {
@@ -122,13 +200,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.stream.write_all(bytes).await?;
-        Ok(())
+        let stream = &mut self.stream;
+        Self::progress(
+            self.timeouts.frame,
+            "reading bytes",
+            stream.write_all(bytes),
+        )
+        .await
     }
 
     pub async fn flush(&mut self) -> Result<(), Error> {
-        self.stream.flush().await?;
-        Ok(())
+        let stream = &mut self.stream;
+        Self::progress(self.timeouts.frame, "reading bytes", stream.flush()).await
     }
 
     /// Client side of the mutual authentication. On return both sides are proven and every
@@ -190,8 +273,11 @@ mod tests {
         });
         let mut ch = Channel::new(a);
         ch.client_handshake(&id).await.unwrap();
-        ch.send(&Message::Inbox).await.unwrap();
+        ch.send(&Message::Inbox { after: 0 }).await.unwrap();
         assert_eq!(ch.expect().await.unwrap(), Message::Done);
-        assert_eq!(server.await.unwrap(), ("c1".to_string(), Message::Inbox));
+        assert_eq!(
+            server.await.unwrap(),
+            ("c1".to_string(), Message::Inbox { after: 0 })
+        );
     }
 }

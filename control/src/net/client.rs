@@ -26,6 +26,7 @@ pub fn check_reply(msg: Message) -> Result<Message, Error> {
             retry_after_ms,
         }),
         Message::Referral { peer } => Err(Error::Referred(peer)),
+        Message::Goodbye { message } => Err(Error::Goodbye(message)),
         other => Ok(other),
     }
 }
@@ -49,9 +50,16 @@ impl ControlClient {
         Ok(self.chan.get_ref().peer_addr()?)
     }
 
-    /// One request, one reply.
+    /// One request, one reply. A server that closed the connection before reading the
+    /// request (it was idle) says so with a goodbye: [`Error::Goodbye`], safe to send again.
     pub async fn request(&mut self, msg: &Message) -> Result<Message, Error> {
-        self.chan.send(msg).await?;
+        if let Err(e) = self.chan.send(msg).await {
+            // The goodbye may already be waiting to be read.
+            return match self.chan.expect().await {
+                Ok(Message::Goodbye { message }) => Err(Error::Goodbye(message)),
+                _ => Err(e),
+            };
+        }
         check_reply(self.chan.expect().await?)
     }
 }

@@ -1,5 +1,6 @@
 //! The only IO in this crate: tokio tasks that move frames between sockets and the core.
 
+mod admission;
 mod channel;
 mod client;
 mod drain;
@@ -7,7 +8,8 @@ pub use drain::resume_drain;
 mod files;
 mod server;
 
-pub use channel::Channel;
+pub use admission::{Admission, AdmissionCounts, Limits, Seat, Ticket};
+pub use channel::{Channel, Timeouts};
 pub use client::{check_reply, ControlClient};
 pub use files::{reopen, FileIdentity, OpenedFile, Root};
 pub use server::{

@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
+use super::admission::{Admission, Limits, Seat, Ticket};
+use super::channel::Timeouts;
 use super::files::{reopen, OpenedFile, Root};
 use super::Channel;
 use crate::auth::ClientDirectory;
@@ -19,7 +21,7 @@ use crate::cluster::Health;
 use crate::state::resume_key::SEALED_LEN;
 use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};
 use crate::store::{Store, StoreError};
-use crate::wire::{Endpoint, FileInfo, Message};
+use crate::wire::{Endpoint, FileInfo, Message, INBOX_PAGE};
 use crate::Error;
 
 /// Wall-clock unix milliseconds: the only place the server reads time.
@@ -36,7 +38,8 @@ pub struct ServerConfig {
     /// Data endpoints advertised to clients.
     pub endpoints: Vec<Endpoint>,
     pub tls_fingerprint: Option<[u8; 32]>,
-    pub max_connections: usize,
+    /// Admission control: connection caps and stall timeouts.
+    pub limits: Limits,
     /// Files kept open for opens at most (the descriptor limit less room for connections).
     /// Past it, a new open's file is not kept: its duplicates open the path again and check
     /// it is the same file (a replaced file is then refused, never attached).
@@ -179,6 +182,8 @@ pub struct Shared {
     wake: Arc<Notify>,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
+    /// Who may hold a connection, shared by every listener.
+    pub admission: Arc<Admission>,
     /// Slots for file-system work: see [`Shared::fs`].
     fs_slots: Arc<Semaphore>,
 }
@@ -206,6 +211,7 @@ impl Shared {
                 files: HashMap::new(),
             })),
             wake: Arc::new(Notify::new()),
+            admission: Arc::new(Admission::new(config.limits.clone())),
             config: Arc::new(config),
             stats: Arc::default(),
             fs_slots: Arc::new(Semaphore::new(FS_CALLS)),
@@ -515,9 +521,9 @@ impl Shared {
 
     /// What can be decided about a new open without its file (asked before it is opened or
     /// created): see [`ServerCore::precheck_open`].
-    pub fn precheck_open(&self, p: &crate::wire::OpenParams) -> Result<(), Error> {
+    pub fn precheck_open(&self, client: &str, p: &crate::wire::OpenParams) -> Result<(), Error> {
         let now = now_ms();
-        Ok(self.peek(|core| core.precheck_open(p.mode, &p.locks, p.truncate, now))?)
+        Ok(self.peek(|core| core.precheck_open(client, p.mode, &p.locks, p.truncate, now))?)
     }
 
     /// Whether a live open holds the file `file_id`.
@@ -653,17 +659,34 @@ impl Drop for AttachedHandle {
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server side of the handshake, bounded in time so a silent peer cannot hold a
-/// connection slot.
-pub async fn handshake<S>(chan: &mut Channel<S>, shared: &Shared) -> Result<String, Error>
+/// connection slot. The authenticated client takes a seat (a refusal is answered with the
+/// cap it hit), and from then on a frame that stalls half-way closes the connection.
+pub async fn handshake<S>(
+    chan: &mut Channel<S>,
+    shared: &Shared,
+    ticket: Ticket,
+) -> Result<(String, Seat), Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    tokio::time::timeout(
+    let client = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         chan.server_handshake(&shared.config.directory),
     )
     .await
-    .map_err(|_| Error::Protocol("no authentication within 10 s".into()))?
+    .map_err(|_| Error::Protocol("no authentication within 10 s".into()))??;
+    chan.set_timeouts(Timeouts {
+        frame: Some(shared.config.limits.frame_timeout),
+        idle: None,
+    });
+    match shared.admission.authenticate(ticket, &client) {
+        Ok(seat) => Ok((client, seat)),
+        Err(e) => {
+            tracing::info!(client, "connection refused: {e}");
+            let _ = chan.send(&e.to_message()).await;
+            Err(e)
+        }
+    }
 }
 
 pub struct ControlServer {
@@ -689,9 +712,9 @@ impl ControlServer {
         let shared = self.shared.clone();
         accept_loop(
             &self.listener,
-            self.shared.config.max_connections,
+            &self.shared.admission,
             "control",
-            move |stream| handle_connection(stream, shared.clone()),
+            move |stream, ticket| handle_connection(stream, shared.clone(), ticket),
         )
         .await
     }
@@ -713,27 +736,22 @@ fn keep_alive(stream: &TcpStream) -> std::io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&ka)
 }
 
-/// Accepts connections until the listener fails: at most `max` at once (the rest wait in
-/// the backlog), backing off briefly on accept errors, each served by `handle` in its own task
-/// inside a span naming the channel and the peer.
+/// Accepts connections until the listener fails, backing off briefly on accept errors, each
+/// served by `handle` in its own task inside a span naming the channel and the peer. Every
+/// connection is admitted with a [`Ticket`] (see [`Admission`]): one that admission closes to
+/// make room before it authenticated ends at once.
 pub async fn accept_loop<F, Fut, E>(
     listener: &TcpListener,
-    max: usize,
+    admission: &Arc<Admission>,
     channel: &'static str,
     handle: F,
 ) -> Result<(), Error>
 where
-    F: Fn(TcpStream) -> Fut,
+    F: Fn(TcpStream, Ticket) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display,
 {
-    let limit = Arc::new(Semaphore::new(max));
     loop {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Closed)?;
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -745,30 +763,69 @@ where
         if let Err(e) = keep_alive(&stream) {
             tracing::warn!(channel, "cannot enable TCP keepalive: {e}");
         }
-        let conn = handle(stream);
+        let ticket = admission.arrive(peer.ip());
+        let evicted = ticket.closer();
+        let conn = handle(stream, ticket);
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
-                    tracing::info!("connection ended: {e}");
+                tokio::select! {
+                    ended = conn => if let Err(e) = ended {
+                        tracing::info!("connection ended: {e}");
+                    },
+                    _ = evicted.notified() => tracing::debug!(
+                        "closed before it authenticated, to make room for newer connections"
+                    ),
                 }
-                drop(permit);
             }
             .instrument(tracing::info_span!("conn", channel, %peer)),
         );
     }
 }
 
-async fn handle_connection(stream: TcpStream, shared: Shared) -> Result<(), Error> {
+async fn handle_connection(stream: TcpStream, shared: Shared, ticket: Ticket) -> Result<(), Error> {
     stream.set_nodelay(true)?;
     let mut chan = Channel::new(stream);
-    let client = handshake(&mut chan, &shared).await?;
+    let (client, _seat) = handshake(&mut chan, &shared, ticket).await?;
     tracing::debug!(client, "authenticated");
+    chan.set_timeouts(Timeouts {
+        frame: Some(shared.config.limits.frame_timeout),
+        idle: shared.config.limits.idle_timeout,
+    });
     let mut handles = Vec::new();
     let result = serve_requests(&mut chan, &shared, &client, &mut handles).await;
     for h in handles {
         shared.detach(h).await;
     }
-    result
+    match result {
+        Err(Error::Idle(after)) => {
+            tracing::debug!(
+                client,
+                "closing an idle control connection; its opens stay durable"
+            );
+            say_goodbye(
+                chan,
+                format!("closed after {} s without a request", after.as_secs()),
+            )
+            .await;
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Tells the peer the connection closes (so it knows nothing it sent later was processed),
+/// then closes it without a reset: a reset could discard the goodbye before it is read.
+async fn say_goodbye(mut chan: Channel<TcpStream>, message: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = chan.send(&Message::Goodbye { message }).await;
+    let stream = chan.get_mut();
+    let _ = stream.shutdown().await;
+    // Read (and drop) what the peer still sends until it closes too, briefly.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 async fn serve_requests(
@@ -830,7 +887,7 @@ async fn open(
     client: String,
     p: crate::wire::OpenParams,
 ) -> Result<(Vec<u8>, HandleId, FileInfo), Error> {
-    shared.precheck_open(&p)?;
+    shared.precheck_open(&client, &p)?;
     let (path, create, write) = (p.path.clone(), p.create, p.mode.can_write());
     let opened = shared
         .fs(move |s| {
@@ -895,7 +952,7 @@ async fn dispatch(
 ) -> Result<(Message, Option<HandleId>), Error> {
     let client = client.to_owned();
     let referral = match msg {
-        Message::Inbox | Message::Endpoints => shared.referral(),
+        Message::Inbox { .. } | Message::Endpoints => shared.referral(),
         _ => None,
     };
     match msg {
@@ -922,13 +979,13 @@ async fn dispatch(
                 .await?;
             Ok((Message::Key { key: key.to_vec() }, None))
         }
-        Message::Inbox | Message::Endpoints if referral.is_some() => {
+        Message::Inbox { .. } | Message::Endpoints if referral.is_some() => {
             let peer = referral.unwrap_or_default();
             Err(Error::Core(CoreError::Referred { peer }))
         }
-        Message::Inbox => {
-            let keys = shared.run(move |core, _| Ok(core.inbox(&client))).await?;
-            Ok((Message::Keys { keys }, None))
+        Message::Inbox { after } => {
+            let (keys, next) = shared.peek(|core| core.inbox_page(&client, after, INBOX_PAGE));
+            Ok((Message::Keys { keys, next }, None))
         }
         Message::Stats => Ok((
             Message::StatsReply {

@@ -198,31 +198,30 @@ impl ServerCore {
 
     /// Every client's passed keys whose opens still exist, by client name.
     fn live_inboxes(&self) -> Vec<(String, Vec<String>)> {
-        let mut clients: Vec<&String> = self.inboxes.keys().collect();
-        clients.sort();
-        clients
+        self.inboxes
+            .clients()
             .into_iter()
-            .map(|c| (c.clone(), self.inbox(c)))
-            .filter(|(_, keys)| !keys.is_empty())
+            .map(|c| {
+                let keys = self.inbox(&c);
+                (c, keys)
+            })
             .collect()
     }
 
     /// Adds keys passed to `client` on a drained server to its inbox here (after the opens
-    /// they name were imported; keys that name nothing here are never shown).
+    /// they name were imported; keys that name nothing here are left out). The inbox quota
+    /// is not applied: these keys were already passed, and none is dropped.
     pub fn import_inbox(&mut self, client: &str, tokens: Vec<String>) -> Result<(), CoreError> {
         self.check_referral()?;
-        let inbox = self.inboxes.entry(client.to_owned()).or_default();
         for t in tokens {
-            if !inbox.contains(&t) {
-                if inbox.len() >= crate::state::records::MAX_INBOX {
-                    inbox.remove(0);
-                }
-                inbox.push(t);
+            let Some(slot) = self.waiting_slot(client, &t) else {
+                continue;
+            };
+            if !self.inboxes.contains(client, &t) {
+                let added = self.inboxes.add(client, t, slot);
+                self.pending.push(added);
             }
         }
-        let tokens = inbox.clone();
-        self.pending
-            .push(Mutation::PutInbox(client.to_owned(), tokens));
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Open-file state: what the server decides, with no IO.
 
 mod byte_range;
+mod inbox;
 mod lock_table;
 mod open_table;
 pub mod records;
@@ -14,7 +15,7 @@ pub use open_table::{FileState, OpenEntry, OpenTable};
 pub use resume_key::{KeyError, KeySealer, ResumeKey};
 pub use server_core::{
     Attached, CoreConfig, CoreError, Export, Granted, HandleId, ImportSummary, Imported, IoKind,
-    OpenRequest, ResumeReport, ServerCore,
+    OpenRequest, Quotas, ResumeReport, ServerCore,
 };
 pub use share_mode::{Mode, ShareMode};
 

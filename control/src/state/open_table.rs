@@ -79,11 +79,20 @@ pub struct FileState {
     pub last_bump: Option<(u32, bool)>,
 }
 
+/// The opens one client made (it is their owner), for its quotas.
+#[derive(Debug, Default)]
+pub struct OwnerOpens {
+    pub live: BTreeSet<u32>,
+    /// Expired opens remembered for their holders (oldest, lowest slot, first).
+    pub expired: BTreeSet<u32>,
+}
+
 #[derive(Debug, Default)]
 pub struct OpenTable {
     opens: HashMap<u32, OpenEntry>,
     files: HashMap<u64, FileState>,
     deadlines: BTreeSet<(u64, u32)>,
+    owners: HashMap<String, OwnerOpens>,
 }
 
 impl OpenTable {
@@ -107,6 +116,25 @@ impl OpenTable {
         self.opens.len()
     }
 
+    /// The opens `owner` made, if any.
+    pub fn owner(&self, owner: &str) -> Option<&OwnerOpens> {
+        self.owners.get(owner)
+    }
+
+    fn set_owned(&mut self, owner: &str, slot: u32, status: Option<OpenStatus>) {
+        let o = self.owners.entry(owner.to_owned()).or_default();
+        o.live.remove(&slot);
+        o.expired.remove(&slot);
+        match status {
+            Some(OpenStatus::Live) => o.live.insert(slot),
+            Some(OpenStatus::Expired) => o.expired.insert(slot),
+            None => false,
+        };
+        if o.live.is_empty() && o.expired.is_empty() {
+            self.owners.remove(owner);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.opens.is_empty()
     }
@@ -128,6 +156,7 @@ impl OpenTable {
         if let Some(d) = record.deadline {
             self.deadlines.insert((d, slot));
         }
+        self.set_owned(&record.owner, slot, Some(record.status));
         self.opens.insert(slot, OpenEntry { record, channels });
     }
 
@@ -138,6 +167,7 @@ impl OpenTable {
         if let Some(d) = entry.record.deadline {
             self.deadlines.remove(&(d, slot));
         }
+        self.set_owned(&entry.record.owner, slot, None);
         let file_id = entry.record.file_id;
         let mut unreferenced = false;
         if let Some(file) = self.files.get_mut(&file_id) {
@@ -161,12 +191,18 @@ impl OpenTable {
         };
         entry.record.status = OpenStatus::Expired;
         let file_id = entry.record.file_id;
+        let (owner, mode, share) = (
+            entry.record.owner.clone(),
+            entry.record.mode,
+            entry.record.share,
+        );
         if let Some(file) = self.files.get_mut(&file_id) {
             if file.live.remove(&slot) {
-                file.shares.add(entry.record.mode, entry.record.share, -1);
+                file.shares.add(mode, share, -1);
             }
             file.locks.release_all(slot);
         }
+        self.set_owned(&owner, slot, Some(OpenStatus::Expired));
     }
 
     /// Makes a tombstone live again (the caller checked it is compatible).
@@ -175,6 +211,7 @@ impl OpenTable {
             return;
         };
         entry.record.status = OpenStatus::Live;
+        let owner = entry.record.owner.clone();
         let file = self.files.entry(entry.record.file_id).or_default();
         if file.live.insert(slot) {
             file.shares.add(entry.record.mode, entry.record.share, 1);
@@ -182,6 +219,7 @@ impl OpenTable {
         for r in &entry.record.locks {
             let _ = file.locks.lock(slot, *r);
         }
+        self.set_owned(&owner, slot, Some(OpenStatus::Live));
     }
 
     pub fn set_deadline(&mut self, slot: u32, deadline: Option<u64>) {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
+use super::inbox::Inboxes;
 use super::records::{FileRecord, KeyGrant, OpenRecord, OpenStatus, MAX_GRANTS, MAX_LOCKS};
 use super::resume_key::{KeySealer, ResumeKey, SEALED_LEN};
 use super::{ByteRange, Mode, OpenTable, ShareMode};
@@ -27,6 +28,7 @@ pub struct CoreConfig {
     pub grace_ms: u64,
     /// How long an expired open is remembered so its holder can still resume and be told.
     pub tombstone_ms: u64,
+    pub quotas: Quotas,
 }
 
 impl Default for CoreConfig {
@@ -35,6 +37,30 @@ impl Default for CoreConfig {
             durable_timeout_ms: 60_000,
             grace_ms: 10_000,
             tombstone_ms: 24 * 3600 * 1000,
+            quotas: Quotas::default(),
+        }
+    }
+}
+
+/// What one client may hold on a server (each a `handoffd` flag). A request past a quota is
+/// denied with a message that starts "quota:" and names the flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Live opens a client made (durable ones included). As many of its expired opens are
+    /// remembered besides; past that its oldest expired one is forgotten early.
+    pub max_client_opens: usize,
+    /// Byte-range locks over all of a client's opens.
+    pub max_client_locks: usize,
+    /// Keys passed to one client and waiting in its inbox.
+    pub max_inbox: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_client_opens: 16_384,
+            max_client_locks: 65_536,
+            max_inbox: 10_000,
         }
     }
 }
@@ -126,7 +152,7 @@ pub struct ServerCore {
     config: CoreConfig,
     sealer: KeySealer,
     table: OpenTable,
-    inboxes: HashMap<String, Vec<String>>,
+    inboxes: Inboxes,
     handles: HashMap<HandleId, u32>,
     next_handle: HandleId,
     next_slot: u32,
@@ -166,7 +192,7 @@ impl ServerCore {
             config,
             sealer: KeySealer::new(mac_key),
             table: OpenTable::default(),
-            inboxes: snapshot.inboxes.into_iter().collect(),
+            inboxes: Inboxes::default(),
             handles: HashMap::new(),
             next_handle: 1,
             next_slot: snapshot.next_slot.max(1),
@@ -209,7 +235,47 @@ impl ServerCore {
         if recovered {
             core.grace_until = now.saturating_add(config.grace_ms);
         }
+        core.recover_inboxes(snapshot.inbox, snapshot.legacy_inboxes);
         core
+    }
+
+    /// Puts back the keys waiting in inboxes whose opens still exist; drops (from the store
+    /// too) those whose opens ended, and rewrites inboxes stored whole by an older version
+    /// one key at a time.
+    fn recover_inboxes(
+        &mut self,
+        keys: Vec<crate::store::InboxKey>,
+        legacy: Vec<(String, Vec<String>)>,
+    ) {
+        for k in keys {
+            match self.waiting_slot(&k.client, &k.token) {
+                Some(slot) => self.inboxes.restore(k, slot),
+                None => self.pending.push(Mutation::DeleteInboxKey {
+                    client: k.client,
+                    seq: k.seq,
+                }),
+            }
+        }
+        for (client, tokens) in legacy {
+            for t in tokens {
+                if let Some(slot) = self.waiting_slot(&client, &t) {
+                    if !self.inboxes.contains(&client, &t) {
+                        let m = self.inboxes.add(&client, t, slot);
+                        self.pending.push(m);
+                    }
+                }
+            }
+            self.pending.push(Mutation::DeleteLegacyInbox(client));
+        }
+    }
+
+    /// The open a passed key names, if it exists and the key is `client`'s.
+    fn waiting_slot(&self, client: &str, token: &str) -> Option<u32> {
+        let sealed = super::resume_key::token_to_sealed(token).ok()?;
+        self.lookup_key(&sealed)
+            .ok()
+            .filter(|(_, holder)| holder == client)
+            .map(|(slot, _)| slot)
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -299,12 +365,14 @@ impl ServerCore {
     /// is opened or created, so a request refused for these reasons touches nothing.
     pub fn precheck_open(
         &self,
+        client: &str,
         mode: Mode,
         locks: &[ByteRange],
         truncate: bool,
         now: u64,
     ) -> Result<(), CoreError> {
         self.admits_new_opens(now)?;
+        self.check_quota(client, 1, locks.len())?;
         if locks.len() > MAX_LOCKS {
             return Err(CoreError::BadRequest(format!(
                 "at most {MAX_LOCKS} lock ranges"
@@ -395,11 +463,72 @@ impl ServerCore {
                     self.table
                         .set_deadline(slot, Some(now.saturating_add(self.config.tombstone_ms)));
                     self.persist_open(slot);
+                    self.bound_tombstones(slot);
                 }
                 OpenStatus::Live => self.table.set_deadline(slot, None),
                 OpenStatus::Expired => self.forget(slot),
             }
         }
+    }
+
+    /// Keeps the expired opens remembered for the owner of `slot` within its open quota:
+    /// past it, the oldest is forgotten before its time (its holder then hears "key unknown"
+    /// instead of "expired").
+    fn bound_tombstones(&mut self, slot: u32) {
+        let Some(owner) = self.table.get(slot).map(|e| e.record.owner.clone()) else {
+            return;
+        };
+        let cap = self.config.quotas.max_client_opens.max(1);
+        while let Some(oldest) = self
+            .table
+            .owner(&owner)
+            .filter(|o| o.expired.len() > cap)
+            .and_then(|o| o.expired.first().copied())
+        {
+            tracing::info!(
+                slot = oldest,
+                owner,
+                "expired open forgotten early: its owner has more than {cap} expired opens"
+            );
+            self.forget(oldest);
+        }
+    }
+
+    /// Denies `client` `new_opens` more opens or `new_locks` more byte-range locks past its
+    /// quotas.
+    fn check_quota(
+        &self,
+        client: &str,
+        new_opens: usize,
+        new_locks: usize,
+    ) -> Result<(), CoreError> {
+        let q = &self.config.quotas;
+        let owned = self.table.owner(client);
+        let opens = owned.map_or(0, |o| o.live.len());
+        if new_opens > 0 && opens + new_opens > q.max_client_opens {
+            return Err(CoreError::denied(format!(
+                "quota: client {client} holds {opens} opens, the most this server allows one \
+                 client (handoffd --max-client-opens {}); close some first",
+                q.max_client_opens
+            )));
+        }
+        if new_locks > 0 {
+            let held: usize = owned.map_or(0, |o| {
+                o.live
+                    .iter()
+                    .filter_map(|s| Some((*s, self.table.get(*s)?.record.file_id)))
+                    .filter_map(|(s, id)| Some(self.table.file(id)?.locks.ranges_of(s).len()))
+                    .sum()
+            });
+            if held + new_locks > q.max_client_locks {
+                return Err(CoreError::denied(format!(
+                    "quota: client {client} holds {held} byte-range locks, the most this server \
+                     allows one client (handoffd --max-client-locks {}); unlock some first",
+                    q.max_client_locks
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn persist_open(&mut self, slot: u32) {
@@ -423,6 +552,8 @@ impl ServerCore {
     fn forget(&mut self, slot: u32) {
         self.revoked.push(slot);
         self.released.push(slot);
+        let dropped = self.inboxes.remove_slot(slot);
+        self.pending.extend(dropped);
         if let Some((origin, old_slot)) = self.alias_of.remove(&slot) {
             self.aliases.remove(&(origin, old_slot));
             self.pending
@@ -502,7 +633,7 @@ impl ServerCore {
 
     /// A new open (claims 1–4, 21, 28–30). The opening connection holds the first handle.
     pub fn open(&mut self, req: OpenRequest, now: u64) -> Result<Granted, CoreError> {
-        self.precheck_open(req.mode, &req.locks, req.truncate, now)?;
+        self.precheck_open(&req.client, req.mode, &req.locks, req.truncate, now)?;
         self.check_compatible(req.file_id, None, req.mode, req.share, &req.locks)?;
         if req.truncate {
             let whole = ByteRange::new(0, u64::MAX).expect("non-empty, no overflow");
@@ -826,6 +957,15 @@ impl ServerCore {
         to: &str,
     ) -> Result<[u8; SEALED_LEN], CoreError> {
         let slot = self.verify_key(client, sealed)?;
+        let waiting = self.inboxes.len(to);
+        let cap = self.config.quotas.max_inbox;
+        if waiting >= cap {
+            return Err(CoreError::denied(format!(
+                "quota: {to}'s inbox holds {waiting} passed keys, the most this server allows \
+                 (handoffd --max-inbox {cap}); nothing was passed. Keys leave an inbox when \
+                 their opens are closed or expire"
+            )));
+        }
         let nonce = self.rng.next_u64();
         let e = self
             .table
@@ -850,34 +990,24 @@ impl ServerCore {
             nonce,
         };
         let sealed = self.sealer.seal(&key);
-        let inbox = self.inboxes.entry(to.to_owned()).or_default();
-        if inbox.len() >= super::records::MAX_INBOX {
-            inbox.remove(0);
-        }
-        inbox.push(super::resume_key::sealed_to_token(&sealed));
-        let tokens = inbox.clone();
-        self.pending.push(Mutation::PutInbox(to.to_owned(), tokens));
+        let added = self
+            .inboxes
+            .add(to, super::resume_key::sealed_to_token(&sealed), slot);
+        self.pending.push(added);
         self.persist_open(slot);
         tracing::info!(slot, from = client, to, "open passed");
         Ok(sealed)
     }
 
-    /// Keys passed to `client` whose opens still exist.
+    /// Keys passed to `client` whose opens still exist, a page of at most `limit` after
+    /// cursor `after`, and the cursor of the next page (0: none).
+    pub fn inbox_page(&self, client: &str, after: u64, limit: usize) -> (Vec<String>, u64) {
+        self.inboxes.page(client, after, limit)
+    }
+
+    /// Every key passed to `client` whose open still exists.
     pub fn inbox(&self, client: &str) -> Vec<String> {
-        self.inboxes
-            .get(client)
-            .map(|keys| {
-                keys.iter()
-                    .filter(|t| {
-                        super::resume_key::token_to_sealed(t).ok().is_some_and(|s| {
-                            self.lookup_key(&s)
-                                .is_ok_and(|(_, holder)| holder == client)
-                        })
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.inboxes.all(client)
     }
 
     /// Takes or gives up a byte-range lock for the open a key names.
@@ -899,6 +1029,11 @@ impl ServerCore {
             ));
         }
         let file_id = e.record.file_id;
+        if take {
+            // A lock counts against the quota of the open's owner, whoever it was passed to.
+            let owner = e.record.owner.clone();
+            self.check_quota(&owner, 0, 1)?;
+        }
         let file = self.table.file_mut(file_id);
         if take {
             if file.locks.ranges_of(slot).len() >= MAX_LOCKS {

@@ -10,6 +10,7 @@ fn config() -> CoreConfig {
         durable_timeout_ms: T,
         grace_ms: 5_000,
         tombstone_ms: 3_600_000,
+        quotas: Quotas::default(),
     }
 }
 
@@ -578,4 +579,159 @@ fn a_write_is_counted_when_it_lands_even_if_its_open_was_closed_meanwhile() {
     core.count_change(file_id);
     let r = core.attach("c2", &b.sealed).unwrap().report;
     assert!(r.changed_by_other && r.accessed_by_other, "{r:?}");
+}
+
+fn with_quotas(quotas: Quotas) -> (ServerCore, MemoryStore) {
+    let mut store = MemoryStore::default();
+    let config = CoreConfig { quotas, ..config() };
+    let mut core = ServerCore::recover(config, store.load().unwrap(), 0, 7);
+    store.apply(&core.take_mutations()).unwrap();
+    (core, store)
+}
+
+fn quota_message(r: Result<impl std::fmt::Debug, CoreError>) -> String {
+    match r {
+        Err(CoreError::Denied { message, .. }) if message.starts_with("quota:") => message,
+        other => panic!("expected a quota denial, got {other:?}"),
+    }
+}
+
+fn on_file(mut r: OpenRequest, file_id: u64) -> OpenRequest {
+    r.file_id = file_id;
+    r
+}
+
+#[test]
+fn open_and_lock_quotas_bind_one_client_and_not_another() {
+    let (mut core, _) = with_quotas(Quotas {
+        max_client_opens: 2,
+        max_client_locks: 3,
+        max_inbox: 10,
+    });
+    let a1 = core
+        .open(
+            req("alice", Mode::Read, ShareMode::ALL, &[(0, 1), (5, 1)]),
+            1,
+        )
+        .unwrap();
+    core.open(on_file(req("alice", Mode::Read, ShareMode::ALL, &[]), 2), 1)
+        .unwrap();
+    let m = quota_message(core.open(on_file(req("alice", Mode::Read, ShareMode::ALL, &[]), 3), 1));
+    assert!(m.contains("--max-client-opens 2"), "{m}");
+    // bob is unaffected.
+    core.open(on_file(req("bob", Mode::Read, ShareMode::ALL, &[]), 3), 1)
+        .unwrap();
+    // A third lock fits, a fourth does not; an unlock makes room.
+    let r = |o| ByteRange::new(o, 1).unwrap();
+    core.lock("alice", &a1.sealed, r(9), true).unwrap();
+    let m = quota_message(core.lock("alice", &a1.sealed, r(20), true));
+    assert!(m.contains("--max-client-locks 3"), "{m}");
+    core.lock("alice", &a1.sealed, r(9), false).unwrap();
+    core.lock("alice", &a1.sealed, r(20), true).unwrap();
+    // Closing an open makes room for another.
+    core.close("alice", &a1.sealed).unwrap();
+    core.open(on_file(req("alice", Mode::Read, ShareMode::ALL, &[]), 4), 1)
+        .unwrap();
+}
+
+#[test]
+fn a_full_inbox_refuses_the_pass_and_keeps_every_key_it_holds() {
+    let (mut core, mut store) = with_quotas(Quotas {
+        max_inbox: 3,
+        ..Quotas::default()
+    });
+    let mut passed = Vec::new();
+    for f in 0..3 {
+        let g = core
+            .open(on_file(req("alice", Mode::Read, ShareMode::ALL, &[]), f), 1)
+            .unwrap();
+        passed.push(core.pass("alice", &g.sealed, "bob").unwrap());
+    }
+    let g = core
+        .open(on_file(req("alice", Mode::Read, ShareMode::ALL, &[]), 9), 1)
+        .unwrap();
+    let m = quota_message(core.pass("alice", &g.sealed, "bob"));
+    assert!(
+        m.contains("bob's inbox holds 3") && m.contains("--max-inbox 3"),
+        "{m}"
+    );
+    let tokens: Vec<String> = passed
+        .iter()
+        .map(|k| resume_key::sealed_to_token(k))
+        .collect();
+    assert_eq!(core.inbox("bob"), tokens, "nothing was evicted");
+    // Paged, the same keys in the same order.
+    let (first, next) = core.inbox_page("bob", 0, 2);
+    let (rest, end) = core.inbox_page("bob", next, 2);
+    assert_eq!([first, rest].concat(), tokens);
+    assert_eq!(end, 0);
+    // The inbox survives a restart, one stored record per key.
+    store.apply(&core.take_mutations()).unwrap();
+    let core2 = ServerCore::recover(config(), store.load().unwrap(), 5, 7);
+    assert_eq!(core2.inbox("bob"), tokens);
+    // A key whose open ends leaves the inbox (and the store), making room.
+    let mut core = core2;
+    core.close("bob", &passed[0]).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    assert_eq!(core.inbox("bob"), tokens[1..].to_vec());
+    assert_eq!(store.load().unwrap().inbox.len(), 2);
+}
+
+#[test]
+fn an_inbox_stored_whole_by_an_older_version_is_rewritten_key_by_key() {
+    let (mut core, mut store) = fresh();
+    let g = core
+        .open(req("alice", Mode::Read, ShareMode::ALL, &[]), 1)
+        .unwrap();
+    let live = resume_key::sealed_to_token(&core.pass("alice", &g.sealed, "bob").unwrap());
+    store.apply(&core.take_mutations()).unwrap();
+    let mut snap = store.load().unwrap();
+    snap.inbox.clear();
+    snap.legacy_inboxes = vec![("bob".into(), vec![live.clone(), "junk".into()])];
+    let mut core = ServerCore::recover(config(), snap, 5, 1);
+    assert_eq!(core.inbox("bob"), vec![live]);
+    let m = core.take_mutations();
+    assert!(m.contains(&crate::store::Mutation::DeleteLegacyInbox("bob".into())));
+    assert_eq!(
+        m.iter()
+            .filter(|m| matches!(m, crate::store::Mutation::PutInboxKey(_)))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn expired_opens_are_remembered_up_to_the_open_quota_per_client() {
+    let (mut core, _) = with_quotas(Quotas {
+        max_client_opens: 2,
+        ..Quotas::default()
+    });
+    let mut keys = Vec::new();
+    for round in 0..3u64 {
+        let t = 1 + round * 10 * T;
+        for f in 0..2 {
+            let g = core
+                .open(
+                    on_file(
+                        req("alice", Mode::Read, ShareMode::ALL, &[]),
+                        round * 10 + f,
+                    ),
+                    t,
+                )
+                .unwrap();
+            core.detach(g.handle, t);
+            keys.push(g.sealed);
+        }
+        core.handle_timeout(t + T);
+    }
+    // Six opens expired; all but the newest two were forgotten early (their holder hears
+    // "unknown"), the two left can still be resumed and told.
+    for k in &keys[..4] {
+        assert!(matches!(
+            core.attach("alice", k),
+            Err(CoreError::NotFound(_))
+        ));
+    }
+    let a = core.attach("alice", &keys[4]).unwrap();
+    assert!(a.report.reopened);
 }

@@ -10,7 +10,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
 use super::{Mutation, Snapshot, Store, StoreError};
 use crate::cluster::Cluster;
-use crate::state::records::{decode_inbox, encode_inbox, FileRecord, OpenRecord};
+use crate::state::records::{decode_inbox, FileRecord, OpenRecord};
 
 /// etcd's default `--max-txn-ops`: a larger batch is written in several transactions, each
 /// fenced (only a drain's import is that large).
@@ -45,10 +45,12 @@ fn entry(m: &Mutation) -> Result<Entry, StoreError> {
         Mutation::DeleteOpen(s) => (format!("open/{s:08x}"), None),
         Mutation::PutFile(id, f) => (format!("file/{id:016x}"), Some(f.encode())),
         Mutation::DeleteFile(id) => (format!("file/{id:016x}"), None),
-        Mutation::PutInbox(c, t) => (
-            format!("inbox/{c}"),
-            Some(encode_inbox(t).map_err(corrupt("batch"))?),
+        Mutation::PutInboxKey(k) => (
+            format!("inbox/{}/{:016x}", k.client, k.seq),
+            Some(k.token.as_bytes().to_vec()),
         ),
+        Mutation::DeleteInboxKey { client, seq } => (format!("inbox/{client}/{seq:016x}"), None),
+        Mutation::DeleteLegacyInbox(c) => (format!("inbox/{c}"), None),
         Mutation::PutForeignKey(i, k) => (format!("foreign/{i:08x}"), Some(k.to_vec())),
         Mutation::PutAlias(a) => (
             format!("alias/{:08x}{:08x}", a.origin, a.old_slot),
@@ -172,10 +174,21 @@ impl Store for EtcdStore {
                 ("alias", _) => snap
                     .aliases
                     .push(super::Alias::decode(v).map_err(corrupt("aliases"))?),
-                ("inbox", name) => snap.inboxes.push((
-                    name.to_owned(),
-                    decode_inbox(v).map_err(corrupt("inboxes"))?,
-                )),
+                ("inbox", rest) => match rest.split_once('/') {
+                    Some((client, seq)) => snap.inbox.push(super::InboxKey {
+                        client: client.to_owned(),
+                        seq: hex_u64(seq).ok_or_else(|| {
+                            corrupt("inbox")(crate::wire::WireError::Invalid("inbox key"))
+                        })?,
+                        token: String::from_utf8(v.to_vec()).map_err(|_| {
+                            corrupt("inbox")(crate::wire::WireError::Invalid("inbox token"))
+                        })?,
+                    }),
+                    None => snap.legacy_inboxes.push((
+                        rest.to_owned(),
+                        decode_inbox(v).map_err(corrupt("inboxes"))?,
+                    )),
+                },
                 _ => {}
             }
         }

@@ -9,7 +9,7 @@ pub struct MemoryStore {
     snapshot: Snapshot,
     opens: BTreeMap<u32, crate::state::records::OpenRecord>,
     files: BTreeMap<u64, crate::state::records::FileRecord>,
-    inboxes: BTreeMap<String, Vec<String>>,
+    inbox: BTreeMap<(String, u64), String>,
     aliases: BTreeMap<(u32, u32), super::Alias>,
 }
 
@@ -20,11 +20,16 @@ impl Store for MemoryStore {
             next_slot: self.snapshot.next_slot,
             opens: self.opens.values().cloned().collect(),
             files: self.files.iter().map(|(k, v)| (*k, *v)).collect(),
-            inboxes: self
-                .inboxes
+            inbox: self
+                .inbox
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|((client, seq), token)| super::InboxKey {
+                    client: client.clone(),
+                    seq: *seq,
+                    token: token.clone(),
+                })
                 .collect(),
+            legacy_inboxes: Vec::new(),
             foreign_keys: self.snapshot.foreign_keys.clone(),
             aliases: self.aliases.values().copied().collect(),
             referral: self.snapshot.referral.clone(),
@@ -49,9 +54,14 @@ impl Store for MemoryStore {
                 Mutation::DeleteFile(id) => {
                     self.files.remove(id);
                 }
-                Mutation::PutInbox(c, t) => {
-                    self.inboxes.insert(c.clone(), t.clone());
+                Mutation::PutInboxKey(k) => {
+                    self.inbox
+                        .insert((k.client.clone(), k.seq), k.token.clone());
                 }
+                Mutation::DeleteInboxKey { client, seq } => {
+                    self.inbox.remove(&(client.clone(), *seq));
+                }
+                Mutation::DeleteLegacyInbox(_) => {}
                 Mutation::PutForeignKey(i, k) => {
                     self.snapshot.foreign_keys.retain(|(j, _)| j != i);
                     self.snapshot.foreign_keys.push((*i, *k));

@@ -19,7 +19,15 @@ pub enum Mutation {
     DeleteOpen(u32),
     PutFile(u64, FileRecord),
     DeleteFile(u64),
-    PutInbox(String, Vec<String>),
+    /// A key passed to a client, waiting in its inbox under cursor `seq`.
+    PutInboxKey(InboxKey),
+    DeleteInboxKey {
+        client: String,
+        seq: u64,
+    },
+    /// Drops a client's inbox stored whole, as stores written before paged inboxes kept it
+    /// (its keys were rewritten one by one first).
+    DeleteLegacyInbox(String),
     /// The resume-key MAC key of a server that drained into this one (index `.0`).
     PutForeignKey(u32, [u8; 32]),
     /// An imported open: keys sealed by foreign key `origin` naming `old_slot` (and
@@ -33,6 +41,14 @@ pub enum Mutation {
     PutReferral(Option<String>),
     /// A drain into this peer began and has not finished: a restart carries it on.
     PutDraining(Option<String>),
+}
+
+/// One key waiting in a client's inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxKey {
+    pub client: String,
+    pub seq: u64,
+    pub token: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +89,9 @@ pub struct Snapshot {
     pub next_slot: u32,
     pub opens: Vec<OpenRecord>,
     pub files: Vec<(u64, FileRecord)>,
-    pub inboxes: Vec<(String, Vec<String>)>,
+    pub inbox: Vec<InboxKey>,
+    /// Whole inboxes as stores written before paged inboxes kept them, by client.
+    pub legacy_inboxes: Vec<(String, Vec<String>)>,
     pub foreign_keys: Vec<(u32, [u8; 32])>,
     pub aliases: Vec<Alias>,
     pub referral: Option<String>,

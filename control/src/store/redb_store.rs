@@ -7,12 +7,15 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{Mutation, Snapshot, Store, StoreError};
-use crate::state::records::{decode_inbox, encode_inbox, FileRecord, OpenRecord};
+use crate::state::records::{decode_inbox, FileRecord, OpenRecord};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OPENS: TableDefinition<u32, &[u8]> = TableDefinition::new("opens");
 const FILES: TableDefinition<u64, &[u8]> = TableDefinition::new("files");
+/// Whole inboxes, as stores written before paged inboxes kept them (read, then emptied).
 const INBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("inboxes");
+/// Keys waiting in inboxes: (client, cursor) → token.
+const INBOX_KEYS: TableDefinition<(&str, u64), &str> = TableDefinition::new("inbox_keys");
 const FOREIGN: TableDefinition<u32, &[u8]> = TableDefinition::new("foreign_keys");
 /// Keyed by `origin << 32 | old_slot`.
 const ALIASES: TableDefinition<u64, &[u8]> = TableDefinition::new("aliases");
@@ -107,6 +110,7 @@ impl RedbStore {
             tx.open_table(OPENS).map_err(backend)?;
             tx.open_table(FILES).map_err(backend)?;
             tx.open_table(INBOXES).map_err(backend)?;
+            tx.open_table(INBOX_KEYS).map_err(backend)?;
             tx.open_table(FOREIGN).map_err(backend)?;
             tx.open_table(ALIASES).map_err(backend)?;
         }
@@ -205,7 +209,21 @@ impl RedbStore {
                 table: "inboxes",
                 source,
             })?;
-            snap.inboxes.push((k.value().to_owned(), keys));
+            snap.legacy_inboxes.push((k.value().to_owned(), keys));
+        }
+        for row in tx
+            .open_table(INBOX_KEYS)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
+            let (k, v) = row.map_err(backend)?;
+            let (client, seq) = k.value();
+            snap.inbox.push(super::InboxKey {
+                client: client.to_owned(),
+                seq,
+                token: v.value().to_owned(),
+            });
         }
         Ok(snap)
     }
@@ -217,6 +235,7 @@ impl RedbStore {
             let mut opens = tx.open_table(OPENS).map_err(backend)?;
             let mut files = tx.open_table(FILES).map_err(backend)?;
             let mut inboxes = tx.open_table(INBOXES).map_err(backend)?;
+            let mut inbox_keys = tx.open_table(INBOX_KEYS).map_err(backend)?;
             let mut foreign = tx.open_table(FOREIGN).map_err(backend)?;
             let mut aliases = tx.open_table(ALIASES).map_err(backend)?;
             let invalid = |source| StoreError::Corrupt {
@@ -246,10 +265,18 @@ impl RedbStore {
                     Mutation::DeleteFile(id) => {
                         files.remove(id).map_err(backend)?;
                     }
-                    Mutation::PutInbox(c, t) => {
-                        inboxes
-                            .insert(c.as_str(), encode_inbox(t).map_err(invalid)?.as_slice())
+                    Mutation::PutInboxKey(k) => {
+                        inbox_keys
+                            .insert((k.client.as_str(), k.seq), k.token.as_str())
                             .map_err(backend)?;
+                    }
+                    Mutation::DeleteInboxKey { client, seq } => {
+                        inbox_keys
+                            .remove((client.as_str(), *seq))
+                            .map_err(backend)?;
+                    }
+                    Mutation::DeleteLegacyInbox(c) => {
+                        inboxes.remove(c.as_str()).map_err(backend)?;
                     }
                     Mutation::PutForeignKey(i, k) => {
                         foreign.insert(i, &k[..]).map_err(backend)?;
@@ -329,6 +356,28 @@ mod tests {
     use crate::state::{Mode, ShareMode};
 
     #[test]
+    fn an_inbox_stored_whole_is_read_as_legacy_and_deleted_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let s = RedbStore::open(&path, false).unwrap();
+            let tx = s.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(INBOXES).unwrap();
+                let whole = crate::state::records::encode_inbox(&["k".into()]).unwrap();
+                t.insert("bob", whole.as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let mut s = RedbStore::open(&path, false).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.legacy_inboxes, vec![("bob".into(), vec!["k".into()])]);
+        s.apply(&[Mutation::DeleteLegacyInbox("bob".into())])
+            .unwrap();
+        assert!(s.load().unwrap().legacy_inboxes.is_empty());
+    }
+
+    #[test]
     fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
@@ -361,7 +410,20 @@ mod tests {
                         version: 0,
                     },
                 ),
-                Mutation::PutInbox("c2".into(), vec!["k".into()]),
+                Mutation::PutInboxKey(crate::store::InboxKey {
+                    client: "c2".into(),
+                    seq: 1,
+                    token: "k".into(),
+                }),
+                Mutation::PutInboxKey(crate::store::InboxKey {
+                    client: "c2".into(),
+                    seq: 2,
+                    token: "k2".into(),
+                }),
+                Mutation::DeleteInboxKey {
+                    client: "c2".into(),
+                    seq: 1,
+                },
                 Mutation::PutForeignKey(0, [7; 32]),
                 Mutation::PutAlias(crate::store::Alias {
                     origin: 0,
@@ -399,8 +461,12 @@ mod tests {
             )]
         );
         assert_eq!(
-            snap.inboxes,
-            vec![("c2".to_string(), vec!["k".to_string()])]
+            snap.inbox,
+            vec![crate::store::InboxKey {
+                client: "c2".into(),
+                seq: 2,
+                token: "k2".into(),
+            }]
         );
         assert_eq!(snap.foreign_keys, vec![(0, [7; 32])]);
         assert_eq!(

@@ -14,6 +14,8 @@ const MAX_KEY: usize = 64;
 const MAX_MESSAGE: usize = 1024;
 const MAX_ENDPOINTS: usize = 16;
 const MAX_KEYS: usize = 1024;
+/// Keys in one page of the inbox: well inside a frame (each key is a 67-character token).
+pub const INBOX_PAGE: usize = 512;
 /// Paths, records or counters in one drain message (a larger drain sends several).
 pub const MAX_DRAIN_ITEMS: usize = 1024;
 /// Bytes of one encoded open record in an `Import`.
@@ -138,7 +140,11 @@ pub enum Message {
         key: Vec<u8>,
         to: String,
     },
-    Inbox,
+    /// Keys passed to this client, a page at a time: those after cursor `after` (0: from
+    /// the start); answered with `Keys`.
+    Inbox {
+        after: u64,
+    },
     Endpoints,
     Lock {
         key: Vec<u8>,
@@ -233,8 +239,16 @@ pub enum Message {
     Key {
         key: Vec<u8>,
     },
+    /// A page of the inbox; `next` is the cursor for the next page (0: this was the last).
     Keys {
         keys: Vec<String>,
+        next: u64,
+    },
+    /// The server closes this connection (it was idle, or the server is stopping). Nothing
+    /// the client sent after it was processed, so any request may be sent again on a new
+    /// connection.
+    Goodbye {
+        message: String,
     },
     EndpointList {
         endpoints: Vec<Endpoint>,
@@ -318,7 +332,7 @@ impl Message {
             Message::Open(_) => 0x10,
             Message::Close { .. } => 0x11,
             Message::Pass { .. } => 0x12,
-            Message::Inbox => 0x13,
+            Message::Inbox { .. } => 0x13,
             Message::Endpoints => 0x14,
             Message::Lock { .. } => 0x15,
             Message::Attach { .. } => 0x20,
@@ -341,6 +355,7 @@ impl Message {
             Message::Done => 0x41,
             Message::Key { .. } => 0x42,
             Message::Keys { .. } => 0x43,
+            Message::Goodbye { .. } => 0x4d,
             Message::EndpointList { .. } => 0x44,
             Message::Attached { .. } => 0x45,
             Message::ReadData { .. } => 0x46,
@@ -394,8 +409,9 @@ impl Message {
                 w.bytes(key, MAX_KEY)?;
                 w.string(to, MAX_NAME)?;
             }
-            Message::Inbox
-            | Message::Endpoints
+            Message::Inbox { after } => w.u64(*after),
+            Message::Goodbye { message } => w.string(message, MAX_MESSAGE)?,
+            Message::Endpoints
             | Message::Done
             | Message::Flush
             | Message::MapFile
@@ -414,7 +430,10 @@ impl Message {
                 w.u64(*handle);
                 encode_info(&mut w, info)?;
             }
-            Message::Keys { keys } => w.list(keys, MAX_KEYS, |w, k| w.string(k, 128))?,
+            Message::Keys { keys, next } => {
+                w.list(keys, MAX_KEYS, |w, k| w.string(k, 128))?;
+                w.u64(*next);
+            }
             Message::EndpointList {
                 endpoints,
                 tls_fingerprint,
@@ -563,7 +582,10 @@ impl Message {
                 key: r.bytes(MAX_KEY)?.to_vec(),
                 to: r.string(MAX_NAME)?,
             },
-            0x13 => Message::Inbox,
+            // A client from before paging sends no cursor: the first page.
+            0x13 => Message::Inbox {
+                after: if r.remaining() == 0 { 0 } else { r.u64()? },
+            },
             0x14 => Message::Endpoints,
             0x15 => Message::Lock {
                 key: r.bytes(MAX_KEY)?.to_vec(),
@@ -647,6 +669,10 @@ impl Message {
             },
             0x43 => Message::Keys {
                 keys: r.list(MAX_KEYS, |r| r.string(128))?,
+                next: r.u64()?,
+            },
+            0x4d => Message::Goodbye {
+                message: r.string(MAX_MESSAGE)?,
             },
             0x44 => {
                 let endpoints = r.list(MAX_ENDPOINTS, |r| {
@@ -742,7 +768,8 @@ mod tests {
                 key: vec![3],
                 to: "c2".into(),
             },
-            Message::Inbox,
+            Message::Inbox { after: 0 },
+            Message::Inbox { after: 77 },
             Message::Endpoints,
             Message::Lock {
                 key: vec![4],
@@ -784,6 +811,10 @@ mod tests {
             Message::Key { key: vec![7] },
             Message::Keys {
                 keys: vec!["a".into(), "b".into()],
+                next: 12,
+            },
+            Message::Goodbye {
+                message: "idle".into(),
             },
             Message::EndpointList {
                 endpoints: vec![Endpoint {

@@ -7,8 +7,8 @@ mod message;
 pub use codec::{Reader, Writer};
 pub use frame::{encode_frame, Frame, MAC_LEN, MAX_PAYLOAD};
 pub use message::{
-    Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, MAX_CHUNK, MAX_DRAIN_ITEMS,
-    MAX_INBOX_BATCH, PROTOCOL_VERSION,
+    Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, INBOX_PAGE, MAX_CHUNK,
+    MAX_DRAIN_ITEMS, MAX_INBOX_BATCH, PROTOCOL_VERSION,
 };
 
 /// A decoding failure: the peer sent something malformed. Closes only that connection.

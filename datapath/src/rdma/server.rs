@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
-use handoff_control::net::{Revocable, Shared, WriteCheck};
+use handoff_control::net::{Revocable, Seat, Shared, WriteCheck};
 use handoff_control::state::{ByteRange, HandleId, IoKind};
 use handoff_control::wire::{ErrorCode, FileInfo, Message};
 use handoff_control::Error;
@@ -47,6 +47,8 @@ struct Pending {
     ep: Endpoint,
     client: String,
     key: Vec<u8>,
+    /// The connection's place under the server's connection caps.
+    seat: Seat,
 }
 
 fn cm_loop(channel: Arc<EventChannel>, listener: Arc<CmId>, shared: Shared) {
@@ -158,6 +160,11 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
             "resume key belongs to another client".into(),
         ));
     }
+    // Counted under the same caps as TCP connections, before a QP is set up.
+    let seat = shared
+        .admission
+        .seat(&client)
+        .map_err(|e| (e.code(), e.to_string()))?;
     let ep = Endpoint::new(id)
         .map_err(|e| (ErrorCode::Internal, format!("cannot set up the QP: {e}")))?;
     id.accept(&[1])
@@ -171,6 +178,7 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
         ep,
         client,
         key: sealed,
+        seat,
     })
 }
 
@@ -204,6 +212,7 @@ fn serve(p: Pending, shared: Shared) {
         mut ep,
         client,
         key,
+        seat: _seat,
     } = p;
     let span = tracing::info_span!("rdma", device = %id.device_name(), client = %client);
     let _enter = span.enter();

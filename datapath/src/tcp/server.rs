@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use handoff_control::net::{Channel, Shared};
+use handoff_control::net::{Channel, Shared, Ticket};
 use handoff_control::state::{ByteRange, HandleId, IoKind};
 use handoff_control::wire::{FileInfo, Message};
 use handoff_control::Error;
@@ -54,9 +54,9 @@ impl DataServer {
 
     pub async fn serve(self) -> Result<(), DataError> {
         let (shared, tls) = (self.shared.clone(), self.tls.clone());
-        let max = self.shared.config.max_connections;
-        handoff_control::net::accept_loop(&self.listener, max, "data", move |stream| {
-            accept(stream, shared.clone(), tls.clone())
+        let admission = self.shared.admission.clone();
+        handoff_control::net::accept_loop(&self.listener, &admission, "data", move |stream, t| {
+            accept(stream, shared.clone(), tls.clone(), t)
         })
         .await?;
         Ok(())
@@ -67,6 +67,7 @@ async fn accept(
     stream: TcpStream,
     shared: Shared,
     tls: Option<TlsAcceptor>,
+    ticket: Ticket,
 ) -> Result<(), DataError> {
     stream.set_nodelay(true)?;
     let mut first = [0u8; 1];
@@ -92,14 +93,20 @@ async fn accept(
         )
         .await
         .map_err(|_| Error::Protocol("no TLS handshake within 10 s".into()))??;
-        serve(Channel::new(stream), shared, |_chan, file, offset, len| {
-            Box::pin(send_copy(_chan, file, offset, len))
-        })
+        serve(
+            Channel::new(stream),
+            shared,
+            ticket,
+            |_chan, file, offset, len| Box::pin(send_copy(_chan, file, offset, len)),
+        )
         .await
     } else {
-        serve(Channel::new(stream), shared, |chan, file, offset, len| {
-            Box::pin(send_sendfile(chan, file, offset, len))
-        })
+        serve(
+            Channel::new(stream),
+            shared,
+            ticket,
+            |chan, file, offset, len| Box::pin(send_sendfile(chan, file, offset, len)),
+        )
         .await
     }
 }
@@ -107,12 +114,18 @@ async fn accept(
 type SendFut<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DataError>> + Send + 'a>>;
 
-async fn serve<S, F>(mut chan: Channel<S>, shared: Shared, send_bytes: F) -> Result<(), DataError>
+async fn serve<S, F>(
+    mut chan: Channel<S>,
+    shared: Shared,
+    ticket: Ticket,
+    send_bytes: F,
+) -> Result<(), DataError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     F: for<'a> Fn(&'a mut Channel<S>, &'a File, u64, u64) -> SendFut<'a>,
 {
-    let client = handoff_control::net::handshake(&mut chan, &shared).await?;
+    // The seat is held until the connection ends.
+    let (client, _seat) = handoff_control::net::handshake(&mut chan, &shared, ticket).await?;
     let key = match chan.expect().await? {
         Message::Attach { key } => key,
         other => {
@@ -309,6 +322,7 @@ async fn send_sendfile(
     offset: u64,
     len: u64,
 ) -> Result<(), DataError> {
+    let stall = chan.timeouts().frame;
     let stream = chan.get_mut();
     let mut pos = i64::try_from(offset).map_err(|_| Error::bad_request("offset too large"))?;
     let end = pos
@@ -318,7 +332,17 @@ async fn send_sendfile(
         let count = usize::try_from(end - pos)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
-        stream.writable().await?;
+        match stall {
+            None => stream.writable().await?,
+            Some(limit) => tokio::time::timeout(limit, stream.writable())
+                .await
+                .map_err(|_| {
+                    Error::TimedOut(format!(
+                        "the client read nothing for {} s; connection closed",
+                        limit.as_secs()
+                    ))
+                })??,
+        }
         let sent = stream.try_io(Interest::WRITABLE, || {
             nix::sys::sendfile::sendfile64(&*stream, file, Some(&mut pos), count)
                 .map_err(std::io::Error::from)
