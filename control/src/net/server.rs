@@ -798,7 +798,7 @@ async fn handle_connection(stream: TcpStream, shared: Shared, ticket: Ticket) ->
     }
     match result {
         Err(Error::Idle(after)) => {
-            tracing::debug!(
+            tracing::info!(
                 client,
                 "closing an idle control connection; its opens stay durable"
             );
@@ -987,12 +987,20 @@ async fn dispatch(
             let (keys, next) = shared.peek(|core| core.inbox_page(&client, after, INBOX_PAGE));
             Ok((Message::Keys { keys, next }, None))
         }
-        Message::Stats => Ok((
-            Message::StatsReply {
-                counters: shared.stats.snapshot(),
-            },
-            None,
-        )),
+        Message::Stats => {
+            let mut counters = shared.stats.snapshot();
+            let a = shared.admission.counts();
+            counters.extend([
+                ("connections_authenticated".into(), a.authenticated as u64),
+                (
+                    "connections_unauthenticated".into(),
+                    a.unauthenticated as u64,
+                ),
+                ("connections_evicted".into(), a.evicted),
+                ("connections_refused".into(), a.refused),
+            ]);
+            Ok((Message::StatsReply { counters }, None))
+        }
         Message::Endpoints => Ok((
             Message::EndpointList {
                 endpoints: shared.config.endpoints.clone(),
