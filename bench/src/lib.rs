@@ -6,3 +6,4 @@ pub mod report;
 pub mod results;
 pub mod servers;
 pub mod suites;
+pub mod swarm;

@@ -5,7 +5,10 @@
 //! peer address and in total; when a cap is reached the *oldest* ticket of the address (or,
 //! for the total, of the address holding the most) is closed to make room, as sshd's
 //! `MaxStartups` and nginx's `limit_conn` keep a flood of idle connections from starving
-//! clients that authenticate in a few milliseconds. Unauthenticated connections never use
+//! clients that authenticate in a few milliseconds. A connection younger than [`MIN_WAIT`]
+//! is never closed for that: it is most likely a client half-way through its handshake (the
+//! ranks of a job starting at once), so the newcomer is turned away instead, and the client
+//! library tries again shortly. Unauthenticated connections never use
 //! the room kept for authenticated ones: an authenticated connection holds a [`Seat`],
 //! capped in total and per client, and a refused seat is answered with a message naming the
 //! cap.
@@ -13,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -59,6 +62,10 @@ impl Limits {
     }
 }
 
+/// How long an unauthenticated connection is left alone before it may be closed to make room
+/// (a handshake takes milliseconds).
+pub const MIN_WAIT: Duration = Duration::from_secs(2);
+
 /// Counters of admission decisions, for `handoff stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AdmissionCounts {
@@ -66,12 +73,16 @@ pub struct AdmissionCounts {
     pub authenticated: usize,
     /// Unauthenticated connections closed to make room for newer ones.
     pub evicted: u64,
+    /// New connections closed at once: their address (or the server) was at its cap of
+    /// unauthenticated connections, none of them old enough to close instead.
+    pub turned_away: u64,
     /// Authenticated connections refused by a cap.
     pub refused: u64,
 }
 
 struct Waiting {
     addr: IpAddr,
+    since: Instant,
     closed: Arc<Notify>,
 }
 
@@ -104,10 +115,12 @@ impl State {
         }
     }
 
-    fn oldest_from(&self, addr: IpAddr) -> Option<u64> {
+    /// The oldest unauthenticated connection from `addr`, if it has waited `MIN_WAIT`.
+    fn closable_from(&self, addr: IpAddr, now: Instant) -> Option<u64> {
         self.waiting
             .iter()
             .find(|(_, w)| w.addr == addr)
+            .filter(|(_, w)| now.saturating_duration_since(w.since) >= MIN_WAIT)
             .map(|(id, _)| *id)
     }
 }
@@ -143,18 +156,25 @@ impl Admission {
         }
     }
 
-    /// A new connection from `addr`, not yet authenticated. Makes room first by closing the
-    /// oldest unauthenticated connection of `addr` (past its per-address cap), else the
-    /// oldest of the address that holds the most (past the total cap).
-    pub fn arrive(&self, addr: IpAddr) -> Ticket {
+    /// A new connection from `addr`, not yet authenticated. Past the per-address cap, the
+    /// oldest unauthenticated connection of `addr` is closed to make room; past the total
+    /// cap, the oldest of the address that holds the most. If that one is younger than
+    /// [`MIN_WAIT`], the newcomer is turned away instead (None: close it now).
+    pub fn arrive(&self, addr: IpAddr) -> Option<Ticket> {
+        self.arrive_at(addr, Instant::now())
+    }
+
+    fn arrive_at(&self, addr: IpAddr, now: Instant) -> Option<Ticket> {
         let mut s = self.lock();
         if s.per_address.get(&addr).copied().unwrap_or(0)
             >= self.limits.max_unauthenticated_per_address.max(1)
         {
-            if let Some(id) = s.oldest_from(addr) {
-                tracing::debug!(%addr, "unauthenticated connections from this address at their cap: closing its oldest");
-                s.evict(id);
-            }
+            let Some(id) = s.closable_from(addr, now) else {
+                s.counts.turned_away += 1;
+                return None;
+            };
+            tracing::debug!(%addr, "unauthenticated connections from this address at their cap: closing its oldest");
+            s.evict(id);
         }
         if s.waiting.len() >= self.limits.max_unauthenticated.max(1) {
             let busiest = s
@@ -162,10 +182,12 @@ impl Admission {
                 .iter()
                 .max_by_key(|(_, n)| **n)
                 .map(|(a, _)| *a);
-            if let Some(id) = busiest.and_then(|a| s.oldest_from(a)) {
-                tracing::debug!("unauthenticated connections at their total cap: closing the oldest of the busiest address");
-                s.evict(id);
-            }
+            let Some(id) = busiest.and_then(|a| s.closable_from(a, now)) else {
+                s.counts.turned_away += 1;
+                return None;
+            };
+            tracing::debug!("unauthenticated connections at their total cap: closing the oldest of the busiest address");
+            s.evict(id);
         }
         let id = s.next;
         s.next += 1;
@@ -174,15 +196,16 @@ impl Admission {
             id,
             Waiting {
                 addr,
+                since: now,
                 closed: closed.clone(),
             },
         );
         *s.per_address.entry(addr).or_default() += 1;
-        Ticket {
+        Some(Ticket {
             id,
             state: self.state.clone(),
             closed,
-        }
+        })
     }
 
     /// A seat for an authenticated connection of `client` (RDMA, which authenticates its key
@@ -301,21 +324,36 @@ mod tests {
         IpAddr::from([10, 0, 0, last])
     }
 
+    /// Arrivals `secs` seconds after a fixed start.
+    fn at(a: &Admission, start: Instant, secs: u64, from: IpAddr) -> Option<Ticket> {
+        a.arrive_at(from, start + Duration::from_secs(secs))
+    }
+
+    async fn is_closed(t: &Ticket) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), t.evicted())
+            .await
+            .is_ok()
+    }
+
     #[tokio::test]
     async fn an_address_at_its_cap_loses_its_oldest_connection_not_anyone_elses() {
         let a = Admission::new(small());
-        let other = a.arrive(ip(2));
-        let first = a.arrive(ip(1));
-        let _second = a.arrive(ip(1));
-        let _third = a.arrive(ip(1));
-        // The oldest of 10.0.0.1 was closed; 10.0.0.2's older connection was not.
-        tokio::time::timeout(Duration::from_millis(100), first.evicted())
-            .await
-            .expect("the oldest connection of the flooding address is closed");
+        let t0 = Instant::now();
+        let other = at(&a, t0, 0, ip(2)).unwrap();
+        let first = at(&a, t0, 0, ip(1)).unwrap();
+        let second = at(&a, t0, 1, ip(1)).unwrap();
+        // Both of 10.0.0.1's are younger than MIN_WAIT: the newcomer is turned away.
+        assert!(at(&a, t0, 1, ip(1)).is_none());
+        assert_eq!(a.counts().turned_away, 1);
+        // Later the oldest of 10.0.0.1 is closed for it; 10.0.0.2's older one stays.
+        let _third = at(&a, t0, 3, ip(1)).unwrap();
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), other.evicted())
-                .await
-                .is_err(),
+            is_closed(&first).await,
+            "the flooding address's oldest is closed"
+        );
+        assert!(!is_closed(&second).await);
+        assert!(
+            !is_closed(&other).await,
             "another address's connection stays"
         );
         assert_eq!(a.counts().unauthenticated, 3);
@@ -325,18 +363,19 @@ mod tests {
     #[tokio::test]
     async fn the_total_cap_closes_the_oldest_of_the_busiest_address() {
         let a = Admission::new(small());
-        let quiet = a.arrive(ip(9));
-        let busy_old = a.arrive(ip(1));
-        let _busy = a.arrive(ip(1));
-        let _c = a.arrive(ip(3));
-        let _d = a.arrive(ip(4));
-        tokio::time::timeout(Duration::from_millis(100), busy_old.evicted())
-            .await
-            .expect("the busiest address gives way");
+        let t0 = Instant::now();
+        let quiet = at(&a, t0, 0, ip(9)).unwrap();
+        let busy_old = at(&a, t0, 0, ip(1)).unwrap();
+        let _busy = at(&a, t0, 0, ip(1)).unwrap();
+        let _c = at(&a, t0, 0, ip(3)).unwrap();
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), quiet.evicted())
-                .await
-                .is_err(),
+            at(&a, t0, 1, ip(4)).is_none(),
+            "full, and nobody waited long"
+        );
+        let _d = at(&a, t0, 5, ip(4)).unwrap();
+        assert!(is_closed(&busy_old).await, "the busiest address gives way");
+        assert!(
+            !is_closed(&quiet).await,
             "the oldest overall is spared when it is not from the busiest address"
         );
     }
@@ -344,7 +383,7 @@ mod tests {
     #[test]
     fn seats_are_capped_per_client_and_in_total_and_given_back_on_drop() {
         let a = Admission::new(small());
-        let t1 = a.arrive(ip(1));
+        let t1 = a.arrive(ip(1)).unwrap();
         let s1 = a.authenticate(t1, "alice").unwrap();
         let _s2 = a.seat("alice").unwrap();
         let err = a.seat("alice").err().expect("alice is at her cap");

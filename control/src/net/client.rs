@@ -1,5 +1,9 @@
 //! The client end of the control channel.
 
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
 use tokio::net::TcpStream;
 
 use super::Channel;
@@ -31,14 +35,57 @@ pub fn check_reply(msg: Message) -> Result<Message, Error> {
     }
 }
 
+/// How many times a connection the server closed before it authenticated is tried again.
+const ADMISSION_RETRIES: u32 = 8;
+
+/// Whether `e` is the server closing a connection before the handshake ended: a server under
+/// a burst of new connections closes its oldest unauthenticated ones to make room.
+fn closed_early(e: &Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        Error::Closed => true,
+        Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// Runs `attempt` (connect and authenticate), again after a short random pause (doubling,
+/// about 5 s in all) each time the server closed the connection before it authenticated.
+/// Many clients starting at once (the ranks of a job) thus spread out instead of failing.
+pub async fn with_admission_retries<T, Fut>(mut attempt: impl FnMut() -> Fut) -> Result<T, Error>
+where
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut pause = Duration::from_millis(20);
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if closed_early(&e) && tries < ADMISSION_RETRIES => {
+                tries += 1;
+                let wait = pause.mul_f64(rand::thread_rng().gen_range(0.5..1.5));
+                tracing::debug!("the server closed the connection before it authenticated ({e}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl ControlClient {
-    /// Connects and runs the mutual authentication.
+    /// Connects and runs the mutual authentication (see [`with_admission_retries`]).
     pub async fn connect(addr: &str, identity: &Identity) -> Result<Self, Error> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let mut chan = Channel::new(stream);
-        chan.client_handshake(identity).await?;
-        Ok(Self { chan })
+        with_admission_retries(|| async {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut chan = Channel::new(stream);
+            chan.client_handshake(identity).await?;
+            Ok(Self { chan })
+        })
+        .await
     }
 
     /// Wraps a secret for this session (see [`Channel::wrap_secret`]).

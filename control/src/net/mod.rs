@@ -10,7 +10,7 @@ mod server;
 
 pub use admission::{Admission, AdmissionCounts, Limits, Seat, Ticket};
 pub use channel::{Channel, Timeouts};
-pub use client::{check_reply, ControlClient};
+pub use client::{check_reply, with_admission_retries, ControlClient};
 pub use files::{reopen, FileIdentity, OpenedFile, Root};
 pub use server::{
     accept_loop, fail_stop, handshake, now_ms, AttachedHandle, ControlServer, Persist, Revocable,

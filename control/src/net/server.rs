@@ -763,7 +763,10 @@ where
         if let Err(e) = keep_alive(&stream) {
             tracing::warn!(channel, "cannot enable TCP keepalive: {e}");
         }
-        let ticket = admission.arrive(peer.ip());
+        let Some(ticket) = admission.arrive(peer.ip()) else {
+            tracing::debug!(channel, %peer, "turned away: too many connections from this address are authenticating");
+            continue; // dropping the stream closes it
+        };
         let evicted = ticket.closer();
         let conn = handle(stream, ticket);
         tokio::spawn(
@@ -997,6 +1000,7 @@ async fn dispatch(
                     a.unauthenticated as u64,
                 ),
                 ("connections_evicted".into(), a.evicted),
+                ("connections_turned_away".into(), a.turned_away),
                 ("connections_refused".into(), a.refused),
             ]);
             Ok((Message::StatsReply { counters }, None))

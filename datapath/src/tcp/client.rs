@@ -68,23 +68,32 @@ impl DataClient {
         identity: &Identity,
         key: &[u8],
     ) -> Result<Self, DataError> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let stream: Box<dyn Stream> = match transport {
-            Transport::Tcp => Box::new(tcp),
+        let tls = match transport {
+            Transport::Tcp => None,
             Transport::Tls => {
                 let fp = tls_fingerprint.ok_or_else(|| {
                     DataError::Certificate(
                         "the server offers no TLS certificate fingerprint".into(),
                     )
                 })?;
-                let connector = TlsConnector::from(client_config(fp)?);
-                let name = ServerName::try_from("handoff").expect("static name is valid");
-                Box::new(connector.connect(name, tcp).await?)
+                Some(TlsConnector::from(client_config(fp)?))
             }
         };
-        let mut chan = Channel::new(stream);
-        chan.client_handshake(identity).await?;
+        let mut chan = handoff_control::net::with_admission_retries(|| async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let stream: Box<dyn Stream> = match &tls {
+                None => Box::new(tcp),
+                Some(connector) => {
+                    let name = ServerName::try_from("handoff").expect("static name is valid");
+                    Box::new(connector.connect(name, tcp).await?)
+                }
+            };
+            let mut chan = Channel::new(stream);
+            chan.client_handshake(identity).await?;
+            Ok(chan)
+        })
+        .await?;
         chan.send(&Message::Attach { key: key.to_vec() }).await?;
         match reply(chan.expect().await?)? {
             Message::Attached {
