@@ -108,8 +108,8 @@ fn three_thousand_idle_connections_from_one_address_do_not_keep_others_waiting()
         s["connections_unauthenticated"].as_u64().unwrap() <= 256,
         "{s}"
     );
-    let closed = s["connections_evicted"].as_u64().unwrap()
-        + s["connections_turned_away"].as_u64().unwrap();
+    let closed =
+        s["connections_evicted"].as_u64().unwrap() + s["connections_turned_away"].as_u64().unwrap();
     assert!(closed >= 2000, "{s}");
 }
 

@@ -116,6 +116,11 @@ struct LimitArgs {
     /// (its opens stay held, durable; clients reconnect by themselves). 0: never.
     #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_secs()), value_name = "SECS")]
     idle_timeout: u64,
+    /// Seconds an RDMA data channel may be silent before the server probes its peer (a
+    /// zero-length RDMA WRITE); a peer that does not answer within about 2 s is taken as
+    /// gone, its handle detaches and the open's durable timeout starts.
+    #[arg(long, default_value_t = Limits::default().rdma_probe_interval.as_secs(), value_name = "SECS")]
+    rdma_probe_interval: u64,
     /// Opens one client may hold (durable ones included).
     #[arg(long, default_value_t = Quotas::default().max_client_opens, value_name = "N")]
     max_client_opens: usize,
@@ -137,6 +142,7 @@ impl LimitArgs {
             max_unauthenticated_per_address: self.max_unauthenticated_per_address.max(1),
             frame_timeout: Duration::from_secs(self.frame_timeout.max(1)),
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            rdma_probe_interval: Duration::from_secs(self.rdma_probe_interval.max(1)),
         }
     }
 

@@ -54,6 +54,14 @@ impl TestServer {
         s
     }
 
+    /// [`TestServer::start`] with the control channel on `listen` (an address and port 0).
+    pub fn start_on(clients: &[&TestClient], listen: &str, extra: &[&str]) -> Self {
+        let mut s = Self::prepare(clients, extra, &[], &[]);
+        s.addr = listen.to_owned();
+        s.spawn();
+        s
+    }
+
     /// Starts `handoffd` through `wrapper` (a program and its arguments, e.g. `prlimit`).
     pub fn start_wrapped(clients: &[&TestClient], extra: &[&str], wrapper: &[&str]) -> Self {
         let mut s = Self::prepare(clients, extra, &[], wrapper);

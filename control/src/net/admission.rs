@@ -39,6 +39,9 @@ pub struct Limits {
     /// How long an authenticated control connection may send nothing before it is closed
     /// (its opens stay durable). None: never.
     pub idle_timeout: Option<Duration>,
+    /// How long an RDMA data channel may be silent before the server checks its peer is
+    /// still there (a zero-length RDMA WRITE it must acknowledge).
+    pub rdma_probe_interval: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             max_unauthenticated_per_address: 256,
             frame_timeout: Duration::from_secs(20),
             idle_timeout: Some(Duration::from_secs(300)),
+            rdma_probe_interval: Duration::from_secs(20),
         }
     }
 }

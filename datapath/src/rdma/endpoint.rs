@@ -31,6 +31,8 @@ const SEND_SLOTS: usize = 32;
 const TAG_RECV: u64 = 1 << 62;
 const TAG_SEND: u64 = 2 << 62;
 const TAG_MASK: u64 = 3 << 62;
+/// The liveness probe's work request (sorted with the RDMA operations into `finished`).
+const TAG_PROBE: u64 = 3 << 62;
 
 pub struct Endpoint {
     // Field order is drop order: the QP goes first (flushing posted work), then the
@@ -90,20 +92,27 @@ impl Endpoint {
 
     /// Takes completions (blocking for at least one if `block`) and sorts them.
     fn pump(&mut self, block: bool) -> Result<(), DataError> {
+        let wait = block.then_some(self.timeout);
+        if self.pump_for(wait)? {
+            return Ok(());
+        }
+        Err(broken(format!(
+            "no RDMA completion within {:?}: the path or the peer is gone",
+            self.timeout.unwrap_or_default()
+        )))
+    }
+
+    /// Takes completions and sorts them: at once (`wait` None), or blocking for at least one
+    /// for up to the given time (forever if that is None). Returns false if none came in time.
+    fn pump_for(&mut self, wait: Option<Option<std::time::Duration>>) -> Result<bool, DataError> {
         self.wcs.clear();
-        if block {
-            match self.cq.wait(
-                &mut self.wcs,
-                self.timeout,
-                self.cm.as_ref().map(|c| c.fd()),
-            )? {
+        if let Some(limit) = wait {
+            match self
+                .cq
+                .wait(&mut self.wcs, limit, self.cm.as_ref().map(|c| c.fd()))?
+            {
                 Wait::Ready => {}
-                Wait::TimedOut => {
-                    return Err(broken(format!(
-                        "no RDMA completion within {:?}: the path or the peer is gone",
-                        self.timeout.unwrap_or_default()
-                    )))
-                }
+                Wait::TimedOut => return Ok(false),
                 Wait::Other => {
                     let ev = self.cm.as_ref().expect("watched").next_event()?;
                     let kind = ev.kind();
@@ -115,7 +124,7 @@ impl Endpoint {
                         self.cm = None;
                         return Err(broken(format!("RDMA connection lost: {name}")));
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         } else {
@@ -144,7 +153,7 @@ impl Endpoint {
         }
         match failure {
             Some(f) => Err(broken(f)),
-            None => Ok(()),
+            None => Ok(true),
         }
     }
 
@@ -193,6 +202,38 @@ impl Endpoint {
         while self.inbox.is_empty() {
             self.pump(true)?;
         }
+        self.take_message()
+    }
+
+    /// The next message if one arrives within `idle` (None: the peer sent nothing).
+    pub fn recv_within(&mut self, idle: std::time::Duration) -> Result<Option<Message>, DataError> {
+        let deadline = std::time::Instant::now() + idle;
+        while self.inbox.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.pump_for(Some(Some(left)))? {
+                return Ok(None);
+            }
+        }
+        self.take_message().map(Some)
+    }
+
+    /// Checks the peer is still there: a zero-length RDMA WRITE it must acknowledge. A peer
+    /// whose host died or whose path is cut fails it after the QP's ack timeout and retries.
+    pub fn probe(&mut self, within: std::time::Duration) -> Result<(), DataError> {
+        self.qp.post_probe(TAG_PROBE)?;
+        let deadline = std::time::Instant::now() + within;
+        while !self.finished.remove(&TAG_PROBE) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.pump_for(Some(Some(left)))? {
+                return Err(broken(format!(
+                    "the peer did not acknowledge a liveness probe within {within:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn take_message(&mut self) -> Result<Message, DataError> {
         let (slot, len) = self.inbox.pop_front().expect("checked non-empty");
         let result = self.decode_slot(slot, len);
         // The slot is free again whatever it held.

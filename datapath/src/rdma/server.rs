@@ -10,6 +10,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use handoff_control::net::{Revocable, Seat, Shared, WriteCheck};
 use handoff_control::state::{ByteRange, HandleId, IoKind};
@@ -165,6 +166,7 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
         .admission
         .seat(&client)
         .map_err(|e| (e.code(), e.to_string()))?;
+    id.set_ack_timeout(ACK_TIMEOUT);
     let ep = Endpoint::new(id)
         .map_err(|e| (ErrorCode::Internal, format!("cannot set up the QP: {e}")))?;
     id.accept(&[1])
@@ -204,7 +206,16 @@ struct Connection {
     direct: Vec<Arc<DirectGrant>>,
     truncations: u64,
     next_wr: u64,
+    /// How long the peer may be silent before it is probed.
+    probe_every: Duration,
 }
+
+/// How long a liveness probe may take: far more than the QP's ack timeout and retries
+/// (about 2 s, see [`ACK_TIMEOUT`]), so only a lost completion hits it.
+const PROBE_WAIT: Duration = Duration::from_secs(15);
+/// The QP's ack timeout exponent (4.096 µs × 2^16 ≈ 268 ms, times 7 retries): a dead peer
+/// fails a probe or a transfer in about 2 s.
+const ACK_TIMEOUT: u8 = 16;
 
 fn serve(p: Pending, shared: Shared) {
     let Pending {
@@ -253,6 +264,7 @@ fn serve(p: Pending, shared: Shared) {
             direct: Vec::new(),
             truncations: shared.stats.truncations.load(Ordering::SeqCst),
             next_wr: 1,
+            probe_every: shared.config.limits.rdma_probe_interval,
         };
         let r = conn.run();
         drop(held);
@@ -275,7 +287,15 @@ impl Connection {
         loop {
             let msg = match next.take() {
                 Some(m) => m,
-                None => self.ep.recv()?,
+                None => match self.ep.recv_within(self.probe_every)? {
+                    Some(m) => m,
+                    None => {
+                        // Idle: is the peer still there? A dead one ends the connection, so
+                        // the handle detaches and the open's durable timeout starts.
+                        self.ep.probe(PROBE_WAIT)?;
+                        continue;
+                    }
+                },
             };
             self.check_truncations()?;
             match msg {

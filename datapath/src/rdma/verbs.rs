@@ -338,6 +338,29 @@ impl QueuePair {
         Ok(())
     }
 
+    /// Posts a signaled zero-length RDMA WRITE: a liveness probe. It completes once the
+    /// peer's RDMA device acknowledged it, or fails with a retry-exceeded completion when the
+    /// peer is gone (after the QP's ack timeout and retry count).
+    pub fn post_probe(&self, wr_id: u64) -> io::Result<()> {
+        // SAFETY: plain C struct; zero is valid for unused fields and unions.
+        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = wr_id;
+        wr.sg_list = ptr::null_mut();
+        wr.num_sge = 0;
+        wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        // Remote address and rkey stay 0: a zero-length RDMA operation checks neither
+        // (IBTA C9-88).
+        let mut bad: *mut ibv_send_wr = ptr::null_mut();
+        // SAFETY: live QP; the request has no scatter/gather entry, so it references no
+        // memory of ours or of the peer.
+        let rc = unsafe { ibv_post_send(self.raw, &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    }
+
     /// Posts one send-queue work request: SEND, RDMA WRITE or RDMA READ.
     #[allow(clippy::too_many_arguments)]
     pub fn post_send(
