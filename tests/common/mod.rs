@@ -55,8 +55,13 @@ impl TestServer {
     }
 
     /// [`TestServer::start`] with the control channel on `listen` (an address and port 0).
-    pub fn start_on(clients: &[&TestClient], listen: &str, extra: &[&str]) -> Self {
-        let mut s = Self::prepare(clients, extra, &[], &[]);
+    pub fn start_on(
+        clients: &[&TestClient],
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut s = Self::prepare(clients, extra, env, &[]);
         s.addr = listen.to_owned();
         s.spawn();
         s

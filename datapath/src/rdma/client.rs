@@ -133,7 +133,9 @@ impl RdmaClient {
                 let text = text.trim_end_matches('\0');
                 return Err(if text.is_empty() {
                     protocol(format!(
-                        "{addr} rejected the RDMA connection (no handoff server there?)"
+                        "{addr} rejected the RDMA connection (no handoff server there? reject \
+                         reason {})",
+                        ev.status()
                     ))
                 } else {
                     remote_error(code, text.to_string())

@@ -328,7 +328,9 @@ impl CmId {
             responder_resources: 16,
             initiator_depth: 16,
             flow_control: 1,
-            retry_count: 7,
+            // Not 7: rxe treats a retry count of 7 as "retry forever" (as IB does for the
+            // RNR count), so a dead peer would never fail a work request.
+            retry_count: 6,
             rnr_retry_count: 7,
             srq: 0,
             qp_num: 0,

@@ -210,11 +210,11 @@ struct Connection {
     probe_every: Duration,
 }
 
-/// How long a liveness probe may take: far more than the QP's ack timeout and retries
-/// (about 2 s, see [`ACK_TIMEOUT`]), so only a lost completion hits it.
+/// How long a liveness probe may take: more than the QP's ack timeout and retries (about
+/// 2 s, see [`ACK_TIMEOUT`]), so only a completion that never comes hits it.
 const PROBE_WAIT: Duration = Duration::from_secs(15);
-/// The QP's ack timeout exponent (4.096 µs × 2^16 ≈ 268 ms, times 7 retries): a dead peer
-/// fails a probe or a transfer in about 2 s.
+/// The QP's ack timeout exponent (4.096 µs × 2^16 ≈ 268 ms, tried 7 times): a dead peer fails
+/// a probe or a transfer in about 2 s.
 const ACK_TIMEOUT: u8 = 16;
 
 fn serve(p: Pending, shared: Shared) {
@@ -292,6 +292,7 @@ impl Connection {
                     None => {
                         // Idle: is the peer still there? A dead one ends the connection, so
                         // the handle detaches and the open's durable timeout starts.
+                        tracing::debug!("RDMA peer idle: probing it");
                         self.ep.probe(PROBE_WAIT)?;
                         continue;
                     }
