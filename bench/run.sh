@@ -5,8 +5,9 @@
 #   clients  1, 4, 16, 64 concurrent clients over RDMA and TCP
 #            (both in ONE rxe guest boot: QEMU TCG, 2 vCPUs, rxe0 and rxe1 on two virtio NICs)
 #   stream   handoff over TCP and TLS next to nginx (sendfile / TLS / WebDAV PUT) + curl
+#   many     256 and 1000 clients starting at once over TCP: open p50/p99, MiB/s, CPU, RSS
 #   opens    opens/s and resumes/s with 10^3, 10^4, 10^5 durable opens held; RSS, store size
-#            (both on the host: emulated CPUs would bury the comparison in curl's start-up)
+#            (these on the host: emulated CPUs would bury the comparison in curl's start-up)
 # It then generates bench/results/results.{json,md}, throughput.png and the README section.
 # Installs what it needs. About 10 minutes on a 2-core machine.
 #   bench/run.sh            the full run; rewrites bench/results/ and the README section
@@ -32,8 +33,8 @@ echo "== rdma and clients suites in one rxe guest boot"
 started=$SECONDS
 hw-setup/rxe-guest.sh --nics 2 --mem 3072 --timeout 1500 -- \
   target/release/compare --suites rdma,clients "${common[@]}" --out "$out/guest.json"
-echo "== stream and opens suites on this host"
-target/release/compare --suites stream,opens "${common[@]}" --out "$out/host.json"
+echo "== stream, many and opens suites on this host"
+target/release/compare --suites stream,many,opens "${common[@]}" --out "$out/host.json"
 echo "== suites took $((SECONDS - started)) s"
 inputs=(--in "$out/guest.json" --in "$out/host.json")
 if ((smoke)); then

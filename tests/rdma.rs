@@ -726,7 +726,7 @@ fn a_vanished_rdma_peer_is_detached_and_its_open_expires_for_others() {
     host.cut();
     let cut = Instant::now();
     let detached = loop {
-        if server.log().contains("RDMA connection ended") {
+        if server.log().contains("handle detached") {
             break cut.elapsed();
         }
         assert!(
@@ -746,7 +746,11 @@ fn a_vanished_rdma_peer_is_detached_and_its_open_expires_for_others() {
     );
     // The probe interval, then about 2 s of unanswered retries (ack timeout 268 ms × 7).
     assert!(detached < Duration::from_secs(10), "{detached:?}");
-    assert!(granted >= detached + Duration::from_secs(2), "{granted:?}");
+    // Not before the durable timeout (3 s, less this test's polling).
+    assert!(
+        granted >= detached + Duration::from_millis(2500),
+        "{granted:?}"
+    );
     let _ = holder.kill();
     let _ = holder.wait();
     drop(server);

@@ -179,6 +179,25 @@ fn throughput_table(rows: &[Row], suite: &str) -> String {
     out
 }
 
+fn many_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| clients | open p50 ms | open p99 ms | aggregate MiB/s | server CPU s/GiB | server RSS MiB |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows.iter().filter(|r| r.suite == "many") {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {} | {} |",
+            r.clients,
+            opt(r.open_p50_ms, 0),
+            opt(r.open_p99_ms, 0),
+            r.rate,
+            sig(r.server_cpu_s_per_gib),
+            opt(r.server_rss_mib, 0),
+        );
+    }
+    out
+}
+
 fn clients_table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| channel | clients | aggregate MiB/s | server CPU s/GiB | server RSS MiB |\n|---|---:|---:|---:|---:|\n",
@@ -253,6 +272,11 @@ pub fn markdown(runs: &[Run], png_name: &str) -> String {
     if has("clients") {
         out.push_str("**Concurrent clients** reading their shares of one file, each with its own control connection, open and data channel:\n\n");
         out.push_str(&clients_table(&rows));
+        out.push('\n');
+    }
+    if has("many") {
+        out.push_str("**Many clients on the host** over TCP, starting at once from one address (each connects, opens one shared file and attaches a data channel: open latency; then all read 1 MiB each at once: aggregate rate and server CPU; RSS with every channel attached):\n\n");
+        out.push_str(&many_table(&rows));
         out.push('\n');
     }
     if has("opens") {

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Row {
-    /// "rdma", "stream" (TCP/TLS on loopback), "clients" (concurrency) or "opens".
+    /// "rdma", "stream" (TCP/TLS on loopback), "clients" (concurrency), "many" (hundreds of
+    /// clients on the host) or "opens".
     pub suite: String,
     /// What was measured, e.g. "ib_write_bw", "handoff rdma", "nginx http".
     pub tool: String,
@@ -35,6 +36,11 @@ pub struct Row {
     pub server_rss_mib: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_mib: Option<f64>,
+    /// Latency of the open request while many clients start at once (many suite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_p99_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }

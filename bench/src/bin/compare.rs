@@ -2,7 +2,7 @@
 //! in the same run. bench/run.sh starts it inside one rxe guest boot; run by hand it measures
 //! whatever this machine has (the rdma suite needs RDMA devices).
 //!
-//!   compare [--suites rdma,stream,clients,opens] [--smoke] [--out FILE] ...  (see --help)
+//!   compare [--suites rdma,stream,clients,many,opens] [--smoke] [--out FILE] ...  (see --help)
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,6 +21,8 @@ Suites (--suites, comma separated; default all):
   rdma     ib_write_bw / ib_read_bw vs handoff over RDMA (server-initiated, 2 NICs, direct)
   stream   handoff over TCP and TLS vs nginx (sendfile, TLS, WebDAV PUT) + curl, loopback
   clients  1, 4, 16, 64 concurrent clients reading one file (RDMA if there is a NIC, TCP)
+  many     256 and 1000 clients starting at once over TCP: open p50/p99, aggregate read MiB/s,
+           server CPU per GiB, RSS
   opens    opens/s and resumes/s with 10^3, 10^4, 10^5 durable opens held; RSS, store size
 
 Options:
@@ -28,6 +30,7 @@ Options:
   --smoke             one size (1 MiB), small totals: checks the runner works, in seconds
   --runs N            runs per stream measurement, median kept (default 3; smoke 1)
   --clients LIST      concurrent clients (default 1,4,16,64)
+  --many LIST         clients for the many suite (default 256,1000)
   --held LIST         durable opens held (default 1000,10000,100000)
   --rdma-ips LIST     IPs of the RDMA interfaces (default $HANDOFF_GUEST_IPS)
   --rdma-devices LIST their rxe devices (default $HANDOFF_RXE_DEVICES)
@@ -60,7 +63,7 @@ fn env_list(name: &str) -> Vec<String> {
 }
 
 fn main() -> Result<()> {
-    let mut suites_wanted = vec!["rdma", "stream", "clients", "opens"]
+    let mut suites_wanted = vec!["rdma", "stream", "clients", "many", "opens"]
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
     let mut smoke = false;
     let mut runs: Option<usize> = None;
     let mut client_counts: Vec<u64> = vec![1, 4, 16, 64];
+    let mut many_counts: Vec<u64> = vec![256, 1000];
     let mut held: Vec<u64> = vec![1_000, 10_000, 100_000];
     let mut rdma_ips = env_list("HANDOFF_GUEST_IPS");
     let mut rdma_devices = env_list("HANDOFF_RXE_DEVICES");
@@ -87,6 +91,7 @@ fn main() -> Result<()> {
             "--smoke" => smoke = true,
             "--runs" => runs = Some(val()?.parse()?),
             "--clients" => client_counts = list(&val()?)?,
+            "--many" => many_counts = list(&val()?)?,
             "--held" => held = list(&val()?)?,
             "--rdma-ips" => rdma_ips = list(&val()?)?,
             "--rdma-devices" => rdma_devices = list(&val()?)?,
@@ -105,6 +110,7 @@ fn main() -> Result<()> {
             sizes = vec![1 << 20];
         }
         client_counts = vec![2];
+        many_counts = vec![16];
         held = vec![100];
     }
     if sizes.is_empty() || sizes.contains(&0) {
@@ -132,6 +138,7 @@ fn main() -> Result<()> {
         rdma_ips,
         rdma_devices,
         client_counts,
+        many_counts,
         held,
     };
     let runs = runs.unwrap_or(if smoke { 1 } else { 3 });
@@ -149,6 +156,7 @@ fn main() -> Result<()> {
             "rdma" => suites::rdma::run(&ctx, &mut run.rows),
             "stream" => suites::stream::run(&ctx, runs, &mut run.rows),
             "clients" => suites::clients::run(&ctx, &mut run.rows),
+            "many" => suites::many::run(&ctx, &mut run.rows),
             "opens" => suites::opens::run(&ctx, &mut run.rows),
             other => Err(anyhow::anyhow!("unknown suite {other} (see --help)")),
         };

@@ -2,6 +2,7 @@
 //! same run and appends rows.
 
 pub mod clients;
+pub mod many;
 pub mod opens;
 pub mod rdma;
 pub mod stream;
@@ -31,6 +32,8 @@ pub struct Ctx {
     pub rdma_devices: Vec<String>,
     /// Concurrent clients for the clients suite.
     pub client_counts: Vec<u64>,
+    /// Clients starting at once for the many suite (TCP, on the host).
+    pub many_counts: Vec<u64>,
     /// Durable opens held for the opens suite.
     pub held: Vec<u64>,
 }

@@ -12,7 +12,7 @@ use handoff::{Client, Mode, Transport};
 use super::{make_file, open_key, Ctx};
 use crate::process::{rss_mib, CpuMeter};
 use crate::results::Row;
-use crate::servers::{start_etcd, start_handoffd, start_handoffd_with};
+use crate::servers::{start_etcd, start_handoffd_with};
 
 /// Connections that fill the table concurrently.
 const FILLERS: u64 = 8;
@@ -21,7 +21,15 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     let root = ctx.dir("opens-root")?;
     make_file(&root.join("held.bin"), 4096)?;
     make_file(&root.join("probe.bin"), 4096)?;
-    let srv = start_handoffd(&ctx.bin_dir, &ctx.work, &root, &ctx.clients_file, &[])?;
+    // One identity holds every open here: lift its quota above the most held.
+    let quota = (ctx.held.iter().max().copied().unwrap_or(0) * 2 + 10_000).to_string();
+    let srv = start_handoffd_with(
+        &ctx.bin_dir,
+        &ctx.work,
+        &root,
+        &ctx.clients_file,
+        &["--max-client-opens", &quota],
+    )?;
     let probes: u64 = if ctx.smoke { 50 } else { 1000 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

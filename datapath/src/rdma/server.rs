@@ -271,7 +271,12 @@ fn serve(p: Pending, shared: Shared) {
         for g in &conn.direct {
             g.revoke();
         }
-        r
+        if let Err(e) = r {
+            // Said now, not after the QP and regions are torn down (which can take a while
+            // on a dead path).
+            tracing::info!("RDMA connection ended: {e}; handle detached");
+        }
+        Ok(())
     })();
     match result {
         Ok(()) => tracing::debug!("RDMA connection closed"),
