@@ -275,7 +275,7 @@ pub fn markdown(runs: &[Run], png_name: &str) -> String {
         out.push('\n');
     }
     if has("many") {
-        out.push_str("**Many clients on the host** over TCP, starting at once from one address (each connects, opens one shared file and attaches a data channel: open latency; then all read 1 MiB each at once: aggregate rate and server CPU; RSS with every channel attached):\n\n");
+        out.push_str("**Many clients on the host** over TCP, starting at once from one address (each connects, opens one shared file and attaches a data channel: open latency; then all read 1 MiB each at once: aggregate rate and server CPU; RSS with every channel attached). The clients are tasks on one thread of the same 2-CPU machine, which bounds the aggregate rate; the server's CPU per GiB is the number to watch:\n\n");
         out.push_str(&many_table(&rows));
         out.push('\n');
     }
