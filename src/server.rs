@@ -223,6 +223,17 @@ fn kept_files_limit(limits: &Limits) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    if limit < limits.connection_fds().saturating_mul(2) {
+        tracing::warn!(
+            "the descriptor limit ({limit}) is below what the connection caps may use \
+             ({} for --max-connections {} and --max-unauthenticated {}, two each): raise \
+             RLIMIT_NOFILE (LimitNOFILE= under systemd) or lower the caps; past the limit, new \
+             connections wait in the kernel's backlog",
+            limits.connection_fds().saturating_mul(2),
+            limits.max_connections,
+            limits.max_unauthenticated
+        );
+    }
     let reserve = limits
         .connection_fds()
         .saturating_mul(2)

@@ -188,17 +188,20 @@ fn stalled_partial_frames_are_closed_after_the_frame_timeout() {
 }
 
 #[test]
-fn an_idle_control_connection_is_closed_its_open_stays_and_the_client_carries_on() {
+fn an_idle_control_connection_is_closed_unless_it_holds_opens_and_the_client_carries_on() {
     let tmp = tempfile::tempdir().unwrap();
     let (alice, bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
     let server = TestServer::start(
         &[&alice, &bob],
-        &["--idle-timeout", "1", "--durable-timeout", "3"],
+        &["--idle-timeout", "1", "--durable-timeout", "2"],
     );
     std::fs::write(server.root().join("f"), b"x").unwrap();
     let rt = runtime();
     rt.block_on(async {
-        let mut c = handoff::Client::connect(&server.addr, &alice.identity)
+        let mut holder = handoff::Client::connect(&server.addr, &alice.identity)
+            .await
+            .unwrap();
+        let mut idler = handoff::Client::connect(&server.addr, &bob.identity)
             .await
             .unwrap();
         let opts = handoff::OpenOptions {
@@ -206,18 +209,23 @@ fn an_idle_control_connection_is_closed_its_open_stays_and_the_client_carries_on
             share: handoff_control::state::ShareMode::NONE,
             ..Default::default()
         };
-        let opened = c.open("f", &opts).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        // The server closed the idle connection (with a goodbye); the next request
-        // reconnects by itself.
-        assert!(c.inbox().await.unwrap().is_empty());
-        // The open was held (durable) all along: bob is still denied.
+        let opened = holder.open("f", &opts).await.unwrap();
+        // Past the idle timeout and the durable timeout after it.
+        tokio::time::sleep(Duration::from_millis(4000)).await;
+        // bob's connection held nothing: it was closed (with a goodbye), and his next
+        // request reconnects by itself.
+        assert!(idler.inbox().await.unwrap().is_empty());
+        // alice's holds her open: it stayed, and so did the open (bob is still denied).
         let out = server.cli(&bob).run(&["open", "f", "--mode", "rw"]);
         assert_eq!(out.code, 3, "{}", out.stderr);
-        c.close(&opened.token).await.unwrap();
+        holder.close(&opened.token).await.unwrap();
     });
     let log = server.log();
-    assert!(log.contains("closing an idle control connection"), "{log}");
+    assert_eq!(
+        log.matches("closing an idle control connection").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]

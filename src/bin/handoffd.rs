@@ -112,8 +112,8 @@ struct LimitArgs {
     /// connection is closed.
     #[arg(long, default_value_t = Limits::default().frame_timeout.as_secs(), value_name = "SECS")]
     frame_timeout: u64,
-    /// Seconds an authenticated control connection may send no request before it is closed
-    /// (its opens stay held, durable; clients reconnect by themselves). 0: never.
+    /// Seconds an authenticated control connection that holds no open may send no request
+    /// before it is closed (clients reconnect by themselves). 0: never.
     #[arg(long, default_value_t = Limits::default().idle_timeout.map_or(0, |d| d.as_secs()), value_name = "SECS")]
     idle_timeout: u64,
     /// Seconds an RDMA data channel may be silent before the server probes its peer (a

@@ -36,8 +36,8 @@ pub struct Limits {
     /// How long a frame (or a bulk transfer) may stall half-way before the connection is
     /// closed.
     pub frame_timeout: Duration,
-    /// How long an authenticated control connection may send nothing before it is closed
-    /// (its opens stay durable). None: never.
+    /// How long an authenticated control connection that holds no open may send nothing
+    /// before it is closed. None: never.
     pub idle_timeout: Option<Duration>,
     /// How long an RDMA data channel may be silent before the server checks its peer is
     /// still there (a zero-length RDMA WRITE it must acknowledge).
@@ -129,6 +129,22 @@ impl State {
     }
 }
 
+/// Whom a peer address counts as: an IPv4 address as itself (also when mapped into IPv6), an
+/// IPv6 address by its /64 (one host or site is given a /64; counting single addresses there
+/// would give it 2^64 separate caps).
+fn source(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// The admission state of one server.
 pub struct Admission {
     limits: Limits,
@@ -165,7 +181,7 @@ impl Admission {
     /// cap, the oldest of the address that holds the most. If that one is younger than
     /// [`MIN_WAIT`], the newcomer is turned away instead (None: close it now).
     pub fn arrive(&self, addr: IpAddr) -> Option<Ticket> {
-        self.arrive_at(addr, Instant::now())
+        self.arrive_at(source(addr), Instant::now())
     }
 
     fn arrive_at(&self, addr: IpAddr, now: Instant) -> Option<Ticket> {
@@ -245,10 +261,13 @@ impl Admission {
         })
     }
 
-    /// Turns a ticket into a seat for `client`, who just authenticated.
+    /// Turns a ticket into a seat for `client`, who just authenticated. A ticket closed to
+    /// make room meanwhile gets none (its connection is being closed).
     pub fn authenticate(&self, ticket: Ticket, client: &str) -> Result<Seat, Error> {
         let mut s = self.lock();
-        ticket.leave(&mut s);
+        if !ticket.leave(&mut s) {
+            return Err(Error::Closed);
+        }
         self.take_seat(&mut s, client)
     }
 }
@@ -271,9 +290,14 @@ impl Ticket {
         self.closed.clone()
     }
 
-    fn leave(&self, s: &mut State) {
-        if let Some(w) = s.waiting.remove(&self.id) {
-            s.forget_address(w.addr);
+    /// Gives the place back; false if admission had already closed it.
+    fn leave(&self, s: &mut State) -> bool {
+        match s.waiting.remove(&self.id) {
+            Some(w) => {
+                s.forget_address(w.addr);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -382,6 +406,27 @@ mod tests {
             !is_closed(&quiet).await,
             "the oldest overall is spared when it is not from the busiest address"
         );
+    }
+
+    #[test]
+    fn an_ipv6_prefix_counts_as_one_source_and_mapped_ipv4_as_itself() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(source(a), source(b));
+        assert_ne!(source(a), source("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(source("::ffff:10.0.0.1".parse().unwrap()), ip(1));
+    }
+
+    #[tokio::test]
+    async fn a_ticket_closed_to_make_room_gets_no_seat() {
+        let a = Admission::new(small());
+        let t0 = Instant::now();
+        let old = at(&a, t0, 0, ip(1)).unwrap();
+        let _b = at(&a, t0, 0, ip(1)).unwrap();
+        let _c = at(&a, t0, 5, ip(1)).unwrap();
+        assert!(is_closed(&old).await);
+        assert!(matches!(a.authenticate(old, "alice"), Err(Error::Closed)));
+        assert_eq!(a.counts().authenticated, 0);
     }
 
     #[test]

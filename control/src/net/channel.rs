@@ -199,14 +199,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         Ok(())
     }
 
-    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let stream = &mut self.stream;
-        Self::progress(
-            self.timeouts.frame,
-            "reading bytes",
-            stream.write_all(bytes),
-        )
-        .await
+    /// Writes all of `bytes`; each write must make progress within the frame timeout (a slow
+    /// reader is fine, a stalled one is not).
+    pub async fn write_raw(&mut self, mut bytes: &[u8]) -> Result<(), Error> {
+        while !bytes.is_empty() {
+            let stream = &mut self.stream;
+            let n =
+                Self::progress(self.timeouts.frame, "reading bytes", stream.write(bytes)).await?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
     }
 
     pub async fn flush(&mut self) -> Result<(), Error> {

@@ -368,6 +368,12 @@ impl Shared {
         self.peek(|core| core.referral().map(str::to_owned))
     }
 
+    /// Keeps of `handles` those still attached to an open; whether any is.
+    pub fn still_attached(&self, handles: &mut Vec<HandleId>) -> bool {
+        self.peek(|core| handles.retain(|h| core.handle_record(*h).is_some()));
+        !handles.is_empty()
+    }
+
     pub fn next_deadline(&self) -> Option<u64> {
         self.peek(ServerCore::poll_timeout)
     }
@@ -837,7 +843,15 @@ async fn serve_requests(
     client: &str,
     handles: &mut Vec<HandleId>,
 ) -> Result<(), Error> {
-    while let Some(msg) = chan.recv().await? {
+    loop {
+        let msg = match chan.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(()),
+            // Idle, but holding opens: it stays (closing it would start their durable
+            // timeouts under a client that is still there). Only one holding nothing is let go.
+            Err(Error::Idle(_)) if shared.still_attached(handles) => continue,
+            Err(e) => return Err(e),
+        };
         let reply = match msg {
             // The one request that needs the channel itself: its key-wrap key.
             Message::Import {
@@ -864,6 +878,11 @@ async fn serve_requests(
         let reply = match dispatch(shared, client, reply).await {
             Ok((reply, handle)) => {
                 handles.extend(handle);
+                if handles.len() > 4096 {
+                    // Forget the handles of opens closed since (bounded memory for a long
+                    // connection that opens and closes without end).
+                    shared.still_attached(handles);
+                }
                 reply
             }
             Err(e) => {
@@ -873,7 +892,6 @@ async fn serve_requests(
         };
         chan.send(&reply).await?;
     }
-    Ok(())
 }
 
 fn sealed_key(key: &[u8]) -> Result<(), Error> {

@@ -214,11 +214,11 @@ impl ServerCore {
     pub fn import_inbox(&mut self, client: &str, tokens: Vec<String>) -> Result<(), CoreError> {
         self.check_referral()?;
         for t in tokens {
-            let Some(slot) = self.waiting_slot(client, &t) else {
+            let Some((slot, owner)) = self.waiting_slot(client, &t) else {
                 continue;
             };
             if !self.inboxes.contains(client, &t) {
-                let added = self.inboxes.add(client, t, slot);
+                let added = self.inboxes.add(client, t, slot, &owner);
                 self.pending.push(added);
             }
         }

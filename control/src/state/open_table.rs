@@ -85,6 +85,8 @@ pub struct OwnerOpens {
     pub live: BTreeSet<u32>,
     /// Expired opens remembered for their holders (oldest, lowest slot, first).
     pub expired: BTreeSet<u32>,
+    /// Byte-range locks held by the live opens, counted as they change.
+    pub locks: usize,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +121,21 @@ impl OpenTable {
     /// The opens `owner` made, if any.
     pub fn owner(&self, owner: &str) -> Option<&OwnerOpens> {
         self.owners.get(owner)
+    }
+
+    /// Moves `owner`'s lock count from `before` to `after` ranges (a lock or unlock changed
+    /// one of its opens).
+    pub fn count_locks(&mut self, owner: &str, before: usize, after: usize) {
+        if let Some(o) = self.owners.get_mut(owner) {
+            o.locks = (o.locks + after).saturating_sub(before);
+        }
+    }
+
+    /// Lock ranges `slot` holds in file `file_id`.
+    fn locks_of(&self, file_id: u64, slot: u32) -> usize {
+        self.files
+            .get(&file_id)
+            .map_or(0, |f| f.locks.ranges_of(slot).len())
     }
 
     fn set_owned(&mut self, owner: &str, slot: u32, status: Option<OpenStatus>) {
@@ -157,6 +174,8 @@ impl OpenTable {
             self.deadlines.insert((d, slot));
         }
         self.set_owned(&record.owner, slot, Some(record.status));
+        let held = self.locks_of(record.file_id, slot);
+        self.count_locks(&record.owner, 0, held);
         self.opens.insert(slot, OpenEntry { record, channels });
     }
 
@@ -167,6 +186,8 @@ impl OpenTable {
         if let Some(d) = entry.record.deadline {
             self.deadlines.remove(&(d, slot));
         }
+        let held = self.locks_of(entry.record.file_id, slot);
+        self.count_locks(&entry.record.owner, held, 0);
         self.set_owned(&entry.record.owner, slot, None);
         let file_id = entry.record.file_id;
         let mut unreferenced = false;
@@ -196,6 +217,8 @@ impl OpenTable {
             entry.record.mode,
             entry.record.share,
         );
+        let held = self.locks_of(file_id, slot);
+        self.count_locks(&owner, held, 0);
         if let Some(file) = self.files.get_mut(&file_id) {
             if file.live.remove(&slot) {
                 file.shares.add(mode, share, -1);
@@ -219,7 +242,10 @@ impl OpenTable {
         for r in &entry.record.locks {
             let _ = file.locks.lock(slot, *r);
         }
+        let file_id = entry.record.file_id;
         self.set_owned(&owner, slot, Some(OpenStatus::Live));
+        let held = self.locks_of(file_id, slot);
+        self.count_locks(&owner, 0, held);
     }
 
     pub fn set_deadline(&mut self, slot: u32, deadline: Option<u64>) {

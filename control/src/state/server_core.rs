@@ -249,7 +249,7 @@ impl ServerCore {
     ) {
         for k in keys {
             match self.waiting_slot(&k.client, &k.token) {
-                Some(slot) => self.inboxes.restore(k, slot),
+                Some((slot, owner)) => self.inboxes.restore(k, slot, &owner),
                 None => self.pending.push(Mutation::DeleteInboxKey {
                     client: k.client,
                     seq: k.seq,
@@ -258,9 +258,9 @@ impl ServerCore {
         }
         for (client, tokens) in legacy {
             for t in tokens {
-                if let Some(slot) = self.waiting_slot(&client, &t) {
+                if let Some((slot, owner)) = self.waiting_slot(&client, &t) {
                     if !self.inboxes.contains(&client, &t) {
-                        let m = self.inboxes.add(&client, t, slot);
+                        let m = self.inboxes.add(&client, t, slot, &owner);
                         self.pending.push(m);
                     }
                 }
@@ -269,13 +269,13 @@ impl ServerCore {
         }
     }
 
-    /// The open a passed key names, if it exists and the key is `client`'s.
-    fn waiting_slot(&self, client: &str, token: &str) -> Option<u32> {
+    /// The open a passed key names (its slot and owner), if it exists and the key is
+    /// `client`'s.
+    fn waiting_slot(&self, client: &str, token: &str) -> Option<(u32, String)> {
         let sealed = super::resume_key::token_to_sealed(token).ok()?;
-        self.lookup_key(&sealed)
-            .ok()
-            .filter(|(_, holder)| holder == client)
-            .map(|(slot, _)| slot)
+        let (slot, holder) = self.lookup_key(&sealed).ok()?;
+        let owner = self.table.get(slot)?.record.owner.clone();
+        (holder == client).then_some((slot, owner))
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -513,13 +513,7 @@ impl ServerCore {
             )));
         }
         if new_locks > 0 {
-            let held: usize = owned.map_or(0, |o| {
-                o.live
-                    .iter()
-                    .filter_map(|s| Some((*s, self.table.get(*s)?.record.file_id)))
-                    .filter_map(|(s, id)| Some(self.table.file(id)?.locks.ranges_of(s).len()))
-                    .sum()
-            });
+            let held = owned.map_or(0, |o| o.locks);
             if held + new_locks > q.max_client_locks {
                 return Err(CoreError::denied(format!(
                     "quota: client {client} holds {held} byte-range locks, the most this server \
@@ -957,13 +951,18 @@ impl ServerCore {
         to: &str,
     ) -> Result<[u8; SEALED_LEN], CoreError> {
         let slot = self.verify_key(client, sealed)?;
-        let waiting = self.inboxes.len(to);
+        let owner = self
+            .table
+            .get(slot)
+            .map(|e| e.record.owner.clone())
+            .unwrap_or_default();
+        let waiting = self.inboxes.from(to, &owner);
         let cap = self.config.quotas.max_inbox;
         if waiting >= cap {
             return Err(CoreError::denied(format!(
-                "quota: {to}'s inbox holds {waiting} passed keys, the most this server allows \
-                 (handoffd --max-inbox {cap}); nothing was passed. Keys leave an inbox when \
-                 their opens are closed or expire"
+                "quota: {to}'s inbox holds {waiting} passed keys to opens of {owner}, the most \
+                 one client may leave in another's inbox (handoffd --max-inbox {cap}); nothing \
+                 was passed. Keys leave an inbox when their opens are closed or expire"
             )));
         }
         let nonce = self.rng.next_u64();
@@ -990,9 +989,12 @@ impl ServerCore {
             nonce,
         };
         let sealed = self.sealer.seal(&key);
-        let added = self
-            .inboxes
-            .add(to, super::resume_key::sealed_to_token(&sealed), slot);
+        let added = self.inboxes.add(
+            to,
+            super::resume_key::sealed_to_token(&sealed),
+            slot,
+            &owner,
+        );
         self.pending.push(added);
         self.persist_open(slot);
         tracing::info!(slot, from = client, to, "open passed");
@@ -1029,34 +1031,34 @@ impl ServerCore {
             ));
         }
         let file_id = e.record.file_id;
+        // A lock counts against the quota of the open's owner, whoever it was passed to.
+        let owner = e.record.owner.clone();
         if take {
-            // A lock counts against the quota of the open's owner, whoever it was passed to.
-            let owner = e.record.owner.clone();
             self.check_quota(&owner, 0, 1)?;
         }
         let file = self.table.file_mut(file_id);
+        let before = file.locks.ranges_of(slot).len();
+        if before >= MAX_LOCKS {
+            return Err(CoreError::BadRequest(if take {
+                format!("at most {MAX_LOCKS} lock ranges")
+            } else {
+                // Unlocking the middle of a range splits it in two.
+                format!("at most {MAX_LOCKS} lock ranges; unlock whole ranges first")
+            }));
+        }
         if take {
-            if file.locks.ranges_of(slot).len() >= MAX_LOCKS {
-                return Err(CoreError::BadRequest(format!(
-                    "at most {MAX_LOCKS} lock ranges"
-                )));
-            }
             file.locks.lock(slot, range).map_err(|_| {
                 CoreError::denied(format!(
                     "lock conflict: bytes {range} are locked by another open"
                 ))
             })?;
-        } else if file.locks.ranges_of(slot).len() >= MAX_LOCKS {
-            // Unlocking the middle of a range splits it in two.
-            return Err(CoreError::BadRequest(format!(
-                "at most {MAX_LOCKS} lock ranges; unlock whole ranges first"
-            )));
         } else if !file.locks.unlock(slot, range) {
             return Err(CoreError::NotFound(format!(
                 "no lock held on bytes {range}"
             )));
         }
         let locks = file.locks.ranges_of(slot);
+        self.table.count_locks(&owner, before, locks.len());
         if take {
             self.revoke_others(file_id, slot);
         }

@@ -655,6 +655,17 @@ fn a_full_inbox_refuses_the_pass_and_keeps_every_key_it_holds() {
         m.contains("bob's inbox holds 3") && m.contains("--max-inbox 3"),
         "{m}"
     );
+    // The cap is per owner of the opens: carol's still go to bob (and leave with her open).
+    let c = core
+        .open(
+            on_file(req("carol", Mode::Read, ShareMode::ALL, &[]), 20),
+            1,
+        )
+        .unwrap();
+    let from_carol = resume_key::sealed_to_token(&core.pass("carol", &c.sealed, "bob").unwrap());
+    assert!(core.inbox("bob").contains(&from_carol));
+    core.close("carol", &c.sealed).unwrap();
+    assert!(!core.inbox("bob").contains(&from_carol));
     let tokens: Vec<String> = passed
         .iter()
         .map(|k| resume_key::sealed_to_token(k))
@@ -734,4 +745,40 @@ fn expired_opens_are_remembered_up_to_the_open_quota_per_client() {
     }
     let a = core.attach("alice", &keys[4]).unwrap();
     assert!(a.report.reopened);
+}
+
+#[test]
+fn the_lock_count_follows_expiry_revival_and_close() {
+    let (mut core, _) = with_quotas(Quotas {
+        max_client_locks: 2,
+        ..Quotas::default()
+    });
+    let two = [(0, 1), (10, 1)];
+    let a = core
+        .open(req("alice", Mode::Read, ShareMode::ALL, &two), 1)
+        .unwrap();
+    quota_message(core.open(
+        on_file(req("alice", Mode::Read, ShareMode::ALL, &[(5, 1)]), 2),
+        1,
+    ));
+    // Expired: its locks are released and no longer counted.
+    core.detach(a.handle, 1);
+    core.handle_timeout(1 + T);
+    let b = core
+        .open(
+            on_file(req("alice", Mode::Read, ShareMode::ALL, &two), 2),
+            1 + T,
+        )
+        .unwrap();
+    // Revived: counted again (4 > 2: a resume is not refused for the quota).
+    core.attach("alice", &a.sealed).unwrap();
+    quota_message(core.lock("alice", &b.sealed, ByteRange::new(50, 1).unwrap(), true));
+    // Closed: nothing left counted.
+    core.close("alice", &a.sealed).unwrap();
+    core.close("alice", &b.sealed).unwrap();
+    core.open(
+        on_file(req("alice", Mode::Read, ShareMode::ALL, &two), 3),
+        2 + T,
+    )
+    .unwrap();
 }

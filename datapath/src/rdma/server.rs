@@ -228,6 +228,9 @@ fn serve(p: Pending, shared: Shared) {
     let span = tracing::info_span!("rdma", device = %id.device_name(), client = %client);
     let _enter = span.enter();
     let result = (|| -> Result<(), DataError> {
+        // No wait for the peer is unbounded: a peer that goes quiet in the handshake, or stops
+        // taking replies, or a completion that never comes, ends the connection.
+        ep.timeout = Some(handoff_control::net::HANDSHAKE_TIMEOUT);
         let who = ep.server_handshake(&shared.config.directory, &client)?;
         let (attached, file, held) = match shared.attach_blocking(&who, &key) {
             Ok(x) => x,
@@ -254,6 +257,7 @@ fn serve(p: Pending, shared: Shared) {
         sent?;
         let _h =
             tracing::info_span!("handle", handle = attached.handle, slot = attached.slot).entered();
+        ep.timeout = Some(shared.config.limits.frame_timeout);
         let mut conn = Connection {
             ep,
             shared: shared.clone(),

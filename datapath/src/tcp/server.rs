@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use handoff_control::net::{Channel, Shared, Ticket};
+use handoff_control::net::{Channel, Shared, Ticket, Timeouts};
 use handoff_control::state::{ByteRange, HandleId, IoKind};
 use handoff_control::wire::{FileInfo, Message};
 use handoff_control::Error;
@@ -126,7 +126,16 @@ where
 {
     // The seat is held until the connection ends.
     let (client, _seat) = handoff_control::net::handshake(&mut chan, &shared, ticket).await?;
-    let key = match chan.expect().await? {
+    // The key must follow the handshake promptly; after that an attached channel may stay
+    // quiet as long as it likes (it is the handle).
+    let frame = chan.timeouts().frame;
+    chan.set_timeouts(Timeouts {
+        frame,
+        idle: Some(handoff_control::net::HANDSHAKE_TIMEOUT),
+    });
+    let first = chan.expect().await;
+    chan.set_timeouts(Timeouts { frame, idle: None });
+    let key = match first? {
         Message::Attach { key } => key,
         other => {
             let e = Error::Protocol(format!("expected Attach, got {:#04x}", other.kind()));
