@@ -649,12 +649,12 @@ impl ClientHost {
         let _ = std::process::Command::new("sh")
             .args([
                 "-c",
-                "rdma link delete rxv1; rdma link delete rxv0; ip link del hv0; \
+                "{ rdma link delete rxv1; rdma link delete rxv0; ip link del hv0; \
                  ip rule del pref 10; ip rule del pref 11; ip rule del pref 12; ip rule del pref 13; \
                  ip rule del pref 14; ip rule del pref 15; \
                  ip rule show pref 0 | grep -q . || ip rule add pref 0 lookup local; \
                  ip rule del pref 1000; \
-                 ip route flush table 31; ip route flush table 32",
+                 ip route flush table 31; ip route flush table 32; } 2>/dev/null",
             ])
             .status();
     }
