@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use handoff_control::auth::{Session, SessionKeys, Side};
 use handoff_control::state::{
-    ByteRange, CoreConfig, KeySealer, LockTable, Mode, OpenRequest, ResumeKey, ServerCore,
+    ByteRange, CoreConfig, KeySealer, LockTable, Mode, OpenRequest, Quotas, ResumeKey, ServerCore,
     ShareMode,
 };
 use handoff_control::store::Snapshot;
@@ -104,7 +104,14 @@ fn locks(c: &mut Criterion) {
 }
 
 fn open_table(c: &mut Criterion) {
-    let config = CoreConfig::default();
+    // One client holds all 100k opens here: past the default open quota.
+    let config = CoreConfig {
+        quotas: Quotas {
+            max_client_opens: usize::MAX,
+            ..Quotas::default()
+        },
+        ..CoreConfig::default()
+    };
     let mut core = ServerCore::recover(config, Snapshot::default(), 0, 1);
     let mut keys = Vec::new();
     for i in 0..100_000u64 {
