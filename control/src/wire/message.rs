@@ -582,10 +582,7 @@ impl Message {
                 key: r.bytes(MAX_KEY)?.to_vec(),
                 to: r.string(MAX_NAME)?,
             },
-            // A client from before paging sends no cursor: the first page.
-            0x13 => Message::Inbox {
-                after: if r.remaining() == 0 { 0 } else { r.u64()? },
-            },
+            0x13 => Message::Inbox { after: r.u64()? },
             0x14 => Message::Endpoints,
             0x15 => Message::Lock {
                 key: r.bytes(MAX_KEY)?.to_vec(),
