@@ -410,13 +410,18 @@ impl RdmaClient {
                 let wr = self.next_wr;
                 self.next_wr += 1;
                 let remote = (base + offset + issued, rkey);
-                self.ep.post_rdma(
-                    wr,
-                    SendOp::Read,
-                    (&self.buf, slot * self.request, n),
-                    remote,
-                    true,
-                )?;
+                // SAFETY: `buf` is dropped after this handle's endpoint (field order); a slot
+                // is read and reused only after wait_for(wr) took its READ's completion, and a
+                // failed completion puts the QP in the error state, which flushes the rest.
+                unsafe {
+                    self.ep.post_rdma(
+                        wr,
+                        SendOp::Read,
+                        (&self.buf, slot * self.request, n),
+                        remote,
+                        true,
+                    )?
+                };
                 inflight.push_back((wr, slot, n));
                 issued += n as u64;
             }

@@ -70,7 +70,9 @@ impl Endpoint {
         let send_buf = MemoryRegion::alloc(&pd, SEND_SLOTS * SLOT, Access::LOCAL)?;
         let recv_buf = MemoryRegion::alloc(&pd, RECV_SLOTS * SLOT, Access::LOCAL_WRITE)?;
         for slot in 0..RECV_SLOTS {
-            qp.post_recv(TAG_RECV | slot as u64, &recv_buf, slot * SLOT, SLOT)?;
+            // SAFETY: `recv_buf` lives in the Endpoint beside the QP, which is declared (and
+            // so dropped, flushing every receive) before it.
+            unsafe { qp.post_recv(TAG_RECV | slot as u64, &recv_buf, slot * SLOT, SLOT)? };
         }
         Ok(Self {
             qp,
@@ -178,15 +180,19 @@ impl Endpoint {
         let slot = self.free_send.pop().expect("checked non-empty");
         let dst = self.send_buf.bytes_mut().expect("owned buffer");
         dst[slot * SLOT..slot * SLOT + self.encode.len()].copy_from_slice(&self.encode);
-        self.qp.post_send(
-            TAG_SEND | slot as u64,
-            SendOp::Send,
-            &self.send_buf,
-            slot * SLOT,
-            self.encode.len(),
-            None,
-            true,
-        )?;
+        // SAFETY: `send_buf` is dropped after the QP (field order); this slot is written
+        // again only once its completion came back to `free_send` (signaled SEND).
+        unsafe {
+            self.qp.post_send(
+                TAG_SEND | slot as u64,
+                SendOp::Send,
+                &self.send_buf,
+                slot * SLOT,
+                self.encode.len(),
+                None,
+                true,
+            )?
+        };
         Ok(())
     }
 
@@ -237,8 +243,11 @@ impl Endpoint {
         let (slot, len) = self.inbox.pop_front().expect("checked non-empty");
         let result = self.decode_slot(slot, len);
         // The slot is free again whatever it held.
-        self.qp
-            .post_recv(TAG_RECV | slot as u64, &self.recv_buf, slot * SLOT, SLOT)?;
+        // SAFETY: as in `new`: `recv_buf` outlives the QP; the slot was decoded above.
+        unsafe {
+            self.qp
+                .post_recv(TAG_RECV | slot as u64, &self.recv_buf, slot * SLOT, SLOT)?
+        };
         result
     }
 
@@ -262,7 +271,34 @@ impl Endpoint {
     }
 
     /// Posts an RDMA WRITE or READ between `local[offset..offset+len]` and the peer's memory.
-    pub fn post_rdma(
+    ///
+    /// # Safety
+    /// As [`QueuePair::post_send`]: the region stays registered, and its bytes unchanged
+    /// (WRITE) or unread (READ), until this work request's completion (or a later signaled
+    /// one on this endpoint) has been taken with [`Endpoint::wait_for`] or
+    /// [`Endpoint::drain_sends`], or the endpoint is gone. Posting is therefore `unsafe`:
+    ///
+    /// ```no_run
+    /// use handoff_datapath::rdma::endpoint::Endpoint;
+    /// use handoff_datapath::rdma::verbs::{MemoryRegion, SendOp};
+    /// fn post(ep: &mut Endpoint, mr: &MemoryRegion) {
+    ///     // SAFETY: the caller waits for wr 1 before it drops or reuses `mr`.
+    ///     unsafe { ep.post_rdma(1, SendOp::Write, (mr, 0, 8), (0, 0), true) }.unwrap();
+    ///     ep.wait_for(1).unwrap();
+    /// }
+    /// ```
+    ///
+    /// and the same without the promise does not compile:
+    ///
+    /// ```compile_fail
+    /// use handoff_datapath::rdma::endpoint::Endpoint;
+    /// use handoff_datapath::rdma::verbs::{MemoryRegion, SendOp};
+    /// fn post(ep: &mut Endpoint, mr: MemoryRegion) {
+    ///     ep.post_rdma(1, SendOp::Write, (&mr, 0, 8), (0, 0), true).unwrap();
+    ///     drop(mr); // deregistered while the device may still read it
+    /// }
+    /// ```
+    pub unsafe fn post_rdma(
         &mut self,
         wr_id: u64,
         op: SendOp,
@@ -272,8 +308,11 @@ impl Endpoint {
     ) -> Result<(), DataError> {
         debug_assert_eq!(wr_id & TAG_MASK, 0);
         let (mr, offset, len) = local;
-        self.qp
-            .post_send(wr_id, op, mr, offset, len, Some(remote), signaled)?;
+        // SAFETY: this function's contract is the same as post_send's.
+        unsafe {
+            self.qp
+                .post_send(wr_id, op, mr, offset, len, Some(remote), signaled)?
+        };
         Ok(())
     }
 

@@ -380,15 +380,24 @@ impl Connection {
             let remote = (addr + done, rkey);
             match source {
                 Source::Window(mr, at) => {
-                    self.ep
-                        .post_rdma(0, SendOp::Write, (&mr, at, n), remote, false)?
+                    // SAFETY: the window's MR is kept in `windows` until its WRITEs are done:
+                    // a window is evicted or the windows cleared (truncation) only after
+                    // drain_sends, and the SEND that follows these WRITEs completes after them
+                    // (RC order).
+                    unsafe {
+                        self.ep
+                            .post_rdma(0, SendOp::Write, (&mr, at, n), remote, false)?
+                    }
                 }
                 Source::Bounce(mr) => {
                     // The bounce buffer is refilled next time: wait for this WRITE first.
                     let wr = self.next_wr;
                     self.next_wr += 1;
-                    self.ep
-                        .post_rdma(wr, SendOp::Write, (mr, 0, n), remote, true)?;
+                    // SAFETY: waited for right below, before the bounce buffer is refilled.
+                    unsafe {
+                        self.ep
+                            .post_rdma(wr, SendOp::Write, (mr, 0, n), remote, true)?
+                    };
                     self.ep.wait_for(wr)?;
                 }
             }
@@ -499,13 +508,17 @@ impl Connection {
         let wr = self.next_wr;
         self.next_wr += 1;
         if len > 0 {
-            self.ep.post_rdma(
-                wr,
-                SendOp::Read,
-                (&self.bounce[buf], 0, len as usize),
-                remote,
-                true,
-            )?;
+            // SAFETY: bounce buffers live as long as the connection (after its endpoint's
+            // QP is gone); `writes` waits for this READ before it reads or reuses the buffer.
+            unsafe {
+                self.ep.post_rdma(
+                    wr,
+                    SendOp::Read,
+                    (&self.bounce[buf], 0, len as usize),
+                    remote,
+                    true,
+                )?
+            };
         }
         Ok(Ok((wr, offset, len, checked)))
     }

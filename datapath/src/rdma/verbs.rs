@@ -307,8 +307,14 @@ impl QueuePair {
         &self.id
     }
 
-    /// Posts one receive of `len` bytes at `addr` in `mr`.
-    pub fn post_recv(
+    /// Posts one receive of `len` bytes at `offset` in `mr`.
+    ///
+    /// # Safety
+    /// The device writes into `mr` whenever a message arrives, until the receive completes
+    /// (or the QP is destroyed, which flushes it). The caller must keep `mr` registered and
+    /// its bytes unread-from by anything that assumes they are stable until then: drop the
+    /// QP before the region (declare it first in the owning struct).
+    pub unsafe fn post_recv(
         &self,
         wr_id: u64,
         mr: &MemoryRegion,
@@ -328,9 +334,9 @@ impl QueuePair {
             num_sge: 1,
         };
         let mut bad: *mut ibv_recv_wr = ptr::null_mut();
-        // SAFETY: live QP; the sge names memory inside a registered MR that the caller keeps
-        // alive until the receive completes (the connection owns both and destroys the QP,
-        // flushing its work, before the MR).
+        // SAFETY: live QP; the sge names memory inside a registered MR (checked by
+        // slice_for_wr) that the caller keeps alive until the receive completes (this
+        // function's contract).
         let rc = unsafe { ibv_post_recv(self.raw, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
@@ -362,8 +368,15 @@ impl QueuePair {
     }
 
     /// Posts one send-queue work request: SEND, RDMA WRITE or RDMA READ.
+    ///
+    /// # Safety
+    /// The device reads (SEND, RDMA WRITE) or writes (RDMA READ) `mr[offset..offset + len]`
+    /// at some point until the work request completes. The caller must keep `mr` registered,
+    /// and not change (SEND, WRITE) or read (READ) those bytes, until it has polled that
+    /// completion, or a later signaled one on the same QP (completions come in order), or the
+    /// QP is destroyed.
     #[allow(clippy::too_many_arguments)]
-    pub fn post_send(
+    pub unsafe fn post_send(
         &self,
         wr_id: u64,
         op: SendOp,
@@ -398,8 +411,9 @@ impl QueuePair {
             wr.wr.rdma = rdma_t { remote_addr, rkey };
         }
         let mut bad: *mut ibv_send_wr = ptr::null_mut();
-        // SAFETY: live QP; the sge names registered memory the caller keeps alive until the
-        // work request completes (see the owners in the server and client).
+        // SAFETY: live QP; the sge names memory inside a registered MR (checked by
+        // slice_for_wr) that the caller keeps alive until the work request completes (this
+        // function's contract).
         let rc = unsafe { ibv_post_send(self.raw, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(io::Error::new(
