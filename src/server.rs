@@ -223,20 +223,19 @@ fn kept_files_limit(limits: &Limits) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    if limit < limits.connection_fds().saturating_mul(2) {
+    // Two descriptors a connection at most (a socket, the file its data channel reads).
+    let connections = limits.connection_fds().saturating_mul(2);
+    if limit < connections {
         tracing::warn!(
             "the descriptor limit ({limit}) is below what the connection caps may use \
-             ({} for --max-connections {} and --max-unauthenticated {}, two each): raise \
-             RLIMIT_NOFILE (LimitNOFILE= under systemd) or lower the caps; past the limit, new \
-             connections wait in the kernel's backlog",
-            limits.connection_fds().saturating_mul(2),
+             ({connections} for --max-connections {} and --max-unauthenticated {}, two each): \
+             raise RLIMIT_NOFILE (LimitNOFILE= under systemd) or lower the caps; past the \
+             limit, new connections wait in the kernel's backlog",
             limits.max_connections,
             limits.max_unauthenticated
         );
     }
-    let reserve = limits
-        .connection_fds()
-        .saturating_mul(2)
+    let reserve = connections
         .saturating_add(2 * handoff_control::net::FS_CALLS)
         .saturating_add(256);
     limit.saturating_sub(reserve).max(16)

@@ -19,15 +19,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Raises this process's descriptor limit to its hard limit (a flood needs thousands).
-fn raise_fd_limit() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut l = getrlimit(Resource::Nofile);
-    l.current = l.maximum;
-    let _ = setrlimit(Resource::Nofile, l);
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
 fn stats(cli: &Cli) -> serde_json::Value {
     cli.run(&["stats"]).expect(0).json()
 }

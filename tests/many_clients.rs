@@ -26,18 +26,9 @@ fn resident_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-fn descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 #[test]
 fn a_thousand_clients_read_at_once_keep_their_opens_and_all_resume_after_a_server_kill() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut l = getrlimit(Resource::Nofile);
-    l.current = l.maximum;
-    let _ = setrlimit(Resource::Nofile, l);
+    raise_fd_limit();
     let tmp = tempfile::tempdir().unwrap();
     // Four identities, 250 clients each (a job's ranks share their user's identity).
     let ids: Vec<TestClient> = (0..4)
@@ -47,7 +38,7 @@ fn a_thousand_clients_read_at_once_keep_their_opens_and_all_resume_after_a_serve
     let data = random_bytes(FILE as usize, 11);
     std::fs::write(server.root().join("shared.bin"), &data).unwrap();
     let pid = server.pid();
-    let (rss0, fds0) = (resident_mib(pid), descriptors(pid));
+    let (rss0, fds0) = (resident_mib(pid), fd_count(pid));
     let identities: Vec<handoff::Identity> = ids.iter().map(|c| c.identity.clone()).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -84,7 +75,7 @@ fn a_thousand_clients_read_at_once_keep_their_opens_and_all_resume_after_a_serve
             "client {i} read other bytes"
         );
     }
-    let (rss, fds) = (resident_mib(pid), descriptors(pid));
+    let (rss, fds) = (resident_mib(pid), fd_count(pid));
     let mut opens: Vec<Duration> = members.iter().map(|(m, _)| m.open_latency).collect();
     eprintln!(
         "{CLIENTS} clients: all joined in {joined:?}, all read 1 MiB in {took:?}; open latency \
@@ -132,7 +123,7 @@ fn a_thousand_clients_read_at_once_keep_their_opens_and_all_resume_after_a_serve
         "after kill -9 and restart, all {CLIENTS} resumed and read 1 MiB in {resumed:?}; \
          server RSS {:.0} MiB, descriptors {}",
         resident_mib(pid),
-        descriptors(pid)
+        fd_count(pid)
     );
     assert!(
         server.log().contains("recovered_opens=1000"),

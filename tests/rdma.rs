@@ -540,12 +540,6 @@ fn rdma_resources() -> Vec<(String, u64)> {
     counts.into_iter().collect()
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 #[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
 fn a_thousand_connect_transfer_disconnect_cycles_leak_nothing() {

@@ -415,3 +415,20 @@ pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Descriptors process `pid` holds open now (0 if it is gone).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises this process's descriptor limit to its hard limit (a test holding thousands of
+/// connections needs them); returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    l.current = l.maximum;
+    let _ = setrlimit(Resource::Nofile, l);
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
