@@ -91,7 +91,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     make_private_dir(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
     let clients = std::fs::read_to_string(&opts.clients)
         .with_context(|| format!("--clients {}", opts.clients.display()))?;
-    handoff_control::auth::check_private(&opts.clients)
+    handoff_datapath::secrets::check_private(&opts.clients)
         .map_err(handoff_control::Error::from)
         .context("--clients")?;
     let directory = ClientDirectory::parse(&clients)
@@ -118,7 +118,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--peer-identity {}", path.display()))?;
-            handoff_control::auth::check_private(path)
+            handoff_datapath::secrets::check_private(path)
                 .map_err(handoff_control::Error::from)
                 .context("--peer-identity")?;
             Some(

@@ -7,13 +7,13 @@
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use handoff_control::auth::{Session, SessionKeys, Side};
-use handoff_control::state::{
+use handoff_core::auth::{Session, SessionKeys, Side};
+use handoff_core::state::{
     ByteRange, CoreConfig, KeySealer, LockTable, Mode, OpenRequest, Quotas, ResumeKey, ServerCore,
     ShareMode,
 };
-use handoff_control::store::Snapshot;
-use handoff_control::wire::{encode_frame, Frame, Message};
+use handoff_core::store::Snapshot;
+use handoff_core::wire::{encode_frame, Frame, Message};
 
 fn frames(c: &mut Criterion) {
     let keys = SessionKeys::derive(&[1; 32], &[2; 32], &[3; 32]);

@@ -1,12 +1,9 @@
-//! handoff's control plane: a sans-IO core ([`state`], [`auth`], [`wire`]) that decides, the
-//! [`store`] it writes through to, and [`net`], the only module that does IO.
+//! handoff's server side of the control plane: the tokio server ([`net`]), the cluster
+//! ([`cluster`]) and the stores ([`store`]) around the sans-IO core (`handoff-core`, whose
+//! modules are re-exported here).
 
-pub mod auth;
 pub mod cluster;
-mod error;
 pub mod net;
-pub mod state;
 pub mod store;
-pub mod wire;
 
-pub use error::Error;
+pub use handoff_core::{auth, state, wire, Error};

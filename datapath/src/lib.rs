@@ -7,6 +7,7 @@ mod error;
 mod file_write;
 pub use file_write::{flush_refused, write_fully_at, write_refused};
 pub mod rdma;
+pub mod secrets;
 pub mod tcp;
 
 pub use error::DataError;

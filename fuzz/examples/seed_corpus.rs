@@ -6,9 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use bytes::BytesMut;
-use handoff_control::state::records::{KeyGrant, OpenRecord, OpenStatus};
-use handoff_control::state::{ByteRange, KeySealer, Mode, ResumeKey, ResumeReport, ShareMode};
-use handoff_control::wire::{
+use handoff_core::state::records::{KeyGrant, OpenRecord, OpenStatus};
+use handoff_core::state::{ByteRange, KeySealer, Mode, ResumeKey, ResumeReport, ShareMode};
+use handoff_core::wire::{
     encode_frame, Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, MAC_LEN,
 };
 

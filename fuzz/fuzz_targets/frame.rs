@@ -2,7 +2,7 @@
 //! Nothing here may panic, whatever the bytes.
 #![no_main]
 
-use handoff_control::wire::{Frame, Message};
+use handoff_core::wire::{Frame, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

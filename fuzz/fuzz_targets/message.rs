@@ -2,7 +2,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use handoff_control::wire::Message;
+use handoff_core::wire::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Stored open records: anything that decodes must re-encode and decode equal.
 #![no_main]
 
-use handoff_control::state::records::OpenRecord;
+use handoff_core::state::records::OpenRecord;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

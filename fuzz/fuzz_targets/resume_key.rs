@@ -1,8 +1,8 @@
 //! Printed tokens and sealed resume keys from untrusted input.
 #![no_main]
 
-use handoff_control::state::resume_key::{token_to_sealed, SEALED_LEN};
-use handoff_control::state::KeySealer;
+use handoff_core::state::resume_key::{token_to_sealed, SEALED_LEN};
+use handoff_core::state::KeySealer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

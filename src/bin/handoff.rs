@@ -222,7 +222,7 @@ fn load_identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
             path.display()
         ))
     })?;
-    handoff_control::auth::check_private(&path).map_err(handoff_control::Error::from)?;
+    handoff_datapath::secrets::check_private(&path).map_err(handoff_control::Error::from)?;
     Identity::parse(&text)
         .map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
 }
@@ -383,7 +383,8 @@ async fn write_from_stdin(data: &mut DataHandle, offset: u64) -> anyhow::Result<
 
 async fn run(args: Args) -> anyhow::Result<i32> {
     if let Command::Keygen { name, output } = &args.command {
-        let id = Identity::generate(name).map_err(|e| UsageError(e.to_string()))?;
+        let id = Identity::generate(name, &mut rand::rngs::OsRng)
+            .map_err(|e| UsageError(e.to_string()))?;
         match output {
             Some(path) => write_secret(path, &(id.to_line() + "\n"))?,
             None => {

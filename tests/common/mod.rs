@@ -35,7 +35,7 @@ pub struct TestClient {
 }
 
 pub fn client(dir: &Path, name: &str) -> TestClient {
-    let identity = Identity::generate(name).unwrap();
+    let identity = Identity::generate(name, &mut rand::rngs::OsRng).unwrap();
     let path = dir.join(format!("{name}.id"));
     write_private(&path, &(identity.to_line() + "\n"));
     TestClient { identity, path }

@@ -118,7 +118,7 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&work)?;
     let work = work.canonicalize()?;
-    let identity = Identity::generate("bench")?;
+    let identity = Identity::generate("bench", &mut rand::rngs::OsRng)?;
     let clients_file = work.join("clients");
     std::fs::write(&clients_file, identity.to_line())?;
     // Secrets: handoffd refuses a clients file others can read.

@@ -10,19 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Whether this node may change state now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Health {
-    /// Leader with a live lease that etcd confirmed recently.
-    Active,
-    /// Not (yet) the leader.
-    Passive,
-    /// Leader, but etcd has not confirmed the lease lately (unreachable): no state may change
-    /// until it does; reads of open files may go on.
-    Suspended(String),
-    /// etcd says the lease is gone: another node may be active. This node must stop.
-    Fenced(String),
-}
+pub use crate::store::{Fence, Health};
 
 pub struct LeaseState {
     id: AtomicI64,
@@ -211,5 +199,11 @@ pub(super) async fn keep_alive(mut client: etcd_client::Client, state: Arc<Lease
             }
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+impl Fence for LeaseState {
+    fn health(&self) -> Health {
+        LeaseState::health(self)
     }
 }

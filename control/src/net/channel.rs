@@ -266,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_then_signed_messages_over_a_pipe() {
-        let id = Identity::generate("c1").unwrap();
+        let id = Identity::generate("c1", &mut rand::rngs::OsRng).unwrap();
         let dir = ClientDirectory::parse(&id.to_line()).unwrap();
         let (a, b) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(async move {

@@ -17,9 +17,9 @@ use super::channel::Timeouts;
 use super::files::{reopen, OpenedFile, Root};
 use super::Channel;
 use crate::auth::ClientDirectory;
-use crate::cluster::Health;
 use crate::state::resume_key::SEALED_LEN;
 use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};
+use crate::store::Health;
 use crate::store::{Store, StoreError};
 use crate::wire::{Endpoint, FileInfo, Message, INBOX_PAGE};
 use crate::Error;
@@ -178,7 +178,7 @@ impl ServerStats {
 pub struct Shared {
     inner: Arc<Mutex<Inner>>,
     /// The cluster lease (with an etcd store), read without the lock.
-    lease: Option<Arc<crate::cluster::LeaseState>>,
+    lease: Option<Arc<dyn crate::store::Fence>>,
     wake: Arc<Notify>,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
@@ -202,7 +202,7 @@ impl Shared {
         config: ServerConfig,
     ) -> Result<Self, Error> {
         let shared = Self {
-            lease: store.lease(),
+            lease: store.fence(),
             inner: Arc::new(Mutex::new(Inner {
                 core,
                 store,

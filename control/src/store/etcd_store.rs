@@ -110,7 +110,7 @@ fn hex_u64(s: &str) -> Option<u64> {
 }
 
 impl Store for EtcdStore {
-    fn lease(&self) -> Option<Arc<crate::cluster::LeaseState>> {
+    fn fence(&self) -> Option<Arc<dyn super::Fence>> {
         Some(self.cluster.lease().clone())
     }
 

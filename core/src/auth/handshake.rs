@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn both_sides_prove_themselves() {
-        let id = Identity::generate("c1").unwrap();
+        let id = Identity::generate("c1", &mut rand::rngs::OsRng).unwrap();
         let (c, hello) = client_start(&id, [8; 32]);
         let (s, challenge) = server_on_hello(&dir(&id), hello, [7; 32]).unwrap();
         let (c, proof_msg) = c.on_message(challenge).unwrap();
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn wrong_client_secret_is_detected_by_both_sides() {
-        let id = Identity::generate("c1").unwrap();
+        let id = Identity::generate("c1", &mut rand::rngs::OsRng).unwrap();
         let server_view = Identity {
             secret: [9; 32],
             ..id.clone()
@@ -233,8 +233,8 @@ mod tests {
 
     #[test]
     fn unknown_client_is_refused_and_impostor_server_detected() {
-        let id = Identity::generate("c1").unwrap();
-        let stranger = Identity::generate("nobody").unwrap();
+        let id = Identity::generate("c1", &mut rand::rngs::OsRng).unwrap();
+        let stranger = Identity::generate("nobody", &mut rand::rngs::OsRng).unwrap();
         let (_, hello) = client_start(&stranger, [1; 32]);
         assert!(matches!(
             server_on_hello(&dir(&id), hello, [2; 32]),

@@ -33,14 +33,11 @@ pub enum AuthError {
     Exposed(String),
 }
 
-/// Refuses a file holding secrets (an identity, a clients list) that users other than its
-/// owner may read or write, as ssh and MUNGE do: the message says how to fix it.
-pub fn check_private(path: &std::path::Path) -> Result<(), AuthError> {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(()); // reading it will say what is wrong
-    };
-    let mode = meta.permissions().mode() & 0o777;
+/// Refuses a file holding secrets (an identity, a clients list) whose permission bits `mode`
+/// let users other than its owner read or write it, as ssh and MUNGE do: the message says how
+/// to fix it. The caller reads the mode (this crate does no IO).
+pub fn check_private_mode(path: &std::path::Path, mode: u32) -> Result<(), AuthError> {
+    let mode = mode & 0o777;
     if mode & 0o077 != 0 {
         return Err(AuthError::Exposed(format!(
             "{} holds secrets but is open to group or others (mode {mode:04o}): run `chmod 600 {}`",

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use rand::RngCore;
+use rand::{CryptoRng, RngCore};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
@@ -39,8 +39,11 @@ impl fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// A new identity with a random secret (`handoff keygen`).
-    pub fn generate(name: &str) -> Result<Self, IdentityError> {
+    /// A new identity with a secret drawn from `rng` (`handoff keygen` passes the OS's).
+    pub fn generate(
+        name: &str,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Self, IdentityError> {
         if !valid_name(name) {
             return Err(IdentityError::Name {
                 line: 1,
@@ -48,7 +51,7 @@ impl Identity {
             });
         }
         let mut secret = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut secret);
+        rng.fill_bytes(&mut secret);
         Ok(Self {
             name: name.to_owned(),
             secret,
@@ -138,7 +141,7 @@ mod tests {
 
     #[test]
     fn parses_keygen_lines_and_rejects_bad_ones() {
-        let id = Identity::generate("c1").unwrap();
+        let id = Identity::generate("c1", &mut rand::rngs::OsRng).unwrap();
         assert_eq!(
             Identity::parse(&format!("# me\n\n{}\n", id.to_line())).unwrap(),
             id
@@ -146,7 +149,9 @@ mod tests {
         let dir = ClientDirectory::parse(&format!(
             "{}\n# x\n{}\n",
             id.to_line(),
-            Identity::generate("c2").unwrap().to_line()
+            Identity::generate("c2", &mut rand::rngs::OsRng)
+                .unwrap()
+                .to_line()
         ))
         .unwrap();
         assert_eq!(dir.len(), 2);
