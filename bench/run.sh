@@ -24,7 +24,7 @@ esac
 
 hw-setup/install-deps.sh --rdma --bench
 echo "== building (release)"
-cargo build --release --locked -p handoff -p handoff-bench
+cargo build --release --locked -p handoff -p handoff-server -p handoff-bench
 out=$PWD/target/bench-results
 rm -rf "$out"; mkdir -p "$out"
 common=(--work /tmp/handoff-bench)

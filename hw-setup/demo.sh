@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hw-setup/install-deps.sh >/dev/null
 echo "== building (release)"
-cargo build --release --locked -q --bin handoff --bin handoffd
+cargo build --release --locked -q -p handoff -p handoff-server --bins
 BIN=$PWD/target/release
 work=$(mktemp -d /tmp/handoff-demo.XXXXXX)
 server_pid=""

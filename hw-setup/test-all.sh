@@ -19,6 +19,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test (host)"
+# The end-to-end tests run handoffd, which another package (handoff-server) builds.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
 
 echo "== benchmark smoke (each criterion bench once)"

@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hw-setup/install-deps.sh --rdma
 echo "== building the RDMA tests (release)"
+cargo build --release --locked -p handoff-server --bin handoffd
 bin=$(cargo test --release --locked --test rdma --no-run --message-format=json \
   | python3 -c 'import json,sys
 for line in sys.stdin:

@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use handoff_control::auth::Identity;
-use handoff_control::net::ControlClient;
-use handoff_control::state::resume_key::{sealed_to_token, token_to_sealed};
-use handoff_control::state::{ByteRange, Mode, ShareMode};
-use handoff_control::wire::{Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams};
-use handoff_control::Error;
+use handoff_core::auth::Identity;
+use handoff_core::state::resume_key::{sealed_to_token, token_to_sealed};
+use handoff_core::state::{ByteRange, Mode, ShareMode};
+use handoff_core::wire::{Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams};
+use handoff_core::Error;
 use handoff_datapath::tcp::{DataClient, Transport};
+use handoff_datapath::ControlClient;
 
 /// How to open a file.
 #[derive(Clone, Debug)]

@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use handoff_control::state::ResumeReport;
-use handoff_control::wire::FileInfo;
+use handoff_core::state::ResumeReport;
+use handoff_core::wire::FileInfo;
 use handoff_datapath::rdma::client::is_revoked;
 use handoff_datapath::rdma::multi::{MultiChannel, QpReport};
 use handoff_datapath::DataError;

@@ -1,6 +1,6 @@
 //! The CLI contract's exit codes, derived from the error chain.
 
-use handoff_control::wire::ErrorCode;
+use handoff_core::wire::ErrorCode;
 
 pub const OK: i32 = 0;
 pub const OTHER: i32 = 1;
@@ -30,7 +30,7 @@ pub fn for_code(code: ErrorCode) -> i32 {
 /// The exit code for an error: the first handoff error in its chain decides.
 pub fn for_error(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<handoff_control::Error>() {
+        if let Some(e) = cause.downcast_ref::<handoff_core::Error>() {
             return for_code(e.code());
         }
         if let Some(e) = cause.downcast_ref::<handoff_datapath::DataError>() {
@@ -49,13 +49,9 @@ pub fn for_error(err: &anyhow::Error) -> i32 {
 pub struct UsageError(pub String);
 
 /// The resume report a denial carried, if any.
-pub fn report_of(
-    err: &handoff_datapath::DataError,
-) -> Option<handoff_control::state::ResumeReport> {
+pub fn report_of(err: &handoff_datapath::DataError) -> Option<handoff_core::state::ResumeReport> {
     match err {
-        handoff_datapath::DataError::Control(handoff_control::Error::Remote { report, .. }) => {
-            *report
-        }
+        handoff_datapath::DataError::Control(handoff_core::Error::Remote { report, .. }) => *report,
         _ => None,
     }
 }

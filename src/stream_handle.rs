@@ -7,8 +7,8 @@
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use handoff_control::wire::ErrorCode;
-use handoff_control::Error;
+use handoff_core::wire::ErrorCode;
+use handoff_core::Error;
 use handoff_datapath::tcp::{DataClient, Transport};
 use handoff_datapath::DataError;
 

@@ -5,9 +5,9 @@
 mod common;
 use common::*;
 use handoff::Identity;
-use handoff_control::net::ControlClient;
-use handoff_control::wire::{Message, OpenParams};
-use handoff_control::{state::Mode, state::ShareMode, Error};
+use handoff_server::net::ControlClient;
+use handoff_server::wire::{Message, OpenParams};
+use handoff_server::{state::Mode, state::ShareMode, Error};
 
 #[test]
 fn drain_refers_clients_to_the_peer_with_locks_and_report_preserved() {

@@ -175,11 +175,11 @@ fn garbage_truncated_and_oversize_frames_drop_only_their_connection() {
     let identity = c1.identity.clone();
     let dropped = runtime.block_on(async move {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut chan = handoff_control::net::Channel::new(stream);
+        let mut chan = handoff_server::net::Channel::new(stream);
         chan.client_handshake(&identity).await.unwrap();
         // Inbox frame with a zero MAC.
         let mut frame = bytes::BytesMut::new();
-        handoff_control::wire::encode_frame(&mut frame, 0x13, 0, &[], &[0; 16]).unwrap();
+        handoff_server::wire::encode_frame(&mut frame, 0x13, 0, &[], &[0; 16]).unwrap();
         chan.write_raw(&frame).await.unwrap();
         matches!(chan.recv().await, Ok(None) | Err(_))
     });
@@ -269,14 +269,14 @@ fn a_client_that_vanishes_is_probed_by_tcp_keepalive_on_both_channels() {
 /// the client library refuses the reply instead of overrunning the caller's buffer.
 #[test]
 fn a_server_announcing_more_bytes_than_asked_is_refused_not_a_panic() {
-    use handoff_control::net::Channel;
-    use handoff_control::state::{Mode, ShareMode};
-    use handoff_control::wire::{FileInfo, Message};
     use handoff_datapath::tcp::{DataClient, Transport};
+    use handoff_server::net::Channel;
+    use handoff_server::state::{Mode, ShareMode};
+    use handoff_server::wire::{FileInfo, Message};
 
     let tmp = tempfile::tempdir().unwrap();
     let c1 = client(tmp.path(), "c1");
-    let directory = handoff_control::auth::ClientDirectory::parse(&c1.identity.to_line()).unwrap();
+    let directory = handoff_server::auth::ClientDirectory::parse(&c1.identity.to_line()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use handoff_control::net::Channel;
+use handoff_server::net::Channel;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -196,8 +196,8 @@ fn an_idle_control_connection_is_closed_unless_it_holds_opens_and_the_client_car
             .await
             .unwrap();
         let opts = handoff::OpenOptions {
-            mode: handoff_control::state::Mode::ReadWrite,
-            share: handoff_control::state::ShareMode::NONE,
+            mode: handoff_server::state::Mode::ReadWrite,
+            share: handoff_server::state::ShareMode::NONE,
             ..Default::default()
         };
         let opened = holder.open("f", &opts).await.unwrap();

@@ -169,8 +169,8 @@ fn forged_altered_and_foreign_keys_are_rejected_before_a_qp_is_accepted() {
     ])
     .expect(4);
     // Forged: a well-formed key under the wrong MAC key.
-    let forged = handoff_control::state::KeySealer::new([7; 32]).to_token(
-        &handoff_control::state::ResumeKey {
+    let forged = handoff_server::state::KeySealer::new([7; 32]).to_token(
+        &handoff_server::state::ResumeKey {
             file_id: 1,
             opened_at: 2,
             pid: 3,

@@ -2,7 +2,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error(transparent)]
-    Control(#[from] handoff_control::Error),
+    Control(#[from] handoff_core::Error),
     #[error("TLS: {0}")]
     Tls(rustls::Error),
     #[error("TLS certificate: {0}")]
@@ -14,19 +14,16 @@ pub enum DataError {
 impl DataError {
     /// An error the server sent back (the request was refused), as opposed to a broken path.
     pub fn is_remote_error(&self) -> bool {
-        matches!(
-            self,
-            DataError::Control(handoff_control::Error::Remote { .. })
-        )
+        matches!(self, DataError::Control(handoff_core::Error::Remote { .. }))
     }
 
-    pub fn code(&self) -> handoff_control::wire::ErrorCode {
+    pub fn code(&self) -> handoff_core::wire::ErrorCode {
         match self {
             DataError::Control(e) => e.code(),
             DataError::Tls(_) | DataError::Certificate(_) => {
-                handoff_control::wire::ErrorCode::AuthFailed
+                handoff_core::wire::ErrorCode::AuthFailed
             }
-            DataError::Io(_) => handoff_control::wire::ErrorCode::Internal,
+            DataError::Io(_) => handoff_core::wire::ErrorCode::Internal,
         }
     }
 }

@@ -1,13 +1,16 @@
-//! handoff's second channel. A client presents a resume key and gets a duplicate handle with
-//! the open's exact rights; file bytes then move outside the framed control messages. This
-//! crate holds the TCP (sendfile) and TLS (pinned self-signed certificate) transports; the
-//! RDMA transport lives in `rdma/`.
+//! handoff's channels, the IO that client and server share: the framed, authenticated control
+//! channel ([`Channel`], [`ControlClient`]), and the data channels a client presents a resume
+//! key on for a duplicate handle: TCP (sendfile) and TLS (pinned self-signed certificate) in
+//! [`tcp`], RDMA (rdma_cm + verbs; all of handoff's `unsafe`) in [`rdma`]. It depends on the
+//! protocol core only: the server side lives in `handoff-server`.
 
+mod channel;
+mod control_client;
 mod error;
-mod file_write;
-pub use file_write::{flush_refused, write_fully_at, write_refused};
 pub mod rdma;
 pub mod secrets;
 pub mod tcp;
 
+pub use channel::{Channel, Timeouts};
+pub use control_client::{check_reply, with_admission_retries, ControlClient};
 pub use error::DataError;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use handoff_control::auth::{check_private_mode, AuthError};
+use handoff_core::auth::{check_private_mode, AuthError};
 
 /// Refuses `path` if users other than its owner may read or write it (the message says how to
 /// fix it). A file that cannot be examined passes: reading it will say what is wrong.

@@ -222,7 +222,7 @@ fn load_identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
             path.display()
         ))
     })?;
-    handoff_datapath::secrets::check_private(&path).map_err(handoff_control::Error::from)?;
+    handoff_datapath::secrets::check_private(&path).map_err(handoff_core::Error::from)?;
     Identity::parse(&text)
         .map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
 }

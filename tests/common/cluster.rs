@@ -124,7 +124,7 @@ pub fn start_node(name: &str, dir: &Path, etcd: &Etcd, extra: &[&str]) -> Node {
     let addr = format!("127.0.0.1:{}", free_port());
     let out = dir.join(format!("{name}.out"));
     let log = dir.join(format!("{name}.log"));
-    let child = Command::new(HANDOFFD)
+    let child = Command::new(&*HANDOFFD)
         .arg("--root")
         .arg(dir.join("root"))
         .arg("--state")

@@ -13,8 +13,25 @@ use handoff::Identity;
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
-pub const HANDOFFD: &str = env!("CARGO_BIN_EXE_handoffd");
 pub const HANDOFF: &str = env!("CARGO_BIN_EXE_handoff");
+/// The server binary: built by the `handoff-server` package next to the CLI (cargo builds a
+/// package's own binaries for its tests only, so `hw-setup/test-all.sh` and
+/// `hw-setup/test-rdma.sh` build it first: `cargo build --workspace --bins`).
+pub static HANDOFFD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let path = Path::new(HANDOFF).with_file_name("handoffd");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins{}` before these tests \
+         (hw-setup/test-all.sh does)",
+        path.display(),
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        }
+    );
+    path.to_string_lossy().into_owned()
+});
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -150,10 +167,10 @@ impl TestServer {
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(HANDOFFD);
+                c.args(args).arg(&*HANDOFFD);
                 c
             }
-            None => Command::new(HANDOFFD),
+            None => Command::new(&*HANDOFFD),
         };
         cmd.arg("--root")
             .arg(self.root())

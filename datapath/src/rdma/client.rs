@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use handoff_control::auth::Identity;
-use handoff_control::state::ResumeReport;
-use handoff_control::wire::{ErrorCode, FileInfo, Message};
-use handoff_control::Error;
+use handoff_core::auth::Identity;
+use handoff_core::state::ResumeReport;
+use handoff_core::wire::{ErrorCode, FileInfo, Message};
+use handoff_core::Error;
 use rdma_sys::rdma_cm_event_type::*;
 
 use super::cm::{CmId, EventChannel};
@@ -50,7 +50,7 @@ pub struct RdmaClient {
 
 /// The next reply on `ep`, with an `Error` reply turned into `Err`.
 fn reply(ep: &mut Endpoint) -> Result<Message, DataError> {
-    Ok(handoff_control::net::check_reply(ep.recv()?)?)
+    Ok(crate::check_reply(ep.recv()?)?)
 }
 
 fn remote_error(code: u8, message: String) -> DataError {

@@ -252,7 +252,7 @@ impl CmId {
     ///
     /// # Safety
     /// `raw` must come from a CONNECT_REQUEST event on `channel` and be adopted only once.
-    pub unsafe fn adopt(raw: *mut rdma_cm_id, channel: &Arc<EventChannel>) -> Arc<Self> {
+    pub(super) unsafe fn adopt(raw: *mut rdma_cm_id, channel: &Arc<EventChannel>) -> Arc<Self> {
         Arc::new(Self {
             raw,
             channel: channel.clone(),
@@ -262,6 +262,11 @@ impl CmId {
 
     pub fn raw(&self) -> *mut rdma_cm_id {
         self.raw
+    }
+
+    /// The key events about this id carry (see [`super::listener::ConnKey`]).
+    pub fn key(&self) -> usize {
+        self.raw as usize
     }
 
     pub fn channel(&self) -> &Arc<EventChannel> {

@@ -2,14 +2,14 @@
 //! Messages are the same MAC'd frames as on the TCP channel, one per SEND; bulk bytes move
 //! by RDMA WRITE/READ between registered regions and never through these slots.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use handoff_control::auth::{self, ClientDirectory, Identity, Session, Side};
-use handoff_control::wire::{encode_frame, Frame, Message, MAC_LEN};
-use handoff_control::Error;
+use handoff_core::auth::{self, ClientDirectory, Identity, Session, Side};
+use handoff_core::wire::{encode_frame, Frame, Message, MAC_LEN};
+use handoff_core::Error;
 use rand::RngCore;
 
 use super::cm::{CmId, EventChannel};
@@ -40,6 +40,16 @@ pub struct Endpoint {
     pub qp: QueuePair,
     send_buf: MemoryRegion,
     recv_buf: MemoryRegion,
+    /// Regions that posted RDMA WRITEs read from, each with its post's sequence number: kept
+    /// until a later completion on the send queue shows that work is done.
+    held: VecDeque<(u64, Arc<MemoryRegion>)>,
+    /// Regions posted RDMA READs write into, by work request: handed back once it completed.
+    reading: HashMap<u64, MemoryRegion>,
+    /// Sequence numbers of send-queue posts (completions come back in this order).
+    posted: u64,
+    /// The post sequence of each SEND slot's latest SEND, and of each signaled RDMA request.
+    send_seq: Vec<u64>,
+    rdma_seq: HashMap<u64, u64>,
     pub cq: Arc<CompletionQueue>,
     pub pd: Arc<ProtectionDomain>,
     free_send: Vec<usize>,
@@ -55,6 +65,14 @@ pub struct Endpoint {
     /// The connection's own rdma_cm channel (client side), watched while waiting, so a
     /// disconnect or a device removal ends the wait.
     pub cm: Option<Arc<EventChannel>>,
+}
+
+/// Drops the holds of posts numbered below `seq`: a completion of post `seq` or later came
+/// back, and a send queue completes in order.
+fn release_before(held: &mut VecDeque<(u64, Arc<MemoryRegion>)>, seq: u64) {
+    while held.front().is_some_and(|(s, _)| *s < seq) {
+        held.pop_front();
+    }
 }
 
 fn broken(what: String) -> DataError {
@@ -78,6 +96,11 @@ impl Endpoint {
             qp,
             send_buf,
             recv_buf,
+            held: VecDeque::new(),
+            reading: HashMap::new(),
+            posted: 0,
+            send_seq: vec![0; SEND_SLOTS],
+            rdma_seq: HashMap::new(),
             cq,
             pd,
             free_send: (0..SEND_SLOTS).collect(),
@@ -147,8 +170,15 @@ impl Endpoint {
                 TAG_RECV => self
                     .inbox
                     .push_back(((wc.wr_id & !TAG_MASK) as usize, wc.byte_len as usize)),
-                TAG_SEND => self.free_send.push((wc.wr_id & !TAG_MASK) as usize),
+                TAG_SEND => {
+                    let slot = (wc.wr_id & !TAG_MASK) as usize;
+                    self.free_send.push(slot);
+                    release_before(&mut self.held, self.send_seq[slot]);
+                }
                 _ => {
+                    if let Some(seq) = self.rdma_seq.remove(&wc.wr_id) {
+                        release_before(&mut self.held, seq + 1);
+                    }
                     self.finished.insert(wc.wr_id);
                 }
             }
@@ -178,6 +208,7 @@ impl Endpoint {
             return Err(Error::Protocol("message larger than an RDMA message slot".into()).into());
         }
         let slot = self.free_send.pop().expect("checked non-empty");
+        self.send_seq[slot] = self.next_post();
         let dst = self.send_buf.bytes_mut().expect("owned buffer");
         dst[slot * SLOT..slot * SLOT + self.encode.len()].copy_from_slice(&self.encode);
         // SAFETY: `send_buf` is dropped after the QP (field order); this slot is written
@@ -314,6 +345,81 @@ impl Endpoint {
                 .post_send(wr_id, op, mr, offset, len, Some(remote), signaled)?
         };
         Ok(())
+    }
+
+    fn next_post(&mut self) -> u64 {
+        self.posted += 1;
+        self.posted
+    }
+
+    /// Posts an RDMA WRITE of `local[offset..offset+len]` to the peer's `remote` (address,
+    /// rkey). Safe: the endpoint holds the region until a later completion shows the device
+    /// is done with it (or the QP is gone), and an `Arc` lets nobody change its bytes
+    /// meanwhile.
+    pub fn post_write_from(
+        &mut self,
+        wr_id: u64,
+        local: (&Arc<MemoryRegion>, usize, usize),
+        remote: (u64, u32),
+        signaled: bool,
+    ) -> Result<(), DataError> {
+        debug_assert_eq!(wr_id & TAG_MASK, 0);
+        let (mr, offset, len) = local;
+        let seq = self.next_post();
+        // SAFETY: `mr` is held (below) until a completion of this post or a later one has
+        // been polled, or the endpoint is dropped, whose QP goes first (field order); through
+        // a shared `Arc` its bytes cannot be changed meanwhile.
+        unsafe {
+            self.qp.post_send(
+                wr_id,
+                SendOp::Write,
+                mr,
+                offset,
+                len,
+                Some(remote),
+                signaled,
+            )?
+        };
+        if signaled {
+            self.rdma_seq.insert(wr_id, seq);
+        }
+        if !self.held.back().is_some_and(|(_, m)| Arc::ptr_eq(m, mr)) {
+            self.held.push_back((seq, mr.clone()));
+        } else if let Some(last) = self.held.back_mut() {
+            last.0 = seq;
+        }
+        Ok(())
+    }
+
+    /// Posts an RDMA READ of the peer's `remote` into `local[..len]`. The region is the
+    /// endpoint's until [`Endpoint::finish_read`] hands it back, so nothing reads it while the
+    /// device writes it.
+    pub fn post_read_into(
+        &mut self,
+        wr_id: u64,
+        local: MemoryRegion,
+        len: usize,
+        remote: (u64, u32),
+    ) -> Result<(), DataError> {
+        debug_assert_eq!(wr_id & TAG_MASK, 0);
+        let seq = self.next_post();
+        // SAFETY: `local` is owned by the endpoint (`reading`) from here until this request's
+        // completion is polled, or the endpoint is dropped, whose QP goes first.
+        unsafe {
+            self.qp
+                .post_send(wr_id, SendOp::Read, &local, 0, len, Some(remote), true)?
+        };
+        self.rdma_seq.insert(wr_id, seq);
+        self.reading.insert(wr_id, local);
+        Ok(())
+    }
+
+    /// Waits for the RDMA READ `wr_id` and hands back the region its bytes landed in.
+    pub fn finish_read(&mut self, wr_id: u64) -> Result<MemoryRegion, DataError> {
+        self.wait_for(wr_id)?;
+        self.reading
+            .remove(&wr_id)
+            .ok_or_else(|| broken(format!("no RDMA READ {wr_id} was posted")))
     }
 
     /// Blocks until the signaled work request `wr_id` completed.

@@ -27,22 +27,23 @@ pub struct FileWindows {
     /// Opened read-write where possible: Linux 6.1 refuses to pin a read-only shared mapping.
     map_file: Option<File>,
     windows: Vec<Window>,
-    bounce: Option<MemoryRegion>,
+    bounce: Option<Arc<MemoryRegion>>,
     tick: u64,
     pub mapping_failed: bool,
 }
 
-/// Where the bytes for one WRITE come from.
-pub enum Source<'a> {
+/// Where the bytes for one WRITE come from: a registered region and the offset in it.
+pub enum Source {
+    /// A window of the mapped file (kept while posted work references it).
     Window(Arc<MemoryRegion>, usize),
-    Bounce(&'a MemoryRegion),
+    /// The bounce buffer, just filled: it is filled again only once no posted work holds it.
+    Bounce(Arc<MemoryRegion>),
 }
 
 impl FileWindows {
-    /// Windows of `file` (the handle's own descriptor; the mapping is made through another
-    /// descriptor of the same file, never by path).
-    pub fn new(pd: &Arc<ProtectionDomain>, file: &File) -> Self {
-        let map_file = handoff_control::net::reopen(file, true, "").ok();
+    /// Windows of a file mapped through `map_file`: a read-write descriptor of the handle's
+    /// file (never opened by path). None: reads go through the bounce buffer.
+    pub fn new(pd: &Arc<ProtectionDomain>, map_file: Option<File>) -> Self {
         Self {
             pd: pd.clone(),
             map_file,
@@ -84,7 +85,7 @@ impl FileWindows {
         offset: u64,
         len: u64,
         size: u64,
-    ) -> io::Result<(Source<'_>, usize)> {
+    ) -> io::Result<(Source, usize)> {
         self.tick += 1;
         let index = offset / WINDOW;
         let within = offset - index * WINDOW;
@@ -128,16 +129,21 @@ impl FileWindows {
             }
         }
         if self.bounce.is_none() {
-            self.bounce = Some(MemoryRegion::alloc(
+            self.bounce = Some(Arc::new(MemoryRegion::alloc(
                 &self.pd,
                 super::MAX_REQUEST as usize,
                 Access::LOCAL,
-            )?);
+            )?));
         }
         let bounce = self.bounce.as_mut().expect("just made");
         let n = len.min(bounce.len() as u64) as usize;
-        file.read_exact_at(&mut bounce.bytes_mut().expect("owned")[..n], offset)?;
-        Ok((Source::Bounce(self.bounce.as_ref().expect("just made")), n))
+        // Posted work that still reads the buffer holds a clone: refilling it then would
+        // change bytes on their way out.
+        let bytes = Arc::get_mut(bounce)
+            .and_then(|b| b.bytes_mut())
+            .ok_or_else(|| io::Error::other("the bounce buffer is still being sent"))?;
+        file.read_exact_at(&mut bytes[..n], offset)?;
+        Ok((Source::Bounce(bounce.clone()), n))
     }
 
     fn map_window(&self, index: u64, len: u64) -> io::Result<MemoryRegion> {

@@ -1,5 +1,6 @@
 //! The RDMA data channel over rdma_cm + verbs (RoCE, IB, soft-RoCE). All `unsafe` in handoff
-//! lives under this module, each block with the reason it is sound.
+//! lives under this module, each block with the reason it is sound; the server's RDMA data
+//! server (`handoff-server`) uses only its safe interface.
 //!
 //! Connect: the client's `rdma_connect` private data is the 50-byte sealed resume key and a
 //! 6-byte tag (a MAC of the key under the client's secret). The server authenticates the key
@@ -11,13 +12,13 @@
 pub mod client;
 pub mod cm;
 pub mod endpoint;
-mod file_windows;
+pub mod file_windows;
+pub mod listener;
 pub mod multi;
-pub mod server;
 pub mod verbs;
 
 /// Bytes of connect private data handoff sends: sealed key + client tag.
-pub const CONNECT_PRIVATE_LEN: usize = handoff_control::state::resume_key::SEALED_LEN + 6;
+pub const CONNECT_PRIVATE_LEN: usize = handoff_core::state::resume_key::SEALED_LEN + 6;
 /// The most one request moves.
 pub const MAX_REQUEST: u64 = 4 << 20;
 /// The largest file direct mode registers at once.

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use handoff_control::auth::Identity;
-use handoff_control::Error;
+use handoff_core::auth::Identity;
+use handoff_core::Error;
 
 use super::client::{RdmaClient, CHUNK, DEPTH, SLOTS};
 use crate::DataError;

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use handoff_control::auth::Identity;
-use handoff_control::net::Channel;
-use handoff_control::state::ResumeReport;
-use handoff_control::wire::{FileInfo, Message};
-use handoff_control::Error;
+use crate::Channel;
+use handoff_core::auth::Identity;
+use handoff_core::state::ResumeReport;
+use handoff_core::wire::{FileInfo, Message};
+use handoff_core::Error;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -57,7 +57,7 @@ pub struct DataClient {
 }
 
 fn reply(msg: Message) -> Result<Message, DataError> {
-    Ok(handoff_control::net::check_reply(msg)?)
+    Ok(crate::check_reply(msg)?)
 }
 
 impl DataClient {
@@ -79,7 +79,7 @@ impl DataClient {
                 Some(TlsConnector::from(client_config(fp)?))
             }
         };
-        let mut chan = handoff_control::net::with_admission_retries(|| async {
+        let mut chan = crate::with_admission_retries(|| async {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
             let stream: Box<dyn Stream> = match &tls {

@@ -2,11 +2,9 @@
 //! 0x16, a handoff frame with a zero length byte).
 
 mod client;
-mod server;
 mod tls;
 
 pub use client::{DataClient, Transport};
-pub use server::DataServer;
 pub use tls::{client_config, ServerIdentity};
 
 /// Bytes moved per file read or socket read on the copying paths.

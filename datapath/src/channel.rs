@@ -9,9 +9,9 @@ use bytes::{Buf, BytesMut};
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::{self, ClientDirectory, Identity, Session, Side};
-use crate::wire::{encode_frame, Frame, Message, MAC_LEN};
-use crate::Error;
+use handoff_core::auth::{self, ClientDirectory, Identity, Session, Side};
+use handoff_core::wire::{encode_frame, Frame, Message, MAC_LEN};
+use handoff_core::Error;
 
 pub struct Channel<S> {
     stream: S,
@@ -79,7 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 
     /// Wraps or unwraps a secret with this session's key-wrap key (see
-    /// [`crate::auth::Session::wrap_secret`]); only after the handshake.
+    /// [`handoff_core::auth::Session::wrap_secret`]); only after the handshake.
     pub fn wrap_secret(&self, secret: &[u8; 32]) -> Result<[u8; 32], Error> {
         self.session
             .as_ref()

@@ -12,33 +12,33 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use handoff_control::net::{Revocable, Seat, Shared, WriteCheck};
-use handoff_control::state::{ByteRange, HandleId, IoKind};
-use handoff_control::wire::{ErrorCode, FileInfo, Message};
-use handoff_control::Error;
-use rdma_sys::rdma_cm_event_type::*;
+use handoff_core::state::resume_key::SEALED_LEN;
+use handoff_core::state::{ByteRange, HandleId, IoKind};
+use handoff_core::wire::{ErrorCode, FileInfo, Message};
+use handoff_core::Error;
+use handoff_datapath::rdma::cm::CmId;
+use handoff_datapath::rdma::endpoint::{connect_tag_matches, Endpoint};
+use handoff_datapath::rdma::file_windows::{FileWindows, Source};
+use handoff_datapath::rdma::listener::{ConnKey, ListenEvent, Listener};
+use handoff_datapath::rdma::verbs::{Access, MemoryRegion};
+use handoff_datapath::rdma::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
+use handoff_datapath::DataError;
 
-use super::cm::{CmEvent, CmId, EventChannel};
-use super::endpoint::{connect_tag_matches, Endpoint};
-use super::file_windows::{FileWindows, Source};
-use super::verbs::{Access, MemoryRegion, SendOp};
-use super::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
-use crate::DataError;
+use super::file_write::{flush_refused, write_fully_at, write_refused};
+use crate::net::{reopen, Revocable, Seat, Shared, WriteCheck};
 
 /// Starts serving RDMA on each address; returns once every listener is bound.
 pub fn start(addrs: &[SocketAddr], shared: Shared) -> Result<Vec<String>, DataError> {
     let mut bound = Vec::new();
     for addr in addrs {
-        let channel = EventChannel::new()?;
-        let listener = CmId::new(&channel)?;
-        listener.bind_listen(*addr, 64)?;
+        let listener = Listener::bind(*addr, 64)?;
         let device = listener.device_name();
         tracing::info!(%addr, device, "RDMA listener ready");
         bound.push(addr.to_string());
         let shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("rdma-cm {addr}"))
-            .spawn(move || cm_loop(channel, listener, shared))?;
+            .spawn(move || cm_loop(listener, shared))?;
     }
     Ok(bound)
 }
@@ -52,41 +52,32 @@ struct Pending {
     seat: Seat,
 }
 
-fn cm_loop(channel: Arc<EventChannel>, listener: Arc<CmId>, shared: Shared) {
-    let mut listener = Some(listener);
-    let mut pending: HashMap<usize, Pending> = HashMap::new();
-    let mut live: HashMap<usize, Weak<CmId>> = HashMap::new();
+fn cm_loop(mut listener: Listener, shared: Shared) {
+    let mut pending: HashMap<ConnKey, Pending> = HashMap::new();
+    let mut live: HashMap<ConnKey, Weak<CmId>> = HashMap::new();
     loop {
-        let ev = match channel.next_event() {
+        let ev = match listener.next() {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::error!("rdma_cm event channel failed: {e}");
                 return;
             }
         };
-        let raw = ev.id_raw() as usize;
-        match ev.kind() {
-            RDMA_CM_EVENT_CONNECT_REQUEST => {
-                // SAFETY: a CONNECT_REQUEST's id is a new child id that we now own.
-                let id = unsafe { CmId::adopt(ev.id_raw(), &channel) };
-                let private = ev.private_data().to_vec();
-                drop(ev); // ack before anything can destroy the id
-                match admit(&shared, &id, &private) {
-                    Ok(p) => {
-                        pending.insert(raw, p);
-                    }
-                    Err((code, reason)) => {
-                        tracing::info!("RDMA connect refused: {reason}");
-                        let mut data = vec![code.to_wire() as u8];
-                        data.extend_from_slice(reason.as_bytes());
-                        let _ = id.reject(&data);
-                    }
+        match ev {
+            ListenEvent::Request { id, private } => match admit(&shared, &id, &private) {
+                Ok(p) => {
+                    pending.insert(id.key(), p);
                 }
-            }
-            RDMA_CM_EVENT_ESTABLISHED => {
-                drop(ev);
-                if let Some(p) = pending.remove(&raw) {
-                    live.insert(raw, Arc::downgrade(&p.id));
+                Err((code, reason)) => {
+                    tracing::info!("RDMA connect refused: {reason}");
+                    let mut data = vec![code.to_wire() as u8];
+                    data.extend_from_slice(reason.as_bytes());
+                    let _ = id.reject(&data);
+                }
+            },
+            ListenEvent::Established(key) => {
+                if let Some(p) = pending.remove(&key) {
+                    live.insert(key, Arc::downgrade(&p.id));
                     live.retain(|_, w| w.strong_count() > 0);
                     let shared = shared.clone();
                     let spawned = std::thread::Builder::new()
@@ -97,47 +88,33 @@ fn cm_loop(channel: Arc<EventChannel>, listener: Arc<CmId>, shared: Shared) {
                     }
                 }
             }
-            RDMA_CM_EVENT_DISCONNECTED => {
-                drop(ev);
-                // Flush the QP so the connection thread wakes and ends.
-                if let Some(id) = live.remove(&raw).and_then(|w| w.upgrade()) {
-                    id.disconnect();
-                }
-                pending.remove(&raw);
-            }
-            RDMA_CM_EVENT_DEVICE_REMOVAL => {
-                drop(ev);
-                // The device is going away: release everything on it, or its removal waits.
-                if listener.as_ref().is_some_and(|l| l.raw() as usize == raw) {
+            ListenEvent::Disconnected(key) | ListenEvent::DeviceRemoval(key) => {
+                if listener.is_listener(key) {
+                    // The device is going away: release everything on it, or removal waits.
                     tracing::warn!("RDMA device removed; this listener stops");
-                    listener = None;
+                    listener.close();
                 }
-                if let Some(id) = live.remove(&raw).and_then(|w| w.upgrade()) {
+                // Flush the QP so the connection thread wakes and ends.
+                if let Some(id) = live.remove(&key).and_then(|w| w.upgrade()) {
                     id.disconnect();
                 }
-                pending.remove(&raw);
+                pending.remove(&key);
             }
-            RDMA_CM_EVENT_CONNECT_ERROR | RDMA_CM_EVENT_UNREACHABLE | RDMA_CM_EVENT_REJECTED => {
-                tracing::info!(
-                    "RDMA connection failed before it was established: {}",
-                    ev.name()
-                );
-                drop(ev);
-                pending.remove(&raw);
+            ListenEvent::Failed { key, event } => {
+                tracing::info!("RDMA connection failed before it was established: {event}");
+                pending.remove(&key);
             }
-            _ => log_event(&ev),
+            ListenEvent::Other { event, status } => {
+                tracing::debug!(event, status, "rdma_cm event")
+            }
         }
     }
 }
 
-fn log_event(ev: &CmEvent) {
-    tracing::debug!(event = ev.name(), status = ev.status(), "rdma_cm event");
-}
-
 /// Checks a connect request. Nothing is set up for a key that fails.
 fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (ErrorCode, String)> {
-    let sealed = private.get(..handoff_control::state::resume_key::SEALED_LEN);
-    let tag = private.get(handoff_control::state::resume_key::SEALED_LEN..CONNECT_PRIVATE_LEN);
+    let sealed = private.get(..SEALED_LEN);
+    let tag = private.get(SEALED_LEN..CONNECT_PRIVATE_LEN);
     let (Some(sealed), Some(tag)) = (sealed, tag) else {
         return Err((
             ErrorCode::NotFound,
@@ -202,7 +179,8 @@ struct Connection {
     handle: HandleId,
     file: File,
     windows: FileWindows,
-    bounce: Vec<MemoryRegion>,
+    /// Bounce buffers for writes (None while one is lent to a posted RDMA READ).
+    bounce: Vec<Option<MemoryRegion>>,
     direct: Vec<Arc<DirectGrant>>,
     truncations: u64,
     next_wr: u64,
@@ -230,7 +208,7 @@ fn serve(p: Pending, shared: Shared) {
     let result = (|| -> Result<(), DataError> {
         // No wait for the peer is unbounded: a peer that goes quiet in the handshake, or stops
         // taking replies, or a completion that never comes, ends the connection.
-        ep.timeout = Some(handoff_control::net::HANDSHAKE_TIMEOUT);
+        ep.timeout = Some(crate::net::HANDSHAKE_TIMEOUT);
         let who = ep.server_handshake(&shared.config.directory, &client)?;
         let (attached, file, held) = match shared.attach_blocking(&who, &key) {
             Ok(x) => x,
@@ -246,7 +224,7 @@ fn serve(p: Pending, shared: Shared) {
             locks: attached.locks.clone(),
             size: file.metadata().map_or(0, |m| m.len()),
         };
-        let windows = FileWindows::new(&ep.pd, &file);
+        let windows = FileWindows::new(&ep.pd, reopen(&file, true, "").ok());
         let sent = ep.send(&Message::Attached {
             handle: attached.handle,
             info,
@@ -318,7 +296,7 @@ impl Connection {
                 Message::RdmaWrite { .. } => next = self.writes(msg)?,
                 Message::Flush => match self.file.sync_data() {
                     Ok(()) => self.ep.send(&Message::Done)?,
-                    Err(e) => self.ep.send(&crate::flush_refused(&e).to_message())?,
+                    Err(e) => self.ep.send(&flush_refused(&e).to_message())?,
                 },
                 Message::MapFile => self.map_file()?,
                 other => {
@@ -379,25 +357,15 @@ impl Connection {
                 .source(&self.file, offset + done, len - done, size)?;
             let remote = (addr + done, rkey);
             match source {
+                // The SEND that follows these WRITEs completes after them (RC order).
                 Source::Window(mr, at) => {
-                    // SAFETY: the window's MR is kept in `windows` until its WRITEs are done:
-                    // a window is evicted or the windows cleared (truncation) only after
-                    // drain_sends, and the SEND that follows these WRITEs completes after them
-                    // (RC order).
-                    unsafe {
-                        self.ep
-                            .post_rdma(0, SendOp::Write, (&mr, at, n), remote, false)?
-                    }
+                    self.ep.post_write_from(0, (&mr, at, n), remote, false)?
                 }
                 Source::Bounce(mr) => {
                     // The bounce buffer is refilled next time: wait for this WRITE first.
                     let wr = self.next_wr;
                     self.next_wr += 1;
-                    // SAFETY: waited for right below, before the bounce buffer is refilled.
-                    unsafe {
-                        self.ep
-                            .post_rdma(wr, SendOp::Write, (mr, 0, n), remote, true)?
-                    };
+                    self.ep.post_write_from(wr, (&mr, 0, n), remote, true)?;
                     self.ep.wait_for(wr)?;
                 }
             }
@@ -445,15 +413,16 @@ impl Connection {
                 Ok((wr, offset, len, checked)) => {
                     let mut refused = None;
                     if len > 0 {
-                        self.ep.wait_for(wr)?;
+                        let landed = self.ep.finish_read(wr)?;
                         // The lease may have lapsed while the RDMA READ ran.
                         self.shared.writable()?;
-                        let bytes = &self.bounce[buf].bytes()[..len as usize];
-                        let (written, error) = crate::write_fully_at(&self.file, bytes, offset);
+                        let bytes = &landed.bytes()[..len as usize];
+                        let (written, error) = write_fully_at(&self.file, bytes, offset);
                         if written > 0 {
                             self.shared.wrote_blocking(checked);
                         }
-                        refused = error.map(|e| crate::write_refused(len, offset, &e));
+                        refused = error.map(|e| write_refused(len, offset, &e));
+                        self.bounce[buf] = Some(landed);
                     }
                     self.count_served(len);
                     match refused {
@@ -498,27 +467,20 @@ impl Connection {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        while self.bounce.len() <= buf {
-            self.bounce.push(MemoryRegion::alloc(
-                &self.ep.pd,
-                MAX_REQUEST as usize,
-                Access::LOCAL_WRITE,
-            )?);
+        if self.bounce.len() <= buf {
+            self.bounce.resize_with(buf + 1, || None);
         }
         let wr = self.next_wr;
         self.next_wr += 1;
         if len > 0 {
-            // SAFETY: bounce buffers live as long as the connection (after its endpoint's
-            // QP is gone); `writes` waits for this READ before it reads or reuses the buffer.
-            unsafe {
-                self.ep.post_rdma(
-                    wr,
-                    SendOp::Read,
-                    (&self.bounce[buf], 0, len as usize),
-                    remote,
-                    true,
-                )?
+            // The buffer is the endpoint's until `writes` takes it back with finish_read.
+            let mr = match self.bounce[buf].take() {
+                Some(mr) => mr,
+                None => {
+                    MemoryRegion::alloc(&self.ep.pd, MAX_REQUEST as usize, Access::LOCAL_WRITE)?
+                }
             };
+            self.ep.post_read_into(wr, mr, len as usize, remote)?;
         }
         Ok(Ok((wr, offset, len, checked)))
     }

@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use std::sync::Arc;
 
-use handoff_control::auth::ClientDirectory;
-use handoff_control::cluster::{Cluster, EtcdUrl, Health};
-use handoff_control::net::{fail_stop, ControlServer, Limits, ServerConfig, Shared, EXIT_FENCED};
-use handoff_control::state::{CoreConfig, Quotas, ServerCore};
-use handoff_control::store::{EtcdStore, RedbStore, Store};
-use handoff_control::wire::{Endpoint, EndpointKind};
-use handoff_datapath::tcp::{DataServer, ServerIdentity};
+use handoff_datapath::tcp::ServerIdentity;
+use handoff_server::auth::ClientDirectory;
+use handoff_server::cluster::{Cluster, EtcdUrl, Health};
+use handoff_server::data::DataServer;
+use handoff_server::net::{fail_stop, ControlServer, Limits, ServerConfig, Shared, EXIT_FENCED};
+use handoff_server::state::{CoreConfig, Quotas, ServerCore};
+use handoff_server::store::{EtcdStore, RedbStore, Store};
+use handoff_server::wire::{Endpoint, EndpointKind};
 use rand::RngCore;
 use tokio::net::TcpListener;
 
@@ -92,7 +93,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let clients = std::fs::read_to_string(&opts.clients)
         .with_context(|| format!("--clients {}", opts.clients.display()))?;
     handoff_datapath::secrets::check_private(&opts.clients)
-        .map_err(handoff_control::Error::from)
+        .map_err(handoff_server::Error::from)
         .context("--clients")?;
     let directory = ClientDirectory::parse(&clients)
         .with_context(|| format!("--clients {}", opts.clients.display()))?;
@@ -119,10 +120,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("--peer-identity {}", path.display()))?;
             handoff_datapath::secrets::check_private(path)
-                .map_err(handoff_control::Error::from)
+                .map_err(handoff_server::Error::from)
                 .context("--peer-identity")?;
             Some(
-                handoff_control::auth::Identity::parse(&text)
+                handoff_server::auth::Identity::parse(&text)
                     .with_context(|| format!("--peer-identity {}", path.display()))?,
             )
         }
@@ -136,7 +137,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         quotas: opts.quotas,
         ..CoreConfig::default()
     };
-    let now = handoff_control::net::now_ms();
+    let now = handoff_server::net::now_ms();
     let core = ServerCore::recover(config, snapshot, now, rand::rngs::OsRng.next_u64());
     let recovered_opens = core.open_count();
 
@@ -157,7 +158,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         core,
         store,
         ServerConfig {
-            root: handoff_control::net::Root::open(&root)
+            root: handoff_server::net::Root::open(&root)
                 .with_context(|| format!("--root {}", root.display()))?,
             directory,
             endpoints: [EndpointKind::Tcp, EndpointKind::Tls]
@@ -181,7 +182,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     )?;
 
     if !opts.rdma_listen.is_empty() {
-        handoff_datapath::rdma::server::start(&opts.rdma_listen, shared.clone()).with_context(
+        handoff_server::data::rdma::start(&opts.rdma_listen, shared.clone()).with_context(
             || {
                 format!(
                     "--rdma-listen {:?} (is rdma_rxe or an RDMA NIC up on that address?)",
@@ -193,7 +194,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     let mut tasks = tokio::task::JoinSet::new();
     if shared.draining().is_some() {
         let s = shared.clone();
-        tokio::spawn(handoff_control::net::resume_drain(s));
+        tokio::spawn(handoff_server::net::resume_drain(s));
     }
     if cluster.is_some() {
         tasks.spawn(watch_lease(shared.clone()));
@@ -236,7 +237,7 @@ fn kept_files_limit(limits: &Limits) -> usize {
         );
     }
     let reserve = connections
-        .saturating_add(2 * handoff_control::net::FS_CALLS)
+        .saturating_add(2 * handoff_server::net::FS_CALLS)
         .saturating_add(256);
     limit.saturating_sub(reserve).max(16)
 }

@@ -7,17 +7,18 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use handoff_control::net::{Channel, Shared, Ticket, Timeouts};
-use handoff_control::state::{ByteRange, HandleId, IoKind};
-use handoff_control::wire::{FileInfo, Message};
-use handoff_control::Error;
+use handoff_core::state::{ByteRange, HandleId, IoKind};
+use handoff_core::wire::{FileInfo, Message};
+use handoff_core::Error;
+use handoff_datapath::tcp::CHUNK;
+use handoff_datapath::{Channel, DataError, Timeouts};
 use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::CHUNK;
-use crate::DataError;
+use super::file_write::{flush_refused, write_fully_at, write_refused};
+use crate::net::{Shared, Ticket};
 
 pub struct DataServer {
     listener: TcpListener,
@@ -55,7 +56,7 @@ impl DataServer {
     pub async fn serve(self) -> Result<(), DataError> {
         let (shared, tls) = (self.shared.clone(), self.tls.clone());
         let admission = self.shared.admission.clone();
-        handoff_control::net::accept_loop(&self.listener, &admission, "data", move |stream, t| {
+        crate::net::accept_loop(&self.listener, &admission, "data", move |stream, t| {
             accept(stream, shared.clone(), tls.clone(), t)
         })
         .await?;
@@ -71,12 +72,9 @@ async fn accept(
 ) -> Result<(), DataError> {
     stream.set_nodelay(true)?;
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(
-        handoff_control::net::HANDSHAKE_TIMEOUT,
-        stream.peek(&mut first),
-    )
-    .await
-    .map_err(|_| Error::Protocol("nothing received within 10 s".into()))??;
+    let peeked = tokio::time::timeout(crate::net::HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+        .await
+        .map_err(|_| Error::Protocol("nothing received within 10 s".into()))??;
     if peeked == 0 {
         return Ok(());
     }
@@ -87,12 +85,9 @@ async fn accept(
             )
             .into());
         };
-        let stream = tokio::time::timeout(
-            handoff_control::net::HANDSHAKE_TIMEOUT,
-            acceptor.accept(stream),
-        )
-        .await
-        .map_err(|_| Error::Protocol("no TLS handshake within 10 s".into()))??;
+        let stream = tokio::time::timeout(crate::net::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+            .await
+            .map_err(|_| Error::Protocol("no TLS handshake within 10 s".into()))??;
         serve(
             Channel::new(stream),
             shared,
@@ -125,13 +120,13 @@ where
     F: for<'a> Fn(&'a mut Channel<S>, &'a File, u64, u64) -> SendFut<'a>,
 {
     // The seat is held until the connection ends.
-    let (client, _seat) = handoff_control::net::handshake(&mut chan, &shared, ticket).await?;
+    let (client, _seat) = crate::net::handshake(&mut chan, &shared, ticket).await?;
     // The key must follow the handshake promptly; after that an attached channel may stay
     // quiet as long as it likes (it is the handle).
     let frame = chan.timeouts().frame;
     chan.set_timeouts(Timeouts {
         frame,
-        idle: Some(handoff_control::net::HANDSHAKE_TIMEOUT),
+        idle: Some(crate::net::HANDSHAKE_TIMEOUT),
     });
     let first = chan.expect().await;
     chan.set_timeouts(Timeouts { frame, idle: None });
@@ -243,7 +238,7 @@ where
                     .map_err(std::io::Error::other)?;
                 match synced {
                     Ok(()) => chan.send(&Message::Done).await?,
-                    Err(e) => chan.send(&crate::flush_refused(&e).to_message()).await?,
+                    Err(e) => chan.send(&flush_refused(&e).to_message()).await?,
                 }
             }
             other => {
@@ -294,9 +289,9 @@ async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
             // A node that lost its lease mid-transfer writes no further byte; the
             // connection ends (a client must not take the rest as written).
             shared.writable()?;
-            let (wrote, refused) = crate::write_fully_at(file, &buf[..n], offset + done);
+            let (wrote, refused) = write_fully_at(file, &buf[..n], offset + done);
             landed.written += wrote;
-            landed.error = refused.map(|e| crate::write_refused(len, offset, &e));
+            landed.error = refused.map(|e| write_refused(len, offset, &e));
         }
         done += n as u64;
     }

@@ -13,9 +13,9 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
 use super::admission::{Admission, Limits, Seat, Ticket};
-use super::channel::Timeouts;
 use super::files::{reopen, OpenedFile, Root};
 use super::Channel;
+use super::Timeouts;
 use crate::auth::ClientDirectory;
 use crate::state::resume_key::SEALED_LEN;
 use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};

@@ -1,15 +1,17 @@
 //! `handoffd`: the handoff server.
 
+mod wiring;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use handoff::server::{start, ServerOptions, StoreChoice};
-use handoff_control::cluster::EtcdUrl;
-use handoff_control::net::Limits;
-use handoff_control::state::Quotas;
+use handoff_server::cluster::EtcdUrl;
+use handoff_server::net::Limits;
+use handoff_server::state::Quotas;
 use tracing_subscriber::EnvFilter;
+use wiring::{start, ServerOptions, StoreChoice};
 
 /// Serves files under --root with durable, duplicable handles.
 ///
@@ -248,9 +250,9 @@ async fn main() {
 fn start_failure_code(e: &anyhow::Error) -> i32 {
     let exposed = e.chain().any(|c| {
         matches!(
-            c.downcast_ref::<handoff_control::Error>(),
-            Some(handoff_control::Error::Auth(
-                handoff_control::auth::AuthError::Exposed(_)
+            c.downcast_ref::<handoff_server::Error>(),
+            Some(handoff_server::Error::Auth(
+                handoff_server::auth::AuthError::Exposed(_)
             ))
         )
     });

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use handoff_control::Error;
+use handoff_core::Error;
 
 /// Writes all of `data` at `offset`; returns how many bytes reached the file before an error
 /// stopped it, and that error.

@@ -3,6 +3,7 @@
 //! modules are re-exported here).
 
 pub mod cluster;
+pub mod data;
 pub mod net;
 pub mod store;
 

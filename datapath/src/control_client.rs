@@ -6,10 +6,10 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::net::TcpStream;
 
-use super::Channel;
-use crate::auth::Identity;
-use crate::wire::Message;
-use crate::Error;
+use crate::Channel;
+use handoff_core::auth::Identity;
+use handoff_core::wire::Message;
+use handoff_core::Error;
 
 pub struct ControlClient {
     chan: Channel<TcpStream>,
