@@ -35,6 +35,50 @@ fn sig(v: Option<f64>) -> String {
     }
 }
 
+/// The largest transfer `tool` measured for `op` in `suite`.
+fn largest<'a>(rows: &'a [Row], suite: &str, tool: &str, op: &str) -> Option<&'a Row> {
+    rows.iter()
+        .filter(|r| r.suite == suite && r.tool == tool && r.op == op)
+        .max_by_key(|r| r.size)
+}
+
+/// The server's CPU per GiB read, server-initiated and direct, beside the TCP path's.
+fn server_cpu_line(rows: &[Row], out: &mut String) {
+    if let (Some(si), Some(di)) = (
+        largest(rows, "rdma", "handoff rdma", "read"),
+        largest(rows, "rdma", "handoff rdma direct", "read"),
+    ) {
+        // The TCP path on the same CPUs when the RDMA suite measured it, else on the host.
+        let tcp = largest(rows, "rdma", "handoff tcp", "read").or(largest(
+            rows,
+            "stream",
+            "handoff tcp",
+            "read",
+        ));
+        let _ = write!(
+            out,
+            "- Server CPU per GiB read: server-initiated {} s, direct mode {} s (setup once: {} s)",
+            sig(si.server_cpu_s_per_gib),
+            sig(di.server_cpu_s_per_gib),
+            sig(di.server_setup_cpu_s),
+        );
+        match (
+            tcp.and_then(|t| t.server_cpu_s_per_gib),
+            di.server_cpu_s_per_gib,
+        ) {
+            (Some(t), Some(d)) if t > 0.0 => {
+                let _ = writeln!(
+                    out,
+                    "; direct = **{} %** of the TCP path's {} s on the same CPUs",
+                    sig(Some(d / t * 100.0)),
+                    sig(Some(t))
+                );
+            }
+            _ => out.push('\n'),
+        }
+    }
+}
+
 /// The headline numbers the issue asks for, as bullet points.
 fn headline(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -64,40 +108,7 @@ fn headline(rows: &[Row]) -> String {
             let _ = writeln!(out, "- {tool} {op} ÷ {limit}: {}", parts.join(", "));
         }
     }
-    let largest = |suite: &str, tool: &str, op: &str| {
-        rows.iter()
-            .filter(|r| r.suite == suite && r.tool == tool && r.op == op)
-            .max_by_key(|r| r.size)
-    };
-    if let (Some(si), Some(di)) = (
-        largest("rdma", "handoff rdma", "read"),
-        largest("rdma", "handoff rdma direct", "read"),
-    ) {
-        // The TCP path on the same CPUs when the RDMA suite measured it, else on the host.
-        let tcp =
-            largest("rdma", "handoff tcp", "read").or(largest("stream", "handoff tcp", "read"));
-        let _ = write!(
-            out,
-            "- Server CPU per GiB read: server-initiated {} s, direct mode {} s (setup once: {} s)",
-            sig(si.server_cpu_s_per_gib),
-            sig(di.server_cpu_s_per_gib),
-            sig(di.server_setup_cpu_s),
-        );
-        match (
-            tcp.and_then(|t| t.server_cpu_s_per_gib),
-            di.server_cpu_s_per_gib,
-        ) {
-            (Some(t), Some(d)) if t > 0.0 => {
-                let _ = writeln!(
-                    out,
-                    "; direct = **{} %** of the TCP path's {} s on the same CPUs",
-                    sig(Some(d / t * 100.0)),
-                    sig(Some(t))
-                );
-            }
-            _ => out.push('\n'),
-        }
-    }
+    server_cpu_line(rows, &mut out);
     for (tool, peer) in [
         ("handoff tcp", "nginx sendfile"),
         ("handoff tls", "nginx TLS"),

@@ -381,17 +381,216 @@ async fn write_from_stdin(data: &mut DataHandle, offset: u64) -> anyhow::Result<
     Ok(n)
 }
 
-async fn run(args: Args) -> anyhow::Result<i32> {
-    if let Command::Keygen { name, output } = &args.command {
-        let id = Identity::generate(name, &mut rand::rngs::OsRng)
-            .map_err(|e| UsageError(e.to_string()))?;
-        match output {
-            Some(path) => write_secret(path, &(id.to_line() + "\n"))?,
-            None => {
-                println!("{}", id.to_line());
-                warn_if_stdout_is_exposed();
+/// `open`: prints the resume key (with the open's state under --json) and remembers it.
+async fn open(
+    client: &mut Client,
+    server: &str,
+    path: &str,
+    opts: &OpenOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    let opened = client
+        .open(path, opts)
+        .await
+        .with_context(|| format!("open {path}"))?;
+    remember_key(server, path, &opened.token);
+    if json {
+        println!(
+            "{}",
+            json!({
+                "key": opened.token,
+                "handle": opened.handle,
+                "mode": opened.info.mode.to_string(),
+                "share": opened.info.share.to_string(),
+                "locks": opened.info.locks.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                "size": opened.info.size,
+            })
+        );
+    } else {
+        println!("{}", opened.token);
+    }
+    Ok(())
+}
+
+/// `resume`: what happened to the file meanwhile, granted or not (a denied resume still
+/// tells).
+fn print_resume(
+    resumed: Result<DataHandle, handoff_datapath::DataError>,
+    json: bool,
+) -> anyhow::Result<()> {
+    match resumed {
+        Ok(mut data) => {
+            let r = data.report();
+            let info = data.info();
+            let handle = data.handle();
+            let used = match &data {
+                DataHandle::Stream(d) => d.transport.to_string(),
+                DataHandle::Rdma(_) => "rdma".to_string(),
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "granted": true,
+                        "accessed_by_other": r.accessed_by_other,
+                        "changed_by_other": r.changed_by_other,
+                        "reopened": r.reopened,
+                        "mode": info.mode.to_string(),
+                        "share": info.share.to_string(),
+                        "locks": info.locks.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                        "size": info.size,
+                        "handle": handle,
+                        "channel": used,
+                    })
+                );
+            } else {
+                println!(
+                    "resumed handle {} (mode {}, {} bytes){}\naccessed by another client: {}\nchanged by another client: {}",
+                    handle,
+                    info.mode,
+                    info.size,
+                    if r.reopened { "; the open had expired and was granted again" } else { "" },
+                    if r.accessed_by_other { "yes" } else { "no" },
+                    if r.changed_by_other { "yes" } else { "no" },
+                );
             }
         }
+        Err(err) => {
+            // A denied resume still tells what happened meanwhile.
+            let report = handoff::exit::report_of(&err);
+            if let (Some(r), true) = (report, json) {
+                println!(
+                    "{}",
+                    json!({
+                        "granted": false,
+                        "accessed_by_other": r.accessed_by_other,
+                        "changed_by_other": r.changed_by_other,
+                        "reopened": false,
+                    })
+                );
+            } else if let Some(r) = report {
+                println!(
+                    "not resumed\naccessed by another client: {}\nchanged by another client: {}",
+                    if r.accessed_by_other { "yes" } else { "no" },
+                    if r.changed_by_other { "yes" } else { "no" },
+                );
+            }
+            return Err(anyhow::Error::new(err).context("resume"));
+        }
+    }
+    Ok(())
+}
+
+/// `get` (`put`): opens `path`, reads it whole to stdout (writes stdin into it) over a data
+/// channel, and closes it, even when the transfer failed. Returns the transfer's report.
+async fn whole_file(
+    client: &mut Client,
+    path: &str,
+    opts: &OpenOptions,
+    channel: Option<Channel>,
+    put: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let what = if put { "put" } else { "get" };
+    let opened = client
+        .open(path, opts)
+        .await
+        .with_context(|| format!("open {path}"))?;
+    let result = async {
+        let mut data = client.open_data(&opened.token, channel, false).await?;
+        let n = if put {
+            write_from_stdin(&mut data, 0).await?
+        } else {
+            read_to_stdout(&mut data, 0, u64::MAX).await?
+        };
+        anyhow::Ok(transfer_report(&mut data, what, n))
+    }
+    .await;
+    let closed = client.close(&opened.token).await;
+    let report = result.with_context(|| format!("{what} {path}"))?;
+    closed.context("close")?;
+    Ok(report)
+}
+
+/// `keygen`: a new identity, into a file made mode 0600 or onto stdout.
+fn keygen(name: &str, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let id =
+        Identity::generate(name, &mut rand::rngs::OsRng).map_err(|e| UsageError(e.to_string()))?;
+    match output {
+        Some(path) => write_secret(path, &(id.to_line() + "\n"))?,
+        None => {
+            println!("{}", id.to_line());
+            warn_if_stdout_is_exposed();
+        }
+    }
+    Ok(())
+}
+
+/// `admin drain`: hands every open of `server` to `to`.
+async fn drain(client: &mut Client, server: &str, to: &str, json: bool) -> anyhow::Result<()> {
+    let r = client
+        .drain(to)
+        .await
+        .with_context(|| format!("drain {server} to {to}"))?;
+    if json {
+        println!(
+            "{}",
+            json!({ "drained_to": to, "opens": r.opens, "files_sent": r.files_sent, "bytes_sent": r.bytes_sent })
+        );
+    } else {
+        println!(
+            "drained {} opens to {to} (sent {} files the peer lacked, {} bytes); clients are referred there",
+            r.opens, r.files_sent, r.bytes_sent
+        );
+    }
+    Ok(())
+}
+
+/// One item per line, or `{"name": [...]}` under --json.
+fn print_list(name: &str, items: &[String], json: bool) {
+    if json {
+        println!("{}", json!({ name: items }));
+    } else {
+        for item in items {
+            println!("{item}");
+        }
+    }
+}
+
+/// `read` (Some length: to stdout) or `write` (None: from stdin) at `offset` on a data
+/// handle; under --json, the transfer's report (on stderr after a read's bytes).
+async fn stream(
+    mut data: DataHandle,
+    offset: u64,
+    read: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    match read {
+        Some(len) => {
+            let n = read_to_stdout(&mut data, offset, len).await?;
+            if json {
+                eprintln!("{}", transfer_report(&mut data, "read", n));
+            }
+        }
+        None => {
+            let n = write_from_stdin(&mut data, offset).await?;
+            if json {
+                println!("{}", transfer_report(&mut data, "write", n));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `stats`: the server's counters as one JSON object.
+fn counters_json(counters: Vec<(String, u64)>) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> =
+        counters.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    serde_json::Value::Object(map)
+}
+
+async fn run(args: Args) -> anyhow::Result<i32> {
+    if let Command::Keygen { name, output } = &args.command {
+        keygen(name, output.as_deref())?;
         return Ok(exit::OK);
     }
     let identity = load_identity(args.identity.as_ref())?;
@@ -420,26 +619,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 create,
                 truncate: false,
             };
-            let opened = client
-                .open(&path, &opts)
-                .await
-                .with_context(|| format!("open {path}"))?;
-            remember_key(&args.server, &path, &opened.token);
-            if args.json {
-                println!(
-                    "{}",
-                    json!({
-                        "key": opened.token,
-                        "handle": opened.handle,
-                        "mode": opened.info.mode.to_string(),
-                        "share": opened.info.share.to_string(),
-                        "locks": opened.info.locks.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                        "size": opened.info.size,
-                    })
-                );
-            } else {
-                println!("{}", opened.token);
-            }
+            open(&mut client, &args.server, &path, &opts, args.json).await?;
         }
         Command::Read {
             key,
@@ -448,86 +628,22 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             direct,
             channel: ch,
         } => {
-            let mut data = client.open_data(&key, channel(&ch)?, direct).await?;
+            let data = client.open_data(&key, channel(&ch)?, direct).await?;
             drop(client);
-            let n = read_to_stdout(&mut data, offset, len.unwrap_or(u64::MAX)).await?;
-            if args.json {
-                eprintln!("{}", transfer_report(&mut data, "read", n));
-            }
+            stream(data, offset, Some(len.unwrap_or(u64::MAX)), args.json).await?;
         }
         Command::Write {
             key,
             offset,
             channel: ch,
         } => {
-            let mut data = client.open_data(&key, channel(&ch)?, false).await?;
+            let data = client.open_data(&key, channel(&ch)?, false).await?;
             drop(client);
-            let n = write_from_stdin(&mut data, offset).await?;
-            if args.json {
-                println!("{}", transfer_report(&mut data, "write", n));
-            }
+            stream(data, offset, None, args.json).await?;
         }
         Command::Resume { key, channel: ch } => {
-            match client.open_data(&key, channel(&ch)?, false).await {
-                Ok(mut data) => {
-                    let r = data.report();
-                    let info = data.info();
-                    let handle = data.handle();
-                    let used = match &data {
-                        DataHandle::Stream(d) => d.transport.to_string(),
-                        DataHandle::Rdma(_) => "rdma".to_string(),
-                    };
-                    if args.json {
-                        println!(
-                            "{}",
-                            json!({
-                                "granted": true,
-                                "accessed_by_other": r.accessed_by_other,
-                                "changed_by_other": r.changed_by_other,
-                                "reopened": r.reopened,
-                                "mode": info.mode.to_string(),
-                                "share": info.share.to_string(),
-                                "locks": info.locks.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                                "size": info.size,
-                                "handle": handle,
-                                "channel": used,
-                            })
-                        );
-                    } else {
-                        println!(
-                            "resumed handle {} (mode {}, {} bytes){}\naccessed by another client: {}\nchanged by another client: {}",
-                            handle,
-                            info.mode,
-                            info.size,
-                            if r.reopened { "; the open had expired and was granted again" } else { "" },
-                            if r.accessed_by_other { "yes" } else { "no" },
-                            if r.changed_by_other { "yes" } else { "no" },
-                        );
-                    }
-                }
-                Err(err) => {
-                    // A denied resume still tells what happened meanwhile.
-                    let report = handoff::exit::report_of(&err);
-                    if let (Some(r), true) = (report, args.json) {
-                        println!(
-                            "{}",
-                            json!({
-                                "granted": false,
-                                "accessed_by_other": r.accessed_by_other,
-                                "changed_by_other": r.changed_by_other,
-                                "reopened": false,
-                            })
-                        );
-                    } else if let Some(r) = report {
-                        println!(
-                            "not resumed\naccessed by another client: {}\nchanged by another client: {}",
-                            if r.accessed_by_other { "yes" } else { "no" },
-                            if r.changed_by_other { "yes" } else { "no" },
-                        );
-                    }
-                    return Err(anyhow::Error::new(err).context("resume"));
-                }
-            }
+            let resumed = client.open_data(&key, channel(&ch)?, false).await;
+            print_resume(resumed, args.json)?;
         }
         Command::Close { key } => client.close(&key).await.context("close")?,
         Command::Pass { key, to } => {
@@ -536,83 +652,34 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
         Command::Inbox => {
             let keys = client.inbox().await.context("inbox")?;
-            if args.json {
-                println!("{}", json!({ "keys": keys }));
-            } else {
-                for k in keys {
-                    println!("{k}");
-                }
-            }
+            print_list("keys", &keys, args.json);
         }
         Command::Stats => {
             let counters = client.stats().await.context("stats")?;
-            let map: serde_json::Map<String, serde_json::Value> =
-                counters.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            println!("{}", serde_json::Value::Object(map));
+            println!("{}", counters_json(counters));
         }
         Command::Lock { key, range } => client.lock(&key, range, true).await.context("lock")?,
         Command::Unlock { key, range } => {
             client.lock(&key, range, false).await.context("unlock")?
         }
         Command::Get { path, channel: ch } => {
-            let t = channel(&ch)?;
-            let opened = client
-                .open(&path, &OpenOptions::default())
-                .await
-                .with_context(|| format!("open {path}"))?;
-            let result = async {
-                let mut data = client.open_data(&opened.token, t, false).await?;
-                let n = read_to_stdout(&mut data, 0, u64::MAX).await?;
-                anyhow::Ok(transfer_report(&mut data, "get", n))
-            }
-            .await;
-            let closed = client.close(&opened.token).await;
-            let report = result.with_context(|| format!("get {path}"))?;
-            closed.context("close")?;
+            let opts = OpenOptions::default();
+            let report = whole_file(&mut client, &path, &opts, channel(&ch)?, false).await?;
             if args.json {
                 eprintln!("{report}");
             }
         }
         Command::Admin {
             command: AdminCommand::Drain { to },
-        } => {
-            let r = client
-                .drain(&to)
-                .await
-                .with_context(|| format!("drain {} to {to}", args.server))?;
-            if args.json {
-                println!(
-                    "{}",
-                    json!({ "drained_to": to, "opens": r.opens, "files_sent": r.files_sent, "bytes_sent": r.bytes_sent })
-                );
-            } else {
-                println!(
-                    "drained {} opens to {to} (sent {} files the peer lacked, {} bytes); clients are referred there",
-                    r.opens, r.files_sent, r.bytes_sent
-                );
-            }
-        }
+        } => drain(&mut client, &args.server, &to, args.json).await?,
         Command::Put { path, channel: ch } => {
-            let t = channel(&ch)?;
             let opts = OpenOptions {
                 mode: Mode::ReadWrite,
                 create: true,
                 truncate: true,
                 ..OpenOptions::default()
             };
-            let opened = client
-                .open(&path, &opts)
-                .await
-                .with_context(|| format!("open {path}"))?;
-            let result = async {
-                let mut data = client.open_data(&opened.token, t, false).await?;
-                let n = write_from_stdin(&mut data, 0).await?;
-                anyhow::Ok(transfer_report(&mut data, "put", n))
-            }
-            .await;
-            let closed = client.close(&opened.token).await;
-            let report = result.with_context(|| format!("put {path}"))?;
-            closed.context("close")?;
+            let report = whole_file(&mut client, &path, &opts, channel(&ch)?, true).await?;
             if args.json {
                 println!("{report}");
             }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use handoff::Identity;
-use handoff_bench::results::{machine, now_stamp, Run};
+use handoff_bench::results::{machine, now_stamp, Row, Run};
 use handoff_bench::suites::{self, Ctx};
 
 const HELP: &str = "\
@@ -60,6 +60,47 @@ fn env_list(name: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// The benchmark client's identity, and a clients file (mode 0600) listing it.
+fn bench_identity(work: &std::path::Path) -> Result<(Identity, PathBuf)> {
+    let identity = Identity::generate("bench", &mut rand::rngs::OsRng)?;
+    let clients_file = work.join("clients");
+    std::fs::write(&clients_file, identity.to_line())?;
+    // Secrets: handoffd refuses a clients file others can read.
+    std::fs::set_permissions(
+        &clients_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    Ok((identity, clients_file))
+}
+
+/// Runs each suite in turn; returns the names of those that failed (the others' rows stand).
+fn run_suites(ctx: &Ctx, runs: usize, suites: &[String], rows: &mut Vec<Row>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for suite in suites {
+        let started = Instant::now();
+        eprintln!("== {suite}");
+        let r = match suite.as_str() {
+            "rdma" => suites::rdma::run(ctx, rows),
+            "stream" => suites::stream::run(ctx, runs, rows),
+            "clients" => suites::clients::run(ctx, rows),
+            "many" => suites::many::run(ctx, rows),
+            "opens" => suites::opens::run(ctx, rows),
+            other => Err(anyhow::anyhow!("unknown suite {other} (see --help)")),
+        };
+        match r {
+            Ok(()) => eprintln!(
+                "== {suite} done in {:.0} s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                eprintln!("== {suite} FAILED: {e:#}");
+                failed.push(suite.clone());
+            }
+        }
+    }
+    failed
 }
 
 fn main() -> Result<()> {
@@ -118,14 +159,7 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&work)?;
     let work = work.canonicalize()?;
-    let identity = Identity::generate("bench", &mut rand::rngs::OsRng)?;
-    let clients_file = work.join("clients");
-    std::fs::write(&clients_file, identity.to_line())?;
-    // Secrets: handoffd refuses a clients file others can read.
-    std::fs::set_permissions(
-        &clients_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
+    let (identity, clients_file) = bench_identity(&work)?;
     let ctx = Ctx {
         bin_dir: bin_dir
             .canonicalize()
@@ -148,29 +182,7 @@ fn main() -> Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         rows: Vec::new(),
     };
-    let mut failed = Vec::new();
-    for suite in &suites_wanted {
-        let started = Instant::now();
-        eprintln!("== {suite}");
-        let r = match suite.as_str() {
-            "rdma" => suites::rdma::run(&ctx, &mut run.rows),
-            "stream" => suites::stream::run(&ctx, runs, &mut run.rows),
-            "clients" => suites::clients::run(&ctx, &mut run.rows),
-            "many" => suites::many::run(&ctx, &mut run.rows),
-            "opens" => suites::opens::run(&ctx, &mut run.rows),
-            other => Err(anyhow::anyhow!("unknown suite {other} (see --help)")),
-        };
-        match r {
-            Ok(()) => eprintln!(
-                "== {suite} done in {:.0} s",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(e) => {
-                eprintln!("== {suite} FAILED: {e:#}");
-                failed.push(suite.clone());
-            }
-        }
-    }
+    let failed = run_suites(&ctx, runs, &suites_wanted, &mut run.rows);
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -67,6 +67,59 @@ fn protocol(what: String) -> DataError {
     Error::Protocol(what).into()
 }
 
+/// Resolves `addr` to a device and a route on `id`.
+fn resolve(channel: &EventChannel, id: &CmId, addr: SocketAddr) -> Result<(), DataError> {
+    let wait = |want: u32, what: &str| -> Result<(), DataError> {
+        let ev = channel
+            .next_event_timeout(Duration::from_secs(10))?
+            .ok_or_else(|| protocol(format!("no answer from {addr} while {what}")))?;
+        if ev.kind() == want {
+            Ok(())
+        } else {
+            Err(protocol(format!(
+                "{what} {addr}: {} (status {})",
+                ev.name(),
+                ev.status()
+            )))
+        }
+    };
+    id.resolve_addr(addr, 2000)?;
+    wait(RDMA_CM_EVENT_ADDR_RESOLVED, "resolving")?;
+    id.resolve_route(2000)?;
+    wait(RDMA_CM_EVENT_ROUTE_RESOLVED, "finding a route to")
+}
+
+/// Waits for the server's answer to a connect request: established, or its refusal (a
+/// handoff server says why in the reject's private data).
+fn established(channel: &EventChannel, addr: SocketAddr) -> Result<(), DataError> {
+    let ev = channel
+        .next_event_timeout(Duration::from_secs(15))?
+        .ok_or_else(|| protocol(format!("no answer to the connect request from {addr}")))?;
+    match ev.kind() {
+        RDMA_CM_EVENT_ESTABLISHED => Ok(()),
+        RDMA_CM_EVENT_REJECTED => {
+            let data = ev.private_data();
+            let code = data.first().copied().unwrap_or(1);
+            let text = String::from_utf8_lossy(data.get(1..).unwrap_or_default());
+            let text = text.trim_end_matches('\0');
+            Err(if text.is_empty() {
+                protocol(format!(
+                    "{addr} rejected the RDMA connection (no handoff server there? reject \
+                     reason {})",
+                    ev.status()
+                ))
+            } else {
+                remote_error(code, text.to_string())
+            })
+        }
+        _ => Err(protocol(format!(
+            "connecting to {addr}: {} (status {})",
+            ev.name(),
+            ev.status()
+        ))),
+    }
+}
+
 impl RdmaClient {
     /// Connects to `addr`, presenting `key`; the server checks it before accepting the QP.
     /// Requests are [`CHUNK`] bytes.
@@ -86,24 +139,7 @@ impl RdmaClient {
         let request = request.clamp(4096, CHUNK);
         let channel = EventChannel::new()?;
         let id = CmId::new(&channel)?;
-        let wait = |want: u32, what: &str| -> Result<(), DataError> {
-            let ev = channel
-                .next_event_timeout(Duration::from_secs(10))?
-                .ok_or_else(|| protocol(format!("no answer from {addr} while {what}")))?;
-            if ev.kind() == want {
-                Ok(())
-            } else {
-                Err(protocol(format!(
-                    "{what} {addr}: {} (status {})",
-                    ev.name(),
-                    ev.status()
-                )))
-            }
-        };
-        id.resolve_addr(addr, 2000)?;
-        wait(RDMA_CM_EVENT_ADDR_RESOLVED, "resolving")?;
-        id.resolve_route(2000)?;
-        wait(RDMA_CM_EVENT_ROUTE_RESOLVED, "finding a route to")?;
+        resolve(&channel, &id, addr)?;
         // 4.096 µs × 2^16 ≈ 0.27 s per try, 7 tries: a dead path shows in about 2 s.
         id.set_ack_timeout(16);
         let mut ep = Endpoint::new(&id)?;
@@ -121,35 +157,7 @@ impl RdmaClient {
             return Err(Error::not_found("resume key rejected: wrong length").into());
         }
         id.connect(&private)?;
-        let ev = channel
-            .next_event_timeout(Duration::from_secs(15))?
-            .ok_or_else(|| protocol(format!("no answer to the connect request from {addr}")))?;
-        match ev.kind() {
-            RDMA_CM_EVENT_ESTABLISHED => {}
-            RDMA_CM_EVENT_REJECTED => {
-                let data = ev.private_data();
-                let code = data.first().copied().unwrap_or(1);
-                let text = String::from_utf8_lossy(data.get(1..).unwrap_or_default());
-                let text = text.trim_end_matches('\0');
-                return Err(if text.is_empty() {
-                    protocol(format!(
-                        "{addr} rejected the RDMA connection (no handoff server there? reject \
-                         reason {})",
-                        ev.status()
-                    ))
-                } else {
-                    remote_error(code, text.to_string())
-                });
-            }
-            _ => {
-                return Err(protocol(format!(
-                    "connecting to {addr}: {} (status {})",
-                    ev.name(),
-                    ev.status()
-                )))
-            }
-        }
-        drop(ev);
+        established(&channel, addr)?;
         ep.cm = Some(channel.clone());
         let device = id.device_name();
         ep.client_handshake(identity)?;

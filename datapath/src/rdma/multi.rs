@@ -204,47 +204,61 @@ impl MultiChannel {
             }
             // Take the next reply on the QP the front chunk waits for.
             let qp = front.qp;
-            let Some(seq) = due[qp].pop_front() else {
-                return Err(DataError::Io(std::io::Error::other(
-                    "striped read lost track of a chunk",
-                )));
-            };
-            match self.qps[qp].as_mut().expect("live").expect_read() {
-                Ok(n) => {
-                    let idx = (seq - first_seq) as usize;
-                    if let Some(c) = order.get_mut(idx) {
-                        if n > c.asked {
-                            return Err(DataError::Control(Error::Protocol(format!(
-                                "server announced {n} bytes for a read of at most {}",
-                                c.asked
-                            ))));
-                        }
-                        c.got = Some(n);
-                    }
-                    if let Some(q) = self.qps[qp].as_mut() {
-                        q.bytes += n;
-                    }
-                }
-                Err(e) if e.is_remote_error() => {
-                    // Every QP still owes replies to chunks asked after this one.
-                    let mut e = e;
-                    for (q, owed) in due.iter().enumerate() {
-                        if let Some(path) = self.qps[q].as_mut() {
-                            e = path.settle(e, owed.len());
-                        }
-                    }
-                    return Err(e);
-                }
-                Err(e) => {
-                    due[qp].push_front(seq);
-                    self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;
-                }
-            }
+            self.take_reply(qp, &mut order, first_seq, &mut free, &mut due)?;
         }
         if !eof && issued < len && self.live().is_empty() {
             return Err(all_failed());
         }
         Ok(delivered)
+    }
+
+    /// Takes the next reply on `qp` and records it on its chunk; a failed path's chunks go to
+    /// the others.
+    fn take_reply(
+        &mut self,
+        qp: usize,
+        order: &mut VecDeque<Chunk>,
+        first_seq: u64,
+        free: &mut [Vec<usize>],
+        due: &mut [VecDeque<u64>],
+    ) -> Result<(), DataError> {
+        let Some(seq) = due[qp].pop_front() else {
+            return Err(DataError::Io(std::io::Error::other(
+                "striped read lost track of a chunk",
+            )));
+        };
+        match self.qps[qp].as_mut().expect("live").expect_read() {
+            Ok(n) => {
+                let idx = (seq - first_seq) as usize;
+                if let Some(c) = order.get_mut(idx) {
+                    if n > c.asked {
+                        return Err(DataError::Control(Error::Protocol(format!(
+                            "server announced {n} bytes for a read of at most {}",
+                            c.asked
+                        ))));
+                    }
+                    c.got = Some(n);
+                }
+                if let Some(q) = self.qps[qp].as_mut() {
+                    q.bytes += n;
+                }
+                Ok(())
+            }
+            Err(e) if e.is_remote_error() => {
+                // Every QP still owes replies to chunks asked after this one.
+                let mut e = e;
+                for (q, owed) in due.iter().enumerate() {
+                    if let Some(path) = self.qps[q].as_mut() {
+                        e = path.settle(e, owed.len());
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => {
+                due[qp].push_front(seq);
+                self.reissue(qp, &e, order, first_seq, free, due)
+            }
+        }
     }
 
     /// Moves every chunk still due on failed QP `qp` to surviving QPs.

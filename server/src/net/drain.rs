@@ -373,3 +373,39 @@ pub(super) async fn import(
     );
     Ok(Message::Done)
 }
+
+/// A drain request: from an admin (`Drain`), or from the peer a server drains into.
+pub(super) async fn request(shared: &Shared, client: &str, msg: Message) -> Result<Message, Error> {
+    match msg {
+        Message::Drain { to } => {
+            require_admin(shared, client)?;
+            drain_to(shared, to, true).await
+        }
+        Message::ImportInbox { client: to, tokens } => {
+            require_peer(shared, client)?;
+            shared
+                .run(move |core, _| Ok(core.import_inbox(&to, tokens)?))
+                .await?;
+            Ok(Message::Done)
+        }
+        Message::Missing { paths } => {
+            require_peer(shared, client)?;
+            shared.fs(move |s| missing(s, paths)).await
+        }
+        Message::FileChunk {
+            path,
+            offset,
+            data,
+            last,
+        } => {
+            require_peer(shared, client)?;
+            shared
+                .fs(move |s| file_chunk(s, &path, offset, &data, last))
+                .await
+        }
+        other => Err(Error::Protocol(format!(
+            "{:#04x} is not a drain request",
+            other.kind()
+        ))),
+    }
+}

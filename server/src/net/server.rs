@@ -966,6 +966,23 @@ async fn open(
     Ok((key, granted.handle, info))
 }
 
+/// The server's counters and its admission counts.
+fn stats_reply(shared: &Shared) -> Message {
+    let mut counters = shared.stats.snapshot();
+    let a = shared.admission.counts();
+    counters.extend([
+        ("connections_authenticated".into(), a.authenticated as u64),
+        (
+            "connections_unauthenticated".into(),
+            a.unauthenticated as u64,
+        ),
+        ("connections_evicted".into(), a.evicted),
+        ("connections_turned_away".into(), a.turned_away),
+        ("connections_refused".into(), a.refused),
+    ]);
+    Message::StatsReply { counters }
+}
+
 async fn dispatch(
     shared: &Shared,
     client: &str,
@@ -1008,21 +1025,7 @@ async fn dispatch(
             let (keys, next) = shared.peek(|core| core.inbox_page(&client, after, INBOX_PAGE));
             Ok((Message::Keys { keys, next }, None))
         }
-        Message::Stats => {
-            let mut counters = shared.stats.snapshot();
-            let a = shared.admission.counts();
-            counters.extend([
-                ("connections_authenticated".into(), a.authenticated as u64),
-                (
-                    "connections_unauthenticated".into(),
-                    a.unauthenticated as u64,
-                ),
-                ("connections_evicted".into(), a.evicted),
-                ("connections_turned_away".into(), a.turned_away),
-                ("connections_refused".into(), a.refused),
-            ]);
-            Ok((Message::StatsReply { counters }, None))
-        }
+        Message::Stats => Ok((stats_reply(shared), None)),
         Message::Endpoints => Ok((
             Message::EndpointList {
                 endpoints: shared.config.endpoints.clone(),
@@ -1037,33 +1040,11 @@ async fn dispatch(
                 .await?;
             Ok((Message::Done, None))
         }
-        Message::Drain { to } => {
-            super::drain::require_admin(shared, &client)?;
-            Ok((super::drain::drain_to(shared, to, true).await?, None))
-        }
-        Message::ImportInbox { client: to, tokens } => {
-            super::drain::require_peer(shared, &client)?;
-            shared
-                .run(move |core, _| Ok(core.import_inbox(&to, tokens)?))
-                .await?;
-            Ok((Message::Done, None))
-        }
-        Message::Missing { paths } => {
-            super::drain::require_peer(shared, &client)?;
-            let reply = shared.fs(move |s| super::drain::missing(s, paths)).await?;
-            Ok((reply, None))
-        }
-        Message::FileChunk {
-            path,
-            offset,
-            data,
-            last,
-        } => {
-            super::drain::require_peer(shared, &client)?;
-            let reply = shared
-                .fs(move |s| super::drain::file_chunk(s, &path, offset, &data, last))
-                .await?;
-            Ok((reply, None))
+        Message::Drain { .. }
+        | Message::ImportInbox { .. }
+        | Message::Missing { .. }
+        | Message::FileChunk { .. } => {
+            Ok((super::drain::request(shared, &client, msg).await?, None))
         }
         other => Err(Error::Protocol(format!(
             "{:#04x} is not a control-channel request",

@@ -8,6 +8,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{Mutation, Snapshot, Store, StoreError};
 use crate::state::records::{decode_inbox, FileRecord, OpenRecord};
+use crate::wire::WireError;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OPENS: TableDefinition<u32, &[u8]> = TableDefinition::new("opens");
@@ -26,6 +27,30 @@ pub struct RedbStore {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// Every row of `table`, decoded; a row that does not decode names its table.
+fn rows<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+    tx: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+    name: &'static str,
+    mut decode: impl for<'a> FnMut(K::SelfType<'a>, V::SelfType<'a>) -> Result<T, WireError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in tx
+        .open_table(table)
+        .map_err(backend)?
+        .iter()
+        .map_err(backend)?
+    {
+        let (k, v) = row.map_err(backend)?;
+        let decoded = decode(k.value(), v.value()).map_err(|source| StoreError::Corrupt {
+            table: name,
+            source,
+        })?;
+        out.push(decoded);
+    }
+    Ok(out)
 }
 
 impl RedbStore {
@@ -144,87 +169,25 @@ impl RedbStore {
             let peer = String::from_utf8_lossy(v.value()).into_owned();
             snap.draining = (!peer.is_empty()).then_some(peer);
         }
-        for row in tx
-            .open_table(FOREIGN)
-            .map_err(backend)?
-            .iter()
-            .map_err(backend)?
-        {
-            let (k, v) = row.map_err(backend)?;
-            let key: [u8; 32] = v.value().try_into().map_err(|_| StoreError::Corrupt {
-                table: "foreign_keys",
-                source: crate::wire::WireError::Invalid("foreign key length"),
-            })?;
-            snap.foreign_keys.push((k.value(), key));
-        }
-        for row in tx
-            .open_table(ALIASES)
-            .map_err(backend)?
-            .iter()
-            .map_err(backend)?
-        {
-            let (_, v) = row.map_err(backend)?;
-            snap.aliases
-                .push(
-                    super::Alias::decode(v.value()).map_err(|source| StoreError::Corrupt {
-                        table: "aliases",
-                        source,
-                    })?,
-                );
-        }
-        for row in tx
-            .open_table(OPENS)
-            .map_err(backend)?
-            .iter()
-            .map_err(backend)?
-        {
-            let (_, v) = row.map_err(backend)?;
-            let rec = OpenRecord::decode(v.value()).map_err(|source| StoreError::Corrupt {
-                table: "opens",
-                source,
-            })?;
-            snap.opens.push(rec);
-        }
-        for row in tx
-            .open_table(FILES)
-            .map_err(backend)?
-            .iter()
-            .map_err(backend)?
-        {
-            let (k, v) = row.map_err(backend)?;
-            let rec = FileRecord::decode(v.value()).map_err(|source| StoreError::Corrupt {
-                table: "files",
-                source,
-            })?;
-            snap.files.push((k.value(), rec));
-        }
-        for row in tx
-            .open_table(INBOXES)
-            .map_err(backend)?
-            .iter()
-            .map_err(backend)?
-        {
-            let (k, v) = row.map_err(backend)?;
-            let keys = decode_inbox(v.value()).map_err(|source| StoreError::Corrupt {
-                table: "inboxes",
-                source,
-            })?;
-            snap.legacy_inboxes.push((k.value().to_owned(), keys));
-        }
-        for row in tx
-            .open_table(INBOX_KEYS)
-            .map_err(backend)?
-            .iter()
-            .map_err(backend)?
-        {
-            let (k, v) = row.map_err(backend)?;
-            let (client, seq) = k.value();
-            snap.inbox.push(super::InboxKey {
+        snap.foreign_keys = rows(&tx, FOREIGN, "foreign_keys", |k, v| {
+            let key = v
+                .try_into()
+                .map_err(|_| WireError::Invalid("foreign key length"))?;
+            Ok((k, key))
+        })?;
+        snap.aliases = rows(&tx, ALIASES, "aliases", |_, v| super::Alias::decode(v))?;
+        snap.opens = rows(&tx, OPENS, "opens", |_, v| OpenRecord::decode(v))?;
+        snap.files = rows(&tx, FILES, "files", |k, v| Ok((k, FileRecord::decode(v)?)))?;
+        snap.legacy_inboxes = rows(&tx, INBOXES, "inboxes", |k, v| {
+            Ok((k.to_owned(), decode_inbox(v)?))
+        })?;
+        snap.inbox = rows(&tx, INBOX_KEYS, "inbox_keys", |(client, seq), token| {
+            Ok(super::InboxKey {
                 client: client.to_owned(),
                 seq,
-                token: v.value().to_owned(),
-            });
-        }
+                token: token.to_owned(),
+            })
+        })?;
         Ok(snap)
     }
 

@@ -81,15 +81,11 @@ impl Running {
     }
 }
 
-pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
-    let root = std::fs::canonicalize(&opts.root)
-        .with_context(|| format!("--root {}: cannot use it", opts.root.display()))?;
-    anyhow::ensure!(
-        root.is_dir(),
-        "--root {} is not a directory",
-        root.display()
-    );
-    make_private_dir(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
+/// The clients list (and who of them are admins and peers) and this server's own identity
+/// towards its peers, each refused if other users may read it.
+fn read_secrets(
+    opts: &ServerOptions,
+) -> anyhow::Result<(ClientDirectory, Option<handoff_server::auth::Identity>)> {
     let clients = std::fs::read_to_string(&opts.clients)
         .with_context(|| format!("--clients {}", opts.clients.display()))?;
     handoff_datapath::secrets::check_private(&opts.clients)
@@ -128,6 +124,34 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             )
         }
     };
+    Ok((directory, peer_identity))
+}
+
+/// The data endpoints clients are told about: TCP and TLS on one port, and each RDMA address.
+fn advertised(data_addr: SocketAddr, rdma: &[SocketAddr]) -> Vec<Endpoint> {
+    [EndpointKind::Tcp, EndpointKind::Tls]
+        .into_iter()
+        .map(|kind| Endpoint {
+            kind,
+            addr: data_addr.to_string(),
+        })
+        .chain(rdma.iter().map(|a| Endpoint {
+            kind: EndpointKind::Rdma,
+            addr: a.to_string(),
+        }))
+        .collect()
+}
+
+pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
+    let root = std::fs::canonicalize(&opts.root)
+        .with_context(|| format!("--root {}: cannot use it", opts.root.display()))?;
+    anyhow::ensure!(
+        root.is_dir(),
+        "--root {} is not a directory",
+        root.display()
+    );
+    make_private_dir(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
+    let (directory, peer_identity) = read_secrets(&opts)?;
     let (store, cluster) = open_store(&opts).await?;
     // (An etcd read blocks this thread briefly, as the redb read does.)
     let snapshot = store.load().context("reading the state store")?;
@@ -161,17 +185,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             root: handoff_server::net::Root::open(&root)
                 .with_context(|| format!("--root {}", root.display()))?,
             directory,
-            endpoints: [EndpointKind::Tcp, EndpointKind::Tls]
-                .into_iter()
-                .map(|kind| Endpoint {
-                    kind,
-                    addr: data_addr.to_string(),
-                })
-                .chain(opts.rdma_listen.iter().map(|a| Endpoint {
-                    kind: EndpointKind::Rdma,
-                    addr: a.to_string(),
-                }))
-                .collect(),
+            endpoints: advertised(data_addr, &opts.rdma_listen),
             tls_fingerprint: Some(tls.fingerprint()),
             max_kept_files: kept_files_limit(&opts.limits),
             limits: opts.limits.clone(),
