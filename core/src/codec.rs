@@ -1,9 +1,25 @@
 //! Checked binary reader and writer. Every decoder in handoff goes through [`Reader`]: no
 //! indexing, no panics, every length bounded, trailing bytes rejected by [`Reader::finish`].
+//! Below both the wire messages and the stored records (which `wire` re-exports).
 
 use bytes::{BufMut, BytesMut};
 
-use super::WireError;
+/// A decoding failure: the peer sent something malformed. Closes only that connection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum WireError {
+    #[error("message truncated")]
+    Truncated,
+    #[error("field longer than allowed")]
+    TooLong,
+    #[error("trailing bytes after message")]
+    TrailingBytes,
+    #[error("frame of {0} bytes exceeds the limit")]
+    FrameTooLarge(usize),
+    #[error("unknown message type {0:#04x}")]
+    UnknownKind(u8),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
 
 /// A cursor over untrusted bytes. Each getter returns an error instead of panicking.
 pub struct Reader<'a> {

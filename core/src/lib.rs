@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod codec;
 mod error;
 pub mod state;
 pub mod store;

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 
 use super::{ByteRange, Mode, ShareMode};
-use crate::wire::{Reader, WireError, Writer};
+use crate::codec::{Reader, WireError, Writer};
 
 pub const MAX_PATH: usize = 4096;
 pub const MAX_NAME: usize = 64;

@@ -83,7 +83,7 @@ impl KeySealer {
     /// Authenticates a sealed key before anything is looked up with it. Trailing zero
     /// padding (as rdma_cm adds to private data) is accepted; anything else is not.
     pub fn open(&self, sealed: &[u8]) -> Result<ResumeKey, KeyError> {
-        let mut r = crate::wire::Reader::new(sealed);
+        let mut r = crate::codec::Reader::new(sealed);
         let version = r.u8().map_err(|_| KeyError::Malformed)?;
         if version != KEY_VERSION {
             return Err(KeyError::Version(version));
@@ -104,8 +104,8 @@ impl KeySealer {
         mac.update(body);
         mac.verify_truncated_left(&tag)
             .map_err(|_| KeyError::BadMac)?;
-        let mut b = crate::wire::Reader::new(body);
-        let parse = |b: &mut crate::wire::Reader| -> Result<ResumeKey, crate::wire::WireError> {
+        let mut b = crate::codec::Reader::new(body);
+        let parse = |b: &mut crate::codec::Reader| -> Result<ResumeKey, crate::codec::WireError> {
             Ok(ResumeKey {
                 file_id: b.u64()?,
                 opened_at: b.u64()?,

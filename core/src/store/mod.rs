@@ -66,8 +66,8 @@ impl Alias {
         out
     }
 
-    pub fn decode(b: &[u8]) -> Result<Self, crate::wire::WireError> {
-        let mut r = crate::wire::Reader::new(b);
+    pub fn decode(b: &[u8]) -> Result<Self, crate::codec::WireError> {
+        let mut r = crate::codec::Reader::new(b);
         let a = Alias {
             origin: r.u32()?,
             old_slot: r.u32()?,
@@ -111,7 +111,7 @@ pub enum StoreError {
     #[error("store holds a corrupt record under {table}: {source}")]
     Corrupt {
         table: &'static str,
-        source: crate::wire::WireError,
+        source: crate::codec::WireError,
     },
 }
 

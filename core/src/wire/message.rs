@@ -1,25 +1,33 @@
-//! Every message of the control and data channels. A frame's `kind` byte selects the variant;
-//! payloads are decoded strictly (bounded lengths, no trailing bytes).
+//! Every message of the control and data channels, in one table: a frame's `kind` byte
+//! selects the variant; payloads are decoded strictly (bounded lengths, no trailing bytes).
 
-use bytes::BytesMut;
-
-use super::{Reader, WireError, Writer};
-use crate::state::records::{
-    decode_mode, decode_range, decode_share, encode_range, MAX_LOCKS, MAX_NAME, MAX_PATH,
-};
+use super::message_table::{ignore_then, message_table};
+pub use crate::state::records::{MAX_LOCKS, MAX_NAME, MAX_PATH};
 use crate::state::{ByteRange, Mode, ResumeReport, ShareMode};
 
 pub const PROTOCOL_VERSION: u8 = 1;
-const MAX_KEY: usize = 64;
-const MAX_MESSAGE: usize = 1024;
-const MAX_ENDPOINTS: usize = 16;
-const MAX_KEYS: usize = 1024;
+/// Bytes of a resume key in a request: room above today's sealed key (`SEALED_LEN`, 50) for
+/// a longer format; the server checks the exact length before it looks a key up.
+pub const MAX_KEY: usize = 64;
+/// Bytes of a human-readable message (an error, a refusal, a goodbye).
+pub const MAX_MESSAGE: usize = 1024;
+/// Bytes of a network address (`host:port`).
+pub const MAX_ADDR: usize = 256;
+/// Bytes of a resume-key token (its printable form, 67 characters today).
+pub const MAX_TOKEN: usize = 128;
+/// Data endpoints one server advertises.
+pub const MAX_ENDPOINTS: usize = 16;
+/// Keys in one `Keys` reply.
+pub const MAX_KEYS: usize = 1024;
+/// Counters in one `StatsReply`, and bytes of a counter's name.
+pub const MAX_COUNTERS: usize = 64;
+pub const MAX_COUNTER_NAME: usize = 64;
 /// Keys in one page of the inbox: well inside a frame (each key is a 67-character token).
 pub const INBOX_PAGE: usize = 512;
 /// Paths, records or counters in one drain message (a larger drain sends several).
 pub const MAX_DRAIN_ITEMS: usize = 1024;
 /// Bytes of one encoded open record in an `Import`.
-const MAX_RECORD: usize = 32 * 1024;
+pub const MAX_RECORD: usize = 32 * 1024;
 /// Passed keys in one `ImportInbox` (each token is 67 characters).
 pub const MAX_INBOX_BATCH: usize = 512;
 /// File bytes in one `FileChunk` (under the frame's 64 KiB payload).
@@ -78,11 +86,34 @@ impl ErrorCode {
     }
 }
 
+/// A data channel's transport; a kind this side does not know (from a newer server) is kept,
+/// and a client passes over it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointKind {
     Tcp,
     Tls,
     Rdma,
+    Unknown(u8),
+}
+
+impl EndpointKind {
+    pub fn to_wire(self) -> u8 {
+        match self {
+            EndpointKind::Tcp => 1,
+            EndpointKind::Tls => 2,
+            EndpointKind::Rdma => 3,
+            EndpointKind::Unknown(v) => v,
+        }
+    }
+
+    pub fn from_wire(v: u8) -> Self {
+        match v {
+            1 => EndpointKind::Tcp,
+            2 => EndpointKind::Tls,
+            3 => EndpointKind::Rdma,
+            v => EndpointKind::Unknown(v),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,616 +143,168 @@ pub struct FileInfo {
     pub size: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    // Handshake (unauthenticated frames).
-    Hello {
-        version: u8,
-        client: String,
-        client_nonce: [u8; 32],
-    },
-    Challenge {
-        server_nonce: [u8; 32],
-        proof: [u8; 32],
-    },
-    Proof {
-        proof: [u8; 32],
-    },
-    Welcome,
-    AuthFailed {
-        message: String,
-    },
-    // Control requests.
-    Open(OpenParams),
-    Close {
-        key: Vec<u8>,
-    },
-    Pass {
-        key: Vec<u8>,
-        to: String,
-    },
-    /// Keys passed to this client, a page at a time: those after cursor `after` (0: from
-    /// the start); answered with `Keys`.
-    Inbox {
-        after: u64,
-    },
-    Endpoints,
-    Lock {
-        key: Vec<u8>,
-        range: ByteRange,
-        take: bool,
-    },
-    // Data-channel requests.
-    Attach {
-        key: Vec<u8>,
-    },
-    Read {
-        offset: u64,
-        len: u64,
-    },
-    /// Answered with `Done` (go ahead), then `len` raw bytes follow, then `Written`.
-    Write {
-        offset: u64,
-        len: u64,
-    },
-    /// Make written bytes durable (fdatasync); answered with `Done`.
-    Flush,
-    /// RDMA: the server RDMA-WRITEs up to `len` file bytes from `offset` into the client's
-    /// registered buffer (`addr`, `rkey`), then answers `ReadData` with the count.
-    RdmaRead {
-        offset: u64,
-        len: u64,
-        addr: u64,
-        rkey: u32,
-    },
-    /// RDMA: the server RDMA-READs `len` bytes from the client's buffer and writes them at
-    /// `offset`; answered with `Written`.
-    RdmaWrite {
-        offset: u64,
-        len: u64,
-        addr: u64,
-        rkey: u32,
-    },
-    /// RDMA direct mode: ask for an rkey to the file itself; answered with `FileMapped`.
-    MapFile,
-    /// The server's counters; answered with `StatsReply`.
-    Stats,
-    // Planned drain (admin and server-to-server requests).
-    /// Admin: hand every open of this server to the server at `to` (its control address),
-    /// then refer clients there; answered with `Drained`.
-    Drain {
-        to: String,
-    },
-    /// Server to peer: which of these paths does the peer lack? Answered with `Paths`.
-    Missing {
-        paths: Vec<String>,
-    },
-    /// Server to peer: bytes of a file the peer lacks, in order; `last` completes it.
-    /// Answered with `Done`.
-    FileChunk {
-        path: String,
-        offset: u64,
-        data: Vec<u8>,
-        last: bool,
-    },
-    /// Server to peer: opens to merge into the peer's table. `mac_key` is the sender's key
-    /// for its resume keys, wrapped with this session's key-wrap key (it never travels in
-    /// clear); `counters` are (path, access count, version) of the files the opens name.
-    /// Answered with `Done`.
-    Import {
-        mac_key: [u8; 32],
-        records: Vec<Vec<u8>>,
-        counters: Vec<(String, u64, u64)>,
-    },
-    /// Server to peer (after `Import`): keys passed to `client` that it has not collected
-    /// yet, for its inbox there. Answered with `Done`.
-    ImportInbox {
-        client: String,
-        tokens: Vec<String>,
-    },
-    // Responses.
-    /// Direct mode grant: the client may RDMA READ `[addr, addr + len)` with `rkey` until the
-    /// server revokes it (a conflicting open, lock, close or expiry).
-    FileMapped {
-        addr: u64,
-        len: u64,
-        rkey: u32,
-    },
-    StatsReply {
-        counters: Vec<(String, u64)>,
-    },
-    Opened {
-        key: Vec<u8>,
-        handle: u64,
-        info: FileInfo,
-    },
-    Done,
-    Key {
-        key: Vec<u8>,
-    },
-    /// A page of the inbox; `next` is the cursor for the next page (0: this was the last).
-    Keys {
-        keys: Vec<String>,
-        next: u64,
-    },
-    /// The server closes this connection (it was idle, or the server is stopping). Nothing
-    /// the client sent after it was processed, so any request may be sent again on a new
-    /// connection.
-    Goodbye {
-        message: String,
-    },
-    EndpointList {
-        endpoints: Vec<Endpoint>,
-        tls_fingerprint: Option<[u8; 32]>,
-    },
-    Attached {
-        handle: u64,
-        info: FileInfo,
-        report: ResumeReport,
-    },
-    /// `len` raw bytes follow the frame.
-    ReadData {
-        len: u64,
-    },
-    Written {
-        len: u64,
-    },
-    Error {
-        code: ErrorCode,
-        message: String,
-        report: Option<ResumeReport>,
-        retry_after_ms: u64,
-    },
-    /// This server was drained: ask the server at `peer` (a control address) instead.
-    Referral {
-        peer: String,
-    },
-    Drained {
-        opens: u64,
-        files_sent: u64,
-        bytes_sent: u64,
-    },
-    Paths {
-        paths: Vec<String>,
-    },
-}
-
-fn encode_info(w: &mut Writer, i: &FileInfo) -> Result<(), WireError> {
-    w.u8(i.mode.to_wire());
-    w.u8(i.share.to_wire());
-    w.list(&i.locks, MAX_LOCKS, encode_range)?;
-    w.u64(i.size);
-    Ok(())
-}
-
-fn decode_info(r: &mut Reader) -> Result<FileInfo, WireError> {
-    Ok(FileInfo {
-        mode: decode_mode(r)?,
-        share: decode_share(r)?,
-        locks: r.list(MAX_LOCKS, decode_range)?,
-        size: r.u64()?,
-    })
-}
-
-fn encode_report(w: &mut Writer, r: &ResumeReport) {
-    w.u8(u8::from(r.accessed_by_other)
-        | u8::from(r.changed_by_other) << 1
-        | u8::from(r.reopened) << 2);
-}
-
-fn decode_report(r: &mut Reader) -> Result<ResumeReport, WireError> {
-    let bits = r.u8()?;
-    if bits > 7 {
-        return Err(WireError::Invalid("resume report"));
+message_table! {
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Message {
+        // Handshake (unauthenticated frames: 0x01..=0x05).
+        0x01 => Hello {
+            version: u8 = byte,
+            client: String = text(MAX_NAME),
+            client_nonce: [u8; 32] = key32,
+        },
+        0x02 => Challenge {
+            server_nonce: [u8; 32] = key32,
+            proof: [u8; 32] = key32,
+        },
+        0x03 => Proof { proof: [u8; 32] = key32 },
+        0x04 => Welcome,
+        0x05 => AuthFailed { message: String = text(MAX_MESSAGE) },
+        // Control requests.
+        0x10 => Open(OpenParams = open(MAX_PATH)),
+        0x11 => Close { key: Vec<u8> = blob(MAX_KEY) },
+        0x12 => Pass {
+            key: Vec<u8> = blob(MAX_KEY),
+            to: String = text(MAX_NAME),
+        },
+        /// Keys passed to this client, a page at a time: those after cursor `after` (0: from
+        /// the start); answered with `Keys`.
+        0x13 => Inbox { after: u64 = long },
+        0x14 => Endpoints,
+        0x15 => Lock {
+            key: Vec<u8> = blob(MAX_KEY),
+            range: ByteRange = range,
+            take: bool = flag,
+        },
+        /// The server's counters; answered with `StatsReply`.
+        0x16 => Stats,
+        // Planned drain (admin and server-to-server requests).
+        /// Admin: hand every open of this server to the server at `to` (its control address),
+        /// then refer clients there; answered with `Drained`.
+        0x17 => Drain { to: String = text(MAX_ADDR) },
+        /// Server to peer: which of these paths does the peer lack? Answered with `Paths`.
+        0x18 => Missing { paths: Vec<String> = texts(MAX_DRAIN_ITEMS, MAX_PATH) },
+        /// Server to peer: bytes of a file the peer lacks, in order; `last` completes it.
+        /// Answered with `Done`.
+        0x19 => FileChunk {
+            path: String = text(MAX_PATH),
+            offset: u64 = long,
+            data: Vec<u8> = blob(MAX_CHUNK),
+            last: bool = flag,
+        },
+        /// Server to peer: opens to merge into the peer's table. `mac_key` is the sender's key
+        /// for its resume keys, wrapped with this session's key-wrap key (it never travels in
+        /// clear); `counters` are (path, access count, version) of the files the opens name.
+        /// Answered with `Done`.
+        0x1a => Import {
+            mac_key: [u8; 32] = key32,
+            records: Vec<Vec<u8>> = blobs(MAX_DRAIN_ITEMS, MAX_RECORD),
+            counters: Vec<(String, u64, u64)> = file_counters(MAX_DRAIN_ITEMS, MAX_PATH),
+        },
+        /// Server to peer (after `Import`): keys passed to `client` that it has not collected
+        /// yet, for its inbox there. Answered with `Done`.
+        0x1b => ImportInbox {
+            client: String = text(MAX_NAME),
+            tokens: Vec<String> = texts(MAX_INBOX_BATCH, MAX_TOKEN),
+        },
+        // Data-channel requests.
+        0x20 => Attach { key: Vec<u8> = blob(MAX_KEY) },
+        0x21 => Read {
+            offset: u64 = long,
+            len: u64 = long,
+        },
+        /// Answered with `Done` (go ahead), then `len` raw bytes follow, then `Written`.
+        0x22 => Write {
+            offset: u64 = long,
+            len: u64 = long,
+        },
+        /// Make written bytes durable (fdatasync); answered with `Done`.
+        0x23 => Flush,
+        /// RDMA: the server RDMA-WRITEs up to `len` file bytes from `offset` into the client's
+        /// registered buffer (`addr`, `rkey`), then answers `ReadData` with the count.
+        0x24 => RdmaRead {
+            offset: u64 = long,
+            len: u64 = long,
+            addr: u64 = long,
+            rkey: u32 = word,
+        },
+        /// RDMA: the server RDMA-READs `len` bytes from the client's buffer and writes them at
+        /// `offset`; answered with `Written`.
+        0x25 => RdmaWrite {
+            offset: u64 = long,
+            len: u64 = long,
+            addr: u64 = long,
+            rkey: u32 = word,
+        },
+        /// RDMA direct mode: ask for an rkey to the file itself; answered with `FileMapped`.
+        0x26 => MapFile,
+        // Responses.
+        0x40 => Opened {
+            key: Vec<u8> = blob(MAX_KEY),
+            handle: u64 = long,
+            info: FileInfo = info,
+        },
+        0x41 => Done,
+        0x42 => Key { key: Vec<u8> = blob(MAX_KEY) },
+        /// A page of the inbox; `next` is the cursor for the next page (0: this was the last).
+        0x43 => Keys {
+            keys: Vec<String> = texts(MAX_KEYS, MAX_TOKEN),
+            next: u64 = long,
+        },
+        0x44 => EndpointList {
+            endpoints: Vec<Endpoint> = endpoints(MAX_ENDPOINTS, MAX_ADDR),
+            tls_fingerprint: Option<[u8; 32]> = maybe_key32,
+        },
+        0x45 => Attached {
+            handle: u64 = long,
+            info: FileInfo = info,
+            report: ResumeReport = report,
+        },
+        /// `len` raw bytes follow the frame.
+        0x46 => ReadData { len: u64 = long },
+        0x47 => Written { len: u64 = long },
+        /// Direct mode grant: the client may RDMA READ `[addr, addr + len)` with `rkey` until
+        /// the server revokes it (a conflicting open, lock, close or expiry).
+        0x48 => FileMapped {
+            addr: u64 = long,
+            len: u64 = long,
+            rkey: u32 = word,
+        },
+        0x49 => StatsReply {
+            counters: Vec<(String, u64)> = counters(MAX_COUNTERS, MAX_COUNTER_NAME),
+        },
+        0x4a => Drained {
+            opens: u64 = long,
+            files_sent: u64 = long,
+            bytes_sent: u64 = long,
+        },
+        /// This server was drained: ask the server at `peer` (a control address) instead.
+        0x4b => Referral { peer: String = text(MAX_ADDR) },
+        0x4c => Paths { paths: Vec<String> = texts(MAX_DRAIN_ITEMS, MAX_PATH) },
+        /// The server closes this connection (it was idle, or the server is stopping). Nothing
+        /// the client sent after it was processed, so any request may be sent again on a new
+        /// connection.
+        0x4d => Goodbye { message: String = text(MAX_MESSAGE) },
+        0x4f => Error {
+            code: ErrorCode = code,
+            message: String = text(MAX_MESSAGE),
+            report: Option<ResumeReport> = maybe_report,
+            retry_after_ms: u64 = long,
+        },
     }
-    Ok(ResumeReport {
-        accessed_by_other: bits & 1 != 0,
-        changed_by_other: bits & 2 != 0,
-        reopened: bits & 4 != 0,
-    })
 }
 
 impl Message {
-    pub fn kind(&self) -> u8 {
-        match self {
-            Message::Hello { .. } => 0x01,
-            Message::Challenge { .. } => 0x02,
-            Message::Proof { .. } => 0x03,
-            Message::Welcome => 0x04,
-            Message::AuthFailed { .. } => 0x05,
-            Message::Open(_) => 0x10,
-            Message::Close { .. } => 0x11,
-            Message::Pass { .. } => 0x12,
-            Message::Inbox { .. } => 0x13,
-            Message::Endpoints => 0x14,
-            Message::Lock { .. } => 0x15,
-            Message::Attach { .. } => 0x20,
-            Message::Read { .. } => 0x21,
-            Message::Write { .. } => 0x22,
-            Message::Flush => 0x23,
-            Message::RdmaRead { .. } => 0x24,
-            Message::RdmaWrite { .. } => 0x25,
-            Message::MapFile => 0x26,
-            Message::Stats => 0x16,
-            Message::Drain { .. } => 0x17,
-            Message::Missing { .. } => 0x18,
-            Message::FileChunk { .. } => 0x19,
-            Message::Import { .. } => 0x1a,
-            Message::ImportInbox { .. } => 0x1b,
-            Message::Drained { .. } => 0x4a,
-            Message::Referral { .. } => 0x4b,
-            Message::Paths { .. } => 0x4c,
-            Message::Opened { .. } => 0x40,
-            Message::Done => 0x41,
-            Message::Key { .. } => 0x42,
-            Message::Keys { .. } => 0x43,
-            Message::Goodbye { .. } => 0x4d,
-            Message::EndpointList { .. } => 0x44,
-            Message::Attached { .. } => 0x45,
-            Message::ReadData { .. } => 0x46,
-            Message::Written { .. } => 0x47,
-            Message::FileMapped { .. } => 0x48,
-            Message::StatsReply { .. } => 0x49,
-            Message::Error { .. } => 0x4f,
-        }
-    }
-
     /// Handshake messages travel before a session key exists, without a MAC.
     pub fn is_handshake(kind: u8) -> bool {
         (0x01..=0x05).contains(&kind)
-    }
-
-    pub fn encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        let mut w = Writer::new(out);
-        match self {
-            Message::Hello {
-                version,
-                client,
-                client_nonce,
-            } => {
-                w.u8(*version);
-                w.string(client, MAX_NAME)?;
-                w.raw(client_nonce);
-            }
-            Message::Challenge {
-                server_nonce,
-                proof,
-            } => {
-                w.raw(server_nonce);
-                w.raw(proof);
-            }
-            Message::Proof { proof } => w.raw(proof),
-            Message::Welcome => {}
-            Message::AuthFailed { message } => w.string(message, MAX_MESSAGE)?,
-            Message::Open(p) => {
-                w.string(&p.path, MAX_PATH)?;
-                w.u8(p.mode.to_wire());
-                w.u8(p.share.to_wire());
-                w.list(&p.locks, MAX_LOCKS, encode_range)?;
-                w.bool(p.create);
-                w.bool(p.truncate);
-                w.u32(p.pid);
-            }
-            Message::Close { key } | Message::Attach { key } | Message::Key { key } => {
-                w.bytes(key, MAX_KEY)?
-            }
-            Message::Pass { key, to } => {
-                w.bytes(key, MAX_KEY)?;
-                w.string(to, MAX_NAME)?;
-            }
-            Message::Inbox { after } => w.u64(*after),
-            Message::Goodbye { message } => w.string(message, MAX_MESSAGE)?,
-            Message::Endpoints
-            | Message::Done
-            | Message::Flush
-            | Message::MapFile
-            | Message::Stats => {}
-            Message::Lock { key, range, take } => {
-                w.bytes(key, MAX_KEY)?;
-                encode_range(&mut w, range)?;
-                w.bool(*take);
-            }
-            Message::Read { offset, len } | Message::Write { offset, len } => {
-                w.u64(*offset);
-                w.u64(*len);
-            }
-            Message::Opened { key, handle, info } => {
-                w.bytes(key, MAX_KEY)?;
-                w.u64(*handle);
-                encode_info(&mut w, info)?;
-            }
-            Message::Keys { keys, next } => {
-                w.list(keys, MAX_KEYS, |w, k| w.string(k, 128))?;
-                w.u64(*next);
-            }
-            Message::EndpointList {
-                endpoints,
-                tls_fingerprint,
-            } => {
-                w.list(endpoints, MAX_ENDPOINTS, |w, e| {
-                    w.u8(match e.kind {
-                        EndpointKind::Tcp => 1,
-                        EndpointKind::Tls => 2,
-                        EndpointKind::Rdma => 3,
-                    });
-                    w.string(&e.addr, 256)
-                })?;
-                w.bool(tls_fingerprint.is_some());
-                if let Some(fp) = tls_fingerprint {
-                    w.raw(fp);
-                }
-            }
-            Message::Attached {
-                handle,
-                info,
-                report,
-            } => {
-                w.u64(*handle);
-                encode_info(&mut w, info)?;
-                encode_report(&mut w, report);
-            }
-            Message::ReadData { len } | Message::Written { len } => w.u64(*len),
-            Message::RdmaRead {
-                offset,
-                len,
-                addr,
-                rkey,
-            }
-            | Message::RdmaWrite {
-                offset,
-                len,
-                addr,
-                rkey,
-            } => {
-                w.u64(*offset);
-                w.u64(*len);
-                w.u64(*addr);
-                w.u32(*rkey);
-            }
-            Message::Drain { to } => w.string(to, 256)?,
-            Message::Referral { peer } => w.string(peer, 256)?,
-            Message::Missing { paths } | Message::Paths { paths } => {
-                w.list(paths, MAX_DRAIN_ITEMS, |w, p| w.string(p, MAX_PATH))?
-            }
-            Message::FileChunk {
-                path,
-                offset,
-                data,
-                last,
-            } => {
-                w.string(path, MAX_PATH)?;
-                w.u64(*offset);
-                w.bytes(data, MAX_CHUNK)?;
-                w.bool(*last);
-            }
-            Message::Import {
-                mac_key,
-                records,
-                counters,
-            } => {
-                w.raw(mac_key);
-                w.list(records, MAX_DRAIN_ITEMS, |w, r| w.bytes(r, MAX_RECORD))?;
-                w.list(counters, MAX_DRAIN_ITEMS, |w, (p, a, v)| {
-                    w.string(p, MAX_PATH)?;
-                    w.u64(*a);
-                    w.u64(*v);
-                    Ok(())
-                })?;
-            }
-            Message::ImportInbox { client, tokens } => {
-                w.string(client, MAX_NAME)?;
-                w.list(tokens, MAX_INBOX_BATCH, |w, t| w.string(t, 128))?;
-            }
-            Message::Drained {
-                opens,
-                files_sent,
-                bytes_sent,
-            } => {
-                w.u64(*opens);
-                w.u64(*files_sent);
-                w.u64(*bytes_sent);
-            }
-            Message::StatsReply { counters } => w.list(counters, 64, |w, (k, v)| {
-                w.string(k, 64)?;
-                w.u64(*v);
-                Ok(())
-            })?,
-            Message::FileMapped { addr, len, rkey } => {
-                w.u64(*addr);
-                w.u64(*len);
-                w.u32(*rkey);
-            }
-            Message::Error {
-                code,
-                message,
-                report,
-                retry_after_ms,
-            } => {
-                w.u16(code.to_wire());
-                w.string(message, MAX_MESSAGE)?;
-                w.bool(report.is_some());
-                if let Some(r) = report {
-                    encode_report(&mut w, r);
-                }
-                w.u64(*retry_after_ms);
-            }
-        }
-        Ok(())
-    }
-
-    pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(payload);
-        let msg = match kind {
-            0x01 => Message::Hello {
-                version: r.u8()?,
-                client: r.string(MAX_NAME)?,
-                client_nonce: r.array()?,
-            },
-            0x02 => Message::Challenge {
-                server_nonce: r.array()?,
-                proof: r.array()?,
-            },
-            0x03 => Message::Proof { proof: r.array()? },
-            0x04 => Message::Welcome,
-            0x05 => Message::AuthFailed {
-                message: r.string(MAX_MESSAGE)?,
-            },
-            0x10 => Message::Open(OpenParams {
-                path: r.string(MAX_PATH)?,
-                mode: decode_mode(&mut r)?,
-                share: decode_share(&mut r)?,
-                locks: r.list(MAX_LOCKS, decode_range)?,
-                create: r.bool()?,
-                truncate: r.bool()?,
-                pid: r.u32()?,
-            }),
-            0x11 => Message::Close {
-                key: r.bytes(MAX_KEY)?.to_vec(),
-            },
-            0x12 => Message::Pass {
-                key: r.bytes(MAX_KEY)?.to_vec(),
-                to: r.string(MAX_NAME)?,
-            },
-            0x13 => Message::Inbox { after: r.u64()? },
-            0x14 => Message::Endpoints,
-            0x15 => Message::Lock {
-                key: r.bytes(MAX_KEY)?.to_vec(),
-                range: decode_range(&mut r)?,
-                take: r.bool()?,
-            },
-            0x20 => Message::Attach {
-                key: r.bytes(MAX_KEY)?.to_vec(),
-            },
-            0x21 => Message::Read {
-                offset: r.u64()?,
-                len: r.u64()?,
-            },
-            0x22 => Message::Write {
-                offset: r.u64()?,
-                len: r.u64()?,
-            },
-            0x23 => Message::Flush,
-            0x24 => Message::RdmaRead {
-                offset: r.u64()?,
-                len: r.u64()?,
-                addr: r.u64()?,
-                rkey: r.u32()?,
-            },
-            0x25 => Message::RdmaWrite {
-                offset: r.u64()?,
-                len: r.u64()?,
-                addr: r.u64()?,
-                rkey: r.u32()?,
-            },
-            0x26 => Message::MapFile,
-            0x16 => Message::Stats,
-            0x17 => Message::Drain { to: r.string(256)? },
-            0x4b => Message::Referral {
-                peer: r.string(256)?,
-            },
-            0x18 => Message::Missing {
-                paths: r.list(MAX_DRAIN_ITEMS, |r| r.string(MAX_PATH))?,
-            },
-            0x4c => Message::Paths {
-                paths: r.list(MAX_DRAIN_ITEMS, |r| r.string(MAX_PATH))?,
-            },
-            0x19 => Message::FileChunk {
-                path: r.string(MAX_PATH)?,
-                offset: r.u64()?,
-                data: r.bytes(MAX_CHUNK)?.to_vec(),
-                last: r.bool()?,
-            },
-            0x1a => Message::Import {
-                mac_key: r.array()?,
-                records: r.list(MAX_DRAIN_ITEMS, |r| Ok(r.bytes(MAX_RECORD)?.to_vec()))?,
-                counters: r.list(MAX_DRAIN_ITEMS, |r| {
-                    Ok((r.string(MAX_PATH)?, r.u64()?, r.u64()?))
-                })?,
-            },
-            0x1b => Message::ImportInbox {
-                client: r.string(MAX_NAME)?,
-                tokens: r.list(MAX_INBOX_BATCH, |r| r.string(128))?,
-            },
-            0x4a => Message::Drained {
-                opens: r.u64()?,
-                files_sent: r.u64()?,
-                bytes_sent: r.u64()?,
-            },
-            0x49 => Message::StatsReply {
-                counters: r.list(64, |r| Ok((r.string(64)?, r.u64()?)))?,
-            },
-            0x48 => Message::FileMapped {
-                addr: r.u64()?,
-                len: r.u64()?,
-                rkey: r.u32()?,
-            },
-            0x40 => Message::Opened {
-                key: r.bytes(MAX_KEY)?.to_vec(),
-                handle: r.u64()?,
-                info: decode_info(&mut r)?,
-            },
-            0x41 => Message::Done,
-            0x42 => Message::Key {
-                key: r.bytes(MAX_KEY)?.to_vec(),
-            },
-            0x43 => Message::Keys {
-                keys: r.list(MAX_KEYS, |r| r.string(128))?,
-                next: r.u64()?,
-            },
-            0x4d => Message::Goodbye {
-                message: r.string(MAX_MESSAGE)?,
-            },
-            0x44 => {
-                let endpoints = r.list(MAX_ENDPOINTS, |r| {
-                    let kind = match r.u8()? {
-                        1 => EndpointKind::Tcp,
-                        2 => EndpointKind::Tls,
-                        3 => EndpointKind::Rdma,
-                        _ => return Err(WireError::Invalid("endpoint kind")),
-                    };
-                    Ok(Endpoint {
-                        kind,
-                        addr: r.string(256)?,
-                    })
-                })?;
-                let tls_fingerprint = if r.bool()? { Some(r.array()?) } else { None };
-                Message::EndpointList {
-                    endpoints,
-                    tls_fingerprint,
-                }
-            }
-            0x45 => Message::Attached {
-                handle: r.u64()?,
-                info: decode_info(&mut r)?,
-                report: decode_report(&mut r)?,
-            },
-            0x46 => Message::ReadData { len: r.u64()? },
-            0x47 => Message::Written { len: r.u64()? },
-            0x4f => {
-                let code = ErrorCode::from_wire(r.u16()?);
-                let message = r.string(MAX_MESSAGE)?;
-                let report = if r.bool()? {
-                    Some(decode_report(&mut r)?)
-                } else {
-                    None
-                };
-                Message::Error {
-                    code,
-                    message,
-                    report,
-                    retry_after_ms: r.u64()?,
-                }
-            }
-            other => return Err(WireError::UnknownKind(other)),
-        };
-        r.finish()?;
-        Ok(msg)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::WireError;
+    use bytes::BytesMut;
 
     #[test]
     fn every_message_round_trips() {
@@ -886,5 +469,25 @@ mod tests {
             Message::decode(0x99, &[]),
             Err(WireError::UnknownKind(0x99))
         );
+    }
+
+    #[test]
+    fn an_unknown_endpoint_kind_is_kept_not_rejected() {
+        let list = Message::EndpointList {
+            endpoints: vec![
+                Endpoint {
+                    kind: EndpointKind::Unknown(9),
+                    addr: "10.0.0.1:7".into(),
+                },
+                Endpoint {
+                    kind: EndpointKind::Tcp,
+                    addr: "10.0.0.1:8".into(),
+                },
+            ],
+            tls_fingerprint: None,
+        };
+        let mut buf = BytesMut::new();
+        list.encode(&mut buf).unwrap();
+        assert_eq!(Message::decode(list.kind(), &buf).unwrap(), list);
     }
 }
