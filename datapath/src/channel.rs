@@ -6,18 +6,17 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use handoff_core::auth::{self, ClientDirectory, Identity, Session, Side};
-use handoff_core::wire::{encode_frame, Frame, Message, MAC_LEN};
+use handoff_core::auth::{ClientDirectory, Conversation, Handshake, Identity, Step};
+use handoff_core::wire::{Frame, Message};
 use handoff_core::Error;
 
 pub struct Channel<S> {
     stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    session: Option<Session>,
+    conv: Conversation,
     timeouts: Timeouts,
 }
 
@@ -31,19 +30,13 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
 }
 
-fn nonce() -> [u8; 32] {
-    let mut n = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut n);
-    n
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub fn new(stream: S) -> Self {
         Self {
             stream,
             rbuf: BytesMut::with_capacity(8 * 1024),
             wbuf: BytesMut::new(),
-            session: None,
+            conv: Conversation::new(),
             timeouts: Timeouts::default(),
         }
     }
@@ -81,10 +74,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// Wraps or unwraps a secret with this session's key-wrap key (see
     /// [`handoff_core::auth::Session::wrap_secret`]); only after the handshake.
     pub fn wrap_secret(&self, secret: &[u8; 32]) -> Result<[u8; 32], Error> {
-        self.session
-            .as_ref()
-            .map(|s| s.wrap_secret(secret))
-            .ok_or_else(|| Error::Protocol("no session to wrap a secret with".into()))
+        self.conv.wrap_secret(secret)
     }
 
     pub fn get_ref(&self) -> &S {
@@ -102,20 +92,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
         let mut frame_deadline = None;
         loop {
             if let Some(n) = Frame::check(&self.rbuf)? {
-                let frame_bytes = self.rbuf.split_to(n);
-                let frame = Frame::parse(&frame_bytes)?;
-                let handshake = Message::is_handshake(frame.kind);
-                match &mut self.session {
-                    Some(s) if !handshake => s.open(&frame)?,
-                    None if handshake => {}
-                    _ => {
-                        return Err(Error::Protocol(format!(
-                            "frame type {:#04x} out of place",
-                            frame.kind
-                        )))
-                    }
-                }
-                return Ok(Some(Message::decode(frame.kind, frame.payload)?));
+                let frame = self.rbuf.split_to(n);
+                return self.conv.open(&frame).map(Some);
             }
             let deadline = if self.rbuf.is_empty() {
                 self.timeouts
@@ -160,15 +138,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     }
 
     pub async fn send(&mut self, msg: &Message) -> Result<(), Error> {
-        let mut payload = BytesMut::new();
-        msg.encode(&mut payload)?;
-        let kind = msg.kind();
-        let (seq, mac) = match &mut self.session {
-            Some(s) => s.seal(kind, &payload),
-            None => (0, [0u8; MAC_LEN]),
-        };
         self.wbuf.clear();
-        encode_frame(&mut self.wbuf, kind, seq, &payload, &mac)?;
+        self.conv.seal(msg, &mut self.wbuf)?;
         let (stream, wbuf) = (&mut self.stream, &self.wbuf);
         Self::progress(self.timeouts.frame, "reading a reply", async {
             stream.write_all(wbuf).await?;
@@ -222,39 +193,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     /// Client side of the mutual authentication. On return both sides are proven and every
     /// later frame is MAC'd. If the server's proof is wrong nothing more is sent.
     pub async fn client_handshake(&mut self, identity: &Identity) -> Result<(), Error> {
-        let (state, hello) = auth::client_start(identity, nonce());
+        let (mut handshake, hello) = Handshake::client(identity, crate::nonce());
         self.send(&hello).await?;
-        // An impostor's challenge fails here, before this client sends anything more.
-        let (state, proof) = state.on_message(self.expect().await?)?;
-        self.send(&proof).await?;
-        let keys = state.on_message(self.expect().await?)?;
-        self.session = Some(Session::new(keys, Side::Client));
-        Ok(())
+        self.drive(&mut handshake).await.map(drop)
     }
 
     /// Server side; returns the authenticated client's name. A refusal is answered with
     /// `AuthFailed` before the error is returned.
     pub async fn server_handshake(&mut self, directory: &ClientDirectory) -> Result<String, Error> {
-        let result = match auth::server_on_hello(directory, self.expect().await?, nonce()) {
-            Ok((state, challenge)) => {
-                self.send(&challenge).await?;
-                state.on_message(self.expect().await?)
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok((client, keys, welcome)) => {
-                self.send(&welcome).await?;
-                self.session = Some(Session::new(keys, Side::Server));
-                Ok(client)
-            }
-            Err(e) => {
-                let _ = self
-                    .send(&Message::AuthFailed {
-                        message: e.to_string(),
-                    })
-                    .await;
-                Err(e.into())
+        self.drive(&mut Handshake::server(directory, None, crate::nonce()))
+            .await
+    }
+
+    /// Runs a handshake to its end: feeds it each message, sends what it asks, and on success
+    /// MACs every later frame. Returns the peer's proven name.
+    async fn drive(&mut self, handshake: &mut Handshake<'_>) -> Result<String, Error> {
+        loop {
+            let msg = self.expect().await?;
+            match handshake.on_message(msg) {
+                Ok(Step::Send(reply)) => self.send(&reply).await?,
+                Ok(Step::Done {
+                    reply,
+                    keys,
+                    side,
+                    peer,
+                }) => {
+                    if let Some(reply) = reply {
+                        self.send(&reply).await?;
+                    }
+                    self.conv.establish(keys, side);
+                    return Ok(peer);
+                }
+                Err(e) => {
+                    if let Some(refusal) = handshake.refusal(&e) {
+                        let _ = self.send(&refusal).await;
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }

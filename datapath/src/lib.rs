@@ -14,3 +14,11 @@ pub mod tcp;
 pub use channel::{Channel, Timeouts};
 pub use control_client::{check_reply, with_admission_retries, ControlClient};
 pub use error::DataError;
+
+/// A fresh handshake nonce from the operating system (the core takes its randomness from here).
+pub(crate) fn nonce() -> [u8; 32] {
+    use rand::RngCore;
+    let mut n = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut n);
+    n
+}

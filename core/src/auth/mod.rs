@@ -1,9 +1,11 @@
 //! Mutual pre-shared-key authentication and per-frame MACs (claims 5–6).
 
+mod conversation;
 mod handshake;
 mod identity;
 mod session;
 
+pub use conversation::{Conversation, Handshake, Step};
 pub use handshake::{client_start, server_on_hello, AwaitChallenge, AwaitProof, AwaitWelcome};
 pub use identity::{ClientDirectory, Identity, IdentityError};
 pub use session::{Session, SessionKeys, Side};

@@ -7,10 +7,9 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use handoff_core::auth::{self, ClientDirectory, Identity, Session, Side};
-use handoff_core::wire::{encode_frame, Frame, Message, MAC_LEN};
+use handoff_core::auth::{ClientDirectory, Conversation, Handshake, Identity, Step};
+use handoff_core::wire::{Frame, Message};
 use handoff_core::Error;
-use rand::RngCore;
 
 use super::cm::{CmId, EventChannel};
 use super::verbs::Wait;
@@ -22,8 +21,6 @@ use rdma_sys::rdma_cm_event_type::{RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_D
 
 /// Bytes per message slot (control messages are far smaller).
 pub const SLOT: usize = 4096;
-/// Frame bytes around a payload: length, kind, sequence number, MAC.
-const FRAME_OVERHEAD: usize = 4 + 1 + 8 + MAC_LEN;
 /// Receive slots posted at all times: the peer's credit for requests in flight.
 pub const RECV_SLOTS: usize = 32;
 const SEND_SLOTS: usize = 32;
@@ -55,7 +52,7 @@ pub struct Endpoint {
     free_send: Vec<usize>,
     inbox: VecDeque<(usize, usize)>,
     finished: HashSet<u64>,
-    session: Option<Session>,
+    conv: Conversation,
     wcs: Vec<Completion>,
     encode: BytesMut,
     /// A remote access error seen on one of our own RDMA READs (direct mode revoked).
@@ -106,7 +103,7 @@ impl Endpoint {
             free_send: (0..SEND_SLOTS).collect(),
             inbox: VecDeque::new(),
             finished: HashSet::new(),
-            session: None,
+            conv: Conversation::new(),
             wcs: Vec::new(),
             encode: BytesMut::with_capacity(SLOT),
             remote_access_error: false,
@@ -193,17 +190,8 @@ impl Endpoint {
         while self.free_send.is_empty() {
             self.pump(true)?;
         }
-        let mut payload = BytesMut::new();
-        msg.encode(&mut payload).map_err(Error::from)?;
-        if payload.len() + FRAME_OVERHEAD > SLOT {
-            return Err(Error::Protocol("message larger than an RDMA message slot".into()).into());
-        }
-        let (seq, mac) = match &mut self.session {
-            Some(s) => s.seal(msg.kind(), &payload),
-            None => (0, [0u8; MAC_LEN]),
-        };
         self.encode.clear();
-        encode_frame(&mut self.encode, msg.kind(), seq, &payload, &mac).map_err(Error::from)?;
+        self.conv.seal(msg, &mut self.encode)?;
         if self.encode.len() > SLOT {
             return Err(Error::Protocol("message larger than an RDMA message slot".into()).into());
         }
@@ -287,18 +275,7 @@ impl Endpoint {
         let total = Frame::check(bytes)
             .map_err(Error::from)?
             .ok_or_else(|| Error::Protocol("truncated frame".into()))?;
-        let frame = Frame::parse(&bytes[..total]).map_err(Error::from)?;
-        let handshake = Message::is_handshake(frame.kind);
-        match &mut self.session {
-            Some(s) if !handshake => s.open(&frame).map_err(Error::from)?,
-            None if handshake => {}
-            _ => {
-                return Err(
-                    Error::Protocol(format!("frame type {:#04x} out of place", frame.kind)).into(),
-                )
-            }
-        }
-        Ok(Message::decode(frame.kind, frame.payload).map_err(Error::from)?)
+        Ok(self.conv.open(&bytes[..total])?)
     }
 
     /// Posts an RDMA WRITE or READ between `local[offset..offset+len]` and the peer's memory.
@@ -441,13 +418,9 @@ impl Endpoint {
 
     /// Client side of the mutual PSK handshake, over SEND/RECV.
     pub fn client_handshake(&mut self, identity: &Identity) -> Result<(), DataError> {
-        let (state, hello) = auth::client_start(identity, nonce());
+        let (mut handshake, hello) = Handshake::client(identity, crate::nonce());
         self.send(&hello)?;
-        let (state, proof) = state.on_message(self.recv()?).map_err(Error::from)?;
-        self.send(&proof)?;
-        let keys = state.on_message(self.recv()?).map_err(Error::from)?;
-        self.session = Some(Session::new(keys, Side::Client));
-        Ok(())
+        self.drive(&mut handshake).map(drop)
     }
 
     /// Server side; the client must be `expected` (the holder of the key it connected with).
@@ -456,40 +429,42 @@ impl Endpoint {
         directory: &ClientDirectory,
         expected: &str,
     ) -> Result<String, DataError> {
-        let hello = self.recv()?;
-        let result = match &hello {
-            Message::Hello { client, .. } if client != expected => Err(auth::AuthError::Rejected(
-                format!("the resume key is not bound to client {client:?}"),
-            )),
-            _ => match auth::server_on_hello(directory, hello, nonce()) {
-                Ok((state, challenge)) => {
-                    self.send(&challenge)?;
-                    state.on_message(self.recv()?)
+        self.drive(&mut Handshake::server(
+            directory,
+            Some(expected),
+            crate::nonce(),
+        ))
+    }
+
+    /// Runs a handshake to its end (as the TCP channel does): feeds it each message, sends
+    /// what it asks, and on success MACs every later frame. Returns the peer's proven name.
+    fn drive(&mut self, handshake: &mut Handshake<'_>) -> Result<String, DataError> {
+        loop {
+            let msg = self.recv()?;
+            match handshake.on_message(msg) {
+                Ok(Step::Send(reply)) => self.send(&reply)?,
+                Ok(Step::Done {
+                    reply,
+                    keys,
+                    side,
+                    peer,
+                }) => {
+                    if let Some(reply) = reply {
+                        self.send(&reply)?;
+                    }
+                    self.conv.establish(keys, side);
+                    return Ok(peer);
                 }
-                Err(e) => Err(e),
-            },
-        };
-        match result {
-            Ok((client, keys, welcome)) => {
-                self.send(&welcome)?;
-                self.session = Some(Session::new(keys, Side::Server));
-                Ok(client)
-            }
-            Err(e) => {
-                let _ = self.send(&Message::AuthFailed {
-                    message: e.to_string(),
-                });
-                let _ = self.drain_sends();
-                Err(Error::from(e).into())
+                Err(e) => {
+                    if let Some(refusal) = handshake.refusal(&e) {
+                        let _ = self.send(&refusal);
+                        let _ = self.drain_sends();
+                    }
+                    return Err(Error::from(e).into());
+                }
             }
         }
     }
-}
-
-fn nonce() -> [u8; 32] {
-    let mut n = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut n);
-    n
 }
 
 /// The 6 bytes after the 50-byte key in the connect private data: a MAC of the key under the
