@@ -210,7 +210,7 @@ fn serve(p: Pending, shared: Shared) {
         // taking replies, or a completion that never comes, ends the connection.
         ep.timeout = Some(crate::net::HANDSHAKE_TIMEOUT);
         let who = ep.server_handshake(&shared.config.directory, &client)?;
-        let (attached, file, held) = match shared.attach_blocking(&who, &key) {
+        let (attached, file, held) = match shared.attach(&who, &key) {
             Ok(x) => x,
             Err(e) => {
                 ep.send(&e.to_message())?;
@@ -244,7 +244,7 @@ fn serve(p: Pending, shared: Shared) {
             windows,
             bounce: Vec::new(),
             direct: Vec::new(),
-            truncations: shared.stats.truncations.load(Ordering::SeqCst),
+            truncations: shared.truncations.load(Ordering::SeqCst),
             next_wr: 1,
             probe_every: shared.config.limits.rdma_probe_interval,
         };
@@ -310,7 +310,7 @@ impl Connection {
     }
 
     fn check_truncations(&mut self) -> Result<(), DataError> {
-        let now = self.shared.stats.truncations.load(Ordering::SeqCst);
+        let now = self.shared.truncations.load(Ordering::SeqCst);
         if now != self.truncations {
             self.ep.drain_sends()?;
             self.windows.clear();
@@ -334,7 +334,7 @@ impl Connection {
     fn begin(&self, kind: IoKind, offset: u64, len: u64) -> Result<(), Error> {
         let handle = self.handle;
         self.shared
-            .begin_io_blocking(handle, kind, ByteRange::new(offset, len))
+            .begin_io(handle, kind, ByteRange::new(offset, len))
     }
 
     fn read(&mut self, offset: u64, len: u64, addr: u64, rkey: u32) -> Result<(), DataError> {
@@ -419,7 +419,7 @@ impl Connection {
                         let bytes = &landed.bytes()[..len as usize];
                         let (written, error) = write_fully_at(&self.file, bytes, offset);
                         if written > 0 {
-                            self.shared.wrote_blocking(checked);
+                            self.shared.wrote(checked);
                         }
                         refused = error.map(|e| write_refused(len, offset, &e));
                         self.bounce[buf] = Some(landed);
@@ -462,7 +462,7 @@ impl Connection {
         }
         let checked = match self
             .shared
-            .check_write_blocking(self.handle, ByteRange::new(offset, len))
+            .check_write(self.handle, ByteRange::new(offset, len))
         {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),

@@ -138,7 +138,8 @@ where
             return Err(e.into());
         }
     };
-    let (attached, file, held) = match shared.attach(client.clone(), key).await {
+    let who = client.clone();
+    let (attached, file, held) = match shared.fs(move |s| s.attach(&who, &key)).await {
         Ok(x) => x,
         Err(e) => {
             tracing::info!(client, "attach refused: {e}");
@@ -186,10 +187,9 @@ where
             Message::Read { offset, len } => {
                 let size = file.metadata()?.len();
                 let len = len.min(size.saturating_sub(offset));
-                if let Err(e) = shared
-                    .begin_io(handle, IoKind::Read, ByteRange::new(offset, len))
-                    .await
-                {
+                let range = ByteRange::new(offset, len);
+                let begun = shared.blocking(move |s| s.begin_io(handle, IoKind::Read, range));
+                if let Err(e) = begun.await {
                     chan.send(&e.to_message()).await?;
                     continue;
                 }
@@ -203,10 +203,8 @@ where
                         .await?;
                     continue;
                 }
-                let checked = match shared
-                    .check_write(handle, ByteRange::new(offset, len))
-                    .await
-                {
+                let range = ByteRange::new(offset, len);
+                let checked = match shared.blocking(move |s| s.check_write(handle, range)).await {
                     Ok(c) => c,
                     Err(e) => {
                         chan.send(&e.to_message()).await?;
@@ -216,7 +214,11 @@ where
                 chan.send(&Message::Done).await?;
                 let landed = receive_into_file(chan, shared, file, offset, len, &mut buf).await?;
                 if landed.written > 0 {
-                    shared.wrote(checked).await;
+                    let counted = shared.blocking(move |s| {
+                        s.wrote(checked);
+                        Ok(())
+                    });
+                    let _ = counted.await;
                 }
                 match landed.error {
                     None => chan.send(&Message::Written { len }).await?,

@@ -13,7 +13,9 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::Instrument;
 
 use super::admission::{Admission, Limits, Seat, Ticket};
+use super::direct_grants::{DirectGrants, Revocable};
 use super::files::{reopen, OpenedFile, Root};
+use super::stop::{Stop, EXIT_FENCED, EXIT_STORE_FAILED};
 use super::Channel;
 use super::Timeouts;
 use crate::auth::ClientDirectory;
@@ -59,64 +61,52 @@ struct Inner {
     /// (detaches, access counting of reads); written first once it answers again.
     backlog: Vec<crate::store::Mutation>,
     /// Direct-mode grants by open slot, to revoke when the core says so.
-    grants: HashMap<u32, Vec<std::sync::Weak<dyn Revocable>>>,
+    grants: DirectGrants,
     /// The file each open names, held open while the open lives, by slot: duplicates are
     /// opened through it (never by path again), so a key follows its file, not its path.
     files: HashMap<u32, Arc<File>>,
 }
 
-/// Exit status of a server that could not write its state to the store.
-pub const EXIT_STORE_FAILED: i32 = 70;
-/// Exit status of a cluster node that lost its lease: another node may be active.
-pub const EXIT_FENCED: i32 = 75;
-
-/// Stops the process with `code`, saying why on stderr and in the log.
-pub fn fail_stop(code: i32, why: &str) -> ! {
-    tracing::error!(code, "{why}");
-    eprintln!("handoffd: {why} (exit {code})");
-    std::process::exit(code)
+/// Why a batch did not reach the store.
+enum Unapplied {
+    /// The store stayed unreachable while this node's lease held: retry later.
+    Unreachable(String),
+    /// This node must stop (fenced, or the store failed otherwise): exit status and why.
+    Fatal(i32, String),
 }
 
 /// Writes `batch`; while the store is unreachable but this node's lease still holds, keeps
-/// trying (etcd may be restarting). A fenced node stops; a store that fails otherwise stops
-/// the server (fail-stop, like a WAL write failure: a restart recovers the last consistent
-/// state). Returns why it gave up when the store stayed unreachable for the whole lease.
+/// trying (etcd may be restarting). A fenced node, or a store that fails otherwise, must stop
+/// (fail-stop, like a WAL write failure: a restart recovers the last consistent state).
 fn apply_while_leased(
     store: &mut dyn Store,
     batch: &[crate::store::Mutation],
     health: impl Fn() -> Health,
-) -> Result<(), String> {
+) -> Result<(), Unapplied> {
     // Bounded even if the lease keeps being renewed (etcd answers keep-alives but not this).
     let give_up = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match store.apply(batch) {
             Ok(()) => return Ok(()),
-            Err(StoreError::Fenced(why)) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
+            Err(StoreError::Fenced(why)) => {
+                return Err(Unapplied::Fatal(EXIT_FENCED, format!("fenced: {why}")))
+            }
             Err(StoreError::Unavailable(why)) => match health() {
-                Health::Fenced(f) => fail_stop(EXIT_FENCED, &format!("fenced: {f}")),
+                Health::Fenced(f) => {
+                    return Err(Unapplied::Fatal(EXIT_FENCED, format!("fenced: {f}")))
+                }
                 Health::Active if std::time::Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(200))
                 }
-                _ => return Err(why),
+                _ => return Err(Unapplied::Unreachable(why)),
             },
-            Err(e) => fail_stop(
-                EXIT_STORE_FAILED,
-                &format!("cannot write state to the store, stopping: {e}"),
-            ),
+            Err(e) => {
+                return Err(Unapplied::Fatal(
+                    EXIT_STORE_FAILED,
+                    format!("cannot write state to the store: {e}"),
+                ))
+            }
         }
-    }
-}
-
-/// Whether a node in `health` may change state: a fenced node stops here, a passive or
-/// suspended one refuses.
-fn may_change(health: Health) -> Result<(), Error> {
-    match health {
-        Health::Active => Ok(()),
-        Health::Fenced(why) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
-        Health::Passive => Err(Error::Store(StoreError::Unavailable(
-            "this node is passive; another node is active".into(),
-        ))),
-        Health::Suspended(why) => Err(Error::Store(StoreError::Unavailable(why))),
     }
 }
 
@@ -130,11 +120,6 @@ pub enum Persist {
     Deferred,
 }
 
-/// Something the IO layer can take back at once: a direct-mode rkey (deregistering the MR).
-pub trait Revocable: Send + Sync {
-    fn revoke(&self);
-}
-
 /// Counters a server exposes (`handoff stats`); data-path work done by the server's CPU.
 #[derive(Default, Debug)]
 pub struct ServerStats {
@@ -146,8 +131,6 @@ pub struct ServerStats {
     pub direct_grants: std::sync::atomic::AtomicU64,
     pub direct_revocations: std::sync::atomic::AtomicU64,
     pub tcp_bytes: std::sync::atomic::AtomicU64,
-    /// Bumped whenever the server truncates a file, so registered file windows are dropped.
-    pub truncations: std::sync::atomic::AtomicU64,
 }
 
 impl ServerStats {
@@ -186,6 +169,12 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// Slots for file-system work: see [`Shared::fs`].
     fs_slots: Arc<Semaphore>,
+    /// Set when this server must stop serving (fenced, or its store failed).
+    pub stop: Arc<Stop>,
+    /// Bumped whenever the server truncates a file: a data channel that sees it change drops
+    /// its registered windows of files before it serves another request. A correctness
+    /// signal, not a statistic.
+    pub truncations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// File-system calls (opens, creates, truncations) that may wait at once. Tokio's pool has 512
@@ -215,6 +204,8 @@ impl Shared {
             config: Arc::new(config),
             stats: Arc::default(),
             fs_slots: Arc::new(Semaphore::new(FS_CALLS)),
+            stop: Arc::default(),
+            truncations: Arc::default(),
         };
         // Persist what recovery produced (a new MAC key on a fresh store).
         shared.run_blocking(|_, _| Ok(()))?;
@@ -251,10 +242,11 @@ impl Shared {
         f: impl FnOnce(&mut ServerCore, &mut HashMap<u32, Arc<File>>, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.stop.check()?;
         let defer = match self.health() {
             Health::Suspended(_) if persist == Persist::Deferred => true,
             health => {
-                may_change(health)?;
+                self.may_change(health)?;
                 false
             }
         };
@@ -272,8 +264,12 @@ impl Shared {
                 batch = all;
             }
             if !batch.is_empty() {
-                if let Err(why) = apply_while_leased(inner.store.as_mut(), &batch, || self.health())
-                {
+                let applied = apply_while_leased(inner.store.as_mut(), &batch, || self.health());
+                if let Err(Unapplied::Fatal(code, why)) = applied {
+                    // Nothing more is served: the state stays as the store last took it.
+                    return Err(self.stop.raise(code, why));
+                }
+                if let Err(Unapplied::Unreachable(why)) = applied {
                     // Not confirmed, so nothing is promised to the client: opens this request
                     // made are undone (a retry does not meet its own ghost), handles it made
                     // on older opens are given back (their durable timeouts run), and the
@@ -293,15 +289,10 @@ impl Shared {
             }
         }
         for slot in inner.core.take_revocations() {
-            for grant in inner.grants.remove(&slot).unwrap_or_default() {
-                if let Some(g) = grant.upgrade() {
-                    g.revoke();
-                    self.stats
-                        .direct_revocations
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(slot, "direct-mode access revoked");
-                }
-            }
+            let revoked = inner.grants.revoke(slot);
+            self.stats
+                .direct_revocations
+                .fetch_add(revoked, std::sync::atomic::Ordering::Relaxed);
         }
         let released = inner.core.take_released();
         let closing: Vec<Arc<File>> = released
@@ -317,7 +308,21 @@ impl Shared {
     /// Whether this server may change file bytes now: checked before each chunk of a write
     /// is put into the file, so a node whose lease lapsed mid-transfer stops writing at once.
     pub fn writable(&self) -> Result<(), Error> {
-        may_change(self.health())
+        self.stop.check()?;
+        self.may_change(self.health())
+    }
+
+    /// Whether a node in `health` may change state: a fenced node stops here, a passive or
+    /// suspended one refuses.
+    fn may_change(&self, health: Health) -> Result<(), Error> {
+        match health {
+            Health::Active => Ok(()),
+            Health::Fenced(why) => Err(self.stop.fenced(&why)),
+            Health::Passive => Err(Error::Store(StoreError::Unavailable(
+                "this node is passive; another node is active".into(),
+            ))),
+            Health::Suspended(why) => Err(Error::Store(StoreError::Unavailable(why))),
+        }
     }
 
     /// Whether this node may change state now: always with an embedded store; with a
@@ -337,13 +342,11 @@ impl Shared {
         self.peek(|core| core.direct_allowed(handle))?;
         // Registering pins (so reads in) every page of the file: not under the lock.
         let grant = make()?;
-        let weak: std::sync::Weak<dyn Revocable> =
-            Arc::downgrade(&(grant.clone() as Arc<dyn Revocable>));
         {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             // Decided again: a conflicting open or lock may have come meanwhile.
             let slot = inner.core.direct_allowed(handle)?;
-            inner.grants.entry(slot).or_default().push(weak);
+            inner.grants.record(slot, grant.clone());
         }
         self.stats
             .direct_grants
@@ -436,7 +439,7 @@ impl Shared {
     /// (or once an expired open is granted again) the path is opened beneath the root and must
     /// still name the same file. If it does not, or the file cannot be opened, the handle is
     /// given back.
-    pub fn attach_blocking(
+    pub fn attach(
         &self,
         client: &str,
         key: &[u8],
@@ -537,35 +540,26 @@ impl Shared {
         self.peek(|core| core.file_in_use(file_id))
     }
 
-    /// [`Shared::attach_blocking`] off the async runtime's threads.
-    pub async fn attach(
-        &self,
-        client: String,
-        key: Vec<u8>,
-    ) -> Result<(Attached, std::fs::File, AttachedHandle), Error> {
-        self.fs(move |s| s.attach_blocking(&client, &key)).await
-    }
-
     /// A channel holding `handle` is gone (written to the store once it is reachable).
-    pub fn detach_blocking(&self, handle: HandleId) {
+    pub fn detach(&self, handle: HandleId) {
         let _ = self.run_with(Persist::Deferred, move |core, now| {
             core.detach(handle, now);
             Ok(())
         });
     }
 
-    pub async fn detach(&self, handle: HandleId) {
-        let _ = self
-            .blocking(move |s| {
-                s.detach_blocking(handle);
-                Ok(())
-            })
-            .await;
+    /// [`Shared::detach`] from an async task.
+    pub async fn detach_off_runtime(&self, handle: HandleId) {
+        let detached = self.blocking(move |s| {
+            s.detach(handle);
+            Ok(())
+        });
+        let _ = detached.await;
     }
 
     /// Checks and counts one read or write. Reads go on while a cluster store is
     /// unreachable (their access count is written later); writes are refused.
-    pub fn begin_io_blocking(
+    pub fn begin_io(
         &self,
         handle: HandleId,
         kind: IoKind,
@@ -580,19 +574,9 @@ impl Shared {
         })
     }
 
-    pub async fn begin_io(
-        &self,
-        handle: HandleId,
-        kind: IoKind,
-        range: Option<ByteRange>,
-    ) -> Result<(), Error> {
-        self.blocking(move |s| s.begin_io_blocking(handle, kind, range))
-            .await
-    }
-
     /// Checks a write before its bytes move; nothing is counted until some land (see
-    /// [`Shared::wrote_blocking`]). Refused while a cluster store is unreachable.
-    pub fn check_write_blocking(
+    /// [`Shared::wrote`]). Refused while a cluster store is unreachable.
+    pub fn check_write(
         &self,
         handle: HandleId,
         range: Option<ByteRange>,
@@ -602,19 +586,10 @@ impl Shared {
         Ok(WriteCheck { handle, file_id })
     }
 
-    pub async fn check_write(
-        &self,
-        handle: HandleId,
-        range: Option<ByteRange>,
-    ) -> Result<WriteCheck, Error> {
-        self.blocking(move |s| s.check_write_blocking(handle, range))
-            .await
-    }
-
     /// Bytes of a checked write reached the file: the change is counted (written to the
     /// store now, or once a cluster store is reachable again), also if the handle's open was
     /// closed meanwhile.
-    pub fn wrote_blocking(&self, write: WriteCheck) {
+    pub fn wrote(&self, write: WriteCheck) {
         let counted = self.run_with(Persist::Deferred, move |core, _| {
             if core.count_io(write.handle, IoKind::Write).is_err() {
                 core.count_change(write.file_id);
@@ -624,15 +599,6 @@ impl Shared {
         if let Err(e) = counted {
             tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
         }
-    }
-
-    pub async fn wrote(&self, write: WriteCheck) {
-        let _ = self
-            .blocking(move |s| {
-                s.wrote_blocking(write);
-                Ok(())
-            })
-            .await;
     }
 }
 
@@ -655,8 +621,8 @@ impl Drop for AttachedHandle {
         let (shared, handle) = (self.shared.clone(), self.handle);
         match tokio::runtime::Handle::try_current() {
             // Off the async workers: a detach may wait for the store.
-            Ok(rt) => drop(rt.spawn_blocking(move || shared.detach_blocking(handle))),
-            Err(_) => shared.detach_blocking(handle),
+            Ok(rt) => drop(rt.spawn_blocking(move || shared.detach(handle))),
+            Err(_) => shared.detach(handle),
         }
     }
 }
@@ -803,7 +769,7 @@ async fn handle_connection(stream: TcpStream, shared: Shared, ticket: Ticket) ->
     let mut handles = Vec::new();
     let result = serve_requests(&mut chan, &shared, &client, &mut handles).await;
     for h in handles {
-        shared.detach(h).await;
+        shared.detach_off_runtime(h).await;
     }
     match result {
         Err(Error::Idle(after)) => {
@@ -948,12 +914,11 @@ async fn open(
                 // Not closed (the store is unreachable, say): at least give the handle back,
                 // so the open's durable timeout runs.
                 tracing::warn!("an open whose truncation failed could not be closed: {why}");
-                shared.detach(granted.handle).await;
+                shared.detach_off_runtime(granted.handle).await;
             }
             return Err(e);
         }
         shared
-            .stats
             .truncations
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }

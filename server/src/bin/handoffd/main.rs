@@ -229,10 +229,17 @@ async fn main() {
         }
     };
     let cluster = running.cluster.clone();
+    let stop = running.stop.clone();
     let result = tokio::select! {
         r = running.wait() => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
+        fatal = stop.wait() => {
+            // Fenced, or the store failed: stop at once (a restart recovers the last state
+            // the store took); a fenced node does not resign a lease it no longer holds.
+            eprintln!("handoffd: {} (exit {})", fatal.why, fatal.code);
+            std::process::exit(fatal.code);
+        }
     };
     if let Some(c) = cluster {
         // Hand over at once instead of making the passive node wait out the lease.

@@ -12,7 +12,7 @@ use handoff_datapath::tcp::ServerIdentity;
 use handoff_server::auth::ClientDirectory;
 use handoff_server::cluster::{Cluster, EtcdUrl, Health};
 use handoff_server::data::DataServer;
-use handoff_server::net::{fail_stop, ControlServer, Limits, ServerConfig, Shared, EXIT_FENCED};
+use handoff_server::net::{ControlServer, Limits, ServerConfig, Shared, Stop};
 use handoff_server::state::{CoreConfig, Quotas, ServerCore};
 use handoff_server::store::{EtcdStore, RedbStore, Store};
 use handoff_server::wire::{Endpoint, EndpointKind};
@@ -68,6 +68,8 @@ pub struct Running {
     pub recovered_opens: usize,
     /// The cluster membership, when the store is etcd.
     pub cluster: Option<Arc<Cluster>>,
+    /// Raised when the server must stop at once (fenced, or its store failed).
+    pub stop: Arc<Stop>,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
 
@@ -205,6 +207,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             },
         )?;
     }
+    let stop = shared.stop.clone();
     let mut tasks = tokio::task::JoinSet::new();
     if shared.draining().is_some() {
         let s = shared.clone();
@@ -227,6 +230,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         data_addr,
         recovered_opens,
         cluster,
+        stop,
         tasks,
     })
 }
@@ -309,15 +313,18 @@ async fn open_store(
     }
 }
 
-/// Follows this node's lease: a fenced node stops at once (exit 75) so it serves nothing
-/// more; while etcd is unreachable the server refuses state changes and keeps serving reads;
+/// Follows this node's lease: a fenced node stops at once (exit 75, see `Running::stop`) so
+/// it serves nothing more; while etcd is unreachable the server refuses state changes and keeps serving reads;
 /// when etcd answers again, what was deferred meanwhile is written.
 async fn watch_lease(shared: Shared) -> anyhow::Result<()> {
     let mut was_active = true;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         match shared.health() {
-            Health::Fenced(why) => fail_stop(EXIT_FENCED, &format!("fenced: {why}")),
+            Health::Fenced(why) => {
+                shared.stop.fenced(&why);
+                return Ok(());
+            }
             Health::Suspended(why) if was_active => {
                 tracing::warn!("{why}");
                 was_active = false;
