@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 
-use super::server::{now_ms, Shared};
+use super::shared::{now_ms, Shared};
 use super::ControlClient;
 use crate::state::records::{FileRecord, OpenRecord};
 use crate::state::{Export, Imported};

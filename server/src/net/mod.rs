@@ -1,19 +1,23 @@
-//! The only IO in this crate: tokio tasks that move frames between sockets and the core.
+//! The server's IO around the core: the driver that runs it ([`Shared`]), the listeners and
+//! admission, the control channel, the file system beneath the root, and planned drains.
 
+mod accept;
 mod admission;
+mod control;
 mod direct_grants;
 mod drain;
-pub use drain::resume_drain;
 mod files;
-mod server;
+mod shared;
+mod stats;
 mod stop;
 
+pub use accept::{accept_loop, handshake, HANDSHAKE_TIMEOUT, KEEPALIVE};
 pub use admission::{Admission, AdmissionCounts, Limits, Seat, Ticket};
+pub use control::ControlServer;
 pub use direct_grants::Revocable;
+pub use drain::resume_drain;
 pub use files::{reopen, FileIdentity, OpenedFile, Root};
 pub use handoff_datapath::{check_reply, with_admission_retries, Channel, ControlClient, Timeouts};
-pub use server::{
-    accept_loop, handshake, now_ms, AttachedHandle, ControlServer, Persist, ServerConfig,
-    ServerStats, Shared, WriteCheck, FS_CALLS, HANDSHAKE_TIMEOUT,
-};
+pub use shared::{now_ms, AttachedHandle, Persist, ServerConfig, Shared, WriteCheck, FS_CALLS};
+pub use stats::ServerStats;
 pub use stop::{Fatal, Stop, EXIT_FENCED, EXIT_STORE_FAILED};

@@ -1,0 +1,37 @@
+//! The counters a server exposes (`handoff stats`).
+
+/// Counters a server exposes (`handoff stats`); data-path work done by the server's CPU.
+#[derive(Default, Debug)]
+pub struct ServerStats {
+    /// Bytes the server moved with RDMA work requests it posted (WRITE for reads, READ for
+    /// writes). Direct-mode reads never add to it.
+    pub rdma_server_bytes: std::sync::atomic::AtomicU64,
+    pub rdma_requests: std::sync::atomic::AtomicU64,
+    pub rdma_connections: std::sync::atomic::AtomicU64,
+    pub direct_grants: std::sync::atomic::AtomicU64,
+    pub direct_revocations: std::sync::atomic::AtomicU64,
+    pub tcp_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl ServerStats {
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (
+                "rdma_server_bytes".into(),
+                self.rdma_server_bytes.load(Relaxed),
+            ),
+            ("rdma_requests".into(), self.rdma_requests.load(Relaxed)),
+            (
+                "rdma_connections".into(),
+                self.rdma_connections.load(Relaxed),
+            ),
+            ("direct_grants".into(), self.direct_grants.load(Relaxed)),
+            (
+                "direct_revocations".into(),
+                self.direct_revocations.load(Relaxed),
+            ),
+            ("tcp_bytes".into(), self.tcp_bytes.load(Relaxed)),
+        ]
+    }
+}
