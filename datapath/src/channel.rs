@@ -139,7 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
 
     pub async fn send(&mut self, msg: &Message) -> Result<(), Error> {
         self.wbuf.clear();
-        self.conv.seal(msg, &mut self.wbuf)?;
+        self.conv.seal(msg, &mut self.wbuf, usize::MAX)?;
         let (stream, wbuf) = (&mut self.stream, &self.wbuf);
         Self::progress(self.timeouts.frame, "reading a reply", async {
             stream.write_all(wbuf).await?;

@@ -10,7 +10,7 @@ use super::{
     client_start, server_on_hello, AuthError, AwaitChallenge, AwaitProof, AwaitWelcome,
     ClientDirectory, Identity, Session, SessionKeys, Side,
 };
-use crate::wire::{encode_frame, Frame, Message, MAC_LEN};
+use crate::wire::{encode_frame, Frame, Message, FRAME_OVERHEAD, MAC_LEN, MAX_PAYLOAD};
 use crate::Error;
 
 /// Framing and, once established, the session's MACs and sequence numbers.
@@ -33,11 +33,24 @@ impl Conversation {
         self.session.is_some()
     }
 
-    /// Appends `msg` as one frame to `out` (MAC'd once established).
-    pub fn seal(&mut self, msg: &Message, out: &mut BytesMut) -> Result<(), Error> {
+    /// Appends `msg` as one frame of at most `max_frame` bytes to `out` (MAC'd once
+    /// established). A message too large is refused before it takes a sequence number, so the
+    /// conversation can go on.
+    pub fn seal(
+        &mut self,
+        msg: &Message,
+        out: &mut BytesMut,
+        max_frame: usize,
+    ) -> Result<(), Error> {
         let mut payload = BytesMut::new();
         msg.encode(&mut payload)?;
         let kind = msg.kind();
+        if payload.len() > MAX_PAYLOAD || payload.len() + FRAME_OVERHEAD > max_frame {
+            return Err(Error::Protocol(format!(
+                "a {kind:#04x} message of {} bytes does not fit in a frame",
+                payload.len()
+            )));
+        }
         let (seq, mac) = match &mut self.session {
             Some(s) => s.seal(kind, &payload),
             None => (0, [0u8; MAC_LEN]),

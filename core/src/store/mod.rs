@@ -105,6 +105,10 @@ pub enum StoreError {
     /// This node lost the right to write (its cluster lease ended): it must stop serving.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// A write the server cannot do without failed: it stops serving (a restart recovers the
+    /// last state the store took).
+    #[error("{0}; the server stops")]
+    Failed(String),
     /// The store's file cannot be used and will not be replaced without the operator.
     #[error("{0}")]
     Damaged(String),

@@ -8,6 +8,8 @@ use super::WireError;
 pub const MAC_LEN: usize = 16;
 /// Bytes after the length field that are not payload.
 const OVERHEAD: usize = 1 + 8 + MAC_LEN;
+/// Bytes of a whole frame that are not payload (the length field included).
+pub const FRAME_OVERHEAD: usize = 4 + OVERHEAD;
 /// The hard limit on a frame's payload. Control messages are small; bulk data never travels
 /// inside frames.
 pub const MAX_PAYLOAD: usize = 64 * 1024;

@@ -6,7 +6,7 @@ mod message;
 mod message_table;
 
 pub use crate::codec::{Reader, WireError, Writer};
-pub use frame::{encode_frame, Frame, MAC_LEN, MAX_PAYLOAD};
+pub use frame::{encode_frame, Frame, FRAME_OVERHEAD, MAC_LEN, MAX_PAYLOAD};
 pub use message::{
     Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, INBOX_PAGE, MAX_ADDR,
     MAX_CHUNK, MAX_COUNTERS, MAX_COUNTER_NAME, MAX_DRAIN_ITEMS, MAX_ENDPOINTS, MAX_INBOX_BATCH,

@@ -34,7 +34,7 @@ const TAG_PROBE: u64 = 3 << 62;
 pub struct Endpoint {
     // Field order is drop order: the QP goes first (flushing posted work), then the
     // regions it referenced, then CQ and PD.
-    pub qp: QueuePair,
+    qp: QueuePair,
     send_buf: MemoryRegion,
     recv_buf: MemoryRegion,
     /// Regions that posted RDMA WRITEs read from, each with its post's sequence number: kept
@@ -47,7 +47,7 @@ pub struct Endpoint {
     /// The post sequence of each SEND slot's latest SEND, and of each signaled RDMA request.
     send_seq: Vec<u64>,
     rdma_seq: HashMap<u64, u64>,
-    pub cq: Arc<CompletionQueue>,
+    cq: Arc<CompletionQueue>,
     pub pd: Arc<ProtectionDomain>,
     free_send: Vec<usize>,
     inbox: VecDeque<(usize, usize)>,
@@ -191,10 +191,7 @@ impl Endpoint {
             self.pump(true)?;
         }
         self.encode.clear();
-        self.conv.seal(msg, &mut self.encode)?;
-        if self.encode.len() > SLOT {
-            return Err(Error::Protocol("message larger than an RDMA message slot".into()).into());
-        }
+        self.conv.seal(msg, &mut self.encode, SLOT)?;
         let slot = self.free_send.pop().expect("checked non-empty");
         self.send_seq[slot] = self.next_post();
         let dst = self.send_buf.bytes_mut().expect("owned buffer");
@@ -314,13 +311,28 @@ impl Endpoint {
         remote: (u64, u32),
         signaled: bool,
     ) -> Result<(), DataError> {
-        debug_assert_eq!(wr_id & TAG_MASK, 0);
+        self.check_wr(wr_id)?;
         let (mr, offset, len) = local;
         // SAFETY: this function's contract is the same as post_send's.
         unsafe {
             self.qp
                 .post_send(wr_id, op, mr, offset, len, Some(remote), signaled)?
         };
+        Ok(())
+    }
+
+    /// Refuses a work request id that would be taken for one of the endpoint's own (tag bits
+    /// set) or that names a request still outstanding (its completion would release the
+    /// wrong region).
+    fn check_wr(&self, wr_id: u64) -> Result<(), DataError> {
+        if wr_id & TAG_MASK != 0 || self.rdma_seq.contains_key(&wr_id) {
+            return Err(broken(format!(
+                "RDMA work request id {wr_id} is reserved or in use"
+            )));
+        }
+        if self.reading.contains_key(&wr_id) {
+            return Err(broken(format!("RDMA READ {wr_id} was not finished")));
+        }
         Ok(())
     }
 
@@ -340,7 +352,7 @@ impl Endpoint {
         remote: (u64, u32),
         signaled: bool,
     ) -> Result<(), DataError> {
-        debug_assert_eq!(wr_id & TAG_MASK, 0);
+        self.check_wr(wr_id)?;
         let (mr, offset, len) = local;
         let seq = self.next_post();
         // SAFETY: `mr` is held (below) until a completion of this post or a later one has
@@ -378,7 +390,7 @@ impl Endpoint {
         len: usize,
         remote: (u64, u32),
     ) -> Result<(), DataError> {
-        debug_assert_eq!(wr_id & TAG_MASK, 0);
+        self.check_wr(wr_id)?;
         let seq = self.next_post();
         // SAFETY: `local` is owned by the endpoint (`reading`) from here until this request's
         // completion is polled, or the endpoint is dropped, whose QP goes first.

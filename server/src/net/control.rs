@@ -169,6 +169,8 @@ async fn open(
     let opened = shared
         .fs(move |s| {
             if create {
+                // Creating changes the file system: not once the server is stopping.
+                s.writable()?;
                 s.config.root.create_file(&path)
             } else {
                 s.config.root.open_file(&path, write)
@@ -190,7 +192,8 @@ async fn open(
     let key = granted.sealed.to_vec();
     if p.truncate {
         let truncated = shared
-            .fs(move |_| {
+            .fs(move |s| {
+                s.writable()?;
                 file.set_len(0)
                     .map_err(|e| Error::file_system("truncating the file", &e))
             })

@@ -227,10 +227,10 @@ impl Shared {
             if !batch.is_empty() {
                 let applied = apply_while_leased(inner.store.as_mut(), &batch, || self.health());
                 if let Err(Unapplied::Fatal(code, why)) = applied {
-                    // Nothing more is served: the state stays as the store last took it.
-                    return Err(self.stop.raise(code, why));
-                }
-                if let Err(Unapplied::Unreachable(why)) = applied {
+                    // Nothing more is served: the state stays as the store last took it (the
+                    // revocations below still run: taking access back is always safe).
+                    result = Err(self.stop.raise(code, why));
+                } else if let Err(Unapplied::Unreachable(why)) = applied {
                     // Not confirmed, so nothing is promised to the client: opens this request
                     // made are undone (a retry does not meet its own ghost), handles it made
                     // on older opens are given back (their durable timeouts run), and the

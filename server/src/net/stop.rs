@@ -52,7 +52,7 @@ impl Stop {
         self.first.get().map(|f| {
             Error::Store(match f.code {
                 EXIT_FENCED => StoreError::Fenced(f.why.clone()),
-                _ => StoreError::Backend(f.why.clone()),
+                _ => StoreError::Failed(f.why.clone()),
             })
         })
     }

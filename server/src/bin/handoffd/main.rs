@@ -231,15 +231,17 @@ async fn main() {
     let cluster = running.cluster.clone();
     let stop = running.stop.clone();
     let result = tokio::select! {
-        r = running.wait() => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
-        _ = term.recv() => Ok(()),
+        // First: a fatal cause wins over a task that ended because of it.
+        biased;
         fatal = stop.wait() => {
             // Fenced, or the store failed: stop at once (a restart recovers the last state
             // the store took); a fenced node does not resign a lease it no longer holds.
             eprintln!("handoffd: {} (exit {})", fatal.why, fatal.code);
             std::process::exit(fatal.code);
         }
+        r = running.wait() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = term.recv() => Ok(()),
     };
     if let Some(c) = cluster {
         // Hand over at once instead of making the passive node wait out the lease.
@@ -253,21 +255,21 @@ async fn main() {
 }
 
 /// Exit status of a server that could not start: 5 for a secret file open to others (as the
-/// CLI's authentication failures), 1 otherwise.
+/// CLI's authentication failures), 75 when fenced and 70 when the store refused the first
+/// write (as once serving), 1 otherwise.
 fn start_failure_code(e: &anyhow::Error) -> i32 {
-    let exposed = e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<handoff_server::Error>(),
-            Some(handoff_server::Error::Auth(
-                handoff_server::auth::AuthError::Exposed(_)
-            ))
-        )
-    });
-    if exposed {
-        5
-    } else {
-        1
-    }
+    use handoff_server::auth::AuthError;
+    use handoff_server::net::{EXIT_FENCED, EXIT_STORE_FAILED};
+    use handoff_server::store::StoreError;
+    use handoff_server::Error;
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<Error>()? {
+            Error::Auth(AuthError::Exposed(_)) => Some(5),
+            Error::Store(StoreError::Fenced(_)) => Some(EXIT_FENCED),
+            Error::Store(StoreError::Failed(_)) => Some(EXIT_STORE_FAILED),
+            _ => None,
+        })
+        .unwrap_or(1)
 }
 
 /// Every durable open keeps its file open (so its key follows the file, not the path): raise

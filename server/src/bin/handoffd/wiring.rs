@@ -323,7 +323,9 @@ async fn watch_lease(shared: Shared) -> anyhow::Result<()> {
         match shared.health() {
             Health::Fenced(why) => {
                 shared.stop.fenced(&why);
-                return Ok(());
+                // handoffd exits on the stop; this task must not end first (an ended task
+                // reads as a clean shutdown).
+                std::future::pending::<()>().await;
             }
             Health::Suspended(why) if was_active => {
                 tracing::warn!("{why}");
