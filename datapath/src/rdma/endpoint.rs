@@ -2,7 +2,7 @@
 //! Messages are the same MAC'd frames as on the TCP channel, one per SEND; bulk bytes move
 //! by RDMA WRITE/READ between registered regions and never through these slots.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 
@@ -41,12 +41,13 @@ pub struct Endpoint {
     /// until a later completion on the send queue shows that work is done.
     held: VecDeque<(u64, Arc<MemoryRegion>)>,
     /// Regions posted RDMA READs write into, by work request: handed back once it completed.
-    reading: HashMap<u64, MemoryRegion>,
+    reading: Vec<(u64, MemoryRegion)>,
     /// Sequence numbers of send-queue posts (completions come back in this order).
     posted: u64,
     /// The post sequence of each SEND slot's latest SEND, and of each signaled RDMA request.
     send_seq: Vec<u64>,
-    rdma_seq: HashMap<u64, u64>,
+    /// (A few at a time: a short list beats hashing on this path.)
+    rdma_seq: Vec<(u64, u64)>,
     cq: Arc<CompletionQueue>,
     pub pd: Arc<ProtectionDomain>,
     free_send: Vec<usize>,
@@ -94,10 +95,10 @@ impl Endpoint {
             send_buf,
             recv_buf,
             held: VecDeque::new(),
-            reading: HashMap::new(),
+            reading: Vec::new(),
             posted: 0,
             send_seq: vec![0; SEND_SLOTS],
-            rdma_seq: HashMap::new(),
+            rdma_seq: Vec::new(),
             cq,
             pd,
             free_send: (0..SEND_SLOTS).collect(),
@@ -173,7 +174,8 @@ impl Endpoint {
                     release_before(&mut self.held, self.send_seq[slot]);
                 }
                 _ => {
-                    if let Some(seq) = self.rdma_seq.remove(&wc.wr_id) {
+                    let posted = self.rdma_seq.iter().position(|(w, _)| *w == wc.wr_id);
+                    if let Some((_, seq)) = posted.map(|i| self.rdma_seq.swap_remove(i)) {
                         release_before(&mut self.held, seq + 1);
                     }
                     self.finished.insert(wc.wr_id);
@@ -325,12 +327,12 @@ impl Endpoint {
     /// set) or that names a request still outstanding (its completion would release the
     /// wrong region).
     fn check_wr(&self, wr_id: u64) -> Result<(), DataError> {
-        if wr_id & TAG_MASK != 0 || self.rdma_seq.contains_key(&wr_id) {
+        if wr_id & TAG_MASK != 0 || self.rdma_seq.iter().any(|(w, _)| *w == wr_id) {
             return Err(broken(format!(
                 "RDMA work request id {wr_id} is reserved or in use"
             )));
         }
-        if self.reading.contains_key(&wr_id) {
+        if self.reading.iter().any(|(w, _)| *w == wr_id) {
             return Err(broken(format!("RDMA READ {wr_id} was not finished")));
         }
         Ok(())
@@ -370,7 +372,7 @@ impl Endpoint {
             )?
         };
         if signaled {
-            self.rdma_seq.insert(wr_id, seq);
+            self.rdma_seq.push((wr_id, seq));
         }
         if !self.held.back().is_some_and(|(_, m)| Arc::ptr_eq(m, mr)) {
             self.held.push_back((seq, mr.clone()));
@@ -398,16 +400,16 @@ impl Endpoint {
             self.qp
                 .post_send(wr_id, SendOp::Read, &local, 0, len, Some(remote), true)?
         };
-        self.rdma_seq.insert(wr_id, seq);
-        self.reading.insert(wr_id, local);
+        self.rdma_seq.push((wr_id, seq));
+        self.reading.push((wr_id, local));
         Ok(())
     }
 
     /// Waits for the RDMA READ `wr_id` and hands back the region its bytes landed in.
     pub fn finish_read(&mut self, wr_id: u64) -> Result<MemoryRegion, DataError> {
         self.wait_for(wr_id)?;
-        self.reading
-            .remove(&wr_id)
+        let at = self.reading.iter().position(|(w, _)| *w == wr_id);
+        at.map(|i| self.reading.swap_remove(i).1)
             .ok_or_else(|| broken(format!("no RDMA READ {wr_id} was posted")))
     }
 
