@@ -165,3 +165,62 @@ fn a_rebooted_client_finds_its_keys_and_resumes() {
     let again = kept.split_whitespace().next().unwrap();
     assert_eq!(cli.run(&["read", again]).expect(0).stdout, b"kept");
 }
+
+/// A store that starts refusing writes (a failing disk): nothing more is confirmed, the
+/// server stops with exit 70 and says why, and after a restart every open it did confirm is
+/// still there.
+#[test]
+fn a_store_that_fails_a_write_stops_the_server_and_loses_nothing_it_confirmed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = client(tmp.path(), "alice");
+    let mut server =
+        TestServer::start_with_env(&[&alice], &[], &[("HANDOFFD_FAULT_STORE_WRITES", "6")]);
+    let cli = server.cli(&alice);
+    let mut confirmed = Vec::new();
+    let mut refused = None;
+    for i in 0..20 {
+        let name = format!("f{i}");
+        std::fs::write(server.root().join(&name), b"x").unwrap();
+        let out = cli.run_within(Duration::from_secs(20), &["open", &name]);
+        if out.code != 0 {
+            refused = Some(out);
+            break;
+        }
+        confirmed.push(out.text());
+    }
+    // The open that met the fault is refused; or the server stopped before its answer left
+    // (the connection closes), or before it was asked (the fault hit the detach that follows
+    // the previous CLI's exit): in every case, not confirmed.
+    let refused = refused.expect("the store never failed");
+    assert!(
+        [
+            "cannot write state to the store",
+            "connection closed",
+            "Connection refused"
+        ]
+        .iter()
+        .any(|why| refused.stderr.contains(why)),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !confirmed.is_empty(),
+        "no open was confirmed before the fault"
+    );
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)),
+        Some(70),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("cannot write state to the store"),
+        "{}",
+        server.log()
+    );
+    server.clear_env();
+    server.restart();
+    for key in &confirmed {
+        cli.run(&["resume", key]).expect(0);
+    }
+}

@@ -243,6 +243,27 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Waits up to `limit` for the server to exit on its own; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Drops the extra environment (test hooks) for later starts.
+    pub fn clear_env(&mut self) {
+        self.env.clear();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

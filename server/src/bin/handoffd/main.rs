@@ -1,5 +1,6 @@
 //! `handoffd`: the handoff server.
 
+mod store_fault;
 mod wiring;
 
 use std::net::SocketAddr;

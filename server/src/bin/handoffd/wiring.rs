@@ -13,6 +13,8 @@ use handoff_server::auth::ClientDirectory;
 use handoff_server::cluster::{Cluster, EtcdUrl, Health};
 use handoff_server::data::DataServer;
 use handoff_server::net::{ControlServer, Limits, ServerConfig, Shared, Stop};
+
+use super::store_fault::FailingStore;
 use handoff_server::state::{CoreConfig, Quotas, ServerCore};
 use handoff_server::store::{EtcdStore, RedbStore, Store};
 use handoff_server::wire::{Endpoint, EndpointKind};
@@ -290,7 +292,7 @@ async fn open_store(
                 .with_context(|| {
                     format!("opening the state store under {}", opts.state.display())
                 })?;
-            Ok((Box::new(store), None))
+            Ok((FailingStore::wrap(Box::new(store)), None))
         }
         StoreChoice::Etcd {
             url,
