@@ -211,18 +211,7 @@ impl Node {
 
     /// Waits for the process to end by itself; its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status.code();
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_exit(&mut self.child, limit)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -245,18 +245,7 @@ impl TestServer {
 
     /// Waits up to `limit` for the server to exit on its own; its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status.code();
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(&mut self.child, limit)
     }
 
     /// Drops the extra environment (test hooks) for later starts.
@@ -469,4 +458,20 @@ pub fn raise_fd_limit() -> u64 {
     l.current = l.maximum;
     let _ = setrlimit(Resource::Nofile, l);
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Waits up to `limit` for `child` to exit by itself; its exit code (the child is then gone).
+pub fn wait_exit(child: &mut Option<Child>, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    let running = child.as_mut().expect("running");
+    loop {
+        if let Some(status) = running.try_wait().unwrap() {
+            *child = None;
+            return status.code();
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
