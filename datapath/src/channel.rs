@@ -212,16 +212,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             let msg = self.expect().await?;
             match handshake.on_message(msg) {
                 Ok(Step::Send(reply)) => self.send(&reply).await?,
-                Ok(Step::Done {
-                    reply,
-                    keys,
-                    side,
-                    peer,
-                }) => {
+                Ok(Step::Done { reply, keys, peer }) => {
                     if let Some(reply) = reply {
                         self.send(&reply).await?;
                     }
-                    self.conv.establish(keys, side);
+                    self.conv.establish(keys, handshake.side());
                     return Ok(peer);
                 }
                 Err(e) => {

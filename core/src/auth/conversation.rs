@@ -91,11 +91,11 @@ impl Conversation {
 pub enum Step {
     /// Send this and feed the next message received.
     Send(Message),
-    /// Authenticated: send `reply` if any, then [`Conversation::establish`] with `keys`.
+    /// Authenticated: send `reply` if any, then [`Conversation::establish`] with `keys`
+    /// and [`Handshake::side`].
     Done {
         reply: Option<Message>,
         keys: SessionKeys,
-        side: Side,
         /// Who the peer proved to be (the client's name; on the client, its own).
         peer: String,
     },
@@ -116,7 +116,7 @@ enum State<'a> {
 /// The mutual handshake, one message at a time (see [`super::handshake`] for the exchange).
 pub struct Handshake<'a> {
     state: State<'a>,
-    server: bool,
+    side: Side,
 }
 
 impl<'a> Handshake<'a> {
@@ -126,7 +126,7 @@ impl<'a> Handshake<'a> {
         (
             Self {
                 state: State::AwaitChallenge(state, identity.name.clone()),
-                server: false,
+                side: Side::Client,
             },
             hello,
         )
@@ -145,7 +145,7 @@ impl<'a> Handshake<'a> {
                 expected,
                 nonce,
             },
-            server: true,
+            side: Side::Server,
         }
     }
 
@@ -162,7 +162,6 @@ impl<'a> Handshake<'a> {
             State::AwaitWelcome(s, name) => Ok(Step::Done {
                 reply: None,
                 keys: s.on_message(msg)?,
-                side: Side::Client,
                 peer: name,
             }),
             State::AwaitHello {
@@ -186,7 +185,6 @@ impl<'a> Handshake<'a> {
                 Ok(Step::Done {
                     reply: Some(welcome),
                     keys,
-                    side: Side::Server,
                     peer: client,
                 })
             }
@@ -194,10 +192,15 @@ impl<'a> Handshake<'a> {
         }
     }
 
+    /// Which end of the conversation this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
     /// What to send after `on_message` refused the peer: a server tells the client why; a
     /// client says nothing more to a server that failed to prove itself.
     pub fn refusal(&self, e: &AuthError) -> Option<Message> {
-        self.server.then(|| Message::AuthFailed {
+        (self.side == Side::Server).then(|| Message::AuthFailed {
             message: e.to_string(),
         })
     }

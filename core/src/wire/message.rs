@@ -3,7 +3,7 @@
 
 use super::message_table::{ignore_then, message_table};
 pub use crate::state::records::{MAX_LOCKS, MAX_NAME, MAX_PATH};
-use crate::state::{ByteRange, Mode, ResumeReport, ShareMode};
+use crate::state::{Attached, ByteRange, Mode, ResumeReport, ShareMode};
 
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Bytes of a resume key in a request: room above today's sealed key (`SEALED_LEN`, 50) for
@@ -294,6 +294,21 @@ message_table! {
 }
 
 impl Message {
+    /// The answer to a data channel's `Attach`: its duplicate handle, the open's rights on a
+    /// file of `size` bytes, and what happened to the file meanwhile.
+    pub fn attached(attached: &Attached, size: u64) -> Message {
+        Message::Attached {
+            handle: attached.handle,
+            info: FileInfo {
+                mode: attached.mode,
+                share: attached.share,
+                locks: attached.locks.clone(),
+                size,
+            },
+            report: attached.report,
+        }
+    }
+
     /// Handshake messages travel before a session key exists, without a MAC.
     pub fn is_handshake(kind: u8) -> bool {
         (0x01..=0x05).contains(&kind)

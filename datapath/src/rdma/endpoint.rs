@@ -457,16 +457,11 @@ impl Endpoint {
             let msg = self.recv()?;
             match handshake.on_message(msg) {
                 Ok(Step::Send(reply)) => self.send(&reply)?,
-                Ok(Step::Done {
-                    reply,
-                    keys,
-                    side,
-                    peer,
-                }) => {
+                Ok(Step::Done { reply, keys, peer }) => {
                     if let Some(reply) = reply {
                         self.send(&reply)?;
                     }
-                    self.conv.establish(keys, side);
+                    self.conv.establish(keys, handshake.side());
                     return Ok(peer);
                 }
                 Err(e) => {

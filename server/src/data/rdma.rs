@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use handoff_core::state::resume_key::SEALED_LEN;
 use handoff_core::state::{ByteRange, HandleId, IoKind};
-use handoff_core::wire::{ErrorCode, FileInfo, Message};
+use handoff_core::wire::{ErrorCode, Message};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
 use handoff_datapath::rdma::endpoint::{connect_tag_matches, Endpoint};
@@ -218,18 +218,9 @@ fn serve(p: Pending, shared: Shared) {
                 return Ok(());
             }
         };
-        let info = FileInfo {
-            mode: attached.mode,
-            share: attached.share,
-            locks: attached.locks.clone(),
-            size: file.metadata().map_or(0, |m| m.len()),
-        };
+        let size = file.metadata().map_or(0, |m| m.len());
         let windows = FileWindows::new(&ep.pd, reopen(&file, true, "").ok());
-        let sent = ep.send(&Message::Attached {
-            handle: attached.handle,
-            info,
-            report: attached.report,
-        });
+        let sent = ep.send(&Message::attached(&attached, size));
         // From here, `held` gives the handle back however the session ends (an error, a
         // panic), or the open could never expire.
         sent?;

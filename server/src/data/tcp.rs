@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use handoff_core::state::{ByteRange, HandleId, IoKind};
-use handoff_core::wire::{FileInfo, Message};
+use handoff_core::wire::Message;
 use handoff_core::Error;
 use handoff_datapath::tcp::CHUNK;
 use handoff_datapath::{Channel, DataError, Timeouts};
@@ -150,18 +150,8 @@ where
     let handle = attached.handle;
     let span = tracing::info_span!("handle", handle, slot = attached.slot, client = %client);
     let result = async {
-        let info = FileInfo {
-            mode: attached.mode,
-            share: attached.share,
-            locks: attached.locks.clone(),
-            size: file.metadata()?.len(),
-        };
-        chan.send(&Message::Attached {
-            handle,
-            info,
-            report: attached.report,
-        })
-        .await?;
+        let size = file.metadata()?.len();
+        chan.send(&Message::attached(&attached, size)).await?;
         serve_handle(&mut chan, &shared, handle, &file, &send_bytes).await
     }
     .instrument(span)

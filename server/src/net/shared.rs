@@ -15,7 +15,7 @@ use super::admission::{Admission, Limits};
 use super::direct_grants::{DirectGrants, Revocable};
 use super::files::{reopen, OpenedFile, Root};
 use super::stats::ServerStats;
-use super::stop::{Stop, EXIT_FENCED, EXIT_STORE_FAILED};
+use super::stop::Stop;
 use crate::auth::ClientDirectory;
 use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};
 use crate::store::Health;
@@ -68,8 +68,10 @@ struct Inner {
 enum Unapplied {
     /// The store stayed unreachable while this node's lease held: retry later.
     Unreachable(String),
-    /// This node must stop (fenced, or the store failed otherwise): exit status and why.
-    Fatal(i32, String),
+    /// This node lost its lease: it must stop.
+    Fenced(String),
+    /// The store refused the write otherwise: the server must stop.
+    Failed(StoreError),
 }
 
 /// Writes `batch`; while the store is unreachable but this node's lease still holds, keeps
@@ -85,24 +87,15 @@ fn apply_while_leased(
     loop {
         match store.apply(batch) {
             Ok(()) => return Ok(()),
-            Err(StoreError::Fenced(why)) => {
-                return Err(Unapplied::Fatal(EXIT_FENCED, format!("fenced: {why}")))
-            }
+            Err(StoreError::Fenced(why)) => return Err(Unapplied::Fenced(why)),
             Err(StoreError::Unavailable(why)) => match health() {
-                Health::Fenced(f) => {
-                    return Err(Unapplied::Fatal(EXIT_FENCED, format!("fenced: {f}")))
-                }
+                Health::Fenced(why) => return Err(Unapplied::Fenced(why)),
                 Health::Active if std::time::Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(200))
                 }
                 _ => return Err(Unapplied::Unreachable(why)),
             },
-            Err(e) => {
-                return Err(Unapplied::Fatal(
-                    EXIT_STORE_FAILED,
-                    format!("cannot write state to the store: {e}"),
-                ))
-            }
+            Err(e) => return Err(Unapplied::Failed(e)),
         }
     }
 }
@@ -225,26 +218,28 @@ impl Shared {
                 batch = all;
             }
             if !batch.is_empty() {
-                let applied = apply_while_leased(inner.store.as_mut(), &batch, || self.health());
-                if let Err(Unapplied::Fatal(code, why)) = applied {
-                    // Nothing more is served: the state stays as the store last took it (the
-                    // revocations below still run: taking access back is always safe).
-                    result = Err(self.stop.raise(code, why));
-                } else if let Err(Unapplied::Unreachable(why)) = applied {
-                    // Not confirmed, so nothing is promised to the client: opens this request
-                    // made are undone (a retry does not meet its own ghost), handles it made
-                    // on older opens are given back (their durable timeouts run), and the
-                    // rest is written when the store is back (writes are idempotent).
-                    let now = now_ms();
-                    inner.core.undo_opens_since(first_slot);
-                    for h in inner.core.handles_since(first_handle) {
-                        inner.core.detach(h, now);
+                match apply_while_leased(inner.store.as_mut(), &batch, || self.health()) {
+                    Ok(()) => {}
+                    // On a stop nothing more is served: the state stays as the store last
+                    // took it (the revocations below still run: taking access back is safe).
+                    Err(Unapplied::Fenced(why)) => result = Err(self.stop.fenced(&why)),
+                    Err(Unapplied::Failed(e)) => result = Err(self.stop.store_failed(&e)),
+                    Err(Unapplied::Unreachable(why)) => {
+                        // Not confirmed, so nothing is promised to the client: opens this request
+                        // made are undone (a retry does not meet its own ghost), handles it made
+                        // on older opens are given back (their durable timeouts run), and the
+                        // rest is written when the store is back (writes are idempotent).
+                        let now = now_ms();
+                        inner.core.undo_opens_since(first_slot);
+                        for h in inner.core.handles_since(first_handle) {
+                            inner.core.detach(h, now);
+                        }
+                        batch.append(&mut inner.core.take_mutations());
+                        inner.backlog = batch;
+                        result = Err(Error::Store(StoreError::Unavailable(format!(
+                            "{why}; the request was not confirmed, retry it"
+                        ))));
                     }
-                    batch.append(&mut inner.core.take_mutations());
-                    inner.backlog = batch;
-                    result = Err(Error::Store(StoreError::Unavailable(format!(
-                        "{why}; the request was not confirmed, retry it"
-                    ))));
                 }
                 self.wake.notify_one();
             }

@@ -23,6 +23,14 @@ pub struct Fatal {
     pub why: String,
 }
 
+/// The refusal every request gets once the server is stopping for `f`.
+fn refusal(f: &Fatal) -> Error {
+    Error::Store(match f.code {
+        EXIT_FENCED => StoreError::Fenced(f.why.clone()),
+        _ => StoreError::Failed(f.why.clone()),
+    })
+}
+
 #[derive(Default)]
 pub struct Stop {
     first: OnceLock<Fatal>,
@@ -33,13 +41,16 @@ impl Stop {
     /// Records `why` (unless a cause was recorded already) and returns the error to answer
     /// the request that found it with.
     pub fn raise(&self, code: i32, why: String) -> Error {
-        if self.first.set(Fatal { code, why }).is_ok() {
-            let f = self.first.get().expect("just set");
+        let mut first = false;
+        let f = self.first.get_or_init(|| {
+            first = true;
+            Fatal { code, why }
+        });
+        if first {
             tracing::error!(code = f.code, "{}; stopping", f.why);
             self.raised.notify_waiters();
         }
-        self.error()
-            .unwrap_or_else(|| Error::Protocol("stopping".into()))
+        refusal(f)
     }
 
     /// A fenced node: it must change nothing more.
@@ -47,20 +58,18 @@ impl Stop {
         self.raise(EXIT_FENCED, format!("fenced: {why}"))
     }
 
-    /// The refusal every request gets once the server is stopping.
-    fn error(&self) -> Option<Error> {
-        self.first.get().map(|f| {
-            Error::Store(match f.code {
-                EXIT_FENCED => StoreError::Fenced(f.why.clone()),
-                _ => StoreError::Failed(f.why.clone()),
-            })
-        })
+    /// The store refused a write the server cannot do without.
+    pub fn store_failed(&self, e: &StoreError) -> Error {
+        self.raise(
+            EXIT_STORE_FAILED,
+            format!("cannot write state to the store: {e}"),
+        )
     }
 
     /// Refuses once a cause was raised.
     pub fn check(&self) -> Result<(), Error> {
-        match self.error() {
-            Some(e) => Err(e),
+        match self.first.get() {
+            Some(f) => Err(refusal(f)),
             None => Ok(()),
         }
     }
