@@ -6,14 +6,12 @@
 //! registered file windows, writes as RDMA READs into a registered bounce pool, then `pwrite`.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use handoff_core::state::resume_key::SEALED_LEN;
-use handoff_core::state::{ByteRange, HandleId, IoKind};
 use handoff_core::wire::{ErrorCode, Message};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
@@ -24,8 +22,8 @@ use handoff_datapath::rdma::verbs::{Access, MemoryRegion};
 use handoff_datapath::rdma::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
 use handoff_datapath::DataError;
 
-use super::file_write::{flush_refused, write_fully_at, write_refused};
-use crate::net::{reopen, Revocable, Seat, Shared, WriteCheck};
+use super::session::{DataSession, Landing};
+use crate::net::{reopen, Revocable, Seat, Shared};
 
 /// Starts serving RDMA on each address; returns once every listener is bound.
 pub fn start(addrs: &[SocketAddr], shared: Shared) -> Result<Vec<String>, DataError> {
@@ -176,8 +174,7 @@ impl Revocable for DirectGrant {
 struct Connection {
     ep: Endpoint,
     shared: Shared,
-    handle: HandleId,
-    file: File,
+    session: DataSession,
     windows: FileWindows,
     /// Bounce buffers for writes (None while one is lent to a posted RDMA READ).
     bounce: Vec<Option<MemoryRegion>>,
@@ -210,7 +207,9 @@ fn serve(p: Pending, shared: Shared) {
         // taking replies, or a completion that never comes, ends the connection.
         ep.timeout = Some(crate::net::HANDSHAKE_TIMEOUT);
         let who = ep.server_handshake(&shared.config.directory, &client)?;
-        let (attached, file, held) = match shared.attach(&who, &key) {
+        // From here the session gives the handle back however it ends (an error, a panic),
+        // or the open could never expire.
+        let (session, reply) = match DataSession::attach(&shared, &who, &key, MAX_REQUEST) {
             Ok(x) => x,
             Err(e) => {
                 ep.send(&e.to_message())?;
@@ -218,20 +217,14 @@ fn serve(p: Pending, shared: Shared) {
                 return Ok(());
             }
         };
-        let size = file.metadata().map_or(0, |m| m.len());
-        let windows = FileWindows::new(&ep.pd, reopen(&file, true, "").ok());
-        let sent = ep.send(&Message::attached(&attached, size));
-        // From here, `held` gives the handle back however the session ends (an error, a
-        // panic), or the open could never expire.
-        sent?;
-        let _h =
-            tracing::info_span!("handle", handle = attached.handle, slot = attached.slot).entered();
+        let windows = FileWindows::new(&ep.pd, reopen(session.file(), true, "").ok());
+        let _h = session.span(&who).entered();
+        ep.send(&reply)?;
         ep.timeout = Some(shared.config.limits.frame_timeout);
         let mut conn = Connection {
             ep,
             shared: shared.clone(),
-            handle: attached.handle,
-            file,
+            session,
             windows,
             bounce: Vec::new(),
             direct: Vec::new(),
@@ -240,8 +233,11 @@ fn serve(p: Pending, shared: Shared) {
             probe_every: shared.config.limits.rdma_probe_interval,
         };
         let r = conn.run();
-        drop(held);
-        for g in &conn.direct {
+        let Connection {
+            session, direct, ..
+        } = conn;
+        drop(session); // detaches the handle
+        for g in &direct {
             g.revoke();
         }
         if let Err(e) = r {
@@ -285,14 +281,10 @@ impl Connection {
                     rkey,
                 } => self.read(offset, len, addr, rkey)?,
                 Message::RdmaWrite { .. } => next = self.writes(msg)?,
-                Message::Flush => match self.file.sync_data() {
-                    Ok(()) => self.ep.send(&Message::Done)?,
-                    Err(e) => self.ep.send(&flush_refused(&e).to_message())?,
-                },
+                Message::Flush => self.ep.send(&self.session.flush())?,
                 Message::MapFile => self.map_file()?,
                 other => {
-                    let e =
-                        Error::Protocol(format!("{:#04x} is not an RDMA request", other.kind()));
+                    let e = DataSession::not_a_request(&other, "RDMA");
                     self.ep.send(&e.to_message())?;
                     return Err(e.into());
                 }
@@ -322,30 +314,20 @@ impl Connection {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn begin(&self, kind: IoKind, offset: u64, len: u64) -> Result<(), Error> {
-        let handle = self.handle;
-        self.shared
-            .begin_io(handle, kind, ByteRange::new(offset, len))
-    }
-
     fn read(&mut self, offset: u64, len: u64, addr: u64, rkey: u32) -> Result<(), DataError> {
-        let size = self.file.metadata()?.len();
-        let len = len.min(MAX_REQUEST).min(size.saturating_sub(offset));
-        if addr.checked_add(len).is_none() || offset.checked_add(len).is_none() {
-            let e = Error::bad_request("read range or buffer address overflows");
-            return self.ep.send(&e.to_message());
-        }
-        if let Err(e) = self.begin(IoKind::Read, offset, len) {
-            return self.ep.send(&e.to_message());
-        }
+        let size = self.session.file().metadata()?.len();
+        let len = match self.session.gate().read(size, offset, len, Some(addr)) {
+            Ok(len) => len,
+            Err(e) => return self.ep.send(&e.to_message()),
+        };
         let mut done = 0u64;
         while done < len {
             if self.windows.needs_eviction(offset + done, size) {
                 self.ep.drain_sends()?;
             }
-            let (source, n) = self
-                .windows
-                .source(&self.file, offset + done, len - done, size)?;
+            let (source, n) =
+                self.windows
+                    .source(self.session.file(), offset + done, len - done, size)?;
             let remote = (addr + done, rkey);
             match source {
                 // The SEND that follows these WRITEs completes after them (RC order).
@@ -401,28 +383,18 @@ impl Connection {
                 break;
             };
             match posted {
-                Ok((wr, offset, len, checked)) => {
-                    let mut refused = None;
+                Ok((wr, mut landing)) => {
+                    let len = landing.len();
                     if len > 0 {
                         let landed = self.ep.finish_read(wr)?;
-                        // The lease may have lapsed while the RDMA READ ran.
-                        self.shared.writable()?;
+                        // The lease may have lapsed while the RDMA READ ran: put checks it.
                         let bytes = &landed.bytes()[..len as usize];
-                        let (written, error) = write_fully_at(&self.file, bytes, offset);
-                        if written > 0 {
-                            self.shared.wrote(checked);
-                        }
-                        refused = error.map(|e| write_refused(len, offset, &e));
+                        landing.put(&self.shared, self.session.file(), bytes)?;
                         self.bounce[buf] = Some(landed);
                     }
+                    self.session.gate().landed(&landing);
                     self.count_served(len);
-                    match refused {
-                        None => self.ep.send(&Message::Written { len })?,
-                        Some(e) => {
-                            tracing::warn!(offset, len, "write refused by the file system: {e}");
-                            self.ep.send(&e.to_message())?
-                        }
-                    }
+                    self.ep.send(&landing.answer())?;
                 }
                 Err(e) => self.ep.send(&e.to_message())?,
             }
@@ -443,18 +415,7 @@ impl Connection {
         len: u64,
         remote: (u64, u32),
     ) -> Result<PostedWrite, DataError> {
-        if len > MAX_REQUEST
-            || offset.checked_add(len).is_none()
-            || remote.0.checked_add(len).is_none()
-        {
-            return Ok(Err(Error::bad_request(format!(
-                "an RDMA write moves at most {MAX_REQUEST} bytes"
-            ))));
-        }
-        let checked = match self
-            .shared
-            .check_write(self.handle, ByteRange::new(offset, len))
-        {
+        let check = match self.session.gate().write(offset, len, Some(remote.0)) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
@@ -473,13 +434,13 @@ impl Connection {
             };
             self.ep.post_read_into(wr, mr, len as usize, remote)?;
         }
-        Ok(Ok((wr, offset, len, checked)))
+        Ok(Ok((wr, self.session.landing(check, offset, len))))
     }
 
     fn map_file(&mut self) -> Result<(), DataError> {
-        let size = self.file.metadata()?.len();
+        let size = self.session.file().metadata()?.len();
         let windows = &self.windows;
-        let granted = self.shared.grant_direct(self.handle, || {
+        let granted = self.shared.grant_direct(self.session.handle(), || {
             let mr = windows.map_direct(size).map_err(Error::Io)?;
             Ok(Arc::new(DirectGrant {
                 mr: Mutex::new(Some(mr)),
@@ -506,10 +467,9 @@ impl Connection {
     }
 }
 
-/// A write request whose RDMA READ was posted (work request id, file offset, length, what to
-/// count once it lands), or
-/// its refusal, answered in its turn.
-type PostedWrite = Result<(u64, u64, u64, WriteCheck), Error>;
+/// A write request whose RDMA READ was posted (its work request id, and where its bytes go),
+/// or its refusal, answered in its turn.
+type PostedWrite = Result<(u64, Landing), Error>;
 
 /// RDMA writes whose READs a connection keeps in flight at once.
 const WRITE_DEPTH: usize = 8;

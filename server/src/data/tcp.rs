@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use handoff_core::state::{ByteRange, HandleId, IoKind};
 use handoff_core::wire::Message;
 use handoff_core::Error;
 use handoff_datapath::tcp::CHUNK;
@@ -17,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::file_write::{flush_refused, write_fully_at, write_refused};
+use super::session::{flush_answer, DataSession, Gate, Landing};
 use crate::net::{Shared, Ticket};
 
 pub struct DataServer {
@@ -139,7 +138,10 @@ where
         }
     };
     let who = client.clone();
-    let (attached, file, held) = match shared.fs(move |s| s.attach(&who, &key)).await {
+    let attached = shared
+        .fs(move |s| DataSession::attach(s, &who, &key, MAX_STREAM_REQUEST))
+        .await;
+    let (session, reply) = match attached {
         Ok(x) => x,
         Err(e) => {
             tracing::info!(client, "attach refused: {e}");
@@ -147,24 +149,36 @@ where
             return Ok(());
         }
     };
-    let handle = attached.handle;
-    let span = tracing::info_span!("handle", handle, slot = attached.slot, client = %client);
-    let result = async {
-        let size = file.metadata()?.len();
-        chan.send(&Message::attached(&attached, size)).await?;
-        serve_handle(&mut chan, &shared, handle, &file, &send_bytes).await
+    let span = session.span(&client);
+    // Dropping the session (here, or on a panic or a cancelled task) detaches the handle.
+    async {
+        chan.send(&reply).await?;
+        serve_handle(&mut chan, &shared, &session, &send_bytes).await
     }
     .instrument(span)
-    .await;
-    drop(held); // detaches the handle (also on a panic or a cancelled task)
-    result
+    .await
+}
+
+/// The most one TCP/TLS request may move. Bytes stream through a fixed [`CHUNK`] buffer, so
+/// the cap is not about memory: it only keeps a single request from holding the channel for
+/// hours.
+const MAX_STREAM_REQUEST: u64 = 1 << 40;
+
+/// Runs a session check off the async workers (it may wait for the lock or the store).
+async fn checked<T: Send + 'static>(
+    gate: &Gate,
+    f: impl FnOnce(&Gate) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let gate = gate.clone();
+    tokio::task::spawn_blocking(move || f(&gate))
+        .await
+        .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
 }
 
 async fn serve_handle<S, F>(
     chan: &mut Channel<S>,
     shared: &Shared,
-    handle: HandleId,
-    file: &File,
+    session: &DataSession,
     send_bytes: &F,
 ) -> Result<(), DataError>
 where
@@ -172,29 +186,24 @@ where
     F: for<'a> Fn(&'a mut Channel<S>, &'a File, u64, u64) -> SendFut<'a>,
 {
     let mut buf = Vec::new();
+    let gate = session.gate();
     while let Some(msg) = chan.recv().await? {
         match msg {
             Message::Read { offset, len } => {
-                let size = file.metadata()?.len();
-                let len = len.min(size.saturating_sub(offset));
-                let range = ByteRange::new(offset, len);
-                let begun = shared.blocking(move |s| s.begin_io(handle, IoKind::Read, range));
-                if let Err(e) = begun.await {
-                    chan.send(&e.to_message()).await?;
-                    continue;
-                }
+                let size = session.file().metadata()?.len();
+                let len = match checked(gate, move |g| g.read(size, offset, len, None)).await {
+                    Ok(len) => len,
+                    Err(e) => {
+                        chan.send(&e.to_message()).await?;
+                        continue;
+                    }
+                };
                 chan.send(&Message::ReadData { len }).await?;
-                send_bytes(chan, file, offset, len).await?;
+                send_bytes(chan, session.file(), offset, len).await?;
                 chan.flush().await?;
             }
             Message::Write { offset, len } => {
-                if offset.checked_add(len).is_none() {
-                    chan.send(&Error::bad_request("write range overflows").to_message())
-                        .await?;
-                    continue;
-                }
-                let range = ByteRange::new(offset, len);
-                let checked = match shared.blocking(move |s| s.check_write(handle, range)).await {
+                let check = match checked(gate, move |g| g.write(offset, len, None)).await {
                     Ok(c) => c,
                     Err(e) => {
                         chan.send(&e.to_message()).await?;
@@ -202,42 +211,26 @@ where
                     }
                 };
                 chan.send(&Message::Done).await?;
-                let landed = receive_into_file(chan, shared, file, offset, len, &mut buf).await?;
-                if landed.written > 0 {
-                    let counted = shared.blocking(move |s| {
-                        s.wrote(checked);
-                        Ok(())
-                    });
-                    let _ = counted.await;
-                }
-                match landed.error {
-                    None => chan.send(&Message::Written { len }).await?,
-                    Some(e) => {
-                        tracing::warn!(
-                            offset,
-                            len,
-                            written = landed.written,
-                            "write refused by the file system: {e}"
-                        );
-                        chan.send(&e.to_message()).await?
-                    }
-                }
+                let mut landing = session.landing(check, offset, len);
+                receive_into_file(chan, shared, session.file(), &mut landing, len, &mut buf)
+                    .await?;
+                let answer = landing.answer();
+                let counted = checked(gate, move |g| {
+                    g.landed(&landing);
+                    Ok(())
+                });
+                let _ = counted.await;
+                chan.send(&answer).await?;
             }
             Message::Flush => {
-                let f = file.try_clone()?;
-                let synced = tokio::task::spawn_blocking(move || f.sync_data())
+                let f = session.file().try_clone()?;
+                let answer = tokio::task::spawn_blocking(move || flush_answer(&f))
                     .await
                     .map_err(std::io::Error::other)?;
-                match synced {
-                    Ok(()) => chan.send(&Message::Done).await?,
-                    Err(e) => chan.send(&flush_refused(&e).to_message()).await?,
-                }
+                chan.send(&answer).await?;
             }
             other => {
-                let e = Error::Protocol(format!(
-                    "{:#04x} is not a data-channel request",
-                    other.kind()
-                ));
+                let e = DataSession::not_a_request(&other, "TCP");
                 chan.send(&e.to_message()).await?;
                 return Err(e.into());
             }
@@ -246,48 +239,27 @@ where
     Ok(())
 }
 
-/// What became of a write's payload.
-struct Landed {
-    /// Bytes that reached the file (from the start of the request).
-    written: u64,
-    /// Why the rest did not: the file system's refusal.
-    error: Option<Error>,
-}
-
-/// Reads a write's `len` payload bytes from the channel into the file at `offset`. If the
-/// file system refuses a chunk (no space, file too large), the rest of the payload is still
-/// read (and dropped) so the connection stays in step and can carry the error back.
+/// Reads a write's `len` payload bytes from the channel into the file (see [`Landing::put`]).
 async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
     chan: &mut Channel<S>,
     shared: &Shared,
     file: &File,
-    offset: u64,
+    landing: &mut Landing,
     len: u64,
     buf: &mut Vec<u8>,
-) -> Result<Landed, DataError> {
+) -> Result<(), DataError> {
     buf.resize(CHUNK, 0);
     let mut done = 0u64;
-    let mut landed = Landed {
-        written: 0,
-        error: None,
-    };
     while done < len {
         let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(CHUNK);
         let n = chan.read_some(&mut buf[..want]).await?;
         if n == 0 {
             return Err(Error::Closed.into());
         }
-        if landed.error.is_none() {
-            // A node that lost its lease mid-transfer writes no further byte; the
-            // connection ends (a client must not take the rest as written).
-            shared.writable()?;
-            let (wrote, refused) = write_fully_at(file, &buf[..n], offset + done);
-            landed.written += wrote;
-            landed.error = refused.map(|e| write_refused(len, offset, &e));
-        }
+        landing.put(shared, file, &buf[..n])?;
         done += n as u64;
     }
-    Ok(landed)
+    Ok(())
 }
 
 /// TLS: the bytes must pass through rustls, so read the file in chunks.

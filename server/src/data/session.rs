@@ -1,0 +1,249 @@
+//! One attached duplicate handle on a data channel, whichever transport carries its bytes.
+//! TCP, TLS and RDMA all go through it, so they follow the same rules:
+//! - attach by resume key, and the `Attached` reply with the file's size;
+//! - the checks every request passes before a byte moves: ranges that cannot overflow, the
+//!   transport's request cap, the open's rights and byte-range locks, and the node's lease;
+//! - counting what was read and written;
+//! - turning the file system's refusals (no space, quota, EIO on fdatasync) into answers,
+//!   not dropped connections;
+//! - the detach when the session ends, however it ends (an error, a panic, a cancelled
+//!   task), so the open's durable timeout starts.
+//!
+//! The transports only move bytes: sendfile or copies for TCP/TLS, RDMA WRITEs and READs for
+//! RDMA. Every call here may wait for the server's lock or the store, so async callers run it
+//! off the runtime's workers.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use handoff_core::state::{ByteRange, HandleId, IoKind};
+use handoff_core::wire::Message;
+use handoff_core::Error;
+
+use crate::net::{AttachedHandle, Shared, WriteCheck};
+
+/// A data channel's attached handle.
+pub struct DataSession {
+    gate: Gate,
+    file: File,
+    slot: u32,
+    /// Given back (detached) when the session is dropped.
+    _held: AttachedHandle,
+}
+
+/// The per-request checks of a [`DataSession`], cheap to clone so an async transport can run
+/// them off its runtime's workers.
+#[derive(Clone)]
+pub struct Gate {
+    shared: Shared,
+    handle: HandleId,
+    /// The most one request may move: what the transport can hold at once.
+    max_request: u64,
+}
+
+impl DataSession {
+    /// Attaches the duplicate handle `key` names for `client` and returns the reply to send.
+    /// `max_request` caps every later request (reads are shortened to it, larger writes are
+    /// refused). On a refusal nothing is held; the error is the answer to send.
+    pub fn attach(
+        shared: &Shared,
+        client: &str,
+        key: &[u8],
+        max_request: u64,
+    ) -> Result<(Self, Message), Error> {
+        let (attached, file, held) = shared.attach(client, key)?;
+        // From here `held` gives the handle back however this ends.
+        let size = file.metadata()?.len();
+        let session = Self {
+            gate: Gate {
+                shared: shared.clone(),
+                handle: attached.handle,
+                max_request,
+            },
+            file,
+            slot: attached.slot,
+            _held: held,
+        };
+        Ok((session, Message::attached(&attached, size)))
+    }
+
+    pub fn handle(&self) -> HandleId {
+        self.gate.handle
+    }
+
+    /// A span for everything this session logs.
+    pub fn span(&self, client: &str) -> tracing::Span {
+        tracing::info_span!(
+            "handle",
+            handle = self.gate.handle,
+            slot = self.slot,
+            client
+        )
+    }
+
+    /// This handle's own descriptor of the file (read, or read-write, as the open).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Makes everything written so far durable; the answer to a Flush either way.
+    pub fn flush(&self) -> Message {
+        flush_answer(&self.file)
+    }
+
+    /// A write whose bytes will come in pieces (see [`Landing::put`]).
+    pub fn landing(&self, check: WriteCheck, offset: u64, len: u64) -> Landing {
+        Landing {
+            check,
+            offset,
+            len,
+            received: 0,
+            written: 0,
+            refused: None,
+        }
+    }
+
+    /// A request kind this transport does not serve: the answer, and the error that ends the
+    /// session (a peer that sends one is not speaking this protocol).
+    pub fn not_a_request(msg: &Message, transport: &str) -> Error {
+        Error::Protocol(format!(
+            "{:#04x} is not a {transport} data-channel request",
+            msg.kind()
+        ))
+    }
+}
+
+impl Gate {
+    /// Checks and counts a read of up to `len` bytes at `offset` of a file of `size` bytes
+    /// into a peer buffer that starts at `remote` (RDMA; `None` for a stream). Returns how
+    /// many bytes to send: fewer at the end of the file, or past the transport's cap.
+    pub fn read(
+        &self,
+        size: u64,
+        offset: u64,
+        len: u64,
+        remote: Option<u64>,
+    ) -> Result<u64, Error> {
+        let len = len.min(self.max_request).min(size.saturating_sub(offset));
+        if offset.checked_add(len).is_none() || remote.is_some_and(|a| a.checked_add(len).is_none())
+        {
+            return Err(Error::bad_request("read range or buffer address overflows"));
+        }
+        self.shared
+            .begin_io(self.handle, IoKind::Read, ByteRange::new(offset, len))?;
+        Ok(len)
+    }
+
+    /// Checks a write of `len` bytes at `offset` from a peer buffer at `remote` before any
+    /// byte moves; nothing is counted until some land.
+    pub fn write(&self, offset: u64, len: u64, remote: Option<u64>) -> Result<WriteCheck, Error> {
+        if len > self.max_request {
+            return Err(Error::bad_request(format!(
+                "a write on this channel moves at most {} bytes",
+                self.max_request
+            )));
+        }
+        if offset.checked_add(len).is_none() || remote.is_some_and(|a| a.checked_add(len).is_none())
+        {
+            return Err(Error::bad_request(
+                "write range or buffer address overflows",
+            ));
+        }
+        self.shared
+            .check_write(self.handle, ByteRange::new(offset, len))
+    }
+
+    /// A checked write's bytes reached the file (some or all): the change is counted.
+    pub fn landed(&self, landing: &Landing) {
+        if landing.written > 0 {
+            self.shared.wrote(landing.check);
+        }
+    }
+}
+
+/// A checked write on its way into the file.
+pub struct Landing {
+    check: WriteCheck,
+    offset: u64,
+    len: u64,
+    /// Payload bytes taken so far (from the start of the request).
+    received: u64,
+    /// Of those, the bytes that reached the file.
+    written: u64,
+    /// Why the rest did not: the file system's refusal.
+    refused: Option<Error>,
+}
+
+impl Landing {
+    /// The payload's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Puts the next piece of the payload into the file. After the file system refused one,
+    /// later pieces are taken and dropped, so the transport stays in step and can carry the
+    /// refusal back. A node whose lease lapsed mid-transfer writes no further byte: that error
+    /// ends the session (a client must not take the rest as written).
+    pub fn put(&mut self, shared: &Shared, file: &File, bytes: &[u8]) -> Result<(), Error> {
+        if self.refused.is_none() {
+            shared.writable()?;
+            let (wrote, refused) = write_fully_at(file, bytes, self.offset + self.received);
+            self.written += wrote;
+            self.refused = refused.map(|e| {
+                let e = Error::file_system(
+                    &format!("write of {} bytes at offset {}", self.len, self.offset),
+                    &e,
+                );
+                tracing::warn!(
+                    offset = self.offset,
+                    len = self.len,
+                    written = self.written,
+                    "write refused by the file system: {e}"
+                );
+                e
+            });
+        }
+        self.received += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The answer once the whole payload was taken.
+    pub fn answer(&self) -> Message {
+        match &self.refused {
+            None => Message::Written { len: self.len },
+            Some(e) => e.to_message(),
+        }
+    }
+}
+
+/// Writes all of `data` at `offset`; returns how many bytes reached the file before an error
+/// stopped it, and that error.
+fn write_fully_at(file: &File, mut data: &[u8], mut offset: u64) -> (u64, Option<io::Error>) {
+    let mut written = 0u64;
+    while !data.is_empty() {
+        match file.write_at(data, offset) {
+            Ok(0) => return (written, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                written += n as u64;
+                offset += n as u64;
+                data = &data[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    (written, None)
+}
+
+/// fdatasync, answered: Done, or the file system's refusal.
+pub fn flush_answer(file: &File) -> Message {
+    match file.sync_data() {
+        Ok(()) => Message::Done,
+        Err(e) => Error::file_system("flush (fdatasync)", &e).to_message(),
+    }
+}
