@@ -402,7 +402,8 @@ impl Client {
                     &key,
                     direct,
                     handoff_datapath::rdma::client::CHUNK,
-                )?;
+                )
+                .await?;
                 Ok(crate::DataHandle::Rdma(Box::new(h)))
             }
             Channel::Tcp | Channel::Tls => {

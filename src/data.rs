@@ -1,14 +1,10 @@
 //! A duplicate handle on whichever data channel was chosen: TCP/TLS or RDMA.
 
-use std::net::SocketAddr;
-
 use handoff_core::state::ResumeReport;
 use handoff_core::wire::FileInfo;
-use handoff_datapath::rdma::client::is_revoked;
-use handoff_datapath::rdma::multi::{MultiChannel, QpReport};
-use handoff_datapath::DataError;
+use handoff_datapath::{DataError, Fill, Sink};
 
-use crate::Identity;
+pub use crate::rdma_handle::RdmaHandle;
 
 /// Which data channel to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,198 +29,150 @@ pub fn host_has_rdma() -> bool {
     std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some())
 }
 
+/// A duplicate handle on a data channel, whichever transport carries it: what a caller can
+/// do with it. Every call is async and none blocks a runtime worker (RDMA's completion waits
+/// run on the handle's own thread, see [`RdmaHandle`]).
+#[async_trait::async_trait]
+pub trait DataTransport: Send {
+    /// The file as it was when the handle attached.
+    fn info(&self) -> FileInfo;
+    /// What happened to the file while no channel held it.
+    fn report(&self) -> ResumeReport;
+    /// The duplicate handle's number on the server.
+    fn handle(&self) -> u64;
+    /// Reads up to `len` bytes at `offset` (fewer at end of file), chunk by chunk into `sink`;
+    /// returns the bytes read.
+    async fn read_to(
+        &mut self,
+        offset: u64,
+        len: u64,
+        sink: &mut Sink<'_>,
+    ) -> Result<u64, DataError>;
+    /// Writes what `fill` produces at `offset` onwards; returns the bytes written.
+    async fn write_from(&mut self, offset: u64, fill: &mut Fill<'_>) -> Result<u64, DataError>;
+    /// Writes all of `data` at `offset`.
+    async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), DataError>;
+    /// Makes everything written so far durable on the server.
+    async fn flush(&mut self) -> Result<(), DataError>;
+}
+
+/// A duplicate handle as [`crate::Client::open_data`] makes it: use it through
+/// [`DataTransport`] (it derefs to one); match it to see the transport's own report.
 pub enum DataHandle {
     /// TCP or TLS; resumes by key by itself when its connection breaks.
     Stream(Box<crate::StreamHandle>),
     Rdma(Box<RdmaHandle>),
 }
 
-/// An RDMA duplicate handle (one QP per server endpoint), with what it needs to reconnect
-/// when a direct-mode grant is revoked.
-pub struct RdmaHandle {
-    pub multi: MultiChannel,
-    addrs: Vec<SocketAddr>,
-    identity: Identity,
-    key: Vec<u8>,
-    /// Direct mode was asked for.
-    pub want_direct: bool,
-    /// Reads done one-sided by this client (no server CPU), in bytes.
-    pub direct_bytes: u64,
-    /// Times a direct grant was revoked and the handle fell back to server-initiated reads.
-    pub fallbacks: u32,
-    info: FileInfo,
-    report: ResumeReport,
-    handle: u64,
-    request: usize,
-}
-
-impl RdmaHandle {
-    /// Connects one QP per address; `request` is the bytes asked per request (2 MiB, the
-    /// maximum, unless the caller reads or writes in smaller pieces).
-    pub fn connect(
-        addrs: Vec<SocketAddr>,
-        identity: &Identity,
-        key: &[u8],
-        want_direct: bool,
-        request: usize,
-    ) -> Result<Self, DataError> {
-        let mut multi = MultiChannel::connect(&addrs, identity, key, request)?;
-        let first = multi.primary()?;
-        let (info, report, handle) = (first.info.clone(), first.report, first.handle);
-        if want_direct {
-            first.map_direct()?;
+impl std::ops::Deref for DataHandle {
+    type Target = dyn DataTransport;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            DataHandle::Stream(d) => d.as_ref(),
+            DataHandle::Rdma(r) => r.as_ref(),
         }
-        Ok(Self {
-            multi,
-            addrs,
-            identity: identity.clone(),
-            key: key.to_vec(),
-            want_direct,
-            direct_bytes: 0,
-            fallbacks: 0,
-            info,
-            report,
-            handle,
-            request,
-        })
-    }
-
-    /// Whether reads are one-sided (a direct-mode grant is held).
-    pub fn is_direct(&mut self) -> bool {
-        self.multi.primary().is_ok_and(|q| q.is_direct())
-    }
-
-    pub fn qp_reports(&self) -> Vec<QpReport> {
-        self.multi.reports()
-    }
-
-    fn read_to(
-        &mut self,
-        offset: u64,
-        len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> Result<u64, DataError> {
-        if self.multi.primary()?.is_direct() {
-            let mut delivered = 0u64;
-            let r = self
-                .multi
-                .primary()?
-                .read_direct(offset, len, &mut |chunk| {
-                    delivered += chunk.len() as u64;
-                    sink(chunk)
-                });
-            match r {
-                Ok(n) => {
-                    self.direct_bytes += n;
-                    return Ok(n);
-                }
-                Err(e) if is_revoked(&e) => {
-                    // The QP is in error after a remote access error: take a new duplicate
-                    // handle and read the rest through the server.
-                    tracing::info!("direct access revoked; falling back to server-initiated reads");
-                    self.direct_bytes += delivered;
-                    self.fallbacks += 1;
-                    self.multi = MultiChannel::connect(
-                        &self.addrs,
-                        &self.identity,
-                        &self.key,
-                        self.request,
-                    )?;
-                    let rest = self
-                        .multi
-                        .read_to(offset + delivered, len - delivered, sink)?;
-                    return Ok(delivered + rest);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.multi.read_to(offset, len, sink)
     }
 }
 
-impl DataHandle {
-    pub fn info(&mut self) -> FileInfo {
+impl std::ops::DerefMut for DataHandle {
+    fn deref_mut(&mut self) -> &mut Self::Target {
         match self {
-            DataHandle::Stream(d) => d.info.clone(),
-            DataHandle::Rdma(r) => r.info.clone(),
+            DataHandle::Stream(d) => d.as_mut(),
+            DataHandle::Rdma(r) => r.as_mut(),
         }
     }
+}
 
-    pub fn report(&mut self) -> ResumeReport {
-        match self {
-            DataHandle::Stream(d) => d.report,
-            DataHandle::Rdma(r) => r.report,
-        }
+#[async_trait::async_trait]
+impl DataTransport for crate::StreamHandle {
+    fn info(&self) -> FileInfo {
+        self.client.info.clone()
     }
 
-    pub fn handle(&mut self) -> u64 {
-        match self {
-            DataHandle::Stream(d) => d.handle,
-            DataHandle::Rdma(r) => r.handle,
-        }
+    fn report(&self) -> ResumeReport {
+        self.client.report
     }
 
-    /// Reads up to `len` bytes at `offset`, chunk by chunk into `sink`.
-    pub async fn read_to(
+    fn handle(&self) -> u64 {
+        self.client.handle
+    }
+
+    async fn read_to(
         &mut self,
         offset: u64,
         len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut Sink<'_>,
     ) -> Result<u64, DataError> {
-        match self {
-            DataHandle::Stream(d) => d.read_to(offset, len, sink).await,
-            DataHandle::Rdma(r) => r.read_to(offset, len, sink),
+        crate::StreamHandle::read_to(self, offset, len, sink).await
+    }
+
+    async fn write_from(&mut self, offset: u64, fill: &mut Fill<'_>) -> Result<u64, DataError> {
+        // Start small (a short write costs no big allocation) and double up to BLOCK while
+        // `fill` keeps filling the whole buffer.
+        const BLOCK: usize = 16 << 20;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut pos = offset;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = fill(&mut buf[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok(pos - offset);
+            }
+            crate::StreamHandle::write_at(self, pos, &buf[..filled]).await?;
+            pos += filled as u64;
+            if filled == buf.len() && buf.len() < BLOCK {
+                buf.resize(buf.len() * 2, 0);
+            }
         }
     }
 
-    /// Writes what `fill` produces at `offset` onwards; returns the bytes written.
-    pub async fn write_from(
+    async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), DataError> {
+        crate::StreamHandle::write_at(self, offset, data).await
+    }
+
+    async fn flush(&mut self) -> Result<(), DataError> {
+        crate::StreamHandle::flush(self).await
+    }
+}
+
+#[async_trait::async_trait]
+impl DataTransport for RdmaHandle {
+    fn info(&self) -> FileInfo {
+        RdmaHandle::info(self).clone()
+    }
+
+    fn report(&self) -> ResumeReport {
+        RdmaHandle::report(self)
+    }
+
+    fn handle(&self) -> u64 {
+        RdmaHandle::handle(self)
+    }
+
+    async fn read_to(
         &mut self,
         offset: u64,
-        fill: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>,
+        len: u64,
+        sink: &mut Sink<'_>,
     ) -> Result<u64, DataError> {
-        match self {
-            DataHandle::Stream(d) => {
-                // Start small (a short write costs no big allocation) and double up to
-                // BLOCK while `fill` keeps filling the whole buffer.
-                const BLOCK: usize = 16 << 20;
-                let mut buf = vec![0u8; 64 << 10];
-                let mut pos = offset;
-                loop {
-                    let mut filled = 0;
-                    while filled < buf.len() {
-                        let n = fill(&mut buf[filled..])?;
-                        if n == 0 {
-                            break;
-                        }
-                        filled += n;
-                    }
-                    if filled == 0 {
-                        return Ok(pos - offset);
-                    }
-                    d.write_at(pos, &buf[..filled]).await?;
-                    pos += filled as u64;
-                    if filled == buf.len() && buf.len() < BLOCK {
-                        buf.resize(buf.len() * 2, 0);
-                    }
-                }
-            }
-            DataHandle::Rdma(r) => r.multi.primary()?.write_from(offset, fill),
-        }
+        RdmaHandle::read_to(self, offset, len, sink).await
     }
 
-    /// Writes all of `data` at `offset`.
-    pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), DataError> {
-        match self {
-            DataHandle::Stream(d) => d.write_at(offset, data).await,
-            DataHandle::Rdma(r) => r.multi.primary()?.write_at(offset, data),
-        }
+    async fn write_from(&mut self, offset: u64, fill: &mut Fill<'_>) -> Result<u64, DataError> {
+        RdmaHandle::write_from(self, offset, fill).await
     }
 
-    pub async fn flush(&mut self) -> Result<(), DataError> {
-        match self {
-            DataHandle::Stream(d) => d.flush().await,
-            DataHandle::Rdma(r) => r.multi.primary()?.flush(),
-        }
+    async fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), DataError> {
+        RdmaHandle::write_at(self, offset, data).await
+    }
+
+    async fn flush(&mut self) -> Result<(), DataError> {
+        RdmaHandle::flush(self).await
     }
 }

@@ -8,11 +8,13 @@
 mod client;
 pub mod data;
 pub mod exit;
+mod rdma_handle;
 pub mod stream_handle;
 
 pub use client::{parse_key, Client, Endpoints, OpenOptions, Opened};
-pub use data::{Channel, DataHandle};
+pub use data::{Channel, DataHandle, DataTransport};
 pub use handoff_core::auth::Identity;
 pub use handoff_core::state::{ByteRange, Mode, ResumeReport, ShareMode};
 pub use handoff_datapath::tcp::{DataClient, Transport};
+pub use handoff_datapath::{DataError, Fill, Sink};
 pub use stream_handle::StreamHandle;

@@ -116,7 +116,7 @@ impl StreamHandle {
         &mut self,
         offset: u64,
         len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut handoff_datapath::Sink<'_>,
     ) -> Result<u64, DataError> {
         let mut delivered = 0u64;
         let mut resumed = 0;

@@ -324,7 +324,7 @@ fn direct_mode_reads_without_server_work_and_falls_back_when_revoked() {
         let DataHandle::Rdma(r) = &data else {
             panic!("not RDMA")
         };
-        assert_eq!(r.direct_bytes, 8 << 20);
+        assert_eq!(r.direct_bytes(), 8 << 20);
 
         // A writer opens the file: the reader's rkey is revoked; the writer changes bytes.
         let b = server.cli(&c2);
@@ -343,7 +343,7 @@ fn direct_mode_reads_without_server_work_and_falls_back_when_revoked() {
         let DataHandle::Rdma(r) = &data else {
             panic!("not RDMA")
         };
-        assert_eq!(r.fallbacks, 1);
+        assert_eq!(r.fallbacks(), 1);
         let moved = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap();
         assert!(
             moved >= 8 << 20,

@@ -15,6 +15,12 @@ pub use channel::{Channel, Timeouts};
 pub use control_client::{check_reply, with_admission_retries, ControlClient};
 pub use error::DataError;
 
+/// Where a read delivers its bytes, chunk by chunk, in order.
+pub type Sink<'a> = dyn FnMut(&[u8]) -> std::io::Result<()> + Send + 'a;
+/// Where a write takes its bytes: it fills the buffer it is given and says how much it put
+/// there (0 ends the write).
+pub type Fill<'a> = dyn FnMut(&mut [u8]) -> std::io::Result<usize> + Send + 'a;
+
 /// A fresh handshake nonce from the operating system (the core takes its randomness from here).
 pub(crate) fn nonce() -> [u8; 32] {
     use rand::RngCore;

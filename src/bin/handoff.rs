@@ -281,9 +281,9 @@ fn transfer_report(data: &mut DataHandle, op: &str, bytes: u64) -> serde_json::V
         }
         DataHandle::Rdma(r) => {
             v["channel"] = json!("rdma");
-            v["direct"] = json!(r.want_direct && r.direct_bytes > 0);
-            v["direct_bytes"] = json!(r.direct_bytes);
-            v["fallbacks"] = json!(r.fallbacks);
+            v["direct"] = json!(r.want_direct && r.direct_bytes() > 0);
+            v["direct_bytes"] = json!(r.direct_bytes());
+            v["fallbacks"] = json!(r.fallbacks());
             v["qps"] = r
                 .qp_reports()
                 .iter()
@@ -345,8 +345,7 @@ fn progress(total: Option<u64>) -> ProgressBar {
 async fn read_to_stdout(data: &mut DataHandle, offset: u64, len: u64) -> anyhow::Result<u64> {
     let total = len.min(data.info().size.saturating_sub(offset));
     let bar = progress(Some(total));
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
     let n = data
         .read_to(offset, len, &mut |chunk| {
             bar.inc(chunk.len() as u64);
@@ -360,7 +359,7 @@ async fn read_to_stdout(data: &mut DataHandle, offset: u64, len: u64) -> anyhow:
 
 async fn write_from_stdin(data: &mut DataHandle, offset: u64) -> anyhow::Result<u64> {
     let bar = progress(None);
-    let mut stdin = std::io::stdin().lock();
+    let mut stdin = std::io::stdin();
     // stdin is read straight into the channel's (registered, for RDMA) buffers.
     let n = data
         .write_from(offset, &mut |buf| {
@@ -419,7 +418,7 @@ fn print_resume(
     json: bool,
 ) -> anyhow::Result<()> {
     match resumed {
-        Ok(mut data) => {
+        Ok(data) => {
             let r = data.report();
             let info = data.info();
             let handle = data.handle();

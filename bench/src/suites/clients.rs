@@ -73,13 +73,10 @@ fn measure(
                 let data = match channel {
                     Channel::Rdma => {
                         let sealed = handoff::parse_key(&key)?;
-                        DataHandle::Rdma(Box::new(RdmaHandle::connect(
-                            rdma,
-                            &identity,
-                            &sealed,
-                            false,
-                            RDMA_REQUEST,
-                        )?))
+                        DataHandle::Rdma(Box::new(
+                            RdmaHandle::connect(rdma, &identity, &sealed, false, RDMA_REQUEST)
+                                .await?,
+                        ))
                     }
                     _ => control.open_data(&key, Some(channel), false).await?,
                 };

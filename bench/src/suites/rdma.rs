@@ -206,13 +206,14 @@ fn handoff(
 ) -> Result<Row> {
     let setup0 = CpuMeter::start(server.pid());
     let sealed = handoff::parse_key(key)?;
-    let mut handle = RdmaHandle::connect(
+    let handle = RdmaHandle::connect(
         addrs.to_vec(),
         &ctx.identity,
         &sealed,
         direct,
         size as usize,
-    )?;
+    );
+    let handle = ctx.rt()?.block_on(handle)?;
     if direct && !handle.is_direct() {
         bail!("direct mode was refused (see handoffd's log)");
     }
@@ -242,7 +243,7 @@ fn handoff(
     }
     let note = match &data {
         DataHandle::Rdma(h) if direct => {
-            Some(format!("one-sided, {} bytes direct", h.direct_bytes))
+            Some(format!("one-sided, {} bytes direct", h.direct_bytes()))
         }
         DataHandle::Rdma(h) => Some(
             h.qp_reports()

@@ -249,7 +249,7 @@ impl RdmaClient {
         &mut self,
         offset: u64,
         len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut crate::Sink<'_>,
     ) -> Result<u64, DataError> {
         let mut inflight: VecDeque<(usize, u64)> = VecDeque::new();
         let mut issued = 0u64;
@@ -299,7 +299,7 @@ impl RdmaClient {
     pub fn write_from(
         &mut self,
         offset: u64,
-        fill: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>,
+        fill: &mut crate::Fill<'_>,
     ) -> Result<u64, DataError> {
         let mut inflight: VecDeque<usize> = VecDeque::new();
         let mut free: Vec<usize> = (0..DEPTH).rev().collect();
@@ -401,7 +401,7 @@ impl RdmaClient {
         &mut self,
         offset: u64,
         len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut crate::Sink<'_>,
     ) -> Result<u64, DataError> {
         let (base, size, rkey) = self
             .direct

@@ -129,7 +129,7 @@ impl MultiChannel {
         &mut self,
         offset: u64,
         len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut crate::Sink<'_>,
     ) -> Result<u64, DataError> {
         if self.live().len() <= 1 {
             return self.primary()?.read_to(offset, len, sink);

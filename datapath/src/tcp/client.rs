@@ -120,7 +120,7 @@ impl DataClient {
         &mut self,
         offset: u64,
         len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut crate::Sink<'_>,
     ) -> Result<u64, DataError> {
         self.chan.send(&Message::Read { offset, len }).await?;
         let total = match reply(self.chan.expect().await?)? {
