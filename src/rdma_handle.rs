@@ -314,8 +314,9 @@ impl Connection {
         commands: mpsc::Receiver<Command>,
     ) {
         let connected = self.connect(want_direct);
+        let failed = connected.is_err();
         self.publish();
-        if ready.send(connected).is_err() {
+        if ready.send(connected).is_err() || failed {
             return;
         }
         for cmd in commands {

@@ -4,6 +4,7 @@
 //! `cargo test` on a host lists them as ignored.
 
 mod common;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -362,12 +363,13 @@ fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_int
     let data = random_bytes(128 << 20, 26);
     std::fs::write(server.root().join("f"), &data).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One runtime thread: the RDMA read must not block it, or the control channel could
+    // only be killed after the transfer.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (key, got) = rt.block_on(async {
+    let (key, got, at_kill) = rt.block_on(async {
         let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
         let opened = control
             .open(
@@ -383,22 +385,36 @@ fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_int
             .open_data(&opened.token, Some(handoff::Channel::Rdma), false)
             .await
             .unwrap();
-        let reader = tokio::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
+        let received = std::sync::atomic::AtomicU64::new(0);
+        let finished = std::sync::atomic::AtomicBool::new(false);
+        let reading = async {
             let mut got = Vec::with_capacity(128 << 20);
-            rt.block_on(data.read_to(0, u64::MAX, &mut |c| {
-                got.extend_from_slice(c);
-                Ok(())
-            }))
-            .map(|_| got)
-        });
+            let r = data
+                .read_to(0, u64::MAX, &mut |c| {
+                    got.extend_from_slice(c);
+                    received.fetch_add(c.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                })
+                .await;
+            finished.store(true, Ordering::Relaxed);
+            r.map(|_| got)
+        };
         // Kill the control connection (the one that opened the file) mid-transfer.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        drop(control);
-        (opened.token, reader.await.unwrap().unwrap())
+        let killing = async {
+            while received.load(Ordering::Relaxed) < 8 << 20 && !finished.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let at = received.load(Ordering::Relaxed);
+            drop(control);
+            at
+        };
+        let (got, at_kill) = tokio::join!(reading, killing);
+        (opened.token, got.unwrap(), at_kill)
     });
+    assert!(
+        at_kill < data.len() as u64,
+        "the control channel was killed only after the read ({at_kill} bytes): the read blocked the runtime"
+    );
     assert_eq!(sha256(&got), sha256(&data));
     // The open is still held: a resume gets a duplicate with the same mode, nothing to report.
     let r = server

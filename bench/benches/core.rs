@@ -133,7 +133,7 @@ fn open_table(c: &mut Criterion) {
         core.detach(g.handle, 1);
         keys.push(g.sealed);
     }
-    core.take_mutations();
+    let _ = core.ready();
     let mut g = c.benchmark_group("open_table_100k");
     let mut i = 0usize;
     g.bench_function("verify_key", |b| {
@@ -147,7 +147,7 @@ fn open_table(c: &mut Criterion) {
             i = (i + 7919) % keys.len();
             let a = core.attach("c1", &keys[i]).unwrap();
             core.detach(a.handle, 2);
-            black_box(core.take_mutations().len())
+            black_box(core.ready().mutations.len())
         })
     });
     g.bench_function("open+close (new file)", |b| {
@@ -170,7 +170,7 @@ fn open_table(c: &mut Criterion) {
                 )
                 .unwrap();
             core.close("c2", &g.sealed).unwrap();
-            black_box(core.take_mutations().len())
+            black_box(core.ready().mutations.len())
         })
     });
     g.finish();

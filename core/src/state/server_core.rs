@@ -1,9 +1,10 @@
 //! The server's decisions, with no IO: opens, share modes, locks, resume keys, duplicate
 //! handles, durable deadlines, the grace period, handle passing and the accessed/changed report.
 //!
-//! Call order, for the IO layer: each `handle_*`/request method with the current wall-clock
-//! time in unix milliseconds; then [`ServerCore::take_mutations`] and write them to the store
-//! *before* sending the reply; then wait until [`ServerCore::poll_timeout`] and call
+//! Call order, for the IO layer: [`ServerCore::checkpoint`]; each `handle_*`/request method
+//! with the current wall-clock time in unix milliseconds; then [`ServerCore::ready`], write its
+//! mutations to the store *before* sending the reply, perform its revocations and closes, and
+//! acknowledge with [`ServerCore::advance`]; then wait until [`ServerCore::poll_timeout`] and call
 //! [`ServerCore::handle_timeout`] (and persist again). Time is never read here, so tests drive
 //! expiry and grace explicitly.
 
@@ -21,6 +22,9 @@ use crate::store::{Mutation, Snapshot};
 #[path = "drain.rs"]
 mod drain;
 pub use drain::{Export, ImportSummary, Imported};
+#[path = "ready.rs"]
+mod ready;
+pub use ready::{Checkpoint, Persisted, Ready};
 
 #[derive(Clone, Copy, Debug)]
 pub struct CoreConfig {
@@ -294,19 +298,9 @@ impl ServerCore {
         now < self.grace_until
     }
 
-    /// The id the next handle will get: handles at or above it were made after this call.
-    pub fn next_handle(&self) -> HandleId {
-        self.next_handle
-    }
-
-    /// The slot the next open will get.
-    pub fn next_slot(&self) -> u32 {
-        self.next_slot
-    }
-
-    /// Forgets every open made since [`ServerCore::next_slot`] returned `since` (a request
-    /// the store did not confirm); their deletions are new mutations.
-    pub fn undo_opens_since(&mut self, since: u32) {
+    /// Forgets every open whose slot is `since` or later (a batch the store did not
+    /// confirm); their deletions are new mutations.
+    fn undo_opens_since(&mut self, since: u32) {
         let slots: Vec<u32> = self
             .table
             .records()
@@ -318,9 +312,8 @@ impl ServerCore {
         }
     }
 
-    /// Handles made since [`ServerCore::next_handle`] returned `since` (to give them back when
-    /// the request that made them cannot be confirmed).
-    pub fn handles_since(&self, since: HandleId) -> Vec<HandleId> {
+    /// Handles numbered `since` or later.
+    fn handles_since(&self, since: HandleId) -> Vec<HandleId> {
         self.handles
             .keys()
             .copied()
@@ -328,19 +321,16 @@ impl ServerCore {
             .collect()
     }
 
-    /// Store writes the last calls produced, in order.
-    pub fn take_mutations(&mut self) -> Vec<Mutation> {
+    /// Store writes the last calls produced, in order (the rest of a [`Ready`] stays).
+    #[cfg(test)]
+    pub(crate) fn take_mutations(&mut self) -> Vec<Mutation> {
         std::mem::take(&mut self.pending)
     }
 
-    /// Opens whose direct-mode grants must be revoked now, as decided by the last calls.
-    pub fn take_revocations(&mut self) -> Vec<u32> {
+    /// Opens whose grants the last calls revoked (the rest of a [`Ready`] stays).
+    #[cfg(test)]
+    pub(crate) fn take_revocations(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.revoked)
-    }
-
-    /// Opens that ended since the last call: the IO layer closes the files it kept for them.
-    pub fn take_released(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.released)
     }
 
     /// Whether a live open holds `file_id`.

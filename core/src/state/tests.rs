@@ -782,3 +782,37 @@ fn the_lock_count_follows_expiry_revival_and_close() {
     )
     .unwrap();
 }
+
+#[test]
+fn an_unconfirmed_batch_is_taken_back_and_a_confirmed_one_stands() {
+    let t0 = 1_000;
+    let exclusive = |client| req(client, Mode::ReadWrite, ShareMode::NONE, &[]);
+    // Confirmed: the exclusive open stands and denies another client.
+    let (mut core, mut store) = fresh();
+    let from = core.checkpoint();
+    core.open(exclusive("c1"), t0).unwrap();
+    let ready = core.ready();
+    assert!(
+        !ready.mutations.is_empty(),
+        "an open is written to the store"
+    );
+    store.apply(&ready.mutations).unwrap();
+    core.advance(from, Persisted::Confirmed, t0);
+    denied(core.open(exclusive("c2"), t0));
+
+    // Unconfirmed: the open (and its handle) made in the batch are taken back, and the
+    // taking back is itself written; another client is granted as if it never happened.
+    let (mut core, _) = fresh();
+    let from = core.checkpoint();
+    let ghost = core.open(exclusive("c1"), t0).unwrap();
+    let _unwritten = core.ready();
+    core.advance(from, Persisted::Unconfirmed, t0);
+    let undone = core.ready();
+    assert!(
+        !undone.mutations.is_empty(),
+        "forgetting the open is written once the store is back"
+    );
+    assert!(core.handle_record(ghost.handle).is_none());
+    core.open(exclusive("c2"), t0)
+        .expect("the unconfirmed open no longer denies anyone");
+}

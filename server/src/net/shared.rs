@@ -17,7 +17,9 @@ use super::files::{reopen, OpenedFile, Root};
 use super::stats::ServerStats;
 use super::stop::Stop;
 use crate::auth::ClientDirectory;
-use crate::state::{Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, ServerCore};
+use crate::state::{
+    Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, Persisted, ServerCore,
+};
 use crate::store::Health;
 use crate::store::{Store, StoreError};
 use crate::wire::Endpoint;
@@ -204,11 +206,11 @@ impl Shared {
                 false
             }
         };
-        let first_handle = inner.core.next_handle();
-        let first_slot = inner.core.next_slot();
+        let checkpoint = inner.core.checkpoint();
         let Inner { core, files, .. } = &mut *inner;
         let mut result = f(core, files, now_ms());
-        let mut batch = inner.core.take_mutations();
+        let mut ready = inner.core.ready();
+        let mut batch = std::mem::take(&mut ready.mutations);
         if defer {
             inner.backlog.append(&mut batch);
         } else {
@@ -219,22 +221,23 @@ impl Shared {
             }
             if !batch.is_empty() {
                 match apply_while_leased(inner.store.as_mut(), &batch, || self.health()) {
-                    Ok(()) => {}
+                    Ok(()) => inner
+                        .core
+                        .advance(checkpoint, Persisted::Confirmed, now_ms()),
                     // On a stop nothing more is served: the state stays as the store last
                     // took it (the revocations below still run: taking access back is safe).
                     Err(Unapplied::Fenced(why)) => result = Err(self.stop.fenced(&why)),
                     Err(Unapplied::Failed(e)) => result = Err(self.stop.store_failed(&e)),
                     Err(Unapplied::Unreachable(why)) => {
-                        // Not confirmed, so nothing is promised to the client: opens this request
-                        // made are undone (a retry does not meet its own ghost), handles it made
-                        // on older opens are given back (their durable timeouts run), and the
-                        // rest is written when the store is back (writes are idempotent).
-                        let now = now_ms();
-                        inner.core.undo_opens_since(first_slot);
-                        for h in inner.core.handles_since(first_handle) {
-                            inner.core.detach(h, now);
-                        }
-                        batch.append(&mut inner.core.take_mutations());
+                        // Not confirmed, so nothing is promised to the client: the core takes
+                        // back what this request made, and all of it is written when the
+                        // store is back (writes are idempotent).
+                        inner
+                            .core
+                            .advance(checkpoint, Persisted::Unconfirmed, now_ms());
+                        let mut undone = inner.core.ready();
+                        batch.append(&mut undone.mutations);
+                        ready.extend(undone);
                         inner.backlog = batch;
                         result = Err(Error::Store(StoreError::Unavailable(format!(
                             "{why}; the request was not confirmed, retry it"
@@ -244,13 +247,13 @@ impl Shared {
                 self.wake.notify_one();
             }
         }
-        for slot in inner.core.take_revocations() {
+        for slot in ready.revoke {
             let revoked = inner.grants.revoke(slot);
             self.stats
                 .direct_revocations
                 .fetch_add(revoked, std::sync::atomic::Ordering::Relaxed);
         }
-        let released = inner.core.take_released();
+        let released = ready.released;
         let closing: Vec<Arc<File>> = released
             .iter()
             .filter_map(|slot| inner.files.remove(slot))
