@@ -17,9 +17,10 @@ old=$(mktemp -d /tmp/handoff-ab.XXXXXX)
 trap 'git worktree remove --force "$old" >/dev/null 2>&1 || true' EXIT
 git worktree add -q --detach "$old" "$rev"
 echo "== building $rev (old) and this tree (new), release"
-# One target directory: the dependencies are built once.
-(cd "$old" && CARGO_TARGET_DIR="$OLDPWD/target" cargo build --release --locked --workspace --bins -q)
-cp target/release/{handoff,handoffd,compare} "$ab/old-bin/"
+# Its own target directory: in a shared one the old checkout's fresh files would make cargo
+# take its build of the workspace crates as this tree's.
+(cd "$old" && CARGO_TARGET_DIR="$OLDPWD/target/ab-old" cargo build --release --locked --workspace --bins -q)
+cp target/ab-old/release/{handoff,handoffd,compare} "$ab/old-bin/"
 cargo build --release --locked -p handoff -p handoff-server -p handoff-bench -q
 cp target/release/{handoff,handoffd,compare} "$ab/new-bin/"
 cat > "$ab/run.sh" <<RUN
