@@ -120,7 +120,7 @@ impl RdmaHandle {
             .name("handoff-rdma".into())
             .spawn(move || conn.run(want_direct, ready, incoming))?;
         let connected = connected.await.map_err(|_| thread_gone());
-        let (info, report, handle) = match connected.and_then(|r| r) {
+        let (info, report, handle, request) = match connected.and_then(|r| r) {
             Ok(x) => x,
             Err(e) => {
                 let _ = thread.join();
@@ -304,7 +304,9 @@ struct Connection {
     fell_back: (u64, u32),
 }
 
-type Attached = (FileInfo, ResumeReport, u64);
+/// The attached handle's file, report and number, and the bytes per request the QPs use
+/// (what was asked, within what a registered slot holds).
+type Attached = (FileInfo, ResumeReport, u64, usize);
 
 impl Connection {
     fn run(
@@ -351,7 +353,12 @@ impl Connection {
         let mut multi =
             MultiChannel::connect(&self.addrs, &self.identity, &self.key, self.request)?;
         let first = multi.primary()?;
-        let attached = (first.info.clone(), first.report, first.handle);
+        let attached = (
+            first.info.clone(),
+            first.report,
+            first.handle,
+            first.request_size(),
+        );
         if want_direct {
             first.map_direct()?;
         }
@@ -438,14 +445,24 @@ impl Connection {
         mut chunks: queue::Receiver<Vec<u8>>,
     ) -> Result<u64, DataError> {
         let pool = self.pool.clone();
+        // A chunk is made the size of a registered slot; one that is larger anyway is put
+        // in over several slots, never cut short.
+        let mut partial: Option<(Vec<u8>, usize)> = None;
         let mut fill = |region: &mut [u8]| {
-            let Some(chunk) = chunks.blocking_recv() else {
-                return Ok(0);
+            let (chunk, at) = match partial.take() {
+                Some(p) => p,
+                None => match chunks.blocking_recv() {
+                    Some(chunk) => (chunk, 0),
+                    None => return Ok(0),
+                },
             };
-            // Chunks are made no larger than a request, the size of a registered slot.
-            let n = chunk.len().min(region.len());
-            region[..n].copy_from_slice(&chunk[..n]);
-            give_back(&pool, chunk);
+            let n = (chunk.len() - at).min(region.len());
+            region[..n].copy_from_slice(&chunk[at..at + n]);
+            if at + n < chunk.len() {
+                partial = Some((chunk, at + n));
+            } else {
+                give_back(&pool, chunk);
+            }
             Ok(n)
         };
         self.multi()?.primary()?.write_from(offset, &mut fill)

@@ -426,6 +426,30 @@ fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_int
         (r["mode"].as_str(), r["accessed_by_other"].as_bool()),
         (Some("rw"), Some(false))
     );
+
+    // A handle that asks for requests larger than a registered slot still writes every byte.
+    let pattern = random_bytes(24 << 20, 27);
+    rt.block_on(async {
+        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+        let addrs = control
+            .endpoints()
+            .await
+            .unwrap()
+            .list
+            .iter()
+            .filter(|e| e.kind == handoff_core::wire::EndpointKind::Rdma)
+            .filter_map(|e| e.addr.parse().ok())
+            .collect();
+        let sealed = handoff::parse_key(&key).unwrap();
+        let mut h =
+            handoff::data::RdmaHandle::connect(addrs, &c1.identity, &sealed, false, 16 << 20)
+                .await
+                .unwrap();
+        h.write_at(0, &pattern).await.unwrap();
+        h.flush().await.unwrap();
+    });
+    let on_disk = std::fs::read(server.root().join("f")).unwrap();
+    assert_eq!(sha256(&on_disk[..pattern.len()]), sha256(&pattern));
 }
 
 #[test]

@@ -166,13 +166,12 @@ const MAX_STREAM_REQUEST: u64 = 1 << 40;
 
 /// Runs a session check off the async workers (it may wait for the lock or the store).
 async fn checked<T: Send + 'static>(
+    shared: &Shared,
     gate: &Gate,
     f: impl FnOnce(&Gate) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     let gate = gate.clone();
-    tokio::task::spawn_blocking(move || f(&gate))
-        .await
-        .map_err(|e| Error::Protocol(format!("server task failed: {e}")))?
+    shared.blocking(move |_| f(&gate)).await
 }
 
 async fn serve_handle<S, F>(
@@ -191,19 +190,20 @@ where
         match msg {
             Message::Read { offset, len } => {
                 let size = session.file().metadata()?.len();
-                let len = match checked(gate, move |g| g.read(size, offset, len, None)).await {
-                    Ok(len) => len,
-                    Err(e) => {
-                        chan.send(&e.to_message()).await?;
-                        continue;
-                    }
-                };
+                let len =
+                    match checked(shared, gate, move |g| g.read(size, offset, len, None)).await {
+                        Ok(len) => len,
+                        Err(e) => {
+                            chan.send(&e.to_message()).await?;
+                            continue;
+                        }
+                    };
                 chan.send(&Message::ReadData { len }).await?;
                 send_bytes(chan, session.file(), offset, len).await?;
                 chan.flush().await?;
             }
             Message::Write { offset, len } => {
-                let check = match checked(gate, move |g| g.write(offset, len, None)).await {
+                let check = match checked(shared, gate, move |g| g.write(offset, len, None)).await {
                     Ok(c) => c,
                     Err(e) => {
                         chan.send(&e.to_message()).await?;
@@ -215,7 +215,7 @@ where
                 receive_into_file(chan, shared, session.file(), &mut landing, len, &mut buf)
                     .await?;
                 let answer = landing.answer();
-                let counted = checked(gate, move |g| {
+                let counted = checked(shared, gate, move |g| {
                     g.landed(&landing);
                     Ok(())
                 });
