@@ -115,6 +115,7 @@ impl RdmaHandle {
             status: status.clone(),
             pool: pool.clone(),
             fell_back: (0, 0),
+            abandoned: false,
         };
         let thread = std::thread::Builder::new()
             .name("handoff-rdma".into())
@@ -302,6 +303,8 @@ struct Connection {
     pool: Pool,
     /// Bytes read direct, and revocations that made reads fall back.
     fell_back: (u64, u32),
+    /// A read was abandoned midway and the connection closed.
+    abandoned: bool,
 }
 
 /// The attached handle's file, report and number, and the bytes per request the QPs use
@@ -367,7 +370,18 @@ impl Connection {
     }
 
     fn multi(&mut self) -> Result<&mut MultiChannel, DataError> {
-        self.multi.as_mut().ok_or_else(thread_gone)
+        let abandoned = self.abandoned;
+        self.multi.as_mut().ok_or_else(|| {
+            if abandoned {
+                Error::Protocol(
+                    "this RDMA handle was closed when a read was abandoned midway; open a new one"
+                        .into(),
+                )
+                .into()
+            } else {
+                thread_gone()
+            }
+        })
     }
 
     /// Tells the async side how the connection stands.
@@ -399,7 +413,15 @@ impl Connection {
                 .blocking_send(buf)
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader stopped"))
         };
-        self.read_to(offset, len, &mut sink)
+        let read = self.read_to(offset, len, &mut sink);
+        if read.is_err() && chunks.is_closed() {
+            // The caller stopped taking bytes (its sink failed, or it dropped the read):
+            // replies to reads still in flight would meet the next request, so the
+            // connection ends here and later calls say why.
+            self.multi = None;
+            self.abandoned = true;
+        }
+        read
     }
 
     /// Reads one-sided while a direct grant is held; when the grant is revoked (the QP is
