@@ -3,9 +3,10 @@
 //! Verbs calls block: they wait on completion queues. So the connection (one QP per server
 //! endpoint, see [`MultiChannel`]) lives on a thread of its own, and the async side talks to
 //! it through channels; no runtime worker ever waits on a completion. Bytes cross between
-//! the two in request-sized chunks through a short bounded queue, so the QPs keep their
-//! pipeline full while the caller consumes (or produces) the previous chunk. That costs one
-//! copy per byte, between the registered slots and the chunk; chunk buffers are reused.
+//! the two in chunks of at least [`BATCH`] (small requests are gathered) through a short
+//! bounded queue, so the QPs keep their pipeline full while the caller consumes (or produces)
+//! the previous chunk. That costs one copy per byte, between the registered slots and the
+//! chunk; chunk buffers are reused.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +25,9 @@ use crate::Identity;
 
 /// Chunks that may wait between the connection's thread and its caller, each way.
 const QUEUE: usize = 4;
+/// The least a chunk carries (unless the transfer ends first): requests smaller than this are
+/// gathered, so the two sides meet once per chunk rather than once per request.
+const BATCH: usize = 1 << 20;
 
 /// An RDMA duplicate handle (one QP per server endpoint), served by its own thread.
 pub struct RdmaHandle {
@@ -229,7 +233,7 @@ impl RdmaHandle {
         })?;
         let mut failed = None;
         loop {
-            let mut buf = take_buffer(&self.pool, self.request);
+            let mut buf = take_buffer(&self.pool, self.request.max(BATCH));
             let n = match fill(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n.min(buf.len()),
@@ -406,14 +410,23 @@ impl Connection {
         chunks: &queue::Sender<Vec<u8>>,
     ) -> Result<u64, DataError> {
         let pool = self.pool.clone();
-        let mut sink = |chunk: &[u8]| {
-            let mut buf = take_buffer(&pool, 0);
-            buf.extend_from_slice(chunk);
-            chunks
-                .blocking_send(buf)
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader stopped"))
+        let stopped = || io::Error::new(io::ErrorKind::BrokenPipe, "the reader stopped");
+        // Small requests' bytes are gathered into chunks of at least BATCH, so the caller
+        // is woken once per chunk, not once per request.
+        let mut gathered = take_buffer(&pool, 0);
+        let mut sink = |bytes: &[u8]| {
+            gathered.extend_from_slice(bytes);
+            if gathered.len() >= BATCH {
+                let full = std::mem::replace(&mut gathered, take_buffer(&pool, 0));
+                chunks.blocking_send(full).map_err(|_| stopped())?;
+            }
+            Ok(())
         };
-        let read = self.read_to(offset, len, &mut sink);
+        let mut read = self.read_to(offset, len, &mut sink);
+        // What came before an error is delivered too.
+        if !gathered.is_empty() && chunks.blocking_send(gathered).is_err() && read.is_ok() {
+            read = Err(stopped().into());
+        }
         if read.is_err() && chunks.is_closed() {
             // The caller stopped taking bytes (its sink failed, or it dropped the read):
             // replies to reads still in flight would meet the next request, so the

@@ -506,6 +506,17 @@ fn a_refused_rdma_read_leaves_no_stale_replies_for_the_next_one() {
                     "{nics} NIC(s)"
                 );
             }
+            // A read whose caller stops taking bytes midway closes the handle: the next call
+            // says so instead of meeting the abandoned read's replies.
+            let stopped = h
+                .read_to(4 << 20, 16 << 20, &mut |_| {
+                    Err(std::io::Error::other("enough"))
+                })
+                .await
+                .unwrap_err();
+            assert!(stopped.to_string().contains("enough"), "{stopped}");
+            let after = h.read_to(4 << 20, 4096, &mut |_| Ok(())).await.unwrap_err();
+            assert!(after.to_string().contains("abandoned"), "{after}");
         });
     }
 }
