@@ -389,7 +389,7 @@ impl Connection {
                         let landed = self.ep.finish_read(wr)?;
                         // The lease may have lapsed while the RDMA READ ran: put checks it.
                         let bytes = &landed.bytes()[..len as usize];
-                        landing.put(&self.shared, self.session.file(), bytes)?;
+                        self.session.put(&mut landing, bytes)?;
                         self.bounce[buf] = Some(landed);
                     }
                     self.session.gate().landed(&landing);
@@ -415,8 +415,8 @@ impl Connection {
         len: u64,
         remote: (u64, u32),
     ) -> Result<PostedWrite, DataError> {
-        let check = match self.session.gate().write(offset, len, Some(remote.0)) {
-            Ok(c) => c,
+        let landing = match self.session.gate().write(offset, len, Some(remote.0)) {
+            Ok(l) => l,
             Err(e) => return Ok(Err(e)),
         };
         if self.bounce.len() <= buf {
@@ -434,7 +434,7 @@ impl Connection {
             };
             self.ep.post_read_into(wr, mr, len as usize, remote)?;
         }
-        Ok(Ok((wr, self.session.landing(check, offset, len))))
+        Ok(Ok((wr, landing)))
     }
 
     fn map_file(&mut self) -> Result<(), DataError> {

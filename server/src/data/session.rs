@@ -96,16 +96,11 @@ impl DataSession {
         flush_answer(&self.file)
     }
 
-    /// A write whose bytes will come in pieces (see [`Landing::put`]).
-    pub fn landing(&self, check: WriteCheck, offset: u64, len: u64) -> Landing {
-        Landing {
-            check,
-            offset,
-            len,
-            received: 0,
-            written: 0,
-            refused: None,
-        }
+    /// Puts the next piece of a checked write's payload into the file (see [`Landing`]).
+    /// A node whose lease lapsed mid-transfer writes no further byte: that error ends the
+    /// session (a client must not take the rest as written).
+    pub fn put(&self, landing: &mut Landing, bytes: &[u8]) -> Result<(), Error> {
+        landing.put(&self.gate.shared, &self.file, bytes)
     }
 
     /// A request kind this transport does not serve: the answer, and the error that ends the
@@ -140,8 +135,8 @@ impl Gate {
     }
 
     /// Checks a write of `len` bytes at `offset` from a peer buffer at `remote` before any
-    /// byte moves; nothing is counted until some land.
-    pub fn write(&self, offset: u64, len: u64, remote: Option<u64>) -> Result<WriteCheck, Error> {
+    /// byte moves, and returns it, ready for its bytes; nothing is counted until some land.
+    pub fn write(&self, offset: u64, len: u64, remote: Option<u64>) -> Result<Landing, Error> {
         if len > self.max_request {
             return Err(Error::bad_request(format!(
                 "a write on this channel moves at most {} bytes",
@@ -154,8 +149,17 @@ impl Gate {
                 "write range or buffer address overflows",
             ));
         }
-        self.shared
-            .check_write(self.handle, ByteRange::new(offset, len))
+        let check = self
+            .shared
+            .check_write(self.handle, ByteRange::new(offset, len))?;
+        Ok(Landing {
+            check,
+            offset,
+            len,
+            received: 0,
+            written: 0,
+            refused: None,
+        })
     }
 
     /// A checked write's bytes reached the file (some or all): the change is counted.
@@ -185,11 +189,10 @@ impl Landing {
         self.len
     }
 
-    /// Puts the next piece of the payload into the file. After the file system refused one,
+    /// Puts the next piece of the payload into `file`. After the file system refused one,
     /// later pieces are taken and dropped, so the transport stays in step and can carry the
-    /// refusal back. A node whose lease lapsed mid-transfer writes no further byte: that error
-    /// ends the session (a client must not take the rest as written).
-    pub fn put(&mut self, shared: &Shared, file: &File, bytes: &[u8]) -> Result<(), Error> {
+    /// refusal back.
+    fn put(&mut self, shared: &Shared, file: &File, bytes: &[u8]) -> Result<(), Error> {
         if self.refused.is_none() {
             shared.writable()?;
             let (wrote, refused) = write_fully_at(file, bytes, self.offset + self.received);

@@ -203,17 +203,16 @@ where
                 chan.flush().await?;
             }
             Message::Write { offset, len } => {
-                let check = match checked(shared, gate, move |g| g.write(offset, len, None)).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        chan.send(&e.to_message()).await?;
-                        continue;
-                    }
-                };
+                let mut landing =
+                    match checked(shared, gate, move |g| g.write(offset, len, None)).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            chan.send(&e.to_message()).await?;
+                            continue;
+                        }
+                    };
                 chan.send(&Message::Done).await?;
-                let mut landing = session.landing(check, offset, len);
-                receive_into_file(chan, shared, session.file(), &mut landing, len, &mut buf)
-                    .await?;
+                receive_into_file(chan, session, &mut landing, &mut buf).await?;
                 let answer = landing.answer();
                 let counted = checked(shared, gate, move |g| {
                     g.landed(&landing);
@@ -239,16 +238,15 @@ where
     Ok(())
 }
 
-/// Reads a write's `len` payload bytes from the channel into the file (see [`Landing::put`]).
+/// Reads a write's payload from the channel into the file (see [`DataSession::put`]).
 async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
     chan: &mut Channel<S>,
-    shared: &Shared,
-    file: &File,
+    session: &DataSession,
     landing: &mut Landing,
-    len: u64,
     buf: &mut Vec<u8>,
 ) -> Result<(), DataError> {
     buf.resize(CHUNK, 0);
+    let len = landing.len();
     let mut done = 0u64;
     while done < len {
         let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(CHUNK);
@@ -256,7 +254,7 @@ async fn receive_into_file<S: AsyncRead + AsyncWrite + Unpin>(
         if n == 0 {
             return Err(Error::Closed.into());
         }
-        landing.put(shared, file, &buf[..n])?;
+        session.put(landing, &buf[..n])?;
         done += n as u64;
     }
     Ok(())
