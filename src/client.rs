@@ -58,9 +58,6 @@ impl Endpoints {
     }
 }
 
-/// How long one server may take to accept and authenticate a connection before the next
-/// listed one is tried (a paused server accepts in the kernel but never answers).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client given several servers waits for one of them to answer (a failover
 /// takes the active's lease TTL, 5 s by default, plus its successor's start).
 pub const FAILOVER_WAIT: Duration = Duration::from_secs(30);
@@ -105,20 +102,13 @@ async fn connect_first(
 ) -> Result<(ControlClient, SocketAddr), Error> {
     let mut why = Vec::new();
     for addr in list {
-        let err =
-            match tokio::time::timeout(CONNECT_TIMEOUT, ControlClient::connect(addr, identity))
-                .await
-            {
-                Ok(Ok(c)) => {
-                    let peer = c.peer_addr()?;
-                    return Ok((c, peer));
-                }
-                Ok(Err(e)) => e,
-                Err(_) => Error::Unreachable(format!(
-                    "{addr}: no answer within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                )),
-            };
+        let err = match ControlClient::connect(addr, identity).await {
+            Ok(c) => {
+                let peer = c.peer_addr()?;
+                return Ok((c, peer));
+            }
+            Err(e) => e,
+        };
         if list.len() == 1 {
             return Err(err);
         }

@@ -284,7 +284,7 @@ fn a_server_announcing_more_bytes_than_asked_is_refused_not_a_panic() {
         let fake = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let mut chan = Channel::new(stream);
-            chan.server_handshake(&directory).await.unwrap();
+            chan.server_handshake(&directory, |_| Ok(())).await.unwrap();
             let _attach = chan.expect().await.unwrap();
             let info = FileInfo {
                 mode: Mode::Read,

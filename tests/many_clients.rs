@@ -29,6 +29,10 @@ fn resident_mib(pid: u32) -> f64 {
 #[test]
 fn a_thousand_clients_read_at_once_keep_their_opens_and_all_resume_after_a_server_kill() {
     raise_fd_limit();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     // Four identities, 250 clients each (a job's ranks share their user's identity).
     let ids: Vec<TestClient> = (0..4)

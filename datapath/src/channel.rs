@@ -195,29 +195,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
     pub async fn client_handshake(&mut self, identity: &Identity) -> Result<(), Error> {
         let (mut handshake, hello) = Handshake::client(identity, crate::nonce());
         self.send(&hello).await?;
-        self.drive(&mut handshake).await.map(drop)
+        self.drive(&mut handshake, |_| Ok(())).await.map(drop)
     }
 
-    /// Server side; returns the authenticated client's name. A refusal is answered with
-    /// `AuthFailed` before the error is returned.
-    pub async fn server_handshake(&mut self, directory: &ClientDirectory) -> Result<String, Error> {
-        self.drive(&mut Handshake::server(directory, None, crate::nonce()))
-            .await
+    /// Server side; returns the authenticated client's name and what `admit` decided. A
+    /// refusal is answered with `AuthFailed` before the error is returned. `admit` is asked
+    /// once the client is proven and before the server's last message: if it fails, the
+    /// connection ends with nothing more sent, so the client sees its handshake cut short
+    /// (which it may retry), never a finished handshake followed by a close.
+    pub async fn server_handshake<T>(
+        &mut self,
+        directory: &ClientDirectory,
+        admit: impl FnOnce(&str) -> Result<T, Error>,
+    ) -> Result<(String, T), Error> {
+        self.drive(
+            &mut Handshake::server(directory, None, crate::nonce()),
+            admit,
+        )
+        .await
     }
 
     /// Runs a handshake to its end: feeds it each message, sends what it asks, and on success
-    /// MACs every later frame. Returns the peer's proven name.
-    async fn drive(&mut self, handshake: &mut Handshake<'_>) -> Result<String, Error> {
+    /// (and `admit`'s consent) MACs every later frame. Returns the peer's proven name and
+    /// what `admit` returned.
+    async fn drive<T>(
+        &mut self,
+        handshake: &mut Handshake<'_>,
+        admit: impl FnOnce(&str) -> Result<T, Error>,
+    ) -> Result<(String, T), Error> {
+        let mut admit = Some(admit);
         loop {
             let msg = self.expect().await?;
             match handshake.on_message(msg) {
                 Ok(Step::Send(reply)) => self.send(&reply).await?,
                 Ok(Step::Done { reply, keys, peer }) => {
+                    let admitted = match admit.take() {
+                        Some(admit) => admit(&peer)?,
+                        None => return Err(Error::Protocol("handshake ended twice".into())),
+                    };
                     if let Some(reply) = reply {
                         self.send(&reply).await?;
                     }
                     self.conv.establish(keys, handshake.side());
-                    return Ok(peer);
+                    return Ok((peer, admitted));
                 }
                 Err(e) => {
                     if let Some(refusal) = handshake.refusal(&e) {
@@ -241,7 +261,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(async move {
             let mut ch = Channel::new(b);
-            let who = ch.server_handshake(&dir).await.unwrap();
+            let (who, ()) = ch.server_handshake(&dir, |_| Ok(())).await.unwrap();
             let msg = ch.expect().await.unwrap();
             ch.send(&Message::Done).await.unwrap();
             (who, msg)
@@ -254,5 +274,29 @@ mod tests {
             server.await.unwrap(),
             ("c1".to_string(), Message::Inbox { after: 0 })
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_refused_at_admission_sees_its_handshake_cut_short_not_a_welcome() {
+        let id = Identity::generate("c1", &mut rand::rngs::OsRng).unwrap();
+        let dir = ClientDirectory::parse(&id.to_line()).unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut ch = Channel::new(b);
+            let mut asked = None;
+            let r = ch
+                .server_handshake(&dir, |who| -> Result<(), Error> {
+                    asked = Some(who.to_owned());
+                    Err(Error::Closed)
+                })
+                .await;
+            (asked, r.is_err())
+        });
+        let mut ch = Channel::new(a);
+        let client = ch.client_handshake(&id).await;
+        assert_eq!(server.await.unwrap(), (Some("c1".to_string()), true));
+        // Nothing after the refusal: the client's handshake fails as a closed connection,
+        // the error its admission retries look for.
+        assert!(matches!(client, Err(Error::Closed)), "{client:?}");
     }
 }

@@ -52,17 +52,35 @@ fn closed_early(e: &Error) -> bool {
     }
 }
 
-/// Runs `attempt` (connect and authenticate), again after a short random pause (doubling,
-/// about 5 s in all) each time the server closed the connection before it authenticated.
-/// Many clients starting at once (the ranks of a job) thus spread out instead of failing.
-pub async fn with_admission_retries<T, Fut>(mut attempt: impl FnMut() -> Fut) -> Result<T, Error>
+/// How long one attempt may take to connect and authenticate before the server counts as
+/// not answering (a paused server accepts in the kernel but never answers). Each attempt has
+/// its own: pauses between attempts turned away by a busy server do not count against it.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `attempt` (connect to `addr` and authenticate), again after a short random pause
+/// (doubling, about 5 s in all) each time the server closed the connection before it
+/// authenticated. Many clients starting at once (the ranks of a job) thus spread out instead
+/// of failing. An attempt that takes longer than [`ATTEMPT_TIMEOUT`] ends the retries with
+/// [`Error::Unreachable`].
+pub async fn with_admission_retries<T, Fut>(
+    addr: &str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, Error>
 where
     Fut: Future<Output = Result<T, Error>>,
 {
     let mut pause = Duration::from_millis(20);
     let mut tries = 0;
     loop {
-        match attempt().await {
+        let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unreachable(format!(
+                    "{addr}: no answer within {} s",
+                    ATTEMPT_TIMEOUT.as_secs()
+                )))
+            });
+        match outcome {
             Err(e) if closed_early(&e) && tries < ADMISSION_RETRIES => {
                 tries += 1;
                 let wait = pause.mul_f64(rand::thread_rng().gen_range(0.5..1.5));
@@ -78,7 +96,7 @@ where
 impl ControlClient {
     /// Connects and runs the mutual authentication (see [`with_admission_retries`]).
     pub async fn connect(addr: &str, identity: &Identity) -> Result<Self, Error> {
-        with_admission_retries(|| async {
+        with_admission_retries(addr, || async {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             let mut chan = Channel::new(stream);

@@ -12,7 +12,7 @@ pub mod secrets;
 pub mod tcp;
 
 pub use channel::{Channel, Timeouts};
-pub use control_client::{check_reply, with_admission_retries, ControlClient};
+pub use control_client::{check_reply, with_admission_retries, ControlClient, ATTEMPT_TIMEOUT};
 pub use error::DataError;
 
 /// Where a read delivers its bytes, chunk by chunk, in order.

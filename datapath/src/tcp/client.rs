@@ -79,7 +79,7 @@ impl DataClient {
                 Some(TlsConnector::from(client_config(fp)?))
             }
         };
-        let mut chan = crate::with_admission_retries(|| async {
+        let mut chan = crate::with_admission_retries(addr, || async {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
             let stream: Box<dyn Stream> = match &tls {

@@ -27,9 +27,18 @@ pub async fn handshake<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let client = tokio::time::timeout(
+    // The seat is decided before the server's last handshake message, together with whether
+    // admission closed this connection to make room meanwhile: a connection closed that way
+    // ends without that message, so its client sees a handshake cut short and tries again
+    // (a client told "welcome" and then closed would take it for a broken server).
+    let (client, seat) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        chan.server_handshake(&shared.config.directory),
+        chan.server_handshake(&shared.config.directory, |client| {
+            match shared.admission.authenticate(ticket, client) {
+                Err(Error::Closed) => Err(Error::Closed),
+                decided => Ok(decided),
+            }
+        }),
     )
     .await
     .map_err(|_| Error::Protocol("no authentication within 10 s".into()))??;
@@ -37,7 +46,7 @@ where
         frame: Some(shared.config.limits.frame_timeout),
         idle: None,
     });
-    match shared.admission.authenticate(ticket, &client) {
+    match seat {
         Ok(seat) => Ok((client, seat)),
         Err(e) => {
             tracing::info!(client, "connection refused: {e}");
