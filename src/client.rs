@@ -90,7 +90,7 @@ pub fn parse_key(token: &str) -> Result<Vec<u8>, Error> {
     token_to_sealed(token).map_err(|e| Error::not_found(format!("resume key rejected: {e}")))
 }
 
-fn unexpected(msg: &Message) -> Error {
+pub(crate) fn unexpected(msg: &Message) -> Error {
     Error::Protocol(format!("unexpected reply {:#04x}", msg.kind()))
 }
 
@@ -164,7 +164,7 @@ impl Client {
 
     /// One request; a referral reconnects to the peer it names and asks again, and so does a
     /// goodbye (the server closed an idle connection without reading the request).
-    async fn request(&mut self, msg: &Message) -> Result<Message, Error> {
+    pub(crate) async fn request(&mut self, msg: &Message) -> Result<Message, Error> {
         let mut hops = 0;
         let mut reconnected = false;
         loop {
@@ -258,7 +258,7 @@ impl Client {
         }
     }
 
-    async fn expect_done(&mut self, msg: Message) -> Result<(), Error> {
+    pub(crate) async fn expect_done(&mut self, msg: Message) -> Result<(), Error> {
         match self.request(&msg).await? {
             Message::Done => Ok(()),
             other => Err(unexpected(&other)),

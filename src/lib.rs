@@ -8,6 +8,7 @@
 mod client;
 pub mod data;
 pub mod exit;
+mod namespace;
 mod rdma_handle;
 pub mod stream_handle;
 
@@ -15,6 +16,7 @@ pub use client::{parse_key, Client, Endpoints, OpenOptions, Opened};
 pub use data::{Channel, DataHandle, DataTransport};
 pub use handoff_core::auth::Identity;
 pub use handoff_core::state::{ByteRange, Mode, ResumeReport, ShareMode};
+pub use handoff_core::wire::{DirEntry, FileAttr, FileKind, Timestamp};
 pub use handoff_datapath::tcp::{DataClient, Transport};
 pub use handoff_datapath::{DataError, Fill, Sink};
 pub use stream_handle::StreamHandle;

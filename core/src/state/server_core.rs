@@ -563,6 +563,74 @@ impl ServerCore {
         h
     }
 
+    /// Whether `client` may remove or rename the file `file_id` (SMB's delete sharing): not
+    /// while another client holds an open of it, connected or durable, that does not share
+    /// delete; the refusal names that client. The client's own opens never stand in its way.
+    pub fn check_removable(&self, client: &str, file_id: u64) -> Result<(), CoreError> {
+        let Some(file) = self.table.file(file_id) else {
+            return Ok(());
+        };
+        let holder = file
+            .live
+            .iter()
+            .filter_map(|s| self.table.get(*s))
+            .map(|o| &o.record)
+            .find(|r| r.owner != client && !r.share.delete);
+        match holder {
+            Some(r) => Err(CoreError::denied(format!(
+                "sharing violation: {} is open by client {} (mode {}, shares {}), which does \
+                 not let others remove or rename it",
+                r.path, r.owner, r.mode, r.share
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `client` may change the size of the file `file_id` by its path, a change that
+    /// touches every byte from `from` on (the smaller of the old and new sizes): not while
+    /// another client holds an open of it that does not share write, or a lock on any of
+    /// those bytes; the refusal names that client. The client's own opens never stand in its
+    /// way.
+    pub fn check_truncatable(
+        &self,
+        client: &str,
+        file_id: u64,
+        from: u64,
+    ) -> Result<(), CoreError> {
+        let Some(file) = self.table.file(file_id) else {
+            return Ok(());
+        };
+        let tail = ByteRange::new(from, u64::MAX - from);
+        for slot in &file.live {
+            let Some(o) = self.table.get(*slot) else {
+                continue;
+            };
+            let r = &o.record;
+            if r.owner == client {
+                continue;
+            }
+            if !r.share.write {
+                return Err(CoreError::denied(format!(
+                    "sharing violation: {} is open by client {} (mode {}, shares {}), which \
+                     does not let others write it",
+                    r.path, r.owner, r.mode, r.share
+                )));
+            }
+            if let Some(range) = file
+                .locks
+                .ranges_of(*slot)
+                .into_iter()
+                .find(|l| tail.is_some_and(|t| t.overlaps(l)))
+            {
+                return Err(CoreError::denied(format!(
+                    "cannot truncate: client {} holds a byte-range lock on bytes {range}",
+                    r.owner
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks `mode`/`share`/`locks` of `slot` (or of a prospective open) against every other
     /// live open of the file.
     fn check_compatible(

@@ -375,7 +375,16 @@ fn share_counts_agree_with_pairwise_checks() {
         .flat_map(|m| {
             [(false, false), (true, false), (false, true), (true, true)]
                 .into_iter()
-                .map(move |(read, write)| (m, ShareMode { read, write }))
+                .map(move |(read, write)| {
+                    (
+                        m,
+                        ShareMode {
+                            read,
+                            write,
+                            delete: false,
+                        },
+                    )
+                })
         })
         .collect();
     let mut checked = 0;
@@ -815,4 +824,56 @@ fn an_unconfirmed_batch_is_taken_back_and_a_confirmed_one_stands() {
     assert!(core.handle_record(ghost.handle).is_none());
     core.open(exclusive("c2"), t0)
         .expect("the unconfirmed open no longer denies anyone");
+}
+
+#[test]
+fn removing_a_file_waits_for_other_clients_opens_that_do_not_share_delete() {
+    let (mut core, _) = fresh();
+    let t0 = 1_000;
+    // Nobody holds it: anyone may remove it.
+    core.check_removable("c2", 42).unwrap();
+    let g = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), t0)
+        .unwrap();
+    // c1's own open does not stand in c1's way; c2 is refused and told who holds it.
+    core.check_removable("c1", 42).unwrap();
+    match core.check_removable("c2", 42) {
+        Err(CoreError::Denied { message, .. }) => {
+            assert!(message.contains("client c1"), "{message}")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // A durable open (its channel gone) still holds the file until its timeout.
+    core.detach(g.handle, t0);
+    denied(core.check_removable("c2", 42));
+    core.handle_timeout(t0 + T);
+    core.check_removable("c2", 42).unwrap();
+    // An open that shares delete lets others remove the file.
+    core.open(req("c3", Mode::Read, ShareMode::POSIX, &[]), t0 + T)
+        .unwrap();
+    core.check_removable("c2", 42).unwrap();
+}
+
+#[test]
+fn truncating_by_path_waits_for_other_clients_that_deny_writing_or_lock_the_tail() {
+    let (mut core, _) = fresh();
+    let t0 = 1_000;
+    let g = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[(100, 10)]), t0)
+        .unwrap();
+    // The lock covers bytes 100..110: cutting to 200 removes none of them, to 105 some.
+    core.check_truncatable("c2", 42, 200).unwrap();
+    match core.check_truncatable("c2", 42, 105) {
+        Err(CoreError::Denied { message, .. }) => {
+            assert!(message.contains("client c1"), "{message}")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // The holder itself may.
+    core.check_truncatable("c1", 42, 0).unwrap();
+    core.close("c1", &g.sealed).unwrap();
+    // A reader that does not share writing keeps others from changing the size.
+    core.open(req("c3", Mode::Read, "r".parse().unwrap(), &[]), t0)
+        .unwrap();
+    denied(core.check_truncatable("c2", 42, 200));
 }

@@ -2,6 +2,7 @@
 //! named in the message table ([`super::message`]) beside the field. Bounds are passed in from
 //! the table, so every length a peer can send is named there.
 
+use super::file_attr::{DirEntry, FileAttr, FileKind, Timestamp};
 use super::message::{Endpoint, EndpointKind, ErrorCode, FileInfo, OpenParams};
 use crate::codec::{Reader, WireError, Writer};
 use crate::state::records::{decode_mode, decode_range, decode_share, encode_range, MAX_LOCKS};
@@ -280,6 +281,74 @@ pub mod endpoints {
             Ok(Endpoint {
                 kind: EndpointKind::from_wire(r.u8()?),
                 addr: r.string(max)?,
+            })
+        })
+    }
+}
+
+fn put_time(w: &mut Writer, t: &Timestamp) {
+    w.u64(t.secs as u64);
+    w.u32(t.nanos);
+}
+
+fn get_time(r: &mut Reader) -> Result<Timestamp, WireError> {
+    let secs = r.u64()? as i64;
+    let nanos = r.u32()?;
+    if nanos >= 1_000_000_000 {
+        return Err(WireError::Invalid("timestamp nanoseconds"));
+    }
+    Ok(Timestamp { secs, nanos })
+}
+
+/// A file's attributes; an unknown kind is kept (`FileKind::Unknown`).
+pub mod attr {
+    use super::*;
+    pub fn put(w: &mut Writer, a: &FileAttr) -> Put {
+        w.u8(a.kind.to_wire());
+        w.u16(a.perm);
+        w.u64(a.size);
+        w.u64(a.blocks);
+        w.u32(a.nlink);
+        w.u64(a.ino);
+        for t in [&a.atime, &a.mtime, &a.ctime] {
+            put_time(w, t);
+        }
+        Ok(())
+    }
+    pub fn get(r: &mut Reader) -> Result<FileAttr, WireError> {
+        let kind = FileKind::from_wire(r.u8()?);
+        let perm = r.u16()?;
+        if perm > 0o7777 {
+            return Err(WireError::Invalid("permission bits"));
+        }
+        Ok(FileAttr {
+            kind,
+            perm,
+            size: r.u64()?,
+            blocks: r.u64()?,
+            nlink: r.u32()?,
+            ino: r.u64()?,
+            atime: get_time(r)?,
+            mtime: get_time(r)?,
+            ctime: get_time(r)?,
+        })
+    }
+}
+
+/// Up to `items` directory entries, each a name of at most `max` bytes and its attributes.
+pub mod entries {
+    use super::*;
+    pub fn put(w: &mut Writer, v: &[DirEntry], items: usize, max: usize) -> Put {
+        w.list(v, items, |w, e| {
+            w.string(&e.name, max)?;
+            attr::put(w, &e.attr)
+        })
+    }
+    pub fn get(r: &mut Reader, items: usize, max: usize) -> Result<Vec<DirEntry>, WireError> {
+        r.list(items, |r| {
+            Ok(DirEntry {
+                name: r.string(max)?,
+                attr: attr::get(r)?,
             })
         })
     }

@@ -1,6 +1,7 @@
 //! Every message of the control and data channels, in one table: a frame's `kind` byte
 //! selects the variant; payloads are decoded strictly (bounded lengths, no trailing bytes).
 
+pub use super::file_attr::{DirEntry, FileAttr, LIST_PAGE, MAX_FILE_NAME};
 use super::message_table::{ignore_then, message_table};
 pub use crate::state::records::{MAX_LOCKS, MAX_NAME, MAX_PATH};
 use crate::state::{Attached, ByteRange, Mode, ResumeReport, ShareMode};
@@ -206,6 +207,38 @@ message_table! {
             client: String = text(MAX_NAME),
             tokens: Vec<String> = texts(MAX_INBOX_BATCH, MAX_TOKEN),
         },
+        // Namespace requests (control channel), paths confined beneath the root like opens.
+        /// A file's attributes (links beneath the root followed); answered with `Attributes`.
+        0x30 => Stat { path: String = text(MAX_PATH) },
+        /// A directory's entries sorted by name, those after the name `after` ("": from the
+        /// start); answered with `Entries`.
+        0x31 => List {
+            path: String = text(MAX_PATH),
+            after: String = text(MAX_FILE_NAME),
+        },
+        /// Makes a directory (with its missing parents if `parents`); answered with `Done`.
+        0x32 => MakeDir {
+            path: String = text(MAX_PATH),
+            parents: bool = flag,
+        },
+        /// Removes a file (or, with `dir`, an empty directory); answered with `Done`. Refused
+        /// while another client's open of the file does not share delete.
+        0x33 => Remove {
+            path: String = text(MAX_PATH),
+            dir: bool = flag,
+        },
+        /// Renames `from` to `to`, replacing a file there; answered with `Done`. Refused while
+        /// another client's open of either file does not share delete.
+        0x34 => Rename {
+            from: String = text(MAX_PATH),
+            to: String = text(MAX_PATH),
+        },
+        /// Sets a regular file's size; answered with `Done`. Refused while another client's
+        /// open of it does not share write, or holds a lock on bytes past `size`.
+        0x35 => Truncate {
+            path: String = text(MAX_PATH),
+            size: u64 = long,
+        },
         // Data-channel requests.
         0x20 => Attach { key: Vec<u8> = blob(MAX_KEY) },
         0x21 => Read {
@@ -284,6 +317,13 @@ message_table! {
         /// the client sent after it was processed, so any request may be sent again on a new
         /// connection.
         0x4d => Goodbye { message: String = text(MAX_MESSAGE) },
+        0x50 => Attributes { attr: FileAttr = attr },
+        /// A page of a listing; `next` is the name to list after for the next page ("": this
+        /// was the last).
+        0x51 => Entries {
+            entries: Vec<DirEntry> = entries(LIST_PAGE, MAX_FILE_NAME),
+            next: String = text(MAX_FILE_NAME),
+        },
         0x4f => Error {
             code: ErrorCode = code,
             message: String = text(MAX_MESSAGE),
@@ -333,6 +373,18 @@ mod tests {
             accessed_by_other: true,
             changed_by_other: false,
             reopened: true,
+        };
+        let t = |secs, nanos| super::super::file_attr::Timestamp { secs, nanos };
+        let attr = FileAttr {
+            kind: super::super::file_attr::FileKind::Directory,
+            perm: 0o755,
+            size: 4096,
+            blocks: 8,
+            nlink: 2,
+            ino: 77,
+            atime: t(-1, 0),
+            mtime: t(1_700_000_000, 999_999_999),
+            ctime: t(5, 6),
         };
         let all = vec![
             Message::Hello {
@@ -456,6 +508,38 @@ mod tests {
                 opens: 1,
                 files_sent: 2,
                 bytes_sent: 3,
+            },
+            Message::Stat { path: "a".into() },
+            Message::List {
+                path: "d".into(),
+                after: "x".into(),
+            },
+            Message::MakeDir {
+                path: "d/e".into(),
+                parents: true,
+            },
+            Message::Remove {
+                path: "f".into(),
+                dir: false,
+            },
+            Message::Rename {
+                from: "a".into(),
+                to: "b".into(),
+            },
+            Message::Truncate {
+                path: "f".into(),
+                size: 7,
+            },
+            Message::Attributes { attr },
+            Message::Entries {
+                entries: vec![DirEntry {
+                    name: "f".into(),
+                    attr: FileAttr {
+                        kind: super::super::file_attr::FileKind::Unknown(9),
+                        ..attr
+                    },
+                }],
+                next: "f".into(),
             },
             Message::Error {
                 code: ErrorCode::Unknown(77),

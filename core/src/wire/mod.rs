@@ -1,11 +1,13 @@
 //! The wire contract: frames, the checked codec, and every message type.
 
 mod fields;
+mod file_attr;
 mod frame;
 mod message;
 mod message_table;
 
 pub use crate::codec::{Reader, WireError, Writer};
+pub use file_attr::{DirEntry, FileAttr, FileKind, Timestamp, LIST_PAGE, MAX_FILE_NAME};
 pub use frame::{encode_frame, Frame, FRAME_OVERHEAD, MAC_LEN, MAX_PAYLOAD};
 pub use message::{
     Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, INBOX_PAGE, MAX_ADDR,

@@ -298,6 +298,14 @@ async fn dispatch(
                 .await?;
             Ok((Message::Done, None))
         }
+        Message::Stat { .. }
+        | Message::List { .. }
+        | Message::MakeDir { .. }
+        | Message::Remove { .. }
+        | Message::Rename { .. }
+        | Message::Truncate { .. } => {
+            Ok((super::namespace::request(shared, &client, msg).await?, None))
+        }
         Message::Drain { .. }
         | Message::ImportInbox { .. }
         | Message::Missing { .. }

@@ -95,7 +95,7 @@ pub struct OpenedFile {
 
 /// The served directory, held open for the server's life.
 pub struct Root {
-    dir: OwnedFd,
+    pub(super) dir: OwnedFd,
     path: PathBuf,
     /// Test hook (`HANDOFFD_FAULT_SLOW_OPEN=NAME=MS`): opening a file named NAME takes MS
     /// milliseconds more, as on a file system whose server does not answer.
@@ -273,7 +273,7 @@ impl Root {
     }
 
     /// `rel` resolved beneath the root and opened `O_PATH` (which opens nothing for IO).
-    fn locate(&self, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    pub(super) fn locate(&self, rel: &Path) -> rustix::io::Result<OwnedFd> {
         rustix::fs::openat2(
             &self.dir,
             rel,
@@ -283,7 +283,7 @@ impl Root {
         )
     }
 
-    fn fault_delay(&self, rel: &Path) {
+    pub(super) fn fault_delay(&self, rel: &Path) {
         if let Some((name, delay)) = &self.slow_open {
             if rel.file_name() == Some(OsStr::new(name)) {
                 std::thread::sleep(*delay);
@@ -313,13 +313,13 @@ fn reopen_fd(fd: &impl AsRawFd, write: bool) -> io::Result<File> {
     Ok(file)
 }
 
-fn confined() -> ResolveFlags {
+pub(super) fn confined() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
 }
 
 /// The client path as a path relative to the root. Empty paths, NUL and control characters
 /// are refused (`..` is left to the kernel, which refuses it where it would leave the root).
-fn relative(path: &str) -> Result<PathBuf, Error> {
+pub(super) fn relative(path: &str) -> Result<PathBuf, Error> {
     if path.len() > crate::state::records::MAX_PATH {
         return Err(Error::bad_request("path is too long"));
     }
@@ -343,7 +343,7 @@ fn relative(path: &str) -> Result<PathBuf, Error> {
     Ok(out)
 }
 
-fn open_error(path: &str, e: rustix::io::Errno) -> Error {
+pub(super) fn open_error(path: &str, e: rustix::io::Errno) -> Error {
     use rustix::io::Errno;
     match e {
         Errno::NOENT => Error::not_found(format!("no such file: {path}")),
@@ -372,7 +372,7 @@ fn open_error(path: &str, e: rustix::io::Errno) -> Error {
     }
 }
 
-fn io_error(path: &str, e: io::Error) -> Error {
+pub(super) fn io_error(path: &str, e: io::Error) -> Error {
     Error::Io(io::Error::new(e.kind(), format!("{path}: {e}")))
 }
 

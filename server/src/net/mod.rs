@@ -7,6 +7,8 @@ mod control;
 mod direct_grants;
 mod drain;
 mod files;
+mod namespace;
+mod namespace_fs;
 mod shared;
 mod stats;
 mod stop;

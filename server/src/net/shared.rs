@@ -494,6 +494,19 @@ impl Shared {
         Ok(self.peek(|core| core.precheck_open(client, p.mode, &p.locks, p.truncate, now))?)
     }
 
+    /// Whether `client` may remove or rename what `target` names (see
+    /// `ServerCore::check_removable`).
+    pub fn check_removable(
+        &self,
+        client: &str,
+        target: &super::namespace_fs::Target,
+    ) -> Result<(), Error> {
+        match target.file {
+            Some(id) => Ok(self.peek(|core| core.check_removable(client, id.file_id()))?),
+            None => Ok(()),
+        }
+    }
+
     /// Whether a live open holds the file `file_id`.
     pub fn file_in_use(&self, file_id: u64) -> bool {
         self.peek(|core| core.file_in_use(file_id))

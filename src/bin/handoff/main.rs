@@ -1,5 +1,7 @@
 //! `handoff`: the command-line client.
 
+mod namespace;
+
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
@@ -76,7 +78,8 @@ enum Command {
         /// Share with nobody: every other open of the file is denied.
         #[arg(long, conflicts_with = "share")]
         exclusive: bool,
-        /// What others may do meanwhile: rw (default), r, w or none.
+        /// What others may do meanwhile: letters of r (read), w (write) and d (delete:
+        /// remove or rename the file), or none. Default rw.
         #[arg(long)]
         share: Option<ShareMode>,
         /// Lock bytes OFFSET:LEN against every other open (repeatable).
@@ -141,18 +144,73 @@ enum Command {
         #[arg(value_name = "OFFSET:LEN")]
         range: ByteRange,
     },
-    /// Open PATH, read all of it to stdout, close.
+    /// Open REMOTE, read all of it to LOCAL (a file, created or truncated) or to stdout
+    /// (no LOCAL, or -), close.
+    ///
+    ///   handoff get results/run1.h5 run1.h5
+    ///   handoff get results/run1.h5 | h5dump -
+    #[command(verbatim_doc_comment)]
     Get {
-        path: String,
+        remote: String,
+        local: Option<PathBuf>,
         #[command(flatten)]
         channel: ChannelArg,
     },
-    /// Create or truncate PATH, write stdin to it, close.
+    /// Create or truncate REMOTE and write LOCAL (a file) or stdin (no LOCAL, or -) to it,
+    /// made durable (fdatasync) before it is closed.
+    ///
+    ///   handoff put run1.h5 results/run1.h5
+    ///   tar c out/ | handoff put - results/out.tar
+    #[command(verbatim_doc_comment)]
     Put {
-        path: String,
+        /// [LOCAL|-] REMOTE
+        #[arg(num_args = 1..=2, required = true, value_name = "LOCAL|-] [REMOTE")]
+        paths: Vec<String>,
         #[command(flatten)]
         channel: ChannelArg,
     },
+    /// List a directory beneath the server's root (default: the root), one name a line; a
+    /// file lists itself.
+    Ls {
+        /// Long lines: type and permissions, links, size, modification time (UTC).
+        #[arg(short = 'l')]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// A file's attributes: type, size, blocks, permissions, links, times.
+    Stat { path: String },
+    /// Make directories.
+    Mkdir {
+        /// Make missing parents too; an existing directory is no error.
+        #[arg(short = 'p', long)]
+        parents: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Remove files (or symbolic links). Refused (exit 3, naming the holder) while another
+    /// client's open of the file does not share delete (`open --share rwd` does); this
+    /// client's own opens never stand in the way.
+    Rm {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Remove empty directories.
+    Rmdir {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Set a file's size (cut it, or extend it with zeros). Refused while another client's
+    /// open of it does not share write, or locks bytes the change touches.
+    Truncate {
+        /// The new size in bytes.
+        #[arg(short = 's', long)]
+        size: u64,
+        path: String,
+    },
+    /// Rename FROM to TO, replacing a file at TO. Refused while another client's open of
+    /// either does not share delete.
+    Mv { from: String, to: String },
     /// Server administration (this client must be listed in the server's --admins).
     Admin {
         #[command(subcommand)]
@@ -342,30 +400,43 @@ fn progress(total: Option<u64>) -> ProgressBar {
     bar
 }
 
-async fn read_to_stdout(data: &mut DataHandle, offset: u64, len: u64) -> anyhow::Result<u64> {
+/// Reads up to `len` bytes at `offset` through `data` into `out` (stdout or a local file),
+/// with a progress bar on a terminal.
+async fn read_to(
+    data: &mut DataHandle,
+    offset: u64,
+    len: u64,
+    out: impl Write + Send,
+) -> anyhow::Result<u64> {
     let total = len.min(data.info().size.saturating_sub(offset));
     let bar = progress(Some(total));
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     let n = data
         .read_to(offset, len, &mut |chunk| {
             bar.inc(chunk.len() as u64);
             out.write_all(chunk)
         })
         .await?;
-    out.flush().context("writing to stdout")?;
+    out.flush()?;
     bar.finish_and_clear();
     Ok(n)
 }
 
-async fn write_from_stdin(data: &mut DataHandle, offset: u64) -> anyhow::Result<u64> {
-    let bar = progress(None);
-    let mut stdin = std::io::stdin();
-    // stdin is read straight into the channel's (registered, for RDMA) buffers.
+/// Writes everything `input` (stdin or a local file of `size` bytes) gives through `data`
+/// at `offset`, then makes it durable, with a progress bar on a terminal.
+async fn write_from(
+    data: &mut DataHandle,
+    offset: u64,
+    mut input: impl Read + Send,
+    size: Option<u64>,
+) -> anyhow::Result<u64> {
+    let bar = progress(size);
+    // The input is read straight into the channel's (registered, for RDMA) buffers.
     let n = data
         .write_from(offset, &mut |buf| {
             let mut filled = 0;
             while filled < buf.len() {
-                let n = stdin.read(&mut buf[filled..])?;
+                let n = input.read(&mut buf[filled..])?;
                 if n == 0 {
                     break;
                 }
@@ -480,26 +551,50 @@ fn print_resume(
     Ok(())
 }
 
-/// `get` (`put`): opens `path`, reads it whole to stdout (writes stdin into it) over a data
-/// channel, and closes it, even when the transfer failed. Returns the transfer's report.
+/// The local end of `get` and `put`: a file, or stdout / stdin (None).
+enum Local {
+    Get(Option<PathBuf>),
+    Put(Option<(PathBuf, std::fs::File)>),
+}
+
+/// `get` (`put`): opens `path`, reads it whole to the local file or stdout (writes the local
+/// file or stdin into it) over a data channel, and closes it, even when the transfer failed.
+/// Returns the transfer's report.
 async fn whole_file(
     client: &mut Client,
     path: &str,
     opts: &OpenOptions,
     channel: Option<Channel>,
-    put: bool,
+    local: Local,
 ) -> anyhow::Result<serde_json::Value> {
-    let what = if put { "put" } else { "get" };
+    let what = match local {
+        Local::Get(_) => "get",
+        Local::Put(_) => "put",
+    };
     let opened = client
         .open(path, opts)
         .await
         .with_context(|| format!("open {path}"))?;
     let result = async {
         let mut data = client.open_data(&opened.token, channel, false).await?;
-        let n = if put {
-            write_from_stdin(&mut data, 0).await?
-        } else {
-            read_to_stdout(&mut data, 0, u64::MAX).await?
+        let n = match local {
+            Local::Put(None) => write_from(&mut data, 0, std::io::stdin(), None).await?,
+            Local::Put(Some((name, file))) => {
+                let size = file.metadata().map(|m| m.len()).ok();
+                write_from(&mut data, 0, file, size)
+                    .await
+                    .with_context(|| format!("from {}", name.display()))?
+            }
+            Local::Get(None) => read_to(&mut data, 0, u64::MAX, std::io::stdout())
+                .await
+                .context("writing to stdout")?,
+            Local::Get(Some(name)) => {
+                let file = std::fs::File::create(&name)
+                    .map_err(|e| UsageError(format!("{}: {e}", name.display())))?;
+                read_to(&mut data, 0, u64::MAX, file)
+                    .await
+                    .with_context(|| format!("writing {}", name.display()))?
+            }
         };
         anyhow::Ok(transfer_report(&mut data, what, n))
     }
@@ -565,13 +660,15 @@ async fn stream(
 ) -> anyhow::Result<()> {
     match read {
         Some(len) => {
-            let n = read_to_stdout(&mut data, offset, len).await?;
+            let n = read_to(&mut data, offset, len, std::io::stdout())
+                .await
+                .context("writing to stdout")?;
             if json {
                 eprintln!("{}", transfer_report(&mut data, "read", n));
             }
         }
         None => {
-            let n = write_from_stdin(&mut data, offset).await?;
+            let n = write_from(&mut data, offset, std::io::stdin(), None).await?;
             if json {
                 println!("{}", transfer_report(&mut data, "write", n));
             }
@@ -661,24 +758,83 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Unlock { key, range } => {
             client.lock(&key, range, false).await.context("unlock")?
         }
-        Command::Get { path, channel: ch } => {
+        Command::Get {
+            remote,
+            local,
+            channel: ch,
+        } => {
             let opts = OpenOptions::default();
-            let report = whole_file(&mut client, &path, &opts, channel(&ch)?, false).await?;
+            let local = local.filter(|p| p.as_os_str() != "-");
+            let report = whole_file(
+                &mut client,
+                &remote,
+                &opts,
+                channel(&ch)?,
+                Local::Get(local),
+            )
+            .await?;
             if args.json {
                 eprintln!("{report}");
             }
         }
+        Command::Ls { long, path } => namespace::ls(&mut client, &path, long, args.json).await?,
+        Command::Stat { path } => namespace::stat(&mut client, &path, args.json).await?,
+        Command::Mkdir { parents, paths } => {
+            for p in &paths {
+                client
+                    .make_dir(p, parents)
+                    .await
+                    .with_context(|| format!("mkdir {p}"))?;
+            }
+        }
+        Command::Rm { paths } => {
+            for p in &paths {
+                client.remove(p).await.with_context(|| format!("rm {p}"))?;
+            }
+        }
+        Command::Rmdir { paths } => {
+            for p in &paths {
+                client
+                    .remove_dir(p)
+                    .await
+                    .with_context(|| format!("rmdir {p}"))?;
+            }
+        }
+        Command::Truncate { size, path } => client
+            .truncate(&path, size)
+            .await
+            .with_context(|| format!("truncate {path}"))?,
+        Command::Mv { from, to } => client
+            .rename(&from, &to)
+            .await
+            .with_context(|| format!("mv {from} {to}"))?,
         Command::Admin {
             command: AdminCommand::Drain { to },
         } => drain(&mut client, &args.server, &to, args.json).await?,
-        Command::Put { path, channel: ch } => {
+        Command::Put { paths, channel: ch } => {
             let opts = OpenOptions {
                 mode: Mode::ReadWrite,
                 create: true,
                 truncate: true,
                 ..OpenOptions::default()
             };
-            let report = whole_file(&mut client, &path, &opts, channel(&ch)?, true).await?;
+            let (local, remote) = match paths.as_slice() {
+                [remote] => (None, remote),
+                [local, remote] => (
+                    Some(PathBuf::from(local)).filter(|p| p.as_os_str() != "-"),
+                    remote,
+                ),
+                _ => unreachable!("clap takes one or two"),
+            };
+            let source = Local::Put(match local {
+                Some(path) => {
+                    let f = std::fs::File::open(&path)
+                        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+                    Some((path, f))
+                }
+                None => None,
+            });
+            let report = whole_file(&mut client, remote, &opts, channel(&ch)?, source).await?;
             if args.json {
                 println!("{report}");
             }
