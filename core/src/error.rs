@@ -26,6 +26,10 @@ pub enum Error {
     FileSystem(String),
     #[error("connection closed by the peer")]
     Closed,
+    /// The file system refused a namespace change for a reason the client can act on (the
+    /// name exists, the directory is not empty, …): `code` says which.
+    #[error("{message}")]
+    Namespace { code: ErrorCode, message: String },
     /// A cap of the server's admission control or a quota refused the request.
     #[error("{0}")]
     Limit(String),
@@ -84,6 +88,7 @@ impl Error {
                 ErrorCode::Unavailable
             }
             Error::FileSystem(_) => ErrorCode::FileIo,
+            Error::Namespace { code, .. } => *code,
             Error::Limit(_) => ErrorCode::Denied,
             Error::Store(_)
             | Error::Io(_)
@@ -150,6 +155,14 @@ impl Error {
             Some(Some(n)) => format!("{what} failed: {text} ({n})"),
             _ => format!("{what} failed: {text}"),
         })
+    }
+
+    /// A namespace refusal of class `code` (exists, not empty, is or is not a directory).
+    pub fn namespace(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error::Namespace {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

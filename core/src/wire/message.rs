@@ -52,6 +52,14 @@ pub enum ErrorCode {
     /// quota, I/O error): the request did not happen, or only partly; resending it as it is
     /// will not help.
     FileIo,
+    /// A namespace change met a name that exists (`EEXIST`).
+    Exists,
+    /// A directory to remove or replace is not empty (`ENOTEMPTY`).
+    NotEmpty,
+    /// A directory where a file was expected (`EISDIR`).
+    IsDirectory,
+    /// Something other than a directory where one was expected (`ENOTDIR`).
+    NotDirectory,
     Unknown(u16),
 }
 
@@ -67,6 +75,10 @@ impl ErrorCode {
             ErrorCode::Protocol => 7,
             ErrorCode::Unavailable => 8,
             ErrorCode::FileIo => 9,
+            ErrorCode::Exists => 10,
+            ErrorCode::NotEmpty => 11,
+            ErrorCode::IsDirectory => 12,
+            ErrorCode::NotDirectory => 13,
             ErrorCode::Unknown(v) => v,
         }
     }
@@ -82,6 +94,10 @@ impl ErrorCode {
             7 => ErrorCode::Protocol,
             8 => ErrorCode::Unavailable,
             9 => ErrorCode::FileIo,
+            10 => ErrorCode::Exists,
+            11 => ErrorCode::NotEmpty,
+            12 => ErrorCode::IsDirectory,
+            13 => ErrorCode::NotDirectory,
             v => ErrorCode::Unknown(v),
         }
     }
@@ -568,6 +584,15 @@ mod tests {
             Message::decode(0x99, &[]),
             Err(WireError::UnknownKind(0x99))
         );
+    }
+
+    #[test]
+    fn error_codes_travel_and_unknown_ones_are_kept() {
+        for v in 0..=20u16 {
+            assert_eq!(ErrorCode::from_wire(v).to_wire(), v);
+        }
+        assert_eq!(ErrorCode::from_wire(11), ErrorCode::NotEmpty);
+        assert_eq!(ErrorCode::from_wire(14), ErrorCode::Unknown(14));
     }
 
     #[test]

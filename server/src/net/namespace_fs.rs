@@ -14,7 +14,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, StatxFlags};
 use rustix::io::Errno;
 
 use super::files::{confined, io_error, open_error, relative, FileIdentity, Root};
-use crate::wire::{DirEntry, FileAttr, FileKind, Timestamp, MAX_FILE_NAME};
+use crate::wire::{DirEntry, ErrorCode, FileAttr, FileKind, Timestamp, MAX_FILE_NAME};
 use crate::Error;
 
 /// Entries one listing reads from a directory at most: a page is sorted from all of them, so
@@ -59,7 +59,7 @@ impl Root {
             confined(),
         )
         .map_err(|e| match e {
-            Errno::NOTDIR => Error::bad_request(format!("{path} is not a directory")),
+            Errno::NOTDIR => not_a_directory(path),
             e => open_error(path, e),
         })?;
         let mut names = Vec::new();
@@ -117,7 +117,10 @@ impl Root {
         match rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o777)) {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) if parents && is_dir(&dir, &name) => Ok(()),
-            Err(Errno::EXIST) => Err(Error::bad_request(format!("{path} already exists"))),
+            Err(Errno::EXIST) => Err(Error::namespace(
+                ErrorCode::Exists,
+                format!("{path} already exists"),
+            )),
             Err(e) => Err(change_error(path, e)),
         }
     }
@@ -158,11 +161,15 @@ impl Root {
             AtFlags::empty()
         };
         rustix::fs::unlinkat(&target.dir, &target.name, flags).map_err(|e| match e {
-            Errno::ISDIR => Error::bad_request(format!("{path} is a directory (rmdir removes it)")),
-            Errno::NOTDIR if dir => Error::bad_request(format!("{path} is not a directory")),
-            Errno::NOTEMPTY | Errno::EXIST => {
-                Error::bad_request(format!("{path} is a directory that is not empty"))
-            }
+            Errno::ISDIR => Error::namespace(
+                ErrorCode::IsDirectory,
+                format!("{path} is a directory (rmdir removes it)"),
+            ),
+            Errno::NOTDIR if dir => not_a_directory(path),
+            Errno::NOTEMPTY | Errno::EXIST => Error::namespace(
+                ErrorCode::NotEmpty,
+                format!("{path} is a directory that is not empty"),
+            ),
             e => change_error(path, e),
         })
     }
@@ -178,14 +185,27 @@ impl Root {
         )
         .map_err(|e| match e {
             Errno::NOENT => Error::not_found(format!("no such file: {}", from.0)),
-            Errno::ISDIR | Errno::NOTDIR => Error::bad_request(format!(
-                "cannot rename {} to {}: one is a directory and the other is not",
-                from.0, to.0
-            )),
-            Errno::NOTEMPTY | Errno::EXIST => Error::bad_request(format!(
-                "cannot rename {} to {}: {} is a directory that is not empty",
-                from.0, to.0, to.0
-            )),
+            Errno::ISDIR => Error::namespace(
+                ErrorCode::IsDirectory,
+                format!(
+                    "cannot rename {} to {}: {} is a directory",
+                    from.0, to.0, to.0
+                ),
+            ),
+            Errno::NOTDIR => Error::namespace(
+                ErrorCode::NotDirectory,
+                format!(
+                    "cannot rename {} to {}: {} is a directory and {} is not",
+                    from.0, to.0, from.0, to.0
+                ),
+            ),
+            Errno::NOTEMPTY | Errno::EXIST => Error::namespace(
+                ErrorCode::NotEmpty,
+                format!(
+                    "cannot rename {} to {}: {} is a directory that is not empty",
+                    from.0, to.0, to.0
+                ),
+            ),
             Errno::INVAL => Error::bad_request(format!(
                 "cannot rename {} to {}: a directory cannot move beneath itself",
                 from.0, to.0
@@ -215,6 +235,13 @@ fn relative_or_root(path: &str) -> Result<PathBuf, Error> {
 fn is_dir(dir: &impl AsFd, name: &Path) -> bool {
     rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
         .is_ok_and(|st| FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory)
+}
+
+fn not_a_directory(path: &str) -> Error {
+    Error::namespace(
+        ErrorCode::NotDirectory,
+        format!("{path} is not a directory"),
+    )
 }
 
 /// A change the file system refused: permissions as a denial, the rest as its errno.
