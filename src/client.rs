@@ -157,6 +157,16 @@ impl Client {
         })
     }
 
+    /// Connects the control channel again, to whichever listed server answers (after the
+    /// server restarted, failed over or cut the connection). Opens are not affected: they are
+    /// the server's, reached by key.
+    pub async fn reconnect(&mut self) -> Result<(), Error> {
+        let fresh = Client::connect(&self.servers.join(","), &self.identity).await?;
+        self.control = fresh.control;
+        self.server = fresh.server;
+        Ok(())
+    }
+
     /// The control address this client is connected to now (after any referral).
     pub fn server(&self) -> SocketAddr {
         self.server

@@ -7,6 +7,7 @@
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
+use handoff_core::state::CoreError;
 use handoff_core::wire::ErrorCode;
 use handoff_core::Error;
 use handoff_datapath::tcp::{DataClient, Transport};
@@ -93,6 +94,21 @@ impl StreamHandle {
             }
             .await;
             match attempt {
+                // The open expired while the channel was down and another client changed the
+                // file meanwhile: carrying on would mix its bytes with ours unannounced.
+                Ok(client) if client.report.changed_by_other => {
+                    tracing::warn!(
+                        report = ?client.report,
+                        "not resumed: the open had expired and another client changed the file"
+                    );
+                    return Err(Error::Core(CoreError::Denied {
+                        message: "the open expired while the data channel was down and another \
+                                  client changed the file meanwhile; not resumed"
+                            .into(),
+                        report: Some(client.report),
+                    })
+                    .into());
+                }
                 Ok(client) => {
                     tracing::info!(
                         handle = client.handle,

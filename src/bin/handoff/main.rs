@@ -1,5 +1,6 @@
 //! `handoff`: the command-line client.
 
+mod mount;
 mod namespace;
 
 use std::io::{IsTerminal, Read, Write};
@@ -211,6 +212,26 @@ enum Command {
     /// Rename FROM to TO, replacing a file at TO. Refused while another client's open of
     /// either does not share delete.
     Mv { from: String, to: String },
+    /// Mount the server's root at MOUNTPOINT (FUSE): every open(2) there is a handoff open,
+    /// reads and writes go over a data channel, fsync is a flush, and open files resume by
+    /// their keys when the network drops or the server restarts. Runs in the background
+    /// (log: --log) unless --foreground; unmount with `handoff umount MOUNTPOINT`.
+    ///
+    ///   handoff mount /mnt/handoff && cp big.h5 /mnt/handoff/runs/
+    #[command(verbatim_doc_comment)]
+    Mount {
+        mountpoint: PathBuf,
+        /// Stay in the foreground (logs on stderr); SIGINT or SIGTERM unmounts.
+        #[arg(long)]
+        foreground: bool,
+        /// The background process's log (default: $XDG_STATE_HOME/handoff/mount.log).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        #[command(flatten)]
+        channel: ChannelArg,
+    },
+    /// Unmount a handoff mount (fusermount3 -u, or umount as root).
+    Umount { mountpoint: PathBuf },
     /// Server administration (this client must be listed in the server's --admins).
     Admin {
         #[command(subcommand)]
@@ -245,6 +266,14 @@ fn main() {
         .with_target(false)
         .init();
     let args = Args::parse();
+    // The mount serves from threads of its own (and may run for days): no runtime here.
+    if matches!(args.command, Command::Mount { .. } | Command::Umount { .. }) {
+        let code = mount_command(args).unwrap_or_else(|e| {
+            eprintln!("handoff: {e:#}");
+            exit::for_error(&e)
+        });
+        std::process::exit(code);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -263,6 +292,26 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+fn mount_command(args: Args) -> anyhow::Result<i32> {
+    match args.command {
+        Command::Mount {
+            mountpoint,
+            foreground,
+            log,
+            channel: ch,
+        } => mount::run(mount::MountArgs {
+            identity: load_identity(args.identity.as_ref())?,
+            server: args.server,
+            mountpoint,
+            channel: channel(&ch)?,
+            foreground,
+            log,
+        }),
+        Command::Umount { mountpoint } => mount::unmount(&mountpoint),
+        _ => unreachable!("only mount and umount come here"),
+    }
 }
 
 fn load_identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
@@ -694,7 +743,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("server {}", args.server))?;
     match args.command {
-        Command::Keygen { .. } => unreachable!("handled above"),
+        Command::Keygen { .. } | Command::Mount { .. } | Command::Umount { .. } => {
+            unreachable!("handled above")
+        }
         Command::Open {
             path,
             mode,

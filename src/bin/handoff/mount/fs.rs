@@ -1,0 +1,699 @@
+//! The FUSE file system: each kernel request becomes handoff requests. An `open(2)` is a
+//! handoff open (its key held for the descriptor's life) with a data channel of its own;
+//! reads and writes go through that channel, `fsync` is a handoff flush, `close` the last
+//! release closes the open. Namespace requests go over the control channel, which is
+//! connected again whenever it breaks; a data channel resumes by its key by itself, so an
+//! application's descriptors outlive a dropped network or a restarted server.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use handoff::{Channel, Client, DataHandle, FileAttr, FileKind, Mode, OpenOptions, ShareMode};
+use handoff_core::Error;
+
+use super::errno;
+use super::inodes::{child, Inodes};
+
+/// How long the kernel may keep attributes and names without asking again: short, since
+/// other clients change the same files.
+const TTL: Duration = Duration::from_secs(1);
+/// The largest read or write one FUSE request carries.
+pub const MAX_IO: u32 = 1 << 20;
+/// How long a broken control channel keeps trying to reconnect before the request fails
+/// (a server restart or a failover takes seconds).
+const RECONNECT_WAIT: Duration = Duration::from_secs(60);
+
+/// A directory as `opendir` read it: (inode, type, name) of each entry, `.` and `..` first.
+type Listing = Vec<(u64, FileType, String)>;
+
+type ControlCall<'c, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'c>>;
+
+/// One open file of the mount (one `open(2)`, shared by its duplicated descriptors).
+struct OpenFile {
+    token: String,
+    data: tokio::sync::Mutex<DataHandle>,
+    /// Written since the last flush.
+    dirty: AtomicBool,
+}
+
+pub struct HandoffFs {
+    rt: tokio::runtime::Handle,
+    control: tokio::sync::Mutex<Client>,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_fh: AtomicU64,
+    channel: Option<Channel>,
+    /// Who the files appear to belong to: the user who mounted.
+    owner: (u32, u32),
+}
+
+/// The connection itself broke (as opposed to the server refusing the request).
+fn broken(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Io(_) | Error::Closed | Error::Unreachable(_) | Error::Goodbye(_)
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn system_time(t: handoff::Timestamp) -> SystemTime {
+    let nanos = Duration::new(t.secs.unsigned_abs(), t.nanos);
+    if t.secs >= 0 {
+        SystemTime::UNIX_EPOCH + nanos
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nanos))
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::File => FileType::RegularFile,
+        // Listed, never opened: the kernel keeps FIFOs to itself.
+        FileKind::Other | FileKind::Unknown(_) => FileType::NamedPipe,
+    }
+}
+
+impl HandoffFs {
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        client: Client,
+        channel: Option<Channel>,
+        owner: (u32, u32),
+    ) -> Self {
+        Self {
+            rt,
+            control: tokio::sync::Mutex::new(client),
+            inodes: Mutex::new(Inodes::default()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            channel,
+            owner,
+        }
+    }
+
+    /// Runs a control request, connecting again (for up to [`RECONNECT_WAIT`]) while the
+    /// control channel is broken.
+    fn control<T>(
+        &self,
+        what: &str,
+        call: impl for<'c> Fn(&'c mut Client) -> ControlCall<'c, T>,
+    ) -> Result<T, Errno> {
+        self.rt.block_on(async {
+            let mut client = self.control.lock().await;
+            let started = Instant::now();
+            loop {
+                match call(&mut client).await {
+                    Err(e) if broken(&e) && started.elapsed() < RECONNECT_WAIT => {
+                        tracing::warn!("{what}: control channel broke ({e}); reconnecting");
+                        while let Err(e) = client.reconnect().await {
+                            if started.elapsed() >= RECONNECT_WAIT {
+                                tracing::error!("{what}: no server answered: {e}");
+                                return Err(Errno::EIO);
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("{what}: {e}");
+                        return Err(errno::of_control(&e));
+                    }
+                    Ok(v) => return Ok(v),
+                }
+            }
+        })
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<String, Errno> {
+        lock(&self.inodes).path(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        Ok(child(&self.path(parent)?, name))
+    }
+
+    fn stat(&self, path: &str) -> Result<FileAttr, Errno> {
+        let p = path.to_owned();
+        self.control("stat", |c| {
+            let p = p.clone();
+            Box::pin(async move { c.stat(&p).await })
+        })
+    }
+
+    fn fuse_attr(&self, ino: u64, a: &FileAttr) -> fuser::FileAttr {
+        fuser::FileAttr {
+            ino: INodeNo(ino),
+            size: a.size,
+            blocks: a.blocks,
+            atime: system_time(a.atime),
+            mtime: system_time(a.mtime),
+            ctime: system_time(a.ctime),
+            crtime: system_time(a.ctime),
+            kind: file_type(a.kind),
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: self.owner.0,
+            gid: self.owner.1,
+            rdev: 0,
+            // Programs size their buffers by it (cp, dd's defaults): large requests.
+            blksize: MAX_IO,
+            flags: 0,
+        }
+    }
+
+    /// Looks `path` up for the kernel: its attributes under a counted inode number.
+    fn entry(&self, path: &str, reply: ReplyEntry) {
+        match self.stat(path) {
+            Ok(a) => {
+                let ino = lock(&self.inodes).number(path, true);
+                reply.entry(&TTL, &self.fuse_attr(ino, &a), Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// A handoff open of `path` with a data channel; returns its file handle.
+    fn open_file(&self, path: &str, opts: OpenOptions) -> Result<u64, Errno> {
+        let p = path.to_owned();
+        let opened = self.control("open", |c| {
+            let (p, opts) = (p.clone(), opts.clone());
+            Box::pin(async move { c.open(&p, &opts).await })
+        })?;
+        let token = opened.token.clone();
+        let channel = self.channel;
+        let data = self.control("attach a data channel", |c| {
+            let token = token.clone();
+            Box::pin(async move {
+                c.open_data(&token, channel, false)
+                    .await
+                    .map_err(|e| match e {
+                        handoff::DataError::Control(c) => c,
+                        other => Error::Protocol(other.to_string()),
+                    })
+            })
+        });
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                self.close_open(&opened.token);
+                return Err(e);
+            }
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(
+            fh,
+            Arc::new(OpenFile {
+                token: opened.token,
+                data: tokio::sync::Mutex::new(data),
+                dirty: AtomicBool::new(false),
+            }),
+        );
+        Ok(fh)
+    }
+
+    fn close_open(&self, token: &str) {
+        let t = token.to_owned();
+        if let Err(e) = self.control("close", |c| {
+            let t = t.clone();
+            Box::pin(async move { c.close(&t).await })
+        }) {
+            tracing::warn!("closing an open failed ({e:?}); it expires after its durable timeout");
+        }
+    }
+
+    /// Removes the file (or, with `dir`, the empty directory) `name` in `parent`.
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        let path = self.child_path(parent, name)?;
+        let p = path.clone();
+        self.control(if dir { "rmdir" } else { "unlink" }, |c| {
+            let p = p.clone();
+            Box::pin(async move {
+                if dir {
+                    c.remove_dir(&p).await
+                } else {
+                    c.remove(&p).await
+                }
+            })
+        })?;
+        lock(&self.inodes).removed(&path);
+        Ok(())
+    }
+
+    fn options(flags: i32) -> OpenOptions {
+        OpenOptions {
+            mode: match OpenFlags(flags).acc_mode() {
+                OpenAccMode::O_RDONLY => Mode::Read,
+                _ => Mode::ReadWrite,
+            },
+            // Unmodified programs expect POSIX: others may read, write, rename and remove.
+            share: ShareMode::POSIX,
+            locks: Vec::new(),
+            create: false,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+
+    fn open_flags(flags: i32) -> FopenFlags {
+        if flags & libc::O_DIRECT != 0 {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+}
+
+impl Filesystem for HandoffFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child_path(parent, name) {
+            Ok(path) => self.entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.inodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.path(ino).and_then(|p| self.stat(&p)) {
+            Ok(a) => reply.attr(&TTL, &self.fuse_attr(ino.0, &a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Ownership and permission bits are the server's (files belong to handoffd's user);
+        // times are the server's file system's (set by the writes themselves).
+        if mode.is_some() || uid.is_some() || gid.is_some() {
+            return reply.error(Errno::EPERM);
+        }
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        if let Some(size) = size {
+            let p = path.clone();
+            if let Err(e) = self.control("truncate", |c| {
+                let p = p.clone();
+                Box::pin(async move { c.truncate(&p, size).await })
+            }) {
+                return reply.error(e);
+            }
+        }
+        match self.stat(&path) {
+            Ok(a) => reply.attr(&TTL, &self.fuse_attr(ino.0, &a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let path = match self.child_path(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let p = path.clone();
+        match self.control("mkdir", |c| {
+            let p = p.clone();
+            Box::pin(async move { c.make_dir(&p, false).await })
+        }) {
+            Ok(()) => self.entry(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.remove(parent, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.remove(parent, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        // RENAME_EXCHANGE and RENAME_NOREPLACE are not carried: refuse rather than replace.
+        if !flags.is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        let (from, to) = match (
+            self.child_path(parent, name),
+            self.child_path(newparent, newname),
+        ) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let (f, t) = (from.clone(), to.clone());
+        let done = self.control("rename", |c| {
+            let (f, t) = (f.clone(), t.clone());
+            Box::pin(async move { c.rename(&f, &t).await })
+        });
+        match done {
+            Ok(()) => {
+                lock(&self.inodes).renamed(&from, &to);
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = self
+            .path(ino)
+            .and_then(|p| self.open_file(&p, Self::options(flags.0)));
+        match opened {
+            Ok(fh) => reply.opened(FileHandle(fh), Self::open_flags(flags.0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = match self.child_path(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        if flags & libc::O_EXCL != 0 && self.stat(&path).is_ok() {
+            return reply.error(Errno::EEXIST);
+        }
+        let opts = OpenOptions {
+            create: true,
+            ..Self::options(flags)
+        };
+        let made = self
+            .open_file(&path, opts)
+            .and_then(|fh| Ok((fh, self.stat(&path)?)));
+        match made {
+            Ok((fh, a)) => {
+                let ino = lock(&self.inodes).number(&path, true);
+                reply.created(
+                    &TTL,
+                    &self.fuse_attr(ino, &a),
+                    Generation(0),
+                    FileHandle(fh),
+                    Self::open_flags(flags),
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let got = self.rt.block_on(async {
+            let mut data = file.data.lock().await;
+            let mut buf = Vec::with_capacity(size as usize);
+            data.read_to(offset, u64::from(size), &mut |chunk| {
+                buf.extend_from_slice(chunk);
+                Ok(())
+            })
+            .await
+            .map(|_| buf)
+        });
+        match got {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => {
+                tracing::warn!("read of {size} bytes at {offset}: {e}");
+                reply.error(errno::of_data(&e))
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let written = self.rt.block_on(async {
+            let mut handle = file.data.lock().await;
+            handle.write_at(offset, data).await
+        });
+        match written {
+            Ok(()) => {
+                file.dirty.store(true, Ordering::Release);
+                reply.written(data.len() as u32);
+            }
+            Err(e) => {
+                tracing::warn!("write of {} bytes at {offset}: {e}", data.len());
+                reply.error(errno::of_data(&e))
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2): what was written is made durable, as NFS does at close.
+        match self.file(fh) {
+            Ok(file) if file.dirty.swap(false, Ordering::AcqRel) => {
+                match self
+                    .rt
+                    .block_on(async { file.data.lock().await.flush().await })
+                {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno::of_data(&e)),
+                }
+            }
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.file(fh) {
+            Ok(file) => {
+                file.dirty.store(false, Ordering::Release);
+                match self
+                    .rt
+                    .block_on(async { file.data.lock().await.flush().await })
+                {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno::of_data(&e)),
+                }
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = lock(&self.files).remove(&fh.0);
+        if let Some(file) = file {
+            self.close_open(&file.token);
+        }
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Who may do what is the server's decision, made at each request.
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let p = path.clone();
+        let listed = self.control("list", |c| {
+            let p = p.clone();
+            Box::pin(async move { c.list(&p).await })
+        });
+        let entries = match listed {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let mut all = vec![
+            (ino.0, FileType::Directory, ".".to_owned()),
+            (ino.0, FileType::Directory, "..".to_owned()),
+        ];
+        {
+            let mut inodes = lock(&self.inodes);
+            for e in entries {
+                let ino = inodes.number(&child(&path, &e.name), false);
+                all.push((ino, file_type(e.attr.kind), e.name));
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(all));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = lock(&self.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok();
+    }
+}
+
+impl Drop for HandoffFs {
+    fn drop(&mut self) {
+        // Unmounted with files still open (the kernel sends no release then): close them.
+        let files: Vec<Arc<OpenFile>> = lock(&self.files).drain().map(|(_, f)| f).collect();
+        for f in files {
+            self.close_open(&f.token);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Issue 13: unmodified programs on a real FUSE mount of handoff (the host's kernel FUSE,
+//! `handoff mount`): cp in and out, namespace operations compared with a local directory,
+//! and a program's open file surviving a kill -9 and restart of the server.
+
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A mount that is unmounted (lazily, so a test that failed half-way leaves nothing busy)
+/// when dropped.
+struct Mounted {
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Mounted {
+    fn new(cli: &Cli, dir: &Path, extra: &[&str]) -> Self {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "these tests need FUSE (/dev/fuse)"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.with_extension("log");
+        let mut args = vec![
+            "mount",
+            dir.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        cli.run_within(Duration::from_secs(60), &args).expect(0);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mounts.contains(dir.to_str().unwrap()),
+            "{} is not in the mount table",
+            dir.display()
+        );
+        Mounted {
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new(HANDOFF).arg("umount").arg(&self.dir).status();
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Runs `script` with sh in `dir`; its output and exit code.
+fn sh(dir: &Path, script: &str) -> (String, i32) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn cp_and_the_namespace_on_the_mount_behave_as_on_a_local_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = TestServer::start(&[&c1], &[]);
+    let mnt = Mounted::new(
+        &server.cli(&c1),
+        &tmp.path().join("mnt"),
+        &["--channel", "tcp"],
+    );
+
+    // 256 MiB in and out with cp: the same bytes, by sha256.
+    let data = random_bytes(256 << 20, 21);
+    let local = tmp.path().join("big.bin");
+    std::fs::write(&local, &data).unwrap();
+    let want = sha256(&data);
+    drop(data);
+    let status = Command::new("cp")
+        .arg(&local)
+        .arg(mnt.dir.join("big.bin"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        sha256(&std::fs::read(server.root().join("big.bin")).unwrap()),
+        want
+    );
+    let back = tmp.path().join("back.bin");
+    let status = Command::new("cp")
+        .arg(mnt.dir.join("big.bin"))
+        .arg(&back)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(sha256(&std::fs::read(&back).unwrap()), want);
+    std::fs::remove_file(server.root().join("big.bin")).unwrap();
+
+    // The same script in a local directory and on the mount: the same output, step by step.
+    let script = r#"
+        mkdir -p a/b/c; echo "mkdir -p: $?"
+        mkdir -p a/b/c; echo "mkdir -p again: $?"
+        mkdir a 2>/dev/null; echo "mkdir existing: $?"
+        mkdir x/y 2>/dev/null; echo "mkdir without parent: $?"
+        printf hello > a/f; echo "write: $?"
+        cat a/f; echo
+        printf 'more' >> a/f; cat a/f; echo
+        mv a/f a/b/g; echo "mv: $?"
+        ls a; ls a/b
+        stat -c '%F %s %h' a a/b/g
+        rmdir a/b 2>/dev/null; echo "rmdir non-empty: $?"
+        rm a/b 2>/dev/null; echo "rm a directory: $?"
+        rmdir a/b/g 2>/dev/null; echo "rmdir a file: $?"
+        truncate -s 2 a/b/g; cat a/b/g; echo
+        rm a/b/g; echo "rm: $?"
+        rm a/b/g 2>/dev/null; echo "rm again: $?"
+        rmdir a/b/c a/b; echo "rmdir: $?"
+        mkdir d; printf x > d/in; mv d e; cat e/in; echo; ls
+        mv e a/; ls -R a | sed 's/^.*://'
+        rm -r a; echo "rm -r: $?"; ls
+    "#;
+    let local_dir = tmp.path().join("local");
+    std::fs::create_dir(&local_dir).unwrap();
+    let (want, want_code) = sh(&local_dir, script);
+    let (got, got_code) = sh(&mnt.dir, script);
+    assert_eq!(got, want, "mount log:\n{}", mnt.log());
+    assert_eq!(got_code, want_code);
+    assert_eq!(std::fs::read_dir(server.root()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_program_writing_through_the_mount_never_notices_the_server_killed_and_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let mut server = TestServer::start(&[&c1], &[]);
+    let mnt = Mounted::new(
+        &server.cli(&c1),
+        &tmp.path().join("mnt"),
+        &["--channel", "tcp"],
+    );
+
+    // A block every 100 ms, each naming its index; fsync every tenth.
+    const BLOCKS: usize = 60;
+    let writer = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import os, sys, time
+f = open(sys.argv[1], "wb", buffering=0)
+for i in range(int(sys.argv[2])):
+    f.write(i.to_bytes(4, "big") * 1024)
+    if i % 10 == 9:
+        os.fsync(f.fileno())
+    time.sleep(0.1)
+f.close()
+"#,
+        )
+        .arg(mnt.dir.join("log.bin"))
+        .arg(BLOCKS.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once some blocks are in, the server dies without warning and comes back.
+    eventually(Duration::from_secs(20), || {
+        let len = std::fs::metadata(server.root().join("log.bin")).ok()?.len();
+        (len >= 10 * 4096).then_some(())
+    });
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart();
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the writer saw an error: {}\nmount log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mnt.log()
+    );
+    let got = std::fs::read(server.root().join("log.bin")).unwrap();
+    assert_eq!(got.len(), BLOCKS * 4096);
+    for (i, block) in got.chunks(4096).enumerate() {
+        assert_eq!(block, (i as u32).to_be_bytes().repeat(1024), "block {i}");
+    }
+    assert!(
+        mnt.log().contains("resuming by key"),
+        "the data channel never broke: the test did not test anything\n{}",
+        mnt.log()
+    );
+}
