@@ -200,3 +200,155 @@ f.close()
         mnt.log()
     );
 }
+
+/// A python process that runs `script` with the path and reports by lines on stdout; it
+/// reads a line on stdin when told to go on.
+fn python(script: &str, path: &Path) -> std::process::Child {
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn read_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
+/// Tries an fcntl write lock on `start`..`start + len` of `path` (opened read-write) without
+/// waiting: "locked", or the errno's name.
+fn try_lock(path: &Path, start: u64, len: u64) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import errno, fcntl, os, sys
+f = open(sys.argv[1], "r+b")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]))
+    print("locked")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"#,
+        )
+        .arg(path)
+        .arg(start.to_string())
+        .arg(len.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Tries open(2) of `path` for reading: "opened", or the errno's name.
+fn try_open(path: &Path) -> String {
+    match std::fs::File::open(path) {
+        Ok(_) => "opened".into(),
+        Err(e) => match e.raw_os_error() {
+            Some(13) => "EACCES".into(),
+            Some(16) => "EBUSY".into(),
+            _ => format!("{e}"),
+        },
+    }
+}
+
+#[test]
+fn two_mounts_are_two_clients_for_locks_and_exclusive_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (alice, bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    let server = TestServer::start(&[&alice, &bob], &["--durable-timeout", "3"]);
+    std::fs::write(server.root().join("f"), vec![0u8; 4096]).unwrap();
+    let a = Mounted::new(
+        &server.cli(&alice),
+        &tmp.path().join("a"),
+        &["--channel", "tcp"],
+    );
+    let b = Mounted::new(
+        &server.cli(&bob),
+        &tmp.path().join("b"),
+        &["--channel", "tcp"],
+    );
+
+    // alice's process locks bytes 0..100 and holds them.
+    let mut holder = python(
+        r#"
+import fcntl, sys
+f = open(sys.argv[1], "r+b")
+fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 0)
+print("locked", flush=True)
+sys.stdin.readline()
+fcntl.lockf(f, fcntl.LOCK_UN, 100, 0)
+print("unlocked", flush=True)
+sys.stdin.readline()
+"#,
+        &a.dir.join("f"),
+    );
+    assert_eq!(read_line(&mut holder), "locked");
+    // bob's process on the other mount: refused inside the range, granted outside it.
+    let refused = try_lock(&b.dir.join("f"), 50, 10);
+    assert!(refused == "EAGAIN" || refused == "EACCES", "{refused}");
+    assert_eq!(try_lock(&b.dir.join("f"), 200, 100), "locked");
+    // Once alice unlocks, bob gets it.
+    use std::io::Write;
+    holder.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    assert_eq!(read_line(&mut holder), "unlocked");
+    assert_eq!(try_lock(&b.dir.join("f"), 50, 10), "locked");
+    holder.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    assert!(holder.wait().unwrap().success());
+
+    // A mount whose opens share nothing: while its process holds the file, bob's open(2)
+    // is refused; when that host vanishes (its mount killed), the open stays durable and
+    // keeps bob out until its timeout, then bob's open succeeds.
+    let excl_dir = tmp.path().join("excl");
+    let excl = Mounted::new(
+        &server.cli(&alice),
+        &excl_dir,
+        &["--channel", "tcp", "--share", "none"],
+    );
+    let mut reader = python(
+        r#"
+import sys
+f = open(sys.argv[1], "rb")
+print("open", flush=True)
+sys.stdin.readline()
+"#,
+        &excl.dir.join("f"),
+    );
+    assert_eq!(read_line(&mut reader), "open");
+    assert_eq!(try_open(&b.dir.join("f")), "EACCES");
+    // The mount process dies without closing anything.
+    let killed = Command::new("pkill")
+        .args(["-9", "-f"])
+        .arg(format!("mount {} ", excl_dir.display()))
+        .status()
+        .unwrap();
+    assert!(
+        killed.success(),
+        "the exclusive mount's process was not found"
+    );
+    let _ = reader.kill();
+    let gone = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(try_open(&b.dir.join("f")), "EACCES");
+    eventually(Duration::from_secs(15), || {
+        (try_open(&b.dir.join("f")) == "opened").then_some(())
+    });
+    assert!(
+        gone.elapsed() >= Duration::from_secs(2),
+        "granted after {:?}, before the durable timeout",
+        gone.elapsed()
+    );
+}

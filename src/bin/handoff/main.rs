@@ -227,6 +227,12 @@ enum Command {
         /// The background process's log (default: $XDG_STATE_HOME/handoff/mount.log).
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
+        /// What every open through the mount lets other clients do: letters of r, w and d
+        /// (delete), or none. Default rwd, as POSIX programs expect; none makes each open
+        /// exclusive (others' open(2) fails with EACCES until it is closed, or its durable
+        /// timeout ends after this host vanished).
+        #[arg(long, default_value = "rwd")]
+        share: ShareMode,
         #[command(flatten)]
         channel: ChannelArg,
     },
@@ -300,12 +306,14 @@ fn mount_command(args: Args) -> anyhow::Result<i32> {
             mountpoint,
             foreground,
             log,
+            share,
             channel: ch,
         } => mount::run(mount::MountArgs {
             identity: load_identity(args.identity.as_ref())?,
             server: args.server,
             mountpoint,
             channel: channel(&ch)?,
+            share,
             foreground,
             log,
         }),

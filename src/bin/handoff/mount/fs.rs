@@ -18,7 +18,9 @@ use fuser::{
     LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use handoff::{Channel, Client, DataHandle, FileAttr, FileKind, Mode, OpenOptions, ShareMode};
+use handoff::{
+    ByteRange, Channel, Client, DataHandle, FileAttr, FileKind, Mode, OpenOptions, ShareMode,
+};
 use handoff_core::Error;
 
 use super::errno;
@@ -29,6 +31,8 @@ use super::inodes::{child, Inodes};
 const TTL: Duration = Duration::from_secs(1);
 /// The largest read or write one FUSE request carries.
 pub const MAX_IO: u32 = 1 << 20;
+/// How often a waiting lock (`F_SETLKW`) asks the server again.
+const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How long a broken control channel keeps trying to reconnect before the request fails
 /// (a server restart or a failover takes seconds).
 const RECONNECT_WAIT: Duration = Duration::from_secs(60);
@@ -44,6 +48,8 @@ struct OpenFile {
     data: tokio::sync::Mutex<DataHandle>,
     /// Written since the last flush.
     dirty: AtomicBool,
+    /// Byte ranges this open holds locked on the server (POSIX locks of its descriptors).
+    locks: Mutex<Vec<ByteRange>>,
 }
 
 pub struct HandoffFs {
@@ -54,6 +60,8 @@ pub struct HandoffFs {
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     channel: Option<Channel>,
+    /// What every open of the mount lets other clients do.
+    share: ShareMode,
     /// Who the files appear to belong to: the user who mounted.
     owner: (u32, u32),
 }
@@ -64,6 +72,16 @@ fn broken(e: &Error) -> bool {
         e,
         Error::Io(_) | Error::Closed | Error::Unreachable(_) | Error::Goodbye(_)
     )
+}
+
+/// A FUSE lock range (`start`..=`end`, `end` at `OFFSET_MAX` for "to the end") as a handoff
+/// byte range.
+fn lock_range(start: u64, end: u64) -> Result<ByteRange, Errno> {
+    let len = end
+        .checked_sub(start)
+        .and_then(|l| l.checked_add(1))
+        .ok_or(Errno::EINVAL)?;
+    ByteRange::new(start, len).ok_or(Errno::EINVAL)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,6 +113,7 @@ impl HandoffFs {
         rt: tokio::runtime::Handle,
         client: Client,
         channel: Option<Channel>,
+        share: ShareMode,
         owner: (u32, u32),
     ) -> Self {
         Self {
@@ -105,6 +124,7 @@ impl HandoffFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             channel,
+            share,
             owner,
         }
     }
@@ -228,6 +248,7 @@ impl HandoffFs {
                 token: opened.token,
                 data: tokio::sync::Mutex::new(data),
                 dirty: AtomicBool::new(false),
+                locks: Mutex::new(Vec::new()),
             }),
         );
         Ok(fh)
@@ -241,6 +262,34 @@ impl HandoffFs {
         }) {
             tracing::warn!("closing an open failed ({e:?}); it expires after its durable timeout");
         }
+    }
+
+    /// Takes (or gives back) `range` for an open on the server.
+    fn server_lock(&self, token: &str, range: ByteRange, take: bool) -> Result<(), Errno> {
+        let t = token.to_owned();
+        self.control(if take { "lock" } else { "unlock" }, |c| {
+            let t = t.clone();
+            Box::pin(async move { c.lock(&t, range, take).await })
+        })
+    }
+
+    /// Unlocks `range` of `file`: every held range it overlaps is given back, and the parts
+    /// of them outside `range` are taken again (POSIX unlocks may split a lock).
+    fn unlock(&self, file: &OpenFile, range: ByteRange) -> Result<(), Errno> {
+        let mut held = lock(&file.locks);
+        let (hit, keep): (Vec<ByteRange>, Vec<ByteRange>) =
+            held.iter().partition(|h| h.overlaps(&range));
+        *held = keep;
+        for h in hit {
+            self.server_lock(&file.token, h, false)?;
+            let before = ByteRange::new(h.offset(), range.offset().saturating_sub(h.offset()));
+            let after = ByteRange::new(range.end(), h.end().saturating_sub(range.end()));
+            for part in [before, after].into_iter().flatten() {
+                self.server_lock(&file.token, part, true)?;
+                held.push(part);
+            }
+        }
+        Ok(())
     }
 
     /// Removes the file (or, with `dir`, the empty directory) `name` in `parent`.
@@ -261,14 +310,13 @@ impl HandoffFs {
         Ok(())
     }
 
-    fn options(flags: i32) -> OpenOptions {
+    fn options(&self, flags: i32) -> OpenOptions {
         OpenOptions {
             mode: match OpenFlags(flags).acc_mode() {
                 OpenAccMode::O_RDONLY => Mode::Read,
                 _ => Mode::ReadWrite,
             },
-            // Unmodified programs expect POSIX: others may read, write, rename and remove.
-            share: ShareMode::POSIX,
+            share: self.share,
             locks: Vec::new(),
             create: false,
             truncate: flags & libc::O_TRUNC != 0,
@@ -286,6 +334,10 @@ impl HandoffFs {
 
 impl Filesystem for HandoffFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // fcntl byte-range locks come here (and so to the server) instead of staying local.
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_LOCKS) {
+            tracing::warn!("the kernel offers no {missing:?}: fcntl locks stay local to this host");
+        }
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
         Ok(())
@@ -426,7 +478,7 @@ impl Filesystem for HandoffFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = self
             .path(ino)
-            .and_then(|p| self.open_file(&p, Self::options(flags.0)));
+            .and_then(|p| self.open_file(&p, self.options(flags.0)));
         match opened {
             Ok(fh) => reply.opened(FileHandle(fh), Self::open_flags(flags.0)),
             Err(e) => reply.error(e),
@@ -452,7 +504,7 @@ impl Filesystem for HandoffFs {
         }
         let opts = OpenOptions {
             create: true,
-            ..Self::options(flags)
+            ..self.options(flags)
         };
         let made = self
             .open_file(&path, opts)
@@ -600,6 +652,78 @@ impl Filesystem for HandoffFs {
             self.close_open(&file.token);
         }
         reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        _typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        let (file, range) = match self.file(fh).and_then(|f| Ok((f, lock_range(start, end)?))) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        // This open's own locks never conflict with it; where it holds part of the range
+        // the probe below could give back its own lock, so it is not made.
+        if lock(&file.locks).iter().any(|h| h.overlaps(&range)) {
+            return reply.locked(0, 0, libc::F_UNLCK, 0);
+        }
+        match self.server_lock(&file.token, range, true) {
+            Ok(()) => {
+                let _ = self.server_lock(&file.token, range, false);
+                reply.locked(0, 0, libc::F_UNLCK, 0);
+            }
+            // Held by another client (which one is not a local process): reported as a
+            // write lock over the asked range.
+            Err(Errno::EACCES) => reply.locked(start, end, libc::F_WRLCK, pid),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (file, range) = match self.file(fh).and_then(|f| Ok((f, lock_range(start, end)?))) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        if typ == libc::F_UNLCK {
+            return match self.unlock(&file, range) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            };
+        }
+        // Handoff locks are exclusive: a read lock is taken as one too, so it conflicts with
+        // every other client's lock (never granted where POSIX would refuse it).
+        loop {
+            match self.server_lock(&file.token, range, true) {
+                Ok(()) => {
+                    lock(&file.locks).push(range);
+                    return reply.ok();
+                }
+                // F_SETLKW waits for the holder; F_SETLK says "try again".
+                Err(Errno::EACCES) if sleep => std::thread::sleep(LOCK_POLL),
+                Err(Errno::EACCES) => return reply.error(Errno::EAGAIN),
+                Err(e) => return reply.error(e),
+            }
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

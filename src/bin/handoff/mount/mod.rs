@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fuser::MountOption;
 use handoff::exit::UsageError;
-use handoff::{Channel, Client, Identity};
+use handoff::{Channel, Client, Identity, ShareMode};
 
 /// What `handoff mount` was asked.
 pub struct MountArgs {
@@ -24,6 +24,7 @@ pub struct MountArgs {
     pub identity: Identity,
     pub mountpoint: PathBuf,
     pub channel: Option<Channel>,
+    pub share: ShareMode,
     pub foreground: bool,
     pub log: Option<PathBuf>,
 }
@@ -60,7 +61,7 @@ fn serve(args: MountArgs) -> anyhow::Result<i32> {
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     );
-    let fs = fs::HandoffFs::new(rt.handle().clone(), client, args.channel, owner);
+    let fs = fs::HandoffFs::new(rt.handle().clone(), client, args.channel, args.share, owner);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("handoff:{}", args.server)),
