@@ -52,6 +52,10 @@ pub struct UsageError(pub String);
 pub fn report_of(err: &handoff_datapath::DataError) -> Option<handoff_core::state::ResumeReport> {
     match err {
         handoff_datapath::DataError::Control(handoff_core::Error::Remote { report, .. }) => *report,
+        // Refused on this side: a resume found the file changed (see `StreamHandle`).
+        handoff_datapath::DataError::Control(handoff_core::Error::Core(
+            handoff_core::state::CoreError::Denied { report, .. },
+        )) => *report,
         _ => None,
     }
 }

@@ -352,3 +352,63 @@ sys.stdin.readline()
         gone.elapsed()
     );
 }
+
+#[test]
+fn a_descriptor_whose_open_expired_and_was_changed_by_another_client_fails_with_eio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (alice, bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    let mut server =
+        TestServer::start(&[&alice, &bob], &["--durable-timeout", "1", "--grace", "1"]);
+    std::fs::write(server.root().join("f"), b"original").unwrap();
+    let mnt = Mounted::new(
+        &server.cli(&alice),
+        &tmp.path().join("mnt"),
+        &["--channel", "tcp"],
+    );
+    let mut program = python(
+        r#"
+import os, sys
+f = open(sys.argv[1], "r+b", buffering=0)
+print(f.read(8).decode(), flush=True)
+sys.stdin.readline()
+try:
+    f.seek(0)
+    print(f.read(8).decode(), flush=True)
+except OSError as e:
+    print("error", e.errno, flush=True)
+"#,
+        &mnt.dir.join("f"),
+    );
+    assert_eq!(read_line(&mut program), "original");
+    // alice's host stops answering (the mount frozen) while the server restarts; the open
+    // expires and bob changes the file.
+    let frozen = Command::new("pkill")
+        .args(["-STOP", "-f"])
+        .arg(format!("mount {} ", mnt.dir.display()))
+        .status()
+        .unwrap();
+    assert!(frozen.success());
+    server.restart();
+    std::thread::sleep(Duration::from_secs(4));
+    server
+        .cli(&bob)
+        .run_with(&["put", "f"], Some(b"CHANGED!"))
+        .expect(0);
+    Command::new("pkill")
+        .args(["-CONT", "-f"])
+        .arg(format!("mount {} ", mnt.dir.display()))
+        .status()
+        .unwrap();
+    use std::io::Write;
+    program.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    // Never bob's bytes through alice's old descriptor: EIO, and the mount says why.
+    assert_eq!(
+        read_line(&mut program),
+        "error 5",
+        "mount log:\n{}",
+        mnt.log()
+    );
+    assert!(mnt.log().contains("changed"), "{}", mnt.log());
+    // A new open(2) sees the file as it is now.
+    assert_eq!(std::fs::read(mnt.dir.join("f")).unwrap(), b"CHANGED!");
+}

@@ -233,6 +233,12 @@ enum Command {
         /// timeout ends after this host vanished).
         #[arg(long, default_value = "rwd")]
         share: ShareMode,
+        /// Keep file pages in this host's page cache between reads: faster small and repeated
+        /// reads, with NFS's close-to-open consistency, but a descriptor whose open was lost
+        /// (it expired while this host was away) may still read pages cached before. Default:
+        /// every read and write goes to the server.
+        #[arg(long)]
+        cache: bool,
         #[command(flatten)]
         channel: ChannelArg,
     },
@@ -307,6 +313,7 @@ fn mount_command(args: Args) -> anyhow::Result<i32> {
             foreground,
             log,
             share,
+            cache,
             channel: ch,
         } => mount::run(mount::MountArgs {
             identity: load_identity(args.identity.as_ref())?,
@@ -314,6 +321,7 @@ fn mount_command(args: Args) -> anyhow::Result<i32> {
             mountpoint,
             channel: channel(&ch)?,
             share,
+            cache,
             foreground,
             log,
         }),

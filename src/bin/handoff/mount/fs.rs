@@ -31,6 +31,8 @@ use super::inodes::{child, Inodes};
 const TTL: Duration = Duration::from_secs(1);
 /// The largest read or write one FUSE request carries.
 pub const MAX_IO: u32 = 1 << 20;
+/// Times one request attaches a new data channel before its error is returned.
+const MAX_RESUMES: u32 = 3;
 /// How often a waiting lock (`F_SETLKW`) asks the server again.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How long a broken control channel keeps trying to reconnect before the request fails
@@ -50,6 +52,9 @@ struct OpenFile {
     dirty: AtomicBool,
     /// Byte ranges this open holds locked on the server (POSIX locks of its descriptors).
     locks: Mutex<Vec<ByteRange>>,
+    /// A resume found the file changed by another client after the open had expired: every
+    /// later use is EIO.
+    lost: AtomicBool,
 }
 
 pub struct HandoffFs {
@@ -62,6 +67,8 @@ pub struct HandoffFs {
     channel: Option<Channel>,
     /// What every open of the mount lets other clients do.
     share: ShareMode,
+    /// File pages may stay in this host's page cache between reads (see `--cache`).
+    cache: bool,
     /// Who the files appear to belong to: the user who mounted.
     owner: (u32, u32),
 }
@@ -114,6 +121,7 @@ impl HandoffFs {
         client: Client,
         channel: Option<Channel>,
         share: ShareMode,
+        cache: bool,
         owner: (u32, u32),
     ) -> Self {
         Self {
@@ -125,6 +133,7 @@ impl HandoffFs {
             next_fh: AtomicU64::new(1),
             channel,
             share,
+            cache,
             owner,
         }
     }
@@ -249,6 +258,7 @@ impl HandoffFs {
                 data: tokio::sync::Mutex::new(data),
                 dirty: AtomicBool::new(false),
                 locks: Mutex::new(Vec::new()),
+                lost: AtomicBool::new(false),
             }),
         );
         Ok(fh)
@@ -262,6 +272,86 @@ impl HandoffFs {
         }) {
             tracing::warn!("closing an open failed ({e:?}); it expires after its durable timeout");
         }
+    }
+
+    /// Runs `io` on the open's data handle. When the channel itself broke (not a refusal)
+    /// and the handle could not resume by itself (a TCP handle does; an RDMA one does not),
+    /// a new one is attached by the open's key and `io` runs again. A resume onto a file
+    /// that another client changed while the open had expired loses the open: EIO from
+    /// then on.
+    fn data_io<T>(
+        &self,
+        file: &OpenFile,
+        what: &str,
+        mut io: impl std::ops::AsyncFnMut(&mut DataHandle) -> Result<T, handoff::DataError>,
+    ) -> Result<T, Errno> {
+        let mut resumed = 0;
+        loop {
+            if file.lost.load(Ordering::Acquire) {
+                return Err(Errno::EIO);
+            }
+            let result = self.rt.block_on(async {
+                let mut data = file.data.lock().await;
+                io(&mut data).await
+            });
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if handoff::exit::report_of(&e).is_some_and(|r| r.changed_by_other) => {
+                    tracing::error!(
+                        "{what}: {e}; the open is lost and its descriptors now fail with EIO"
+                    );
+                    file.lost.store(true, Ordering::Release);
+                    return Err(Errno::EIO);
+                }
+                Err(e) if !e.is_remote_error() && resumed < MAX_RESUMES => {
+                    resumed += 1;
+                    tracing::warn!("{what}: data channel broke ({e}); resuming by key");
+                    self.resume(file)?;
+                }
+                Err(e) => {
+                    tracing::warn!("{what}: {e}");
+                    return Err(errno::of_data(&e));
+                }
+            }
+        }
+    }
+
+    /// Attaches a new data channel for `file` by its key.
+    fn resume(&self, file: &OpenFile) -> Result<(), Errno> {
+        let token = file.token.clone();
+        let channel = self.channel;
+        let fresh = self.control("resume", |c| {
+            let token = token.clone();
+            Box::pin(async move {
+                c.open_data(&token, channel, false)
+                    .await
+                    .map_err(|e| match e {
+                        handoff::DataError::Control(c) => c,
+                        other => Error::Protocol(other.to_string()),
+                    })
+            })
+        });
+        let fresh = match fresh {
+            Ok(d) => d,
+            Err(e) => {
+                if e == Errno::EIO {
+                    file.lost.store(true, Ordering::Release);
+                }
+                return Err(e);
+            }
+        };
+        let report = fresh.report();
+        if report.changed_by_other {
+            tracing::error!(
+                ?report,
+                "an open file was lost: it had expired and another client changed it; its descriptors now fail with EIO"
+            );
+            file.lost.store(true, Ordering::Release);
+            return Err(Errno::EIO);
+        }
+        tracing::info!(?report, "data channel resumed by key");
+        self.rt.block_on(async { *file.data.lock().await = fresh });
+        Ok(())
     }
 
     /// Takes (or gives back) `range` for an open on the server.
@@ -323,8 +413,10 @@ impl HandoffFs {
         }
     }
 
-    fn open_flags(flags: i32) -> FopenFlags {
-        if flags & libc::O_DIRECT != 0 {
+    /// Without `--cache` every read and write comes here (direct IO): the kernel never
+    /// answers a read from pages an open that was since lost had cached.
+    fn open_flags(&self, flags: i32) -> FopenFlags {
+        if !self.cache || flags & libc::O_DIRECT != 0 {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
@@ -337,6 +429,12 @@ impl Filesystem for HandoffFs {
         // fcntl byte-range locks come here (and so to the server) instead of staying local.
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_LOCKS) {
             tracing::warn!("the kernel offers no {missing:?}: fcntl locks stay local to this host");
+        }
+        // Direct IO still lets programs mmap a file (through the page cache).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        if self.cache {
+            // Cached pages are dropped when the attributes show the file changed.
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
         }
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
@@ -480,7 +578,7 @@ impl Filesystem for HandoffFs {
             .path(ino)
             .and_then(|p| self.open_file(&p, self.options(flags.0)));
         match opened {
-            Ok(fh) => reply.opened(FileHandle(fh), Self::open_flags(flags.0)),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(flags.0)),
             Err(e) => reply.error(e),
         }
     }
@@ -517,7 +615,7 @@ impl Filesystem for HandoffFs {
                     &self.fuse_attr(ino, &a),
                     Generation(0),
                     FileHandle(fh),
-                    Self::open_flags(flags),
+                    self.open_flags(flags),
                 );
             }
             Err(e) => reply.error(e),
@@ -539,8 +637,7 @@ impl Filesystem for HandoffFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let got = self.rt.block_on(async {
-            let mut data = file.data.lock().await;
+        let got = self.data_io(&file, "read", async |data| {
             let mut buf = Vec::with_capacity(size as usize);
             data.read_to(offset, u64::from(size), &mut |chunk| {
                 buf.extend_from_slice(chunk);
@@ -551,10 +648,7 @@ impl Filesystem for HandoffFs {
         });
         match got {
             Ok(buf) => reply.data(&buf),
-            Err(e) => {
-                tracing::warn!("read of {size} bytes at {offset}: {e}");
-                reply.error(errno::of_data(&e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -574,19 +668,15 @@ impl Filesystem for HandoffFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let written = self.rt.block_on(async {
-            let mut handle = file.data.lock().await;
-            handle.write_at(offset, data).await
-        });
+        // Rewriting the same bytes at the same offset is harmless, so a write the broken
+        // channel may or may not have finished is simply sent again.
+        let written = self.data_io(&file, "write", async |h| h.write_at(offset, data).await);
         match written {
             Ok(()) => {
                 file.dirty.store(true, Ordering::Release);
                 reply.written(data.len() as u32);
             }
-            Err(e) => {
-                tracing::warn!("write of {} bytes at {offset}: {e}", data.len());
-                reply.error(errno::of_data(&e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -601,12 +691,9 @@ impl Filesystem for HandoffFs {
         // close(2): what was written is made durable, as NFS does at close.
         match self.file(fh) {
             Ok(file) if file.dirty.swap(false, Ordering::AcqRel) => {
-                match self
-                    .rt
-                    .block_on(async { file.data.lock().await.flush().await })
-                {
+                match self.data_io(&file, "flush", async |h| h.flush().await) {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(errno::of_data(&e)),
+                    Err(e) => reply.error(e),
                 }
             }
             Ok(_) => reply.ok(),
@@ -625,12 +712,9 @@ impl Filesystem for HandoffFs {
         match self.file(fh) {
             Ok(file) => {
                 file.dirty.store(false, Ordering::Release);
-                match self
-                    .rt
-                    .block_on(async { file.data.lock().await.flush().await })
-                {
+                match self.data_io(&file, "fsync", async |h| h.flush().await) {
                     Ok(()) => reply.ok(),
-                    Err(e) => reply.error(errno::of_data(&e)),
+                    Err(e) => reply.error(e),
                 }
             }
             Err(e) => reply.error(e),

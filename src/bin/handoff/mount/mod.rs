@@ -25,6 +25,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     pub channel: Option<Channel>,
     pub share: ShareMode,
+    pub cache: bool,
     pub foreground: bool,
     pub log: Option<PathBuf>,
 }
@@ -61,7 +62,14 @@ fn serve(args: MountArgs) -> anyhow::Result<i32> {
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     );
-    let fs = fs::HandoffFs::new(rt.handle().clone(), client, args.channel, args.share, owner);
+    let fs = fs::HandoffFs::new(
+        rt.handle().clone(),
+        client,
+        args.channel,
+        args.share,
+        args.cache,
+        owner,
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("handoff:{}", args.server)),
