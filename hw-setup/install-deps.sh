@@ -3,7 +3,7 @@
 # sudo available). Idempotent: packages already present are skipped quickly.
 #   hw-setup/install-deps.sh            build + test packages (incl. verbs headers, libclang)
 #   hw-setup/install-deps.sh --bench    also the benchmark peers and report needs (nginx, curl, openssl, a font)
-#   hw-setup/install-deps.sh --rdma     also soft-RoCE testing: QEMU, rdma-core, perftest,
+#   hw-setup/install-deps.sh --rdma     also soft-RoCE testing: QEMU, rdma-core, perftest, fio,
 #                                       libibverbs/librdmacm headers, libclang (for rdma-sys), and
 #                                       a stock Debian kernel unpacked into target/rxe-guest/kernel
 #                                       for hw-setup/rxe-guest.sh
@@ -39,7 +39,7 @@ want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev proto
   procps util-linux mount g++ python3 fuse3)
 ((bench)) && want+=(nginx-light curl openssl fonts-dejavu-core)
 ((rdma)) && want+=(qemu-system-x86 busybox-static kmod cpio rdma-core ibverbs-utils perftest
-  ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2)
+  ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2 fio)
 
 updated=0
 apt_update_once() {

@@ -3,61 +3,12 @@
 //! and a program's open file surviving a kill -9 and restart of the server.
 
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::mounted::Mounted;
 use common::*;
-
-/// A mount that is unmounted (lazily, so a test that failed half-way leaves nothing busy)
-/// when dropped.
-struct Mounted {
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Mounted {
-    fn new(cli: &Cli, dir: &Path, extra: &[&str]) -> Self {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "these tests need FUSE (/dev/fuse)"
-        );
-        std::fs::create_dir_all(dir).unwrap();
-        let log = dir.with_extension("log");
-        let mut args = vec![
-            "mount",
-            dir.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        cli.run_within(Duration::from_secs(60), &args).expect(0);
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            mounts.contains(dir.to_str().unwrap()),
-            "{} is not in the mount table",
-            dir.display()
-        );
-        Mounted {
-            dir: dir.to_path_buf(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new(HANDOFF).arg("umount").arg(&self.dir).status();
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(&self.dir)
-            .status();
-    }
-}
 
 /// Runs `script` with sh in `dir`; its output and exit code.
 fn sh(dir: &Path, script: &str) -> (String, i32) {

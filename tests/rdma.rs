@@ -801,3 +801,67 @@ fn a_vanished_rdma_peer_is_detached_and_its_open_expires_for_others() {
     drop(server);
     drop(host);
 }
+
+/// fio (bs=1M, O_DIRECT, queue depths 1 and 8, write then read) on a `handoff mount` whose
+/// data channels are RDMA: it runs unchanged, moves every byte over RDMA, and the file it
+/// wrote reads back the same through the mount as on the server.
+#[test]
+#[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
+fn fio_runs_unchanged_on_a_mount_over_rdma() {
+    let Some(ips) = rdma_ips() else { return };
+    if !std::path::Path::new("/dev/fuse").exists() {
+        let loaded = std::process::Command::new("modprobe")
+            .arg("fuse")
+            .status()
+            .unwrap();
+        assert!(loaded.success(), "modprobe fuse failed");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = start(&[&c1], &ips, 1, &[]);
+    let mnt = common::mounted::Mounted::new(
+        &server.cli(&c1),
+        &tmp.path().join("mnt"),
+        &["--channel", "rdma"],
+    );
+    const SIZE: u64 = 64 << 20;
+    let before = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap();
+    for (rw, depth) in [("write", 1), ("write", 8), ("read", 1), ("read", 8)] {
+        let out = std::process::Command::new("fio")
+            .args([
+                "--name=job",
+                "--bs=1M",
+                "--direct=1",
+                "--ioengine=libaio",
+                "--output-format=json",
+            ])
+            .arg(format!("--filename={}", mnt.dir.join("fio.dat").display()))
+            .arg(format!("--rw={rw}"))
+            .arg(format!("--iodepth={depth}"))
+            .arg(format!("--size={SIZE}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fio {rw} QD{depth}: {}\nmount log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            mnt.log()
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let job = &report["jobs"][0][rw];
+        assert_eq!(
+            job["io_bytes"].as_u64(),
+            Some(SIZE),
+            "fio {rw} QD{depth}: {job}"
+        );
+        eprintln!(
+            "fio {rw} bs=1M QD{depth} on the RDMA mount: {:.1} MiB/s",
+            job["bw_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+        );
+    }
+    let moved = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap() - before;
+    assert!(moved >= 4 * SIZE, "only {moved} bytes went over RDMA");
+    let on_server = sha256(&std::fs::read(server.root().join("fio.dat")).unwrap());
+    let through_mount = sha256(&std::fs::read(mnt.dir.join("fio.dat")).unwrap());
+    assert_eq!(through_mount, on_server);
+}

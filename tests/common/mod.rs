@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod mounted;
 
 use handoff::Identity;
 use rand::{RngCore, SeedableRng};
