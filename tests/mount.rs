@@ -363,3 +363,94 @@ except OSError as e:
     // A new open(2) sees the file as it is now.
     assert_eq!(std::fs::read(mnt.dir.join("f")).unwrap(), b"CHANGED!");
 }
+
+/// A TCP relay to `target` whose connections can all be cut at once (the listener stays).
+struct Relay {
+    addr: String,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn to(target: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (target, kept) = (target.to_owned(), conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                let Ok(outbound) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound.try_clone().unwrap(), inbound.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                kept.lock().unwrap().extend([inbound, outbound]);
+            }
+        });
+        Relay { addr, conns }
+    }
+
+    /// Cuts every connection relayed so far; returns how many there were.
+    fn cut(&self) -> usize {
+        let conns: Vec<_> = self.conns.lock().unwrap().drain(..).collect();
+        for c in &conns {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        conns.len() / 2
+    }
+}
+
+#[test]
+fn a_program_writing_through_the_mount_never_notices_its_control_channel_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = TestServer::start(&[&c1], &[]);
+    // The mount reaches the control channel through the relay; data channels go straight
+    // to the server's data endpoint, which the control channel names.
+    let relay = Relay::to(&server.addr);
+    let mut cli = server.cli(&c1);
+    cli.server = relay.addr.clone();
+    let mnt = Mounted::new(&cli, &tmp.path().join("mnt"), &["--channel", "tcp"]);
+
+    const BLOCKS: usize = 40;
+    let mut writer = python(
+        r#"
+import os, sys, time
+f = open(sys.argv[1], "wb", buffering=0)
+for i in range(40):
+    f.write(i.to_bytes(4, "big") * 1024)
+    if i == 10:
+        print("ten", flush=True)
+    time.sleep(0.1)
+f.close()
+print("done", flush=True)
+"#,
+        &mnt.dir.join("log.bin"),
+    );
+    assert_eq!(read_line(&mut writer), "ten");
+    assert!(
+        relay.cut() >= 1,
+        "no control connection went through the relay"
+    );
+    // While the control channel is down the namespace still answers (it reconnects).
+    assert!(mnt.dir.join("log.bin").exists());
+    assert_eq!(read_line(&mut writer), "done", "mount log:\n{}", mnt.log());
+    assert!(writer.wait().unwrap().success());
+    let got = std::fs::read(server.root().join("log.bin")).unwrap();
+    assert_eq!(got.len(), BLOCKS * 4096);
+    for (i, block) in got.chunks(4096).enumerate() {
+        assert_eq!(block, (i as u32).to_be_bytes().repeat(1024), "block {i}");
+    }
+    // The close after the last write (a FUSE release, sent after close(2) returns) needs
+    // the control channel: it connects again, or the test tested nothing.
+    eventually(Duration::from_secs(20), || {
+        mnt.log().contains("control channel broke").then_some(())
+    });
+}

@@ -48,10 +48,18 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new(HANDOFF).arg("umount").arg(&self.dir).status();
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z"])
+        let unmounted = Command::new(HANDOFF)
+            .arg("umount")
             .arg(&self.dir)
-            .status();
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.dir)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
