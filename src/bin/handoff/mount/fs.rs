@@ -230,20 +230,7 @@ impl HandoffFs {
             let (p, opts) = (p.clone(), opts.clone());
             Box::pin(async move { c.open(&p, &opts).await })
         })?;
-        let token = opened.token.clone();
-        let channel = self.channel;
-        let data = self.control("attach a data channel", |c| {
-            let token = token.clone();
-            Box::pin(async move {
-                c.open_data(&token, channel, false)
-                    .await
-                    .map_err(|e| match e {
-                        handoff::DataError::Control(c) => c,
-                        other => Error::Protocol(other.to_string()),
-                    })
-            })
-        });
-        let data = match data {
+        let data = match self.attach("attach a data channel", &opened.token) {
             Ok(d) => d,
             Err(e) => {
                 self.close_open(&opened.token);
@@ -316,11 +303,10 @@ impl HandoffFs {
         }
     }
 
-    /// Attaches a new data channel for `file` by its key.
-    fn resume(&self, file: &OpenFile) -> Result<(), Errno> {
-        let token = file.token.clone();
-        let channel = self.channel;
-        let fresh = self.control("resume", |c| {
+    /// A data channel (a duplicate handle) for the open `token` names.
+    fn attach(&self, what: &str, token: &str) -> Result<DataHandle, Errno> {
+        let (token, channel) = (token.to_owned(), self.channel);
+        self.control(what, |c| {
             let token = token.clone();
             Box::pin(async move {
                 c.open_data(&token, channel, false)
@@ -330,8 +316,12 @@ impl HandoffFs {
                         other => Error::Protocol(other.to_string()),
                     })
             })
-        });
-        let fresh = match fresh {
+        })
+    }
+
+    /// Attaches a new data channel for `file` by its key.
+    fn resume(&self, file: &OpenFile) -> Result<(), Errno> {
+        let fresh = match self.attach("resume", &file.token) {
             Ok(d) => d,
             Err(e) => {
                 if e == Errno::EIO {

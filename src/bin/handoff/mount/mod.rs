@@ -184,6 +184,13 @@ pub fn is_mounted(path: &Path) -> bool {
 /// `handoff umount`: unmounts with fusermount3 (as any user), or umount(8) where there is
 /// none (as root).
 pub fn unmount(mountpoint: &Path) -> anyhow::Result<i32> {
+    if !is_mounted(mountpoint) {
+        return Err(UsageError(format!(
+            "{} is not a mounted FUSE file system",
+            mountpoint.display()
+        ))
+        .into());
+    }
     let tried = std::process::Command::new("fusermount3")
         .arg("-u")
         .arg(mountpoint)
