@@ -843,9 +843,12 @@ impl Filesystem for HandoffFs {
             (ino.0, FileType::Directory, "..".to_owned()),
         ];
         {
-            let mut inodes = lock(&self.inodes);
+            let inodes = lock(&self.inodes);
             for e in entries {
-                let ino = inodes.number(&child(&path, &e.name), false);
+                // Only shown (as d_ino): the kernel numbers an entry by looking it up. A name
+                // not looked up yet shows the server's inode number rather than taking a slot
+                // of the table, so listing a huge directory holds no memory.
+                let ino = inodes.known(&child(&path, &e.name)).unwrap_or(e.attr.ino);
                 all.push((ino, file_type(e.attr.kind), e.name));
             }
         }

@@ -51,6 +51,11 @@ impl Inodes {
         self.nodes.get(&ino).map(|n| n.path.clone())
     }
 
+    /// The number of `path`, if the kernel holds one.
+    pub fn known(&self, path: &str) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
     /// The number of `path`, made if it has none; `lookup` counts one more kernel lookup.
     pub fn number(&mut self, path: &str, lookup: bool) -> u64 {
         let ino = match self.by_path.get(path) {
