@@ -51,11 +51,17 @@ pub struct UsageError(pub String);
 /// The resume report a denial carried, if any.
 pub fn report_of(err: &handoff_datapath::DataError) -> Option<handoff_core::state::ResumeReport> {
     match err {
-        handoff_datapath::DataError::Control(handoff_core::Error::Remote { report, .. }) => *report,
+        handoff_datapath::DataError::Control(e) => report_in(e),
+        _ => None,
+    }
+}
+
+/// [`report_of`] for a control-channel error.
+pub fn report_in(err: &handoff_core::Error) -> Option<handoff_core::state::ResumeReport> {
+    match err {
+        handoff_core::Error::Remote { report, .. } => *report,
         // Refused on this side: a resume found the file changed (see `StreamHandle`).
-        handoff_datapath::DataError::Control(handoff_core::Error::Core(
-            handoff_core::state::CoreError::Denied { report, .. },
-        )) => *report,
+        handoff_core::Error::Core(handoff_core::state::CoreError::Denied { report, .. }) => *report,
         _ => None,
     }
 }

@@ -30,8 +30,8 @@ pub fn of(code: ErrorCode, message: &str, changed_meanwhile: bool) -> Errno {
 }
 
 pub fn of_control(e: &handoff_core::Error) -> Errno {
-    let changed = matches!(e, handoff_core::Error::Core(handoff_core::state::CoreError::Denied { report: Some(r), .. }) if r.changed_by_other)
-        || matches!(e, handoff_core::Error::Remote { report: Some(r), code: ErrorCode::Denied, .. } if r.changed_by_other);
+    let changed = e.code() == ErrorCode::Denied
+        && handoff::exit::report_in(e).is_some_and(|r| r.changed_by_other);
     of(e.code(), &e.to_string(), changed)
 }
 

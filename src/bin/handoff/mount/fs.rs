@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -41,8 +39,6 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(60);
 
 /// A directory as `opendir` read it: (inode, type, name) of each entry, `.` and `..` first.
 type Listing = Vec<(u64, FileType, String)>;
-
-type ControlCall<'c, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'c>>;
 
 /// One open file of the mount (one `open(2)`, shared by its duplicated descriptors).
 struct OpenFile {
@@ -143,7 +139,7 @@ impl HandoffFs {
     fn control<T>(
         &self,
         what: &str,
-        call: impl for<'c> Fn(&'c mut Client) -> ControlCall<'c, T>,
+        mut call: impl std::ops::AsyncFnMut(&mut Client) -> Result<T, Error>,
     ) -> Result<T, Errno> {
         self.rt.block_on(async {
             let mut client = self.control.lock().await;
@@ -180,11 +176,7 @@ impl HandoffFs {
     }
 
     fn stat(&self, path: &str) -> Result<FileAttr, Errno> {
-        let p = path.to_owned();
-        self.control("stat", |c| {
-            let p = p.clone();
-            Box::pin(async move { c.stat(&p).await })
-        })
+        self.control("stat", async |c| c.stat(path).await)
     }
 
     fn fuse_attr(&self, ino: u64, a: &FileAttr) -> fuser::FileAttr {
@@ -212,7 +204,7 @@ impl HandoffFs {
     fn entry(&self, path: &str, reply: ReplyEntry) {
         match self.stat(path) {
             Ok(a) => {
-                let ino = lock(&self.inodes).number(path, true);
+                let ino = lock(&self.inodes).lookup(path);
                 reply.entry(&TTL, &self.fuse_attr(ino, &a), Generation(0));
             }
             Err(e) => reply.error(e),
@@ -225,11 +217,7 @@ impl HandoffFs {
 
     /// A handoff open of `path` with a data channel; returns its file handle.
     fn open_file(&self, path: &str, opts: OpenOptions) -> Result<u64, Errno> {
-        let p = path.to_owned();
-        let opened = self.control("open", |c| {
-            let (p, opts) = (p.clone(), opts.clone());
-            Box::pin(async move { c.open(&p, &opts).await })
-        })?;
+        let opened = self.control("open", async |c| c.open(path, &opts).await)?;
         let data = match self.attach("attach a data channel", &opened.token) {
             Ok(d) => d,
             Err(e) => {
@@ -252,11 +240,7 @@ impl HandoffFs {
     }
 
     fn close_open(&self, token: &str) {
-        let t = token.to_owned();
-        if let Err(e) = self.control("close", |c| {
-            let t = t.clone();
-            Box::pin(async move { c.close(&t).await })
-        }) {
+        if let Err(e) = self.control("close", async |c| c.close(token).await) {
             tracing::warn!("closing an open failed ({e:?}); it expires after its durable timeout");
         }
     }
@@ -305,31 +289,21 @@ impl HandoffFs {
 
     /// A data channel (a duplicate handle) for the open `token` names.
     fn attach(&self, what: &str, token: &str) -> Result<DataHandle, Errno> {
-        let (token, channel) = (token.to_owned(), self.channel);
-        self.control(what, |c| {
-            let token = token.clone();
-            Box::pin(async move {
-                c.open_data(&token, channel, false)
-                    .await
-                    .map_err(|e| match e {
-                        handoff::DataError::Control(c) => c,
-                        other => Error::Protocol(other.to_string()),
-                    })
-            })
+        self.control(what, async |c| {
+            c.open_data(token, self.channel, false)
+                .await
+                .map_err(|e| match e {
+                    handoff::DataError::Control(c) => c,
+                    other => Error::Protocol(other.to_string()),
+                })
         })
     }
 
     /// Attaches a new data channel for `file` by its key.
     fn resume(&self, file: &OpenFile) -> Result<(), Errno> {
-        let fresh = match self.attach("resume", &file.token) {
-            Ok(d) => d,
-            Err(e) => {
-                if e == Errno::EIO {
-                    file.lost.store(true, Ordering::Release);
-                }
-                return Err(e);
-            }
-        };
+        // A refusal that reports a change is EIO here, and again on the next try, until a
+        // resume is granted with that report (below); a control outage loses nothing.
+        let fresh = self.attach("resume", &file.token)?;
         let report = fresh.report();
         if report.changed_by_other {
             tracing::error!(
@@ -346,10 +320,8 @@ impl HandoffFs {
 
     /// Takes (or gives back) `range` for an open on the server.
     fn server_lock(&self, token: &str, range: ByteRange, take: bool) -> Result<(), Errno> {
-        let t = token.to_owned();
-        self.control(if take { "lock" } else { "unlock" }, |c| {
-            let t = t.clone();
-            Box::pin(async move { c.lock(&t, range, take).await })
+        self.control(if take { "lock" } else { "unlock" }, async |c| {
+            c.lock(token, range, take).await
         })
     }
 
@@ -375,16 +347,12 @@ impl HandoffFs {
     /// Removes the file (or, with `dir`, the empty directory) `name` in `parent`.
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let path = self.child_path(parent, name)?;
-        let p = path.clone();
-        self.control(if dir { "rmdir" } else { "unlink" }, |c| {
-            let p = p.clone();
-            Box::pin(async move {
-                if dir {
-                    c.remove_dir(&p).await
-                } else {
-                    c.remove(&p).await
-                }
-            })
+        self.control(if dir { "rmdir" } else { "unlink" }, async |c| {
+            if dir {
+                c.remove_dir(&path).await
+            } else {
+                c.remove(&path).await
+            }
         })?;
         lock(&self.inodes).removed(&path);
         Ok(())
@@ -477,11 +445,7 @@ impl Filesystem for HandoffFs {
             Err(e) => return reply.error(e),
         };
         if let Some(size) = size {
-            let p = path.clone();
-            if let Err(e) = self.control("truncate", |c| {
-                let p = p.clone();
-                Box::pin(async move { c.truncate(&p, size).await })
-            }) {
+            if let Err(e) = self.control("truncate", async |c| c.truncate(&path, size).await) {
                 return reply.error(e);
             }
         }
@@ -504,11 +468,7 @@ impl Filesystem for HandoffFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let p = path.clone();
-        match self.control("mkdir", |c| {
-            let p = p.clone();
-            Box::pin(async move { c.make_dir(&p, false).await })
-        }) {
+        match self.control("mkdir", async |c| c.make_dir(&path, false).await) {
             Ok(()) => self.entry(&path, reply),
             Err(e) => reply.error(e),
         }
@@ -549,11 +509,7 @@ impl Filesystem for HandoffFs {
             (Ok(f), Ok(t)) => (f, t),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
-        let (f, t) = (from.clone(), to.clone());
-        let done = self.control("rename", |c| {
-            let (f, t) = (f.clone(), t.clone());
-            Box::pin(async move { c.rename(&f, &t).await })
-        });
+        let done = self.control("rename", async |c| c.rename(&from, &to).await);
         match done {
             Ok(()) => {
                 lock(&self.inodes).renamed(&from, &to);
@@ -599,7 +555,7 @@ impl Filesystem for HandoffFs {
             .and_then(|fh| Ok((fh, self.stat(&path)?)));
         match made {
             Ok((fh, a)) => {
-                let ino = lock(&self.inodes).number(&path, true);
+                let ino = lock(&self.inodes).lookup(&path);
                 reply.created(
                     &TTL,
                     &self.fuse_attr(ino, &a),
@@ -829,11 +785,7 @@ impl Filesystem for HandoffFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let p = path.clone();
-        let listed = self.control("list", |c| {
-            let p = p.clone();
-            Box::pin(async move { c.list(&p).await })
-        });
+        let listed = self.control("list", async |c| c.list(&path).await);
         let entries = match listed {
             Ok(e) => e,
             Err(e) => return reply.error(e),

@@ -56,8 +56,8 @@ impl Inodes {
         self.by_path.get(path).copied()
     }
 
-    /// The number of `path`, made if it has none; `lookup` counts one more kernel lookup.
-    pub fn number(&mut self, path: &str, lookup: bool) -> u64 {
+    /// The number of `path` for a kernel lookup (counted), made if it has none.
+    pub fn lookup(&mut self, path: &str) -> u64 {
         let ino = match self.by_path.get(path) {
             Some(ino) => *ino,
             None => {
@@ -74,10 +74,8 @@ impl Inodes {
                 ino
             }
         };
-        if lookup {
-            if let Some(n) = self.nodes.get_mut(&ino) {
-                n.lookups += 1;
-            }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups += 1;
         }
         ino
     }
@@ -134,13 +132,14 @@ mod tests {
     #[test]
     fn numbers_follow_renames_and_are_forgotten() {
         let mut t = Inodes::default();
-        let d = t.number("/d", true);
-        let f = t.number("/d/f", true);
-        assert_eq!(t.number("/d/f", false), f);
+        let d = t.lookup("/d");
+        let f = t.lookup("/d/f");
+        assert_eq!(t.known("/d/f"), Some(f));
         t.renamed("/d", "/e");
         assert_eq!(t.path(f).as_deref(), Some("/e/f"));
         assert_eq!(t.path(d).as_deref(), Some("/e"));
-        assert_ne!(t.number("/d/f", false), f);
+        assert_eq!(t.known("/e/f"), Some(f));
+        assert_ne!(t.known("/d/f"), Some(f));
         t.forget(f, 1);
         assert_eq!(t.path(f), None);
         t.forget(ROOT, 10);
