@@ -563,21 +563,30 @@ impl ServerCore {
         h
     }
 
+    /// The live opens (connected or durable) of `file_id` held by clients other than
+    /// `client`, with their slots: what stands in the way of a change `client` asks by path.
+    fn others_opens<'a>(
+        &'a self,
+        file_id: u64,
+        client: &'a str,
+    ) -> impl Iterator<Item = (u32, &'a OpenRecord)> + 'a {
+        self.table
+            .file(file_id)
+            .into_iter()
+            .flat_map(|f| f.live.iter())
+            .filter_map(|s| Some((*s, &self.table.get(*s)?.record)))
+            .filter(move |(_, r)| r.owner != client)
+    }
+
     /// Whether `client` may remove or rename the file `file_id` (SMB's delete sharing): not
     /// while another client holds an open of it, connected or durable, that does not share
     /// delete; the refusal names that client. The client's own opens never stand in its way.
     pub fn check_removable(&self, client: &str, file_id: u64) -> Result<(), CoreError> {
-        let Some(file) = self.table.file(file_id) else {
-            return Ok(());
-        };
-        let holder = file
-            .live
-            .iter()
-            .filter_map(|s| self.table.get(*s))
-            .map(|o| &o.record)
-            .find(|r| r.owner != client && !r.share.delete);
-        match holder {
-            Some(r) => Err(CoreError::denied(format!(
+        match self
+            .others_opens(file_id, client)
+            .find(|(_, r)| !r.share.delete)
+        {
+            Some((_, r)) => Err(CoreError::denied(format!(
                 "sharing violation: {} is open by client {} (mode {}, shares {}), which does \
                  not let others remove or rename it",
                 r.path, r.owner, r.mode, r.share
@@ -597,18 +606,8 @@ impl ServerCore {
         file_id: u64,
         from: u64,
     ) -> Result<(), CoreError> {
-        let Some(file) = self.table.file(file_id) else {
-            return Ok(());
-        };
         let tail = ByteRange::new(from, u64::MAX - from);
-        for slot in &file.live {
-            let Some(o) = self.table.get(*slot) else {
-                continue;
-            };
-            let r = &o.record;
-            if r.owner == client {
-                continue;
-            }
+        for (slot, r) in self.others_opens(file_id, client) {
             if !r.share.write {
                 return Err(CoreError::denied(format!(
                     "sharing violation: {} is open by client {} (mode {}, shares {}), which \
@@ -616,12 +615,13 @@ impl ServerCore {
                     r.path, r.owner, r.mode, r.share
                 )));
             }
-            if let Some(range) = file
-                .locks
-                .ranges_of(*slot)
-                .into_iter()
-                .find(|l| tail.is_some_and(|t| t.overlaps(l)))
-            {
+            let locked = self.table.file(file_id).and_then(|f| {
+                f.locks
+                    .ranges_of(slot)
+                    .into_iter()
+                    .find(|l| tail.is_some_and(|t| t.overlaps(l)))
+            });
+            if let Some(range) = locked {
                 return Err(CoreError::denied(format!(
                     "cannot truncate: client {} holds a byte-range lock on bytes {range}",
                     r.owner

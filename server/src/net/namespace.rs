@@ -62,21 +62,19 @@ pub async fn request(shared: &Shared, client: &str, msg: Message) -> Result<Mess
             Ok(Message::Done)
         }
         Message::Truncate { path, size } => {
-            let opened = shared
+            // Opened, checked and cut in one trip off the async workers, as removals are.
+            let file_id = shared
                 .fs(move |s| {
                     s.writable()?;
-                    s.config.root.open_file(&path, true)
-                })
-                .await?;
-            let file_id = opened.identity.file_id();
-            let from = size.min(opened.size);
-            shared.peek(|core| core.check_truncatable(&client, file_id, from))?;
-            shared
-                .fs(move |_| {
+                    let opened = s.config.root.open_file(&path, true)?;
+                    let file_id = opened.identity.file_id();
+                    let from = size.min(opened.size);
+                    s.peek(|core| core.check_truncatable(&client, file_id, from))?;
                     opened
                         .file
                         .set_len(size)
-                        .map_err(|e| Error::file_system("truncating the file", &e))
+                        .map_err(|e| Error::file_system("truncating the file", &e))?;
+                    Ok(file_id)
                 })
                 .await?;
             // The file's opens are told it changed when they resume.
