@@ -10,6 +10,16 @@ use std::time::Duration;
 use common::mounted::Mounted;
 use common::*;
 
+/// `path` holds exactly `blocks` 4 KiB blocks, each its index (big-endian u32) repeated, in
+/// order: what the writers below write.
+fn assert_blocks_in_order(path: &Path, blocks: usize) {
+    let got = std::fs::read(path).unwrap();
+    assert_eq!(got.len(), blocks * 4096);
+    for (i, block) in got.chunks(4096).enumerate() {
+        assert_eq!(block, (i as u32).to_be_bytes().repeat(1024), "block {i}");
+    }
+}
+
 /// Runs `script` with sh in `dir`; its output and exit code.
 fn sh(dir: &Path, script: &str) -> (String, i32) {
     let out = Command::new("sh")
@@ -140,11 +150,7 @@ f.close()
         String::from_utf8_lossy(&out.stderr),
         mnt.log()
     );
-    let got = std::fs::read(server.root().join("log.bin")).unwrap();
-    assert_eq!(got.len(), BLOCKS * 4096);
-    for (i, block) in got.chunks(4096).enumerate() {
-        assert_eq!(block, (i as u32).to_be_bytes().repeat(1024), "block {i}");
-    }
+    assert_blocks_in_order(&server.root().join("log.bin"), BLOCKS);
     assert!(
         mnt.log().contains("resuming by key"),
         "the data channel never broke: the test did not test anything\n{}",
@@ -424,7 +430,7 @@ fn a_program_writing_through_the_mount_never_notices_its_control_channel_cut() {
         r#"
 import os, sys, time
 f = open(sys.argv[1], "wb", buffering=0)
-for i in range(40):
+for i in range(40):  # BLOCKS
     f.write(i.to_bytes(4, "big") * 1024)
     if i == 10:
         print("ten", flush=True)
@@ -443,11 +449,7 @@ print("done", flush=True)
     assert!(mnt.dir.join("log.bin").exists());
     assert_eq!(read_line(&mut writer), "done", "mount log:\n{}", mnt.log());
     assert!(writer.wait().unwrap().success());
-    let got = std::fs::read(server.root().join("log.bin")).unwrap();
-    assert_eq!(got.len(), BLOCKS * 4096);
-    for (i, block) in got.chunks(4096).enumerate() {
-        assert_eq!(block, (i as u32).to_be_bytes().repeat(1024), "block {i}");
-    }
+    assert_blocks_in_order(&server.root().join("log.bin"), BLOCKS);
     // The close after the last write (a FUSE release, sent after close(2) returns) needs
     // the control channel: it connects again, or the test tested nothing.
     eventually(Duration::from_secs(20), || {
