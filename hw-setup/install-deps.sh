@@ -2,7 +2,8 @@
 # Installs what building and testing handoff needs on a Debian machine (run as root, or with
 # sudo available). Idempotent: packages already present are skipped quickly.
 #   hw-setup/install-deps.sh            build + test packages (incl. verbs headers, libclang)
-#   hw-setup/install-deps.sh --bench    also the benchmark peers and report needs (nginx, curl, openssl, a font)
+#   hw-setup/install-deps.sh --bench    also the benchmark peers and report needs (nginx, curl, openssl,
+#                                       nfs-kernel-server for the NFS/RDMA peer, a font)
 #   hw-setup/install-deps.sh --rdma     also soft-RoCE testing: QEMU, rdma-core, perftest, fio,
 #                                       libibverbs/librdmacm headers, libclang (for rdma-sys), and
 #                                       a stock Debian kernel unpacked into target/rxe-guest/kernel
@@ -19,7 +20,7 @@ for arg in "$@"; do
   case "$arg" in
     --bench) bench=1 ;;
     --rdma) rdma=1 ;;
-    -h | --help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "install-deps: unknown option '$arg' (expected --bench, --rdma)" >&2; exit 2 ;;
   esac
 done
@@ -37,7 +38,7 @@ SUDO=""
 # a minimal Debian root has none of them.
 want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev protobuf-compiler libprotobuf-dev etcd-server
   procps util-linux mount g++ python3 fuse3)
-((bench)) && want+=(nginx-light curl openssl fonts-dejavu-core)
+((bench)) && want+=(nginx-light curl openssl fonts-dejavu-core nfs-kernel-server)
 ((rdma)) && want+=(qemu-system-x86 busybox-static kmod cpio rdma-core ibverbs-utils perftest
   ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2 fio)
 

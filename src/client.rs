@@ -373,6 +373,20 @@ impl Client {
         channel: Option<crate::Channel>,
         direct: bool,
     ) -> Result<crate::DataHandle, handoff_datapath::DataError> {
+        let request = handoff_datapath::rdma::client::CHUNK;
+        self.open_data_sized(token, channel, direct, request).await
+    }
+
+    /// [`open_data`](Self::open_data) whose RDMA requests carry at most `rdma_request` bytes
+    /// each (up to 8 of them in flight): smaller requests pipeline a caller's single large
+    /// read or write.
+    pub async fn open_data_sized(
+        &mut self,
+        token: &str,
+        channel: Option<crate::Channel>,
+        direct: bool,
+        rdma_request: usize,
+    ) -> Result<crate::DataHandle, handoff_datapath::DataError> {
         use crate::Channel;
         let eps = self.endpoints().await?;
         let rdma: Vec<SocketAddr> = eps
@@ -401,7 +415,7 @@ impl Client {
                     &identity,
                     &key,
                     direct,
-                    handoff_datapath::rdma::client::CHUNK,
+                    rdma_request.clamp(1, handoff_datapath::rdma::client::CHUNK),
                 )
                 .await?;
                 Ok(crate::DataHandle::Rdma(Box::new(h)))

@@ -1,6 +1,7 @@
 //! The comparison runner's parts: processes it starts and measures, the suites, and the
 //! result rows the report is generated from.
 
+pub mod knfsd;
 pub mod process;
 pub mod report;
 pub mod results;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// Clock ticks per second of /proc/*/stat times (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
@@ -138,4 +138,51 @@ pub fn wait_listening(port: u16, limit: Duration, what: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("{what} did not listen on port {port} within {limit:?}")
+}
+
+/// Seconds the whole machine's CPUs were busy (user, nice, system, irq, softirq, steal:
+/// every field of /proc/stat's `cpu` line but idle and iowait) since boot.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        / TICKS
+}
+
+/// Runs a command to completion; an error names it and carries its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} (hw-setup/install-deps.sh installs it)"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a mount point now (from /proc/self/mountinfo).
+pub fn mounted(dir: &std::path::Path) -> bool {
+    let dir = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*dir))
 }

@@ -43,6 +43,76 @@ pub struct Row {
     pub open_p99_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Requests in flight (fio's iodepth; mount suite).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u64,
+    /// Every trial's rate, in the order run, where a row was measured more than once
+    /// (`rate` is then their median).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<f64>,
+    /// Ratios to peers measured in the same trials, interleaved with this row's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratios: Vec<Ratio>,
+    /// CPU of the whole machine (every process and the kernel, both ends) per GiB moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_cpu_s_per_gib: Option<f64>,
+}
+
+/// This row's rate ÷ a peer's, trial by trial: the median of the pairs and their range.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ratio {
+    /// The peer, e.g. "NFSv4.1/RDMA read" or "ib_write_bw write".
+    pub limit: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub pairs: usize,
+}
+
+/// Pairs whose ratios spread wider than this around their median are flagged as noise.
+pub const NOISY_SPREAD: f64 = 0.10;
+
+impl Ratio {
+    /// `ours[i] ÷ theirs[i]` for every trial both have (trial i of each ran back to back).
+    pub fn paired(limit: &str, ours: &[f64], theirs: &[f64]) -> Option<Ratio> {
+        let each: Vec<f64> = ours
+            .iter()
+            .zip(theirs)
+            .filter(|(_, t)| **t > 0.0)
+            .map(|(o, t)| o / t)
+            .collect();
+        Some(Ratio {
+            limit: limit.to_string(),
+            median: median(&each)?,
+            min: each.iter().copied().fold(f64::MAX, f64::min),
+            max: each.iter().copied().fold(f64::MIN, f64::max),
+            pairs: each.len(),
+        })
+    }
+
+    /// Half the min–max range as a fraction of the median: 0.1 is "±10 %".
+    pub fn spread(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.max - self.min) / 2.0 / self.median
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
 }
 
 fn is_zero(v: &u64) -> bool {

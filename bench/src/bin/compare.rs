@@ -2,7 +2,7 @@
 //! in the same run. bench/run.sh starts it inside one rxe guest boot; run by hand it measures
 //! whatever this machine has (the rdma suite needs RDMA devices).
 //!
-//!   compare [--suites rdma,stream,clients,many,opens] [--smoke] [--out FILE] ...  (see --help)
+//!   compare [--suites rdma,stream,clients,many,opens,mount] [--smoke] [--out FILE] ...  (see --help)
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,13 +17,16 @@ compare: handoff next to perftest and nginx, in one run; writes one JSON file of
 
 Usage: compare [OPTIONS]
 
-Suites (--suites, comma separated; default all):
+Suites (--suites, comma separated; default all but mount):
   rdma     ib_write_bw / ib_read_bw vs handoff over RDMA (server-initiated, 2 NICs, direct)
   stream   handoff over TCP and TLS vs nginx (sendfile, TLS, WebDAV PUT) + curl, loopback
   clients  1, 4, 16, 64 concurrent clients reading one file (RDMA if there is a NIC, TCP)
   many     256 and 1000 clients starting at once over TCP: open p50/p99, aggregate read MiB/s,
            server CPU per GiB, RSS
   opens    opens/s and resumes/s with 10^3, 10^4, 10^5 durable opens held; RSS, store size
+  mount    fio (bs=1M, O_DIRECT, QD1 and QD8) on `handoff mount` over RDMA vs the kernel's
+           NFSv4.1 over RDMA, next to perftest; trials interleaved (rxe guest only: it
+           reconfigures the machine's NFS server)
 
 Options:
   --sizes LIST        bytes per request (default 4096,65536,1048576,16777216)
@@ -87,6 +90,7 @@ fn run_suites(ctx: &Ctx, runs: usize, suites: &[String], rows: &mut Vec<Row>) ->
             "clients" => suites::clients::run(ctx, rows),
             "many" => suites::many::run(ctx, rows),
             "opens" => suites::opens::run(ctx, rows),
+            "mount" => suites::mount::run(ctx, rows),
             other => Err(anyhow::anyhow!("unknown suite {other} (see --help)")),
         };
         match r {

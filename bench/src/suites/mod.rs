@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod many;
+pub mod mount;
 pub mod opens;
 pub mod rdma;
 pub mod stream;

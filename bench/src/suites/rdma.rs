@@ -52,18 +52,7 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     for &size in &ctx.sizes {
         let total = ctx.total_for(size);
         for verb in ["write", "read"] {
-            // perftest on rxe under emulation occasionally reports a failed or zero run:
-            // give it two more tries before taking its number.
-            let mut row = perftest(ctx, verb, size, total);
-            for _ in 0..2 {
-                match &row {
-                    Ok(r) if r.rate > 0.0 => break,
-                    Ok(_) => eprintln!("rdma ib_{verb}_bw reported 0 MiB/s; running it again"),
-                    Err(e) => eprintln!("rdma {e:#}; running it again"),
-                }
-                row = perftest(ctx, verb, size, total);
-            }
-            let row = row?;
+            let row = perftest(ctx, verb, size, total)?;
             eprintln!(
                 "rdma {:>7} ib_{verb}_bw: {:.1} MiB/s",
                 size_label(size),
@@ -119,10 +108,25 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// [`perftest_once`], tried up to three times: perftest on rxe under emulation occasionally
+/// reports a failed or zero run.
+pub(super) fn perftest(ctx: &Ctx, verb: &str, size: u64, total: u64) -> Result<Row> {
+    let mut row = perftest_once(ctx, verb, size, total);
+    for _ in 0..2 {
+        match &row {
+            Ok(r) if r.rate > 0.0 => break,
+            Ok(_) => eprintln!("ib_{verb}_bw reported 0 MiB/s; running it again"),
+            Err(e) => eprintln!("{e:#}; running it again"),
+        }
+        row = perftest_once(ctx, verb, size, total);
+    }
+    row
+}
+
 /// One perftest run on the first rxe device: a server, then a client to the first IP.
 /// Rate is perftest's average ("MB/sec", which perftest counts in MiB); server CPU is
 /// what the reaped server process used.
-fn perftest(ctx: &Ctx, verb: &str, size: u64, total: u64) -> Result<Row> {
+fn perftest_once(ctx: &Ctx, verb: &str, size: u64, total: u64) -> Result<Row> {
     let tool = format!("ib_{verb}_bw");
     let dev = ctx.rdma_devices.first().context("no rxe device named")?;
     let iters = (total / size).max(5).to_string(); // perftest needs at least 5

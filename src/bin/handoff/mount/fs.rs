@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,6 +31,11 @@ const TTL: Duration = Duration::from_secs(1);
 pub const MAX_IO: u32 = 1 << 20;
 /// Times one request attaches a new data channel before its error is returned.
 const MAX_RESUMES: u32 = 3;
+/// Data channels one open may use at once.
+const CHANNELS_PER_OPEN: usize = 4;
+/// Bytes per RDMA request: a 1 MiB FUSE request becomes 4 requests in flight at once, so
+/// the server writes (or reads) one piece while the next is on the wire.
+const RDMA_REQUEST: usize = 256 << 10;
 /// How often a waiting lock (`F_SETLKW`) asks the server again.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How long a broken control channel keeps trying to reconnect before the request fails
@@ -43,7 +48,15 @@ type Listing = Vec<(u64, FileType, String)>;
 /// One open file of the mount (one `open(2)`, shared by its duplicated descriptors).
 struct OpenFile {
     token: String,
-    data: tokio::sync::Mutex<DataHandle>,
+    /// Data channels (duplicate handles of the open) not in use right now. Requests that
+    /// overlap (the kernel sends several at once for `io_submit` and for readahead) each
+    /// take one; more are attached, up to [`CHANNELS_PER_OPEN`], while they overlap.
+    idle: Mutex<Vec<DataHandle>>,
+    /// Permits to use a channel: [`CHANNELS_PER_OPEN`] of them, fewer if the server would
+    /// not attach that many.
+    channels: tokio::sync::Semaphore,
+    /// Channels attached now (idle or in use).
+    attached: AtomicUsize,
     /// Written since the last flush.
     dirty: AtomicBool,
     /// Byte ranges this open holds locked on the server (POSIX locks of its descriptors).
@@ -230,7 +243,9 @@ impl HandoffFs {
             fh,
             Arc::new(OpenFile {
                 token: opened.token,
-                data: tokio::sync::Mutex::new(data),
+                idle: Mutex::new(vec![data]),
+                channels: tokio::sync::Semaphore::new(CHANNELS_PER_OPEN),
+                attached: AtomicUsize::new(1),
                 dirty: AtomicBool::new(false),
                 locks: Mutex::new(Vec::new()),
                 lost: AtomicBool::new(false),
@@ -245,28 +260,51 @@ impl HandoffFs {
         }
     }
 
-    /// Runs `io` on the open's data handle. When the channel itself broke (not a refusal)
-    /// and the handle could not resume by itself (a TCP handle does; an RDMA one does not),
-    /// a new one is attached by the open's key and `io` runs again. A resume onto a file
-    /// that another client changed while the open had expired loses the open: EIO from
-    /// then on.
+    /// Runs `io` on one of the open's data channels (an idle one, or one attached now).
+    /// When the channel itself broke (not a refusal) and the handle could not resume by
+    /// itself (a TCP handle does; an RDMA one does not), a new one is attached by the open's
+    /// key and `io` runs again. A resume onto a file that another client changed while the
+    /// open had expired loses the open: EIO from then on.
     fn data_io<T>(
         &self,
         file: &OpenFile,
         what: &str,
         mut io: impl std::ops::AsyncFnMut(&mut DataHandle) -> Result<T, handoff::DataError>,
     ) -> Result<T, Errno> {
+        // The semaphore is never closed.
+        let permit = async || file.channels.acquire().await.map_err(|_| Errno::EIO);
+        let mut held = self.rt.block_on(permit())?;
         let mut resumed = 0;
+        let mut data = None;
         loop {
             if file.lost.load(Ordering::Acquire) {
                 return Err(Errno::EIO);
             }
-            let result = self.rt.block_on(async {
-                let mut data = file.data.lock().await;
-                io(&mut data).await
-            });
-            match result {
-                Ok(v) => return Ok(v),
+            let mut handle = match data.take().or_else(|| lock(&file.idle).pop()) {
+                Some(h) => h,
+                None => {
+                    match self.fresh_channel(file, "attach another data channel") {
+                        Ok(h) => {
+                            file.attached.fetch_add(1, Ordering::AcqRel);
+                            h
+                        }
+                        Err(e) if file.attached.load(Ordering::Acquire) > 0 => {
+                            // Make do with the channels there are: one permit fewer, and wait
+                            // for one of them.
+                            tracing::warn!("{what}: no further data channel ({e:?}); sharing the open's others");
+                            held.forget();
+                            held = self.rt.block_on(permit())?;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            match self.rt.block_on(io(&mut handle)) {
+                Ok(v) => {
+                    lock(&file.idle).push(handle);
+                    return Ok(v);
+                }
                 Err(e) if handoff::exit::report_of(&e).is_some_and(|r| r.changed_by_other) => {
                     tracing::error!(
                         "{what}: {e}; the open is lost and its descriptors now fail with EIO"
@@ -277,9 +315,14 @@ impl HandoffFs {
                 Err(e) if !e.is_remote_error() && resumed < MAX_RESUMES => {
                     resumed += 1;
                     tracing::warn!("{what}: data channel broke ({e}); resuming by key");
-                    self.resume(file)?;
+                    drop(handle);
+                    file.attached.fetch_sub(1, Ordering::AcqRel);
+                    data = Some(self.fresh_channel(file, "resume")?);
+                    file.attached.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(e) => {
+                    // A refusal: the channel itself is sound.
+                    lock(&file.idle).push(handle);
                     tracing::warn!("{what}: {e}");
                     return Err(errno::of_data(&e));
                 }
@@ -290,7 +333,7 @@ impl HandoffFs {
     /// A data channel (a duplicate handle) for the open `token` names.
     fn attach(&self, what: &str, token: &str) -> Result<DataHandle, Errno> {
         self.control(what, async |c| {
-            c.open_data(token, self.channel, false)
+            c.open_data_sized(token, self.channel, false, RDMA_REQUEST)
                 .await
                 .map_err(|e| match e {
                     handoff::DataError::Control(c) => c,
@@ -299,11 +342,12 @@ impl HandoffFs {
         })
     }
 
-    /// Attaches a new data channel for `file` by its key.
-    fn resume(&self, file: &OpenFile) -> Result<(), Errno> {
+    /// Attaches a new data channel for `file` by its key, checking what the resume report
+    /// says happened to the file meanwhile.
+    fn fresh_channel(&self, file: &OpenFile, what: &str) -> Result<DataHandle, Errno> {
         // A refusal that reports a change is EIO here, and again on the next try, until a
         // resume is granted with that report (below); a control outage loses nothing.
-        let fresh = self.attach("resume", &file.token)?;
+        let fresh = self.attach(what, &file.token)?;
         let report = fresh.report();
         if report.changed_by_other {
             tracing::error!(
@@ -313,9 +357,10 @@ impl HandoffFs {
             file.lost.store(true, Ordering::Release);
             return Err(Errno::EIO);
         }
-        tracing::info!(?report, "data channel resumed by key");
-        self.rt.block_on(async { *file.data.lock().await = fresh });
-        Ok(())
+        if what == "resume" {
+            tracing::info!(?report, "data channel resumed by key");
+        }
+        Ok(fresh)
     }
 
     /// Takes (or gives back) `range` for an open on the server.
@@ -394,6 +439,9 @@ impl Filesystem for HandoffFs {
             // Cached pages are dropped when the attributes show the file changed.
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
         }
+        // Direct IO from io_submit (fio, databases) reaches us as several requests at once,
+        // not one at a time.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
         Ok(())
