@@ -158,6 +158,75 @@ f.close()
     );
 }
 
+#[test]
+fn readers_sharing_one_descriptor_read_true_bytes_through_a_server_kill_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let mut server = TestServer::start(&[&c1], &[]);
+    // 32 blocks of 1 MiB, block i is its index (big-endian u32) repeated.
+    const BLOCKS: u32 = 32;
+    let data: Vec<u8> = (0..BLOCKS)
+        .flat_map(|i| i.to_be_bytes().repeat(1 << 18))
+        .collect();
+    std::fs::write(server.root().join("blocks.bin"), &data).unwrap();
+    let mnt = Mounted::new(
+        &server.cli(&c1),
+        &tmp.path().join("mnt"),
+        &["--channel", "tcp"],
+    );
+    // Eight threads read 1 MiB blocks through ONE descriptor at once (the mount serves
+    // overlapping requests on several data channels of the open), checking each block. A
+    // line after the first full pass; then they go on until told to stop.
+    let mut readers = python(
+        r#"
+import os, sys, threading
+fd = os.open(sys.argv[1], os.O_RDONLY)
+blocks, errors, reads = 32, [], [0]
+stop = threading.Event()
+def reader(t):
+    i = t
+    while not stop.is_set():
+        b = i % blocks
+        got = os.pread(fd, 1 << 20, b << 20)
+        if got != b.to_bytes(4, "big") * (1 << 18):
+            errors.append("block %d: %d bytes, starting %r" % (b, len(got), got[:8]))
+            return
+        reads[0] += 1
+        i += 1
+threads = [threading.Thread(target=reader, args=(t,)) for t in range(8)]
+for t in threads: t.start()
+while reads[0] < blocks and not errors: stop.wait(0.05)
+print("read", flush=True)
+sys.stdin.readline()
+n = reads[0]
+while reads[0] < n + 2 * blocks and not errors: stop.wait(0.05)
+stop.set()
+for t in threads: t.join()
+print("errors: %s" % errors if errors else "ok %d reads" % reads[0], flush=True)
+"#,
+        &mnt.dir.join("blocks.bin"),
+    );
+    assert_eq!(read_line(&mut readers), "read", "mount log:\n{}", mnt.log());
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart();
+    use std::io::Write;
+    writeln!(readers.stdin.as_mut().unwrap()).unwrap();
+    let verdict = read_line(&mut readers);
+    let out = readers.wait_with_output().unwrap();
+    assert!(
+        verdict.starts_with("ok") && out.status.success(),
+        "{verdict} {}\nmount log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mnt.log()
+    );
+    assert!(
+        mnt.log().contains("resuming by key"),
+        "no data channel broke: the test did not test anything\n{}",
+        mnt.log()
+    );
+}
+
 /// A python process that runs `script` with the path and reports by lines on stdout; it
 /// reads a line on stdin when told to go on.
 fn python(script: &str, path: &Path) -> std::process::Child {

@@ -826,7 +826,10 @@ fn fio_runs_unchanged_on_a_mount_over_rdma() {
     );
     const SIZE: u64 = 64 << 20;
     let before = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap();
+    let connections = || stats(&server, &c1)["rdma_connections"].as_u64().unwrap();
+    let mut attached = std::collections::HashMap::new();
     for (rw, depth) in [("write", 1), ("write", 8), ("read", 1), ("read", 8)] {
+        let connections0 = connections();
         let out = std::process::Command::new("fio")
             .args([
                 "--name=job",
@@ -857,6 +860,17 @@ fn fio_runs_unchanged_on_a_mount_over_rdma() {
         eprintln!(
             "fio {rw} bs=1M QD{depth} on the RDMA mount: {:.1} MiB/s",
             job["bw_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+        );
+        attached.insert((rw, depth), connections() - connections0);
+    }
+    // io_submit's overlapping requests are served at once, on more data channels of the
+    // open than one request at a time needs.
+    for rw in ["write", "read"] {
+        assert!(
+            attached[&(rw, 8)] > attached[&(rw, 1)],
+            "{rw}: QD8 attached {} RDMA connections, QD1 {}",
+            attached[&(rw, 8)],
+            attached[&(rw, 1)]
         );
     }
     let moved = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap() - before;

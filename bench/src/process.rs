@@ -89,6 +89,13 @@ fn thread_times(pid: u32) -> HashMap<u32, f64> {
     out
 }
 
+/// CPU seconds (user + system) process `pid` has used, its exited threads included (from
+/// /proc/PID/stat, in 10 ms ticks): for servers whose threads come and go with connections,
+/// which a [`CpuMeter`] would miss.
+pub fn process_cpu(pid: u32) -> f64 {
+    stat_fields(pid).map_or(0.0, |f| ticks(&f, 11) + ticks(&f, 12))
+}
+
 /// CPU seconds of this process's reaped children (cutime + cstime): the difference across a
 /// `wait` is the CPU the reaped child used.
 pub fn reaped_children_cpu() -> f64 {

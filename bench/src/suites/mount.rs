@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{size_label, Ctx};
 use crate::knfsd::KnfsdMount;
-use crate::process::{machine_busy_seconds, CpuMeter, Proc};
+use crate::process::{machine_busy_seconds, process_cpu, Proc};
 use crate::results::{median, Ratio, Row};
 use crate::servers::start_handoffd;
 
@@ -182,8 +182,10 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
                 order.reverse();
             }
             for (tool, dir) in order {
-                let server = CpuMeter::start(srv.proc.pid());
-                let client = CpuMeter::start(handoff.proc.pid());
+                // Each fio job opens the file anew, and each open's data channels (threads
+                // on both sides) end with it: whole-process times count them.
+                let server = process_cpu(srv.proc.pid());
+                let client = process_cpu(handoff.proc.pid());
                 let machine0 = machine_busy_seconds();
                 let got = fio(&dir.join("fio.dat"), op, depth, size).with_context(|| {
                     if tool == HANDOFF {
@@ -195,8 +197,8 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
                 let s = samples.entry((tool, op, depth)).or_default();
                 s.machine_cpu += machine_busy_seconds() - machine0;
                 if tool == HANDOFF {
-                    s.server_cpu += server.seconds();
-                    s.client_cpu += client.seconds();
+                    s.server_cpu += process_cpu(srv.proc.pid()) - server;
+                    s.client_cpu += process_cpu(handoff.proc.pid()) - client;
                 }
                 let rate = Row::mib_per_s(got.bytes, got.secs);
                 s.rates.push(rate);

@@ -631,18 +631,28 @@ impl Filesystem for HandoffFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        let mut reply = Some(reply);
         let got = self.data_io(&file, "read", async |data| {
-            let mut buf = Vec::with_capacity(size as usize);
+            let mut buf = Vec::new();
             data.read_to(offset, u64::from(size), &mut |chunk| {
+                // The whole read in one chunk (the usual case): answered from it, with no
+                // copy of our own on the way to the kernel.
+                if buf.is_empty() && chunk.len() == size as usize {
+                    if let Some(r) = reply.take() {
+                        r.data(chunk);
+                        return Ok(());
+                    }
+                }
                 buf.extend_from_slice(chunk);
                 Ok(())
             })
             .await
             .map(|_| buf)
         });
-        match got {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(e),
+        match (reply, got) {
+            (Some(r), Ok(buf)) => r.data(&buf),
+            (Some(r), Err(e)) => r.error(e),
+            (None, _) => {} // answered from the chunk
         }
     }
 
