@@ -73,6 +73,11 @@ fn give_back(pool: &Pool, buf: Vec<u8>) {
 }
 
 type Done<T> = oneshot::Sender<Result<T, DataError>>;
+/// A write under way: the queue its chunks go into, and where its answer comes.
+type WriteInFlight = (
+    queue::Sender<Vec<u8>>,
+    oneshot::Receiver<Result<u64, DataError>>,
+);
 
 enum Command {
     Read {
@@ -223,16 +228,7 @@ impl RdmaHandle {
     }
 
     /// Starts a write at `offset`: the queue chunks go into, and where the answer comes.
-    fn start_write(
-        &self,
-        offset: u64,
-    ) -> Result<
-        (
-            queue::Sender<Vec<u8>>,
-            oneshot::Receiver<Result<u64, DataError>>,
-        ),
-        DataError,
-    > {
+    fn start_write(&self, offset: u64) -> Result<WriteInFlight, DataError> {
         let (chunks, taking) = queue::channel(QUEUE);
         let (done, finished) = oneshot::channel();
         self.send(Command::Write {
