@@ -205,9 +205,16 @@ fn mount_table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| op | QD | tool | MiB/s | ÷ NFSv4.1/RDMA | ÷ perftest | server CPU s/GiB | machine CPU s/GiB | trials MiB/s | notes |\n|---|---:|---|---:|---:|---:|---:|---:|---|---|\n",
     );
+    // Each perftest row sits with the fio jobs it bounds: a write through either mount is an
+    // RDMA READ by the server, a read an RDMA WRITE.
+    let bounds = |r: &Row| match (r.tool.as_str(), r.op.as_str()) {
+        ("ib_read_bw", _) => "write".to_string(),
+        ("ib_write_bw", _) => "read".to_string(),
+        (_, op) => op.to_string(),
+    };
     let mut mount: Vec<&Row> = rows.iter().filter(|r| r.suite == "mount").collect();
     // Writes, then reads; perftest (depth 0) first within each.
-    mount.sort_by_key(|r| (r.op != "write", r.depth, r.tool != "handoff mount"));
+    mount.sort_by_key(|r| (bounds(r) != "write", r.depth, r.tool != "handoff mount"));
     for r in mount {
         let cell = |peer: &str| {
             r.ratios
@@ -219,7 +226,7 @@ fn mount_table(rows: &[Row]) -> String {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
-            r.op,
+            bounds(r),
             if r.depth == 0 {
                 "–".into()
             } else {

@@ -245,7 +245,11 @@ fn rows_of(samples: &BTreeMap<Key, Samples>) -> Vec<Row> {
                 size_label(BLOCK)
             ),
             NFS => format!("knfsd, tmpfs export, rsize=wsize={}", size_label(BLOCK)),
-            _ => "rxe0, the limit".into(),
+            _ => format!(
+                "rxe0: RDMA {}, what a {} through either mount is on the wire",
+                op.to_uppercase(),
+                if op == "read" { "write" } else { "read" }
+            ),
         };
         out.push(Row {
             suite: "mount".into(),
