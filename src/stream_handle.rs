@@ -96,7 +96,7 @@ impl StreamHandle {
             match attempt {
                 // The open expired while the channel was down and another client changed the
                 // file meanwhile: carrying on would mix its bytes with ours unannounced.
-                Ok(client) if client.report.changed_by_other => {
+                Ok(client) if client.report.reopened && client.report.changed_by_other => {
                     tracing::warn!(
                         report = ?client.report,
                         "not resumed: the open had expired and another client changed the file"

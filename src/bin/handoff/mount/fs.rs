@@ -349,7 +349,9 @@ impl HandoffFs {
         // resume is granted with that report (below); a control outage loses nothing.
         let fresh = self.attach(what, &file.token)?;
         let report = fresh.report();
-        if report.changed_by_other {
+        // Changes by other opens sharing a live open are its business; only an open that
+        // expired and was granted again onto a changed file is lost.
+        if report.reopened && report.changed_by_other {
             tracing::error!(
                 ?report,
                 "an open file was lost: it had expired and another client changed it; its descriptors now fail with EIO"
