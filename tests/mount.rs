@@ -164,11 +164,7 @@ fn readers_sharing_one_descriptor_read_true_bytes_through_a_server_kill_and_rest
     let c1 = client(tmp.path(), "c1");
     let mut server = TestServer::start(&[&c1], &[]);
     // 32 blocks of 1 MiB, block i is its index (big-endian u32) repeated.
-    const BLOCKS: u32 = 32;
-    let data: Vec<u8> = (0..BLOCKS)
-        .flat_map(|i| i.to_be_bytes().repeat(1 << 18))
-        .collect();
-    std::fs::write(server.root().join("blocks.bin"), &data).unwrap();
+    std::fs::write(server.root().join("blocks.bin"), numbered_blocks(32)).unwrap();
     let mnt = Mounted::new(
         &server.cli(&c1),
         &tmp.path().join("mnt"),
@@ -178,32 +174,17 @@ fn readers_sharing_one_descriptor_read_true_bytes_through_a_server_kill_and_rest
     // overlapping requests on several data channels of the open), checking each block. A
     // line after the first full pass; then they go on until told to stop.
     let mut readers = python(
-        r#"
-import os, sys, threading
+        &format!(
+            r#"{BLOCK_READERS}
 fd = os.open(sys.argv[1], os.O_RDONLY)
-blocks, errors, reads = 32, [], [0]
-stop = threading.Event()
-def reader(t):
-    i = t
-    while not stop.is_set():
-        b = i % blocks
-        got = os.pread(fd, 1 << 20, b << 20)
-        if got != b.to_bytes(4, "big") * (1 << 18):
-            errors.append("block %d: %d bytes, starting %r" % (b, len(got), got[:8]))
-            return
-        reads[0] += 1
-        i += 1
-threads = [threading.Thread(target=reader, args=(t,)) for t in range(8)]
-for t in threads: t.start()
-while reads[0] < blocks and not errors: stop.wait(0.05)
+readers = BlockReaders(fd, 32, 8)
+readers.wait_for(32)
 print("read", flush=True)
 sys.stdin.readline()
-n = reads[0]
-while reads[0] < n + 2 * blocks and not errors: stop.wait(0.05)
-stop.set()
-for t in threads: t.join()
-print("errors: %s" % errors if errors else "ok %d reads" % reads[0], flush=True)
-"#,
+readers.wait_for(readers.reads + 64)
+print(readers.verdict(), flush=True)
+"#
+        ),
         &mnt.dir.join("blocks.bin"),
     );
     assert_eq!(read_line(&mut readers), "read", "mount log:\n{}", mnt.log());
@@ -223,6 +204,102 @@ print("errors: %s" % errors if errors else "ok %d reads" % reads[0], flush=True)
     assert!(
         mnt.log().contains("resuming by key"),
         "no data channel broke: the test did not test anything\n{}",
+        mnt.log()
+    );
+}
+
+/// Python for the tests below: `BlockReaders(fd, blocks, threads)` starts `threads` threads
+/// that pread 1 MiB blocks of `fd` (block i is its index, big-endian u32, repeated), each
+/// thread going on from its own start, and check every one. An exception in a thread (EIO
+/// is an `OSError`) is an error like wrong bytes; `wait_for(n)` waits (a minute at most)
+/// until `n` blocks were read or an error came, and `verdict()` stops the threads and says
+/// "ok N reads" or what went wrong.
+const BLOCK_READERS: &str = r#"
+import os, sys, threading, time
+class BlockReaders:
+    def __init__(self, fd, blocks, threads):
+        self.fd, self.blocks, self.reads, self.errors = fd, blocks, 0, []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(t,)) for t in range(threads)]
+        for t in self.threads: t.start()
+    def run(self, i):
+        try:
+            while not self.stop.is_set():
+                b = i % self.blocks
+                got = os.pread(self.fd, 1 << 20, b << 20)
+                if got != b.to_bytes(4, "big") * (1 << 18):
+                    self.errors.append("block %d: %d bytes, starting %r" % (b, len(got), got[:8]))
+                    return
+                with self.lock: self.reads += 1
+                i += 1
+        except Exception as e:
+            self.errors.append(repr(e))
+    def wait_for(self, n):
+        deadline = time.monotonic() + 60
+        while self.reads < n and not self.errors:
+            if time.monotonic() > deadline:
+                self.errors.append("only %d of %d reads in a minute" % (self.reads, n))
+            self.stop.wait(0.05)
+    def verdict(self):
+        self.stop.set()
+        for t in self.threads: t.join()
+        return "errors: %s" % self.errors if self.errors else "ok %d reads" % self.reads
+"#;
+
+/// The blocks [`BLOCK_READERS`] checks, `n` of them, as a file's bytes.
+fn numbered_blocks(n: u32) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| i.to_be_bytes().repeat(1 << 18))
+        .collect()
+}
+
+#[test]
+fn overlapping_reads_of_one_open_are_not_lost_because_another_open_writes_the_file() {
+    // The mount attaches more data channels to an open while its requests overlap; the
+    // server's report on such an attach says whether other opens wrote the file since this
+    // one last looked. That is a live open's normal life under the default rwd sharing, not
+    // a lost open: only an open that expired and was granted again onto a changed file is.
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = TestServer::start(&[&c1], &[]);
+    std::fs::write(server.root().join("shared.bin"), numbered_blocks(32)).unwrap();
+    let mnt = Mounted::new(
+        &server.cli(&c1),
+        &tmp.path().join("mnt"),
+        &["--channel", "tcp"],
+    );
+    let mut program = python(
+        &format!(
+            r#"{BLOCK_READERS}
+r = os.open(sys.argv[1], os.O_RDONLY)
+w = os.open(sys.argv[1], os.O_RDWR)
+os.pread(r, 4096, 0)
+# Another open writes (past the blocks the readers check) before and while they read.
+os.pwrite(w, b"w" * 4096, 32 << 20)
+os.fsync(w)
+readers = BlockReaders(r, 32, 8)
+n = 0
+while readers.reads < 96 and not readers.errors and n < 2000:
+    os.pwrite(w, b"w" * 4096, (32 << 20) + (n % 16) * 4096)
+    n += 1
+readers.wait_for(96)
+print(readers.verdict(), flush=True)
+"#
+        ),
+        &mnt.dir.join("shared.bin"),
+    );
+    let verdict = read_line(&mut program);
+    let out = program.wait_with_output().unwrap();
+    assert!(
+        verdict.starts_with("ok") && out.status.success(),
+        "{verdict} {}\nmount log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mnt.log()
+    );
+    assert!(
+        !mnt.log().contains("lost"),
+        "an open was marked lost:\n{}",
         mnt.log()
     );
 }

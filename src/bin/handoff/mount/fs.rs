@@ -51,12 +51,15 @@ struct OpenFile {
     /// Data channels (duplicate handles of the open) not in use right now. Requests that
     /// overlap (the kernel sends several at once for `io_submit` and for readahead) each
     /// take one; more are attached, up to [`CHANNELS_PER_OPEN`], while they overlap.
-    idle: Mutex<Vec<DataHandle>>,
-    /// Permits to use a channel: [`CHANNELS_PER_OPEN`] of them, fewer if the server would
-    /// not attach that many.
+    idle: Mutex<Vec<PooledChannel>>,
+    /// Permits to use a channel: [`CHANNELS_PER_OPEN`] of them, fewer while the server
+    /// would not attach that many (see `forgone`).
     channels: tokio::sync::Semaphore,
-    /// Channels attached now (idle or in use).
-    attached: AtomicUsize,
+    /// Permits given up because an attach failed while the open had other channels; one is
+    /// given back each time an attach succeeds again.
+    forgone: AtomicUsize,
+    /// Channels alive now (idle or in use): each [`PooledChannel`] counts itself.
+    attached: Arc<AtomicUsize>,
     /// Written since the last flush.
     dirty: AtomicBool,
     /// Byte ranges this open holds locked on the server (POSIX locks of its descriptors).
@@ -64,6 +67,28 @@ struct OpenFile {
     /// A resume found the file changed by another client after the open had expired: every
     /// later use is EIO.
     lost: AtomicBool,
+}
+
+/// One data channel of an open, counted in the open's `attached` for as long as it lives.
+struct PooledChannel {
+    handle: DataHandle,
+    attached: Arc<AtomicUsize>,
+}
+
+impl PooledChannel {
+    fn new(handle: DataHandle, attached: &Arc<AtomicUsize>) -> Self {
+        attached.fetch_add(1, Ordering::AcqRel);
+        Self {
+            handle,
+            attached: Arc::clone(attached),
+        }
+    }
+}
+
+impl Drop for PooledChannel {
+    fn drop(&mut self) {
+        self.attached.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct HandoffFs {
@@ -239,13 +264,15 @@ impl HandoffFs {
             }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let attached = Arc::new(AtomicUsize::new(0));
         lock(&self.files).insert(
             fh,
             Arc::new(OpenFile {
                 token: opened.token,
-                idle: Mutex::new(vec![data]),
+                idle: Mutex::new(vec![PooledChannel::new(data, &attached)]),
                 channels: tokio::sync::Semaphore::new(CHANNELS_PER_OPEN),
-                attached: AtomicUsize::new(1),
+                forgone: AtomicUsize::new(0),
+                attached,
                 dirty: AtomicBool::new(false),
                 locks: Mutex::new(Vec::new()),
                 lost: AtomicBool::new(false),
@@ -263,8 +290,8 @@ impl HandoffFs {
     /// Runs `io` on one of the open's data channels (an idle one, or one attached now).
     /// When the channel itself broke (not a refusal) and the handle could not resume by
     /// itself (a TCP handle does; an RDMA one does not), a new one is attached by the open's
-    /// key and `io` runs again. A resume onto a file that another client changed while the
-    /// open had expired loses the open: EIO from then on.
+    /// key and `io` runs again, up to [`MAX_RESUMES`] times. A resume onto a file that
+    /// another client changed while the open had expired loses the open: EIO from then on.
     fn data_io<T>(
         &self,
         file: &OpenFile,
@@ -275,58 +302,67 @@ impl HandoffFs {
         let permit = async || file.channels.acquire().await.map_err(|_| Errno::EIO);
         let mut held = self.rt.block_on(permit())?;
         let mut resumed = 0;
-        let mut data = None;
+        let mut channel = loop {
+            if file.lost.load(Ordering::Acquire) {
+                return Err(Errno::EIO);
+            }
+            if let Some(c) = lock(&file.idle).pop() {
+                break c;
+            }
+            match self.fresh_channel(file) {
+                Ok(c) => break c,
+                Err(e)
+                    if file.attached.load(Ordering::Acquire) > 0
+                        && !file.lost.load(Ordering::Acquire) =>
+                {
+                    // Make do with the channels there are: one permit fewer (given back when
+                    // an attach succeeds again), and wait for one of them. Each failure
+                    // lowers the permits, so this ends once they match the channels.
+                    tracing::warn!(
+                        "{what}: no further data channel ({e:?}); sharing the open's others"
+                    );
+                    held.forget();
+                    file.forgone.fetch_add(1, Ordering::AcqRel);
+                    held = self.rt.block_on(permit())?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         loop {
             if file.lost.load(Ordering::Acquire) {
                 return Err(Errno::EIO);
             }
-            let mut handle = match data.take().or_else(|| lock(&file.idle).pop()) {
-                Some(h) => h,
-                None => {
-                    match self.fresh_channel(file, "attach another data channel") {
-                        Ok(h) => {
-                            file.attached.fetch_add(1, Ordering::AcqRel);
-                            h
-                        }
-                        Err(e) if file.attached.load(Ordering::Acquire) > 0 => {
-                            // Make do with the channels there are: one permit fewer, and wait
-                            // for one of them.
-                            tracing::warn!("{what}: no further data channel ({e:?}); sharing the open's others");
-                            held.forget();
-                            held = self.rt.block_on(permit())?;
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            };
-            match self.rt.block_on(io(&mut handle)) {
+            let e = match self.rt.block_on(io(&mut channel.handle)) {
                 Ok(v) => {
-                    lock(&file.idle).push(handle);
+                    lock(&file.idle).push(channel);
                     return Ok(v);
                 }
-                Err(e) if handoff::exit::report_of(&e).is_some_and(|r| r.changed_by_other) => {
-                    tracing::error!(
-                        "{what}: {e}; the open is lost and its descriptors now fail with EIO"
-                    );
-                    file.lost.store(true, Ordering::Release);
-                    return Err(Errno::EIO);
-                }
-                Err(e) if !e.is_remote_error() && resumed < MAX_RESUMES => {
-                    resumed += 1;
-                    tracing::warn!("{what}: data channel broke ({e}); resuming by key");
-                    drop(handle);
-                    file.attached.fetch_sub(1, Ordering::AcqRel);
-                    data = Some(self.fresh_channel(file, "resume")?);
-                    file.attached.fetch_add(1, Ordering::AcqRel);
-                }
-                Err(e) => {
-                    // A refusal: the channel itself is sound.
-                    lock(&file.idle).push(handle);
-                    tracing::warn!("{what}: {e}");
-                    return Err(errno::of_data(&e));
-                }
+                Err(e) => e,
+            };
+            if handoff::exit::report_of(&e).is_some_and(|r| r.changed_by_other) {
+                tracing::error!(
+                    "{what}: {e}; the open is lost and its descriptors now fail with EIO"
+                );
+                file.lost.store(true, Ordering::Release);
+                return Err(Errno::EIO);
             }
+            if e.is_remote_error() {
+                // A refusal: the channel itself is sound.
+                lock(&file.idle).push(channel);
+                tracing::warn!("{what}: {e}");
+                return Err(errno::of_data(&e));
+            }
+            if resumed == MAX_RESUMES {
+                tracing::warn!("{what}: data channel broke ({e}) {resumed} times; giving up");
+                return Err(errno::of_data(&e));
+            }
+            resumed += 1;
+            tracing::warn!("{what}: data channel broke ({e}); resuming by key");
+            // The broken channel stays counted until its successor is attached, so a request
+            // running beside this one never sees the open with no channel at all.
+            let fresh = self.fresh_channel(file)?;
+            tracing::info!(report = ?fresh.handle.report(), "data channel resumed by key");
+            channel = fresh;
         }
     }
 
@@ -344,10 +380,10 @@ impl HandoffFs {
 
     /// Attaches a new data channel for `file` by its key, checking what the resume report
     /// says happened to the file meanwhile.
-    fn fresh_channel(&self, file: &OpenFile, what: &str) -> Result<DataHandle, Errno> {
+    fn fresh_channel(&self, file: &OpenFile) -> Result<PooledChannel, Errno> {
         // A refusal that reports a change is EIO here, and again on the next try, until a
         // resume is granted with that report (below); a control outage loses nothing.
-        let fresh = self.attach(what, &file.token)?;
+        let fresh = self.attach("attach a data channel", &file.token)?;
         let report = fresh.report();
         // Changes by other opens sharing a live open are its business; only an open that
         // expired and was granted again onto a changed file is lost.
@@ -359,10 +395,15 @@ impl HandoffFs {
             file.lost.store(true, Ordering::Release);
             return Err(Errno::EIO);
         }
-        if what == "resume" {
-            tracing::info!(?report, "data channel resumed by key");
+        // The server attaches channels again: give back a permit given up when it did not.
+        if file
+            .forgone
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            file.channels.add_permits(1);
         }
-        Ok(fresh)
+        Ok(PooledChannel::new(fresh, &file.attached))
     }
 
     /// Takes (or gives back) `range` for an open on the server.
@@ -636,20 +677,26 @@ impl Filesystem for HandoffFs {
         let mut reply = Some(reply);
         let got = self.data_io(&file, "read", async |data| {
             let mut buf = Vec::new();
-            data.read_to(offset, u64::from(size), &mut |chunk| {
-                // The whole read in one chunk (the usual case): answered from it, with no
-                // copy of our own on the way to the kernel.
-                if buf.is_empty() && chunk.len() == size as usize {
-                    if let Some(r) = reply.take() {
-                        r.data(chunk);
-                        return Ok(());
+            let got = data
+                .read_to(offset, u64::from(size), &mut |chunk| {
+                    // The whole read in one chunk (the usual case): answered from it, with no
+                    // copy of our own on the way to the kernel.
+                    if buf.is_empty() && chunk.len() == size as usize {
+                        if let Some(r) = reply.take() {
+                            r.data(chunk);
+                            return Ok(());
+                        }
                     }
-                }
-                buf.extend_from_slice(chunk);
-                Ok(())
-            })
-            .await
-            .map(|_| buf)
+                    buf.extend_from_slice(chunk);
+                    Ok(())
+                })
+                .await;
+            match got {
+                // The kernel has its answer: nothing to send again. A channel that broke
+                // after it is found broken, and resumed, by the next request.
+                Err(e) if reply.is_some() => Err(e),
+                _ => Ok(buf),
+            }
         });
         match (reply, got) {
             (Some(r), Ok(buf)) => r.data(&buf),
