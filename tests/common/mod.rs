@@ -42,6 +42,9 @@ pub struct TestServer {
     env: Vec<(String, String)>,
     /// A program (and its arguments) that runs handoffd, e.g. `prlimit --fsize=N --`.
     wrapper: Vec<String>,
+    /// Started as `handoffd --config FILE` with the listen address in `HANDOFFD_LISTEN`,
+    /// every other setting in the file.
+    config: Option<PathBuf>,
     child: Option<Child>,
     starts: u32,
 }
@@ -113,9 +116,33 @@ impl TestServer {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
+            config: None,
             child: None,
             starts: 0,
         }
+    }
+
+    /// Starts `handoffd --config FILE` and nothing else on its command line: the file sets
+    /// the root, state and clients (and `settings`, lines of TOML), the environment
+    /// (`HANDOFFD_LISTEN`, and `env`) the rest.
+    pub fn start_configured(clients: &[&TestClient], settings: &str, env: &[(&str, &str)]) -> Self {
+        let mut s = Self::prepare(clients, &[], env, &[]);
+        let path = s.dir.path().join("handoffd.toml");
+        let text = format!(
+            "root = {:?}\nstate = {:?}\nclients = {:?}\n{settings}\n",
+            s.root(),
+            s.dir.path().join("state"),
+            s.clients_file()
+        );
+        std::fs::write(&path, text).unwrap();
+        s.config = Some(path);
+        s.spawn();
+        s
+    }
+
+    /// The `--config` file of a server started by [`TestServer::start_configured`].
+    pub fn config_file(&self) -> PathBuf {
+        self.config.clone().expect("started from a config file")
     }
 
     pub fn root(&self) -> PathBuf {
@@ -173,6 +200,13 @@ impl TestServer {
             }
             None => Command::new(&*HANDOFFD),
         };
+        if let Some(config) = &self.config {
+            cmd.arg("--config")
+                .arg(config)
+                .env("HANDOFFD_LISTEN", listen)
+                .args(&self.extra);
+            return cmd;
+        }
         cmd.arg("--root")
             .arg(self.root())
             .arg("--state")

@@ -1,5 +1,6 @@
 //! `handoffd`: the handoff server.
 
+mod config;
 mod store_fault;
 mod wiring;
 
@@ -22,26 +23,40 @@ use wiring::{start, ServerOptions, StoreChoice};
 /// written through to a database under --state before every reply, so a killed server
 /// restarted with the same --state keeps every open, lock and key.
 ///
+/// Every flag can also be set by an environment variable, HANDOFFD_ and the flag's name
+/// (HANDOFFD_DURABLE_TIMEOUT=30), or in the TOML file --config names, the flag's name as
+/// the key (durable-timeout = 30; a flag that repeats takes a list). A flag wins over the
+/// environment, the environment over the file. --print-config shows the result.
+///
 /// Example:
 ///   handoff keygen alice -o alice.id && cp alice.id clients    # both mode 0600
 ///   handoffd --root /srv/data --state /var/lib/handoff --clients clients
+///   handoffd --config /etc/handoff/handoffd.toml
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
-    /// Directory whose files are served (client paths are relative to it).
+    /// TOML file of settings (see above). Also HANDOFFD_CONFIG.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (each setting with where it came from) as a TOML
+    /// file and exit.
     #[arg(long)]
-    root: PathBuf,
+    print_config: bool,
+    /// Directory whose files are served (client paths are relative to it). Required.
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Directory for the state database and the TLS certificate (created if missing).
+    /// Required.
     #[arg(long)]
-    state: PathBuf,
+    state: Option<PathBuf>,
     /// Control-channel address.
     #[arg(long, default_value = "127.0.0.1:4455")]
     listen: SocketAddr,
     /// File of client identities, one `NAME:<64 hex>` line each (as `handoff keygen` prints);
     /// blank and # lines are ignored. It holds secrets: refused unless only its owner can
-    /// read it (chmod 600).
+    /// read it (chmod 600). Required.
     #[arg(long)]
-    clients: PathBuf,
+    clients: Option<PathBuf>,
     /// Seconds an open stays held after its last channel drops.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     durable_timeout: u64,
@@ -167,17 +182,26 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let args = settings();
     // A write past a file-size limit (RLIMIT_FSIZE) must fail with EFBIG, answered to the
     // client, instead of killing the server with SIGXFSZ: a handler that does nothing.
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
         rustix::process::Signal::XFSZ.as_raw(),
     ));
     raise_fd_limit();
+    let required = |v: Option<PathBuf>, long: &str| {
+        v.unwrap_or_else(|| {
+            eprintln!(
+                "handoffd: --{long} is required: give the flag, {} or `{long} = ...` in --config",
+                config::env_name(long)
+            );
+            std::process::exit(2)
+        })
+    };
     let opts = ServerOptions {
-        root: args.root,
-        state: args.state,
-        clients: args.clients,
+        root: required(args.root, "root"),
+        state: required(args.state, "state"),
+        clients: required(args.clients, "clients"),
         listen: args.listen,
         data_listen: args.data_listen,
         rdma_listen: args.rdma_listen,
@@ -253,6 +277,30 @@ async fn main() {
         std::process::exit(1);
     }
     tracing::info!("handoffd stopped; state is on disk");
+}
+
+/// The settings from flags, the environment and the --config file; --print-config prints
+/// them and exits. A bad setting exits 2 naming it and where it came from.
+fn settings() -> Args {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Args::command();
+    let env = std::env::vars()
+        .filter(|(k, _)| k.starts_with(config::ENV_PREFIX))
+        .collect();
+    let layered = match config::parse(&cmd, std::env::args_os().collect(), &env) {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            eprintln!("handoffd: {e}");
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    };
+    let args = Args::from_arg_matches(&layered.matches).unwrap_or_else(|e| e.exit());
+    if args.print_config {
+        print!("{}", config::print(&cmd, &layered));
+        std::process::exit(0);
+    }
+    args
 }
 
 /// Exit status of a server that could not start: 5 for a secret file open to others (as the
