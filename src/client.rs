@@ -110,7 +110,15 @@ async fn connect_first(
             Err(e) => e,
         };
         if list.len() == 1 {
-            return Err(err);
+            // The one server is down or unreachable: exit 6 (retry later), as when every
+            // server of a group is; a refusal after connecting (authentication) stays itself.
+            return Err(match err {
+                Error::Io(e) => Error::Unreachable(format!("did not answer ({e})")),
+                Error::TimedOut(_) | Error::Closed => {
+                    Error::Unreachable(format!("did not answer ({err})"))
+                }
+                other => other,
+            });
         }
         tracing::info!("server {addr}: {err}; trying the next one");
         why.push(format!("{addr}: {err}"));

@@ -60,3 +60,70 @@ fn a_server_started_from_a_config_file_and_the_environment_serves() {
         refused.stderr
     );
 }
+
+#[test]
+fn the_scripting_contract_holds_for_a_down_server_a_closed_pipe_and_xdg_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = client(tmp.path(), "alice");
+    let server = TestServer::start(&[&alice], &[]);
+    let cli = server.cli(&alice);
+
+    // One listed server that refuses connections: exit 6 (unavailable: retry), as for a
+    // group of servers none of which answers.
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let down = Cli {
+        server: closed_port,
+        identity: cli.identity.clone(),
+        keys: cli.keys.clone(),
+    };
+    let out = down.run(&["ls"]).expect(6);
+    assert!(out.stderr.contains("did not answer"), "{}", out.stderr);
+
+    // A reader that stops early (`| head -c 10`) ends the command quietly, exit 0, and the
+    // open `get` made is closed on the way out: an exclusive open is granted at once.
+    let data = random_bytes(64 << 20, 3);
+    cli.run_with(&["put", "big.bin"], Some(&data)).expect(0);
+    let key = cli.open(&["big.bin"]);
+    for args in [vec!["read", key.as_str()], vec!["get", "big.bin"]] {
+        let mut child = cli.spawn(&args);
+        let mut head = [0u8; 10];
+        use std::io::Read;
+        child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+        assert_eq!(head, data[..10]);
+        // The pipe's read end is closed here (dropped above).
+        let out = finish(child);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
+    }
+    cli.run(&["close", &key]).expect(0);
+    let ex = cli.open(&["big.bin", "--exclusive"]);
+    cli.run(&["close", &ex]).expect(0);
+
+    // With no --identity and no $HANDOFF_KEYS: the identity is under $XDG_CONFIG_HOME and
+    // the keys go under $XDG_STATE_HOME (not $HOME).
+    let config = tmp.path().join("xdg-config");
+    let state = tmp.path().join("xdg-state");
+    std::fs::create_dir_all(config.join("handoff")).unwrap();
+    std::fs::copy(&alice.path, config.join("handoff/identity")).unwrap();
+    let out = Command::new(HANDOFF)
+        .args(["--server", &server.addr, "open", "big.bin"])
+        .env_remove("HANDOFF_IDENTITY")
+        .env_remove("HANDOFF_KEYS")
+        .env("HOME", tmp.path().join("nohome"))
+        .env("XDG_CONFIG_HOME", &config)
+        .env("XDG_STATE_HOME", &state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let kept = std::fs::read_to_string(state.join("handoff/keys")).unwrap();
+    assert!(kept.contains(&key), "{kept}");
+    assert!(!tmp.path().join("nohome").exists());
+}

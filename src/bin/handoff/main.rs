@@ -1,7 +1,13 @@
 //! `handoff`: the command-line client.
 
+/// `println!` that ends the command quietly when stdout's reader went away (see [`stdout`]).
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::stdout::line(format_args!($($arg)*)) };
+}
+
 mod mount;
 mod namespace;
+mod stdout;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -41,7 +47,8 @@ struct Args {
         global = true
     )]
     server: String,
-    /// This client's identity file (a `handoff keygen` line).
+    /// This client's identity file (a `handoff keygen` line). Default:
+    /// $XDG_CONFIG_HOME/handoff/identity, or ~/.config/handoff/identity.
     #[arg(long, env = "HANDOFF_IDENTITY", global = true)]
     identity: Option<PathBuf>,
     /// Print results as JSON.
@@ -298,6 +305,8 @@ fn main() {
     };
     let code = match runtime.block_on(run(args)) {
         Ok(code) => code,
+        // The reader of stdout went away (`| head`): what it wanted, it has.
+        Err(_) if stdout::closed() => exit::OK,
         Err(e) => {
             eprintln!("handoff: {e:#}");
             exit::for_error(&e)
@@ -330,14 +339,22 @@ fn mount_command(args: Args) -> anyhow::Result<i32> {
     }
 }
 
+/// `$VAR/handoff` (`XDG_CONFIG_HOME`, `XDG_STATE_HOME`), or `~/FALLBACK/handoff` where the
+/// variable is unset, empty or relative (which the XDG base directory spec says to ignore).
+pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    let base = std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))?;
+    Some(base.join("handoff"))
+}
+
 fn load_identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
     let path = match path {
         Some(p) => p.clone(),
-        None => {
-            let home = std::env::var_os("HOME")
-                .ok_or_else(|| UsageError("no --identity given and no $HOME".into()))?;
-            PathBuf::from(home).join(".config/handoff/identity")
-        }
+        None => xdg_dir("XDG_CONFIG_HOME", ".config")
+            .ok_or_else(|| UsageError("no --identity given and no $HOME".into()))?
+            .join("identity"),
     };
     let text = std::fs::read_to_string(&path).map_err(|e| {
         UsageError(format!(
@@ -417,14 +434,12 @@ fn transfer_report(data: &mut DataHandle, op: &str, bytes: u64) -> serde_json::V
     v
 }
 
-/// Keeps printed keys in $HANDOFF_KEYS (default ~/.local/state/handoff/keys), so a rebooted
-/// client still has them.
+/// Keeps printed keys in $HANDOFF_KEYS (default $XDG_STATE_HOME/handoff/keys, or
+/// ~/.local/state/handoff/keys), so a rebooted client still has them.
 fn remember_key(server: &str, path: &str, token: &str) {
     let file = std::env::var_os("HANDOFF_KEYS")
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/handoff/keys"))
-        });
+        .or_else(|| xdg_dir("XDG_STATE_HOME", ".local/state").map(|d| d.join("keys")));
     let Some(file) = file else { return };
     // Keys are capabilities (with this client's identity): private like the identity.
     let write = || -> std::io::Result<()> {
@@ -530,7 +545,7 @@ async fn open(
         .with_context(|| format!("open {path}"))?;
     remember_key(server, path, &opened.token);
     if json {
-        println!(
+        say!(
             "{}",
             json!({
                 "key": opened.token,
@@ -542,7 +557,7 @@ async fn open(
             })
         );
     } else {
-        println!("{}", opened.token);
+        say!("{}", opened.token);
     }
     Ok(())
 }
@@ -563,7 +578,7 @@ fn print_resume(
                 DataHandle::Rdma(_) => "rdma".to_string(),
             };
             if json {
-                println!(
+                say!(
                     "{}",
                     json!({
                         "granted": true,
@@ -579,7 +594,7 @@ fn print_resume(
                     })
                 );
             } else {
-                println!(
+                say!(
                     "resumed handle {} (mode {}, {} bytes){}\naccessed by another client: {}\nchanged by another client: {}",
                     handle,
                     info.mode,
@@ -594,7 +609,7 @@ fn print_resume(
             // A denied resume still tells what happened meanwhile.
             let report = handoff::exit::report_of(&err);
             if let (Some(r), true) = (report, json) {
-                println!(
+                say!(
                     "{}",
                     json!({
                         "granted": false,
@@ -604,7 +619,7 @@ fn print_resume(
                     })
                 );
             } else if let Some(r) = report {
-                println!(
+                say!(
                     "not resumed\naccessed by another client: {}\nchanged by another client: {}",
                     if r.accessed_by_other { "yes" } else { "no" },
                     if r.changed_by_other { "yes" } else { "no" },
@@ -650,7 +665,7 @@ async fn whole_file(
                     .await
                     .with_context(|| format!("from {}", name.display()))?
             }
-            Local::Get(None) => read_to(&mut data, 0, u64::MAX, std::io::stdout())
+            Local::Get(None) => read_to(&mut data, 0, u64::MAX, stdout::Stdout)
                 .await
                 .context("writing to stdout")?,
             Local::Get(Some(name)) => {
@@ -677,7 +692,7 @@ fn keygen(name: &str, output: Option<&std::path::Path>) -> anyhow::Result<()> {
     match output {
         Some(path) => write_secret(path, &(id.to_line() + "\n"))?,
         None => {
-            println!("{}", id.to_line());
+            say!("{}", id.to_line());
             warn_if_stdout_is_exposed();
         }
     }
@@ -691,12 +706,12 @@ async fn drain(client: &mut Client, server: &str, to: &str, json: bool) -> anyho
         .await
         .with_context(|| format!("drain {server} to {to}"))?;
     if json {
-        println!(
+        say!(
             "{}",
             json!({ "drained_to": to, "opens": r.opens, "files_sent": r.files_sent, "bytes_sent": r.bytes_sent })
         );
     } else {
-        println!(
+        say!(
             "drained {} opens to {to} (sent {} files the peer lacked, {} bytes); clients are referred there",
             r.opens, r.files_sent, r.bytes_sent
         );
@@ -707,10 +722,10 @@ async fn drain(client: &mut Client, server: &str, to: &str, json: bool) -> anyho
 /// One item per line, or `{"name": [...]}` under --json.
 fn print_list(name: &str, items: &[String], json: bool) {
     if json {
-        println!("{}", json!({ name: items }));
+        say!("{}", json!({ name: items }));
     } else {
         for item in items {
-            println!("{item}");
+            say!("{item}");
         }
     }
 }
@@ -725,7 +740,7 @@ async fn stream(
 ) -> anyhow::Result<()> {
     match read {
         Some(len) => {
-            let n = read_to(&mut data, offset, len, std::io::stdout())
+            let n = read_to(&mut data, offset, len, stdout::Stdout)
                 .await
                 .context("writing to stdout")?;
             if json {
@@ -735,7 +750,7 @@ async fn stream(
         None => {
             let n = write_from(&mut data, offset, std::io::stdin(), None).await?;
             if json {
-                println!("{}", transfer_report(&mut data, "write", n));
+                say!("{}", transfer_report(&mut data, "write", n));
             }
         }
     }
@@ -811,7 +826,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Close { key } => client.close(&key).await.context("close")?,
         Command::Pass { key, to } => {
             let passed = client.pass(&key, &to).await.context("pass")?;
-            println!("{passed}");
+            say!("{passed}");
         }
         Command::Inbox => {
             let keys = client.inbox().await.context("inbox")?;
@@ -819,7 +834,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
         Command::Stats => {
             let counters = client.stats().await.context("stats")?;
-            println!("{}", counters_json(counters));
+            say!("{}", counters_json(counters));
         }
         Command::Lock { key, range } => client.lock(&key, range, true).await.context("lock")?,
         Command::Unlock { key, range } => {
@@ -903,7 +918,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             });
             let report = whole_file(&mut client, remote, &opts, channel(&ch)?, source).await?;
             if args.json {
-                println!("{report}");
+                say!("{report}");
             }
         }
     }

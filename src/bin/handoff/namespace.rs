@@ -29,7 +29,7 @@ pub async fn ls(client: &mut Client, path: &str, long: bool, json: bool) -> anyh
             .iter()
             .map(|e| attr_json(Some(&e.name), &e.attr))
             .collect();
-        println!("{}", json!({ "entries": list }));
+        say!("{}", json!({ "entries": list }));
         return Ok(());
     }
     let width = entries
@@ -39,7 +39,7 @@ pub async fn ls(client: &mut Client, path: &str, long: bool, json: bool) -> anyh
         .unwrap_or(1);
     for e in &entries {
         if long {
-            println!(
+            say!(
                 "{} {:>3} {:>width$} {} {}",
                 mode_string(&e.attr),
                 e.attr.nlink,
@@ -48,7 +48,7 @@ pub async fn ls(client: &mut Client, path: &str, long: bool, json: bool) -> anyh
                 e.name
             );
         } else {
-            println!("{}", e.name);
+            say!("{}", e.name);
         }
     }
     Ok(())
@@ -61,21 +61,21 @@ pub async fn stat(client: &mut Client, path: &str, json: bool) -> anyhow::Result
         .await
         .with_context(|| format!("stat {path}"))?;
     if json {
-        println!("{}", attr_json(None, &a));
+        say!("{}", attr_json(None, &a));
         return Ok(());
     }
-    println!("  File: {path}");
-    println!(
+    say!("  File: {path}");
+    say!(
         "  Size: {:<15} Blocks: {:<10} {}",
         a.size,
         a.blocks,
         kind_name(a.kind)
     );
-    println!("Inode: {:<15} Links: {}", a.ino, a.nlink);
-    println!("Access: ({:04o}/{})", a.perm, mode_string(&a));
-    println!("Access: {}", format_time_precise(a.atime));
-    println!("Modify: {}", format_time_precise(a.mtime));
-    println!("Change: {}", format_time_precise(a.ctime));
+    say!("Inode: {:<15} Links: {}", a.ino, a.nlink);
+    say!("Access: ({:04o}/{})", a.perm, mode_string(&a));
+    say!("Access: {}", format_time_precise(a.atime));
+    say!("Modify: {}", format_time_precise(a.mtime));
+    say!("Change: {}", format_time_precise(a.ctime));
     Ok(())
 }
 

@@ -105,7 +105,7 @@ fn start_in_background(args: &MountArgs) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
     let log = match &args.log {
         Some(l) => l.clone(),
-        None => state_dir()
+        None => crate::xdg_dir("XDG_STATE_HOME", ".local/state")
             .context("no $XDG_STATE_HOME or $HOME for the mount's log (give --log FILE)")?
             .join("mount.log"),
     };
@@ -151,15 +151,6 @@ fn start_in_background(args: &MountArgs) -> anyhow::Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `$XDG_STATE_HOME/handoff`, or `~/.local/state/handoff`.
-fn state_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
-    Some(base.join("handoff"))
 }
 
 /// Whether a handoff file system is mounted at `path`.
