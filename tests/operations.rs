@@ -127,3 +127,85 @@ fn the_scripting_contract_holds_for_a_down_server_a_closed_pipe_and_xdg_director
     assert!(kept.contains(&key), "{kept}");
     assert!(!tmp.path().join("nohome").exists());
 }
+
+/// Sends SIGHUP to `pid`.
+fn hangup(pid: u32) {
+    let sent = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn sighup_rereads_the_clients_file_adding_and_removing_clients_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (alice, bob, carol) = (
+        client(tmp.path(), "alice"),
+        client(tmp.path(), "bob"),
+        client(tmp.path(), "carol"),
+    );
+    let server = TestServer::start(&[&alice, &bob], &["--durable-timeout", "60"]);
+    let (a, b, c) = (server.cli(&alice), server.cli(&bob), server.cli(&carol));
+    let data = random_bytes(64 << 20, 5);
+    a.run_with(&["put", "big.bin"], Some(&data)).expect(0);
+    c.run(&["ls"]).expect(5);
+    // Bob holds the file exclusively, and is in the middle of reading it: his `read` waits
+    // on a full pipe with its control and data connections open.
+    let held = b.open(&["big.bin", "--exclusive"]);
+    let mut reading = b.spawn(&["read", &held]);
+    let mut head = [0u8; 4096];
+    use std::io::Read;
+    let mut pipe = reading.stdout.take().unwrap();
+    pipe.read_exact(&mut head).unwrap();
+
+    // The file now lists alice and carol: bob is removed, carol added.
+    let lines = [&alice, &carol].map(|c| c.identity.to_line()).join("\n");
+    write_private(&server.clients_file(), &(lines + "\n"));
+    hangup(server.pid());
+    eventually(std::time::Duration::from_secs(10), || {
+        server
+            .log()
+            .contains("SIGHUP: reloaded the clients file")
+            .then_some(())
+    });
+    let log = server.log();
+    assert!(
+        log.contains("added=[\"carol\"]")
+            && log.contains("removed=[\"bob\"]")
+            && !log.contains("connections_closed=0"),
+        "{log}"
+    );
+
+    // Carol is served at once; bob is not, and his transfer under way is cut off.
+    c.run(&["ls"]).expect(0);
+    b.run(&["ls"]).expect(5);
+    let mut rest = Vec::new();
+    let _ = pipe.read_to_end(&mut rest);
+    let out = finish(reading);
+    assert_eq!(
+        out.code, 5,
+        "bob's read went on after he was removed: {}",
+        out.stderr
+    );
+    assert!(4096 + rest.len() < data.len());
+    // His open stays, durable: the file is still his alone until it expires.
+    let denied = a.run(&["open", "big.bin"]).expect(3);
+    assert!(denied.stderr.contains("bob"), "{}", denied.stderr);
+    drop(held);
+
+    // A clients file that cannot be used (open to others) changes nothing.
+    std::fs::set_permissions(
+        server.clients_file(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    hangup(server.pid());
+    eventually(std::time::Duration::from_secs(10), || {
+        server
+            .log()
+            .contains("the clients stay as they were")
+            .then_some(())
+    });
+    c.run(&["ls"]).expect(0);
+}

@@ -126,6 +126,11 @@ impl ClientDirectory {
         self.secrets.contains_key(name)
     }
 
+    /// The listed clients' names, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
+    }
+
     pub fn len(&self) -> usize {
         self.secrets.len()
     }

@@ -23,6 +23,7 @@ use handoff_datapath::rdma::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
 use handoff_datapath::DataError;
 
 use super::session::{DataSession, Landing};
+use crate::auth::ClientDirectory;
 use crate::net::{reopen, Revocable, Seat, Shared};
 
 /// Starts serving RDMA on each address; returns once every listener is bound.
@@ -48,6 +49,8 @@ struct Pending {
     key: Vec<u8>,
     /// The connection's place under the server's connection caps.
     seat: Seat,
+    /// The client directory the key's client was checked against.
+    directory: Arc<ClientDirectory>,
 }
 
 fn cm_loop(mut listener: Listener, shared: Shared) {
@@ -124,7 +127,8 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
     let (_slot, client) = shared
         .run_blocking(move |core, _| Ok(core.key_holder(&key)?))
         .map_err(|e| (e.code(), e.to_string()))?;
-    let secret = shared.config.directory.secret(&client).ok_or_else(|| {
+    let directory = shared.admission.directory();
+    let secret = directory.secret(&client).ok_or_else(|| {
         (
             ErrorCode::AuthFailed,
             format!("client {client:?} is no longer known"),
@@ -139,7 +143,7 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
     // Counted under the same caps as TCP connections, before a QP is set up.
     let seat = shared
         .admission
-        .seat(&client)
+        .seat(&client, &directory)
         .map_err(|e| (e.code(), e.to_string()))?;
     id.set_ack_timeout(ACK_TIMEOUT);
     let ep = Endpoint::new(id)
@@ -156,6 +160,7 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
         client,
         key: sealed,
         seat,
+        directory,
     })
 }
 
@@ -198,15 +203,25 @@ fn serve(p: Pending, shared: Shared) {
         mut ep,
         client,
         key,
-        seat: _seat,
+        seat,
+        directory,
     } = p;
+    // A client removed from the directory (or given another secret) loses its connections:
+    // disconnecting flushes the QP, so this thread wakes and ends.
+    let weak = Arc::downgrade(&id);
+    seat.on_revoke(move || {
+        if let Some(id) = weak.upgrade() {
+            tracing::info!("closing an RDMA connection: its client left the clients file");
+            id.disconnect();
+        }
+    });
     let span = tracing::info_span!("rdma", device = %id.device_name(), client = %client);
     let _enter = span.enter();
     let result = (|| -> Result<(), DataError> {
         // No wait for the peer is unbounded: a peer that goes quiet in the handshake, or stops
         // taking replies, or a completion that never comes, ends the connection.
         ep.timeout = Some(crate::net::HANDSHAKE_TIMEOUT);
-        let who = ep.server_handshake(&shared.config.directory, &client)?;
+        let who = ep.server_handshake(&directory, &client)?;
         // From here the session gives the handle back however it ends (an error, a panic),
         // or the open could never expire.
         let (session, reply) = match DataSession::attach(&shared, &who, &key, MAX_REQUEST) {

@@ -119,7 +119,7 @@ where
     F: for<'a> Fn(&'a mut Channel<S>, &'a File, u64, u64) -> SendFut<'a>,
 {
     // The seat is held until the connection ends.
-    let (client, _seat) = crate::net::handshake(&mut chan, &shared, ticket).await?;
+    let (client, seat) = crate::net::handshake(&mut chan, &shared, ticket).await?;
     // The key must follow the handshake promptly; after that an attached channel may stay
     // quiet as long as it likes (it is the handle).
     let frame = chan.timeouts().frame;
@@ -153,7 +153,15 @@ where
     // Dropping the session (here, or on a panic or a cancelled task) detaches the handle.
     async {
         chan.send(&reply).await?;
-        serve_handle(&mut chan, &shared, &session, &send_bytes).await
+        // A client removed from the clients file loses the channel at once, mid-transfer
+        // or not (as if the network dropped it); the handle detaches and its open stays.
+        tokio::select! {
+            r = serve_handle(&mut chan, &shared, &session, &send_bytes) => r,
+            () = seat.revoked() => {
+                tracing::info!("closing a data channel: its client left the clients file");
+                Ok(())
+            }
+        }
     }
     .instrument(span)
     .await

@@ -31,10 +31,11 @@ where
     // admission closed this connection to make room meanwhile: a connection closed that way
     // ends without that message, so its client sees a handshake cut short and tries again
     // (a client told "welcome" and then closed would take it for a broken server).
+    let directory = shared.admission.directory();
     let (client, seat) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        chan.server_handshake(&shared.config.directory, |client| {
-            match shared.admission.authenticate(ticket, client) {
+        chan.server_handshake(&directory, |client| {
+            match shared.admission.authenticate(ticket, client, &directory) {
                 Err(Error::Closed) => Err(Error::Closed),
                 decided => Ok(decided),
             }

@@ -12,14 +12,22 @@
 //! the room kept for authenticated ones: an authenticated connection holds a [`Seat`],
 //! capped in total and per client, and a refused seat is answered with a message naming the
 //! cap.
+//!
+//! Admission also holds the client directory (who may authenticate, with which secret). It
+//! can be replaced while the server runs (SIGHUP rereads `--clients`): every seat of a client
+//! removed from it, or whose secret changed, is revoked, and its connection closed; a
+//! handshake that used the directory before the change gets no seat unless the client's
+//! secret is the same in both. Both happen under one lock, so none slips between them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::auth::ClientDirectory;
 use crate::Error;
 
 /// The caps, each a `handoffd` flag.
@@ -90,7 +98,6 @@ struct Waiting {
     closed: Arc<Notify>,
 }
 
-#[derive(Default)]
 struct State {
     next: u64,
     /// Unauthenticated connections by arrival (oldest first).
@@ -98,6 +105,9 @@ struct State {
     per_address: HashMap<IpAddr, usize>,
     authenticated: usize,
     per_client: HashMap<String, usize>,
+    /// Each client's seats, to revoke when the client is removed or its secret changes.
+    seats: HashMap<String, Vec<Weak<Revocation>>>,
+    directory: Arc<ClientDirectory>,
     counts: AdmissionCounts,
 }
 
@@ -151,12 +161,86 @@ pub struct Admission {
     state: Arc<Mutex<State>>,
 }
 
+/// What replacing the client directory changed, by client name (sorted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Still listed, with another secret.
+    pub changed: Vec<String>,
+    /// Connections closed because their client was removed or changed.
+    pub closed: usize,
+}
+
 impl Admission {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, directory: ClientDirectory) -> Self {
         Self {
             limits,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                next: 0,
+                waiting: BTreeMap::new(),
+                per_address: HashMap::new(),
+                authenticated: 0,
+                per_client: HashMap::new(),
+                seats: HashMap::new(),
+                directory: Arc::new(directory),
+                counts: AdmissionCounts::default(),
+            })),
         }
+    }
+
+    /// The client directory now: a handshake authenticates against this snapshot, and its
+    /// seat is granted only if the snapshot still holds for the client (see
+    /// [`Admission::authenticate`]).
+    pub fn directory(&self) -> Arc<ClientDirectory> {
+        self.lock().directory.clone()
+    }
+
+    /// Puts `new` in place of the client directory and revokes every seat of a client it
+    /// removes or gives another secret (their connections close; their opens stay, durable).
+    pub fn replace_directory(&self, new: ClientDirectory) -> DirectoryChange {
+        let mut s = self.lock();
+        let old = std::mem::replace(&mut s.directory, Arc::new(new));
+        let new = s.directory.clone();
+        let mut change = DirectoryChange::default();
+        for name in old.names() {
+            match new.secret(name) {
+                None => change.removed.push(name.to_owned()),
+                Some(secret) if Some(secret) != old.secret(name) => {
+                    change.changed.push(name.to_owned())
+                }
+                Some(_) => {}
+            }
+        }
+        change.added = new
+            .names()
+            .filter(|n| !old.contains(n))
+            .map(str::to_owned)
+            .collect();
+        for list in [&mut change.added, &mut change.removed, &mut change.changed] {
+            list.sort();
+        }
+        let revoked: Vec<Arc<Revocation>> = change
+            .removed
+            .iter()
+            .chain(&change.changed)
+            .filter_map(|name| s.seats.remove(name))
+            .flatten()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        drop(s);
+        change.closed = revoked.len();
+        for r in revoked {
+            r.revoke();
+        }
+        change
+    }
+
+    /// Whether `client` authenticated against `used` may take a seat now: the directory is
+    /// the same, or holds the same secret for the client.
+    fn still_valid(s: &State, used: &ClientDirectory, client: &str) -> bool {
+        std::ptr::eq(used, &*s.directory)
+            || (used.secret(client).is_some() && used.secret(client) == s.directory.secret(client))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -228,10 +312,13 @@ impl Admission {
         })
     }
 
-    /// A seat for an authenticated connection of `client` (RDMA, which authenticates its key
-    /// before it accepts, has no ticket).
-    pub fn seat(&self, client: &str) -> Result<Seat, Error> {
+    /// A seat for an authenticated connection of `client`, who proved itself with the
+    /// secret in `used` (RDMA, which authenticates its key before it accepts, has no ticket).
+    pub fn seat(&self, client: &str, used: &ClientDirectory) -> Result<Seat, Error> {
         let mut s = self.lock();
+        if !Self::still_valid(&s, used, client) {
+            return Err(Error::Closed);
+        }
         self.take_seat(&mut s, client)
     }
 
@@ -255,17 +342,29 @@ impl Admission {
         }
         s.authenticated += 1;
         *s.per_client.entry(client.to_owned()).or_default() += 1;
+        let revocation = Arc::new(Revocation::default());
+        let seats = s.seats.entry(client.to_owned()).or_default();
+        seats.retain(|w| w.strong_count() > 0);
+        seats.push(Arc::downgrade(&revocation));
         Ok(Seat {
             client: client.to_owned(),
             state: self.state.clone(),
+            revocation,
         })
     }
 
-    /// Turns a ticket into a seat for `client`, who just authenticated. A ticket closed to
-    /// make room meanwhile gets none (its connection is being closed).
-    pub fn authenticate(&self, ticket: Ticket, client: &str) -> Result<Seat, Error> {
+    /// Turns a ticket into a seat for `client`, who just authenticated against `used`. A
+    /// ticket closed to make room meanwhile gets none (its connection is being closed), nor
+    /// does a client the directory lost or changed since `used` was read (its connection
+    /// closes, and the client's retry meets the directory as it is now).
+    pub fn authenticate(
+        &self,
+        ticket: Ticket,
+        client: &str,
+        used: &ClientDirectory,
+    ) -> Result<Seat, Error> {
         let mut s = self.lock();
-        if !ticket.leave(&mut s) {
+        if !ticket.leave(&mut s) || !Self::still_valid(&s, used, client) {
             return Err(Error::Closed);
         }
         self.take_seat(&mut s, client)
@@ -313,11 +412,61 @@ impl Drop for Ticket {
 pub struct Seat {
     client: String,
     state: Arc<Mutex<State>>,
+    revocation: Arc<Revocation>,
+}
+
+/// A seat's revocation: raised when its client leaves the directory (or changes secret).
+#[derive(Default)]
+struct Revocation {
+    revoked: AtomicBool,
+    notify: Notify,
+    /// Run once, on revocation (a thread's connection closed from outside it).
+    closers: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Revocation {
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        let closers = std::mem::take(&mut *self.closers.lock().unwrap_or_else(|p| p.into_inner()));
+        for close in closers {
+            close();
+        }
+    }
 }
 
 impl Seat {
     pub fn client(&self) -> &str {
         &self.client
+    }
+
+    /// Resolves once the seat is revoked: the connection must close.
+    pub async fn revoked(&self) {
+        loop {
+            let notified = self.revocation.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.revocation.revoked.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs `close` when the seat is revoked (at once if it already is): how a connection
+    /// served by a thread of its own is closed from outside.
+    pub fn on_revoke(&self, close: impl FnOnce() + Send + 'static) {
+        let mut closers = self
+            .revocation
+            .closers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.revocation.revoked.load(Ordering::SeqCst) {
+            drop(closers);
+            close();
+        } else {
+            closers.push(Box::new(close));
+        }
     }
 }
 
@@ -348,6 +497,15 @@ mod tests {
         }
     }
 
+    /// A directory of `(name, secret byte)`.
+    fn directory(clients: &[(&str, u8)]) -> ClientDirectory {
+        let lines: Vec<String> = clients
+            .iter()
+            .map(|(n, b)| format!("{n}:{}", hex::encode([*b; 32])))
+            .collect();
+        ClientDirectory::parse(&lines.join("\n")).unwrap()
+    }
+
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
     }
@@ -365,7 +523,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_address_at_its_cap_loses_its_oldest_connection_not_anyone_elses() {
-        let a = Admission::new(small());
+        let a = Admission::new(
+            small(),
+            directory(&[("alice", 1), ("bob", 2), ("carol", 3)]),
+        );
         let t0 = Instant::now();
         let other = at(&a, t0, 0, ip(2)).unwrap();
         let first = at(&a, t0, 0, ip(1)).unwrap();
@@ -390,7 +551,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_total_cap_closes_the_oldest_of_the_busiest_address() {
-        let a = Admission::new(small());
+        let a = Admission::new(
+            small(),
+            directory(&[("alice", 1), ("bob", 2), ("carol", 3)]),
+        );
         let t0 = Instant::now();
         let quiet = at(&a, t0, 0, ip(9)).unwrap();
         let busy_old = at(&a, t0, 0, ip(1)).unwrap();
@@ -419,31 +583,95 @@ mod tests {
 
     #[tokio::test]
     async fn a_ticket_closed_to_make_room_gets_no_seat() {
-        let a = Admission::new(small());
+        let a = Admission::new(
+            small(),
+            directory(&[("alice", 1), ("bob", 2), ("carol", 3)]),
+        );
         let t0 = Instant::now();
         let old = at(&a, t0, 0, ip(1)).unwrap();
         let _b = at(&a, t0, 0, ip(1)).unwrap();
         let _c = at(&a, t0, 5, ip(1)).unwrap();
         assert!(is_closed(&old).await);
-        assert!(matches!(a.authenticate(old, "alice"), Err(Error::Closed)));
+        let dir = a.directory();
+        assert!(matches!(
+            a.authenticate(old, "alice", &dir),
+            Err(Error::Closed)
+        ));
         assert_eq!(a.counts().authenticated, 0);
     }
 
     #[test]
     fn seats_are_capped_per_client_and_in_total_and_given_back_on_drop() {
-        let a = Admission::new(small());
+        let a = Admission::new(
+            small(),
+            directory(&[("alice", 1), ("bob", 2), ("carol", 3)]),
+        );
+        let d = a.directory();
         let t1 = a.arrive(ip(1)).unwrap();
-        let s1 = a.authenticate(t1, "alice").unwrap();
-        let _s2 = a.seat("alice").unwrap();
-        let err = a.seat("alice").err().expect("alice is at her cap");
+        let s1 = a.authenticate(t1, "alice", &d).unwrap();
+        let _s2 = a.seat("alice", &d).unwrap();
+        let err = a.seat("alice", &d).err().expect("alice is at her cap");
         assert!(err.to_string().contains("too many connections from alice"));
         assert_eq!(err.code(), crate::wire::ErrorCode::Denied);
-        let _b1 = a.seat("bob").unwrap();
-        let err = a.seat("carol").err().expect("the server is full");
+        let _b1 = a.seat("bob", &d).unwrap();
+        let err = a.seat("carol", &d).err().expect("the server is full");
         assert!(err.to_string().contains("--max-connections 3"), "{err}");
         drop(s1);
-        a.seat("alice").expect("a dropped seat is given back");
+        a.seat("alice", &d).expect("a dropped seat is given back");
         assert_eq!(a.counts().unauthenticated, 0);
         assert_eq!(a.counts().refused, 2);
+    }
+
+    async fn is_revoked(seat: &Seat) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), seat.revoked())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_new_directory_revokes_the_seats_of_removed_and_changed_clients_only() {
+        let limits = Limits {
+            max_connections: 100,
+            max_client_connections: 10,
+            ..Limits::default()
+        };
+        let a = Admission::new(limits, directory(&[("alice", 1), ("bob", 2), ("carol", 3)]));
+        let old = a.directory();
+        let alice = a.seat("alice", &old).unwrap();
+        let bob = a.seat("bob", &old).unwrap();
+        let carol = a.seat("carol", &old).unwrap();
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = closed.clone();
+        bob.on_revoke(move || c.store(true, Ordering::SeqCst));
+        // A handshake that read the old directory and takes its seat after the change.
+        let late_bob = a.arrive(ip(1)).unwrap();
+        let late_carol = a.arrive(ip(1)).unwrap();
+
+        let change = a.replace_directory(directory(&[("alice", 1), ("carol", 9), ("dave", 4)]));
+        assert_eq!(change.added, ["dave"]);
+        assert_eq!(change.removed, ["bob"]);
+        assert_eq!(change.changed, ["carol"]);
+        assert_eq!(change.closed, 2);
+        assert!(is_revoked(&bob).await && is_revoked(&carol).await);
+        assert!(closed.load(Ordering::SeqCst), "bob's closer ran");
+        assert!(!is_revoked(&alice).await, "alice is unchanged");
+        assert!(matches!(
+            a.authenticate(late_bob, "bob", &old),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            a.authenticate(late_carol, "carol", &old),
+            Err(Error::Closed)
+        ));
+        let t = a.arrive(ip(1)).unwrap();
+        a.authenticate(t, "alice", &old)
+            .expect("alice's secret is the same in both");
+        let now = a.directory();
+        a.seat("dave", &now).expect("an added client is seated");
+        // A closer given after the revocation runs at once.
+        let late = Arc::new(AtomicBool::new(false));
+        let l = late.clone();
+        bob.on_revoke(move || l.store(true, Ordering::SeqCst));
+        assert!(late.load(Ordering::SeqCst));
     }
 }

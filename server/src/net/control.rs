@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{accept_loop, handshake};
-use super::admission::Ticket;
+use super::admission::{Seat, Ticket};
 use super::shared::Shared;
 use super::Channel;
 use super::Timeouts;
@@ -50,18 +50,26 @@ impl ControlServer {
 async fn handle_connection(stream: TcpStream, shared: Shared, ticket: Ticket) -> Result<(), Error> {
     stream.set_nodelay(true)?;
     let mut chan = Channel::new(stream);
-    let (client, _seat) = handshake(&mut chan, &shared, ticket).await?;
+    let (client, seat) = handshake(&mut chan, &shared, ticket).await?;
     tracing::debug!(client, "authenticated");
     chan.set_timeouts(Timeouts {
         frame: Some(shared.config.limits.frame_timeout),
         idle: shared.config.limits.idle_timeout,
     });
     let mut handles = Vec::new();
-    let result = serve_requests(&mut chan, &shared, &client, &mut handles).await;
+    let result = serve_requests(&mut chan, &shared, &client, &seat, &mut handles).await;
     for h in handles {
         shared.detach_off_runtime(h).await;
     }
     match result {
+        Err(Error::Goodbye(why)) => {
+            tracing::info!(
+                client,
+                "closing a control connection: {why}; its opens stay durable"
+            );
+            say_goodbye(chan, why).await;
+            Ok(())
+        }
         Err(Error::Idle(after)) => {
             tracing::info!(
                 client,
@@ -97,10 +105,22 @@ async fn serve_requests(
     chan: &mut Channel<TcpStream>,
     shared: &Shared,
     client: &str,
+    seat: &Seat,
     handles: &mut Vec<HandleId>,
 ) -> Result<(), Error> {
     loop {
-        let msg = match chan.recv().await {
+        // A request under way is answered; one not started waits on the revocation too.
+        let received = tokio::select! {
+            r = chan.recv() => r,
+            () = seat.revoked() => {
+                return Err(Error::Goodbye(
+                    "this client was removed from the server's clients file, or its secret \
+                     changed"
+                        .into(),
+                ))
+            }
+        };
+        let msg = match received {
             Ok(Some(msg)) => msg,
             Ok(None) => return Ok(()),
             // Idle, but holding opens: it stays (closing it would start their durable
@@ -265,7 +285,7 @@ async fn dispatch(
         }
         Message::Pass { key, to } => {
             sealed_key(&key)?;
-            if !shared.config.directory.contains(&to) {
+            if !shared.admission.directory().contains(&to) {
                 return Err(Error::not_found(format!(
                     "no client named {to:?} is known to this server"
                 )));

@@ -35,7 +35,6 @@ pub fn now_ms() -> u64 {
 pub struct ServerConfig {
     /// The served directory: every client path is resolved beneath it.
     pub root: Root,
-    pub directory: ClientDirectory,
     /// Data endpoints advertised to clients.
     pub endpoints: Vec<Endpoint>,
     pub tls_fingerprint: Option<[u8; 32]>,
@@ -145,6 +144,7 @@ impl Shared {
         core: ServerCore,
         store: Box<dyn Store>,
         config: ServerConfig,
+        directory: ClientDirectory,
     ) -> Result<Self, Error> {
         let shared = Self {
             lease: store.fence(),
@@ -156,7 +156,7 @@ impl Shared {
                 files: HashMap::new(),
             })),
             wake: Arc::new(Notify::new()),
-            admission: Arc::new(Admission::new(config.limits.clone())),
+            admission: Arc::new(Admission::new(config.limits.clone(), directory)),
             config: Arc::new(config),
             stats: Arc::default(),
             fs_slots: Arc::new(Semaphore::new(FS_CALLS)),

@@ -90,30 +90,7 @@ impl Running {
 fn read_secrets(
     opts: &ServerOptions,
 ) -> anyhow::Result<(ClientDirectory, Option<handoff_server::auth::Identity>)> {
-    let clients = std::fs::read_to_string(&opts.clients)
-        .with_context(|| format!("--clients {}", opts.clients.display()))?;
-    handoff_datapath::secrets::check_private(&opts.clients)
-        .map_err(handoff_server::Error::from)
-        .context("--clients")?;
-    let directory = ClientDirectory::parse(&clients)
-        .with_context(|| format!("--clients {}", opts.clients.display()))?;
-    if directory.is_empty() {
-        tracing::warn!(
-            "--clients {} lists no client: nobody can connect",
-            opts.clients.display()
-        );
-    }
-
-    for (flag, name) in opts
-        .admins
-        .iter()
-        .map(|n| ("--admins", n))
-        .chain(opts.peers.iter().map(|n| ("--peers", n)))
-    {
-        if !directory.contains(name) {
-            tracing::warn!("{flag} names {name:?}, which --clients does not list");
-        }
-    }
+    let directory = read_clients(opts)?;
     let peer_identity = match &opts.peer_identity {
         None => None,
         Some(path) => {
@@ -129,6 +106,64 @@ fn read_secrets(
         }
     };
     Ok((directory, peer_identity))
+}
+
+/// The clients file, refused if others may read it; warns of admins and peers it lacks.
+fn read_clients(opts: &ServerOptions) -> anyhow::Result<ClientDirectory> {
+    let clients = std::fs::read_to_string(&opts.clients)
+        .with_context(|| format!("--clients {}", opts.clients.display()))?;
+    handoff_datapath::secrets::check_private(&opts.clients)
+        .map_err(handoff_server::Error::from)
+        .context("--clients")?;
+    let directory = ClientDirectory::parse(&clients)
+        .with_context(|| format!("--clients {}", opts.clients.display()))?;
+    if directory.is_empty() {
+        tracing::warn!(
+            "--clients {} lists no client: nobody can connect",
+            opts.clients.display()
+        );
+    }
+    for (flag, name) in opts
+        .admins
+        .iter()
+        .map(|n| ("--admins", n))
+        .chain(opts.peers.iter().map(|n| ("--peers", n)))
+    {
+        if !directory.contains(name) {
+            tracing::warn!("{flag} names {name:?}, which --clients does not list");
+        }
+    }
+    Ok(directory)
+}
+
+/// Rereads the clients file on every SIGHUP: added clients may connect at once; removed ones
+/// (and ones whose secret changed) lose their connections, while their opens stay durable.
+/// A file that cannot be used leaves the clients as they were.
+async fn reload_clients_on_hangup(
+    opts: ServerOptions,
+    shared: Shared,
+    mut hangups: tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    while hangups.recv().await.is_some() {
+        let o = opts.clone();
+        let read = tokio::task::spawn_blocking(move || read_clients(&o)).await?;
+        match read {
+            Err(e) => tracing::error!("SIGHUP: {e:#}; the clients stay as they were"),
+            Ok(directory) => {
+                let n = directory.len();
+                let change = shared.admission.replace_directory(directory);
+                tracing::info!(
+                    clients = n,
+                    added = ?change.added,
+                    removed = ?change.removed,
+                    changed = ?change.changed,
+                    connections_closed = change.closed,
+                    "SIGHUP: reloaded the clients file"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The data endpoints clients are told about: TCP and TLS on one port, and each RDMA address.
@@ -156,6 +191,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     );
     make_private_dir(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
     let (directory, peer_identity) = read_secrets(&opts)?;
+    // Watched from the start: SIGHUP's default action would end the server.
+    let hangups =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP")?;
     let (store, cluster) = open_store(&opts).await?;
     // (An etcd read blocks this thread briefly, as the redb read does.)
     let snapshot = store.load().context("reading the state store")?;
@@ -188,7 +226,6 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         ServerConfig {
             root: handoff_server::net::Root::open(&root)
                 .with_context(|| format!("--root {}", root.display()))?,
-            directory,
             endpoints: advertised(data_addr, &opts.rdma_listen),
             tls_fingerprint: Some(tls.fingerprint()),
             max_kept_files: kept_files_limit(&opts.limits),
@@ -197,6 +234,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
             peers: opts.peers.clone(),
             peer_identity,
         },
+        directory,
     )?;
 
     if !opts.rdma_listen.is_empty() {
@@ -218,6 +256,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     if cluster.is_some() {
         tasks.spawn(watch_lease(shared.clone()));
     }
+    tasks.spawn(reload_clients_on_hangup(
+        opts.clone(),
+        shared.clone(),
+        hangups,
+    ));
     let timers = shared.clone();
     tasks.spawn(async move {
         timers.run_timers().await;
