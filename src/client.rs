@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use handoff_core::auth::Identity;
 use handoff_core::state::resume_key::{sealed_to_token, token_to_sealed};
-use handoff_core::state::{ByteRange, Mode, ShareMode};
+use handoff_core::state::{ByteRange, CloseTarget, Mode, OpenSummary, ShareMode};
 use handoff_core::wire::{Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams};
 use handoff_core::Error;
 use handoff_datapath::tcp::{DataClient, Transport};
@@ -230,6 +230,40 @@ impl Client {
                 files_sent,
                 bytes_sent,
             }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Admin: every open of the server, with its holders, locks, channels and deadline.
+    pub async fn admin_opens(&mut self) -> Result<Vec<OpenSummary>, Error> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            match self.request(&Message::AdminOpens { after }).await? {
+                Message::OpenList { opens, next } => {
+                    all.extend(opens);
+                    if next == 0 || next <= after {
+                        return Ok(all);
+                    }
+                    after = next;
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Admin: force-closes the opens `target` names; how many were closed.
+    pub async fn admin_close(&mut self, target: &CloseTarget) -> Result<u64, Error> {
+        let (key, client, path) = match target {
+            CloseTarget::Key(k) => (k.clone(), String::new(), String::new()),
+            CloseTarget::Client(c) => (Vec::new(), c.clone(), String::new()),
+            CloseTarget::Path(p) => (Vec::new(), String::new(), p.clone()),
+        };
+        match self
+            .request(&Message::AdminClose { key, client, path })
+            .await?
+        {
+            Message::ClosedOpens { count } => Ok(count),
             other => Err(unexpected(&other)),
         }
     }

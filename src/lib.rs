@@ -15,7 +15,9 @@ pub mod stream_handle;
 pub use client::{parse_key, Client, Endpoints, OpenOptions, Opened};
 pub use data::{Channel, DataHandle, DataTransport};
 pub use handoff_core::auth::Identity;
-pub use handoff_core::state::{ByteRange, Mode, ResumeReport, ShareMode};
+pub use handoff_core::state::{
+    ByteRange, CloseTarget, Mode, OpenState, OpenSummary, ResumeReport, ShareMode,
+};
 pub use handoff_core::wire::{DirEntry, FileAttr, FileKind, Timestamp};
 pub use handoff_datapath::tcp::{DataClient, Transport};
 pub use handoff_datapath::{DataError, Fill, Sink};

@@ -209,3 +209,78 @@ fn sighup_rereads_the_clients_file_adding_and_removing_clients_at_once() {
     });
     c.run(&["ls"]).expect(0);
 }
+
+#[test]
+fn an_administrator_lists_the_opens_and_evicts_a_holder_so_another_client_is_granted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (alice, bob, root) = (
+        client(tmp.path(), "alice"),
+        client(tmp.path(), "bob"),
+        client(tmp.path(), "root"),
+    );
+    let server = TestServer::start(
+        &[&alice, &bob, &root],
+        &["--admins", "root", "--durable-timeout", "300"],
+    );
+    let (a, b, admin) = (server.cli(&alice), server.cli(&bob), server.cli(&root));
+    std::fs::create_dir_all(server.root().join("job")).unwrap();
+    std::fs::write(server.root().join("job/out.h5"), vec![7u8; 8192]).unwrap();
+    // Alice's job holds the file exclusively with a lock, then "hangs" (the CLI has exited:
+    // the open is durable for 300 s).
+    let key = a.open(&[
+        "job/out.h5",
+        "--mode",
+        "rw",
+        "--exclusive",
+        "--lock",
+        "0:4096",
+    ]);
+    b.run(&["open", "job/out.h5"]).expect(3);
+
+    let listed = admin.run(&["admin", "opens", "--json"]).expect(0).json();
+    let opens = listed["opens"].as_array().unwrap();
+    assert_eq!(opens.len(), 1, "{listed}");
+    let o = &opens[0];
+    assert_eq!(o["client"], "alice");
+    assert_eq!(o["path"], "job/out.h5");
+    assert_eq!(o["mode"], "rw");
+    assert_eq!(o["share"], "none");
+    assert_eq!(o["locks"], serde_json::json!(["0:4096"]));
+    assert_eq!(o["state"], "durable");
+    assert!(o["deadline_ms"].as_u64().unwrap() > 0);
+    assert!(!listed.to_string().contains(&key), "a key was shown");
+    let table = admin.run(&["admin", "opens"]).expect(0).text();
+    assert!(
+        table.contains("durable") && table.contains("alice") && table.contains("job/out.h5"),
+        "{table}"
+    );
+
+    // Only administrators: bob may neither list nor close.
+    let refused = b.run(&["admin", "opens"]).expect(3);
+    assert!(
+        refused.stderr.contains("not an administrator"),
+        "{}",
+        refused.stderr
+    );
+    b.run(&["admin", "close", "--client", "alice"]).expect(3);
+
+    let closed = admin
+        .run(&["admin", "close", "--client", "alice", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(closed["closed"], 1);
+    // Bob is granted at once; alice's next use says what happened, exit 4.
+    let bobs = b.open(&["job/out.h5", "--mode", "rw", "--exclusive"]);
+    let told = a.run(&["read", &key, "--len", "10"]).expect(4);
+    assert!(
+        told.stderr.contains("an administrator closed this open"),
+        "{}",
+        told.stderr
+    );
+    // Closing by path and by key; nothing left to close is exit 4.
+    admin.run(&["admin", "close", &bobs]).expect(0);
+    admin
+        .run(&["admin", "close", "--path", "job/out.h5"])
+        .expect(4);
+    admin.run(&["admin", "close"]).expect(2);
+}

@@ -19,6 +19,9 @@ use super::resume_key::{KeySealer, ResumeKey, SEALED_LEN};
 use super::{ByteRange, Mode, OpenTable, ShareMode};
 use crate::store::{Mutation, Snapshot};
 
+#[path = "admin.rs"]
+mod admin;
+pub use admin::{CloseTarget, OpenState, OpenSummary};
 #[path = "drain.rs"]
 mod drain;
 pub use drain::{Export, ImportSummary, Imported};
@@ -177,6 +180,8 @@ pub struct ServerCore {
     /// Draining into this peer now: requests about opens wait (they are not referred until
     /// the peer holds the opens).
     draining: Option<String>,
+    /// Opens an administrator closed, so their holders are told.
+    admin_closed: admin::AdminClosed,
 }
 
 impl ServerCore {
@@ -217,6 +222,7 @@ impl ServerCore {
                 .clone()
                 .filter(|_| snapshot.referral.is_none()),
             referral: snapshot.referral.clone(),
+            admin_closed: Default::default(),
         };
         for a in &snapshot.aliases {
             core.aliases
@@ -400,10 +406,11 @@ impl ServerCore {
     /// The open behind a handle, with its slot.
     fn handle_entry(&self, handle: HandleId) -> Result<(u32, &super::OpenEntry), CoreError> {
         self.check_referral()?;
-        let slot = *self
-            .handles
-            .get(&handle)
-            .ok_or_else(|| CoreError::NotFound("handle is closed".into()))?;
+        let slot = *self.handles.get(&handle).ok_or_else(|| {
+            self.admin_closed
+                .handle_refusal(handle)
+                .unwrap_or_else(|| CoreError::NotFound("handle is closed".into()))
+        })?;
         let e = self
             .table
             .get(slot)
@@ -796,9 +803,14 @@ impl ServerCore {
             }
             Err(e) => return Err(rejected(e)),
         };
-        let r = &self.table.get(slot).ok_or_else(gone)?.record;
+        let closed = || {
+            self.admin_closed
+                .key_refusal(slot, key.opened_at)
+                .unwrap_or_else(gone)
+        };
+        let r = &self.table.get(slot).ok_or_else(closed)?.record;
         if r.file_id != file_id || r.opened_at != key.opened_at || r.pid != key.pid {
-            return Err(gone());
+            return Err(closed());
         }
         let grant = r
             .grants

@@ -877,3 +877,71 @@ fn truncating_by_path_waits_for_other_clients_that_deny_writing_or_lock_the_tail
         .unwrap();
     denied(core.check_truncatable("c2", 42, 200));
 }
+
+#[test]
+fn an_administrator_lists_opens_and_closes_them_and_the_holder_is_told_why() {
+    let (mut core, _) = fresh();
+    let t0 = 1_000;
+    let a = core
+        .open(
+            req("alice", Mode::ReadWrite, ShareMode::NONE, &[(0, 10)]),
+            t0,
+        )
+        .unwrap();
+    core.detach(a.handle, t0);
+    let mut other = req("carol", Mode::Read, ShareMode::ALL, &[]);
+    other.path = "g".into();
+    other.file_id = 43;
+    let c = core.open(other, t0).unwrap();
+
+    let (all, next) = core.admin_opens(0, |_| true);
+    assert_eq!(next, 0);
+    assert_eq!(all.len(), 2);
+    let alice = &all[0];
+    assert_eq!(
+        (
+            alice.owner.as_str(),
+            alice.path.as_str(),
+            alice.state,
+            alice.deadline_ms
+        ),
+        ("alice", "f", OpenState::Durable, t0 + T)
+    );
+    assert_eq!(alice.locks, [ByteRange::new(0, 10).unwrap()]);
+    assert_eq!(all[1].state, OpenState::Connected);
+    // Pages: one at a time when only one fits.
+    let (page, next) = core.admin_opens(0, |_| false);
+    assert_eq!((page.len(), next), (1, all[0].slot));
+    let (page, next) = core.admin_opens(next, |_| false);
+    assert_eq!((page[0].slot, next), (all[1].slot, 0));
+
+    // Closing alice's open releases the file at once; her key is refused, saying why.
+    denied(core.open(req("bob", Mode::Read, ShareMode::ALL, &[]), t0 + 1));
+    let n = core
+        .admin_close(&CloseTarget::Client("alice".into()), t0 + 2)
+        .unwrap();
+    assert_eq!(n, 1);
+    core.open(req("bob", Mode::Read, ShareMode::ALL, &[]), t0 + 3)
+        .expect("granted at once");
+    match core.attach("alice", &a.sealed) {
+        Err(CoreError::NotFound(why)) => assert!(why.contains("an administrator closed"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // A handle still attached is refused the same way; by path closes carol's.
+    core.admin_close(&CloseTarget::Path("/g".into()), t0 + 4)
+        .unwrap();
+    match core.check_io(c.handle, IoKind::Read, None) {
+        Err(CoreError::NotFound(why)) => assert!(why.contains("an administrator closed"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Nothing to close is an error, as is a forged key.
+    assert!(matches!(
+        core.admin_close(&CloseTarget::Client("alice".into()), t0 + 5),
+        Err(CoreError::NotFound(_))
+    ));
+    let mut forged = a.sealed;
+    forged[5] ^= 1;
+    assert!(core
+        .admin_close(&CloseTarget::Key(forged.to_vec()), t0 + 5)
+        .is_err());
+}

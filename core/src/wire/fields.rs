@@ -5,8 +5,10 @@
 use super::file_attr::{DirEntry, FileAttr, FileKind, Timestamp};
 use super::message::{Endpoint, EndpointKind, ErrorCode, FileInfo, OpenParams};
 use crate::codec::{Reader, WireError, Writer};
-use crate::state::records::{decode_mode, decode_range, decode_share, encode_range, MAX_LOCKS};
-use crate::state::{ByteRange, ResumeReport};
+use crate::state::records::{
+    decode_mode, decode_range, decode_share, encode_range, MAX_GRANTS, MAX_LOCKS, MAX_NAME,
+};
+use crate::state::{ByteRange, OpenState, OpenSummary, ResumeReport};
 
 type Put = Result<(), WireError>;
 
@@ -137,6 +139,42 @@ pub mod counters {
     }
     pub fn get(r: &mut Reader, items: usize, max: usize) -> Result<Vec<(String, u64)>, WireError> {
         r.list(items, |r| Ok((r.string(max)?, r.u64()?)))
+    }
+}
+
+/// Up to `items` opens as an administrator is shown them (paths of at most `max` bytes).
+pub mod summaries {
+    use super::*;
+    pub fn put(w: &mut Writer, v: &[OpenSummary], items: usize, max: usize) -> Put {
+        w.list(v, items, |w, o| {
+            w.u32(o.slot);
+            w.string(&o.path, max)?;
+            w.string(&o.owner, MAX_NAME)?;
+            w.list(&o.holders, MAX_GRANTS, |w, h| w.string(h, MAX_NAME))?;
+            w.u8(o.mode.to_wire());
+            w.u8(o.share.to_wire());
+            w.list(&o.locks, MAX_LOCKS, encode_range)?;
+            w.u32(o.channels);
+            w.u8(o.state.to_wire());
+            w.u64(o.deadline_ms);
+            Ok(())
+        })
+    }
+    pub fn get(r: &mut Reader, items: usize, max: usize) -> Result<Vec<OpenSummary>, WireError> {
+        r.list(items, |r| {
+            Ok(OpenSummary {
+                slot: r.u32()?,
+                path: r.string(max)?,
+                owner: r.string(MAX_NAME)?,
+                holders: r.list(MAX_GRANTS, |r| r.string(MAX_NAME))?,
+                mode: decode_mode(r)?,
+                share: decode_share(r)?,
+                locks: r.list(MAX_LOCKS, decode_range)?,
+                channels: r.u32()?,
+                state: OpenState::from_wire(r.u8()?).ok_or(WireError::Invalid("open state"))?,
+                deadline_ms: r.u64()?,
+            })
+        })
     }
 }
 

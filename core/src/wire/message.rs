@@ -4,7 +4,7 @@
 pub use super::file_attr::{DirEntry, FileAttr, LIST_PAGE, MAX_FILE_NAME};
 use super::message_table::{ignore_then, message_table};
 pub use crate::state::records::{MAX_LOCKS, MAX_NAME, MAX_PATH};
-use crate::state::{Attached, ByteRange, Mode, ResumeReport, ShareMode};
+use crate::state::{Attached, ByteRange, Mode, OpenSummary, ResumeReport, ShareMode};
 
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Bytes of a resume key in a request: room above today's sealed key (`SEALED_LEN`, 50) for
@@ -27,6 +27,8 @@ pub const MAX_COUNTER_NAME: usize = 64;
 pub const INBOX_PAGE: usize = 512;
 /// Paths, records or counters in one drain message (a larger drain sends several).
 pub const MAX_DRAIN_ITEMS: usize = 1024;
+/// Opens in one `OpenList` page at most (the server also keeps a page inside a frame).
+pub const ADMIN_PAGE: usize = 1024;
 /// Bytes of one encoded open record in an `Import`.
 pub const MAX_RECORD: usize = 32 * 1024;
 /// Passed keys in one `ImportInbox` (each token is 67 characters).
@@ -223,6 +225,17 @@ message_table! {
             client: String = text(MAX_NAME),
             tokens: Vec<String> = texts(MAX_INBOX_BATCH, MAX_TOKEN),
         },
+        /// Admin: a page of every open of this server, those after slot `after` (0: from
+        /// the start); answered with `OpenList`.
+        0x1c => AdminOpens { after: u64 = long },
+        /// Admin: force-close the opens named by one of a key (anyone's), a client (every
+        /// open it made or holds a key to) or a path; the others are empty. Answered with
+        /// `ClosedOpens`.
+        0x1d => AdminClose {
+            key: Vec<u8> = blob(MAX_KEY),
+            client: String = text(MAX_NAME),
+            path: String = text(MAX_PATH),
+        },
         // Namespace requests (control channel), paths confined beneath the root like opens.
         /// A file's attributes (links beneath the root followed); answered with `Attributes`.
         0x30 => Stat { path: String = text(MAX_PATH) },
@@ -340,6 +353,12 @@ message_table! {
             entries: Vec<DirEntry> = entries(LIST_PAGE, MAX_FILE_NAME),
             next: String = text(MAX_FILE_NAME),
         },
+        /// A page of `AdminOpens`; `next` is the cursor for the next page (0: the last).
+        0x52 => OpenList {
+            opens: Vec<OpenSummary> = summaries(ADMIN_PAGE, MAX_PATH),
+            next: u64 = long,
+        },
+        0x53 => ClosedOpens { count: u64 = long },
         0x4f => Error {
             code: ErrorCode = code,
             message: String = text(MAX_MESSAGE),
@@ -525,6 +544,28 @@ mod tests {
                 files_sent: 2,
                 bytes_sent: 3,
             },
+            Message::AdminOpens { after: 3 },
+            Message::AdminClose {
+                key: vec![],
+                client: "alice".into(),
+                path: String::new(),
+            },
+            Message::OpenList {
+                opens: vec![crate::state::OpenSummary {
+                    slot: 4,
+                    path: "d/f".into(),
+                    owner: "alice".into(),
+                    holders: vec!["alice".into(), "bob".into()],
+                    mode: Mode::ReadWrite,
+                    share: ShareMode::ALL,
+                    locks: vec![ByteRange::new(0, 5).unwrap()],
+                    channels: 2,
+                    state: crate::state::OpenState::Durable,
+                    deadline_ms: 99,
+                }],
+                next: 4,
+            },
+            Message::ClosedOpens { count: 2 },
             Message::Stat { path: "a".into() },
             Message::List {
                 path: "d".into(),

@@ -326,6 +326,9 @@ async fn dispatch(
         | Message::Truncate { .. } => {
             Ok((super::namespace::request(shared, &client, msg).await?, None))
         }
+        Message::AdminOpens { .. } | Message::AdminClose { .. } => {
+            Ok((super::admin::request(shared, &client, msg).await?, None))
+        }
         Message::Drain { .. }
         | Message::ImportInbox { .. }
         | Message::Missing { .. }

@@ -2,6 +2,7 @@
 //! admission, the control channel, the file system beneath the root, and planned drains.
 
 mod accept;
+mod admin;
 mod admission;
 mod control;
 mod direct_grants;

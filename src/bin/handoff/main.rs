@@ -5,6 +5,7 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::stdout::line(format_args!($($arg)*)) };
 }
 
+mod admin;
 mod mount;
 mod namespace;
 mod stdout;
@@ -271,6 +272,33 @@ enum AdminCommand {
         /// The peer's control address.
         #[arg(long, value_name = "ADDR")]
         to: String,
+    },
+    /// Every open of the server: slot, state (connected, durable, expired), the client that
+    /// opened it, mode, share mode, channels holding it, when a durable open expires, its
+    /// byte-range locks and path. Keys are never shown.
+    ///
+    ///   handoff admin opens
+    ///   handoff admin opens --json | jq '.opens[] | select(.client == "alice")'
+    #[command(verbatim_doc_comment)]
+    Opens,
+    /// Force-close opens, whoever holds them: their locks and share modes are released at
+    /// once, and the holder's next use of the key (or of a handle it has) fails with exit 4,
+    /// saying an administrator closed it. Name one of a key, a client or a path.
+    ///
+    ///   handoff admin close --client alice     # every open alice made or holds a key to
+    ///   handoff admin close --path data/f.h5   # every open of that file
+    ///   handoff admin close KEY                # the open of a key (anyone's)
+    #[command(verbatim_doc_comment)]
+    #[group(id = "target", required = true, multiple = false, args = ["key", "client", "path"])]
+    Close {
+        /// A resume key of the open.
+        key: Option<String>,
+        /// Every open this client made or holds a key to.
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        /// Every open of this file (its path beneath the root).
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
     },
 }
 
@@ -700,25 +728,6 @@ fn keygen(name: &str, output: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 /// `admin drain`: hands every open of `server` to `to`.
-async fn drain(client: &mut Client, server: &str, to: &str, json: bool) -> anyhow::Result<()> {
-    let r = client
-        .drain(to)
-        .await
-        .with_context(|| format!("drain {server} to {to}"))?;
-    if json {
-        say!(
-            "{}",
-            json!({ "drained_to": to, "opens": r.opens, "files_sent": r.files_sent, "bytes_sent": r.bytes_sent })
-        );
-    } else {
-        say!(
-            "drained {} opens to {to} (sent {} files the peer lacked, {} bytes); clients are referred there",
-            r.opens, r.files_sent, r.bytes_sent
-        );
-    }
-    Ok(())
-}
-
 /// One item per line, or `{"name": [...]}` under --json.
 fn print_list(name: &str, items: &[String], json: bool) {
     if json {
@@ -890,9 +899,17 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             .rename(&from, &to)
             .await
             .with_context(|| format!("mv {from} {to}"))?,
-        Command::Admin {
-            command: AdminCommand::Drain { to },
-        } => drain(&mut client, &args.server, &to, args.json).await?,
+        Command::Admin { command } => match command {
+            AdminCommand::Drain { to } => {
+                admin::drain(&mut client, &args.server, &to, args.json).await?
+            }
+            AdminCommand::Opens => admin::opens(&mut client, args.json).await?,
+            AdminCommand::Close {
+                key,
+                client: who,
+                path,
+            } => admin::close(&mut client, key, who, path, args.json).await?,
+        },
         Command::Put { paths, channel: ch } => {
             let opts = OpenOptions {
                 mode: Mode::ReadWrite,

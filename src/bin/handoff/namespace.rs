@@ -144,12 +144,12 @@ fn civil(t: Timestamp) -> (i64, u32, u32, u32, u32, u32) {
     (year, month, day, rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-fn format_time(t: Timestamp) -> String {
+pub fn format_time(t: Timestamp) -> String {
     let (y, mo, d, h, mi, _) = civil(t);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
 }
 
-fn format_time_precise(t: Timestamp) -> String {
+pub fn format_time_precise(t: Timestamp) -> String {
     let (y, mo, d, h, mi, s) = civil(t);
     format!(
         "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{:09} +0000",
