@@ -115,13 +115,13 @@ fn user_errors_have_their_exit_codes_and_one_clear_line() {
     cli.run(&["read", &key]).expect(4);
     cli.run(&["close", &key]).expect(4);
 
-    // No server there: exit 1 with a line naming the address.
+    // No server there: exit 6 (unavailable, retry) with a line naming the address.
     let gone = Cli {
         server: "127.0.0.1:1".into(),
         ..server.cli(&c1)
     }
     .run(&["inbox"])
-    .expect(1);
+    .expect(6);
     assert!(gone.stderr.contains("127.0.0.1:1"), "{}", gone.stderr);
     let noid = Cli {
         identity: tmp.path().join("missing.id"),
