@@ -284,3 +284,113 @@ fn an_administrator_lists_the_opens_and_evicts_a_holder_so_another_client_is_gra
         .expect(4);
     admin.run(&["admin", "close"]).expect(2);
 }
+
+/// `GET /metrics` from a server's `--metrics-listen` address: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the series `name{labels}` exactly as written (0 if absent).
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Runs `promtool check metrics` (Debian's `prometheus` package) on `text`.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; hw-setup/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_pass_promtool_and_move_by_what_the_clients_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = client(tmp.path(), "alice");
+    let server = TestServer::start(&[&alice], &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = server.metrics_addr.clone().expect("a metrics address");
+    let cli = server.cli(&alice);
+    let data = random_bytes(64 << 20, 9);
+    cli.run_with(&["put", "m.bin"], Some(&data)).expect(0);
+
+    let before = scrape(&addr);
+    promtool_check(&before);
+    let got = cli.run(&["get", "m.bin", "--channel", "tcp"]).expect(0);
+    assert_eq!(sha256(&got.stdout), sha256(&data));
+    let got = cli.run(&["get", "m.bin", "--channel", "tls"]).expect(0);
+    assert_eq!(sha256(&got.stdout), sha256(&data));
+    let key = cli.open(&["m.bin", "--mode", "rw"]);
+    cli.run(&["lock", &key, "0:4096"]).expect(0);
+    let held = scrape(&addr);
+    cli.run(&["close", &key]).expect(0);
+    let after = scrape(&addr);
+    promtool_check(&after);
+
+    let moved = |name: &str| series(&after, name) - series(&before, name);
+    let mib64 = (64u64 << 20) as f64;
+    let tcp_read = r#"handoff_data_bytes_total{transport="tcp",direction="read"}"#;
+    let tls_read = r#"handoff_data_bytes_total{transport="tls",direction="read"}"#;
+    assert_eq!(moved(tcp_read), mib64, "{after}");
+    assert_eq!(moved(tls_read), mib64, "{after}");
+    assert_eq!(
+        moved(r#"handoff_client_data_bytes_total{client="alice",direction="read"}"#),
+        2.0 * mib64
+    );
+    assert!(moved(r#"handoff_data_operations_total{transport="tcp",op="read"}"#) >= 1.0);
+    assert!(moved(r#"handoff_data_operations_total{transport="tls",op="read"}"#) >= 1.0);
+    // Opens: two gets and the open; one lock; the gets' closes and the close.
+    assert_eq!(
+        moved(r#"handoff_control_requests_total{request="open",result="ok"}"#),
+        3.0
+    );
+    assert_eq!(
+        moved(r#"handoff_control_requests_total{request="lock",result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"handoff_control_requests_total{request="close",result="ok"}"#),
+        3.0
+    );
+    assert!(moved(r#"handoff_request_duration_seconds_count{op="open"}"#) >= 3.0);
+    assert!(moved(r#"handoff_request_duration_seconds_count{op="resume"}"#) >= 2.0);
+    assert!(series(&after, "handoff_store_commit_duration_seconds_count") > 0.0);
+    // While the key was held (its CLI gone): one durable open with its lock; none after.
+    assert_eq!(series(&held, r#"handoff_opens{state="durable"}"#), 1.0);
+    assert_eq!(series(&held, "handoff_locks"), 1.0);
+    assert_eq!(series(&after, r#"handoff_opens{state="durable"}"#), 0.0);
+    assert_eq!(series(&after, "handoff_locks"), 0.0);
+    assert_eq!(series(&after, "handoff_active"), 1.0);
+    // `handoff stats` counts the stream bytes too (tcp_bytes was always 0).
+    let stats = cli.run(&["stats"]).expect(0).json();
+    assert!(
+        stats["tcp_bytes"].as_u64().unwrap() >= 3 * (64 << 20),
+        "{stats}"
+    );
+}

@@ -38,6 +38,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub addr: String,
     pub data_addr: String,
+    /// Where `/metrics` is served (with `--metrics-listen`).
+    pub metrics_addr: Option<String>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
     /// A program (and its arguments) that runs handoffd, e.g. `prlimit --fsize=N --`.
@@ -110,6 +112,7 @@ impl TestServer {
             dir,
             addr: "127.0.0.1:0".into(),
             data_addr: String::new(),
+            metrics_addr: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
@@ -182,11 +185,11 @@ impl TestServer {
         let field = |k: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
-                .unwrap()
-                .to_string()
+                .map(str::to_owned)
         };
-        self.addr = field("control=");
-        self.data_addr = field("data=");
+        self.addr = field("control=").unwrap();
+        self.data_addr = field("data=").unwrap();
+        self.metrics_addr = field("metrics=");
         self.child = Some(child);
     }
 

@@ -67,6 +67,17 @@ pub struct OpenSummary {
     pub deadline_ms: u64,
 }
 
+/// The opens and locks held now, for the server's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub connected: usize,
+    pub durable: usize,
+    pub expired: usize,
+    /// Byte-range locks of live opens.
+    pub locks: usize,
+    pub in_grace: bool,
+}
+
 /// Which opens an administrator closes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CloseTarget {
@@ -127,6 +138,31 @@ fn refusal(at_ms: u64) -> CoreError {
 }
 
 impl ServerCore {
+    /// How many opens are in each state, and the locks they hold (one pass over the table).
+    pub fn census(&self, now: u64) -> Census {
+        let mut c = Census {
+            in_grace: self.in_grace(now),
+            ..Census::default()
+        };
+        for slot in self.table.records().map(|r| r.slot) {
+            let Some(e) = self.table.get(slot) else {
+                continue;
+            };
+            match e.record.status {
+                OpenStatus::Expired => c.expired += 1,
+                OpenStatus::Live => {
+                    c.locks += e.record.locks.len();
+                    if e.channels > 0 {
+                        c.connected += 1;
+                    } else {
+                        c.durable += 1;
+                    }
+                }
+            }
+        }
+        c
+    }
+
     /// A page of the opens, by slot, those after `after` (0: from the start), as many as
     /// `fits` accepts (it is asked with each in turn; the first always fits); returns them and
     /// the cursor of the next page (0: this was the last).

@@ -14,7 +14,7 @@ pub use lock_table::LockTable;
 pub use open_table::{FileState, OpenEntry, OpenTable};
 pub use resume_key::{KeyError, KeySealer, ResumeKey};
 pub use server_core::{
-    Attached, Checkpoint, CloseTarget, CoreConfig, CoreError, Export, Granted, HandleId,
+    Attached, Census, Checkpoint, CloseTarget, CoreConfig, CoreError, Export, Granted, HandleId,
     ImportSummary, Imported, IoKind, OpenRequest, OpenState, OpenSummary, Persisted, Quotas, Ready,
     ResumeReport, ServerCore,
 };

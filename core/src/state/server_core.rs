@@ -21,7 +21,7 @@ use crate::store::{Mutation, Snapshot};
 
 #[path = "admin.rs"]
 mod admin;
-pub use admin::{CloseTarget, OpenState, OpenSummary};
+pub use admin::{Census, CloseTarget, OpenState, OpenSummary};
 #[path = "drain.rs"]
 mod drain;
 pub use drain::{Export, ImportSummary, Imported};

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use handoff_core::state::resume_key::SEALED_LEN;
 use handoff_core::wire::{ErrorCode, Message};
@@ -24,6 +24,7 @@ use handoff_datapath::DataError;
 
 use super::session::{DataSession, Landing};
 use crate::auth::ClientDirectory;
+use crate::net::metrics::{DataOp, Transport};
 use crate::net::{reopen, Revocable, Seat, Shared};
 
 /// Starts serving RDMA on each address; returns once every listener is bound.
@@ -224,14 +225,15 @@ fn serve(p: Pending, shared: Shared) {
         let who = ep.server_handshake(&directory, &client)?;
         // From here the session gives the handle back however it ends (an error, a panic),
         // or the open could never expire.
-        let (session, reply) = match DataSession::attach(&shared, &who, &key, MAX_REQUEST) {
-            Ok(x) => x,
-            Err(e) => {
-                ep.send(&e.to_message())?;
-                ep.drain_sends()?;
-                return Ok(());
-            }
-        };
+        let (session, reply) =
+            match DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma) {
+                Ok(x) => x,
+                Err(e) => {
+                    ep.send(&e.to_message())?;
+                    ep.drain_sends()?;
+                    return Ok(());
+                }
+            };
         let windows = FileWindows::new(&ep.pd, reopen(session.file(), true, "").ok());
         let _h = session.span(&who).entered();
         ep.send(&reply)?;
@@ -296,7 +298,11 @@ impl Connection {
                     rkey,
                 } => self.read(offset, len, addr, rkey)?,
                 Message::RdmaWrite { .. } => next = self.writes(msg)?,
-                Message::Flush => self.ep.send(&self.session.flush())?,
+                Message::Flush => {
+                    let started = Instant::now();
+                    self.ep.send(&self.session.flush())?;
+                    self.session.served(DataOp::Flush, 0, started);
+                }
                 Message::MapFile => self.map_file()?,
                 other => {
                     let e = DataSession::not_a_request(&other, "RDMA");
@@ -318,7 +324,8 @@ impl Connection {
     }
 
     /// Bytes moved by work requests this server posted (never by direct-mode reads).
-    fn count_served(&self, len: u64) {
+    fn count_served(&self, op: DataOp, len: u64, started: Instant) {
+        self.session.served(op, len, started);
         self.shared
             .stats
             .rdma_server_bytes
@@ -330,6 +337,7 @@ impl Connection {
     }
 
     fn read(&mut self, offset: u64, len: u64, addr: u64, rkey: u32) -> Result<(), DataError> {
+        let started = Instant::now();
         let size = self.session.file().metadata()?.len();
         let len = match self.session.gate().read(size, offset, len, Some(addr)) {
             Ok(len) => len,
@@ -359,7 +367,7 @@ impl Connection {
             }
             done += n as u64;
         }
-        self.count_served(len);
+        self.count_served(DataOp::Read, len, started);
         // RC ordering: the client sees this only after the WRITEs above have landed.
         self.ep.send(&Message::ReadData { len })
     }
@@ -369,7 +377,7 @@ impl Connection {
     /// oldest lands it is written to the file and answered, in request order. Returns the
     /// request that ended the run (a Flush or a read), to be handled after these writes.
     fn writes(&mut self, first: Message) -> Result<Option<Message>, DataError> {
-        let mut queue: VecDeque<(usize, PostedWrite)> = VecDeque::new();
+        let mut queue: VecDeque<(usize, PostedWrite, Instant)> = VecDeque::new();
         let mut free: Vec<usize> = (0..WRITE_DEPTH).rev().collect();
         let mut incoming = Some(first);
         let mut ended_by = None;
@@ -388,13 +396,14 @@ impl Connection {
                 let buf = free
                     .pop()
                     .expect("a write is taken only with a free buffer");
+                let started = Instant::now();
                 let posted = self.post_write(buf, offset, len, (addr, rkey))?;
-                queue.push_back((buf, posted));
+                queue.push_back((buf, posted, started));
                 if !free.is_empty() && self.ep.has_message()? {
                     incoming = Some(self.ep.recv()?);
                 }
             }
-            let Some((buf, posted)) = queue.pop_front() else {
+            let Some((buf, posted, started)) = queue.pop_front() else {
                 break;
             };
             match posted {
@@ -408,8 +417,8 @@ impl Connection {
                         self.bounce[buf] = Some(landed);
                     }
                     self.session.gate().landed(&landing);
-                    self.count_served(len);
                     self.ep.send(&landing.answer())?;
+                    self.count_served(DataOp::Write, len, started);
                 }
                 Err(e) => self.ep.send(&e.to_message())?,
             }

@@ -16,11 +16,13 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::time::Instant;
 
 use handoff_core::state::{ByteRange, HandleId, IoKind};
 use handoff_core::wire::Message;
 use handoff_core::Error;
 
+use crate::net::metrics::{self, DataOp, HandleGauge, Transport};
 use crate::net::{AttachedHandle, Shared, WriteCheck};
 
 /// A data channel's attached handle.
@@ -28,8 +30,11 @@ pub struct DataSession {
     gate: Gate,
     file: File,
     slot: u32,
+    client: String,
+    transport: Transport,
     /// Given back (detached) when the session is dropped.
     _held: AttachedHandle,
+    _counted: HandleGauge,
 }
 
 /// The per-request checks of a [`DataSession`], cheap to clone so an async transport can run
@@ -51,7 +56,9 @@ impl DataSession {
         client: &str,
         key: &[u8],
         max_request: u64,
+        transport: Transport,
     ) -> Result<(Self, Message), Error> {
+        let started = Instant::now();
         let (attached, file, held) = shared.attach(client, key)?;
         // From here `held` gives the handle back however this ends.
         let size = file.metadata()?.len();
@@ -63,8 +70,12 @@ impl DataSession {
             },
             file,
             slot: attached.slot,
+            client: client.to_owned(),
+            transport,
             _held: held,
+            _counted: HandleGauge::new(transport),
         };
+        metrics::request_took("resume", started);
         Ok((session, Message::attached(&attached, size)))
     }
 
@@ -89,6 +100,19 @@ impl DataSession {
 
     pub fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    /// A request that began at `started` was served, moving `bytes` file bytes: counted for
+    /// `handoff stats` and the metrics.
+    pub fn served(&self, op: DataOp, bytes: u64, started: Instant) {
+        if matches!(self.transport, Transport::Tcp | Transport::Tls) {
+            self.gate
+                .shared
+                .stats
+                .tcp_bytes
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        metrics::data_served(self.transport, &self.client, op, bytes, started);
     }
 
     /// Makes everything written so far durable; the answer to a Flush either way.

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::session::{flush_answer, DataSession, Gate, Landing};
+use crate::net::metrics::{DataOp, Transport};
 use crate::net::{Shared, Ticket};
 
 pub struct DataServer {
@@ -91,6 +92,7 @@ async fn accept(
             Channel::new(stream),
             shared,
             ticket,
+            Transport::Tls,
             |_chan, file, offset, len| Box::pin(send_copy(_chan, file, offset, len)),
         )
         .await
@@ -99,6 +101,7 @@ async fn accept(
             Channel::new(stream),
             shared,
             ticket,
+            Transport::Tcp,
             |chan, file, offset, len| Box::pin(send_sendfile(chan, file, offset, len)),
         )
         .await
@@ -112,6 +115,7 @@ async fn serve<S, F>(
     mut chan: Channel<S>,
     shared: Shared,
     ticket: Ticket,
+    transport: Transport,
     send_bytes: F,
 ) -> Result<(), DataError>
 where
@@ -139,7 +143,7 @@ where
     };
     let who = client.clone();
     let attached = shared
-        .fs(move |s| DataSession::attach(s, &who, &key, MAX_STREAM_REQUEST))
+        .fs(move |s| DataSession::attach(s, &who, &key, MAX_STREAM_REQUEST, transport))
         .await;
     let (session, reply) = match attached {
         Ok(x) => x,
@@ -195,6 +199,7 @@ where
     let mut buf = Vec::new();
     let gate = session.gate();
     while let Some(msg) = chan.recv().await? {
+        let started = std::time::Instant::now();
         match msg {
             Message::Read { offset, len } => {
                 let size = session.file().metadata()?.len();
@@ -209,6 +214,7 @@ where
                 chan.send(&Message::ReadData { len }).await?;
                 send_bytes(chan, session.file(), offset, len).await?;
                 chan.flush().await?;
+                session.served(DataOp::Read, len, started);
             }
             Message::Write { offset, len } => {
                 let mut landing =
@@ -228,6 +234,7 @@ where
                 });
                 let _ = counted.await;
                 chan.send(&answer).await?;
+                session.served(DataOp::Write, len, started);
             }
             Message::Flush => {
                 let f = session.file().try_clone()?;
@@ -235,6 +242,7 @@ where
                     .await
                     .map_err(std::io::Error::other)?;
                 chan.send(&answer).await?;
+                session.served(DataOp::Flush, 0, started);
             }
             other => {
                 let e = DataSession::not_a_request(&other, "TCP");

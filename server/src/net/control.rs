@@ -261,7 +261,45 @@ fn stats_reply(shared: &Shared) -> Message {
     Message::StatsReply { counters }
 }
 
+/// A control request's name in the metrics.
+fn request_name(msg: &Message) -> &'static str {
+    match msg {
+        Message::Open(_) => "open",
+        Message::Close { .. } => "close",
+        Message::Pass { .. } => "pass",
+        Message::Inbox { .. } => "inbox",
+        Message::Endpoints => "endpoints",
+        Message::Lock { take: true, .. } => "lock",
+        Message::Lock { take: false, .. } => "unlock",
+        Message::Stats => "stats",
+        Message::Stat { .. } => "stat",
+        Message::List { .. } => "list",
+        Message::MakeDir { .. } => "mkdir",
+        Message::Remove { .. } => "remove",
+        Message::Rename { .. } => "rename",
+        Message::Truncate { .. } => "truncate",
+        Message::AdminOpens { .. } | Message::AdminClose { .. } | Message::Drain { .. } => "admin",
+        _ => "other",
+    }
+}
+
+/// Serves one request, counted (and an open timed) in the metrics.
 async fn dispatch(
+    shared: &Shared,
+    client: &str,
+    msg: Message,
+) -> Result<(Message, Option<HandleId>), Error> {
+    let name = request_name(&msg);
+    let started = std::time::Instant::now();
+    let result = serve_request(shared, client, msg).await;
+    super::metrics::control_request(name, result.is_ok());
+    if name == "open" {
+        super::metrics::request_took("open", started);
+    }
+    result
+}
+
+async fn serve_request(
     shared: &Shared,
     client: &str,
     msg: Message,

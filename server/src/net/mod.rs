@@ -8,6 +8,8 @@ mod control;
 mod direct_grants;
 mod drain;
 mod files;
+pub mod metrics;
+pub mod metrics_http;
 mod namespace;
 mod namespace_fs;
 mod shared;

@@ -86,8 +86,12 @@ fn apply_while_leased(
     // Bounded even if the lease keeps being renewed (etcd answers keep-alives but not this).
     let give_up = std::time::Instant::now() + Duration::from_secs(10);
     loop {
+        let started = std::time::Instant::now();
         match store.apply(batch) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                super::metrics::store_commit(started);
+                return Ok(());
+            }
             Err(StoreError::Fenced(why)) => return Err(Unapplied::Fenced(why)),
             Err(StoreError::Unavailable(why)) => match health() {
                 Health::Fenced(why) => return Err(Unapplied::Fenced(why)),

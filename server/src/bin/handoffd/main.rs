@@ -103,6 +103,12 @@ struct Args {
     /// server.
     #[arg(long)]
     reset_state: bool,
+    /// Serve Prometheus metrics (text exposition) at http://ADDR/metrics: bytes and requests
+    /// by transport and client, latencies, store commits, opens by state, locks,
+    /// connections and refusals, the node's role. Unauthenticated, like every exporter:
+    /// bind it to localhost or a management network. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -213,6 +219,7 @@ async fn main() {
         peers: args.peers,
         peer_identity: args.peer_identity,
         reset_state: args.reset_state,
+        metrics_listen: args.metrics_listen,
         store: match args.store {
             None => StoreChoice::Embedded,
             Some(url) => StoreChoice::Etcd {
@@ -242,8 +249,11 @@ async fn main() {
         "handoffd ready"
     );
     // One line on stdout that scripts (and the tests) read to learn the bound ports.
+    let metrics = running
+        .metrics_addr
+        .map_or(String::new(), |a| format!(" metrics={a}"));
     println!(
-        "handoffd listening control={} data={}",
+        "handoffd listening control={} data={}{metrics}",
         running.control_addr, running.data_addr
     );
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

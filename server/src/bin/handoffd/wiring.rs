@@ -44,6 +44,8 @@ pub struct ServerOptions {
     pub peers: Vec<String>,
     /// The identity file this server presents when it drains into a peer.
     pub peer_identity: Option<PathBuf>,
+    /// Where Prometheus scrapes `/metrics` (none: no metrics endpoint).
+    pub metrics_listen: Option<SocketAddr>,
     /// Replace a damaged, empty or missing embedded store with a new one (keeping the old
     /// file aside) instead of refusing to start.
     pub reset_state: bool,
@@ -67,6 +69,8 @@ pub enum StoreChoice {
 pub struct Running {
     pub control_addr: SocketAddr,
     pub data_addr: SocketAddr,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub recovered_opens: usize,
     /// The cluster membership, when the store is etcd.
     pub cluster: Option<Arc<Cluster>>,
@@ -191,6 +195,18 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     );
     make_private_dir(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
     let (directory, peer_identity) = read_secrets(&opts)?;
+    // Bound before anything else starts, so a taken port stops the server at once.
+    let metrics = match opts.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?;
+            let handle = handoff_server::net::metrics::install()
+                .map_err(|e| anyhow::anyhow!("--metrics-listen: {e}"))?;
+            Some((listener, handle))
+        }
+    };
     // Watched from the start: SIGHUP's default action would end the server.
     let hangups =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP")?;
@@ -261,6 +277,18 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         shared.clone(),
         hangups,
     ));
+    let metrics_addr = match metrics {
+        Some((listener, handle)) => {
+            let addr = listener.local_addr()?;
+            let s = shared.clone();
+            tasks.spawn(async move {
+                handoff_server::net::metrics_http::serve(listener, s, handle).await;
+                Ok(())
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     let timers = shared.clone();
     tasks.spawn(async move {
         timers.run_timers().await;
@@ -273,6 +301,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     Ok(Running {
         control_addr,
         data_addr,
+        metrics_addr,
         recovered_opens,
         cluster,
         stop,
