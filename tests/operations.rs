@@ -14,7 +14,7 @@ fn a_server_started_from_a_config_file_and_the_environment_serves() {
     // grace period wins over the file's.
     let mut server = TestServer::start_configured(
         &[&alice],
-        "durable-timeout = 7\ngrace = 30\nadmins = [\"alice\"]",
+        "durable-timeout = 7\ngrace = 30\nadmins = [\"alice\"]\nlog-format = \"json\"",
         &[("HANDOFFD_GRACE", "0")],
     );
     let cli = server.cli(&alice);
@@ -25,6 +25,17 @@ fn a_server_started_from_a_config_file_and_the_environment_serves() {
         sha256(&cli.run(&["get", "configured.bin"]).expect(0).stdout),
         sha256(&data)
     );
+
+    // Logs are one JSON object per line, for log shippers.
+    let log = server.log();
+    let ready = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .find(|v| v["fields"]["message"] == "handoffd ready")
+        .unwrap_or_else(|| panic!("no ready event in\n{log}"));
+    assert_eq!(ready["level"], "INFO");
 
     // --print-config says what the running server took, and from where.
     let printed = Command::new(&*HANDOFFD)
@@ -45,6 +56,22 @@ fn a_server_started_from_a_config_file_and_the_environment_serves() {
     ] {
         assert!(printed.contains(&line), "no {line:?} in\n{printed}");
     }
+
+    // The packaged example configuration is a valid file.
+    let example = Command::new(&*HANDOFFD)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/dist/handoffd.toml"),
+        ])
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(
+        example.status.success(),
+        "{}",
+        String::from_utf8_lossy(&example.stderr)
+    );
+    assert!(String::from_utf8_lossy(&example.stdout).contains("root = \"/srv/handoff\""));
 
     // A misspelt key stops the server with exit 2, naming the key and the file.
     let mut text = std::fs::read_to_string(server.config_file()).unwrap();
@@ -387,10 +414,71 @@ fn metrics_pass_promtool_and_move_by_what_the_clients_did() {
     assert_eq!(series(&after, r#"handoff_opens{state="durable"}"#), 0.0);
     assert_eq!(series(&after, "handoff_locks"), 0.0);
     assert_eq!(series(&after, "handoff_active"), 1.0);
+    // Every series the packaged Grafana dashboard queries is one the server exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let queried: std::collections::BTreeSet<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("handoff_"))
+        .collect();
+    assert!(queried.len() > 10, "{queried:?}");
+    for name in queried {
+        assert!(
+            after.lines().any(|l| l.starts_with(name)),
+            "the dashboard queries {name}, which /metrics does not have"
+        );
+    }
     // `handoff stats` counts the stream bytes too (tcp_bytes was always 0).
     let stats = cli.run(&["stats"]).expect(0).json();
     assert!(
         stats["tcp_bytes"].as_u64().unwrap() >= 3 * (64 << 20),
         "{stats}"
     );
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_readiness_reaches_systemd_once_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The packaged unit, with ExecStart pointing at the binary under test (verify checks
+    // that it exists). Man pages come with the package, so they are not checked here.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/handoffd.service"
+    ))
+    .unwrap()
+    .replace("/usr/bin/handoffd", &HANDOFFD);
+    let path = tmp.path().join("handoffd.service");
+    std::fs::write(&path, unit).unwrap();
+    let verified = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd; hw-setup/install-deps.sh installs it)");
+    let complaints = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify: {complaints}"
+    );
+
+    // Type=notify: READY=1 arrives on $NOTIFY_SOCKET once the server serves.
+    let socket_path = tmp.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let alice = client(tmp.path(), "alice");
+    let server = TestServer::start_with_env(
+        &[&alice],
+        &[],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("no READY=1 from handoffd");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.starts_with("READY=1\nSTATUS=serving"), "{said}");
+    assert!(said.contains(&server.addr), "{said}");
+    server.cli(&alice).run(&["ls"]).expect(0);
 }

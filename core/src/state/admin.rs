@@ -203,7 +203,9 @@ impl ServerCore {
                 },
                 deadline_ms: r.deadline.unwrap_or(0),
             };
-            if !page.is_empty() && !fits(&summary) {
+            // Asked of every one (the first counts towards the page too), heeded after the
+            // first, so a page is never empty.
+            if !fits(&summary) && !page.is_empty() {
                 return (page, slot - 1);
             }
             page.push(summary);

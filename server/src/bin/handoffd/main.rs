@@ -1,6 +1,7 @@
 //! `handoffd`: the handoff server.
 
 mod config;
+mod notify;
 mod store_fault;
 mod wiring;
 
@@ -109,6 +110,10 @@ struct Args {
     /// bind it to localhost or a management network. Default: off.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Log lines on stderr: text (one line per event) or json (one JSON object per event,
+    /// for log shippers). RUST_LOG picks what is logged (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -179,22 +184,38 @@ impl LimitArgs {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = settings();
+    init_logs(args.log_format);
     // A write past a file-size limit (RLIMIT_FSIZE) must fail with EFBIG, answered to the
     // client, instead of killing the server with SIGXFSZ: a handler that does nothing.
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
         rustix::process::Signal::XFSZ.as_raw(),
     ));
     raise_fd_limit();
+    if !args.rdma_listen.is_empty() {
+        check_memlock_limit();
+    }
     let required = |v: Option<PathBuf>, long: &str| {
         v.unwrap_or_else(|| {
             eprintln!(
@@ -256,6 +277,12 @@ async fn main() {
         "handoffd listening control={} data={}{metrics}",
         running.control_addr, running.data_addr
     );
+    // Listeners bound, the table rebuilt from the store: systemd may start what depends on
+    // this server.
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving: control {} data {}, {} opens recovered",
+        running.control_addr, running.data_addr, running.recovered_opens
+    ));
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -278,6 +305,7 @@ async fn main() {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
     };
+    notify::notify("STOPPING=1");
     if let Some(c) = cluster {
         // Hand over at once instead of making the passive node wait out the lease.
         c.resign();
@@ -329,6 +357,39 @@ fn start_failure_code(e: &anyhow::Error) -> i32 {
             _ => None,
         })
         .unwrap_or(1)
+}
+
+/// Registered memory the RDMA data path needs at least: one connection's buffers and file
+/// windows.
+const MIN_MEMLOCK: u64 = 64 << 20;
+
+/// RDMA registers (pins) memory, which RLIMIT_MEMLOCK caps for a process without
+/// CAP_IPC_LOCK; past the cap every registration fails and RDMA clients are refused one by
+/// one. Say so at start, with what to set, instead.
+fn check_memlock_limit() {
+    use rustix::process::{geteuid, getrlimit, Resource};
+    let limit = getrlimit(Resource::Memlock).current;
+    let Some(bytes) = limit else {
+        return; // unlimited
+    };
+    if geteuid().is_root() {
+        return; // root has CAP_IPC_LOCK: the limit does not apply
+    }
+    let fix = "set LimitMEMLOCK=infinity in the systemd unit (the packaged one does), or                `ulimit -l unlimited` / memlock in /etc/security/limits.conf";
+    if bytes < MIN_MEMLOCK {
+        eprintln!(
+            "handoffd: --rdma-listen needs to register memory, but RLIMIT_MEMLOCK is {} KiB              (at least {} MiB is needed): {fix}",
+            bytes / 1024,
+            MIN_MEMLOCK >> 20
+        );
+        std::process::exit(1);
+    }
+    if bytes < 1 << 30 {
+        tracing::warn!(
+            "RLIMIT_MEMLOCK is {} MiB: only a few RDMA connections can register their              buffers at once; {fix}",
+            bytes >> 20
+        );
+    }
 }
 
 /// Every durable open keeps its file open (so its key follows the file, not the path): raise
