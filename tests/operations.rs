@@ -312,26 +312,6 @@ fn an_administrator_lists_the_opens_and_evicts_a_holder_so_another_client_is_gra
     admin.run(&["admin", "close"]).expect(2);
 }
 
-/// `GET /metrics` from a server's `--metrics-listen` address: the body.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    body.to_owned()
-}
-
-/// The value of the series `name{labels}` exactly as written (0 if absent).
-fn series(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 /// Runs `promtool check metrics` (Debian's `prometheus` package) on `text`.
 fn promtool_check(text: &str) {
     use std::io::Write;

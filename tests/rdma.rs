@@ -69,7 +69,8 @@ fn rdma_read_and_write_256_mib_through_a_key_after_the_control_channel_closed() 
     let Some(ips) = rdma_ips() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
-    let server = start(&[&c1, &c2], &ips, 1, &[]);
+    let server = start(&[&c1, &c2], &ips, 1, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr.clone().expect("a metrics address");
     let data = random_bytes(256 << 20, 21);
     std::fs::write(server.root().join("f"), &data).unwrap();
     let (a, b) = (server.cli(&c1), server.cli(&c2));
@@ -84,6 +85,13 @@ fn rdma_read_and_write_256_mib_through_a_key_after_the_control_channel_closed() 
     let r = report(&out);
     assert_eq!(r["channel"], "rdma");
     assert_eq!(r["qps"][0]["bytes"], (256u64 << 20));
+    let rdma_bytes = |direction: &str| {
+        series(
+            &scrape(&metrics),
+            &format!(r#"handoff_data_bytes_total{{transport="rdma",direction="{direction}"}}"#),
+        )
+    };
+    assert_eq!(rdma_bytes("read"), (256u64 << 20) as f64);
 
     // Write 256 MiB over RDMA (server RDMA-READs from the client's buffers).
     let new = random_bytes(256 << 20, 22);
@@ -93,6 +101,7 @@ fn rdma_read_and_write_256_mib_through_a_key_after_the_control_channel_closed() 
         sha256(&std::fs::read(server.root().join("f")).unwrap()),
         sha256(&new)
     );
+    assert_eq!(rdma_bytes("write"), (256u64 << 20) as f64);
     assert_eq!(
         sha256(&a.run(&["read", &key, "--channel", "rdma"]).expect(0).stdout),
         sha256(&new)
