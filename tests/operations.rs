@@ -52,10 +52,40 @@ fn a_server_started_from_a_config_file_and_the_environment_serves() {
         format!("durable-timeout = 7  # {file}"),
         "grace = 0  # HANDOFFD_GRACE".to_owned(),
         "admins = [\"alice\"]".to_owned(),
-        "max-connections = 8192  # default".to_owned(),
+        "# max-connections = 8192  (default)".to_owned(),
     ] {
         assert!(printed.contains(&line), "no {line:?} in\n{printed}");
     }
+
+    // What --print-config printed is a configuration file that gives the same settings.
+    let again = tmp.path().join("printed.toml");
+    std::fs::write(&again, printed.as_bytes()).unwrap();
+    let reprinted = Command::new(&*HANDOFFD)
+        .arg("--config")
+        .arg(&again)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(
+        reprinted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reprinted.stderr)
+    );
+    assert!(String::from_utf8_lossy(&reprinted.stdout).contains("grace = 0  # "));
+    // A flag that needs a setting the file gives (--node needs --store) is taken.
+    let group = tmp.path().join("group.toml");
+    std::fs::write(&group, "store = \"etcd://127.0.0.1:1\"\n").unwrap();
+    let node = Command::new(&*HANDOFFD)
+        .arg("--config")
+        .arg(&group)
+        .args(["--node", "n1", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(
+        node.status.success(),
+        "{}",
+        String::from_utf8_lossy(&node.stderr)
+    );
 
     // The packaged example configuration is a valid file.
     let example = Command::new(&*HANDOFFD)
@@ -97,12 +127,10 @@ fn the_scripting_contract_holds_for_a_down_server_a_closed_pipe_and_xdg_director
 
     // One listed server that refuses connections: exit 6 (unavailable: retry), as for a
     // group of servers none of which answers.
-    let closed_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
     let down = Cli {
-        server: closed_port,
+        // Port 1 (tcpmux) listens nowhere here; a port freed by the test could be taken by
+        // a server another test starts meanwhile.
+        server: "127.0.0.1:1".into(),
         identity: cli.identity.clone(),
         keys: cli.keys.clone(),
     };
@@ -128,6 +156,28 @@ fn the_scripting_contract_holds_for_a_down_server_a_closed_pipe_and_xdg_director
     cli.run(&["close", &key]).expect(0);
     let ex = cli.open(&["big.bin", "--exclusive"]);
     cli.run(&["close", &ex]).expect(0);
+
+    // Completion scripts for the shells, with no server or identity needed.
+    for (shell, marker) in [
+        ("bash", "_handoff()"),
+        ("zsh", "#compdef handoff"),
+        ("fish", "complete -c handoff"),
+    ] {
+        let out = Command::new(HANDOFF)
+            .args(["completions", shell])
+            .env_remove("HANDOFF_IDENTITY")
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && script.contains(marker),
+            "{shell}: {script:.200}"
+        );
+        assert!(
+            script.contains("admin") && script.contains("mount"),
+            "{shell}"
+        );
+    }
 
     // With no --identity and no $HANDOFF_KEYS: the identity is under $XDG_CONFIG_HOME and
     // the keys go under $XDG_STATE_HOME (not $HOME).
@@ -200,7 +250,11 @@ fn sighup_rereads_the_clients_file_adding_and_removing_clients_at_once() {
     assert!(
         log.contains("added=[\"carol\"]")
             && log.contains("removed=[\"bob\"]")
-            && !log.contains("connections_closed=0"),
+            && log
+                .split("connections_closed=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u32>().ok())
+                .is_some_and(|n| n >= 1),
         "{log}"
     );
 
@@ -221,7 +275,9 @@ fn sighup_rereads_the_clients_file_adding_and_removing_clients_at_once() {
     assert!(denied.stderr.contains("bob"), "{}", denied.stderr);
     drop(held);
 
-    // A clients file that cannot be used (open to others) changes nothing.
+    // A clients file that cannot be used (open to others) changes nothing: carol, whom it
+    // no longer lists, is still served.
+    write_private(&server.clients_file(), &(alice.identity.to_line() + "\n"));
     std::fs::set_permissions(
         server.clients_file(),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
@@ -461,4 +517,33 @@ fn the_systemd_unit_verifies_and_readiness_reaches_systemd_once_serving() {
     assert!(said.starts_with("READY=1\nSTATUS=serving"), "{said}");
     assert!(said.contains(&server.addr), "{said}");
     server.cli(&alice).run(&["ls"]).expect(0);
+}
+
+#[test]
+fn rdma_under_too_low_a_locked_memory_limit_is_refused_at_start_saying_what_to_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = client(tmp.path(), "alice");
+    // Without CAP_IPC_LOCK (dropped from the bounding set, as for a non-root service) and
+    // with 64 KiB of lockable memory: serving without RDMA is fine, RDMA is refused.
+    let mut server = TestServer::start_wrapped(
+        &[&alice],
+        &[],
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+            "prlimit",
+            "--memlock=65536",
+            "--",
+        ],
+    );
+    server.cli(&alice).run(&["ls"]).expect(0);
+    let refused = server.start_refused(&["--rdma-listen", "127.0.0.1:9"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("RLIMIT_MEMLOCK is 64 KiB")
+            && refused.stderr.contains("LimitMEMLOCK=infinity"),
+        "{}",
+        refused.stderr
+    );
 }

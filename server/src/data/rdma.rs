@@ -324,8 +324,8 @@ impl Connection {
     }
 
     /// Bytes moved by work requests this server posted (never by direct-mode reads).
-    fn count_served(&self, op: DataOp, len: u64, started: Instant) {
-        self.session.served(op, len, started);
+    /// Counts a request whose RDMA work moved `len` bytes (`handoff stats`).
+    fn count_rdma(&self, len: u64) {
         self.shared
             .stats
             .rdma_server_bytes
@@ -367,7 +367,8 @@ impl Connection {
             }
             done += n as u64;
         }
-        self.count_served(DataOp::Read, len, started);
+        self.count_rdma(len);
+        self.session.served(DataOp::Read, len, started);
         // RC ordering: the client sees this only after the WRITEs above have landed.
         self.ep.send(&Message::ReadData { len })
     }
@@ -418,7 +419,9 @@ impl Connection {
                     }
                     self.session.gate().landed(&landing);
                     self.ep.send(&landing.answer())?;
-                    self.count_served(DataOp::Write, len, started);
+                    self.count_rdma(len);
+                    self.session
+                        .served(DataOp::Write, landing.written(), started);
                 }
                 Err(e) => self.ep.send(&e.to_message())?,
             }

@@ -213,6 +213,12 @@ impl Landing {
         self.len
     }
 
+    /// Of the payload, the bytes that reached the file (fewer than `len` if the file system
+    /// refused the rest).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     /// Puts the next piece of the payload into `file`. After the file system refused one,
     /// later pieces are taken and dropped, so the transport stays in step and can carry the
     /// refusal back.

@@ -228,13 +228,14 @@ where
                 chan.send(&Message::Done).await?;
                 receive_into_file(chan, session, &mut landing, &mut buf).await?;
                 let answer = landing.answer();
+                let written = landing.written();
                 let counted = checked(shared, gate, move |g| {
                     g.landed(&landing);
                     Ok(())
                 });
                 let _ = counted.await;
                 chan.send(&answer).await?;
-                session.served(DataOp::Write, len, started);
+                session.served(DataOp::Write, written, started);
             }
             Message::Flush => {
                 let f = session.file().try_clone()?;

@@ -187,8 +187,13 @@ impl Drop for HandleGauge {
 }
 
 /// Sets what is read off the server's state, then renders every series (Prometheus text
-/// exposition format 0.0.4).
-pub fn scrape(shared: &Shared, handle: &PrometheusHandle) -> String {
+/// exposition format 0.0.4). Before the server serves (a passive node waiting for the
+/// group's lease) only its role is set: not active.
+pub fn scrape(shared: Option<&Shared>, handle: &PrometheusHandle) -> String {
+    let Some(shared) = shared else {
+        gauge!("handoff_active").set(0.0);
+        return handle.render();
+    };
     let census = shared.peek(|core| core.census(super::now_ms()));
     for (state, n) in [
         ("connected", census.connected),

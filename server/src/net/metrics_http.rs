@@ -4,7 +4,9 @@
 //! may cost is bounded: a few connections at once, a request head of 8 KiB read within 5 s,
 //! an answer written within 10 s.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,12 +18,63 @@ use super::shared::Shared;
 
 /// Scrapes served at once; more connections are closed unanswered.
 const MAX_SCRAPES: usize = 8;
+/// Of those, from one address: one peer holding idle connections cannot shut out the rest.
+const MAX_SCRAPES_PER_ADDRESS: usize = 2;
 const MAX_HEAD: usize = 8 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the recorder's histograms are folded up between scrapes (the exporter's
+/// buffers grow with every sample until then).
+const UPKEEP: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, shared: Shared, handle: PrometheusHandle) {
+/// Connections from one address now, for [`MAX_SCRAPES_PER_ADDRESS`].
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in [`PerAddress`], given back on drop.
+struct AddressSlot(Arc<PerAddress>, IpAddr);
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_SCRAPES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Serves scrapes; `serving` holds the server once it serves (a passive node of a group is
+/// scraped before that, as not active).
+pub async fn serve(
+    listener: TcpListener,
+    serving: Arc<OnceLock<Shared>>,
+    handle: PrometheusHandle,
+) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let per_address = Arc::new(PerAddress::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -32,35 +85,38 @@ pub async fn serve(listener: TcpListener, shared: Shared, handle: PrometheusHand
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let (Some(mine), Ok(slot)) = (
+            per_address.take(peer.ip()),
+            slots.clone().try_acquire_owned(),
+        ) else {
             tracing::debug!(%peer, "metrics: too many scrapes at once; closing");
             continue;
         };
-        let (shared, handle) = (shared.clone(), handle.clone());
+        let (serving, handle) = (serving.clone(), handle.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, shared, handle).await {
+            if let Err(e) = answer(stream, serving, handle).await {
                 tracing::debug!(%peer, "metrics scrape: {e}");
             }
-            drop(slot);
+            drop((slot, mine));
         });
     }
 }
 
 async fn answer(
     mut stream: TcpStream,
-    shared: Shared,
+    serving: Arc<OnceLock<Shared>>,
     handle: PrometheusHandle,
 ) -> std::io::Result<()> {
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream))
         .await
-        .map_err(|_| std::io::Error::other("no request head within 5 s"))??;
+        .map_err(|_| std::io::Error::other("no request head within 2 s"))??;
     let mut words = head.split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
             let body =
-                tokio::task::spawn_blocking(move || super::metrics::scrape(&shared, &handle))
+                tokio::task::spawn_blocking(move || super::metrics::scrape(serving.get(), &handle))
                     .await
                     .map_err(std::io::Error::other)?;
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)

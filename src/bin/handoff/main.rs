@@ -252,6 +252,13 @@ enum Command {
     },
     /// Unmount a handoff mount (fusermount3 -u, or umount as root).
     Umount { mountpoint: PathBuf },
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    ///   handoff completions bash > /etc/bash_completion.d/handoff
+    ///   handoff completions zsh > "${fpath[1]}/_handoff"
+    ///   handoff completions fish > ~/.config/fish/completions/handoff.fish
+    #[command(verbatim_doc_comment)]
+    Completions { shell: clap_complete::Shell },
     /// Server administration (this client must be listed in the server's --admins).
     Admin {
         #[command(subcommand)]
@@ -313,6 +320,13 @@ fn main() {
         .with_target(false)
         .init();
     let args = Args::parse();
+    if let Command::Completions { shell } = args.command {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Args::command(), "handoff", &mut out);
+        say!("{}", String::from_utf8_lossy(&out).trim_end());
+        std::process::exit(exit::OK);
+    }
     // The mount serves from threads of its own (and may run for days): no runtime here.
     if matches!(args.command, Command::Mount { .. } | Command::Umount { .. }) {
         let code = mount_command(args).unwrap_or_else(|e| {
@@ -333,8 +347,9 @@ fn main() {
     };
     let code = match runtime.block_on(run(args)) {
         Ok(code) => code,
-        // The reader of stdout went away (`| head`): what it wanted, it has.
-        Err(_) if stdout::closed() => exit::OK,
+        // The reader of stdout went away (`| head`): what it wanted, it has. Only that error:
+        // a failure after it (closing the open) is still reported.
+        Err(e) if stdout::is_closed_pipe(&e) => exit::OK,
         Err(e) => {
             eprintln!("handoff: {e:#}");
             exit::for_error(&e)
@@ -708,9 +723,13 @@ async fn whole_file(
     }
     .await;
     let closed = client.close(&opened.token).await;
-    let report = result.with_context(|| format!("{what} {path}"))?;
-    closed.context("close")?;
-    Ok(report)
+    match (result, closed) {
+        (Ok(report), Ok(())) => Ok(report),
+        (Ok(_), Err(e)) => Err(e).context("close"),
+        // The reader of stdout went away, and the close failed: the failure is what counts.
+        (Err(_), Err(e)) if stdout::closed() => Err(e).context("close"),
+        (Err(e), _) => Err(e).with_context(|| format!("{what} {path}")),
+    }
 }
 
 /// `keygen`: a new identity, into a file made mode 0600 or onto stdout.
@@ -783,7 +802,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("server {}", args.server))?;
     match args.command {
-        Command::Keygen { .. } | Command::Mount { .. } | Command::Umount { .. } => {
+        Command::Keygen { .. }
+        | Command::Mount { .. }
+        | Command::Umount { .. }
+        | Command::Completions { .. } => {
             unreachable!("handled above")
         }
         Command::Open {

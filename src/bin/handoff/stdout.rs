@@ -12,6 +12,21 @@ pub fn closed() -> bool {
     CLOSED.load(Ordering::Relaxed)
 }
 
+/// Whether `err` is stdout's reader going away (and nothing else).
+pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
+    let broken = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    closed()
+        && err.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(broken)
+                || matches!(c.downcast_ref(), Some(handoff::DataError::Io(e)) if broken(e))
+                || matches!(
+                    c.downcast_ref(),
+                    Some(handoff::DataError::Control(handoff_core::Error::Io(e))) if broken(e)
+                )
+                || matches!(c.downcast_ref(), Some(handoff_core::Error::Io(e)) if broken(e))
+        })
+}
+
 /// `std::io::stdout()` that notes a reader gone (see [`closed`]).
 pub struct Stdout;
 

@@ -57,7 +57,13 @@ pub fn parse(
     argv: Vec<OsString>,
     env: &BTreeMap<String, String>,
 ) -> Result<Result<Layered, ConfigError>, clap::Error> {
-    let first = cmd.clone().try_get_matches_from(&argv)?;
+    // A first look at the command line alone, to find --config and which flags it gives:
+    // nothing is checked yet (a flag may need one the file gives, as --node needs --store);
+    // the full parse below checks everything. Help and version are answered here.
+    let first = cmd
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(&argv)?;
     let file = first
         .get_one::<PathBuf>("config")
         .cloned()
@@ -278,7 +284,9 @@ fn toml_words(arg: &clap::Arg, long: &str, value: &toml::Value) -> Result<Vec<Os
 }
 
 /// The effective configuration as a TOML file (it can be used as one), each setting with a
-/// comment saying where its value came from; settings with no value are commented out.
+/// comment saying where its value came from; defaults and settings with no value are
+/// commented out (a default written out would count as given: `cluster` without `store`
+/// is refused).
 pub fn print(cmd: &Command, layered: &Layered) -> String {
     let mut out = String::from(
         "# handoffd's effective configuration: flag > HANDOFFD_* environment > --config file > default\n",
@@ -310,6 +318,9 @@ pub fn print(cmd: &Command, layered: &Layered) -> String {
             values.first().map(|v| toml_text(v))
         };
         match value {
+            Some(v) if *source == Source::Default => {
+                let _ = writeln!(out, "# {long} = {v}  (default)");
+            }
             Some(v) => {
                 let _ = writeln!(out, "{long} = {v}  # {from}");
             }
@@ -468,7 +479,7 @@ mod tests {
         let printed = print(&cmd(), &l);
         assert!(printed.contains("grace = 7  # flag"), "{printed}");
         assert!(
-            printed.contains("listen = \"127.0.0.1:1\"  # default"),
+            printed.contains("# listen = \"127.0.0.1:1\"  (default)"),
             "{printed}"
         );
         assert!(printed.contains("rdma-listen = [\"a:1\"]  # "), "{printed}");

@@ -322,9 +322,24 @@ async fn main() {
 fn settings() -> Args {
     use clap::{CommandFactory, FromArgMatches};
     let cmd = Args::command();
-    let env = std::env::vars()
-        .filter(|(k, _)| k.starts_with(config::ENV_PREFIX))
-        .collect();
+    // Only HANDOFFD_ variables are read, and one that is not UTF-8 is a bad setting (another
+    // program's variables may be anything).
+    let mut env = std::collections::BTreeMap::new();
+    for (k, v) in std::env::vars_os() {
+        let Some(k) = k.to_str().filter(|k| k.starts_with(config::ENV_PREFIX)) else {
+            continue;
+        };
+        match v.into_string() {
+            Ok(v) => {
+                env.insert(k.to_owned(), v);
+            }
+            Err(_) if k.starts_with("HANDOFFD_FAULT_") => {}
+            Err(_) => {
+                eprintln!("handoffd: {k}: the value is not UTF-8");
+                std::process::exit(2);
+            }
+        }
+    }
     let layered = match config::parse(&cmd, std::env::args_os().collect(), &env) {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
@@ -367,18 +382,19 @@ const MIN_MEMLOCK: u64 = 64 << 20;
 /// CAP_IPC_LOCK; past the cap every registration fails and RDMA clients are refused one by
 /// one. Say so at start, with what to set, instead.
 fn check_memlock_limit() {
-    use rustix::process::{geteuid, getrlimit, Resource};
-    let limit = getrlimit(Resource::Memlock).current;
-    let Some(bytes) = limit else {
+    use rustix::process::{getrlimit, Resource};
+    let Some(bytes) = getrlimit(Resource::Memlock).current else {
         return; // unlimited
     };
-    if geteuid().is_root() {
-        return; // root has CAP_IPC_LOCK: the limit does not apply
+    if has_ipc_lock() {
+        return; // CAP_IPC_LOCK: the limit does not apply
     }
-    let fix = "set LimitMEMLOCK=infinity in the systemd unit (the packaged one does), or                `ulimit -l unlimited` / memlock in /etc/security/limits.conf";
+    let fix = "set LimitMEMLOCK=infinity in the systemd unit (the packaged one does), \
+               `ulimit -l unlimited`, or memlock in /etc/security/limits.conf";
     if bytes < MIN_MEMLOCK {
         eprintln!(
-            "handoffd: --rdma-listen needs to register memory, but RLIMIT_MEMLOCK is {} KiB              (at least {} MiB is needed): {fix}",
+            "handoffd: --rdma-listen needs to register memory, but RLIMIT_MEMLOCK is {} KiB \
+             (at least {} MiB is needed): {fix}",
             bytes / 1024,
             MIN_MEMLOCK >> 20
         );
@@ -386,10 +402,25 @@ fn check_memlock_limit() {
     }
     if bytes < 1 << 30 {
         tracing::warn!(
-            "RLIMIT_MEMLOCK is {} MiB: only a few RDMA connections can register their              buffers at once; {fix}",
+            "RLIMIT_MEMLOCK is {} MiB: only a few RDMA connections can register their \
+             buffers at once; {fix}",
             bytes >> 20
         );
     }
+}
+
+/// Whether this process has CAP_IPC_LOCK (bit 14 of the effective set in
+/// /proc/self/status), which lifts the locked-memory limit.
+fn has_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 /// Every durable open keeps its file open (so its key follows the file, not the path): raise

@@ -195,8 +195,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     );
     make_private_dir(&opts.state).with_context(|| format!("--state {}", opts.state.display()))?;
     let (directory, peer_identity) = read_secrets(&opts)?;
-    // Bound before anything else starts, so a taken port stops the server at once.
-    let metrics = match opts.metrics_listen {
+    // Served from the start, so a taken port stops the server at once and a passive node of
+    // a group (which waits below for the lease) still answers scrapes, as not active; the
+    // server's own series join once it serves.
+    let serving: Arc<std::sync::OnceLock<Shared>> = Arc::default();
+    let metrics_addr = match opts.metrics_listen {
         None => None,
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -204,7 +207,13 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
                 .with_context(|| format!("--metrics-listen {addr}"))?;
             let handle = handoff_server::net::metrics::install()
                 .map_err(|e| anyhow::anyhow!("--metrics-listen: {e}"))?;
-            Some((listener, handle))
+            let bound = listener.local_addr()?;
+            tokio::spawn(handoff_server::net::metrics_http::serve(
+                listener,
+                serving.clone(),
+                handle,
+            ));
+            Some(bound)
         }
     };
     // Watched from the start: SIGHUP's default action would end the server.
@@ -277,18 +286,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         shared.clone(),
         hangups,
     ));
-    let metrics_addr = match metrics {
-        Some((listener, handle)) => {
-            let addr = listener.local_addr()?;
-            let s = shared.clone();
-            tasks.spawn(async move {
-                handoff_server::net::metrics_http::serve(listener, s, handle).await;
-                Ok(())
-            });
-            Some(addr)
-        }
-        None => None,
-    };
+    let _ = serving.set(shared.clone());
     let timers = shared.clone();
     tasks.spawn(async move {
         timers.run_timers().await;
