@@ -144,10 +144,7 @@ impl ServerCore {
             in_grace: self.in_grace(now),
             ..Census::default()
         };
-        for slot in self.table.records().map(|r| r.slot) {
-            let Some(e) = self.table.get(slot) else {
-                continue;
-            };
+        for e in self.table.after(0) {
             match e.record.status {
                 OpenStatus::Expired => c.expired += 1,
                 OpenStatus::Live => {
@@ -171,19 +168,10 @@ impl ServerCore {
         after: u32,
         mut fits: impl FnMut(&OpenSummary) -> bool,
     ) -> (Vec<OpenSummary>, u32) {
-        let mut slots: Vec<u32> = self
-            .table
-            .records()
-            .map(|r| r.slot)
-            .filter(|s| *s > after)
-            .collect();
-        slots.sort_unstable();
         let mut page = Vec::new();
-        for slot in slots {
-            let Some(e) = self.table.get(slot) else {
-                continue;
-            };
+        for e in self.table.after(after) {
             let r = &e.record;
+            let slot = r.slot;
             let mut holders: Vec<String> = r.grants.iter().map(|g| g.client.clone()).collect();
             holders.sort();
             holders.dedup();

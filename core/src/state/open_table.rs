@@ -1,7 +1,7 @@
 //! Every open the server knows, indexed by slot, with per-file state (live opens, locks,
 //! access/change counters) and the ordered set of deadlines.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::records::{FileRecord, OpenRecord, OpenStatus};
 use super::{LockTable, Mode, ShareMode};
@@ -91,7 +91,8 @@ pub struct OwnerOpens {
 
 #[derive(Debug, Default)]
 pub struct OpenTable {
-    opens: HashMap<u32, OpenEntry>,
+    /// By slot, in order (an administrator's listing pages through it by slot).
+    opens: BTreeMap<u32, OpenEntry>,
     files: HashMap<u64, FileState>,
     deadlines: BTreeSet<(u64, u32)>,
     owners: HashMap<String, OwnerOpens>,
@@ -276,5 +277,13 @@ impl OpenTable {
 
     pub fn records(&self) -> impl Iterator<Item = &OpenRecord> {
         self.opens.values().map(|e| &e.record)
+    }
+
+    /// The opens whose slot is above `after`, by slot.
+    pub fn after(&self, after: u32) -> impl Iterator<Item = &OpenEntry> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.opens
+            .range((Excluded(after), Unbounded))
+            .map(|(_, e)| e)
     }
 }
