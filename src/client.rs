@@ -236,19 +236,32 @@ impl Client {
 
     /// Admin: every open of the server, with its holders, locks, channels and deadline.
     pub async fn admin_opens(&mut self) -> Result<Vec<OpenSummary>, Error> {
+        self.pages(
+            |after| Message::AdminOpens { after },
+            |reply| match reply {
+                Message::OpenList { opens, next } => Ok((opens, next)),
+                other => Err(unexpected(&other)),
+            },
+        )
+        .await
+    }
+
+    /// Every item of a paged request: `ask(cursor)` from cursor 0 until a reply's next
+    /// cursor is 0 (or does not move on).
+    async fn pages<T>(
+        &mut self,
+        ask: impl Fn(u64) -> Message,
+        page: impl Fn(Message) -> Result<(Vec<T>, u64), Error>,
+    ) -> Result<Vec<T>, Error> {
         let mut all = Vec::new();
         let mut after = 0;
         loop {
-            match self.request(&Message::AdminOpens { after }).await? {
-                Message::OpenList { opens, next } => {
-                    all.extend(opens);
-                    if next == 0 || next <= after {
-                        return Ok(all);
-                    }
-                    after = next;
-                }
-                other => return Err(unexpected(&other)),
+            let (items, next) = page(self.request(&ask(after)).await?)?;
+            all.extend(items);
+            if next == 0 || next <= after {
+                return Ok(all);
             }
+            after = next;
         }
     }
 
@@ -342,20 +355,14 @@ impl Client {
     /// Every key passed to this client whose open still exists, oldest first (fetched a page
     /// at a time).
     pub async fn inbox(&mut self) -> Result<Vec<String>, Error> {
-        let mut all = Vec::new();
-        let mut after = 0;
-        loop {
-            match self.request(&Message::Inbox { after }).await? {
-                Message::Keys { keys, next } => {
-                    all.extend(keys);
-                    if next == 0 || next <= after {
-                        return Ok(all);
-                    }
-                    after = next;
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
+        self.pages(
+            |after| Message::Inbox { after },
+            |reply| match reply {
+                Message::Keys { keys, next } => Ok((keys, next)),
+                other => Err(unexpected(&other)),
+            },
+        )
+        .await
     }
 
     /// The server's counters.

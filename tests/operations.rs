@@ -2,9 +2,29 @@
 //! CLI's scripting contract.
 
 mod common;
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
+
+/// `handoffd --config FILE EXTRA... --print-config` with `env`, which must succeed: what it
+/// printed.
+fn print_config(file: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(&*HANDOFFD)
+        .arg("--config")
+        .arg(file)
+        .args(extra)
+        .arg("--print-config")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 #[test]
 fn a_server_started_from_a_config_file_and_the_environment_serves() {
@@ -38,15 +58,7 @@ fn a_server_started_from_a_config_file_and_the_environment_serves() {
     assert_eq!(ready["level"], "INFO");
 
     // --print-config says what the running server took, and from where.
-    let printed = Command::new(&*HANDOFFD)
-        .arg("--config")
-        .arg(server.config_file())
-        .arg("--print-config")
-        .env("HANDOFFD_GRACE", "0")
-        .output()
-        .unwrap();
-    assert!(printed.status.success());
-    let printed = String::from_utf8_lossy(&printed.stdout);
+    let printed = print_config(&server.config_file(), &[], &[("HANDOFFD_GRACE", "0")]);
     let file = server.config_file().display().to_string();
     for line in [
         format!("durable-timeout = 7  # {file}"),
@@ -60,48 +72,15 @@ fn a_server_started_from_a_config_file_and_the_environment_serves() {
     // What --print-config printed is a configuration file that gives the same settings.
     let again = tmp.path().join("printed.toml");
     std::fs::write(&again, printed.as_bytes()).unwrap();
-    let reprinted = Command::new(&*HANDOFFD)
-        .arg("--config")
-        .arg(&again)
-        .arg("--print-config")
-        .output()
-        .unwrap();
-    assert!(
-        reprinted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reprinted.stderr)
-    );
-    assert!(String::from_utf8_lossy(&reprinted.stdout).contains("grace = 0  # "));
+    assert!(print_config(&again, &[], &[]).contains("grace = 0  # "));
     // A flag that needs a setting the file gives (--node needs --store) is taken.
     let group = tmp.path().join("group.toml");
     std::fs::write(&group, "store = \"etcd://127.0.0.1:1\"\n").unwrap();
-    let node = Command::new(&*HANDOFFD)
-        .arg("--config")
-        .arg(&group)
-        .args(["--node", "n1", "--print-config"])
-        .output()
-        .unwrap();
-    assert!(
-        node.status.success(),
-        "{}",
-        String::from_utf8_lossy(&node.stderr)
-    );
+    assert!(print_config(&group, &["--node", "n1"], &[]).contains("node = \"n1\"  # flag"));
 
     // The packaged example configuration is a valid file.
-    let example = Command::new(&*HANDOFFD)
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/dist/handoffd.toml"),
-        ])
-        .arg("--print-config")
-        .output()
-        .unwrap();
-    assert!(
-        example.status.success(),
-        "{}",
-        String::from_utf8_lossy(&example.stderr)
-    );
-    assert!(String::from_utf8_lossy(&example.stdout).contains("root = \"/srv/handoff\""));
+    let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/handoffd.toml"));
+    assert!(print_config(example, &[], &[]).contains("root = \"/srv/handoff\""));
 
     // A misspelt key stops the server with exit 2, naming the key and the file.
     let mut text = std::fs::read_to_string(server.config_file()).unwrap();
