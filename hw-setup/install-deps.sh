@@ -35,10 +35,11 @@ SUDO=""
 # limit a server's resources (prlimit, util-linux) and mount a tmpfs (mount); the fuzzers
 # build libFuzzer, which is C++ (g++); the scripts read cargo's and the bench's JSON with
 # python3; the mount tests mount FUSE file systems and unmount them with fusermount3 (fuse3);
-# the metrics test checks handoffd's /metrics with promtool (prometheus) and the unit file with
-# systemd-analyze (systemd): a minimal Debian root has none of them.
+# the metrics test checks handoffd's /metrics with promtool (prometheus), the package test the
+# unit with systemd-analyze (systemd) and the man pages with man (man-db): a minimal Debian
+# root has none of them.
 want=(pkg-config ca-certificates libibverbs-dev librdmacm-dev libclang-dev protobuf-compiler libprotobuf-dev etcd-server
-  procps util-linux mount g++ python3 fuse3 prometheus systemd)
+  procps util-linux mount g++ python3 fuse3 prometheus systemd man-db)
 ((bench)) && want+=(nginx-light curl openssl fonts-dejavu-core nfs-kernel-server)
 ((rdma)) && want+=(qemu-system-x86 busybox-static kmod cpio rdma-core ibverbs-utils perftest
   ibverbs-providers libibverbs-dev librdmacm-dev libclang-dev iproute2 fio)

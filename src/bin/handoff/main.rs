@@ -259,6 +259,9 @@ enum Command {
     ///   handoff completions fish > ~/.config/fish/completions/handoff.fish
     #[command(verbatim_doc_comment)]
     Completions { shell: clap_complete::Shell },
+    /// Print this manual page (roff), as the package installs it.
+    #[command(hide = true)]
+    ManPage,
     /// Server administration (this client must be listed in the server's --admins).
     Admin {
         #[command(subcommand)]
@@ -320,6 +323,16 @@ fn main() {
         .with_target(false)
         .init();
     let args = Args::parse();
+    if let Command::ManPage = args.command {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut out) {
+            eprintln!("handoff: {e}");
+            std::process::exit(exit::OTHER);
+        }
+        say!("{}", String::from_utf8_lossy(&out).trim_end());
+        std::process::exit(exit::OK);
+    }
     if let Command::Completions { shell } = args.command {
         use clap::CommandFactory;
         let mut out = Vec::new();
@@ -805,7 +818,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Keygen { .. }
         | Command::Mount { .. }
         | Command::Umount { .. }
-        | Command::Completions { .. } => {
+        | Command::Completions { .. }
+        | Command::ManPage => {
             unreachable!("handled above")
         }
         Command::Open {

@@ -77,7 +77,11 @@ pub fn parse(
     };
     let settings: Vec<&clap::Arg> = cmd
         .get_arguments()
-        .filter(|a| !NOT_SETTINGS.contains(&a.get_id().as_str()) && a.get_long().is_some())
+        .filter(|a| {
+            !NOT_SETTINGS.contains(&a.get_id().as_str())
+                && a.get_long().is_some()
+                && !a.is_hide_set()
+        })
         .collect();
     if let Err(e) = check_keys(&settings, &table, file.as_deref(), env) {
         return Ok(Err(e));

@@ -34,7 +34,7 @@ use wiring::{start, ServerOptions, StoreChoice};
 ///   handoffd --root /srv/data --state /var/lib/handoff --clients clients
 ///   handoffd --config /etc/handoff/handoffd.toml
 #[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "handoffd", version, verbatim_doc_comment)]
 struct Args {
     /// TOML file of settings (see above). Also HANDOFFD_CONFIG.
     #[arg(long, value_name = "FILE")]
@@ -43,6 +43,9 @@ struct Args {
     /// file and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print this manual page (roff, section 8), as the package installs it, and exit.
+    #[arg(long, hide = true)]
+    man_page: bool,
     /// Directory whose files are served (client paths are relative to it). Required.
     #[arg(long)]
     root: Option<PathBuf>,
@@ -322,6 +325,15 @@ async fn main() {
 fn settings() -> Args {
     use clap::{CommandFactory, FromArgMatches};
     let cmd = Args::command();
+    if std::env::args_os().skip(1).any(|a| a == "--man-page") {
+        let mut out = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(cmd).section("8").render(&mut out) {
+            eprintln!("handoffd: {e}");
+            std::process::exit(1);
+        }
+        print!("{}", String::from_utf8_lossy(&out));
+        std::process::exit(0);
+    }
     // Only HANDOFFD_ variables are read, and one that is not UTF-8 is a bad setting (another
     // program's variables may be anything).
     let mut env = std::collections::BTreeMap::new();
