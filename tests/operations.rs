@@ -237,8 +237,11 @@ fn sighup_rereads_the_clients_file_adding_and_removing_clients_at_once() {
         "{log}"
     );
 
-    // Carol is served at once; bob is not, and his transfer under way is cut off.
-    c.run(&["ls"]).expect(0);
+    // Carol is served at once (she opens a file); bob is not, and his transfer under way is
+    // cut off.
+    std::fs::write(server.root().join("carol.txt"), b"hi").unwrap();
+    let carols = c.open(&["carol.txt"]);
+    c.run(&["close", &carols]).expect(0);
     b.run(&["ls"]).expect(5);
     let mut rest = Vec::new();
     let _ = pipe.read_to_end(&mut rest);
@@ -429,6 +432,16 @@ fn metrics_pass_promtool_and_move_by_what_the_clients_did() {
     assert_eq!(series(&after, r#"handoff_opens{state="durable"}"#), 0.0);
     assert_eq!(series(&after, "handoff_locks"), 0.0);
     assert_eq!(series(&after, "handoff_active"), 1.0);
+    // A client the server does not know is counted as a refusal.
+    let stranger = client(tmp.path(), "mallory");
+    server.cli(&stranger).run(&["ls"]).expect(5);
+    assert_eq!(
+        series(
+            &scrape(&addr),
+            r#"handoff_connection_refusals_total{reason="auth_failed"}"#
+        ),
+        1.0
+    );
     // Every series the packaged Grafana dashboard queries is one the server exports.
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -42,7 +42,12 @@ where
         }),
     )
     .await
-    .map_err(|_| Error::Protocol("no authentication within 10 s".into()))??;
+    .map_err(|_| Error::Protocol("no authentication within 10 s".into()))?
+    .inspect_err(|e| {
+        if matches!(e, Error::Auth(_)) {
+            super::metrics::connection_refused("auth_failed");
+        }
+    })?;
     chan.set_timeouts(Timeouts {
         frame: Some(shared.config.limits.frame_timeout),
         idle: None,

@@ -116,7 +116,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(
         "handoff_connection_refusals_total",
-        "Connections refused or closed by admission, by reason: evicted (an unauthenticated one closed for a newer), turned_away (its address was at its cap), cap (an authenticated client over --max-connections or --max-client-connections)"
+        "Connections refused or closed, by reason: evicted (an unauthenticated one closed for a newer), turned_away (its address was at its cap), cap (an authenticated client over --max-connections or --max-client-connections), auth_failed (the handshake failed: unknown client, wrong secret)"
     );
     describe_gauge!(
         "handoff_active",
@@ -163,6 +163,11 @@ pub fn control_request(request: &'static str, ok: bool) {
     let result = if ok { "ok" } else { "refused" };
     counter!("handoff_control_requests_total", "request" => request, "result" => result)
         .increment(1);
+}
+
+/// A connection was refused for `reason` outside admission's counts (auth_failed).
+pub fn connection_refused(reason: &'static str) {
+    counter!("handoff_connection_refusals_total", "reason" => reason).increment(1);
 }
 
 /// A store commit took since `started`.
