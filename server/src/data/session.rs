@@ -22,7 +22,7 @@ use handoff_core::state::{ByteRange, HandleId, IoKind};
 use handoff_core::wire::Message;
 use handoff_core::Error;
 
-use crate::net::metrics::{self, DataOp, HandleGauge, Transport};
+use crate::net::metrics::{self, DataCounters, DataOp, Transport};
 use crate::net::{AttachedHandle, Shared, WriteCheck};
 
 /// A data channel's attached handle.
@@ -30,11 +30,10 @@ pub struct DataSession {
     gate: Gate,
     file: File,
     slot: u32,
-    client: String,
     transport: Transport,
+    counters: DataCounters,
     /// Given back (detached) when the session is dropped.
     _held: AttachedHandle,
-    _counted: HandleGauge,
 }
 
 /// The per-request checks of a [`DataSession`], cheap to clone so an async transport can run
@@ -70,10 +69,9 @@ impl DataSession {
             },
             file,
             slot: attached.slot,
-            client: client.to_owned(),
             transport,
+            counters: DataCounters::new(transport, client),
             _held: held,
-            _counted: HandleGauge::new(transport),
         };
         metrics::request_took("resume", started);
         Ok((session, Message::attached(&attached, size)))
@@ -112,7 +110,7 @@ impl DataSession {
                 .tcp_bytes
                 .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         }
-        metrics::data_served(self.transport, &self.client, op, bytes, started);
+        self.counters.served(op, bytes, started);
     }
 
     /// Makes everything written so far durable; the answer to a Flush either way.

@@ -7,7 +7,10 @@
 
 use std::time::Instant;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::shared::Shared;
@@ -31,12 +34,12 @@ impl Transport {
     }
 }
 
-/// A data-channel request, as the metrics name it.
+/// A data-channel request, as the metrics name it (its value indexes [`DATA_OPS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataOp {
-    Read,
-    Write,
-    Flush,
+    Read = 0,
+    Write = 1,
+    Flush = 2,
 }
 
 impl DataOp {
@@ -134,24 +137,6 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// A data-channel request served: its bytes, its operation and its latency, by transport and
-/// by client.
-pub fn data_served(transport: Transport, client: &str, op: DataOp, bytes: u64, started: Instant) {
-    let (t, o) = (transport.as_str(), op.as_str());
-    if bytes > 0 {
-        let direction = if op == DataOp::Write { "write" } else { "read" };
-        counter!("handoff_data_bytes_total", "transport" => t, "direction" => direction)
-            .increment(bytes);
-        counter!("handoff_client_data_bytes_total", "client" => client.to_owned(), "direction" => direction)
-            .increment(bytes);
-    }
-    counter!("handoff_data_operations_total", "transport" => t, "op" => o).increment(1);
-    counter!("handoff_client_data_operations_total", "client" => client.to_owned(), "op" => o)
-        .increment(1);
-    histogram!("handoff_request_duration_seconds", "op" => o)
-        .record(started.elapsed().as_secs_f64());
-}
-
 /// A request of `op` (open, resume) took since `started`.
 pub fn request_took(op: &'static str, started: Instant) {
     histogram!("handoff_request_duration_seconds", "op" => op)
@@ -175,19 +160,62 @@ pub fn store_commit(started: Instant) {
     histogram!("handoff_store_commit_duration_seconds").record(started.elapsed().as_secs_f64());
 }
 
-/// Counts one attached data-channel handle of `transport` while it lives.
-pub struct HandleGauge(Transport);
+/// The series one attached data-channel handle moves, looked up once when it attaches (a
+/// request then only adds to them), and the handle counted in `handoff_data_handles` while
+/// it lives.
+pub struct DataCounters {
+    transport: Transport,
+    /// By direction: read, write.
+    bytes: [Counter; 2],
+    client_bytes: [Counter; 2],
+    /// By [`DataOp`]: read, write, flush.
+    operations: [Counter; 3],
+    client_operations: [Counter; 3],
+    latency: [Histogram; 3],
+}
 
-impl HandleGauge {
-    pub fn new(transport: Transport) -> Self {
-        gauge!("handoff_data_handles", "transport" => transport.as_str()).increment(1.0);
-        Self(transport)
+const DATA_OPS: [DataOp; 3] = [DataOp::Read, DataOp::Write, DataOp::Flush];
+
+impl DataCounters {
+    pub fn new(transport: Transport, client: &str) -> Self {
+        let t = transport.as_str();
+        let by_direction = |name: &'static str, label: &'static str, value: &str| {
+            ["read", "write"].map(
+                |direction| counter!(name, label => value.to_owned(), "direction" => direction),
+            )
+        };
+        let by_op = |name: &'static str, label: &'static str, value: &str| {
+            DATA_OPS.map(|op| counter!(name, label => value.to_owned(), "op" => op.as_str()))
+        };
+        gauge!("handoff_data_handles", "transport" => t).increment(1.0);
+        Self {
+            transport,
+            bytes: by_direction("handoff_data_bytes_total", "transport", t),
+            client_bytes: by_direction("handoff_client_data_bytes_total", "client", client),
+            operations: by_op("handoff_data_operations_total", "transport", t),
+            client_operations: by_op("handoff_client_data_operations_total", "client", client),
+            latency: DATA_OPS
+                .map(|op| histogram!("handoff_request_duration_seconds", "op" => op.as_str())),
+        }
+    }
+
+    /// A request served: its bytes, its operation and its latency, by transport and by client.
+    pub fn served(&self, op: DataOp, bytes: u64, started: Instant) {
+        let i = op as usize;
+        if bytes > 0 {
+            let direction = usize::from(op == DataOp::Write);
+            self.bytes[direction].increment(bytes);
+            self.client_bytes[direction].increment(bytes);
+        }
+        self.operations[i].increment(1);
+        self.client_operations[i].increment(1);
+        self.latency[i].record(started.elapsed().as_secs_f64());
     }
 }
 
-impl Drop for HandleGauge {
+impl Drop for DataCounters {
     fn drop(&mut self) {
-        gauge!("handoff_data_handles", "transport" => self.0.as_str()).decrement(1.0);
+        gauge!("handoff_data_handles", "transport" => self.transport.as_str()).decrement(1.0);
     }
 }
 
