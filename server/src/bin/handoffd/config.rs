@@ -38,11 +38,17 @@ pub struct Layered {
     pub sources: BTreeMap<String, Source>,
 }
 
-/// A setting that could not be used: the message names the setting and its source, and
-/// the process exits 2 as for a bad flag.
+/// Why the settings could not be taken; either way the process exits 2, as for a bad flag.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+pub enum ConfigError {
+    /// A setting that could not be used: the message names the setting and its source.
+    #[error("{0}")]
+    Setting(String),
+    /// clap's own: a bad flag, or a request for help or the version (which print and exit
+    /// by themselves).
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+}
 
 /// A setting's environment variable: `HANDOFFD_DURABLE_TIMEOUT` for `--durable-timeout`.
 pub fn env_name(long: &str) -> String {
@@ -56,7 +62,7 @@ pub fn parse(
     cmd: &Command,
     argv: Vec<OsString>,
     env: &BTreeMap<String, String>,
-) -> Result<Result<Layered, ConfigError>, clap::Error> {
+) -> Result<Layered, ConfigError> {
     // A first look at the command line alone, to find --config and which flags it gives:
     // nothing is checked yet (a flag may need one the file gives, as --node needs --store);
     // the full parse below checks everything. Help and version are answered here.
@@ -69,10 +75,7 @@ pub fn parse(
         .cloned()
         .or_else(|| env.get(&env_name("config")).map(PathBuf::from));
     let table = match &file {
-        Some(path) => match read_table(path) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        },
+        Some(path) => read_table(path)?,
         None => toml::Table::new(),
     };
     let settings: Vec<&clap::Arg> = cmd
@@ -83,12 +86,9 @@ pub fn parse(
                 && !a.is_hide_set()
         })
         .collect();
-    if let Err(e) = check_keys(&settings, &table, file.as_deref(), env) {
-        return Ok(Err(e));
-    }
+    check_keys(&settings, &table, file.as_deref(), env)?;
     let mut added: Vec<OsString> = Vec::new();
     let mut sources = BTreeMap::new();
-    let mut origin: BTreeMap<String, Source> = BTreeMap::new();
     for arg in &settings {
         let id = arg.get_id().as_str();
         let long = arg.get_long().expect("filtered on a long name");
@@ -96,54 +96,50 @@ pub fn parse(
             Source::Flag
         } else if let Some(v) = env.get(&env_name(long)) {
             let values = v.split(',').map(str::to_owned).collect::<Vec<_>>();
-            match flag_words(arg, long, &values, v) {
-                Ok(words) => added.extend(words),
-                Err(why) => return Ok(Err(ConfigError(format!("{}: {why}", env_name(long))))),
-            }
+            let words = flag_words(arg, long, &values, v)
+                .map_err(|why| ConfigError::Setting(format!("{}: {why}", env_name(long))))?;
+            added.extend(words);
             Source::Env(env_name(long))
         } else if let Some(value) = table.get(long) {
             let path = file.clone().expect("a table only comes from a file");
-            match toml_words(arg, long, value) {
-                Ok(words) => added.extend(words),
-                Err(why) => {
-                    return Ok(Err(ConfigError(format!(
-                        "{}: key `{long}`: {why}",
-                        path.display()
-                    ))))
-                }
-            }
+            let words = toml_words(arg, long, value).map_err(|why| {
+                ConfigError::Setting(format!("{}: key `{long}`: {why}", path.display()))
+            })?;
+            added.extend(words);
             Source::File(path)
         } else {
             Source::Default
         };
-        origin.insert(format!("--{long}"), source.clone());
         sources.insert(id.to_owned(), source);
     }
     let mut full = vec![argv.first().cloned().unwrap_or_else(|| "handoffd".into())];
     full.extend(added);
     full.extend(argv.into_iter().skip(1));
     match cmd.clone().try_get_matches_from(full) {
-        Ok(matches) => Ok(Ok(Layered { matches, sources })),
+        Ok(matches) => Ok(Layered { matches, sources }),
         Err(e) => {
             // A bad value from the environment or the file: say where it came from.
             let arg = e
                 .get(clap::error::ContextKind::InvalidArg)
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let flag = arg.split([' ', '=']).next().unwrap_or_default();
-            match origin.get(flag) {
-                Some(Source::Env(var)) => Ok(Err(ConfigError(format!(
-                    "{var}: {}",
-                    first_line(&e.to_string())
-                )))),
-                Some(Source::File(path)) => Ok(Err(ConfigError(format!(
-                    "{}: key `{}`: {}",
-                    path.display(),
-                    flag.trim_start_matches('-'),
-                    first_line(&e.to_string())
-                )))),
-                _ => Err(e),
-            }
+            let long = arg
+                .split([' ', '='])
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('-');
+            let source = settings
+                .iter()
+                .find(|a| a.get_long() == Some(long))
+                .and_then(|a| sources.get(a.get_id().as_str()));
+            let why = first_line(&e.to_string()).to_owned();
+            Err(match source {
+                Some(Source::Env(var)) => ConfigError::Setting(format!("{var}: {why}")),
+                Some(Source::File(path)) => {
+                    ConfigError::Setting(format!("{}: key `{long}`: {why}", path.display()))
+                }
+                _ => ConfigError::Clap(e),
+            })
         }
     }
 }
@@ -154,9 +150,9 @@ fn first_line(s: &str) -> &str {
 
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError::Setting(format!("--config {}: {e}", path.display())))?;
     text.parse::<toml::Table>()
-        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        .map_err(|e| ConfigError::Setting(format!("{}: {e}", path.display())))
 }
 
 /// Every key of the file, and every `HANDOFFD_` variable, must name a setting: a misspelt
@@ -170,7 +166,7 @@ fn check_keys(
     let longs: Vec<&str> = settings.iter().filter_map(|a| a.get_long()).collect();
     if let Some(path) = file {
         if let Some(key) = table.keys().find(|k| !longs.contains(&k.as_str())) {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Setting(format!(
                 "{}: unknown key `{key}`{} (the keys are handoffd's flags without the dashes; \
                  `handoffd --print-config` lists them)",
                 path.display(),
@@ -188,7 +184,7 @@ fn check_keys(
         .find(|k| k.starts_with(ENV_PREFIX) && !k.starts_with(HOOK_PREFIX) && !vars.contains(k))
     {
         let known: Vec<&str> = vars.iter().map(String::as_str).collect();
-        return Err(ConfigError(format!(
+        return Err(ConfigError::Setting(format!(
             "unknown environment variable {var}{}",
             suggestion(var, &known).map_or(String::new(), |s| format!("; did you mean {s}?")),
         )));
@@ -395,11 +391,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        match parse(&cmd(), argv, &env) {
-            Ok(Ok(l)) => Ok(l),
-            Ok(Err(e)) => Err(e.to_string().replace(path.to_str().unwrap(), "FILE")),
-            Err(e) => Err(e.to_string()),
-        }
+        parse(&cmd(), argv, &env).map_err(|e| e.to_string().replace(path.to_str().unwrap(), "FILE"))
     }
 
     fn grace(l: &Layered) -> u64 {

@@ -353,12 +353,12 @@ fn settings() -> Args {
         }
     }
     let layered = match config::parse(&cmd, std::env::args_os().collect(), &env) {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
+        Ok(l) => l,
+        Err(config::ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
             eprintln!("handoffd: {e}");
             std::process::exit(2);
         }
-        Err(e) => e.exit(),
     };
     let args = Args::from_arg_matches(&layered.matches).unwrap_or_else(|e| e.exit());
     if args.print_config {
