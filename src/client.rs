@@ -267,11 +267,7 @@ impl Client {
 
     /// Admin: force-closes the opens `target` names; how many were closed.
     pub async fn admin_close(&mut self, target: &CloseTarget) -> Result<u64, Error> {
-        let (key, client, path) = match target {
-            CloseTarget::Key(k) => (k.clone(), String::new(), String::new()),
-            CloseTarget::Client(c) => (Vec::new(), c.clone(), String::new()),
-            CloseTarget::Path(p) => (Vec::new(), String::new(), p.clone()),
-        };
+        let (key, client, path) = target.to_fields();
         match self
             .request(&Message::AdminClose { key, client, path })
             .await?

@@ -89,6 +89,28 @@ pub enum CloseTarget {
     Path(String),
 }
 
+impl CloseTarget {
+    /// The `AdminClose` fields (key, client, path): the one that names the target, the
+    /// others empty.
+    pub fn to_fields(&self) -> (Vec<u8>, String, String) {
+        match self {
+            CloseTarget::Key(k) => (k.clone(), String::new(), String::new()),
+            CloseTarget::Client(c) => (Vec::new(), c.clone(), String::new()),
+            CloseTarget::Path(p) => (Vec::new(), String::new(), p.clone()),
+        }
+    }
+
+    /// The target `AdminClose` fields name: None unless exactly one is set.
+    pub fn from_fields(key: Vec<u8>, client: String, path: String) -> Option<Self> {
+        match (key.is_empty(), client.is_empty(), path.is_empty()) {
+            (false, true, true) => Some(CloseTarget::Key(key)),
+            (true, false, true) => Some(CloseTarget::Client(client)),
+            (true, true, false) => Some(CloseTarget::Path(path)),
+            _ => None,
+        }
+    }
+}
+
 /// Opens an administrator closed, remembered (the last [`AdminClosed::KEEP`]) so their
 /// holders are told why their key or handle stopped working.
 #[derive(Debug, Default)]

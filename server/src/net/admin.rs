@@ -48,16 +48,9 @@ pub(super) async fn request(shared: &Shared, client: &str, msg: Message) -> Resu
             client: who,
             path,
         } => {
-            let target = match (key.is_empty(), who.is_empty(), path.is_empty()) {
-                (false, true, true) => CloseTarget::Key(key),
-                (true, false, true) => CloseTarget::Client(who),
-                (true, true, false) => CloseTarget::Path(path),
-                _ => {
-                    return Err(Error::bad_request(
-                        "admin close names exactly one of a key, a client or a path",
-                    ))
-                }
-            };
+            let target = CloseTarget::from_fields(key, who, path).ok_or_else(|| {
+                Error::bad_request("admin close names exactly one of a key, a client or a path")
+            })?;
             // Named in the log without the key itself (a capability, even once closed).
             let named = match &target {
                 CloseTarget::Key(_) => "the open of a key".to_owned(),
