@@ -411,7 +411,7 @@ impl Client {
     }
 
     /// A duplicate handle for `token` on `channel` (None: RDMA if the server offers it and
-    /// this host has a device, else TCP). `direct` asks RDMA direct mode for reads.
+    /// this host has a device, else TCP). `direct` asks RDMA direct mode (one-sided reads; writes where granted).
     pub async fn open_data(
         &mut self,
         token: &str,

@@ -125,6 +125,9 @@ impl RdmaHandle {
             pool: pool.clone(),
             fell_back: (0, 0),
             abandoned: false,
+            want_direct,
+            asked_write_grant: false,
+            direct_dirty: None,
         };
         let thread = std::thread::Builder::new()
             .name("handoff-rdma".into())
@@ -330,6 +333,11 @@ struct Connection {
     fell_back: (u64, u32),
     /// A read was abandoned midway and the connection closed.
     abandoned: bool,
+    want_direct: bool,
+    /// A writable grant was asked for (once per handle: a refusal or revocation stands).
+    asked_write_grant: bool,
+    /// The span written direct since the last flush, to report when flushing.
+    direct_dirty: Option<(u64, u64)>,
 }
 
 /// The attached handle's file, report and number, and the bytes per request the QPs use
@@ -371,7 +379,7 @@ impl Connection {
                     let _ = done.send(r);
                 }
                 Command::Flush { done } => {
-                    let _ = done.send(self.multi().and_then(|m| m.primary()?.flush()));
+                    let _ = done.send(self.flush());
                 }
             }
         }
@@ -388,7 +396,8 @@ impl Connection {
             first.request_size(),
         );
         if want_direct {
-            first.map_direct()?;
+            // A read-write open is refused direct reads; its writes ask for their own grant.
+            first.map_direct(false)?;
         }
         self.multi = Some(multi);
         Ok(attached)
@@ -479,13 +488,7 @@ impl Connection {
                 tracing::info!("direct access revoked; falling back to server-initiated reads");
                 self.fell_back.0 += delivered;
                 self.fell_back.1 += 1;
-                self.multi = None; // its QPs go before new ones are made
-                self.multi = Some(MultiChannel::connect(
-                    &self.addrs,
-                    &self.identity,
-                    &self.key,
-                    self.request,
-                )?);
+                self.reconnect()?;
                 let rest = self
                     .multi()?
                     .read_to(offset + delivered, len - delivered, sink)?;
@@ -521,6 +524,75 @@ impl Connection {
             }
             Ok(n)
         };
-        self.multi()?.primary()?.write_from(offset, &mut fill)
+        if !self.want_direct {
+            return self.multi()?.primary()?.write_from(offset, &mut fill);
+        }
+        if !self.asked_write_grant {
+            self.asked_write_grant = true;
+            self.multi()?.primary()?.map_direct(true)?;
+        }
+        let primary = self.multi()?.primary()?;
+        if !primary.is_direct_writable() {
+            return primary.write_from(offset, &mut fill);
+        }
+        let direct = primary.write_direct(offset, &mut fill)?;
+        self.fell_back.0 += direct.written;
+        if direct.written > 0 {
+            let (start, end) = self
+                .direct_dirty
+                .unwrap_or((offset, offset + direct.written));
+            self.direct_dirty = Some((start.min(offset), end.max(offset + direct.written)));
+        }
+        if direct.revoked {
+            tracing::info!("direct writes revoked; falling back to server-initiated writes");
+            self.fell_back.1 += 1;
+            self.reconnect()?;
+        }
+        // What did not go direct (past the file's region, or in flight when revoked) goes
+        // through the server: the carried bytes first, then the rest of `fill`.
+        let mut carry = direct.carry;
+        let mut taken = 0;
+        let mut rest = |region: &mut [u8]| {
+            if taken < carry.len() {
+                let n = (carry.len() - taken).min(region.len());
+                region[..n].copy_from_slice(&carry[taken..taken + n]);
+                taken += n;
+                if taken == carry.len() {
+                    carry = Vec::new();
+                    taken = 0;
+                }
+                return Ok(n);
+            }
+            fill(region)
+        };
+        let through_server = self
+            .multi()?
+            .primary()?
+            .write_from(offset + direct.written, &mut rest)?;
+        Ok(direct.written + through_server)
+    }
+
+    /// Replaces the QPs with new ones on the same open (after a revocation left them dead).
+    fn reconnect(&mut self) -> Result<(), DataError> {
+        self.multi = None; // its QPs go before new ones are made
+        self.multi = Some(MultiChannel::connect(
+            &self.addrs,
+            &self.identity,
+            &self.key,
+            self.request,
+        )?);
+        Ok(())
+    }
+
+    /// Makes written bytes durable; direct writes are reported, so the server counts them.
+    fn flush(&mut self) -> Result<(), DataError> {
+        let dirty = self.direct_dirty;
+        let primary = self.multi()?.primary()?;
+        match dirty {
+            Some((start, end)) => primary.direct_flush(start, end - start)?,
+            None => primary.flush()?,
+        }
+        self.direct_dirty = None;
+        Ok(())
     }
 }

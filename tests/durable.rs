@@ -224,3 +224,63 @@ fn a_store_that_fails_a_write_stops_the_server_and_loses_nothing_it_confirmed() 
         cli.run(&["resume", key]).expect(0);
     }
 }
+
+/// Concurrent opens share store commits (group commit), yet each reply still comes only once
+/// its open is durable: after kill -9 every key whose open was answered resumes.
+#[test]
+fn concurrent_opens_share_commits_and_every_answered_open_survives_kill_9() {
+    const TASKS: usize = 8;
+    const EACH: usize = 16;
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let mut server = TestServer::start(
+        &[&c1],
+        &["--durable-timeout", "60", "--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics = server.metrics_addr.clone().expect("a metrics address");
+    let commits = || {
+        series(
+            &scrape(&metrics),
+            "handoff_store_commit_duration_seconds_count",
+        )
+    };
+    let before = commits();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let keys: Vec<String> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let (addr, identity) = (server.addr.clone(), c1.identity.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut control = handoff::Client::connect(&addr, &identity).await.unwrap();
+                let opts = handoff::OpenOptions {
+                    create: true,
+                    ..Default::default()
+                };
+                let mut keys = Vec::new();
+                for i in 0..EACH {
+                    let opened = control.open(&format!("g{t}-{i}"), &opts).await.unwrap();
+                    keys.push(opened.token);
+                }
+                keys
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    assert_eq!(keys.len(), TASKS * EACH);
+    let used = commits() - before;
+    assert!(
+        used < (TASKS * EACH) as f64 * 0.75,
+        "{} opens took {used} store commits: concurrent opens should share them",
+        TASKS * EACH
+    );
+
+    server.restart(); // SIGKILL, then the same --state
+    let cli = server.cli(&c1);
+    for key in &keys {
+        cli.run(&["resume", key, "--channel", "tcp"]).expect(0);
+    }
+}

@@ -364,6 +364,105 @@ fn direct_mode_reads_without_server_work_and_falls_back_when_revoked() {
 
 #[test]
 #[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
+fn direct_writes_take_no_server_cpu_fall_back_when_revoked_and_survive_kill_9() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let mut server = start(&[&c1, &c2], &ips, 1, &[]);
+    let fs_type = sh_out(&format!("stat -f -c %T {}", server.root().display()));
+    assert_eq!(
+        fs_type.trim(),
+        "tmpfs",
+        "direct writes are granted on tmpfs only; the guest's /tmp is one"
+    );
+    const SIZE: usize = 256 << 20;
+    let path = server.root().join("f");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(SIZE as u64)
+        .unwrap();
+    let key = server.cli(&c1).open(&["f", "--mode", "rw"]);
+    let new = random_bytes(SIZE, 31);
+    let mut expected = new.clone();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+        let mut data = control
+            .open_data(&key, Some(handoff::Channel::Rdma), true)
+            .await
+            .unwrap();
+        drop(control);
+        // The first page takes the grant; the other 256 MiB go with no server CPU at all.
+        data.write_at(0, &new[..4096]).await.unwrap();
+        let before = stats(&server, &c1);
+        assert_eq!(before["direct_grants"].as_u64().unwrap(), 1);
+        data.write_at(4096, &new[4096..]).await.unwrap();
+        let after = stats(&server, &c1);
+        assert_eq!(after["data_cpu_ns"], before["data_cpu_ns"]);
+        assert_eq!(after["rdma_server_bytes"], before["rdma_server_bytes"]);
+        data.flush().await.unwrap();
+        assert_eq!(sha256(&std::fs::read(&path).unwrap()), sha256(&new));
+        let DataHandle::Rdma(r) = &data else {
+            panic!("not RDMA")
+        };
+        assert_eq!(r.direct_bytes(), SIZE as u64);
+        assert_eq!(r.fallbacks(), 0);
+
+        // Another client opens the file, even just to read: the file is no longer the
+        // writer's alone, so its grant is revoked; its next write falls back and lands.
+        let reader = server.cli(&c2);
+        let rkey = reader.open(&["f", "--mode", "r"]);
+        assert_eq!(
+            stats(&server, &c1)["direct_revocations"].as_u64().unwrap(),
+            1
+        );
+        let patch = random_bytes(8 << 20, 32);
+        expected[1 << 20..(1 << 20) + patch.len()].copy_from_slice(&patch);
+        let posted = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap();
+        data.write_at(1 << 20, &patch).await.unwrap();
+        data.flush().await.unwrap();
+        let DataHandle::Rdma(r) = &data else {
+            panic!("not RDMA")
+        };
+        assert_eq!(r.fallbacks(), 1);
+        assert_eq!(r.direct_bytes(), SIZE as u64);
+        let moved = stats(&server, &c1)["rdma_server_bytes"].as_u64().unwrap() - posted;
+        assert!(
+            moved >= 8 << 20,
+            "the fallback went through the server: {moved}"
+        );
+        assert_eq!(sha256(&std::fs::read(&path).unwrap()), sha256(&expected));
+        let seen = reader.run(&["read", &rkey, "--channel", "rdma"]).expect(0);
+        assert_eq!(sha256(&seen.stdout), sha256(&expected));
+    });
+
+    // The CLI, then kill -9 once its flush returned: the bytes are there after a restart.
+    std::fs::File::create(server.root().join("g"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let w = server.cli(&c1);
+    let gkey = w.open(&["g", "--mode", "rw", "--exclusive"]);
+    let bytes = random_bytes(64 << 20, 33);
+    let out = w
+        .run_with(
+            &["write", &gkey, "--direct", "--channel", "rdma", "--json"],
+            Some(&bytes),
+        )
+        .expect(0);
+    assert_eq!(out.json()["direct_bytes"], 64u64 << 20);
+    assert_eq!(out.json()["direct"], true);
+    server.restart();
+    let back = w.run(&["read", &gkey, "--channel", "rdma"]).expect(0);
+    assert_eq!(sha256(&back.stdout), sha256(&bytes));
+}
+
+#[test]
+#[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
 fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_intact() {
     let Some(ips) = rdma_ips() else { return };
     let tmp = tempfile::tempdir().unwrap();

@@ -14,9 +14,9 @@ pub use lock_table::LockTable;
 pub use open_table::{FileState, OpenEntry, OpenTable};
 pub use resume_key::{KeyError, KeySealer, ResumeKey};
 pub use server_core::{
-    Attached, Census, Checkpoint, CloseTarget, CoreConfig, CoreError, Export, Granted, HandleId,
-    ImportSummary, Imported, IoKind, OpenRequest, OpenState, OpenSummary, Persisted, Quotas, Ready,
-    ResumeReport, ServerCore,
+    Attached, Census, Checkpoint, CloseTarget, CoreConfig, CoreError, DirectAccess, Export,
+    Granted, HandleId, ImportSummary, Imported, IoKind, OpenRequest, OpenState, OpenSummary,
+    Persisted, Quotas, Ready, ResumeReport, ServerCore,
 };
 pub use share_mode::{Mode, ShareMode};
 

@@ -155,6 +155,15 @@ pub enum IoKind {
     Write,
 }
 
+/// What a direct-mode grant lets the client do one-sidedly with the file's memory region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectAccess {
+    /// RDMA READs only.
+    Read,
+    /// RDMA READs and WRITEs.
+    Write,
+}
+
 pub struct ServerCore {
     config: CoreConfig,
     sealer: KeySealer,
@@ -403,6 +412,26 @@ impl ServerCore {
         }
     }
 
+    /// An open `slot` of `file_id` was granted or revived: a writer or a lock holder revokes
+    /// every other open's direct access; any other newcomer revokes the direct *writes* of
+    /// others (held only by opens that can write), which need the file to themselves.
+    fn revoke_for_newcomer(&mut self, file_id: u64, slot: u32, mode: Mode, locks: bool) {
+        if mode.can_write() || locks {
+            return self.revoke_others(file_id, slot);
+        }
+        let Some(f) = self.table.file(file_id) else {
+            return;
+        };
+        let writers = f.live.iter().copied().filter(|s| {
+            *s != slot
+                && self
+                    .table
+                    .get(*s)
+                    .is_some_and(|e| e.record.mode.can_write())
+        });
+        self.revoked.extend(writers.collect::<Vec<_>>());
+    }
+
     /// The open behind a handle, with its slot.
     fn handle_entry(&self, handle: HandleId) -> Result<(u32, &super::OpenEntry), CoreError> {
         self.check_referral()?;
@@ -418,14 +447,28 @@ impl ServerCore {
         Ok((slot, e))
     }
 
-    /// Direct mode (one-sided reads by the client, no server CPU) is granted to a read-only
-    /// handle while no other open of the file can write and no other open holds a lock.
-    pub fn direct_allowed(&self, handle: HandleId) -> Result<u32, CoreError> {
+    /// Direct mode (one-sided access by the client, no server CPU). Reads are granted to a
+    /// read-only handle while no other open of the file can write and no other open holds a
+    /// lock. Writes are granted to a read-write handle whose open is the file's only live open
+    /// (it holds it exclusively, by share mode or because nobody else has it open); any other
+    /// open, lock, close or expiry revokes them.
+    pub fn direct_allowed(&self, handle: HandleId, access: DirectAccess) -> Result<u32, CoreError> {
         let (slot, e) = self.handle_entry(handle)?;
-        if e.record.mode.can_write() {
-            return Err(CoreError::denied("direct mode is for read-only opens"));
-        }
         let file = self.table.file(e.record.file_id);
+        if access == DirectAccess::Write {
+            if !e.record.mode.can_write() {
+                return Err(CoreError::denied("direct writes need an open with mode rw"));
+            }
+            if file.is_some_and(|f| f.live.iter().any(|s| *s != slot)) {
+                return Err(CoreError::denied(
+                    "direct writes refused: another open of the file is live",
+                ));
+            }
+            return Ok(slot);
+        }
+        if e.record.mode.can_write() {
+            return Err(CoreError::denied("direct reads are for read-only opens"));
+        }
         // This open is read-only, so every writer counted is another open.
         if file.is_some_and(|f| f.shares.writers > 0) {
             return Err(CoreError::denied(
@@ -753,9 +796,7 @@ impl ServerCore {
             }],
         };
         tracing::info!(slot, path = %record.path, owner = %record.owner, mode = %record.mode, share = %record.share, "open granted");
-        if record.mode.can_write() || !record.locks.is_empty() {
-            self.revoke_others(req.file_id, slot);
-        }
+        self.revoke_for_newcomer(req.file_id, slot, record.mode, !record.locks.is_empty());
         self.table.insert(record, 0);
         let handle = self.new_handle(slot);
         self.persist_file(req.file_id);
@@ -871,9 +912,7 @@ impl ServerCore {
             }
             self.table.revive(slot);
             report.reopened = true;
-            if rec.mode.can_write() || !rec.locks.is_empty() {
-                self.revoke_others(rec.file_id, slot);
-            }
+            self.revoke_for_newcomer(rec.file_id, slot, rec.mode, !rec.locks.is_empty());
         }
         if let Some(e) = self.table.get_mut(slot) {
             e.record.seen_access = counters.access_seq;

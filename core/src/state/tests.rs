@@ -236,7 +236,10 @@ fn direct_mode_is_for_lone_readers_and_conflicts_revoke_it() {
     let other_reader = core
         .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
         .unwrap();
-    assert_eq!(core.direct_allowed(reader.handle), Ok(reader.slot));
+    assert_eq!(
+        core.direct_allowed(reader.handle, DirectAccess::Read),
+        Ok(reader.slot)
+    );
     assert!(
         core.take_revocations().is_empty(),
         "a second reader revokes nothing"
@@ -248,11 +251,13 @@ fn direct_mode_is_for_lone_readers_and_conflicts_revoke_it() {
     let mut revoked = core.take_revocations();
     revoked.sort();
     assert_eq!(revoked, vec![reader.slot, other_reader.slot]);
-    denied(core.direct_allowed(reader.handle));
-    denied(core.direct_allowed(writer.handle));
+    denied(core.direct_allowed(reader.handle, DirectAccess::Read));
+    denied(core.direct_allowed(writer.handle, DirectAccess::Read));
     core.close("c3", &writer.sealed).unwrap();
     assert_eq!(core.take_revocations(), vec![writer.slot]);
-    assert!(core.direct_allowed(reader.handle).is_ok());
+    assert!(core
+        .direct_allowed(reader.handle, DirectAccess::Read)
+        .is_ok());
     // A lock by another open revokes too.
     core.lock(
         "c2",
@@ -262,7 +267,7 @@ fn direct_mode_is_for_lone_readers_and_conflicts_revoke_it() {
     )
     .unwrap();
     assert_eq!(core.take_revocations(), vec![reader.slot]);
-    denied(core.direct_allowed(reader.handle));
+    denied(core.direct_allowed(reader.handle, DirectAccess::Read));
     // Expiry of the holder itself revokes its own grant.
     core.lock(
         "c2",
@@ -275,6 +280,35 @@ fn direct_mode_is_for_lone_readers_and_conflicts_revoke_it() {
     core.detach(reader.handle, 0);
     core.handle_timeout(T);
     assert!(core.take_revocations().contains(&reader.slot));
+}
+
+#[test]
+fn direct_writes_are_for_a_lone_writer_and_any_other_open_revokes_them() {
+    let (mut core, _) = fresh();
+    let writer = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let only = DirectAccess::Write;
+    assert_eq!(core.direct_allowed(writer.handle, only), Ok(writer.slot));
+    denied(core.direct_allowed(writer.handle, DirectAccess::Read));
+    core.take_revocations();
+    // Even a reader revokes a direct writer: the file is no longer the writer's alone.
+    let reader = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    assert_eq!(core.take_revocations(), vec![writer.slot]);
+    denied(core.direct_allowed(writer.handle, only));
+    denied(core.direct_allowed(reader.handle, only));
+    // Once the reader is gone, the writer may have direct writes again.
+    core.close("c2", &reader.sealed).unwrap();
+    assert_eq!(core.direct_allowed(writer.handle, only), Ok(writer.slot));
+    // A second reader of another file revokes nothing of this one.
+    core.take_revocations();
+    let mut elsewhere = req("c2", Mode::Read, ShareMode::ALL, &[]);
+    elsewhere.file_id += 1;
+    elsewhere.path = "other".into();
+    core.open(elsewhere, 0).unwrap();
+    assert!(core.take_revocations().is_empty());
 }
 
 #[test]

@@ -299,6 +299,15 @@ message_table! {
         },
         /// RDMA direct mode: ask for an rkey to the file itself; answered with `FileMapped`.
         0x26 => MapFile,
+        /// RDMA direct writes: ask for an rkey the client may also RDMA WRITE through (an open
+        /// with mode rw that is the file's only live open); answered with `FileMapped`.
+        0x27 => MapFileWrite,
+        /// After direct writes: make them durable and count `[offset, offset + len)` as written
+        /// by this handle (the file's change counters); answered with `Done`.
+        0x28 => DirectFlush {
+            offset: u64 = long,
+            len: u64 = long,
+        },
         // Responses.
         0x40 => Opened {
             key: Vec<u8> = blob(MAX_KEY),
@@ -324,8 +333,8 @@ message_table! {
         /// `len` raw bytes follow the frame.
         0x46 => ReadData { len: u64 = long },
         0x47 => Written { len: u64 = long },
-        /// Direct mode grant: the client may RDMA READ `[addr, addr + len)` with `rkey` until
-        /// the server revokes it (a conflicting open, lock, close or expiry).
+        /// Direct mode grant: the client may RDMA READ (after `MapFileWrite`, also WRITE)
+        /// `[addr, addr + len)` with `rkey` until the server revokes it (a conflicting open, lock, close or expiry).
         0x48 => FileMapped {
             addr: u64 = long,
             len: u64 = long,
@@ -475,6 +484,11 @@ mod tests {
                 rkey: 8,
             },
             Message::MapFile,
+            Message::MapFileWrite,
+            Message::DirectFlush {
+                offset: 12,
+                len: 13,
+            },
             Message::Stats,
             Message::StatsReply {
                 counters: vec![("a".into(), 1)],

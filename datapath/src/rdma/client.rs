@@ -41,7 +41,7 @@ pub struct RdmaClient {
     pub device: String,
     /// Bytes moved through this QP (either direction).
     pub bytes: u64,
-    direct: Option<(u64, u64, u32)>,
+    direct: Option<DirectGrant>,
     next_wr: u64,
     /// Bytes asked per request, also the stride of the registered slots; up to [`DEPTH`]
     /// requests are in flight.
@@ -376,12 +376,23 @@ impl RdmaClient {
         }
     }
 
-    /// Asks for direct mode. `Ok(false)`: refused (the reason is logged); use `read_to`.
-    pub fn map_direct(&mut self) -> Result<bool, DataError> {
-        self.ep.send(&Message::MapFile)?;
+    /// Asks for direct mode (one-sided reads; with `write`, reads and writes). `Ok(false)`:
+    /// refused (the reason is logged); use `read_to` and `write_from`.
+    pub fn map_direct(&mut self, write: bool) -> Result<bool, DataError> {
+        let ask = if write {
+            Message::MapFileWrite
+        } else {
+            Message::MapFile
+        };
+        self.ep.send(&ask)?;
         match self.ep.recv()? {
             Message::FileMapped { addr, len, rkey } => {
-                self.direct = Some((addr, len, rkey));
+                self.direct = Some(DirectGrant {
+                    base: addr,
+                    len,
+                    rkey,
+                    writable: write,
+                });
                 Ok(true)
             }
             Message::Error { message, .. } => {
@@ -403,7 +414,12 @@ impl RdmaClient {
         len: u64,
         sink: &mut crate::Sink<'_>,
     ) -> Result<u64, DataError> {
-        let (base, size, rkey) = self
+        let DirectGrant {
+            base,
+            len: size,
+            rkey,
+            ..
+        } = self
             .direct
             .ok_or_else(|| protocol("direct mode not granted".into()))?;
         let len = len.min(size.saturating_sub(offset));
@@ -454,6 +470,119 @@ impl RdmaClient {
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
     }
+
+    /// Whether the grant held lets this client write one-sidedly too.
+    pub fn is_direct_writable(&self) -> bool {
+        self.direct.is_some_and(|d| d.writable)
+    }
+
+    /// Direct writes: what `fill` produces goes into the file's region with this client's
+    /// own RDMA WRITEs (no server CPU), pipelined [`DEPTH`] deep, from `offset` until `fill`
+    /// ends or the region does (direct writes never extend the file). Each WRITE counts once
+    /// its completion says it was placed. The caller writes what is left through the server
+    /// (`write_from`), starting with [`DirectWritten::carry`], and ends with
+    /// [`RdmaClient::direct_flush`].
+    pub fn write_direct(
+        &mut self,
+        offset: u64,
+        fill: &mut crate::Fill<'_>,
+    ) -> Result<DirectWritten, DataError> {
+        let grant = self
+            .direct
+            .filter(|d| d.writable)
+            .ok_or_else(|| protocol("direct writes not granted".into()))?;
+        let mut inflight: VecDeque<(u64, usize, usize)> = VecDeque::new();
+        let mut free: Vec<usize> = (0..DEPTH).rev().collect();
+        let mut pos = offset;
+        let mut ended = false;
+        let mut done = DirectWritten::default();
+        loop {
+            while !ended && pos < grant.len {
+                let Some(slot) = free.pop() else { break };
+                let room = (grant.len - pos).min(self.request as u64) as usize;
+                let region = &mut self.buf.bytes_mut().expect("owned buffer")
+                    [slot * self.request..slot * self.request + room];
+                let n = fill(region)?;
+                if n == 0 {
+                    ended = true;
+                    free.push(slot);
+                    break;
+                }
+                let wr = self.next_wr;
+                self.next_wr += 1;
+                // SAFETY: `buf` is dropped after this handle's endpoint (field order); a slot
+                // is refilled only after wait_for(wr) took its WRITE's completion, and a failed
+                // completion puts the QP in the error state, which flushes the rest.
+                unsafe {
+                    self.ep.post_rdma(
+                        wr,
+                        SendOp::Write,
+                        (&self.buf, slot * self.request, n),
+                        (grant.base + pos, grant.rkey),
+                        true,
+                    )?
+                };
+                inflight.push_back((wr, slot, n));
+                pos += n as u64;
+            }
+            let Some((wr, slot, n)) = inflight.front().copied() else {
+                break;
+            };
+            if let Err(e) = self.ep.wait_for(wr) {
+                if !self.ep.remote_access_error {
+                    return Err(e);
+                }
+                // Revoked: this WRITE and those after it may not have landed. Their bytes,
+                // in order, go through the server instead.
+                self.direct = None;
+                done.revoked = true;
+                for (_, slot, n) in inflight {
+                    let at = slot * self.request;
+                    done.carry.extend_from_slice(&self.buf.bytes()[at..at + n]);
+                }
+                return Ok(done);
+            }
+            inflight.pop_front();
+            done.written += n as u64;
+            self.bytes += n as u64;
+            free.push(slot);
+        }
+        Ok(done)
+    }
+
+    /// Makes direct writes durable and has the server count `[offset, offset + len)` as this
+    /// handle's change (works on any QP of the open, also after the grant was revoked).
+    pub fn direct_flush(&mut self, offset: u64, len: u64) -> Result<(), DataError> {
+        self.ep.send(&Message::DirectFlush { offset, len })?;
+        match reply(&mut self.ep)? {
+            Message::Done => Ok(()),
+            other => Err(protocol(format!(
+                "expected Done, got {:#04x}",
+                other.kind()
+            ))),
+        }
+    }
+}
+
+/// A direct-mode grant: the file's region `[base, base + len)` under `rkey`.
+#[derive(Clone, Copy, Debug)]
+struct DirectGrant {
+    base: u64,
+    len: u64,
+    rkey: u32,
+    writable: bool,
+}
+
+/// How far [`RdmaClient::write_direct`] got.
+#[derive(Debug, Default)]
+pub struct DirectWritten {
+    /// Bytes placed one-sidedly, from the offset asked.
+    pub written: u64,
+    /// Bytes `fill` produced that did not land direct (in flight when the grant was
+    /// revoked): the next to write, at offset + `written`.
+    pub carry: Vec<u8>,
+    /// The grant was revoked; this QP is dead, reconnect for the rest.
+    pub revoked: bool,
 }
 
 impl Drop for RdmaClient {

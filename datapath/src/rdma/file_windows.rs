@@ -163,8 +163,14 @@ impl FileWindows {
         MemoryRegion::register(&self.pd, Backing::Mapped(map), Access::LOCAL)
     }
 
-    /// Registers the whole file for one-sided reads by the client (direct mode).
-    pub fn map_direct(&self, size: u64) -> io::Result<MemoryRegion> {
+    /// Registers the whole file for one-sided access by the client (direct mode): reads, and
+    /// with `writable` also writes.
+    ///
+    /// Writes are registered only for a file on tmpfs (shared memory). On a file system with
+    /// writeback, bytes an adapter writes into pinned page-cache pages do not mark them dirty
+    /// (only unpinning does), so fdatasync could skip them and a flush would be a lie; kernels
+    /// from 6.5 refuse such pins outright. The caller falls back to server-posted writes.
+    pub fn map_direct(&self, size: u64, writable: bool) -> io::Result<MemoryRegion> {
         let file = self
             .map_file
             .as_ref()
@@ -175,6 +181,12 @@ impl FileWindows {
                 super::MAX_DIRECT >> 30
             )));
         }
+        if writable && !is_shared_memory(file)? {
+            return Err(io::Error::other(
+                "direct writes need a file on tmpfs: on a file system with writeback, bytes \
+                 written into pinned pages would not be flushed",
+            ));
+        }
         // SAFETY: as in `map_window`; the grant is revoked (deregistered and unmapped) before
         // any truncate through handoff, since a writer's open revokes it first.
         let map = unsafe {
@@ -182,6 +194,20 @@ impl FileWindows {
                 .len(size as usize)
                 .map_mut(file)?
         };
-        MemoryRegion::register(&self.pd, Backing::Mapped(map), Access::REMOTE_READ)
+        let access = if writable {
+            Access::REMOTE_READ
+                .with(Access::REMOTE_WRITE)
+                .with(Access::LOCAL_WRITE)
+        } else {
+            Access::REMOTE_READ
+        };
+        MemoryRegion::register(&self.pd, Backing::Mapped(map), access)
     }
+}
+
+/// Whether `file` lives in shared memory (tmpfs), where page-cache pages are the file and
+/// there is no writeback to miss.
+fn is_shared_memory(file: &File) -> io::Result<bool> {
+    let fs = nix::sys::statfs::fstatfs(file).map_err(io::Error::from)?;
+    Ok(fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }

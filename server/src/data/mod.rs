@@ -4,5 +4,6 @@
 pub mod rdma;
 mod session;
 mod tcp;
+mod thread_cpu;
 
 pub use tcp::DataServer;

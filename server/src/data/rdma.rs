@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use handoff_core::state::resume_key::SEALED_LEN;
+use handoff_core::state::{ByteRange, DirectAccess};
 use handoff_core::wire::{ErrorCode, Message};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
@@ -23,6 +24,7 @@ use handoff_datapath::rdma::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
 use handoff_datapath::DataError;
 
 use super::session::{DataSession, Landing};
+use super::thread_cpu::ThreadCpu;
 use crate::auth::ClientDirectory;
 use crate::net::metrics::{DataOp, Transport};
 use crate::net::{reopen, Revocable, Seat, Shared};
@@ -290,6 +292,7 @@ impl Connection {
                 },
             };
             self.check_truncations()?;
+            let cpu = ThreadCpu::now();
             match msg {
                 Message::RdmaRead {
                     offset,
@@ -303,14 +306,40 @@ impl Connection {
                     self.ep.send(&self.session.flush())?;
                     self.session.served(DataOp::Flush, 0, started);
                 }
-                Message::MapFile => self.map_file()?,
+                Message::DirectFlush { offset, len } => self.direct_flush(offset, len)?,
+                Message::MapFile => self.map_file(DirectAccess::Read)?,
+                Message::MapFileWrite => self.map_file(DirectAccess::Write)?,
                 other => {
                     let e = DataSession::not_a_request(&other, "RDMA");
                     self.ep.send(&e.to_message())?;
                     return Err(e.into());
                 }
             }
+            cpu.spent(&self.shared.stats.data_cpu_ns);
         }
+    }
+
+    /// Direct writes `[offset, offset + len)` are done: makes them durable and counts them as
+    /// this handle's change. The client's own RDMA WRITEs completed before it asked, so the
+    /// bytes are in the file's pages; nothing is copied here.
+    fn direct_flush(&mut self, offset: u64, len: u64) -> Result<(), DataError> {
+        let started = Instant::now();
+        let range = ByteRange::new(offset, len);
+        if len > 0 && range.is_none() {
+            let e = Error::bad_request("direct flush range overflows");
+            return self.ep.send(&e.to_message());
+        }
+        let check = match self.session.gate().check_write(range) {
+            Ok(c) => c,
+            Err(e) => return self.ep.send(&e.to_message()),
+        };
+        let answer = self.session.flush();
+        if len > 0 && matches!(answer, Message::Done) {
+            self.shared.wrote(check);
+        }
+        self.ep.send(&answer)?;
+        self.session.served(DataOp::Flush, 0, started);
+        Ok(())
     }
 
     fn check_truncations(&mut self) -> Result<(), DataError> {
@@ -464,11 +493,12 @@ impl Connection {
         Ok(Ok((wr, landing)))
     }
 
-    fn map_file(&mut self) -> Result<(), DataError> {
+    fn map_file(&mut self, access: DirectAccess) -> Result<(), DataError> {
         let size = self.session.file().metadata()?.len();
         let windows = &self.windows;
-        let granted = self.shared.grant_direct(self.session.handle(), || {
-            let mr = windows.map_direct(size).map_err(Error::Io)?;
+        let writable = access == DirectAccess::Write;
+        let granted = self.shared.grant_direct(self.session.handle(), access, || {
+            let mr = windows.map_direct(size, writable).map_err(Error::Io)?;
             Ok(Arc::new(DirectGrant {
                 mr: Mutex::new(Some(mr)),
             }))

@@ -184,6 +184,12 @@ impl Gate {
         })
     }
 
+    /// Checks that this handle may write `range` now (rights, locks, the node's lease),
+    /// for bytes that reach the file without the server (direct writes).
+    pub fn check_write(&self, range: Option<ByteRange>) -> Result<WriteCheck, Error> {
+        self.shared.check_write(self.handle, range)
+    }
+
     /// A checked write's bytes reached the file (some or all): the change is counted.
     pub fn landed(&self, landing: &Landing) {
         if landing.written > 0 {

@@ -8,6 +8,7 @@ mod control;
 mod direct_grants;
 mod drain;
 mod files;
+mod group_commit;
 pub mod metrics;
 pub mod metrics_http;
 mod namespace;

@@ -14,11 +14,13 @@ use tokio::sync::{Notify, Semaphore};
 use super::admission::{Admission, Limits};
 use super::direct_grants::{DirectGrants, Revocable};
 use super::files::{reopen, OpenedFile, Root};
+use super::group_commit::{Failure, Group, GroupCommit, Ticket};
 use super::stats::ServerStats;
 use super::stop::Stop;
 use crate::auth::ClientDirectory;
 use crate::state::{
-    Attached, ByteRange, CoreError, HandleId, IoKind, OpenRequest, Persisted, ServerCore,
+    Attached, ByteRange, CoreError, DirectAccess, HandleId, IoKind, OpenRequest, Persisted, Ready,
+    ServerCore,
 };
 use crate::store::Health;
 use crate::store::{Store, StoreError};
@@ -54,7 +56,6 @@ pub struct ServerConfig {
 
 struct Inner {
     core: ServerCore,
-    store: Box<dyn Store>,
     /// Writes decided while the store was unreachable by requests that may wait for it
     /// (detaches, access counting of reads); written first once it answers again.
     backlog: Vec<crate::store::Mutation>,
@@ -119,6 +120,8 @@ pub enum Persist {
 #[derive(Clone)]
 pub struct Shared {
     inner: Arc<Mutex<Inner>>,
+    /// The store, written by group commits: see [`GroupCommit`].
+    commits: Arc<GroupCommit>,
     /// The cluster lease (with an etcd store), read without the lock.
     lease: Option<Arc<dyn crate::store::Fence>>,
     wake: Arc<Notify>,
@@ -152,9 +155,9 @@ impl Shared {
     ) -> Result<Self, Error> {
         let shared = Self {
             lease: store.fence(),
+            commits: Arc::new(GroupCommit::new(store)),
             inner: Arc::new(Mutex::new(Inner {
                 core,
-                store,
                 backlog: Vec::new(),
                 grants: Default::default(),
                 files: HashMap::new(),
@@ -212,60 +215,102 @@ impl Shared {
         };
         let checkpoint = inner.core.checkpoint();
         let Inner { core, files, .. } = &mut *inner;
-        let mut result = f(core, files, now_ms());
+        let result = f(core, files, now_ms());
         let mut ready = inner.core.ready();
         let mut batch = std::mem::take(&mut ready.mutations);
-        if defer {
+        let ticket = if defer {
             inner.backlog.append(&mut batch);
+            None
         } else {
             if !inner.backlog.is_empty() {
                 let mut all = std::mem::take(&mut inner.backlog);
                 all.append(&mut batch);
                 batch = all;
             }
-            if !batch.is_empty() {
-                match apply_while_leased(inner.store.as_mut(), &batch, || self.health()) {
-                    Ok(()) => inner
-                        .core
-                        .advance(checkpoint, Persisted::Confirmed, now_ms()),
-                    // On a stop nothing more is served: the state stays as the store last
-                    // took it (the revocations below still run: taking access back is safe).
-                    Err(Unapplied::Fenced(why)) => result = Err(self.stop.fenced(&why)),
-                    Err(Unapplied::Failed(e)) => result = Err(self.stop.store_failed(&e)),
-                    Err(Unapplied::Unreachable(why)) => {
-                        // Not confirmed, so nothing is promised to the client: the core takes
-                        // back what this request made, and all of it is written when the
-                        // store is back (writes are idempotent).
-                        inner
-                            .core
-                            .advance(checkpoint, Persisted::Unconfirmed, now_ms());
-                        let mut undone = inner.core.ready();
-                        batch.append(&mut undone.mutations);
-                        ready.extend(undone);
-                        inner.backlog = batch;
-                        result = Err(Error::Store(StoreError::Unavailable(format!(
-                            "{why}; the request was not confirmed, retry it"
-                        ))));
-                    }
-                }
+            if batch.is_empty() {
+                // Nothing to write, but what it saw must be durable before it answers.
+                Some(self.commits.issued())
+            } else {
                 self.wake.notify_one();
+                Some(self.commits.enqueue(batch, checkpoint))
             }
+        };
+        // Taking access back and closing files need not wait for the store.
+        let closing = self.perform(&mut inner, ready);
+        drop(inner);
+        // close(2) can wait on a network file system: never under the lock.
+        drop(closing);
+        let Some(ticket) = ticket else {
+            return result;
+        };
+        match self
+            .commits
+            .wait(ticket, |store, group| self.commit(store, group))
+        {
+            Ok(()) => result,
+            Err(Failure::Unreachable(why)) => Err(Error::Store(StoreError::Unavailable(format!(
+                "{why}; the request was not confirmed, retry it"
+            )))),
+            Err(Failure::Stopped) => Err(self
+                .stop
+                .check()
+                .err()
+                .unwrap_or_else(|| Error::Protocol("the server is stopping".into()))),
         }
+    }
+
+    /// Revokes the grants and takes the kept files of a [`Ready`] (under the state lock);
+    /// returns the files, to be closed once the lock is given up.
+    fn perform(&self, inner: &mut Inner, ready: Ready) -> Vec<Arc<File>> {
         for slot in ready.revoke {
             let revoked = inner.grants.revoke(slot);
             self.stats
                 .direct_revocations
                 .fetch_add(revoked, std::sync::atomic::Ordering::Relaxed);
         }
-        let released = ready.released;
-        let closing: Vec<Arc<File>> = released
+        ready
+            .released
             .iter()
             .filter_map(|slot| inner.files.remove(slot))
-            .collect();
+            .collect()
+    }
+
+    /// Writes one group of queued changes (see [`GroupCommit`]); returns the last ticket it
+    /// settles and how.
+    fn commit(&self, store: &mut dyn Store, group: Group) -> (Ticket, Result<(), Failure>) {
+        let failure = match apply_while_leased(store, &group.writes, || self.health()) {
+            Ok(()) => return (group.last, Ok(())),
+            // On a stop nothing more is served: the state stays as the store last took it.
+            Err(Unapplied::Fenced(why)) => {
+                self.stop.fenced(&why);
+                return (group.last, Err(Failure::Stopped));
+            }
+            Err(Unapplied::Failed(e)) => {
+                self.stop.store_failed(&e);
+                return (group.last, Err(Failure::Stopped));
+            }
+            Err(Unapplied::Unreachable(why)) => why,
+        };
+        // Not confirmed, so nothing is promised: the core takes back what this group made,
+        // and what every request queued after it made (they may build on it). All of it is
+        // written once the store is back (writes are idempotent, and kept in order).
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, mut rest) = self.commits.fail_rest();
+        let mut writes = group.writes;
+        writes.append(&mut rest);
+        writes.append(&mut inner.backlog);
+        if let Some(checkpoint) = group.first_checkpoint {
+            inner
+                .core
+                .advance(checkpoint, Persisted::Unconfirmed, now_ms());
+        }
+        let mut undone = inner.core.ready();
+        writes.append(&mut undone.mutations);
+        inner.backlog = writes;
+        let closing = self.perform(&mut inner, undone);
         drop(inner);
-        // close(2) can wait on a network file system: never under the lock.
         drop(closing);
-        result
+        (last, Err(Failure::Unreachable(failure)))
     }
 
     /// Whether this server may change file bytes now: checked before each chunk of a write
@@ -296,20 +341,31 @@ impl Shared {
 
     /// Grants direct mode to `handle` if the core allows it: `make` registers the memory and
     /// returns the grant, which is recorded (under the same lock) for later revocation.
+    ///
+    /// A write grant counts as a change of the file at once (the server never sees the bytes
+    /// that follow, so a client resuming an older open is told the file changed).
     pub fn grant_direct<T: Revocable + 'static>(
         &self,
         handle: HandleId,
+        access: DirectAccess,
         make: impl FnOnce() -> Result<Arc<T>, Error>,
     ) -> Result<Arc<T>, Error> {
         self.writable()?;
-        self.peek(|core| core.direct_allowed(handle))?;
+        self.peek(|core| core.direct_allowed(handle, access))?;
+        let write = match access {
+            DirectAccess::Write => Some(self.check_write(handle, None)?),
+            DirectAccess::Read => None,
+        };
         // Registering pins (so reads in) every page of the file: not under the lock.
         let grant = make()?;
         {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             // Decided again: a conflicting open or lock may have come meanwhile.
-            let slot = inner.core.direct_allowed(handle)?;
+            let slot = inner.core.direct_allowed(handle, access)?;
             inner.grants.record(slot, grant.clone());
+        }
+        if let Some(write) = write {
+            self.wrote(write);
         }
         self.stats
             .direct_grants

@@ -11,6 +11,9 @@ pub struct ServerStats {
     pub direct_grants: std::sync::atomic::AtomicU64,
     pub direct_revocations: std::sync::atomic::AtomicU64,
     pub tcp_bytes: std::sync::atomic::AtomicU64,
+    /// CPU time (ns) the server's RDMA connection threads spent serving data requests:
+    /// direct-mode bytes never add to it.
+    pub data_cpu_ns: std::sync::atomic::AtomicU64,
 }
 
 impl ServerStats {
@@ -32,6 +35,7 @@ impl ServerStats {
                 self.direct_revocations.load(Relaxed),
             ),
             ("tcp_bytes".into(), self.tcp_bytes.load(Relaxed)),
+            ("data_cpu_ns".into(), self.data_cpu_ns.load(Relaxed)),
         ]
     }
 }

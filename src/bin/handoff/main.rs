@@ -114,11 +114,19 @@ enum Command {
         #[command(flatten)]
         channel: ChannelArg,
     },
-    /// Write stdin through a duplicate handle at OFFSET (with --json, a report on stdout).
+    /// Write stdin through a duplicate handle at OFFSET, then flush (with --json, a report
+    /// on stdout).
     Write {
         key: String,
         #[arg(long, default_value_t = 0)]
         offset: u64,
+        /// RDMA direct writes: put the bytes into the file's memory region one-sided (no
+        /// server CPU for them). Granted to an open with mode rw that is the file's only open,
+        /// for the file's existing bytes on a tmpfs-backed server; bytes past the end, or
+        /// after another open revoked the grant, go through the server. --json says how many
+        /// went direct ("direct_bytes").
+        #[arg(long)]
+        direct: bool,
         #[command(flatten)]
         channel: ChannelArg,
     },
@@ -858,9 +866,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Write {
             key,
             offset,
+            direct,
             channel: ch,
         } => {
-            let data = client.open_data(&key, channel(&ch)?, false).await?;
+            let data = client.open_data(&key, channel(&ch)?, direct).await?;
             drop(client);
             stream(data, offset, None, args.json).await?;
         }
