@@ -84,7 +84,10 @@ impl KnfsdMount {
         // With no resolver, mountd and mount.nfs stall on name lookups.
         write("/etc/resolv.conf", "nameserver 127.0.0.1\n")?;
         let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-        write("/etc/hosts", &format!("{hosts}\n{ip} rxe-guest\n"))?;
+        let line = format!("{ip} rxe-guest");
+        if !hosts.lines().any(|l| l.trim() == line) {
+            write("/etc/hosts", &format!("{hosts}\n{line}\n"))?;
+        }
         // Before nfsd starts: 1 MiB READs and WRITEs, and a short grace period.
         write("/proc/fs/nfsd/max_block_size", &IO_SIZE.to_string())?;
         write("/proc/fs/nfsd/nfsv4leasetime", "10")?;
@@ -102,22 +105,24 @@ impl KnfsdMount {
             "/etc/exports",
             &format!("{export} {ip}/24(rw,fsid=0,no_root_squash,insecure,no_subtree_check)\n"),
         )?;
-        let rpcbind = Command::new("rpcbind")
-            .args(["-f", "-w"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting rpcbind")?;
-        self.daemons.push(Proc(rpcbind));
+        let rpcbind = Proc::spawn(
+            Command::new("rpcbind")
+                .args(["-f", "-w"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .context("starting rpcbind")?;
+        self.daemons.push(rpcbind);
         wait_listening(111, Duration::from_secs(20), "rpcbind")?;
         run("exportfs", &["-ra"])?;
-        let mountd = Command::new("rpc.mountd")
-            .arg("-F")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting rpc.mountd")?;
-        self.daemons.push(Proc(mountd));
+        let mountd = Proc::spawn(
+            Command::new("rpc.mountd")
+                .arg("-F")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .context("starting rpc.mountd")?;
+        self.daemons.push(mountd);
         run("rpc.nfsd", &["8"])?;
         self.nfsd_started = true;
         write("/proc/fs/nfsd/portlist", &format!("rdma {RDMA_PORT}"))

@@ -1,18 +1,30 @@
 //! Child processes the runner starts, and what it reads about them from /proc.
 
 use std::collections::HashMap;
-use std::process::Child;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 /// Clock ticks per second of /proc/*/stat times (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
-/// A child process killed (and reaped) when dropped.
+/// A child process in a process group of its own, killed with everything it started (nginx's
+/// workers, say) and reaped when dropped.
 pub struct Proc(pub Child);
 
 impl Proc {
+    /// Starts `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<Proc> {
+        let child = cmd.process_group(0).spawn()?;
+        groups().push(child.id());
+        Ok(Proc(child))
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
@@ -20,9 +32,69 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        kill_group(self.pid());
         let _ = self.0.wait();
     }
+}
+
+/// Process groups [`Proc::spawn`] made.
+static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn groups() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kills what [`survivors`] found (each process's whole group where it leads one).
+pub fn kill_survivors(found: &[(u32, String)]) {
+    for (pid, _) in found {
+        kill_group(*pid);
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// SIGKILL to every process of group `pgid`.
+fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
+/// Processes this runner started that are still alive: its own children, and members of any
+/// process group a [`Proc`] led. A run that ends with any is measuring against its own
+/// leftovers, so the runner kills them and says so.
+pub fn survivors() -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(f) = stat_fields(pid) else { continue };
+        // After the name: state, ppid, pgrp.
+        let (state, ppid, pgrp) = (
+            f.first().map(String::as_str),
+            f.get(1).and_then(|v| v.parse::<u32>().ok()),
+            f.get(2).and_then(|v| v.parse::<u32>().ok()),
+        );
+        if pid == me || state == Some("Z") {
+            continue;
+        }
+        let ours = ppid == Some(me) || pgrp.is_some_and(|g| groups().contains(&g));
+        if ours {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_string()));
+        }
+    }
+    found
 }
 
 /// The fields of /proc/PID/stat after the parenthesised command name.
@@ -191,5 +263,44 @@ pub fn mounted(dir: &std::path::Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*dir))
+        .any(|l| l.split(' ').nth(4).map(unescape_mount_path).as_deref() == Some(&*dir))
+}
+
+/// /proc/self/mountinfo writes a space, tab, newline and backslash in a path as `\040`,
+/// `\011`, `\012` and `\134`.
+fn unescape_mount_path(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_proc_takes_everything_it_started_with_it() {
+        let proc = Proc::spawn(Command::new("sh").args(["-c", "sleep 60 & sleep 60"])).unwrap();
+        let leader = proc.pid();
+        let limit = Instant::now() + Duration::from_secs(10);
+        // The shell, its background sleep and its foreground one.
+        while survivors().len() < 3 && Instant::now() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(survivors().iter().any(|(p, _)| *p == leader));
+        assert!(survivors().iter().filter(|(_, c)| c == "sleep").count() >= 2);
+        drop(proc);
+        let limit = Instant::now() + Duration::from_secs(10);
+        while !survivors().is_empty() && Instant::now() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(survivors(), vec![], "a grandchild outlived its group");
+    }
+
+    #[test]
+    fn mount_paths_with_spaces_are_unescaped() {
+        assert_eq!(unescape_mount_path("/tmp/a\\040b\\134c"), "/tmp/a b\\c");
+    }
 }

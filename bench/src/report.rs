@@ -91,12 +91,17 @@ fn headline(rows: &[Row]) -> String {
         ("handoff rdma 2 NICs", "read"),
         ("handoff rdma", "write"),
         ("handoff rdma direct", "read"),
+        ("handoff rdma direct", "write"),
     ] {
         let parts: Vec<String> = sizes
             .iter()
             .filter_map(|s| {
                 let r = find(rows, "rdma", tool, op, *s)?;
-                Some(format!("**{}** at {}", opt(r.ratio, 2), size_label(*s)))
+                let cell = match r.ratios.first() {
+                    Some(paired) => ratio_cell(paired),
+                    None => format!("**{}**", opt(r.ratio, 2)),
+                };
+                Some(format!("{cell} at {}", size_label(*s)))
             })
             .collect();
         if let (false, Some(limit)) = (
@@ -109,6 +114,32 @@ fn headline(rows: &[Row]) -> String {
         }
     }
     server_cpu_line(rows, &mut out);
+    if let (Some(si), Some(dw)) = (
+        largest(rows, "rdma", "handoff rdma", "write"),
+        largest(rows, "rdma", "handoff rdma direct", "write"),
+    ) {
+        let _ = writeln!(
+            out,
+            "- Server CPU per GiB written: server-initiated {} s, direct writes {} s (setup once: {} s)",
+            sig(si.server_cpu_s_per_gib),
+            sig(dw.server_cpu_s_per_gib),
+            sig(dw.server_setup_cpu_s),
+        );
+    }
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.suite == "concurrency" && r.clients > 1)
+    {
+        let cell = r
+            .ratios
+            .first()
+            .map_or_else(|| format!("**{}**", opt(r.ratio, 2)), ratio_cell);
+        let _ = writeln!(
+            out,
+            "- opens/s with {} connections at once ÷ one connection: {cell} ({:.0} opens/s; group commit)",
+            r.clients, r.rate
+        );
+    }
     mount_headline(rows, &mut out);
     for (tool, peer) in [
         ("handoff tcp", "nginx sendfile"),
@@ -258,8 +289,9 @@ fn throughput_table(rows: &[Row], suite: &str) -> String {
     sizes.dedup();
     for size in sizes {
         for r in rows.iter().filter(|r| r.suite == suite && r.size == size) {
-            let ratio = match (&r.ratio, &r.limit) {
-                (Some(x), Some(l)) => format!("**{x:.2}** ({l})"),
+            let ratio = match (&r.ratio, &r.limit, r.ratios.first()) {
+                (_, Some(l), Some(paired)) => format!("{} ({l})", ratio_cell(paired)),
+                (Some(x), Some(l), None) => format!("**{x:.2}** ({l})"),
                 _ => "–".into(),
             };
             let _ = writeln!(

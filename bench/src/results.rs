@@ -75,10 +75,11 @@ pub const NOISY_SPREAD: f64 = 0.10;
 impl Ratio {
     /// `ours[i] ÷ theirs[i]` for every trial both have (trial i of each ran back to back).
     pub fn paired(limit: &str, ours: &[f64], theirs: &[f64]) -> Option<Ratio> {
+        // A trial that measured nothing (rate 0, or not finite) pairs with nothing.
         let each: Vec<f64> = ours
             .iter()
             .zip(theirs)
-            .filter(|(_, t)| **t > 0.0)
+            .filter(|(o, t)| o.is_finite() && t.is_finite() && **o > 0.0 && **t > 0.0)
             .map(|(o, t)| o / t)
             .collect();
         Some(Ratio {
@@ -150,9 +151,33 @@ impl Row {
     }
 }
 
+/// One row from the same measurement's interleaved trials (in the order run): the rate is
+/// the median of the trials that measured something, times and bytes add up, CPU per GiB is
+/// the median of the trials'. `None` for no trials.
+pub fn merge_trials(trials: &[Row]) -> Option<Row> {
+    let first = trials.first()?;
+    let rates: Vec<f64> = trials.iter().map(|r| r.rate).collect();
+    let measured: Vec<f64> = rates.iter().copied().filter(|r| *r > 0.0).collect();
+    let cpu: Vec<f64> = trials
+        .iter()
+        .filter_map(|r| r.server_cpu_s_per_gib)
+        .collect();
+    let setup: Vec<f64> = trials.iter().filter_map(|r| r.server_setup_cpu_s).collect();
+    Some(Row {
+        rate: median(&measured).unwrap_or(0.0),
+        bytes: trials.iter().map(|r| r.bytes).sum(),
+        secs: trials.iter().map(|r| r.secs).sum(),
+        server_cpu_s_per_gib: median(&cpu),
+        server_setup_cpu_s: median(&setup),
+        trials: if trials.len() > 1 { rates } else { Vec::new() },
+        ..first.clone()
+    })
+}
+
 /// Fills `limit` and `ratio` of every row that has a peer: `peer(row)` names the tool it is
 /// compared against; the peer row has the same suite, size, clients and held opens, and op
-/// `peer_op`.
+/// `peer_op`. Where both rows were measured in interleaved trials, the ratio is the median of
+/// the trial-by-trial ratios, with their range in `ratios`.
 pub fn set_ratios(rows: &mut [Row], peer: impl Fn(&Row) -> Option<(String, String)>) {
     let snapshot = rows.to_vec();
     for row in rows.iter_mut() {
@@ -166,10 +191,19 @@ pub fn set_ratios(rows: &mut [Row], peer: impl Fn(&Row) -> Option<(String, Strin
                 && p.size == row.size
                 && p.clients == row.clients
         });
-        if let Some(p) = found.filter(|p| p.rate > 0.0) {
+        let Some(p) = found.filter(|p| p.rate > 0.0) else {
+            continue;
+        };
+        let limit = format!("{} {}", p.tool, p.op);
+        if row.trials.len() > 1 && row.trials.len() == p.trials.len() {
+            if let Some(r) = Ratio::paired(&limit, &row.trials, &p.trials) {
+                row.ratio = Some(r.median);
+                row.ratios = vec![r];
+            }
+        } else {
             row.ratio = Some(row.rate / p.rate);
-            row.limit = Some(format!("{} {}", p.tool, p.op));
         }
+        row.limit = Some(limit);
     }
 }
 
@@ -193,4 +227,63 @@ pub fn machine() -> String {
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_default();
     format!("{cores} CPUs ({model}), Linux {}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(rate: f64, cpu: f64) -> Row {
+        Row {
+            suite: "rdma".into(),
+            tool: "handoff rdma".into(),
+            op: "read".into(),
+            size: 1 << 20,
+            bytes: 1 << 30,
+            secs: 1.0,
+            rate,
+            server_cpu_s_per_gib: Some(cpu),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn trials_merge_to_the_median_of_those_that_measured_something() {
+        let rows = [
+            trial(100.0, 1.0),
+            trial(0.0, 9.0),
+            trial(80.0, 2.0),
+            trial(120.0, 3.0),
+        ];
+        let merged = merge_trials(&rows).unwrap();
+        assert_eq!(
+            merged.rate, 100.0,
+            "the failed (0) trial stays out of the median"
+        );
+        assert_eq!(merged.trials, vec![100.0, 0.0, 80.0, 120.0]);
+        assert_eq!(merged.bytes, 4 << 30);
+        assert_eq!(merged.server_cpu_s_per_gib, Some(2.5));
+        assert!(merge_trials(&[]).is_none());
+    }
+
+    #[test]
+    fn interleaved_rows_are_compared_pair_by_pair_and_noise_is_visible() {
+        let mut ours = trial(100.0, 1.0);
+        ours.trials = vec![90.0, 100.0, 130.0];
+        let mut peer = trial(100.0, 1.0);
+        peer.tool = "ib_write_bw".into();
+        peer.op = "write".into();
+        peer.trials = vec![100.0, 100.0, f64::NAN];
+        let mut rows = vec![ours, peer];
+        set_ratios(&mut rows, |r| {
+            (r.tool == "handoff rdma").then(|| ("ib_write_bw".into(), "write".into()))
+        });
+        let r = &rows[0].ratios[0];
+        assert_eq!(r.pairs, 2, "a pair with a non-finite side is dropped");
+        assert_eq!((r.min, r.max), (0.9, 1.0));
+        assert_eq!(rows[0].ratio, Some(r.median));
+        assert_eq!(rows[0].limit.as_deref(), Some("ib_write_bw write"));
+        let noisy = Ratio::paired("x", &[80.0, 120.0], &[100.0, 100.0]).unwrap();
+        assert!(noisy.spread() > NOISY_SPREAD);
+    }
 }

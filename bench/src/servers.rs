@@ -55,14 +55,13 @@ pub fn start_handoffd_with(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     cmd.args(extra);
-    let mut child = cmd.spawn().with_context(|| {
+    let mut proc = Proc::spawn(&mut cmd).with_context(|| {
         format!(
             "starting {}/handoffd (build it with cargo build --release)",
             bin_dir.display()
         )
     })?;
-    let stdout = child.stdout.take().context("handoffd stdout")?;
-    let proc = Proc(child);
+    let stdout = proc.0.stdout.take().context("handoffd stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let addr = line
@@ -84,21 +83,21 @@ pub fn start_etcd(work: &Path) -> Result<Etcd> {
     let dir = work.join("etcd");
     let _ = std::fs::remove_dir_all(&dir);
     let (port, peer) = (free_port()?, free_port()?);
-    let child = Command::new("etcd")
-        .arg("--name=bench")
-        .arg(format!("--data-dir={}", dir.display()))
-        .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
-        .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting etcd (hw-setup/install-deps.sh installs Debian's etcd-server)")?;
-    let proc = Proc(child);
+    let proc = Proc::spawn(
+        Command::new("etcd")
+            .arg("--name=bench")
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .context("starting etcd (hw-setup/install-deps.sh installs Debian's etcd-server)")?;
     wait_listening(port, Duration::from_secs(20), "etcd")?;
     Ok(Etcd { proc, port })
 }
@@ -156,16 +155,16 @@ pub fn start_nginx(work: &Path, root: &Path) -> Result<Nginx> {
             r = root.display(),
         ),
     )?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx (hw-setup/install-deps.sh --bench installs it)")?;
-    let proc = Proc(child);
+    let proc = Proc::spawn(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .context("starting nginx (hw-setup/install-deps.sh --bench installs it)")?;
     wait_listening(http, Duration::from_secs(10), "nginx")
         .with_context(|| format!("see {}", dir.join("error.log").display()))?;
     wait_listening(https, Duration::from_secs(10), "nginx")?;

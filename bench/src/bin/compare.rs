@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use handoff::Identity;
+use handoff_bench::process::{kill_survivors, survivors};
 use handoff_bench::results::{machine, now_stamp, Row, Run};
 use handoff_bench::suites::{self, Ctx};
 
@@ -186,7 +187,19 @@ fn main() -> Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         rows: Vec::new(),
     };
-    let failed = run_suites(&ctx, runs, &suites_wanted, &mut run.rows);
+    let mut failed = run_suites(&ctx, runs, &suites_wanted, &mut run.rows);
+    // Every peer is stopped by its process group when its suite ends; anything still alive
+    // would skew whatever this machine measures next.
+    let left = survivors();
+    if !left.is_empty() {
+        let named: Vec<String> = left.iter().map(|(p, c)| format!("{c} ({p})")).collect();
+        eprintln!(
+            "compare: still running after the suites, now killed: {}",
+            named.join(", ")
+        );
+        kill_survivors(&left);
+        failed.push(format!("cleanup (left running: {})", named.join(", ")));
+    }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -40,23 +40,24 @@ impl FuseMount {
     fn start(ctx: &Ctx, server: &str, dir: &Path) -> Result<FuseMount> {
         std::fs::create_dir_all(dir)?;
         let log = dir.with_extension("log");
-        let child = Command::new(ctx.bin_dir.join("handoff"))
-            .arg("--server")
-            .arg(server)
-            .arg("--identity")
-            .arg(&ctx.clients_file)
-            .args(["mount", "--foreground", "--channel", "rdma", "--log"])
-            .arg(&log)
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting handoff mount")?;
+        let proc = Proc::spawn(
+            Command::new(ctx.bin_dir.join("handoff"))
+                .arg("--server")
+                .arg(server)
+                .arg("--identity")
+                .arg(&ctx.clients_file)
+                .args(["mount", "--foreground", "--channel", "rdma", "--log"])
+                .arg(&log)
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )
+        .context("starting handoff mount")?;
         let mut me = FuseMount {
             dir: dir.to_path_buf(),
             log,
-            proc: Proc(child),
+            proc,
         };
         let started = Instant::now();
         while !crate::process::mounted(dir) {
@@ -214,15 +215,6 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
 
 /// The suite's rows from its samples: medians, and each row's ratios to its peers.
 fn rows_of(samples: &BTreeMap<Key, Samples>) -> Vec<Row> {
-    // A read served by the server is an RDMA WRITE into the client, a write an RDMA READ.
-    let perftest = |op: &str| {
-        if op == "read" {
-            "ib_write_bw"
-        } else {
-            "ib_read_bw"
-        }
-    };
-    let perftest_verb = |op: &str| if op == "read" { "write" } else { "read" };
     let mut out = Vec::new();
     for (&(tool, op, depth), s) in samples {
         let mut ratios = Vec::new();
@@ -231,8 +223,15 @@ fn rows_of(samples: &BTreeMap<Key, Samples>) -> Vec<Row> {
                 ratios.extend(Ratio::paired(&format!("{NFS} {op}"), &s.rates, &nfs.rates));
             }
         }
-        if tool == HANDOFF || tool == NFS {
-            let (peer, verb) = (perftest(op), perftest_verb(op));
+        // Either mount moves its bytes as the server-initiated handoff RDMA path does.
+        let peer = super::rdma::perftest_peer("handoff rdma", op)
+            .filter(|_| tool == HANDOFF || tool == NFS);
+        if let Some(verb) = peer {
+            let peer = if verb == "write" {
+                "ib_write_bw"
+            } else {
+                "ib_read_bw"
+            };
             if let Some(p) = samples.get(&(peer, verb, 0)) {
                 ratios.extend(Ratio::paired(&format!("{peer} {verb}"), &s.rates, &p.rates));
             }

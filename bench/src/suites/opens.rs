@@ -35,6 +35,7 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    concurrent_opens(ctx, &rt, &srv.addr, probes, rows)?;
     // Held connections stay open, so their opens stay attached to a live control channel.
     let mut holders: Vec<Client> = Vec::new();
     let mut held = 0u64;
@@ -175,6 +176,93 @@ impl Probe {
             row("resume", resume_secs, resume_cpu),
         ))
     }
+}
+
+/// Opens/s from one connection and from [`FILLERS`] at once, interleaved trials: what the
+/// store's group commit buys (concurrent opens share one fsync). The many-connection row's
+/// ratio is ÷ the one-connection row, trial by trial.
+fn concurrent_opens(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    probes: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let trials = if ctx.smoke { 1 } else { 3 };
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    for trial in 0..trials {
+        for (i, conns) in [1, FILLERS].into_iter().enumerate() {
+            let (secs, keys) = rt.block_on(timed_opens(addr, &ctx.identity, conns, probes))?;
+            let rate = probes as f64 / secs;
+            eprintln!("opens: trial {trial}, {conns} connections: {rate:.0} opens/s");
+            rates[i].push(rate);
+            rt.block_on(async {
+                let mut c = Client::connect(addr, &ctx.identity).await?;
+                for k in &keys {
+                    c.close(k).await?;
+                }
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    let row = |clients: u64, rates: &[f64]| Row {
+        suite: "concurrency".into(),
+        tool: "handoff".into(),
+        op: "open".into(),
+        clients,
+        rate: crate::results::median(rates).unwrap_or(0.0),
+        trials: if rates.len() > 1 {
+            rates.to_vec()
+        } else {
+            Vec::new()
+        },
+        note: Some(format!(
+            "{probes} opens over {clients} connections at once, each committed before its reply"
+        )),
+        ..Row::default()
+    };
+    let one = row(1, &rates[0]);
+    let mut many = row(FILLERS, &rates[1]);
+    let limit = "handoff open, 1 connection";
+    if let Some(r) = crate::results::Ratio::paired(limit, &rates[1], &rates[0]) {
+        many.ratio = Some(r.median);
+        many.limit = Some(limit.into());
+        many.ratios = vec![r];
+    }
+    rows.push(one);
+    rows.push(many);
+    Ok(())
+}
+
+/// `probes` opens of probe.bin over `conns` connections at once: the seconds they took (the
+/// connections made first) and the keys.
+async fn timed_opens(
+    addr: &str,
+    identity: &handoff::Identity,
+    conns: u64,
+    probes: u64,
+) -> Result<(f64, Vec<String>)> {
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        clients.push(Client::connect(addr, identity).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let n = probes / conns + u64::from((i as u64) < probes % conns);
+        tasks.push(tokio::spawn(async move {
+            let mut keys = Vec::new();
+            for _ in 0..n {
+                keys.push(open_key(&mut c, "probe.bin", Mode::Read).await?);
+            }
+            anyhow::Ok(keys)
+        }));
+    }
+    let mut keys = Vec::new();
+    for t in tasks {
+        keys.extend(t.await.context("open task")??);
+    }
+    Ok((started.elapsed().as_secs_f64(), keys))
 }
 
 /// Opens `count` read-only handles of held.bin over `FILLERS` connections at once; returns

@@ -15,8 +15,8 @@ use handoff::data::RdmaHandle;
 use handoff::{Client, DataHandle, Mode};
 
 use super::{make_file, open_key, size_label, Ctx};
-use crate::process::{reaped_children_cpu, wait_listening, CpuMeter};
-use crate::results::{set_ratios, Row};
+use crate::process::{reaped_children_cpu, wait_listening, CpuMeter, Proc};
+use crate::results::{merge_trials, set_ratios, Row};
 use crate::servers::start_handoffd;
 
 const PORT: u16 = 7471;
@@ -48,60 +48,63 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         let ro = open_key(&mut c, "ro.bin", Mode::Read).await?;
         anyhow::Ok((rw, ro))
     })?;
+    // Interleaved: each trial runs perftest and every handoff case back to back, so a ratio
+    // pairs measurements taken a moment apart (the emulated CPU's speed drifts over minutes).
+    let trials = if ctx.smoke { 1 } else { TRIALS };
     let mut mine = Vec::new();
     for &size in &ctx.sizes {
         let total = ctx.total_for(size);
-        for verb in ["write", "read"] {
-            let row = perftest(ctx, verb, size, total)?;
-            eprintln!(
-                "rdma {:>7} ib_{verb}_bw: {:.1} MiB/s",
-                size_label(size),
-                row.rate
+        let mut samples: Vec<Vec<Row>> = Vec::new();
+        for trial in 0..trials {
+            let mut got = Vec::new();
+            for verb in ["write", "read"] {
+                got.push(perftest(ctx, verb, size, total)?);
+            }
+            // The TCP data channel on the same (emulated) CPUs: the reference for server CPU.
+            got.push(
+                tcp_reference(ctx, &srv, size, total, &ro)
+                    .with_context(|| format!("handoff tcp read at {}", size_label(size)))?,
             );
-            mine.push(row);
+            let mut cases = vec![("handoff rdma", "read", 1, &rw, false)];
+            if addrs.len() > 1 && !ctx.smoke {
+                cases.push(("handoff rdma 2 NICs", "read", 2, &rw, false));
+            }
+            cases.push(("handoff rdma", "write", 1, &rw, false));
+            cases.push(("handoff rdma direct", "read", 1, &ro, true));
+            cases.push(("handoff rdma direct", "write", 1, &rw, true));
+            for (tool, op, nics, key, direct) in cases {
+                let transfer = Transfer {
+                    tool,
+                    op,
+                    size,
+                    total,
+                    direct,
+                };
+                got.push(
+                    handoff(ctx, &srv.proc, &transfer, &addrs[..nics], key)
+                        .with_context(|| format!("{tool} {op} at {}", size_label(size)))?,
+                );
+            }
+            for row in &got {
+                eprintln!(
+                    "rdma {:>7} trial {trial} {} {}: {:.1} MiB/s",
+                    size_label(size),
+                    row.tool,
+                    row.op,
+                    row.rate
+                );
+            }
+            samples.push(got);
         }
-        let mut cases = vec![("handoff rdma", "read", 1, &rw, false)];
-        if addrs.len() > 1 && !ctx.smoke {
-            cases.push(("handoff rdma 2 NICs", "read", 2, &rw, false));
-        }
-        cases.push(("handoff rdma", "write", 1, &rw, false));
-        cases.push(("handoff rdma direct", "read", 1, &ro, true));
-        // The TCP data channel on the same (emulated) CPUs: the reference for server CPU.
-        let row = tcp_reference(ctx, &srv, size, total, &ro)
-            .with_context(|| format!("handoff tcp read at {}", size_label(size)))?;
-        eprintln!(
-            "rdma {:>7} handoff tcp read: {:.1} MiB/s",
-            size_label(size),
-            row.rate
-        );
-        mine.push(row);
-        for (tool, op, nics, key, direct) in cases {
-            let row = handoff(
-                ctx,
-                &srv.proc,
-                tool,
-                op,
-                size,
-                total,
-                &addrs[..nics],
-                key,
-                direct,
-            )
-            .with_context(|| format!("{tool} {op} at {}", size_label(size)))?;
-            eprintln!(
-                "rdma {:>7} {tool} {op}: {:.1} MiB/s",
-                size_label(size),
-                row.rate
-            );
-            mine.push(row);
+        // Trial t's rows come in the same order each time: merge row i across trials.
+        let cases = samples.first().map_or(0, Vec::len);
+        for i in 0..cases {
+            let runs: Vec<Row> = samples.iter().filter_map(|t| t.get(i).cloned()).collect();
+            mine.extend(merge_trials(&runs));
         }
     }
     set_ratios(&mut mine, |r| {
-        let verb = match (r.tool.as_str(), r.op.as_str()) {
-            ("handoff rdma" | "handoff rdma 2 NICs", "read") => "write",
-            ("handoff rdma", "write") | ("handoff rdma direct", "read") => "read",
-            _ => return None,
-        };
+        let verb = perftest_peer(&r.tool, &r.op)?;
         Some((format!("ib_{verb}_bw"), verb.to_string()))
     });
     rows.extend(mine);
@@ -142,14 +145,16 @@ fn perftest_once(ctx: &Ctx, verb: &str, size: u64, total: u64) -> Result<Row> {
         "-p",
         &port,
     ];
-    let mut server = Command::new(&tool)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!("starting {tool} (hw-setup/install-deps.sh --rdma installs perftest)")
-        })?;
+    // In a group of its own, so a failed run below leaves no server behind.
+    let mut server = Proc::spawn(
+        Command::new(&tool)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .with_context(|| {
+        format!("starting {tool} (hw-setup/install-deps.sh --rdma installs perftest)")
+    })?;
     wait_listening(port.parse()?, Duration::from_secs(20), &tool)?;
     let started = Instant::now();
     let out = Command::new(&tool)
@@ -159,7 +164,7 @@ fn perftest_once(ctx: &Ctx, verb: &str, size: u64, total: u64) -> Result<Row> {
         .output()?;
     let secs = started.elapsed().as_secs_f64();
     let before = reaped_children_cpu();
-    let status = server.wait()?;
+    let status = server.0.wait()?;
     let server_cpu = reaped_children_cpu() - before;
     let text = String::from_utf8_lossy(&out.stdout);
     let rate = text
@@ -195,19 +200,47 @@ fn perftest_once(ctx: &Ctx, verb: &str, size: u64, total: u64) -> Result<Row> {
     })
 }
 
+/// Which perftest a handoff RDMA row is held against (the verb of `ib_<verb>_bw`): a read
+/// served by the server is an RDMA WRITE into the client; a write (the server RDMA-READs the
+/// client's buffer) and a direct read are RDMA READs; a direct write is the client's own RDMA
+/// WRITE.
+pub(super) fn perftest_peer(tool: &str, op: &str) -> Option<&'static str> {
+    match (tool, op) {
+        ("handoff rdma" | "handoff rdma 2 NICs", "read") => Some("write"),
+        ("handoff rdma", "write") | ("handoff rdma direct", "read") => Some("read"),
+        ("handoff rdma direct", "write") => Some("write"),
+        _ => None,
+    }
+}
+
+/// Trials of each row per size in a full run.
+const TRIALS: usize = 3;
+
+/// One handoff transfer to measure.
+struct Transfer<'a> {
+    tool: &'a str,
+    op: &'a str,
+    size: u64,
+    total: u64,
+    /// Direct mode: one-sided reads, or writes into the file's region.
+    direct: bool,
+}
+
 /// handoff over RDMA: connect (untimed), then move `total` bytes in `size`-byte requests.
-#[allow(clippy::too_many_arguments)]
 fn handoff(
     ctx: &Ctx,
     server: &crate::process::Proc,
-    tool: &str,
-    op: &str,
-    size: u64,
-    total: u64,
+    t: &Transfer<'_>,
     addrs: &[SocketAddr],
     key: &str,
-    direct: bool,
 ) -> Result<Row> {
+    let Transfer {
+        tool,
+        op,
+        size,
+        total,
+        direct,
+    } = *t;
     let setup0 = CpuMeter::start(server.pid());
     let sealed = handoff::parse_key(key)?;
     let handle = RdmaHandle::connect(
@@ -218,10 +251,14 @@ fn handoff(
         size as usize,
     );
     let handle = ctx.rt()?.block_on(handle)?;
-    if direct && !handle.is_direct() {
+    if direct && op == "read" && !handle.is_direct() {
         bail!("direct mode was refused (see handoffd's log)");
     }
     let mut data = DataHandle::Rdma(Box::new(handle));
+    if direct && op == "write" {
+        // The first write takes the grant (registering the file): setup, not the transfer.
+        ctx.rt()?.block_on(data.write_at(0, &[0; 4096]))?;
+    }
     let setup = setup0.seconds();
     let cpu0 = CpuMeter::start(server.pid());
     let rt = ctx.rt()?;
@@ -244,6 +281,13 @@ fn handoff(
     let cpu = cpu0.seconds();
     if moved != total {
         bail!("moved {moved} of {total} bytes");
+    }
+    if direct && op == "write" {
+        ctx.rt()?.block_on(data.flush())?;
+        match &data {
+            DataHandle::Rdma(h) if h.direct_bytes() >= total => {}
+            _ => bail!("direct writes were refused or revoked (see handoffd's log)"),
+        }
     }
     let note = match &data {
         DataHandle::Rdma(h) if direct => {
