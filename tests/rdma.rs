@@ -93,13 +93,20 @@ fn rdma_read_and_write_256_mib_through_a_key_after_the_control_channel_closed() 
     };
     assert_eq!(rdma_bytes("read"), (256u64 << 20) as f64);
 
-    // Write 256 MiB over RDMA (server RDMA-READs from the client's buffers).
+    // Write 256 MiB over RDMA (server RDMA-READs from the client's buffers): on tmpfs (the
+    // guest's /tmp) straight into the file's pages, and the file's mtime moves as for write(2).
+    let path = server.root().join("f");
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let new = random_bytes(256 << 20, 22);
     a.run_with(&["write", &key, "--channel", "rdma"], Some(&new))
         .expect(0);
+    assert_eq!(sha256(&std::fs::read(&path).unwrap()), sha256(&new));
+    assert!(std::fs::metadata(&path).unwrap().modified().unwrap() > modified);
     assert_eq!(
-        sha256(&std::fs::read(server.root().join("f")).unwrap()),
-        sha256(&new)
+        stats(&server, &c1)["rdma_in_place_bytes"].as_u64().unwrap(),
+        256 << 20,
+        "every byte of a write inside a tmpfs file lands in place"
     );
     assert_eq!(rdma_bytes("write"), (256u64 << 20) as f64);
     assert_eq!(

@@ -41,7 +41,7 @@ pub struct Endpoint {
     /// until a later completion on the send queue shows that work is done.
     held: VecDeque<(u64, Arc<MemoryRegion>)>,
     /// Regions posted RDMA READs write into, by work request: handed back once it completed.
-    reading: Vec<(u64, MemoryRegion)>,
+    reading: Vec<(u64, ReadTarget)>,
     /// Sequence numbers of send-queue posts (completions come back in this order).
     posted: u64,
     /// The post sequence of each SEND slot's latest SEND, and of each signaled RDMA request.
@@ -75,6 +75,15 @@ fn release_before(held: &mut VecDeque<(u64, Arc<MemoryRegion>)>, seq: u64) {
 
 fn broken(what: String) -> DataError {
     DataError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, what))
+}
+
+/// Where an RDMA READ posted by this side puts the peer's bytes.
+pub enum ReadTarget {
+    /// A registered buffer, the endpoint's alone until the READ is finished.
+    Buffer(MemoryRegion),
+    /// A registered window of a file's mapping, at this offset in it: the bytes land in the
+    /// file's pages with no copy (zero-copy writes).
+    Window(Arc<MemoryRegion>, usize),
 }
 
 impl Endpoint {
@@ -382,31 +391,39 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Posts an RDMA READ of the peer's `remote` into `local[..len]`. The region is the
-    /// endpoint's until [`Endpoint::finish_read`] hands it back, so nothing reads it while the
-    /// device writes it.
+    /// Posts an RDMA READ of `len` bytes from the peer's `remote` (address, rkey) into
+    /// `target`. The target is held by the endpoint until [`Endpoint::finish_read`] hands it
+    /// back (or the endpoint is dropped, whose QP goes first), so it outlives the device's
+    /// writes; a [`ReadTarget::Buffer`] is the endpoint's alone meanwhile, so nothing reads it
+    /// half-written.
     pub fn post_read_into(
         &mut self,
         wr_id: u64,
-        local: MemoryRegion,
+        target: ReadTarget,
         len: usize,
         remote: (u64, u32),
     ) -> Result<(), DataError> {
         self.check_wr(wr_id)?;
         let seq = self.next_post();
-        // SAFETY: `local` is owned by the endpoint (`reading`) from here until this request's
-        // completion is polled, or the endpoint is dropped, whose QP goes first.
+        let (mr, at) = match &target {
+            ReadTarget::Buffer(mr) => (mr, 0),
+            ReadTarget::Window(mr, at) => (&**mr, *at),
+        };
+        // SAFETY: the region is held by the endpoint (`reading`) from here until this
+        // request's completion is polled, or the endpoint is dropped, whose QP goes first.
+        // A window is file memory no Rust code reads through a reference (only the device
+        // touches it), so bytes landing there race with nothing in this process.
         unsafe {
             self.qp
-                .post_send(wr_id, SendOp::Read, &local, 0, len, Some(remote), true)?
+                .post_send(wr_id, SendOp::Read, mr, at, len, Some(remote), true)?
         };
         self.rdma_seq.push((wr_id, seq));
-        self.reading.push((wr_id, local));
+        self.reading.push((wr_id, target));
         Ok(())
     }
 
-    /// Waits for the RDMA READ `wr_id` and hands back the region its bytes landed in.
-    pub fn finish_read(&mut self, wr_id: u64) -> Result<MemoryRegion, DataError> {
+    /// Waits for the RDMA READ `wr_id` and hands back where its bytes landed.
+    pub fn finish_read(&mut self, wr_id: u64) -> Result<ReadTarget, DataError> {
         self.wait_for(wr_id)?;
         let at = self.reading.iter().position(|(w, _)| *w == wr_id);
         at.map(|i| self.reading.swap_remove(i).1)

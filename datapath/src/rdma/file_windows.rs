@@ -30,6 +30,9 @@ pub struct FileWindows {
     bounce: Option<Arc<MemoryRegion>>,
     tick: u64,
     pub mapping_failed: bool,
+    /// The file is in shared memory (tmpfs): windows are registered writable too, and writes
+    /// land in them in place (see [`FileWindows::target`]).
+    in_place: bool,
 }
 
 /// Where the bytes for one WRITE come from: a registered region and the offset in it.
@@ -44,6 +47,9 @@ impl FileWindows {
     /// Windows of a file mapped through `map_file`: a read-write descriptor of the handle's
     /// file (never opened by path). None: reads go through the bounce buffer.
     pub fn new(pd: &Arc<ProtectionDomain>, map_file: Option<File>) -> Self {
+        let in_place = map_file
+            .as_ref()
+            .is_some_and(|f| is_shared_memory(f).unwrap_or(false));
         Self {
             pd: pd.clone(),
             map_file,
@@ -51,7 +57,74 @@ impl FileWindows {
             bounce: None,
             tick: 0,
             mapping_failed: false,
+            in_place,
         }
+    }
+
+    /// Where an RDMA READ may put `len` bytes for `offset` of a file of `size` bytes straight
+    /// into the file (zero-copy writes): a registered window and the offset in it. `None`
+    /// (write through a bounce buffer and `pwrite`) unless the file is on tmpfs, the range is
+    /// inside the file (a write that extends it needs the file system), and inside one window.
+    ///
+    /// Only tmpfs: on a file system with writeback, pages an adapter writes are not marked
+    /// dirty, so the bytes could be lost to fdatasync (see [`FileWindows::map_direct`]).
+    pub fn target(
+        &mut self,
+        offset: u64,
+        len: u64,
+        size: u64,
+    ) -> Option<(Arc<MemoryRegion>, usize)> {
+        let end = offset.checked_add(len)?;
+        if !self.in_place || self.mapping_failed || len == 0 || end > size {
+            return None;
+        }
+        let index = offset / WINDOW;
+        if (end - 1) / WINDOW != index {
+            return None;
+        }
+        let w = self.window(index, size)?;
+        Some((w.mr.clone(), (offset - index * WINDOW) as usize))
+    }
+
+    /// The registered window `index` of a file of `size` bytes, mapped now if need be (the
+    /// least recently used one evicted). `None` once mapping failed.
+    fn window(&mut self, index: u64, size: u64) -> Option<&mut Window> {
+        self.tick += 1;
+        let want_len = Self::window_len(index, size);
+        // Drop a stale window that no longer covers the file's current extent. (Posted work
+        // holds its own reference to a region, so it stays registered until that is done.)
+        self.windows
+            .retain(|w| !(w.index == index && w.len < want_len));
+        if !self.windows.iter().any(|w| w.index == index) {
+            if self.windows.len() >= MAX_WINDOWS {
+                let oldest = self
+                    .windows
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, w)| w.last_use)
+                    .map(|(i, _)| i);
+                if let Some(i) = oldest {
+                    self.windows.swap_remove(i);
+                }
+            }
+            match self.map_window(index, want_len) {
+                Ok(mr) => self.windows.push(Window {
+                    index,
+                    len: want_len,
+                    mr: Arc::new(mr),
+                    last_use: 0,
+                }),
+                Err(e) => {
+                    tracing::warn!("cannot register a file mapping ({e}); using a bounce buffer");
+                    self.mapping_failed = true;
+                    return None;
+                }
+            }
+        }
+        let tick = self.tick;
+        let w = self.windows.iter_mut().find(|w| w.index == index)?;
+        w.last_use = tick;
+        Some(w)
     }
 
     /// Whether taking a new window would evict one (the caller must first make sure no posted
@@ -86,44 +159,11 @@ impl FileWindows {
         len: u64,
         size: u64,
     ) -> io::Result<(Source, usize)> {
-        self.tick += 1;
         let index = offset / WINDOW;
         let within = offset - index * WINDOW;
-        let want_len = Self::window_len(index, size);
         if !self.mapping_failed {
-            // Drop a stale window that no longer covers the file's current extent.
             // (`needs_eviction` made the caller drain posted work before one is dropped here.)
-            self.windows
-                .retain(|w| !(w.index == index && w.len < want_len));
-            if !self.windows.iter().any(|w| w.index == index) {
-                if self.windows.len() >= MAX_WINDOWS {
-                    let oldest = self
-                        .windows
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, w)| w.last_use)
-                        .map(|(i, _)| i);
-                    if let Some(i) = oldest {
-                        self.windows.swap_remove(i);
-                    }
-                }
-                match self.map_window(index, want_len) {
-                    Ok(mr) => self.windows.push(Window {
-                        index,
-                        len: want_len,
-                        mr: Arc::new(mr),
-                        last_use: 0,
-                    }),
-                    Err(e) => {
-                        tracing::warn!(
-                            "cannot register a file mapping ({e}); using a bounce buffer"
-                        );
-                        self.mapping_failed = true;
-                    }
-                }
-            }
-            if let Some(w) = self.windows.iter_mut().find(|w| w.index == index) {
-                w.last_use = self.tick;
+            if let Some(w) = self.window(index, size) {
                 let n = (w.len - within).min(len);
                 return Ok((Source::Window(w.mr.clone(), within as usize), n as usize));
             }
@@ -160,7 +200,13 @@ impl FileWindows {
                 .len(len as usize)
                 .map_mut(file)?
         };
-        MemoryRegion::register(&self.pd, Backing::Mapped(map), Access::LOCAL)
+        // Writable by the adapter only where writes may land in place.
+        let access = if self.in_place {
+            Access::LOCAL_WRITE
+        } else {
+            Access::LOCAL
+        };
+        MemoryRegion::register(&self.pd, Backing::Mapped(map), access)
     }
 
     /// Registers the whole file for one-sided access by the client (direct mode): reads, and

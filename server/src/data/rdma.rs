@@ -3,7 +3,9 @@
 //! 6-byte client tag checked, *before* a QP is accepted; a refusal goes back as reject
 //! private data. Each accepted connection gets a thread that runs the mutual handshake over
 //! SEND/RECV, attaches the duplicate handle, and serves requests: reads as RDMA WRITEs from
-//! registered file windows, writes as RDMA READs into a registered bounce pool, then `pwrite`.
+//! registered file windows, writes as RDMA READs straight into those windows where the file is
+//! on tmpfs and the write inside it (zero-copy), else into a registered bounce pool, then
+//! `pwrite`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,14 +18,14 @@ use handoff_core::state::{ByteRange, DirectAccess};
 use handoff_core::wire::{ErrorCode, Message};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
-use handoff_datapath::rdma::endpoint::{connect_tag_matches, Endpoint};
+use handoff_datapath::rdma::endpoint::{connect_tag_matches, Endpoint, ReadTarget};
 use handoff_datapath::rdma::file_windows::{FileWindows, Source};
 use handoff_datapath::rdma::listener::{ConnKey, ListenEvent, Listener};
 use handoff_datapath::rdma::verbs::{Access, MemoryRegion};
 use handoff_datapath::rdma::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
 use handoff_datapath::DataError;
 
-use super::session::{DataSession, Landing};
+use super::session::{touch_modified, DataSession, Landing};
 use super::thread_cpu::ThreadCpu;
 use crate::auth::ClientDirectory;
 use crate::net::metrics::{DataOp, Transport};
@@ -335,6 +337,8 @@ impl Connection {
         };
         let answer = self.session.flush();
         if len > 0 && matches!(answer, Message::Done) {
+            // The bytes came without a write(2): the file's times are the server's to set.
+            touch_modified(self.session.file());
             self.shared.wrote(check);
         }
         self.ep.send(&answer)?;
@@ -427,7 +431,13 @@ impl Connection {
                     .pop()
                     .expect("a write is taken only with a free buffer");
                 let started = Instant::now();
-                let posted = self.post_write(buf, offset, len, (addr, rkey))?;
+                // Bytes put in place land when their READ completes, a bounced write's only at
+                // its turn: after a bounced write, the rest of the run bounces too, so
+                // overlapping writes still land in request order.
+                let bounced_ahead = queue
+                    .iter()
+                    .any(|(_, p, _)| matches!(p, Ok(w) if !w.in_place));
+                let posted = self.post_write(buf, offset, len, (addr, rkey), !bounced_ahead)?;
                 queue.push_back((buf, posted, started));
                 if !free.is_empty() && self.ep.has_message()? {
                     incoming = Some(self.ep.recv()?);
@@ -437,14 +447,26 @@ impl Connection {
                 break;
             };
             match posted {
-                Ok((wr, mut landing)) => {
+                Ok(PostedRead {
+                    wr, mut landing, ..
+                }) => {
                     let len = landing.len();
                     if len > 0 {
-                        let landed = self.ep.finish_read(wr)?;
-                        // The lease may have lapsed while the RDMA READ ran: put checks it.
-                        let bytes = &landed.bytes()[..len as usize];
-                        self.session.put(&mut landing, bytes)?;
-                        self.bounce[buf] = Some(landed);
+                        // The lease may have lapsed while the RDMA READ ran: both check it.
+                        match self.ep.finish_read(wr)? {
+                            ReadTarget::Buffer(landed) => {
+                                let bytes = &landed.bytes()[..len as usize];
+                                self.session.put(&mut landing, bytes)?;
+                                self.bounce[buf] = Some(landed);
+                            }
+                            ReadTarget::Window(..) => {
+                                self.session.placed(&mut landing)?;
+                                self.shared
+                                    .stats
+                                    .rdma_in_place_bytes
+                                    .fetch_add(len, Ordering::Relaxed);
+                            }
+                        }
                     }
                     self.session.gate().landed(&landing);
                     self.ep.send(&landing.answer())?;
@@ -470,6 +492,7 @@ impl Connection {
         offset: u64,
         len: u64,
         remote: (u64, u32),
+        may_place: bool,
     ) -> Result<PostedWrite, DataError> {
         let landing = match self.session.gate().write(offset, len, Some(remote.0)) {
             Ok(l) => l,
@@ -480,17 +503,31 @@ impl Connection {
         }
         let wr = self.next_wr;
         self.next_wr += 1;
+        let mut in_place = false;
         if len > 0 {
-            // The buffer is the endpoint's until `writes` takes it back with finish_read.
-            let mr = match self.bounce[buf].take() {
-                Some(mr) => mr,
-                None => {
-                    MemoryRegion::alloc(&self.ep.pd, MAX_REQUEST as usize, Access::LOCAL_WRITE)?
-                }
+            // Zero-copy where the file's pages can take the bytes (tmpfs, inside the file);
+            // else a bounce buffer, the endpoint's until `writes` takes it back.
+            let size = self.session.file().metadata()?.len();
+            let window = may_place
+                .then(|| self.windows.target(offset, len, size))
+                .flatten();
+            let target = match window {
+                Some((window, at)) => ReadTarget::Window(window, at),
+                None => ReadTarget::Buffer(match self.bounce[buf].take() {
+                    Some(mr) => mr,
+                    None => {
+                        MemoryRegion::alloc(&self.ep.pd, MAX_REQUEST as usize, Access::LOCAL_WRITE)?
+                    }
+                }),
             };
-            self.ep.post_read_into(wr, mr, len as usize, remote)?;
+            in_place = matches!(target, ReadTarget::Window(..));
+            self.ep.post_read_into(wr, target, len as usize, remote)?;
         }
-        Ok(Ok((wr, landing)))
+        Ok(Ok(PostedRead {
+            wr,
+            landing,
+            in_place,
+        }))
     }
 
     fn map_file(&mut self, access: DirectAccess) -> Result<(), DataError> {
@@ -526,7 +563,15 @@ impl Connection {
 
 /// A write request whose RDMA READ was posted (its work request id, and where its bytes go),
 /// or its refusal, answered in its turn.
-type PostedWrite = Result<(u64, Landing), Error>;
+type PostedWrite = Result<PostedRead, Error>;
+
+/// A write request's RDMA READ, posted.
+struct PostedRead {
+    wr: u64,
+    landing: Landing,
+    /// Its bytes land straight in the file's pages (no bounce buffer, no pwrite).
+    in_place: bool,
+}
 
 /// RDMA writes whose READs a connection keeps in flight at once.
 const WRITE_DEPTH: usize = 8;

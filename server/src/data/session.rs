@@ -125,6 +125,18 @@ impl DataSession {
         landing.put(&self.gate.shared, &self.file, bytes)
     }
 
+    /// A checked write's whole payload was placed in the file's pages by the adapter
+    /// (zero-copy, see `FileWindows::target`): counted as written, and the file's
+    /// modification time set as a write(2) would. A node whose lease lapsed while the bytes
+    /// moved ends the session, as [`DataSession::put`] does.
+    pub fn placed(&self, landing: &mut Landing) -> Result<(), Error> {
+        self.gate.shared.writable()?;
+        touch_modified(&self.file);
+        landing.received = landing.len;
+        landing.written = landing.len;
+        Ok(())
+    }
+
     /// A request kind this transport does not serve: the answer, and the error that ends the
     /// session (a peer that sends one is not speaking this protocol).
     pub fn not_a_request(msg: &Message, transport: &str) -> Error {
@@ -275,6 +287,22 @@ fn write_fully_at(file: &File, mut data: &[u8], mut offset: u64) -> (u64, Option
         }
     }
     (written, None)
+}
+
+/// Sets `file`'s modification (and change) time to now, for bytes that reached it without a
+/// write(2). A failure is logged: the bytes are there either way.
+pub fn touch_modified(file: &File) {
+    use nix::sys::stat::futimens;
+    use nix::sys::time::TimeSpec;
+    use std::os::fd::AsRawFd;
+    // The descriptor is `file`'s, alive for the call.
+    if let Err(e) = futimens(
+        file.as_raw_fd(),
+        &TimeSpec::UTIME_OMIT,
+        &TimeSpec::UTIME_NOW,
+    ) {
+        tracing::warn!("cannot set the file's modification time: {e}");
+    }
 }
 
 /// fdatasync, answered: Done, or the file system's refusal.

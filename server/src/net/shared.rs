@@ -227,7 +227,11 @@ impl Shared {
                 all.append(&mut batch);
                 batch = all;
             }
-            if batch.is_empty() {
+            if batch.is_empty() && persist == Persist::Deferred {
+                // Nothing to write, and nothing it answers waits for the store (a read's
+                // check, say): no wait for other requests' commits on the data path.
+                None
+            } else if batch.is_empty() {
                 // Nothing to write, but what it saw must be durable before it answers.
                 Some(self.commits.issued())
             } else {

@@ -14,6 +14,9 @@ pub struct ServerStats {
     /// CPU time (ns) the server's RDMA connection threads spent serving data requests:
     /// direct-mode bytes never add to it.
     pub data_cpu_ns: std::sync::atomic::AtomicU64,
+    /// Bytes of RDMA writes the adapter put straight into the file's pages (zero-copy: no
+    /// bounce buffer, no pwrite).
+    pub rdma_in_place_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl ServerStats {
@@ -36,6 +39,10 @@ impl ServerStats {
             ),
             ("tcp_bytes".into(), self.tcp_bytes.load(Relaxed)),
             ("data_cpu_ns".into(), self.data_cpu_ns.load(Relaxed)),
+            (
+                "rdma_in_place_bytes".into(),
+                self.rdma_in_place_bytes.load(Relaxed),
+            ),
         ]
     }
 }
