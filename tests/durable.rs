@@ -278,9 +278,46 @@ fn concurrent_opens_share_commits_and_every_answered_open_survives_kill_9() {
         TASKS * EACH
     );
 
-    server.restart(); // SIGKILL, then the same --state
-    let cli = server.cli(&c1);
-    for key in &keys {
-        cli.run(&["resume", key, "--channel", "tcp"]).expect(0);
+    // Now kill -9 while opens are in flight: every open that was answered must be there
+    // after the restart (a reply sent before its commit was durable would be lost).
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (addr, identity) = (server.addr.clone(), c1.identity.clone());
+        let answered = answered.clone();
+        tasks.push(rt.spawn(async move {
+            let mut control = handoff::Client::connect(&addr, &identity).await.unwrap();
+            let opts = handoff::OpenOptions {
+                create: true,
+                ..Default::default()
+            };
+            for i in 0.. {
+                let name = format!("k{t}-{i}");
+                let opening = control.open(&name, &opts);
+                match tokio::time::timeout(Duration::from_secs(5), opening).await {
+                    Ok(Ok(opened)) => answered.lock().unwrap().push(opened.token),
+                    _ => break,
+                }
+            }
+        }));
     }
+    eventually(Duration::from_secs(20), || {
+        (answered.lock().unwrap().len() >= 200).then_some(())
+    });
+    server.kill9();
+    for t in tasks {
+        let _ = rt.block_on(t);
+    }
+    let answered = answered.lock().unwrap().clone();
+    server.restart_with(&[]);
+    rt.block_on(async {
+        let mut control = handoff::Client::connect(&server.addr, &c1.identity)
+            .await
+            .unwrap();
+        for key in keys.iter().chain(&answered) {
+            if let Err(e) = control.attach(key, handoff::Transport::Tcp).await {
+                panic!("an answered open is gone after kill -9: {e}");
+            }
+        }
+    });
 }

@@ -66,6 +66,9 @@ impl ServerCore {
                     .push(Mutation::PutDraining(Some(peer.to_owned())));
             }
         }
+        // Every open is about to be held by the peer: no direct grant here outlives that.
+        let slots: Vec<u32> = self.table.records().map(|r| r.slot).collect();
+        self.revoked.extend(slots);
         let mut records = Vec::with_capacity(self.table.len());
         let mut counters = std::collections::BTreeMap::new();
         for rec in self.table.records() {
@@ -188,6 +191,11 @@ impl ServerCore {
             self.pending.push(Mutation::PutAlias(alias));
             let file_id = rec.file_id;
             tracing::info!(slot, old_slot, path = %rec.path, owner = %rec.owner, "open imported from a drained server");
+            if rec.status == OpenStatus::Live {
+                // A newcomer like any other: direct grants of local opens it conflicts with go.
+                let (mode, locks) = (rec.mode, !rec.locks.is_empty());
+                self.revoke_for_newcomer(file_id, slot, mode, locks);
+            }
             self.table.insert(rec, 0);
             self.persist_file(file_id);
             self.persist_open(slot);

@@ -415,21 +415,26 @@ impl ServerCore {
     /// An open `slot` of `file_id` was granted or revived: a writer or a lock holder revokes
     /// every other open's direct access; any other newcomer revokes the direct *writes* of
     /// others (held only by opens that can write), which need the file to themselves.
-    fn revoke_for_newcomer(&mut self, file_id: u64, slot: u32, mode: Mode, locks: bool) {
+    pub(super) fn revoke_for_newcomer(&mut self, file_id: u64, slot: u32, mode: Mode, locks: bool) {
         if mode.can_write() || locks {
             return self.revoke_others(file_id, slot);
         }
         let Some(f) = self.table.file(file_id) else {
             return;
         };
-        let writers = f.live.iter().copied().filter(|s| {
-            *s != slot
-                && self
-                    .table
-                    .get(*s)
-                    .is_some_and(|e| e.record.mode.can_write())
-        });
-        self.revoked.extend(writers.collect::<Vec<_>>());
+        // A direct write grant lives only while its open is the file's one live open, so
+        // only a lone other open can hold one: no scan of the file's opens (a file can have
+        // 10^5 readers, and every open would pay for it).
+        let mut others = f.live.iter().copied().filter(|s| *s != slot);
+        if let (Some(lone), None) = (others.next(), others.next()) {
+            if self
+                .table
+                .get(lone)
+                .is_some_and(|e| e.record.mode.can_write())
+            {
+                self.revoked.push(lone);
+            }
+        }
     }
 
     /// The open behind a handle, with its slot.
@@ -1006,6 +1011,16 @@ impl ServerCore {
 
     /// Counts a change to `file_id` whose handle is gone (its open was closed while the
     /// bytes were on their way): the file's other opens are still told.
+    /// The file is about to be cut short, or was (a path truncation): every open's direct
+    /// grant on it is revoked, the cutting open's own too. Pages an adapter pinned before the
+    /// cut stay pinned but leave the file, so a grant (or a registered window) that outlived
+    /// it would take bytes that then vanish.
+    pub fn revoke_file(&mut self, file_id: u64) {
+        if let Some(f) = self.table.file(file_id) {
+            self.revoked.extend(f.live.iter().copied());
+        }
+    }
+
     pub fn count_change(&mut self, file_id: u64) {
         if self.table.file(file_id).is_none() {
             return; // no open of the file is left to tell

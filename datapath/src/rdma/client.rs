@@ -532,11 +532,20 @@ impl RdmaClient {
                 if !self.ep.remote_access_error {
                     return Err(e);
                 }
-                // Revoked: this WRITE and those after it may not have landed. Their bytes,
-                // in order, go through the server instead.
+                // Revoked. WRITEs whose completions came back fine landed (sending them again
+                // through the server could undo a newer writer's bytes); from the first that
+                // did not, in order, the bytes go through the server instead (the QP's error
+                // state flushed every WRITE after it unexecuted).
                 self.direct = None;
                 done.revoked = true;
-                for (_, slot, n) in inflight {
+                let mut failed = false;
+                for (wr, slot, n) in inflight {
+                    if !failed && self.ep.take_finished(wr) {
+                        done.written += n as u64;
+                        self.bytes += n as u64;
+                        continue;
+                    }
+                    failed = true;
                     let at = slot * self.request;
                     done.carry.extend_from_slice(&self.buf.bytes()[at..at + n]);
                 }

@@ -430,6 +430,12 @@ impl Endpoint {
             .ok_or_else(|| broken(format!("no RDMA READ {wr_id} was posted")))
     }
 
+    /// Whether the signaled work request `wr_id` is known to have completed successfully (a
+    /// wait that failed on another request's completion may have seen it). Asked once.
+    pub fn take_finished(&mut self, wr_id: u64) -> bool {
+        self.finished.remove(&wr_id)
+    }
+
     /// Blocks until the signaled work request `wr_id` completed.
     pub fn wait_for(&mut self, wr_id: u64) -> Result<(), DataError> {
         while !self.finished.remove(&wr_id) {

@@ -91,10 +91,11 @@ impl FileWindows {
     fn window(&mut self, index: u64, size: u64) -> Option<&mut Window> {
         self.tick += 1;
         let want_len = Self::window_len(index, size);
-        // Drop a stale window that no longer covers the file's current extent. (Posted work
-        // holds its own reference to a region, so it stays registered until that is done.)
+        // Drop a stale window that no longer matches the file's current extent: grown past
+        // it, or cut short (its pages past the cut are no longer the file's). Posted work holds
+        // its own reference to a region, so it stays registered until that is done.
         self.windows
-            .retain(|w| !(w.index == index && w.len < want_len));
+            .retain(|w| !(w.index == index && w.len != want_len));
         if !self.windows.iter().any(|w| w.index == index) {
             if self.windows.len() >= MAX_WINDOWS {
                 let oldest = self
@@ -135,8 +136,8 @@ impl FileWindows {
         }
         let index = offset / WINDOW;
         match self.windows.iter().find(|w| w.index == index) {
-            // A window that no longer covers the file's extent is replaced: drain first.
-            Some(w) => w.len < Self::window_len(index, size),
+            // A window that no longer matches the file's extent is replaced: drain first.
+            Some(w) => w.len != Self::window_len(index, size),
             None => self.windows.len() >= MAX_WINDOWS,
         }
     }
@@ -192,8 +193,11 @@ impl FileWindows {
             .as_ref()
             .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
         // SAFETY: memmap2 requires that the file not be truncated under the mapping while it is
-        // in use. handoff clears every window before it truncates through the server, and
-        // bytes past EOF are never requested (requests are clamped to the size).
+        // in use, because touching a page past EOF through it raises SIGBUS. No code here
+        // touches the mapping's bytes: only the adapter does, through the pages it pinned at
+        // registration, which stay valid (if no longer the file's) whatever happens to the
+        // file. A truncation through handoff makes every data channel drop its windows before
+        // its next request, and a window that no longer matches the file's size is replaced.
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .offset(index * WINDOW)
@@ -233,8 +237,9 @@ impl FileWindows {
                  written into pinned pages would not be flushed",
             ));
         }
-        // SAFETY: as in `map_window`; the grant is revoked (deregistered and unmapped) before
-        // any truncate through handoff, since a writer's open revokes it first.
+        // SAFETY: as in `map_window`: only the adapter touches these bytes, through pinned
+        // pages. A truncation through handoff revokes every grant on the file first (and an
+        // O_TRUNC open is a newcomer that revokes them as it is granted).
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .len(size as usize)

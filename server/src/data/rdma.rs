@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use handoff_core::state::resume_key::SEALED_LEN;
-use handoff_core::state::{ByteRange, DirectAccess};
+use handoff_core::state::DirectAccess;
 use handoff_core::wire::{ErrorCode, Message};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
@@ -326,21 +326,25 @@ impl Connection {
     /// bytes are in the file's pages; nothing is copied here.
     fn direct_flush(&mut self, offset: u64, len: u64) -> Result<(), DataError> {
         let started = Instant::now();
-        let range = ByteRange::new(offset, len);
-        if len > 0 && range.is_none() {
+        if offset.checked_add(len).is_none() {
             let e = Error::bad_request("direct flush range overflows");
             return self.ep.send(&e.to_message());
         }
-        let check = match self.session.gate().check_write(range) {
-            Ok(c) => c,
-            Err(e) => return self.ep.send(&e.to_message()),
-        };
+        // The bytes are in the file's pages already: make them durable whatever comes next.
         let answer = self.session.flush();
-        if len > 0 && matches!(answer, Message::Done) {
-            // The bytes came without a write(2): the file's times are the server's to set.
-            touch_modified(self.session.file());
-            self.shared.wrote(check);
-        }
+        // Rights only, not the range's locks: the range is a span of possibly separate
+        // writes, and a lock another open took inside it after a revocation must not make
+        // every later flush fail.
+        let answer = match self.session.gate().check_write(None) {
+            Err(e) => e.to_message(),
+            Ok(check) if len > 0 && matches!(answer, Message::Done) => {
+                // The bytes came without a write(2): the file's times are the server's to set.
+                touch_modified(self.session.file());
+                self.shared.wrote(check);
+                answer
+            }
+            Ok(_) => answer,
+        };
         self.ep.send(&answer)?;
         self.session.served(DataOp::Flush, 0, started);
         Ok(())
@@ -430,6 +434,9 @@ impl Connection {
                 let buf = free
                     .pop()
                     .expect("a write is taken only with a free buffer");
+                // A file cut short since the last request: its windows go before this write
+                // picks one (their pages past the cut are no longer the file's).
+                self.check_truncations()?;
                 let started = Instant::now();
                 // Bytes put in place land when their READ completes, a bounced write's only at
                 // its turn: after a bounced write, the rest of the run bounces too, so
@@ -508,7 +515,9 @@ impl Connection {
             // Zero-copy where the file's pages can take the bytes (tmpfs, inside the file);
             // else a bounce buffer, the endpoint's until `writes` takes it back.
             let size = self.session.file().metadata()?.len();
-            let window = may_place
+            // Not under a cluster lease: in place, the bytes are in the file before the lease
+            // can be checked again (a bounced write checks it before its pwrite).
+            let window = (may_place && !self.shared.is_leased())
                 .then(|| self.windows.target(offset, len, size))
                 .flatten();
             let target = match window {
@@ -531,6 +540,11 @@ impl Connection {
     }
 
     fn map_file(&mut self, access: DirectAccess) -> Result<(), DataError> {
+        // One grant per connection: asking again gives up the last (else each ask would pin
+        // the whole file once more).
+        for g in self.direct.drain(..) {
+            g.revoke();
+        }
         let size = self.session.file().metadata()?.len();
         let windows = &self.windows;
         let writable = access == DirectAccess::Write;

@@ -130,10 +130,14 @@ impl DataSession {
     /// modification time set as a write(2) would. A node whose lease lapsed while the bytes
     /// moved ends the session, as [`DataSession::put`] does.
     pub fn placed(&self, landing: &mut Landing) -> Result<(), Error> {
-        self.gate.shared.writable()?;
         touch_modified(&self.file);
         landing.received = landing.len;
         landing.written = landing.len;
+        if let Err(e) = self.gate.shared.writable() {
+            // The bytes are in the file either way: the change is counted before the end.
+            self.gate.landed(landing);
+            return Err(e);
+        }
         Ok(())
     }
 

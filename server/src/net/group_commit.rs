@@ -7,9 +7,11 @@
 //! eight concurrent opens cost one fsync instead of eight.
 //!
 //! Requests later in the queue may have seen state that earlier, unwritten requests made, so
-//! they stand or fall together: a commit that fails fails every ticket queued by then.
+//! they stand or fall together: a commit that fails fails every ticket queued by then, and
+//! one that fails for good (the server stops) fails every ticket from then on, so nothing
+//! queued after it reaches the store without it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use handoff_core::state::Checkpoint;
@@ -24,7 +26,8 @@ pub(super) type Ticket = u64;
 pub(super) enum Failure {
     /// The store could not be reached: the core took the changes back.
     Unreachable(String),
-    /// The server stopped (fenced, or the store refused the write).
+    /// The server stops (fenced, the store refused a write, or a commit never finished):
+    /// nothing more is written.
     Stopped,
 }
 
@@ -47,8 +50,14 @@ struct Queue {
     checkpoints: VecDeque<(Ticket, Checkpoint)>,
     /// A commit is under way (its committer is not holding this lock).
     committing: bool,
-    /// Settled tickets that failed, as ranges, newest last (kept short: see `settle`).
-    failed: VecDeque<(Ticket, Ticket, Failure)>,
+    /// A commit failed for good: every ticket not yet written fails.
+    stopped: bool,
+    /// Settled ranges that failed, kept while a request holding a ticket in one has not yet
+    /// taken its outcome.
+    failed: Vec<(Ticket, Ticket, Failure)>,
+    /// Tickets handed out whose requests have not yet taken their outcome (with counts: a
+    /// request that wrote nothing holds the last ticket handed out, as others may).
+    holders: BTreeMap<Ticket, usize>,
 }
 
 /// What a committer took from the queue.
@@ -57,9 +66,6 @@ pub(super) struct Group {
     pub writes: Vec<Mutation>,
     pub first_checkpoint: Option<Checkpoint>,
 }
-
-/// Failed ranges remembered for waiters that have not looked yet.
-const FAILURES_KEPT: usize = 1024;
 
 impl GroupCommit {
     pub(super) fn new(store: Box<dyn Store>) -> Self {
@@ -75,20 +81,26 @@ impl GroupCommit {
     }
 
     /// Queues a request's writes (called under the state lock, so tickets follow the order in
-    /// which requests ran on the core). `checkpoint`: where the core stood before it ran.
+    /// which requests ran on the core). `checkpoint`: where the core stood before it ran. The
+    /// caller must then [`GroupCommit::wait`] for the ticket.
     pub(super) fn enqueue(&self, writes: Vec<Mutation>, checkpoint: Checkpoint) -> Ticket {
         let mut q = self.queue();
         q.issued += 1;
         let ticket = q.issued;
         q.writes.extend(writes);
         q.checkpoints.push_back((ticket, checkpoint));
+        q.hold(ticket);
         ticket
     }
 
-    /// The last ticket handed out: a request that wrote nothing but saw state waits for it,
-    /// so it never answers from state that is not yet durable.
+    /// The last ticket handed out, for a request that wrote nothing but saw state: it waits
+    /// for it, so it never answers from state that is not yet durable. The caller must then
+    /// [`GroupCommit::wait`] for the ticket.
     pub(super) fn issued(&self) -> Ticket {
-        self.queue().issued
+        let mut q = self.queue();
+        let ticket = q.issued;
+        q.hold(ticket);
+        ticket
     }
 
     /// Waits until `ticket` is settled; `commit` is called (without any lock of this type
@@ -101,8 +113,10 @@ impl GroupCommit {
     ) -> Result<(), Failure> {
         let mut q = self.queue();
         loop {
-            if q.done >= ticket {
-                return q.outcome(ticket);
+            if q.done >= ticket || q.stopped {
+                let outcome = q.outcome(ticket);
+                q.release(ticket);
+                return outcome;
             }
             if q.committing {
                 q = self.settled.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -138,8 +152,9 @@ impl GroupCommit {
     }
 }
 
-/// A commit under way: settled by its committer, or as failed if the committer panicked
-/// (its writes are gone, so its tickets must not be taken as durable).
+/// A commit under way: settled by its committer, or, if the committer panicked, as failed
+/// for good (its writes are gone, so its tickets must never be taken as durable, nor later
+/// ones written without them).
 struct Committing<'a> {
     commits: &'a GroupCommit,
     first: Ticket,
@@ -168,20 +183,45 @@ impl Drop for Committing<'_> {
 }
 
 impl Queue {
+    fn hold(&mut self, ticket: Ticket) {
+        *self.holders.entry(ticket).or_default() += 1;
+    }
+
+    /// A request took its outcome: failed ranges no holder can ask about are dropped.
+    fn release(&mut self, ticket: Ticket) {
+        if let Some(n) = self.holders.get_mut(&ticket) {
+            *n -= 1;
+            if *n == 0 {
+                self.holders.remove(&ticket);
+            }
+        }
+        let oldest = self.holders.keys().next().copied().unwrap_or(Ticket::MAX);
+        self.failed.retain(|(_, to, _)| *to >= oldest);
+    }
+
     fn settle(&mut self, first: Ticket, last: Ticket, outcome: Result<(), Failure>) {
+        let last = match &outcome {
+            // Nothing queued now or later may reach the store without this group.
+            Err(Failure::Stopped) => {
+                self.stopped = true;
+                self.writes.clear();
+                self.issued
+            }
+            _ => last,
+        };
         self.done = self.done.max(last);
         while self.checkpoints.front().is_some_and(|(t, _)| *t <= last) {
             self.checkpoints.pop_front();
         }
         if let Err(f) = outcome {
-            self.failed.push_back((first, last, f));
-            if self.failed.len() > FAILURES_KEPT {
-                self.failed.pop_front();
-            }
+            self.failed.push((first, last, f));
         }
     }
 
     fn outcome(&self, ticket: Ticket) -> Result<(), Failure> {
+        if self.stopped && ticket > self.done {
+            return Err(Failure::Stopped);
+        }
         match self
             .failed
             .iter()
@@ -190,5 +230,47 @@ impl Queue {
             Some((_, _, f)) => Err(f.clone()),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_of(issued: Ticket) -> Queue {
+        let mut q = Queue::default();
+        for t in 1..=issued {
+            q.issued = t;
+            q.hold(t);
+        }
+        q
+    }
+
+    #[test]
+    fn a_commit_that_fails_for_good_fails_every_ticket_then_and_later() {
+        let mut q = queue_of(5);
+        q.settle(1, 2, Ok(()));
+        q.writes.push(Mutation::DeleteOpen(9));
+        q.settle(3, 4, Err(Failure::Stopped));
+        assert!(q.writes.is_empty(), "ticket 5's writes are never written");
+        assert!(q.outcome(2).is_ok());
+        for t in [3, 4, 5, 6] {
+            assert!(matches!(q.outcome(t), Err(Failure::Stopped)), "ticket {t}");
+        }
+    }
+
+    #[test]
+    fn a_failed_range_is_kept_until_every_holder_in_it_looked() {
+        let mut q = queue_of(3);
+        q.settle(1, 3, Err(Failure::Unreachable("down".into())));
+        q.release(1);
+        q.release(2);
+        assert!(q.outcome(3).is_err(), "ticket 3 has not looked yet");
+        q.release(3);
+        assert!(q.failed.is_empty());
+        q.issued = 4;
+        q.hold(4);
+        q.settle(4, 4, Ok(()));
+        assert!(q.outcome(4).is_ok());
     }
 }

@@ -69,17 +69,28 @@ pub async fn request(shared: &Shared, client: &str, msg: Message) -> Result<Mess
                     let opened = s.config.root.open_file(&path, true)?;
                     let file_id = opened.identity.file_id();
                     let from = size.min(opened.size);
-                    s.peek(|core| core.check_truncatable(&client, file_id, from))?;
+                    // Direct grants on the file go before it is cut (see `revoke_file`).
+                    s.run_blocking(|core, _| {
+                        core.check_truncatable(&client, file_id, from)?;
+                        core.revoke_file(file_id);
+                        Ok(())
+                    })?;
                     opened
                         .file
                         .set_len(size)
                         .map_err(|e| Error::file_system("truncating the file", &e))?;
+                    // Data channels drop their registered windows of files before their next
+                    // request: windows mapped before the cut hold pages no longer in the file.
+                    s.truncations
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     Ok(file_id)
                 })
                 .await?;
-            // The file's opens are told it changed when they resume.
+            // The file's opens are told it changed when they resume; a grant taken again
+            // while the file was being cut is revoked too.
             shared
                 .run(move |core, _| {
+                    core.revoke_file(file_id);
                     core.count_change(file_id);
                     Ok(())
                 })

@@ -255,11 +255,14 @@ impl Shared {
             Err(Failure::Unreachable(why)) => Err(Error::Store(StoreError::Unavailable(format!(
                 "{why}; the request was not confirmed, retry it"
             )))),
-            Err(Failure::Stopped) => Err(self
-                .stop
-                .check()
-                .err()
-                .unwrap_or_else(|| Error::Protocol("the server is stopping".into()))),
+            Err(Failure::Stopped) => Err(match self.stop.check() {
+                Err(e) => e,
+                // A commit that never finished (its thread panicked): what it held is lost,
+                // so the server cannot go on as if it were written.
+                Ok(()) => self
+                    .stop
+                    .store_failed(&StoreError::Failed("a store commit did not finish".into())),
+            }),
         }
     }
 
@@ -282,6 +285,11 @@ impl Shared {
     /// Writes one group of queued changes (see [`GroupCommit`]); returns the last ticket it
     /// settles and how.
     fn commit(&self, store: &mut dyn Store, group: Group) -> (Ticket, Result<(), Failure>) {
+        // A server that stopped writes nothing more (a later group could depend on the one
+        // that failed).
+        if self.stop.check().is_err() {
+            return (group.last, Err(Failure::Stopped));
+        }
         let failure = match apply_while_leased(store, &group.writes, || self.health()) {
             Ok(()) => return (group.last, Ok(())),
             // On a stop nothing more is served: the state stays as the store last took it.
@@ -335,6 +343,11 @@ impl Shared {
             ))),
             Health::Suspended(why) => Err(Error::Store(StoreError::Unavailable(why))),
         }
+    }
+
+    /// Whether this node serves under a cluster lease (an etcd store), which can lapse.
+    pub fn is_leased(&self) -> bool {
+        self.lease.is_some()
     }
 
     /// Whether this node may change state now: always with an embedded store; with a
