@@ -101,6 +101,9 @@ async fn say_goodbye(mut chan: Channel<TcpStream>, message: String) {
     .await;
 }
 
+/// Handles a control connection remembers before it first forgets those of closed opens.
+const PRUNE_HANDLES_AT: usize = 4096;
+
 async fn serve_requests(
     chan: &mut Channel<TcpStream>,
     shared: &Shared,
@@ -108,6 +111,7 @@ async fn serve_requests(
     seat: &Seat,
     handles: &mut Vec<HandleId>,
 ) -> Result<(), Error> {
+    let mut prune_at = PRUNE_HANDLES_AT;
     loop {
         // A request under way is answered; one not started waits on the revocation too.
         let received = tokio::select! {
@@ -154,10 +158,13 @@ async fn serve_requests(
         let reply = match dispatch(shared, client, reply).await {
             Ok((reply, handle)) => {
                 handles.extend(handle);
-                if handles.len() > 4096 {
+                if handles.len() > prune_at {
                     // Forget the handles of opens closed since (bounded memory for a long
-                    // connection that opens and closes without end).
+                    // connection that opens and closes without end). The scan runs under the
+                    // state lock, so not on every request of a connection that holds many
+                    // opens: only once what it holds has doubled since the last one.
                     shared.still_attached(handles);
+                    prune_at = (2 * handles.len()).max(PRUNE_HANDLES_AT);
                 }
                 reply
             }
