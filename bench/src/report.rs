@@ -604,7 +604,9 @@ mod tests {
             "p.png",
         );
         assert!(
-            md.contains("handoff rdma read ÷ ib_write_bw write: **0.90** at 1 MiB"),
+            md.contains(
+                "handoff rdma read ÷ ib_write_bw write: **0.20** at 4 KiB, **0.90** at 1 MiB"
+            ),
             "{md}"
         );
     }
