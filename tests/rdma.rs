@@ -53,6 +53,23 @@ fn stats(server: &TestServer, who: &TestClient) -> serde_json::Value {
     server.cli(who).run(&["stats"]).expect(0).json()
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A duplicate handle of `key` over RDMA for `who` (direct mode asked for if `direct`), taken
+/// on a control connection that is closed once it is made.
+async fn rdma_handle(server: &TestServer, who: &TestClient, key: &str, direct: bool) -> DataHandle {
+    let mut control = Client::connect(&server.addr, &who.identity).await.unwrap();
+    control
+        .open_data(key, Some(handoff::Channel::Rdma), direct)
+        .await
+        .unwrap()
+}
+
 fn report(out: &Out) -> serde_json::Value {
     let line = out
         .stderr
@@ -320,17 +337,9 @@ fn direct_mode_reads_without_server_work_and_falls_back_when_revoked() {
     std::fs::write(server.root().join("f"), &old).unwrap();
     let key = server.cli(&c1).open(&["f", "--mode", "r"]);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
-        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
-        let mut data = control
-            .open_data(&key, Some(handoff::Channel::Rdma), true)
-            .await
-            .unwrap();
-        drop(control);
+        let mut data = rdma_handle(&server, &c1, &key, true).await;
         let before = stats(&server, &c1);
         let got = read_all(&mut data).await;
         assert_eq!(sha256(&got), sha256(&old));
@@ -392,17 +401,9 @@ fn direct_writes_take_no_server_cpu_fall_back_when_revoked_and_survive_kill_9() 
     let new = random_bytes(SIZE, 31);
     let mut expected = new.clone();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
-        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
-        let mut data = control
-            .open_data(&key, Some(handoff::Channel::Rdma), true)
-            .await
-            .unwrap();
-        drop(control);
+        let mut data = rdma_handle(&server, &c1, &key, true).await;
         // The first page takes the grant; the other 256 MiB go with no server CPU at all.
         data.write_at(0, &new[..4096]).await.unwrap();
         // (The server counts a request's CPU just after its reply: wait for it to settle.)
@@ -493,10 +494,7 @@ fn writes_after_a_truncate_land_in_the_file_not_in_pages_it_let_go() {
     std::fs::write(&path, random_bytes(8 << 20, 40)).unwrap();
     let cli = server.cli(&c1);
     let key = cli.open(&["h", "--mode", "rw"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
         // One handle writes in place (its window registered), one holds a direct grant.
@@ -547,10 +545,7 @@ fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_int
 
     // One runtime thread: the RDMA read must not block it, or the control channel could
     // only be killed after the transfer.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (key, got, at_kill) = rt.block_on(async {
         let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
         let opened = control
@@ -785,10 +780,7 @@ fn a_thousand_connect_transfer_disconnect_cycles_leak_nothing() {
     let key = server.cli(&c1).open(&["f", "--mode", "rw"]);
     let pid = server.pid();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
         // Warm up (first-use allocations), then measure.
