@@ -482,6 +482,14 @@ impl Connection {
         match r {
             Ok(n) => {
                 self.fell_back.0 += n;
+                let writable = self.multi()?.primary()?.is_direct_writable();
+                if n < len && writable {
+                    // The grant covers the file as it was when granted; this handle's own
+                    // writes through the server may have grown it since: the rest comes from
+                    // the server, which knows where the file ends now.
+                    let rest = self.multi()?.read_to(offset + n, len - n, sink)?;
+                    return Ok(n + rest);
+                }
                 Ok(n)
             }
             Err(e) if is_revoked(&e) => {

@@ -431,6 +431,21 @@ fn direct_writes_take_no_server_cpu_fall_back_when_revoked_and_survive_kill_9() 
         };
         assert_eq!(r.direct_bytes(), SIZE as u64);
         assert_eq!(r.fallbacks(), 0);
+        // Past the region granted, bytes go through the server, and a read on the same handle
+        // sees them (the grant covers the file as it was).
+        let tail = random_bytes(1 << 20, 34);
+        data.write_at(SIZE as u64, &tail).await.unwrap();
+        data.flush().await.unwrap();
+        let mut back = Vec::new();
+        data.read_to(SIZE as u64 - 4096, 4096 + tail.len() as u64, &mut |b| {
+            back.extend_from_slice(b);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(&back[..4096], &new[SIZE - 4096..]);
+        assert_eq!(&back[4096..], &tail[..]);
+        expected.extend_from_slice(&tail);
 
         // Another client opens the file, even just to read: the file is no longer the
         // writer's alone, so its grant is revoked; its next write falls back and lands.
