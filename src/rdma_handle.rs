@@ -558,17 +558,13 @@ impl Connection {
         }
         // What did not go direct (past the file's region, or in flight when revoked) goes
         // through the server: the carried bytes first, then the rest of `fill`.
-        let mut carry = direct.carry;
+        let carry = direct.carry;
         let mut taken = 0;
         let mut rest = |region: &mut [u8]| {
             if taken < carry.len() {
                 let n = (carry.len() - taken).min(region.len());
                 region[..n].copy_from_slice(&carry[taken..taken + n]);
                 taken += n;
-                if taken == carry.len() {
-                    carry = Vec::new();
-                    taken = 0;
-                }
                 return Ok(n);
             }
             fill(region)

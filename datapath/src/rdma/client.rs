@@ -366,7 +366,12 @@ impl RdmaClient {
 
     /// Makes written bytes durable on the server.
     pub fn flush(&mut self) -> Result<(), DataError> {
-        self.ep.send(&Message::Flush)?;
+        self.request_done(&Message::Flush)
+    }
+
+    /// Sends `request` and takes its `Done`.
+    fn request_done(&mut self, request: &Message) -> Result<(), DataError> {
+        self.ep.send(request)?;
         match reply(&mut self.ep)? {
             Message::Done => Ok(()),
             other => Err(protocol(format!(
@@ -562,14 +567,7 @@ impl RdmaClient {
     /// Makes direct writes durable and has the server count `[offset, offset + len)` as this
     /// handle's change (works on any QP of the open, also after the grant was revoked).
     pub fn direct_flush(&mut self, offset: u64, len: u64) -> Result<(), DataError> {
-        self.ep.send(&Message::DirectFlush { offset, len })?;
-        match reply(&mut self.ep)? {
-            Message::Done => Ok(()),
-            other => Err(protocol(format!(
-                "expected Done, got {:#04x}",
-                other.kind()
-            ))),
-        }
+        self.request_done(&Message::DirectFlush { offset, len })
     }
 }
 

@@ -61,6 +61,12 @@ impl FileWindows {
         }
     }
 
+    /// Whether writes may land in this file's windows at all ([`FileWindows::target`] can
+    /// say yes): the caller need not look up the file's size otherwise.
+    pub fn places_writes(&self) -> bool {
+        self.in_place && !self.mapping_failed
+    }
+
     /// Where an RDMA READ may put `len` bytes for `offset` of a file of `size` bytes straight
     /// into the file (zero-copy writes): a registered window and the offset in it. `None`
     /// (write through a bounce buffer and `pwrite`) unless the file is on tmpfs, the range is
@@ -75,7 +81,7 @@ impl FileWindows {
         size: u64,
     ) -> Option<(Arc<MemoryRegion>, usize)> {
         let end = offset.checked_add(len)?;
-        if !self.in_place || self.mapping_failed || len == 0 || end > size {
+        if !self.places_writes() || len == 0 || end > size {
             return None;
         }
         let index = offset / WINDOW;

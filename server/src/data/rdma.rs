@@ -514,12 +514,15 @@ impl Connection {
         if len > 0 {
             // Zero-copy where the file's pages can take the bytes (tmpfs, inside the file);
             // else a bounce buffer, the endpoint's until `writes` takes it back.
-            let size = self.session.file().metadata()?.len();
             // Not under a cluster lease: in place, the bytes are in the file before the lease
-            // can be checked again (a bounced write checks it before its pwrite).
-            let window = (may_place && !self.shared.is_leased())
-                .then(|| self.windows.target(offset, len, size))
-                .flatten();
+            // can be checked again (a bounced write checks it before its pwrite). The file's
+            // size is looked up only where a window could take the bytes.
+            let window = if may_place && !self.shared.is_leased() && self.windows.places_writes() {
+                let size = self.session.file().metadata()?.len();
+                self.windows.target(offset, len, size)
+            } else {
+                None
+            };
             let target = match window {
                 Some((window, at)) => ReadTarget::Window(window, at),
                 None => ReadTarget::Buffer(match self.bounce[buf].take() {
