@@ -784,6 +784,114 @@ fn rdma_resources() -> Vec<(String, u64)> {
     counts.into_iter().collect()
 }
 
+/// Registered regions of exactly `len` bytes that process `pid` holds (`rdma resource show
+/// mr`, one line per region: `... mrlen N ... pid P ...`).
+fn regions_of(pid: u32, len: u64) -> usize {
+    let text = sh_out("rdma resource show mr");
+    text.lines()
+        .filter(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let field = |name: &str| {
+                words
+                    .windows(2)
+                    .find(|w| w[0] == name)
+                    .map(|w| w[1].to_string())
+            };
+            field("mrlen") == Some(len.to_string()) && field("pid") == Some(pid.to_string())
+        })
+        .count()
+}
+
+/// `len` bytes at `offset` through `h`.
+async fn read_range(h: &mut DataHandle, offset: u64, len: u64) -> Vec<u8> {
+    let mut got = Vec::new();
+    h.read_to(offset, len, &mut |c| {
+        got.extend_from_slice(c);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    got
+}
+
+#[test]
+#[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
+fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_ones() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let c1 = client(tmp.path(), "c1");
+    let server = start(&[&c1], &ips, 1, &[]);
+    // Two windows: 64 MiB, and a 3 MiB tail (no other region the server makes is 3 MiB).
+    const WINDOW: u64 = 64 << 20;
+    let path = server.root().join("shared");
+    let data = random_bytes((WINDOW + (3 << 20)) as usize, 50);
+    std::fs::write(&path, &data).unwrap();
+    let key = server.cli(&c1).open(&["shared", "--mode", "r"]);
+    let pid = server.pid();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+        let mut readers = Vec::new();
+        for _ in 0..16 {
+            let h = control
+                .open_data(&key, Some(handoff::Channel::Rdma), false)
+                .await
+                .unwrap();
+            readers.push(h);
+        }
+        let head = &data[..1 << 20];
+        let tail = &data[WINDOW as usize..WINDOW as usize + (1 << 20)];
+        for h in &mut readers {
+            assert_eq!(read_range(h, 0, 1 << 20).await, head);
+            assert_eq!(read_range(h, WINDOW, 1 << 20).await, tail);
+        }
+        // Sixteen connections, each window of the file pinned and registered once.
+        assert_eq!(
+            regions_of(pid, WINDOW),
+            1,
+            "{}",
+            sh_out("rdma resource show mr")
+        );
+        assert_eq!(regions_of(pid, 3 << 20), 1);
+
+        // Cut to 1 MiB past the first window and write new bytes there from outside: every
+        // reader's next read registers the file's pages anew, once, and sees the new bytes.
+        server
+            .cli(&c1)
+            .run(&[
+                "truncate",
+                "--size",
+                &(WINDOW + (1 << 20)).to_string(),
+                "shared",
+            ])
+            .expect(0);
+        let fresh = random_bytes(1 << 20, 51);
+        std::os::unix::fs::FileExt::write_all_at(
+            &std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
+            &fresh,
+            WINDOW,
+        )
+        .unwrap();
+        for h in &mut readers {
+            assert_eq!(read_range(h, 0, 1 << 20).await, head);
+            assert_eq!(read_range(h, WINDOW, 1 << 20).await, fresh);
+        }
+        assert_eq!(
+            regions_of(pid, WINDOW),
+            1,
+            "{}",
+            sh_out("rdma resource show mr")
+        );
+        assert_eq!(regions_of(pid, 1 << 20), 1);
+        assert_eq!(regions_of(pid, 3 << 20), 0, "the old tail is let go");
+        drop(readers);
+        // The last reader gone, nothing of the file stays pinned.
+        eventually(Duration::from_secs(20), || {
+            (regions_of(pid, WINDOW) == 0 && regions_of(pid, 1 << 20) == 0).then_some(())
+        });
+    });
+}
+
 #[test]
 #[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
 fn a_thousand_connect_transfer_disconnect_cycles_leak_nothing() {

@@ -89,7 +89,18 @@ pub enum ReadTarget {
 impl Endpoint {
     /// Builds PD, CQ, QP and message slots on `id` and posts every receive.
     pub fn new(id: &Arc<CmId>) -> io::Result<Self> {
-        let pd = ProtectionDomain::new(id)?;
+        Self::with_pd(id, ProtectionDomain::new(id)?)
+    }
+
+    /// As [`Endpoint::new`], on a protection domain shared with other connections on the
+    /// same device (so regions registered once serve them all).
+    pub fn with_pd(id: &Arc<CmId>, pd: Arc<ProtectionDomain>) -> io::Result<Self> {
+        if pd.id().verbs() != id.verbs() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the protection domain is on another device",
+            ));
+        }
         let cq = CompletionQueue::new(&pd, 512)?;
         let qp = QueuePair::new(id, &pd, &cq)?;
         let send_buf = MemoryRegion::alloc(&pd, SEND_SLOTS * SLOT, Access::LOCAL)?;

@@ -1,18 +1,21 @@
 //! Registered windows of a file for server-initiated RDMA WRITEs: the file is mapped
 //! (MAP_SHARED) and registered in aligned windows, cached and bounded, so reads go from the
-//! page cache to the wire without a copy. Where a kernel refuses to register a file mapping,
+//! page cache to the wire without a copy. Windows are shared by every connection on the
+//! device that has the same file open ([`DeviceShare`]). Where a kernel refuses to register a file mapping,
 //! a registered bounce buffer is filled with `pread` instead.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 
+use super::device_share::{DeviceShare, WindowKey};
 use super::verbs::{Access, Backing, MemoryRegion, ProtectionDomain};
 
 /// Bytes per registered window.
 pub const WINDOW: u64 = 64 << 20;
-/// Windows kept registered per connection.
+/// Windows a connection holds at once (shared with other connections on the device through
+/// its [`DeviceShare`]).
 const MAX_WINDOWS: usize = 4;
 
 struct Window {
@@ -24,8 +27,14 @@ struct Window {
 
 pub struct FileWindows {
     pd: Arc<ProtectionDomain>,
+    /// Where windows of the same file taken by other connections are found.
+    share: Arc<DeviceShare>,
     /// Opened read-write where possible: Linux 6.1 refuses to pin a read-only shared mapping.
     map_file: Option<File>,
+    /// The file's device and inode, naming its windows in the share.
+    identity: (u64, u64),
+    /// The server's truncation count these windows belong to (see [`FileWindows::reset`]).
+    epoch: u64,
     windows: Vec<Window>,
     bounce: Option<Arc<MemoryRegion>>,
     tick: u64,
@@ -45,14 +54,28 @@ pub enum Source {
 
 impl FileWindows {
     /// Windows of a file mapped through `map_file`: a read-write descriptor of the handle's
-    /// file (never opened by path). None: reads go through the bounce buffer.
-    pub fn new(pd: &Arc<ProtectionDomain>, map_file: Option<File>) -> Self {
+    /// file (never opened by path). None: reads go through the bounce buffer. `epoch` is the
+    /// server's count of truncations now.
+    pub fn new(share: &Arc<DeviceShare>, map_file: Option<File>, epoch: u64) -> Self {
+        // A file whose inode cannot be named is not mapped at all (its windows could not be
+        // told from another file's in the share): reads go through the bounce buffer.
+        let identified = map_file.and_then(|f| {
+            let m = f.metadata().ok()?;
+            Some((f, (m.dev(), m.ino())))
+        });
+        let (map_file, identity) = match identified {
+            Some((f, id)) => (Some(f), id),
+            None => (None, (0, 0)),
+        };
         let in_place = map_file
             .as_ref()
             .is_some_and(|f| is_shared_memory(f).unwrap_or(false));
         Self {
-            pd: pd.clone(),
+            pd: share.pd().clone(),
+            share: share.clone(),
             map_file,
+            identity,
+            epoch,
             windows: Vec::new(),
             bounce: None,
             tick: 0,
@@ -114,11 +137,25 @@ impl FileWindows {
                     self.windows.swap_remove(i);
                 }
             }
-            match self.map_window(index, want_len) {
+            let key = WindowKey {
+                dev: self.identity.0,
+                ino: self.identity.1,
+                index,
+                len: want_len,
+                writable: self.in_place,
+                epoch: self.epoch,
+            };
+            let mapped = match self.map_file {
+                Some(_) => self
+                    .share
+                    .window(key, |pd| self.map_window(pd, index, want_len)),
+                None => Err(io::Error::other("no read-write descriptor to map")),
+            };
+            match mapped {
                 Ok(mr) => self.windows.push(Window {
                     index,
                     len: want_len,
-                    mr: Arc::new(mr),
+                    mr,
                     last_use: 0,
                 }),
                 Err(e) => {
@@ -152,9 +189,12 @@ impl FileWindows {
         size.saturating_sub(index * WINDOW).min(WINDOW)
     }
 
-    /// Drops every window (after a truncate, say). No posted work may reference them.
-    pub fn clear(&mut self) {
+    /// Drops every window after a truncate (the server's count of them is now `epoch`): their
+    /// pages past the cut are no longer the file's, and no window registered before it is
+    /// taken from the share again. No posted work may reference them.
+    pub fn reset(&mut self, epoch: u64) {
         self.windows.clear();
+        self.epoch = epoch;
     }
 
     /// A registered source for up to `len` bytes at `offset` (file of `size` bytes), and how
@@ -193,7 +233,12 @@ impl FileWindows {
         Ok((Source::Bounce(bounce.clone()), n))
     }
 
-    fn map_window(&self, index: u64, len: u64) -> io::Result<MemoryRegion> {
+    fn map_window(
+        &self,
+        pd: &Arc<ProtectionDomain>,
+        index: u64,
+        len: u64,
+    ) -> io::Result<MemoryRegion> {
         let file = self
             .map_file
             .as_ref()
@@ -216,7 +261,7 @@ impl FileWindows {
         } else {
             Access::LOCAL
         };
-        MemoryRegion::register(&self.pd, Backing::Mapped(map), access)
+        MemoryRegion::register(pd, Backing::Mapped(map), access)
     }
 
     /// Registers the whole file for one-sided access by the client (direct mode): reads, and

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod cm;
+pub mod device_share;
 pub mod endpoint;
 pub mod file_windows;
 pub mod listener;

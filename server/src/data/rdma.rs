@@ -18,6 +18,7 @@ use handoff_core::state::DirectAccess;
 use handoff_core::wire::{ErrorCode, Message};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
+use handoff_datapath::rdma::device_share::{DeviceShare, DeviceShares};
 use handoff_datapath::rdma::endpoint::{connect_tag_matches, Endpoint, ReadTarget};
 use handoff_datapath::rdma::file_windows::{FileWindows, Source};
 use handoff_datapath::rdma::listener::{ConnKey, ListenEvent, Listener};
@@ -34,15 +35,18 @@ use crate::net::{reopen, Revocable, Seat, Shared};
 /// Starts serving RDMA on each address; returns once every listener is bound.
 pub fn start(addrs: &[SocketAddr], shared: Shared) -> Result<Vec<String>, DataError> {
     let mut bound = Vec::new();
+    // One PD and window cache per device, whichever listener a connection came through.
+    let shares = Arc::new(DeviceShares::default());
     for addr in addrs {
         let listener = Listener::bind(*addr, 64)?;
         let device = listener.device_name();
         tracing::info!(%addr, device, "RDMA listener ready");
         bound.push(addr.to_string());
         let shared = shared.clone();
+        let shares = shares.clone();
         std::thread::Builder::new()
             .name(format!("rdma-cm {addr}"))
-            .spawn(move || cm_loop(listener, shared))?;
+            .spawn(move || cm_loop(listener, shared, &shares))?;
     }
     Ok(bound)
 }
@@ -56,9 +60,11 @@ struct Pending {
     seat: Seat,
     /// The client directory the key's client was checked against.
     directory: Arc<ClientDirectory>,
+    /// The PD and registered file windows of the connection's device.
+    device: Arc<DeviceShare>,
 }
 
-fn cm_loop(mut listener: Listener, shared: Shared) {
+fn cm_loop(mut listener: Listener, shared: Shared, shares: &DeviceShares) {
     let mut pending: HashMap<ConnKey, Pending> = HashMap::new();
     let mut live: HashMap<ConnKey, Weak<CmId>> = HashMap::new();
     loop {
@@ -70,7 +76,7 @@ fn cm_loop(mut listener: Listener, shared: Shared) {
             }
         };
         match ev {
-            ListenEvent::Request { id, private } => match admit(&shared, &id, &private) {
+            ListenEvent::Request { id, private } => match admit(&shared, shares, &id, &private) {
                 Ok(p) => {
                     pending.insert(id.key(), p);
                 }
@@ -118,7 +124,12 @@ fn cm_loop(mut listener: Listener, shared: Shared) {
 }
 
 /// Checks a connect request. Nothing is set up for a key that fails.
-fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (ErrorCode, String)> {
+fn admit(
+    shared: &Shared,
+    shares: &DeviceShares,
+    id: &Arc<CmId>,
+    private: &[u8],
+) -> Result<Pending, (ErrorCode, String)> {
     let sealed = private.get(..SEALED_LEN);
     let tag = private.get(SEALED_LEN..CONNECT_PRIVATE_LEN);
     let (Some(sealed), Some(tag)) = (sealed, tag) else {
@@ -151,8 +162,11 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
         .seat(&client, &directory)
         .map_err(|e| (e.code(), e.to_string()))?;
     id.set_ack_timeout(ACK_TIMEOUT);
-    let ep = Endpoint::new(id)
-        .map_err(|e| (ErrorCode::Internal, format!("cannot set up the QP: {e}")))?;
+    let device = shares
+        .for_id(id)
+        .and_then(|device| Ok((Endpoint::with_pd(id, device.pd().clone())?, device)));
+    let (ep, device) =
+        device.map_err(|e| (ErrorCode::Internal, format!("cannot set up the QP: {e}")))?;
     id.accept(&[1])
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
     shared
@@ -166,6 +180,7 @@ fn admit(shared: &Shared, id: &Arc<CmId>, private: &[u8]) -> Result<Pending, (Er
         key: sealed,
         seat,
         directory,
+        device,
     })
 }
 
@@ -210,6 +225,7 @@ fn serve(p: Pending, shared: Shared) {
         key,
         seat,
         directory,
+        device,
     } = p;
     // A client removed from the directory (or given another secret) loses its connections:
     // disconnecting flushes the QP, so this thread wakes and ends.
@@ -238,7 +254,9 @@ fn serve(p: Pending, shared: Shared) {
                     return Ok(());
                 }
             };
-        let windows = FileWindows::new(&ep.pd, reopen(session.file(), true, "").ok());
+        let truncations = shared.truncations.load(Ordering::SeqCst);
+        let map_file = reopen(session.file(), true, "").ok();
+        let windows = FileWindows::new(&device, map_file, truncations);
         let _h = session.span(&who).entered();
         ep.send(&reply)?;
         ep.timeout = Some(shared.config.limits.frame_timeout);
@@ -249,7 +267,7 @@ fn serve(p: Pending, shared: Shared) {
             windows,
             bounce: Vec::new(),
             direct: Vec::new(),
-            truncations: shared.truncations.load(Ordering::SeqCst),
+            truncations,
             next_wr: 1,
             probe_every: shared.config.limits.rdma_probe_interval,
         };
@@ -354,7 +372,7 @@ impl Connection {
         let now = self.shared.truncations.load(Ordering::SeqCst);
         if now != self.truncations {
             self.ep.drain_sends()?;
-            self.windows.clear();
+            self.windows.reset(now);
             self.truncations = now;
         }
         Ok(())
