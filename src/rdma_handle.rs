@@ -386,8 +386,13 @@ impl Connection {
     }
 
     fn connect(&mut self, want_direct: bool) -> Result<Attached, DataError> {
-        let mut multi =
-            MultiChannel::connect(&self.addrs, &self.identity, &self.key, self.request)?;
+        let mut multi = MultiChannel::connect(
+            &self.addrs,
+            &self.identity,
+            &self.key,
+            self.request,
+            want_direct,
+        )?;
         let first = multi.primary()?;
         let attached = (
             first.info.clone(),
@@ -584,6 +589,7 @@ impl Connection {
             &self.identity,
             &self.key,
             self.request,
+            self.want_direct,
         )?);
         Ok(())
     }

@@ -784,23 +784,31 @@ fn rdma_resources() -> Vec<(String, u64)> {
     counts.into_iter().collect()
 }
 
-/// Registered regions of exactly `len` bytes the server holds (`rdma resource show mr`, one
-/// line per region: `... mrlen N ... pid TID comm NAME`). The kernel names the *thread* that
-/// registered a region, which may have ended since, so the server's are told by its thread
-/// names (`rdma-cm …`, `rdma-conn`; the client library's are `handoff-rdma`).
+/// The `name value` fields of one line of `rdma resource show`.
+fn resource_field(line: &str, name: &str) -> Option<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].to_string())
+}
+
+/// Registered regions of exactly `len` bytes in the server's protection domains (`rdma
+/// resource show mr`: `... mrlen N pdn P ...`). The kernel names the *thread* that made an
+/// object, and a region's thread may have ended since; the server makes its PDs on its
+/// long-lived `rdma-cm …` threads, so its regions are told by their PD.
 fn server_regions(len: u64) -> usize {
-    let text = sh_out("rdma resource show mr");
-    text.lines()
-        .filter(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let field = |name: &str| {
-                words
-                    .windows(2)
-                    .find(|w| w[0] == name)
-                    .map(|w| w[1].to_string())
-            };
-            field("mrlen") == Some(len.to_string())
-                && field("comm").is_some_and(|c| c == "rdma-cm" || c == "rdma-conn")
+    let pds: Vec<String> = sh_out("rdma resource show pd")
+        .lines()
+        .filter(|l| resource_field(l, "comm").is_some_and(|c| c == "rdma-cm"))
+        .filter_map(|l| resource_field(l, "pdn"))
+        .collect();
+    // (None once the last connection is gone: a region holds its PD, so none is left then.)
+    sh_out("rdma resource show mr")
+        .lines()
+        .filter(|l| {
+            resource_field(l, "mrlen") == Some(len.to_string())
+                && resource_field(l, "pdn").is_some_and(|p| pds.contains(&p))
         })
         .count()
 }
@@ -823,7 +831,9 @@ fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_
     let Some(ips) = rdma_ips() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let c1 = client(tmp.path(), "c1");
-    let server = start(&[&c1], &ips, 1, &[]);
+    let port = free_port();
+    let listen = format!("{}:{port}", ips[0]);
+    let server = TestServer::start(&[&c1], &["--rdma-listen", &listen]);
     // Two windows: 64 MiB, and a 3 MiB tail (no other region the server makes is 3 MiB).
     const WINDOW: u64 = 64 << 20;
     let path = server.root().join("shared");
@@ -856,8 +866,10 @@ fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_
         );
         assert_eq!(server_regions(3 << 20), 1);
 
-        // Cut to 1 MiB past the first window and write new bytes there from outside: every
-        // reader's next read registers the file's pages anew, once, and sees the new bytes.
+        // Cut to 1 MiB past the first window, then grow it back to its old length from
+        // outside with new bytes: the tail window has its old length again, and the other
+        // readers still hold the one registered before the cut, over pages the cut let go.
+        // The next read must register the file's pages anew and see the new bytes.
         server
             .cli(&c1)
             .run(&[
@@ -867,16 +879,17 @@ fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_
                 "shared",
             ])
             .expect(0);
-        let fresh = random_bytes(1 << 20, 51);
+        let fresh = random_bytes(3 << 20, 51);
         std::os::unix::fs::FileExt::write_all_at(
             &std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
             &fresh,
             WINDOW,
         )
         .unwrap();
+        assert_eq!(read_range(&mut readers[0], WINDOW, 3 << 20).await, fresh);
         for h in &mut readers {
             assert_eq!(read_range(h, 0, 1 << 20).await, head);
-            assert_eq!(read_range(h, WINDOW, 1 << 20).await, fresh);
+            assert_eq!(read_range(h, WINDOW, 3 << 20).await, fresh);
         }
         assert_eq!(
             server_regions(WINDOW),
@@ -884,14 +897,26 @@ fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_
             "{}",
             sh_out("rdma resource show mr")
         );
-        assert_eq!(server_regions(1 << 20), 1);
-        assert_eq!(server_regions(3 << 20), 0, "the old tail is let go");
+        assert_eq!(server_regions(3 << 20), 1, "the old tail is let go");
         drop(readers);
         // The last reader gone, nothing of the file stays pinned.
         eventually(Duration::from_secs(20), || {
-            (server_regions(WINDOW) == 0 && server_regions(1 << 20) == 0).then_some(())
+            (server_regions(WINDOW) == 0 && server_regions(3 << 20) == 0).then_some(())
         });
     });
+
+    // A QP in the shared PD could use any direct grant there: a connection made without
+    // asking for direct mode is refused one, even if it asks anyway; one that asked gets it.
+    use handoff_datapath::rdma::client::{RdmaClient, CHUNK};
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let sealed = handoff::parse_key(&key).unwrap();
+    let mut shared = RdmaClient::connect_sized(addr, &c1.identity, &sealed, CHUNK, false).unwrap();
+    assert!(
+        !shared.map_direct(false).unwrap(),
+        "a shared-PD QP got a direct grant"
+    );
+    let mut own = RdmaClient::connect_sized(addr, &c1.identity, &sealed, CHUNK, true).unwrap();
+    assert!(own.map_direct(false).unwrap());
 }
 
 #[test]

@@ -123,18 +123,21 @@ fn established(channel: &EventChannel, addr: SocketAddr) -> Result<(), DataError
 impl RdmaClient {
     /// Connects to `addr`, presenting `key`; the server checks it before accepting the QP.
     /// Requests are [`CHUNK`] bytes.
+    /// Direct mode may be asked for.
     pub fn connect(addr: SocketAddr, identity: &Identity, key: &[u8]) -> Result<Self, DataError> {
-        Self::connect_sized(addr, identity, key, CHUNK)
+        Self::connect_sized(addr, identity, key, CHUNK, true)
     }
 
     /// As [`connect`](Self::connect), asking `request` bytes per request (clamped to
     /// 4 KiB..=[`CHUNK`]): smaller requests register less memory ([`SLOTS`] × `request`) but
-    /// cost more round trips per byte.
+    /// cost more round trips per byte. Without `wants_direct` the server refuses direct grants
+    /// on this QP (and serves it from regions shared with other connections).
     pub fn connect_sized(
         addr: SocketAddr,
         identity: &Identity,
         key: &[u8],
         request: usize,
+        wants_direct: bool,
     ) -> Result<Self, DataError> {
         let request = request.clamp(4096, CHUNK);
         let channel = EventChannel::new()?;
@@ -152,7 +155,7 @@ impl RdmaClient {
                 .with(Access::REMOTE_READ),
         )?;
         let mut private = key.to_vec();
-        private.extend_from_slice(&connect_tag(&identity.secret, key));
+        private.extend_from_slice(&connect_tag(&identity.secret, key, wants_direct));
         if private.len() != CONNECT_PRIVATE_LEN {
             return Err(Error::not_found("resume key rejected: wrong length").into());
         }

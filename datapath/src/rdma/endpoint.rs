@@ -511,30 +511,68 @@ impl Endpoint {
 }
 
 /// The 6 bytes after the 50-byte key in the connect private data: a MAC of the key under the
-/// bound client's secret. A key presented by another client is refused before the QP is
-/// accepted; the full handshake that follows proves freshness.
-pub fn connect_tag(secret: &[u8; 32], sealed_key: &[u8]) -> [u8; 6] {
+/// bound client's secret, and of whether the client may ask for direct mode (no room is left
+/// for a flag: the tag that matches says which). A key presented by another client is refused
+/// before the QP is accepted; the full handshake that follows proves freshness.
+pub fn connect_tag(secret: &[u8; 32], sealed_key: &[u8], wants_direct: bool) -> [u8; 6] {
     use hmac::Mac;
-    let full = connect_mac(secret, sealed_key).finalize().into_bytes();
+    let full = connect_mac(secret, sealed_key, wants_direct)
+        .finalize()
+        .into_bytes();
     let mut tag = [0u8; 6];
     tag.copy_from_slice(&full[..6]);
     tag
 }
 
-/// Whether `tag` is the [`connect_tag`] of `sealed_key` under `secret`, compared in constant
-/// time (no timing tells a forger how many leading bytes were right).
-pub fn connect_tag_matches(secret: &[u8; 32], sealed_key: &[u8], tag: &[u8]) -> bool {
+/// Whether `tag` is a [`connect_tag`] of `sealed_key` under `secret`, and if so whether the
+/// client said it may ask for direct mode. Compared in constant time (no timing tells a forger
+/// how many leading bytes were right).
+pub fn connect_tag_check(secret: &[u8; 32], sealed_key: &[u8], tag: &[u8]) -> Option<bool> {
     use hmac::Mac;
-    tag.len() == 6
-        && connect_mac(secret, sealed_key)
+    if tag.len() != 6 {
+        return None;
+    }
+    [true, false].into_iter().find(|&wants_direct| {
+        connect_mac(secret, sealed_key, wants_direct)
             .verify_truncated_left(tag)
             .is_ok()
+    })
 }
 
-fn connect_mac(secret: &[u8; 32], sealed_key: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+fn connect_mac(
+    secret: &[u8; 32],
+    sealed_key: &[u8],
+    wants_direct: bool,
+) -> hmac::Hmac<sha2::Sha256> {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(b"handoff rdma connect v1");
     mac.update(sealed_key);
+    if !wants_direct {
+        // (The tag of a client that may ask for direct mode is the original one.)
+        mac.update(b"no direct");
+    }
     mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connect_tag_says_whether_direct_mode_may_be_asked_and_only_under_the_right_secret() {
+        let (secret, other) = ([7u8; 32], [8u8; 32]);
+        let key = [1u8; 50];
+        for wants_direct in [true, false] {
+            let tag = connect_tag(&secret, &key, wants_direct);
+            assert_eq!(connect_tag_check(&secret, &key, &tag), Some(wants_direct));
+            assert_eq!(connect_tag_check(&other, &key, &tag), None);
+            assert_eq!(connect_tag_check(&secret, &[2u8; 50], &tag), None);
+            assert_eq!(connect_tag_check(&secret, &key, &tag[..5]), None);
+        }
+        assert_ne!(
+            connect_tag(&secret, &key, true),
+            connect_tag(&secret, &key, false)
+        );
+    }
 }

@@ -31,8 +31,8 @@ pub struct FileWindows {
     share: Arc<DeviceShare>,
     /// Opened read-write where possible: Linux 6.1 refuses to pin a read-only shared mapping.
     map_file: Option<File>,
-    /// The file's device and inode, naming its windows in the share.
-    identity: (u64, u64),
+    /// The file's device, inode and birth time, naming its windows in the share.
+    identity: (u64, u64, i64, u32),
     /// The server's truncation count these windows belong to (see [`FileWindows::reset`]).
     epoch: u64,
     windows: Vec<Window>,
@@ -61,11 +61,17 @@ impl FileWindows {
         // told from another file's in the share): reads go through the bounce buffer.
         let identified = map_file.and_then(|f| {
             let m = f.metadata().ok()?;
-            Some((f, (m.dev(), m.ino())))
+            // (statx's birth time, where the file system keeps one.)
+            let born = m
+                .created()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos()));
+            Some((f, (m.dev(), m.ino(), born.0, born.1)))
         });
         let (map_file, identity) = match identified {
             Some((f, id)) => (Some(f), id),
-            None => (None, (0, 0)),
+            None => (None, (0, 0, 0, 0)),
         };
         let in_place = map_file
             .as_ref()
@@ -138,14 +144,13 @@ impl FileWindows {
                 }
             }
             let key = WindowKey {
-                dev: self.identity.0,
-                ino: self.identity.1,
+                file: self.identity,
                 index,
                 len: want_len,
                 writable: self.in_place,
                 epoch: self.epoch,
             };
-            let mapped = match self.map_file {
+            let mapped = match &self.map_file {
                 Some(_) => self
                     .share
                     .window(key, |pd| self.map_window(pd, index, want_len)),

@@ -18,7 +18,11 @@ pub mod listener;
 pub mod multi;
 pub mod verbs;
 
-/// Bytes of connect private data handoff sends: sealed key + client tag.
+/// Bytes of connect private data handoff sends: sealed key + client tag, the whole 56 bytes an
+/// RDMA CM connect request carries. The tag also says whether the client may ask for direct
+/// mode (see [`endpoint::connect_tag`]): such a connection gets a protection domain of its
+/// own, because a direct grant is an rkey any QP in the grant's PD could use; the others share
+/// one per device (and the file windows registered in it), and are refused direct grants.
 pub const CONNECT_PRIVATE_LEN: usize = handoff_core::state::resume_key::SEALED_LEN + 6;
 /// The most one request moves.
 pub const MAX_REQUEST: u64 = 4 << 20;

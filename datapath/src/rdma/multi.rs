@@ -45,19 +45,20 @@ struct Chunk {
 
 impl MultiChannel {
     /// Connects a QP to each address, asking `request` bytes per request (see
-    /// [`RdmaClient::connect_sized`]). Succeeds if at least one does (the others are reported
-    /// as failed); the first error otherwise.
+    /// [`RdmaClient::connect_sized`], also for `wants_direct`). Succeeds if at least one does
+    /// (the others are reported as failed); the first error otherwise.
     pub fn connect(
         addrs: &[SocketAddr],
         identity: &Identity,
         key: &[u8],
         request: usize,
+        wants_direct: bool,
     ) -> Result<Self, DataError> {
         let mut qps = Vec::new();
         let mut reports = Vec::new();
         let mut first_err = None;
         for addr in addrs {
-            match RdmaClient::connect_sized(*addr, identity, key, request) {
+            match RdmaClient::connect_sized(*addr, identity, key, request, wants_direct) {
                 Ok(c) => {
                     reports.push(QpReport {
                         addr: *addr,

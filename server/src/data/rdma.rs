@@ -19,7 +19,7 @@ use handoff_core::wire::{ErrorCode, Message};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
 use handoff_datapath::rdma::device_share::{DeviceShare, DeviceShares};
-use handoff_datapath::rdma::endpoint::{connect_tag_matches, Endpoint, ReadTarget};
+use handoff_datapath::rdma::endpoint::{connect_tag_check, Endpoint, ReadTarget};
 use handoff_datapath::rdma::file_windows::{FileWindows, Source};
 use handoff_datapath::rdma::listener::{ConnKey, ListenEvent, Listener};
 use handoff_datapath::rdma::verbs::{Access, MemoryRegion};
@@ -27,7 +27,7 @@ use handoff_datapath::rdma::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
 use handoff_datapath::DataError;
 
 use super::session::{touch_modified, DataSession, Landing};
-use super::thread_cpu::ThreadCpu;
+use super::thread_cpu::BusyCpu;
 use crate::auth::ClientDirectory;
 use crate::net::metrics::{DataOp, Transport};
 use crate::net::{reopen, Revocable, Seat, Shared};
@@ -60,8 +60,12 @@ struct Pending {
     seat: Seat,
     /// The client directory the key's client was checked against.
     directory: Arc<ClientDirectory>,
-    /// The PD and registered file windows of the connection's device.
+    /// The PD and registered file windows of the connection's device (its own if it may
+    /// take direct grants).
     device: Arc<DeviceShare>,
+    /// The client said it may ask for direct mode (see
+    /// [`handoff_datapath::rdma::CONNECT_PRIVATE_LEN`]).
+    wants_direct: bool,
 }
 
 fn cm_loop(mut listener: Listener, shared: Shared, shares: &DeviceShares) {
@@ -150,21 +154,27 @@ fn admit(
             format!("client {client:?} is no longer known"),
         )
     })?;
-    if !connect_tag_matches(secret, &sealed, tag) {
+    let Some(wants_direct) = connect_tag_check(secret, &sealed, tag) else {
         return Err((
             ErrorCode::Denied,
             "resume key belongs to another client".into(),
         ));
-    }
+    };
     // Counted under the same caps as TCP connections, before a QP is set up.
     let seat = shared
         .admission
         .seat(&client, &directory)
         .map_err(|e| (e.code(), e.to_string()))?;
     id.set_ack_timeout(ACK_TIMEOUT);
-    let device = shares
-        .for_id(id)
-        .and_then(|device| Ok((Endpoint::with_pd(id, device.pd().clone())?, device)));
+    // A QP in a shared PD could use any other connection's direct grant (an rkey in that
+    // PD): only connections that will never hold one share it.
+    let device = if wants_direct {
+        DeviceShare::private(id)
+    } else {
+        shares.for_id(id)
+    };
+    let device =
+        device.and_then(|device| Ok((Endpoint::with_pd(id, device.pd().clone())?, device)));
     let (ep, device) =
         device.map_err(|e| (ErrorCode::Internal, format!("cannot set up the QP: {e}")))?;
     id.accept(&[1])
@@ -181,6 +191,7 @@ fn admit(
         seat,
         directory,
         device,
+        wants_direct,
     })
 }
 
@@ -208,6 +219,11 @@ struct Connection {
     next_wr: u64,
     /// How long the peer may be silent before it is probed.
     probe_every: Duration,
+    /// The thread's CPU spent on requests (`data_cpu_ns`).
+    cpu: BusyCpu,
+    /// Connected saying it may ask for direct mode, so its QP has a PD of its own: direct
+    /// grants are given only then.
+    wants_direct: bool,
 }
 
 /// How long a liveness probe may take: more than the QP's ack timeout and retries (about
@@ -226,6 +242,7 @@ fn serve(p: Pending, shared: Shared) {
         seat,
         directory,
         device,
+        wants_direct,
     } = p;
     // A client removed from the directory (or given another secret) loses its connections:
     // disconnecting flushes the QP, so this thread wakes and ends.
@@ -270,6 +287,8 @@ fn serve(p: Pending, shared: Shared) {
             truncations,
             next_wr: 1,
             probe_every: shared.config.limits.rdma_probe_interval,
+            cpu: BusyCpu::default(),
+            wants_direct,
         };
         let r = conn.run();
         let Connection {
@@ -300,7 +319,7 @@ impl Connection {
         loop {
             let msg = match next.take() {
                 Some(m) => m,
-                None => match self.ep.recv_within(self.probe_every)? {
+                None => match self.next_request()? {
                     Some(m) => m,
                     None => {
                         // Idle: is the peer still there? A dead one ends the connection, so
@@ -312,7 +331,7 @@ impl Connection {
                 },
             };
             self.check_truncations()?;
-            let cpu = ThreadCpu::now();
+            self.cpu.begin();
             match msg {
                 Message::RdmaRead {
                     offset,
@@ -335,8 +354,17 @@ impl Connection {
                     return Err(e.into());
                 }
             }
-            cpu.spent(&self.shared.stats.data_cpu_ns);
+            self.cpu.served(&self.shared.stats.data_cpu_ns);
         }
+    }
+
+    /// The next request, if one comes within the probe interval. A thread about to wait
+    /// counts the CPU its busy spell took first.
+    fn next_request(&mut self) -> Result<Option<Message>, DataError> {
+        if !self.ep.has_message()? {
+            self.cpu.idle(&self.shared.stats.data_cpu_ns);
+        }
+        self.ep.recv_within(self.probe_every)
     }
 
     /// Direct writes `[offset, offset + len)` are done: makes them durable and counts them as
@@ -561,6 +589,13 @@ impl Connection {
     }
 
     fn map_file(&mut self, access: DirectAccess) -> Result<(), DataError> {
+        if !self.wants_direct {
+            let e = Error::bad_request(
+                "direct mode was not asked for when this RDMA connection was made (its QP \
+                 shares a protection domain): reconnect asking for it",
+            );
+            return self.ep.send(&e.to_message());
+        }
         // One grant per connection: asking again gives up the last (else each ask would pin
         // the whole file once more).
         for g in self.direct.drain(..) {
