@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use super::device_share::{DeviceShare, WindowKey};
@@ -21,6 +22,10 @@ const MAX_WINDOWS: usize = 4;
 struct Window {
     index: u64,
     len: u64,
+    /// Registered writable by the adapter, for writes landing in place. Reads use windows
+    /// registered for local reading only: pinning a shared mapping for writing dirties its
+    /// pages, and on tmpfs that sets the file's times, so a read would move the file's mtime.
+    writable: bool,
     mr: Arc<MemoryRegion>,
     last_use: u64,
 }
@@ -39,10 +44,17 @@ pub struct FileWindows {
     bounce: Option<Arc<MemoryRegion>>,
     tick: u64,
     pub mapping_failed: bool,
-    /// The file is in shared memory (tmpfs): windows are registered writable too, and writes
-    /// land in them in place (see [`FileWindows::target`]).
+    /// The file is in shared memory (tmpfs): writes land in place, in windows of their own
+    /// registered writable (see [`FileWindows::target`]).
     in_place: bool,
 }
+
+/// Whether this kernel registers a read-only shared file mapping (Linux 6.2 on): learnt at
+/// the first read window, for the process.
+static READ_ONLY_PINS: AtomicU8 = AtomicU8::new(PINS_UNKNOWN);
+const PINS_UNKNOWN: u8 = 0;
+const PINS_WORK: u8 = 1;
+const PINS_REFUSED: u8 = 2;
 
 /// Where the bytes for one WRITE come from: a registered region and the offset in it.
 pub enum Source {
@@ -117,21 +129,21 @@ impl FileWindows {
         if (end - 1) / WINDOW != index {
             return None;
         }
-        let w = self.window(index, size)?;
+        let w = self.window(index, size, true)?;
         Some((w.mr.clone(), (offset - index * WINDOW) as usize))
     }
 
     /// The registered window `index` of a file of `size` bytes, mapped now if need be (the
     /// least recently used one evicted). `None` once mapping failed.
-    fn window(&mut self, index: u64, size: u64) -> Option<&mut Window> {
+    fn window(&mut self, index: u64, size: u64, writable: bool) -> Option<&mut Window> {
         self.tick += 1;
         let want_len = Self::window_len(index, size);
         // Drop a stale window that no longer matches the file's current extent: grown past
         // it, or cut short (its pages past the cut are no longer the file's). Posted work holds
         // its own reference to a region, so it stays registered until that is done.
-        self.windows
-            .retain(|w| !(w.index == index && w.len != want_len));
-        if !self.windows.iter().any(|w| w.index == index) {
+        let this = |w: &Window| w.index == index && w.writable == writable;
+        self.windows.retain(|w| !(this(w) && w.len != want_len));
+        if !self.windows.iter().any(this) {
             if self.windows.len() >= MAX_WINDOWS {
                 let oldest = self
                     .windows
@@ -147,19 +159,20 @@ impl FileWindows {
                 file: self.identity,
                 index,
                 len: want_len,
-                writable: self.in_place,
+                writable,
                 epoch: self.epoch,
             };
             let mapped = match &self.map_file {
                 Some(_) => self
                     .share
-                    .window(key, |pd| self.map_window(pd, index, want_len)),
+                    .window(key, |pd| self.map_window(pd, index, want_len, writable)),
                 None => Err(io::Error::other("no read-write descriptor to map")),
             };
             match mapped {
                 Ok(mr) => self.windows.push(Window {
                     index,
                     len: want_len,
+                    writable,
                     mr,
                     last_use: 0,
                 }),
@@ -171,19 +184,23 @@ impl FileWindows {
             }
         }
         let tick = self.tick;
-        let w = self.windows.iter_mut().find(|w| w.index == index)?;
+        let w = self.windows.iter_mut().find(|w| this(w))?;
         w.last_use = tick;
         Some(w)
     }
 
-    /// Whether taking a new window would evict one (the caller must first make sure no posted
-    /// work still reads from the window being evicted).
+    /// Whether taking a new window for reading would evict one (the caller must first make
+    /// sure no posted work still reads from the window being evicted).
     pub fn needs_eviction(&self, offset: u64, size: u64) -> bool {
         if self.mapping_failed {
             return false;
         }
         let index = offset / WINDOW;
-        match self.windows.iter().find(|w| w.index == index) {
+        match self
+            .windows
+            .iter()
+            .find(|w| w.index == index && !w.writable)
+        {
             // A window that no longer matches the file's extent is replaced: drain first.
             Some(w) => w.len != Self::window_len(index, size),
             None => self.windows.len() >= MAX_WINDOWS,
@@ -215,7 +232,7 @@ impl FileWindows {
         let within = offset - index * WINDOW;
         if !self.mapping_failed {
             // (`needs_eviction` made the caller drain posted work before one is dropped here.)
-            if let Some(w) = self.window(index, size) {
+            if let Some(w) = self.window(index, size, false) {
                 let n = (w.len - within).min(len);
                 return Ok((Source::Window(w.mr.clone(), within as usize), n as usize));
             }
@@ -243,25 +260,45 @@ impl FileWindows {
         pd: &Arc<ProtectionDomain>,
         index: u64,
         len: u64,
+        writable: bool,
     ) -> io::Result<MemoryRegion> {
         let file = self
             .map_file
             .as_ref()
             .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
-        // SAFETY: memmap2 requires that the file not be truncated under the mapping while it is
-        // in use, because touching a page past EOF through it raises SIGBUS. No code here
-        // touches the mapping's bytes: only the adapter does, through the pages it pinned at
-        // registration, which stay valid (if no longer the file's) whatever happens to the
-        // file. A truncation through handoff makes every data channel drop its windows before
-        // its next request, and a window that no longer matches the file's size is replaced.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(index * WINDOW)
-                .len(len as usize)
-                .map_mut(file)?
-        };
-        // Writable by the adapter only where writes may land in place.
-        let access = if self.in_place {
+        let mut options = memmap2::MmapOptions::new();
+        options.offset(index * WINDOW).len(len as usize);
+        if !writable && READ_ONLY_PINS.load(Ordering::Relaxed) != PINS_REFUSED {
+            // A read-only mapping, pinned for reading: its pages are not dirtied, so reading a
+            // file leaves its modification time alone.
+            // SAFETY: memmap2 requires that the file not be truncated under the mapping while
+            // it is in use, because touching a page past EOF through it raises SIGBUS. No code
+            // here touches the mapping's bytes: only the adapter does, through the pages it
+            // pinned at registration, which stay valid (if no longer the file's) whatever
+            // happens to the file. A truncation through handoff makes every data channel drop
+            // its windows before its next request, and a window that no longer matches the
+            // file's size is replaced.
+            let map = unsafe { options.map(file)? };
+            match MemoryRegion::register(pd, Backing::MappedRo(map), Access::LOCAL) {
+                Ok(mr) => {
+                    READ_ONLY_PINS.store(PINS_WORK, Ordering::Relaxed);
+                    return Ok(mr);
+                }
+                Err(e) if READ_ONLY_PINS.swap(PINS_REFUSED, Ordering::Relaxed) == PINS_UNKNOWN => {
+                    tracing::warn!(
+                        "this kernel cannot register a read-only file mapping ({e}): before \
+                         Linux 6.2 it pins every registered page for writing. RDMA reads \
+                         through file windows then dirty the file's pages and set its \
+                         modification time"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        // SAFETY: as above.
+        let map = unsafe { options.map_mut(file)? };
+        // Writable by the adapter only for writes landing in place (tmpfs: see `target`).
+        let access = if writable {
             Access::LOCAL_WRITE
         } else {
             Access::LOCAL
