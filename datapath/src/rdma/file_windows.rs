@@ -1,7 +1,9 @@
 //! Registered windows of a file for server-initiated RDMA WRITEs: the file is mapped
 //! (MAP_SHARED) and registered in aligned windows, cached and bounded, so reads go from the
-//! page cache to the wire without a copy. Windows are shared by every connection on the
-//! device that has the same file open ([`DeviceShare`]). Where a kernel refuses to register a file mapping,
+//! page cache to the wire without a copy. Windows are shared by the connections on the device
+//! that share its protection domain ([`DeviceShare`]: those that did not ask for direct mode).
+//! Reads and in-place writes use windows of their own: a read window is a read-only mapping
+//! pinned for reading where the kernel allows it, so reading leaves the file's times alone. Where a kernel refuses to register a file mapping,
 //! a registered bounce buffer is filled with `pread` instead.
 
 use std::fs::File;
@@ -15,8 +17,8 @@ use super::verbs::{Access, Backing, MemoryRegion, ProtectionDomain};
 
 /// Bytes per registered window.
 pub const WINDOW: u64 = 64 << 20;
-/// Windows a connection holds at once (shared with other connections on the device through
-/// its [`DeviceShare`]).
+/// Windows a connection holds at once (shared with the other connections in its
+/// [`DeviceShare`]).
 const MAX_WINDOWS: usize = 4;
 
 struct Window {
@@ -268,7 +270,8 @@ impl FileWindows {
             .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
         let mut options = memmap2::MmapOptions::new();
         options.offset(index * WINDOW).len(len as usize);
-        if !writable && READ_ONLY_PINS.load(Ordering::Relaxed) != PINS_REFUSED {
+        let pins = READ_ONLY_PINS.load(Ordering::Relaxed);
+        if !writable && pins != PINS_REFUSED {
             // A read-only mapping, pinned for reading: its pages are not dirtied, so reading a
             // file leaves its modification time alone.
             // SAFETY: memmap2 requires that the file not be truncated under the mapping while
@@ -279,30 +282,58 @@ impl FileWindows {
             // its windows before its next request, and a window that no longer matches the
             // file's size is replaced.
             let map = unsafe { options.map(file)? };
-            match MemoryRegion::register(pd, Backing::MappedRo(map), Access::LOCAL) {
+            let refused = match MemoryRegion::register(pd, Backing::MappedRo(map), Access::LOCAL) {
                 Ok(mr) => {
                     READ_ONLY_PINS.store(PINS_WORK, Ordering::Relaxed);
                     return Ok(mr);
                 }
-                Err(e) if READ_ONLY_PINS.swap(PINS_REFUSED, Ordering::Relaxed) == PINS_UNKNOWN => {
-                    tracing::warn!(
-                        "this kernel cannot register a read-only file mapping ({e}): before \
-                         Linux 6.2 it pins every registered page for writing. RDMA reads \
-                         through file windows then dirty the file's pages and set its \
-                         modification time"
-                    );
-                }
-                Err(_) => {}
+                // Read-only pins worked before: this failure is not the kernel's rule (no
+                // memory, the memlock limit), and a writable pin would dirty the pages.
+                Err(e) if pins == PINS_WORK => return Err(e),
+                Err(e) => e,
+            };
+            // Unknown yet: a writable pin that works where the read-only one did not is the
+            // kernel's rule (before 6.2); if it fails too, nothing is learnt.
+            let mr = self.map_writable(pd, &options, Access::LOCAL)?;
+            if READ_ONLY_PINS
+                .compare_exchange(
+                    PINS_UNKNOWN,
+                    PINS_REFUSED,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                tracing::warn!(
+                    "this kernel cannot register a read-only file mapping ({refused}): before \
+                     Linux 6.2 it pins every registered page for writing. RDMA reads through \
+                     file windows then dirty the file's pages and set its modification time"
+                );
             }
+            return Ok(mr);
         }
-        // SAFETY: as above.
-        let map = unsafe { options.map_mut(file)? };
         // Writable by the adapter only for writes landing in place (tmpfs: see `target`).
         let access = if writable {
             Access::LOCAL_WRITE
         } else {
             Access::LOCAL
         };
+        self.map_writable(pd, &options, access)
+    }
+
+    /// Registers a writable shared mapping of the file (`options` say which part).
+    fn map_writable(
+        &self,
+        pd: &Arc<ProtectionDomain>,
+        options: &memmap2::MmapOptions,
+        access: Access,
+    ) -> io::Result<MemoryRegion> {
+        let file = self
+            .map_file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
+        // SAFETY: as for the read-only mapping in `map_window`.
+        let map = unsafe { options.map_mut(file)? };
         MemoryRegion::register(pd, Backing::Mapped(map), access)
     }
 

@@ -291,6 +291,8 @@ fn serve(p: Pending, shared: Shared) {
             wants_direct,
         };
         let r = conn.run();
+        // A spell the connection's end cut short (the peer gone, a failed request) counts.
+        conn.cpu.idle(&shared.stats.data_cpu_ns);
         let Connection {
             session, direct, ..
         } = conn;

@@ -16,7 +16,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use handoff_core::state::{ByteRange, HandleId, IoKind};
@@ -33,9 +32,6 @@ pub struct DataSession {
     slot: u32,
     transport: Transport,
     counters: DataCounters,
-    /// The kernel's coarse clock (ns) when this session last set the file's modification
-    /// time itself (see [`DataSession::placed`]).
-    touched_at: AtomicU64,
     /// Given back (detached) when the session is dropped.
     _held: AttachedHandle,
 }
@@ -75,7 +71,6 @@ impl DataSession {
             slot: attached.slot,
             transport,
             counters: DataCounters::new(transport, client),
-            touched_at: AtomicU64::new(0),
             _held: held,
         };
         metrics::request_took("resume", started);
@@ -134,18 +129,8 @@ impl DataSession {
     /// (zero-copy, see `FileWindows::target`): counted as written, and the file's
     /// modification time set as a write(2) would. A node whose lease lapsed while the bytes
     /// moved ends the session, as [`DataSession::put`] does.
-    ///
-    /// File times come from the kernel's coarse clock, so while it has not moved since this
-    /// session last set the time, setting it again would write the same value: the system
-    /// call (a tenth of a connection thread's time at 4 KiB writes) is skipped.
     pub fn placed(&self, landing: &mut Landing) -> Result<(), Error> {
-        let due = match coarse_now_ns() {
-            Some(tick) => self.touched_at.swap(tick, Ordering::Relaxed) != tick,
-            None => true,
-        };
-        if due {
-            touch_modified(&self.file);
-        }
+        touch_modified(&self.file);
         landing.received = landing.len;
         landing.written = landing.len;
         if let Err(e) = self.gate.shared.writable() {
@@ -310,16 +295,6 @@ fn write_fully_at(file: &File, mut data: &[u8], mut offset: u64) -> (u64, Option
 
 /// Sets `file`'s modification (and change) time to now, for bytes that reached it without a
 /// write(2). A failure is logged: the bytes are there either way.
-/// The kernel's coarse wall clock, which file times are taken from, in ns (None if it cannot
-/// be read: then the time is always set).
-fn coarse_now_ns() -> Option<u64> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE).ok()?;
-    u64::try_from(t.tv_sec())
-        .ok()?
-        .checked_mul(1_000_000_000)?
-        .checked_add(u64::try_from(t.tv_nsec()).ok()?)
-}
-
 pub fn touch_modified(file: &File) {
     use nix::sys::stat::futimens;
     use nix::sys::time::TimeSpec;

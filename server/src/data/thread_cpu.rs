@@ -43,9 +43,12 @@ impl BusyCpu {
     /// The thread is about to wait for its peer: the spell's CPU time goes into `counter`.
     pub fn idle(&mut self, counter: &AtomicU64) {
         self.served = 0;
-        if let (Some(start), Some(end)) = (self.since.take(), read()) {
-            let ns = end.saturating_sub(start).as_nanos();
-            counter.fetch_add(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+        // (No clock read when no spell is open: a thread waiting again right after waiting.)
+        if let Some(start) = self.since.take() {
+            if let Some(end) = read() {
+                let ns = end.saturating_sub(start).as_nanos();
+                counter.fetch_add(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
         }
     }
 }
