@@ -813,18 +813,6 @@ fn server_regions(len: u64) -> usize {
         .count()
 }
 
-/// `len` bytes at `offset` through `h`.
-async fn read_range(h: &mut DataHandle, offset: u64, len: u64) -> Vec<u8> {
-    let mut got = Vec::new();
-    h.read_to(offset, len, &mut |c| {
-        got.extend_from_slice(c);
-        Ok(())
-    })
-    .await
-    .unwrap();
-    got
-}
-
 #[test]
 #[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
 fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_ones() {

@@ -456,8 +456,13 @@ pub fn sha256(data: &[u8]) -> String {
 
 /// All of the file behind a duplicate handle, read from offset 0.
 pub async fn read_all(h: &mut handoff::DataHandle) -> Vec<u8> {
+    read_range(h, 0, u64::MAX).await
+}
+
+/// Up to `len` bytes at `offset` through `h`.
+pub async fn read_range(h: &mut handoff::DataHandle, offset: u64, len: u64) -> Vec<u8> {
     let mut got = Vec::new();
-    h.read_to(0, u64::MAX, &mut |c| {
+    h.read_to(offset, len, &mut |c| {
         got.extend_from_slice(c);
         Ok(())
     })

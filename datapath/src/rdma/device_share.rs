@@ -5,7 +5,7 @@
 //! Only regions no peer can reach are shared (windows and buffers are registered for local
 //! access only). A direct grant is an rkey that any QP in its PD could use, so a connection
 //! that may be given one has a share of its own ([`DeviceShare::private`]): see
-//! [`super::CONNECT_WANTS_DIRECT`].
+//! [`super::CONNECT_PRIVATE_LEN`].
 //!
 //! A window is shared only while some connection holds it: the cache keeps weak references,
 //! so nothing stays pinned (no deleted file's pages, nothing that would hold up a device's

@@ -3,8 +3,9 @@
 //! page cache to the wire without a copy. Windows are shared by the connections on the device
 //! that share its protection domain ([`DeviceShare`]: those that did not ask for direct mode).
 //! Reads and in-place writes use windows of their own: a read window is a read-only mapping
-//! pinned for reading where the kernel allows it, so reading leaves the file's times alone. Where a kernel refuses to register a file mapping,
-//! a registered bounce buffer is filled with `pread` instead.
+//! pinned for reading where the kernel allows it, so reading leaves the file's times alone.
+//! Where a kernel refuses to register a file mapping, a registered bounce buffer is filled
+//! with `pread` instead.
 
 use std::fs::File;
 use std::io;
@@ -33,7 +34,6 @@ struct Window {
 }
 
 pub struct FileWindows {
-    pd: Arc<ProtectionDomain>,
     /// Where windows of the same file taken by other connections are found.
     share: Arc<DeviceShare>,
     /// Opened read-write where possible: Linux 6.1 refuses to pin a read-only shared mapping.
@@ -91,7 +91,6 @@ impl FileWindows {
             .as_ref()
             .is_some_and(|f| is_shared_memory(f).unwrap_or(false));
         Self {
-            pd: share.pd().clone(),
             share: share.clone(),
             map_file,
             identity,
@@ -164,12 +163,11 @@ impl FileWindows {
                 writable,
                 epoch: self.epoch,
             };
-            let mapped = match &self.map_file {
-                Some(_) => self
-                    .share
-                    .window(key, |pd| self.map_window(pd, index, want_len, writable)),
-                None => Err(io::Error::other("no read-write descriptor to map")),
-            };
+            // (No share lookup without a file to map: its identity would be a placeholder.)
+            let mapped = self.mapped_file().and_then(|_| {
+                self.share
+                    .window(key, |pd| self.map_window(pd, index, want_len, writable))
+            });
             match mapped {
                 Ok(mr) => self.windows.push(Window {
                     index,
@@ -241,7 +239,7 @@ impl FileWindows {
         }
         if self.bounce.is_none() {
             self.bounce = Some(Arc::new(MemoryRegion::alloc(
-                &self.pd,
+                self.share.pd(),
                 super::MAX_REQUEST as usize,
                 Access::LOCAL,
             )?));
@@ -264,10 +262,7 @@ impl FileWindows {
         len: u64,
         writable: bool,
     ) -> io::Result<MemoryRegion> {
-        let file = self
-            .map_file
-            .as_ref()
-            .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
+        let file = self.mapped_file()?;
         let mut options = memmap2::MmapOptions::new();
         options.offset(index * WINDOW).len(len as usize);
         let pins = READ_ONLY_PINS.load(Ordering::Relaxed);
@@ -321,6 +316,13 @@ impl FileWindows {
         self.map_writable(pd, &options, access)
     }
 
+    /// The read-write descriptor windows and grants map.
+    fn mapped_file(&self) -> io::Result<&File> {
+        self.map_file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no read-write descriptor to map"))
+    }
+
     /// Registers a writable shared mapping of the file (`options` say which part).
     fn map_writable(
         &self,
@@ -328,10 +330,7 @@ impl FileWindows {
         options: &memmap2::MmapOptions,
         access: Access,
     ) -> io::Result<MemoryRegion> {
-        let file = self
-            .map_file
-            .as_ref()
-            .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
+        let file = self.mapped_file()?;
         // SAFETY: as for the read-only mapping in `map_window`.
         let map = unsafe { options.map_mut(file)? };
         MemoryRegion::register(pd, Backing::Mapped(map), access)
@@ -345,10 +344,7 @@ impl FileWindows {
     /// (only unpinning does), so fdatasync could skip them and a flush would be a lie; kernels
     /// from 6.5 refuse such pins outright. The caller falls back to server-posted writes.
     pub fn map_direct(&self, size: u64, writable: bool) -> io::Result<MemoryRegion> {
-        let file = self
-            .map_file
-            .as_ref()
-            .ok_or_else(|| io::Error::other("no read-write descriptor to map"))?;
+        let file = self.mapped_file()?;
         if size == 0 || size > super::MAX_DIRECT {
             return Err(io::Error::other(format!(
                 "direct mode covers files of 1 byte to {} GiB",
@@ -376,7 +372,7 @@ impl FileWindows {
         } else {
             Access::REMOTE_READ
         };
-        MemoryRegion::register(&self.pd, Backing::Mapped(map), access)
+        MemoryRegion::register(self.share.pd(), Backing::Mapped(map), access)
     }
 }
 
