@@ -3,7 +3,7 @@
 //! the table, so every length a peer can send is named there.
 
 use super::file_attr::{DirEntry, FileAttr, FileKind, Timestamp};
-use super::message::{Endpoint, EndpointKind, ErrorCode, FileInfo, OpenParams};
+use super::message::{Endpoint, EndpointKind, ErrorCode, FileInfo, OpenParams, Span};
 use crate::codec::{Reader, WireError, Writer};
 use crate::state::records::{
     decode_mode, decode_range, decode_share, encode_range, MAX_GRANTS, MAX_LOCKS, MAX_NAME,
@@ -195,6 +195,42 @@ pub mod file_counters {
         max: usize,
     ) -> Result<Vec<(String, u64, u64)>, WireError> {
         r.list(items, |r| Ok((r.string(max)?, r.u64()?, r.u64()?)))
+    }
+}
+
+/// Up to `items` numbers.
+pub mod longs {
+    use super::*;
+    pub fn put(w: &mut Writer, v: &[u64], items: usize) -> Put {
+        w.list(v, items, |w, n| {
+            w.u64(*n);
+            Ok(())
+        })
+    }
+    pub fn get(r: &mut Reader, items: usize) -> Result<Vec<u64>, WireError> {
+        r.list(items, |r| r.u64())
+    }
+}
+
+/// Up to `items` spans of a batch (offset, length, buffer address).
+pub mod spans {
+    use super::*;
+    pub fn put(w: &mut Writer, v: &[Span], items: usize) -> Put {
+        w.list(v, items, |w, s| {
+            w.u64(s.offset);
+            w.u64(s.len);
+            w.u64(s.addr);
+            Ok(())
+        })
+    }
+    pub fn get(r: &mut Reader, items: usize) -> Result<Vec<Span>, WireError> {
+        r.list(items, |r| {
+            Ok(Span {
+                offset: r.u64()?,
+                len: r.u64()?,
+                addr: r.u64()?,
+            })
+        })
     }
 }
 

@@ -35,6 +35,18 @@ pub const MAX_RECORD: usize = 32 * 1024;
 pub const MAX_INBOX_BATCH: usize = 512;
 /// File bytes in one `FileChunk` (under the frame's 64 KiB payload).
 pub const MAX_CHUNK: usize = 60 * 1024;
+/// Requests in one `RdmaReadMany`/`RdmaWriteMany` (24 bytes each: well inside an RDMA
+/// message slot).
+pub const MAX_BATCH: usize = 64;
+
+/// One request of a batch: `len` file bytes at `offset`, to or from the client's registered
+/// buffer at `addr` (under the batch's rkey).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub len: u64,
+    pub addr: u64,
+}
 
 /// Error classes carried on the wire; each maps to one CLI exit code. Unknown codes from a
 /// newer peer are kept, not rejected.
@@ -297,6 +309,22 @@ message_table! {
             addr: u64 = long,
             rkey: u32 = word,
         },
+        /// RDMA, small requests: several `RdmaRead`s in one message, each its own RDMA WRITE
+        /// into the client's buffer at its `addr` (all under `rkey`), served in order; answered
+        /// with one `ReadMany`, or with the first item's refusal (items after it are not
+        /// served).
+        0x29 => RdmaReadMany {
+            rkey: u32 = word,
+            items: Vec<Span> = spans(MAX_BATCH),
+        },
+        /// RDMA, small requests: several `RdmaWrite`s in one message, each its own RDMA READ
+        /// from the client's buffer (all under `rkey`), each checked and landing as a single
+        /// `RdmaWrite` would; answered with one `Written` of their total, or with the first
+        /// item's refusal (each other item was written or refused on its own).
+        0x2a => RdmaWriteMany {
+            rkey: u32 = word,
+            items: Vec<Span> = spans(MAX_BATCH),
+        },
         /// RDMA direct mode: ask for an rkey to the file itself; answered with `FileMapped`.
         0x26 => MapFile,
         /// RDMA direct writes: ask for an rkey the client may also RDMA WRITE through (an open
@@ -333,6 +361,9 @@ message_table! {
         /// `len` raw bytes follow the frame.
         0x46 => ReadData { len: u64 = long },
         0x47 => Written { len: u64 = long },
+        /// The answer to `RdmaReadMany`: bytes read per item, in order (fewer at the end of
+        /// the file; every item after a short one is 0).
+        0x54 => ReadMany { lens: Vec<u64> = longs(MAX_BATCH) },
         /// Direct mode grant: the client may RDMA READ (after `MapFileWrite`, also WRITE)
         /// `[addr, addr + len)` with `rkey` until the server revokes it (a conflicting open, lock, close or expiry).
         0x48 => FileMapped {
@@ -482,6 +513,32 @@ mod tests {
                 len: 6,
                 addr: 7,
                 rkey: 8,
+            },
+            Message::RdmaReadMany {
+                rkey: 14,
+                items: vec![
+                    Span {
+                        offset: 1,
+                        len: 2,
+                        addr: 3,
+                    },
+                    Span {
+                        offset: 4,
+                        len: 5,
+                        addr: 6,
+                    },
+                ],
+            },
+            Message::RdmaWriteMany {
+                rkey: 15,
+                items: vec![Span {
+                    offset: 7,
+                    len: 8,
+                    addr: 9,
+                }],
+            },
+            Message::ReadMany {
+                lens: vec![4096, 0],
             },
             Message::MapFile,
             Message::MapFileWrite,

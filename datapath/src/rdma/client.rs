@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use handoff_core::auth::Identity;
 use handoff_core::state::ResumeReport;
-use handoff_core::wire::{ErrorCode, FileInfo, Message};
+use handoff_core::wire::{ErrorCode, FileInfo, Message, Span};
 use handoff_core::Error;
 use rdma_sys::rdma_cm_event_type::*;
 
@@ -19,7 +19,7 @@ use super::verbs::{Access, MemoryRegion, SendOp};
 use super::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
 use crate::DataError;
 
-/// Requests in flight per QP.
+/// Requests in flight per QP (at least; small requests keep more, see [`Geometry`]).
 pub const DEPTH: usize = 8;
 /// Registered slots per QP: twice the depth, so a surviving QP can take over every chunk a
 /// failed one had in flight.
@@ -27,6 +27,41 @@ pub const SLOTS: usize = 2 * DEPTH;
 /// Bytes per request by default, and the largest request a client asks.
 pub const CHUNK: usize = 2 << 20;
 const _: () = assert!(CHUNK as u64 <= MAX_REQUEST);
+/// Requests smaller than this go several to a message ([`Message::RdmaReadMany`],
+/// [`Message::RdmaWriteMany`]), as many as make this many bytes: a request's SEND and its
+/// reply cost about what a 4 KiB RDMA WRITE does, so one message per 4 KiB request spent
+/// two thirds of the time on messages.
+pub const BATCH_BYTES: usize = 256 << 10;
+/// Requests in one message at most.
+pub const BATCH: usize = 32;
+const _: () = assert!(BATCH <= handoff_core::wire::MAX_BATCH);
+
+/// How a QP's requests are sized and grouped: `request` bytes each, up to `batch` per message,
+/// `depth` in flight (two messages' worth at least, so the server always has the next).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub request: usize,
+    pub batch: usize,
+    pub depth: usize,
+}
+
+impl Geometry {
+    /// For requests of `request` bytes (clamped to 4 KiB..=[`CHUNK`]).
+    pub fn new(request: usize) -> Self {
+        let request = request.clamp(4096, CHUNK);
+        let batch = (BATCH_BYTES / request).clamp(1, BATCH);
+        Self {
+            request,
+            batch,
+            depth: DEPTH.max(2 * batch),
+        }
+    }
+
+    /// Registered slots: twice the depth (see [`SLOTS`]).
+    pub fn slots(&self) -> usize {
+        2 * self.depth
+    }
+}
 
 pub struct RdmaClient {
     // Drop order: the endpoint (QP) first, then the buffers it referenced, then the id.
@@ -43,9 +78,9 @@ pub struct RdmaClient {
     pub bytes: u64,
     direct: Option<DirectGrant>,
     next_wr: u64,
-    /// Bytes asked per request, also the stride of the registered slots; up to [`DEPTH`]
-    /// requests are in flight.
-    request: usize,
+    /// Bytes asked per request (also the stride of the registered slots), and how many go
+    /// per message and in flight.
+    geometry: Geometry,
 }
 
 /// The next reply on `ep`, with an `Error` reply turned into `Err`.
@@ -129,8 +164,8 @@ impl RdmaClient {
     }
 
     /// As [`connect`](Self::connect), asking `request` bytes per request (clamped to
-    /// 4 KiB..=[`CHUNK`]): smaller requests register less memory ([`SLOTS`] × `request`) but
-    /// cost more round trips per byte. Without `wants_direct` the server refuses direct grants
+    /// 4 KiB..=[`CHUNK`]): smaller requests register less memory (see [`Geometry`]) and go
+    /// several to a message. Without `wants_direct` the server refuses direct grants
     /// on this QP (and serves it from regions shared with other connections).
     pub fn connect_sized(
         addr: SocketAddr,
@@ -139,7 +174,7 @@ impl RdmaClient {
         request: usize,
         wants_direct: bool,
     ) -> Result<Self, DataError> {
-        let request = request.clamp(4096, CHUNK);
+        let geometry = Geometry::new(request);
         let channel = EventChannel::new()?;
         let id = CmId::new(&channel)?;
         resolve(&channel, &id, addr)?;
@@ -149,7 +184,7 @@ impl RdmaClient {
         ep.timeout = Some(Duration::from_secs(15));
         let buf = MemoryRegion::alloc(
             &ep.pd,
-            SLOTS * request,
+            geometry.slots() * geometry.request,
             Access::LOCAL_WRITE
                 .with(Access::REMOTE_WRITE)
                 .with(Access::REMOTE_READ),
@@ -190,17 +225,24 @@ impl RdmaClient {
             bytes: 0,
             direct: None,
             next_wr: 1,
-            request,
+            geometry,
         })
     }
 
     /// Bytes asked per request (and the size of each registered slot).
     pub fn request_size(&self) -> usize {
-        self.request
+        self.geometry.request
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     fn slot(&self, i: usize) -> (u64, u32) {
-        (self.buf.addr() + (i * self.request) as u64, self.buf.rkey())
+        (
+            self.buf.addr() + (i * self.geometry.request) as u64,
+            self.buf.rkey(),
+        )
     }
 
     pub(crate) fn request_read(
@@ -219,7 +261,7 @@ impl RdmaClient {
     }
 
     pub(crate) fn slot_bytes(&self, slot: usize, n: usize) -> &[u8] {
-        &self.buf.bytes()[slot * self.request..slot * self.request + n]
+        &self.buf.bytes()[slot * self.geometry.request..slot * self.geometry.request + n]
     }
 
     /// After the server refused a request, reads and drops the replies to the `outstanding`
@@ -246,6 +288,41 @@ impl RdmaClient {
         }
     }
 
+    /// Asks for the reads `items` (slot, file offset, length) in one message.
+    fn request_reads(&mut self, items: &[(usize, u64, u64)]) -> Result<(), DataError> {
+        if let [(slot, offset, len)] = *items {
+            return self.request_read(slot, offset, len);
+        }
+        let rkey = self.buf.rkey();
+        let items = items
+            .iter()
+            .map(|&(slot, offset, len)| Span {
+                offset,
+                len,
+                addr: self.slot(slot).0,
+            })
+            .collect();
+        self.ep.send(&Message::RdmaReadMany { rkey, items })
+    }
+
+    /// The answer to [`RdmaClient::request_reads`] of `count` items: bytes read per item.
+    fn expect_reads(&mut self, count: usize) -> Result<Vec<u64>, DataError> {
+        if count == 1 {
+            return Ok(vec![self.expect_read()?]);
+        }
+        match reply(&mut self.ep)? {
+            Message::ReadMany { lens } if lens.len() == count => Ok(lens),
+            Message::ReadMany { lens } => Err(protocol(format!(
+                "server answered {} reads of {count} asked",
+                lens.len()
+            ))),
+            other => Err(protocol(format!(
+                "expected ReadMany, got {:#04x}",
+                other.kind()
+            ))),
+        }
+    }
+
     /// Reads up to `len` bytes from `offset` (fewer at end of file), handing each chunk to
     /// `sink` in order as a slice of registered memory. Returns the bytes read.
     pub fn read_to(
@@ -254,47 +331,79 @@ impl RdmaClient {
         len: u64,
         sink: &mut crate::Sink<'_>,
     ) -> Result<u64, DataError> {
-        let mut inflight: VecDeque<(usize, u64)> = VecDeque::new();
+        let Geometry {
+            request,
+            batch,
+            depth,
+        } = self.geometry;
+        let mut free: Vec<usize> = (0..depth).rev().collect();
+        // Per message in flight: its reads (slot, offset, length asked), in order.
+        let mut inflight: VecDeque<Vec<(usize, u64, u64)>> = VecDeque::new();
         let mut issued = 0u64;
         let mut got = 0u64;
         let mut eof = false;
-        for slot in 0..DEPTH {
-            if issued >= len {
-                break;
+        loop {
+            while !eof && issued < len && !free.is_empty() {
+                let mut items = Vec::with_capacity(batch);
+                while items.len() < batch && issued < len {
+                    let Some(slot) = free.pop() else { break };
+                    let n = (len - issued).min(request as u64);
+                    items.push((slot, offset + issued, n));
+                    issued += n;
+                }
+                self.request_reads(&items)?;
+                inflight.push_back(items);
             }
-            let n = (len - issued).min(self.request as u64);
-            self.request_read(slot, offset + issued, n)?;
-            inflight.push_back((slot, n));
-            issued += n;
-        }
-        while let Some((slot, asked)) = inflight.pop_front() {
-            let n = match self.expect_read() {
-                Ok(n) => n,
+            let Some(items) = inflight.pop_front() else {
+                break;
+            };
+            let lens = match self.expect_reads(items.len()) {
+                Ok(lens) => lens,
                 Err(e) => return Err(self.settle(e, inflight.len())),
             };
-            if n > asked {
-                return Err(protocol(format!(
-                    "server announced {n} bytes for a read of at most {asked}"
-                )));
-            }
-            if eof {
-                // Asked before the end was seen: bytes past a short chunk would leave a gap.
-                continue;
-            }
-            sink(&self.buf.bytes()[slot * self.request..slot * self.request + n as usize])?;
-            got += n;
-            self.bytes += n;
-            if n < asked {
-                eof = true;
-            }
-            if !eof && issued < len {
-                let m = (len - issued).min(self.request as u64);
-                self.request_read(slot, offset + issued, m)?;
-                inflight.push_back((slot, m));
-                issued += m;
+            for (&(slot, _, asked), n) in items.iter().zip(lens) {
+                free.push(slot);
+                if n > asked {
+                    return Err(protocol(format!(
+                        "server announced {n} bytes for a read of at most {asked}"
+                    )));
+                }
+                if eof {
+                    // Asked before the end was seen: bytes past a short chunk would leave a gap.
+                    continue;
+                }
+                sink(self.slot_bytes(slot, n as usize))?;
+                got += n;
+                self.bytes += n;
+                eof = n < asked;
             }
         }
         Ok(got)
+    }
+
+    /// Asks for the writes `items` (slot, file offset, length) in one message.
+    fn request_writes(&mut self, items: &[(usize, u64, u64)]) -> Result<(), DataError> {
+        let rkey = self.buf.rkey();
+        let msg = match *items {
+            [(slot, offset, len)] => Message::RdmaWrite {
+                offset,
+                len,
+                addr: self.slot(slot).0,
+                rkey,
+            },
+            _ => Message::RdmaWriteMany {
+                rkey,
+                items: items
+                    .iter()
+                    .map(|&(slot, offset, len)| Span {
+                        offset,
+                        len,
+                        addr: self.slot(slot).0,
+                    })
+                    .collect(),
+            },
+        };
+        self.ep.send(&msg)
     }
 
     /// Writes what `fill` produces (it writes into registered memory and returns how many
@@ -304,34 +413,40 @@ impl RdmaClient {
         offset: u64,
         fill: &mut crate::Fill<'_>,
     ) -> Result<u64, DataError> {
-        let mut inflight: VecDeque<usize> = VecDeque::new();
-        let mut free: Vec<usize> = (0..DEPTH).rev().collect();
+        let Geometry {
+            request,
+            batch,
+            depth,
+        } = self.geometry;
+        let mut free: Vec<usize> = (0..depth).rev().collect();
+        // Per message in flight: the slots its writes came from.
+        let mut inflight: VecDeque<Vec<usize>> = VecDeque::new();
         let mut pos = offset;
         let mut done = false;
         let mut written = 0u64;
         loop {
-            while !done {
-                let Some(slot) = free.pop() else { break };
-                let stride = self.request;
-                let region = &mut self.buf.bytes_mut().expect("owned buffer")
-                    [slot * stride..(slot + 1) * stride];
-                let n = fill(region)?;
-                if n == 0 {
-                    done = true;
-                    free.push(slot);
+            while !done && !free.is_empty() {
+                let mut items = Vec::with_capacity(batch);
+                while items.len() < batch {
+                    let Some(slot) = free.pop() else { break };
+                    let region = &mut self.buf.bytes_mut().expect("owned buffer")
+                        [slot * request..(slot + 1) * request];
+                    let n = fill(region)?;
+                    if n == 0 {
+                        done = true;
+                        free.push(slot);
+                        break;
+                    }
+                    items.push((slot, pos, n as u64));
+                    pos += n as u64;
+                }
+                if items.is_empty() {
                     break;
                 }
-                let (addr, rkey) = self.slot(slot);
-                self.ep.send(&Message::RdmaWrite {
-                    offset: pos,
-                    len: n as u64,
-                    addr,
-                    rkey,
-                })?;
-                pos += n as u64;
-                inflight.push_back(slot);
+                self.request_writes(&items)?;
+                inflight.push_back(items.into_iter().map(|(slot, ..)| slot).collect());
             }
-            let Some(slot) = inflight.pop_front() else {
+            let Some(slots) = inflight.pop_front() else {
                 break;
             };
             let answer = match reply(&mut self.ep) {
@@ -350,7 +465,7 @@ impl RdmaClient {
                     )))
                 }
             }
-            free.push(slot);
+            free.extend(slots);
         }
         Ok(written)
     }
@@ -434,11 +549,11 @@ impl RdmaClient {
         let mut inflight: VecDeque<(u64, usize, usize)> = VecDeque::new();
         let mut issued = 0u64;
         let mut got = 0u64;
-        let mut free: Vec<usize> = (0..DEPTH).rev().collect();
+        let mut free: Vec<usize> = (0..self.geometry.depth).rev().collect();
         loop {
             while issued < len {
                 let Some(slot) = free.pop() else { break };
-                let n = (len - issued).min(self.request as u64) as usize;
+                let n = (len - issued).min(self.geometry.request as u64) as usize;
                 let wr = self.next_wr;
                 self.next_wr += 1;
                 let remote = (base + offset + issued, rkey);
@@ -449,7 +564,7 @@ impl RdmaClient {
                     self.ep.post_rdma(
                         wr,
                         SendOp::Read,
-                        (&self.buf, slot * self.request, n),
+                        (&self.buf, slot * self.geometry.request, n),
                         remote,
                         true,
                     )?
@@ -467,7 +582,9 @@ impl RdmaClient {
                 }
                 return Err(e);
             }
-            sink(&self.buf.bytes()[slot * self.request..slot * self.request + n])?;
+            sink(
+                &self.buf.bytes()[slot * self.geometry.request..slot * self.geometry.request + n],
+            )?;
             got += n as u64;
             self.bytes += n as u64;
             free.push(slot);
@@ -485,7 +602,7 @@ impl RdmaClient {
     }
 
     /// Direct writes: what `fill` produces goes into the file's region with this client's
-    /// own RDMA WRITEs (no server CPU), pipelined [`DEPTH`] deep, from `offset` until `fill`
+    /// own RDMA WRITEs (no server CPU), pipelined as deep as its [`Geometry`], from `offset` until `fill`
     /// ends or the region does (direct writes never extend the file). Each WRITE counts once
     /// its completion says it was placed. The caller writes what is left through the server
     /// (`write_from`), starting with [`DirectWritten::carry`], and ends with
@@ -500,16 +617,16 @@ impl RdmaClient {
             .filter(|d| d.writable)
             .ok_or_else(|| protocol("direct writes not granted".into()))?;
         let mut inflight: VecDeque<(u64, usize, usize)> = VecDeque::new();
-        let mut free: Vec<usize> = (0..DEPTH).rev().collect();
+        let mut free: Vec<usize> = (0..self.geometry.depth).rev().collect();
         let mut pos = offset;
         let mut ended = false;
         let mut done = DirectWritten::default();
         loop {
             while !ended && pos < grant.len {
                 let Some(slot) = free.pop() else { break };
-                let room = (grant.len - pos).min(self.request as u64) as usize;
+                let room = (grant.len - pos).min(self.geometry.request as u64) as usize;
                 let region = &mut self.buf.bytes_mut().expect("owned buffer")
-                    [slot * self.request..slot * self.request + room];
+                    [slot * self.geometry.request..slot * self.geometry.request + room];
                 let n = fill(region)?;
                 if n == 0 {
                     ended = true;
@@ -525,7 +642,7 @@ impl RdmaClient {
                     self.ep.post_rdma(
                         wr,
                         SendOp::Write,
-                        (&self.buf, slot * self.request, n),
+                        (&self.buf, slot * self.geometry.request, n),
                         (grant.base + pos, grant.rkey),
                         true,
                     )?
@@ -554,7 +671,7 @@ impl RdmaClient {
                         continue;
                     }
                     failed = true;
-                    let at = slot * self.request;
+                    let at = slot * self.geometry.request;
                     done.carry.extend_from_slice(&self.buf.bytes()[at..at + n]);
                 }
                 return Ok(done);

@@ -15,6 +15,7 @@ use super::cm::{CmId, EventChannel};
 use super::verbs::Wait;
 use super::verbs::{
     Access, Completion, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, SendOp,
+    MAX_SEND_WR,
 };
 use crate::DataError;
 use rdma_sys::rdma_cm_event_type::{RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_DISCONNECTED};
@@ -30,6 +31,13 @@ const TAG_SEND: u64 = 2 << 62;
 const TAG_MASK: u64 = 3 << 62;
 /// The liveness probe's work request (sorted with the RDMA operations into `finished`).
 const TAG_PROBE: u64 = 3 << 62;
+/// An unsignaled RDMA WRITE signaled anyway, so the send queue's progress shows (see
+/// [`SIGNAL_EVERY`]); its completion only counts.
+const TAG_MARK: u64 = (3 << 62) | 1;
+/// At most this many unsignaled work requests in a row: a send queue whose posted work is all
+/// unsignaled never says how far it got, so the next would be signaled anyway.
+const SIGNAL_EVERY: u64 = 32;
+const _: () = assert!(SIGNAL_EVERY < MAX_SEND_WR as u64);
 
 pub struct Endpoint {
     // Field order is drop order: the QP goes first (flushing posted work), then the
@@ -42,12 +50,19 @@ pub struct Endpoint {
     held: VecDeque<(u64, Arc<MemoryRegion>)>,
     /// Regions posted RDMA READs write into, by work request: handed back once it completed.
     reading: Vec<(u64, ReadTarget)>,
-    /// Sequence numbers of send-queue posts (completions come back in this order).
+    /// Sequence number of the latest send-queue post (they complete in this order).
     posted: u64,
-    /// The post sequence of each SEND slot's latest SEND, and of each signaled RDMA request.
-    send_seq: Vec<u64>,
-    /// (A few at a time: a short list beats hashing on this path.)
-    rdma_seq: Vec<(u64, u64)>,
+    /// Sequence numbers of the signaled posts not yet completed, oldest first: each
+    /// send-queue completion is the front one's.
+    signaled: VecDeque<u64>,
+    /// Posts up to this sequence number are done (the send queue's free entries are
+    /// `MAX_SEND_WR - (posted - sq_done)`).
+    sq_done: u64,
+    /// Unsignaled posts since the last signaled one.
+    unsignaled_run: u64,
+    /// Signaled RDMA requests outstanding, by work request id. (A few at a time: a short
+    /// list beats hashing on this path.)
+    rdma_wrs: Vec<u64>,
     cq: Arc<CompletionQueue>,
     pub pd: Arc<ProtectionDomain>,
     free_send: Vec<usize>,
@@ -117,8 +132,10 @@ impl Endpoint {
             held: VecDeque::new(),
             reading: Vec::new(),
             posted: 0,
-            send_seq: vec![0; SEND_SLOTS],
-            rdma_seq: Vec::new(),
+            signaled: VecDeque::new(),
+            sq_done: 0,
+            unsignaled_run: 0,
+            rdma_wrs: Vec::new(),
             cq,
             pd,
             free_send: (0..SEND_SLOTS).collect(),
@@ -184,19 +201,22 @@ impl Endpoint {
                 });
                 continue;
             }
+            if wc.wr_id & TAG_MASK == TAG_RECV {
+                self.inbox
+                    .push_back(((wc.wr_id & !TAG_MASK) as usize, wc.byte_len as usize));
+                continue;
+            }
+            // A send-queue completion: it and everything posted before it are done.
+            if let Some(seq) = self.signaled.pop_front() {
+                self.sq_done = seq;
+                release_before(&mut self.held, seq + 1);
+            }
             match wc.wr_id & TAG_MASK {
-                TAG_RECV => self
-                    .inbox
-                    .push_back(((wc.wr_id & !TAG_MASK) as usize, wc.byte_len as usize)),
-                TAG_SEND => {
-                    let slot = (wc.wr_id & !TAG_MASK) as usize;
-                    self.free_send.push(slot);
-                    release_before(&mut self.held, self.send_seq[slot]);
-                }
+                TAG_SEND => self.free_send.push((wc.wr_id & !TAG_MASK) as usize),
+                _ if wc.wr_id == TAG_MARK => {}
                 _ => {
-                    let posted = self.rdma_seq.iter().position(|(w, _)| *w == wc.wr_id);
-                    if let Some((_, seq)) = posted.map(|i| self.rdma_seq.swap_remove(i)) {
-                        release_before(&mut self.held, seq + 1);
+                    if let Some(i) = self.rdma_wrs.iter().position(|w| *w == wc.wr_id) {
+                        self.rdma_wrs.swap_remove(i);
                     }
                     self.finished.insert(wc.wr_id);
                 }
@@ -214,8 +234,8 @@ impl Endpoint {
         }
         self.encode.clear();
         self.conv.seal(msg, &mut self.encode, SLOT)?;
+        self.next_post(true)?;
         let slot = self.free_send.pop().expect("checked non-empty");
-        self.send_seq[slot] = self.next_post();
         let dst = self.send_buf.bytes_mut().expect("owned buffer");
         dst[slot * SLOT..slot * SLOT + self.encode.len()].copy_from_slice(&self.encode);
         // SAFETY: `send_buf` is dropped after the QP (field order); this slot is written
@@ -264,6 +284,7 @@ impl Endpoint {
     /// Checks the peer is still there: a zero-length RDMA WRITE it must acknowledge. A peer
     /// whose host died or whose path is cut fails it after the QP's ack timeout and retries.
     pub fn probe(&mut self, within: std::time::Duration) -> Result<(), DataError> {
+        self.next_post(true)?;
         self.qp.post_probe(TAG_PROBE)?;
         let deadline = std::time::Instant::now() + within;
         while !self.finished.remove(&TAG_PROBE) {
@@ -335,6 +356,7 @@ impl Endpoint {
     ) -> Result<(), DataError> {
         self.check_wr(wr_id)?;
         let (mr, offset, len) = local;
+        let (_, wr_id, signaled) = self.next_rdma_post(wr_id, signaled)?;
         // SAFETY: this function's contract is the same as post_send's.
         unsafe {
             self.qp
@@ -347,7 +369,7 @@ impl Endpoint {
     /// set) or that names a request still outstanding (its completion would release the
     /// wrong region).
     fn check_wr(&self, wr_id: u64) -> Result<(), DataError> {
-        if wr_id & TAG_MASK != 0 || self.rdma_seq.iter().any(|(w, _)| *w == wr_id) {
+        if wr_id & TAG_MASK != 0 || self.rdma_wrs.contains(&wr_id) {
             return Err(broken(format!(
                 "RDMA work request id {wr_id} is reserved or in use"
             )));
@@ -358,9 +380,39 @@ impl Endpoint {
         Ok(())
     }
 
-    fn next_post(&mut self) -> u64 {
+    /// Numbers the next send-queue post, once the queue has room for it (waiting for
+    /// completions if not), and says whether it is signaled: as asked, or anyway after
+    /// [`SIGNAL_EVERY`] unsignaled ones.
+    fn next_post(&mut self, signaled: bool) -> Result<(u64, bool), DataError> {
+        while self.posted - self.sq_done >= u64::from(MAX_SEND_WR) {
+            self.pump(true)?;
+        }
         self.posted += 1;
-        self.posted
+        let signaled = signaled || self.unsignaled_run + 1 >= SIGNAL_EVERY;
+        if signaled {
+            self.signaled.push_back(self.posted);
+            self.unsignaled_run = 0;
+        } else {
+            self.unsignaled_run += 1;
+        }
+        Ok((self.posted, signaled))
+    }
+
+    /// Numbers an RDMA request (see [`Endpoint::next_post`]) and returns the id and
+    /// signaling to post it with: its own id, recorded as outstanding, if it was asked
+    /// signaled; [`TAG_MARK`] if it is signaled only for the queue's sake (that completion is
+    /// nobody's to wait for).
+    fn next_rdma_post(&mut self, wr_id: u64, asked: bool) -> Result<(u64, u64, bool), DataError> {
+        let (seq, signaled) = self.next_post(asked)?;
+        let id = if asked {
+            self.rdma_wrs.push(wr_id);
+            wr_id
+        } else if signaled {
+            TAG_MARK
+        } else {
+            wr_id
+        };
+        Ok((seq, id, signaled))
     }
 
     /// Posts an RDMA WRITE of `local[offset..offset+len]` to the peer's `remote` (address,
@@ -376,7 +428,7 @@ impl Endpoint {
     ) -> Result<(), DataError> {
         self.check_wr(wr_id)?;
         let (mr, offset, len) = local;
-        let seq = self.next_post();
+        let (seq, wr_id, signaled) = self.next_rdma_post(wr_id, signaled)?;
         // SAFETY: `mr` is held (below) until a completion of this post or a later one has
         // been polled, or the endpoint is dropped, whose QP goes first (field order); through
         // a shared `Arc` its bytes cannot be changed meanwhile.
@@ -391,9 +443,6 @@ impl Endpoint {
                 signaled,
             )?
         };
-        if signaled {
-            self.rdma_seq.push((wr_id, seq));
-        }
         if !self.held.back().is_some_and(|(_, m)| Arc::ptr_eq(m, mr)) {
             self.held.push_back((seq, mr.clone()));
         } else if let Some(last) = self.held.back_mut() {
@@ -415,7 +464,7 @@ impl Endpoint {
         remote: (u64, u32),
     ) -> Result<(), DataError> {
         self.check_wr(wr_id)?;
-        let seq = self.next_post();
+        self.next_rdma_post(wr_id, true)?;
         let (mr, at) = match &target {
             ReadTarget::Buffer(mr) => (mr, 0),
             ReadTarget::Window(mr, at) => (&**mr, *at),
@@ -428,7 +477,6 @@ impl Endpoint {
             self.qp
                 .post_send(wr_id, SendOp::Read, mr, at, len, Some(remote), true)?
         };
-        self.rdma_seq.push((wr_id, seq));
         self.reading.push((wr_id, target));
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use handoff_core::state::resume_key::SEALED_LEN;
 use handoff_core::state::DirectAccess;
-use handoff_core::wire::{ErrorCode, Message};
+use handoff_core::wire::{ErrorCode, Message, Span};
 use handoff_core::Error;
 use handoff_datapath::rdma::cm::CmId;
 use handoff_datapath::rdma::device_share::{DeviceShare, DeviceShares};
@@ -212,8 +212,9 @@ struct Connection {
     shared: Shared,
     session: DataSession,
     windows: FileWindows,
-    /// Bounce buffers for writes (None while one is lent to a posted RDMA READ).
-    bounce: Vec<Option<MemoryRegion>>,
+    /// Free bounce buffers for writes (a buffer lent to a posted RDMA READ is the endpoint's
+    /// until it completes).
+    bounce: Vec<MemoryRegion>,
     direct: Vec<Arc<DirectGrant>>,
     truncations: u64,
     next_wr: u64,
@@ -340,8 +341,19 @@ impl Connection {
                     len,
                     addr,
                     rkey,
-                } => self.read(offset, len, addr, rkey)?,
-                Message::RdmaWrite { .. } => next = self.writes(msg)?,
+                } => {
+                    let size = self.session.file().metadata()?.len();
+                    let answer = match self.read(size, Span { offset, len, addr }, rkey)? {
+                        Ok(len) => Message::ReadData { len },
+                        Err(e) => e.to_message(),
+                    };
+                    // RC ordering: the client sees this only after the WRITEs have landed.
+                    self.ep.send(&answer)?;
+                }
+                Message::RdmaReadMany { rkey, items } => self.read_many(rkey, &items)?,
+                Message::RdmaWrite { .. } | Message::RdmaWriteMany { .. } => {
+                    next = self.writes(msg)?
+                }
                 Message::Flush => {
                     let started = Instant::now();
                     self.ep.send(&self.session.flush())?;
@@ -421,12 +433,15 @@ impl Connection {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn read(&mut self, offset: u64, len: u64, addr: u64, rkey: u32) -> Result<(), DataError> {
+    /// Posts the RDMA WRITEs of one read request on a file of `size` bytes; returns the
+    /// bytes it moves, or its refusal (to answer). The answer must follow as a SEND: RC
+    /// ordering has the client see it only after these WRITEs landed.
+    fn read(&mut self, size: u64, span: Span, rkey: u32) -> Result<Result<u64, Error>, DataError> {
         let started = Instant::now();
-        let size = self.session.file().metadata()?.len();
+        let Span { offset, len, addr } = span;
         let len = match self.session.gate().read(size, offset, len, Some(addr)) {
             Ok(len) => len,
-            Err(e) => return self.ep.send(&e.to_message()),
+            Err(e) => return Ok(Err(e)),
         };
         let mut done = 0u64;
         while done < len {
@@ -454,34 +469,43 @@ impl Connection {
         }
         self.count_rdma(len);
         self.session.served(DataOp::Read, len, started);
-        // RC ordering: the client sees this only after the WRITEs above have landed.
-        self.ep.send(&Message::ReadData { len })
+        Ok(Ok(len))
+    }
+
+    /// A batch of reads: each item served as an `RdmaRead` would be, in order, and one answer
+    /// for all: the bytes each moved, or the first refusal (the items after it are not served).
+    fn read_many(&mut self, rkey: u32, items: &[Span]) -> Result<(), DataError> {
+        let size = self.session.file().metadata()?.len();
+        let mut lens = Vec::with_capacity(items.len());
+        for span in items {
+            match self.read(size, *span, rkey)? {
+                Ok(len) => lens.push(len),
+                Err(e) => return self.ep.send(&e.to_message()),
+            }
+        }
+        self.ep.send(&Message::ReadMany { lens })
     }
 
     /// A run of RDMA writes, pipelined: each request's RDMA READ is posted as soon as it
-    /// arrives and a bounce buffer is free (up to [`WRITE_DEPTH`] in flight), and as the
-    /// oldest lands it is written to the file and answered, in request order. Returns the
-    /// request that ended the run (a Flush or a read), to be handled after these writes.
+    /// arrives and there is room (up to [`WRITE_DEPTH`] requests, and [`BOUNCE_BYTES`] of
+    /// bounce buffers, in flight), and as the oldest lands it is written to the file and
+    /// answered, in request order; a batch's items are answered together once its last one
+    /// is. Returns the request that ended the run (a Flush or a read), to be handled after
+    /// these writes.
     fn writes(&mut self, first: Message) -> Result<Option<Message>, DataError> {
-        let mut queue: VecDeque<(usize, PostedWrite, Instant)> = VecDeque::new();
-        let mut free: Vec<usize> = (0..WRITE_DEPTH).rev().collect();
-        let mut incoming = Some(first);
-        let mut ended_by = None;
+        let mut waiting: VecDeque<WriteItem> = VecDeque::new();
+        let mut queue: VecDeque<(PostedWrite, Instant, Part)> = VecDeque::new();
+        let mut batch = BatchAnswer::default();
+        let mut bounced = 0usize;
+        let mut ended_by = take_writes(first, &mut waiting);
         loop {
-            while let Some(msg) = incoming.take() {
-                let Message::RdmaWrite {
-                    offset,
-                    len,
-                    addr,
-                    rkey,
-                } = msg
-                else {
-                    ended_by = Some(msg);
+            while let Some(item) = waiting.front() {
+                if queue.len() >= WRITE_DEPTH
+                    || (bounced > 0 && bounced + bounce_size(item.len) > BOUNCE_BYTES)
+                {
                     break;
-                };
-                let buf = free
-                    .pop()
-                    .expect("a write is taken only with a free buffer");
+                }
+                let item = waiting.pop_front().expect("checked");
                 // A file cut short since the last request: its windows go before this write
                 // picks one (their pages past the cut are no longer the file's).
                 self.check_truncations()?;
@@ -491,19 +515,27 @@ impl Connection {
                 // overlapping writes still land in request order.
                 let bounced_ahead = queue
                     .iter()
-                    .any(|(_, p, _)| matches!(p, Ok(w) if !w.in_place));
-                let posted = self.post_write(buf, offset, len, (addr, rkey), !bounced_ahead)?;
-                queue.push_back((buf, posted, started));
-                if !free.is_empty() && self.ep.has_message()? {
-                    incoming = Some(self.ep.recv()?);
+                    .any(|(p, ..)| matches!(p, Ok(w) if w.bounce.is_some()));
+                let posted = self.post_write(&item, !bounced_ahead)?;
+                if let Ok(PostedRead {
+                    bounce: Some(size), ..
+                }) = &posted
+                {
+                    bounced += size;
+                }
+                queue.push_back((posted, started, item.part));
+                if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
+                    ended_by = take_writes(self.ep.recv()?, &mut waiting);
                 }
             }
-            let Some((buf, posted, started)) = queue.pop_front() else {
+            let Some((posted, started, part)) = queue.pop_front() else {
                 break;
             };
-            match posted {
+            let answer = match posted {
                 Ok(PostedRead {
-                    wr, mut landing, ..
+                    wr,
+                    mut landing,
+                    bounce,
                 }) => {
                     let len = landing.len();
                     if len > 0 {
@@ -512,7 +544,7 @@ impl Connection {
                             ReadTarget::Buffer(landed) => {
                                 let bytes = &landed.bytes()[..len as usize];
                                 self.session.put(&mut landing, bytes)?;
-                                self.bounce[buf] = Some(landed);
+                                self.give_back_bounce(landed);
                             }
                             ReadTarget::Window(..) => {
                                 self.session.placed(&mut landing)?;
@@ -523,42 +555,42 @@ impl Connection {
                             }
                         }
                     }
+                    bounced -= bounce.unwrap_or(0);
                     self.session.gate().landed(&landing);
-                    self.ep.send(&landing.answer())?;
                     self.count_rdma(len);
                     self.session
                         .served(DataOp::Write, landing.written(), started);
+                    landing.answer()
                 }
-                Err(e) => self.ep.send(&e.to_message())?,
+                Err(e) => e.to_message(),
+            };
+            if let Some(answer) = batch.add(part, answer) {
+                self.ep.send(&answer)?;
             }
-            free.push(buf);
-            if ended_by.is_none() && self.ep.has_message()? {
-                incoming = Some(self.ep.recv()?);
+            if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
+                ended_by = take_writes(self.ep.recv()?, &mut waiting);
             }
         }
         Ok(ended_by)
     }
 
-    /// Checks one write request and posts the RDMA READ of its bytes into bounce buffer
-    /// `buf`. `Ok(Err(..))` is a refusal to answer in its turn.
-    fn post_write(
-        &mut self,
-        buf: usize,
-        offset: u64,
-        len: u64,
-        remote: (u64, u32),
-        may_place: bool,
-    ) -> Result<PostedWrite, DataError> {
+    /// Checks one write request and posts the RDMA READ of its bytes, into the file's pages
+    /// where `may_place` and a window takes them, else into a bounce buffer. `Ok(Err(..))` is
+    /// a refusal to answer in its turn.
+    fn post_write(&mut self, item: &WriteItem, may_place: bool) -> Result<PostedWrite, DataError> {
+        let WriteItem {
+            offset,
+            len,
+            remote,
+            ..
+        } = *item;
         let landing = match self.session.gate().write(offset, len, Some(remote.0)) {
             Ok(l) => l,
             Err(e) => return Ok(Err(e)),
         };
-        if self.bounce.len() <= buf {
-            self.bounce.resize_with(buf + 1, || None);
-        }
         let wr = self.next_wr;
         self.next_wr += 1;
-        let mut in_place = false;
+        let mut bounce = None;
         if len > 0 {
             // Zero-copy where the file's pages can take the bytes (tmpfs, inside the file);
             // else a bounce buffer, the endpoint's until `writes` takes it back.
@@ -573,21 +605,43 @@ impl Connection {
             };
             let target = match window {
                 Some((window, at)) => ReadTarget::Window(window, at),
-                None => ReadTarget::Buffer(match self.bounce[buf].take() {
-                    Some(mr) => mr,
-                    None => {
-                        MemoryRegion::alloc(&self.ep.pd, MAX_REQUEST as usize, Access::LOCAL_WRITE)?
-                    }
-                }),
+                None => {
+                    let size = bounce_size(len);
+                    bounce = Some(size);
+                    ReadTarget::Buffer(self.take_bounce(size)?)
+                }
             };
-            in_place = matches!(target, ReadTarget::Window(..));
             self.ep.post_read_into(wr, target, len as usize, remote)?;
         }
         Ok(Ok(PostedRead {
             wr,
             landing,
-            in_place,
+            bounce,
         }))
+    }
+
+    /// A free bounce buffer of at least `size` bytes (the smallest such), or a new one.
+    fn take_bounce(&mut self, size: usize) -> Result<MemoryRegion, DataError> {
+        let fits = self
+            .bounce
+            .iter()
+            .enumerate()
+            .filter(|(_, mr)| mr.len() >= size)
+            .min_by_key(|(_, mr)| mr.len())
+            .map(|(i, _)| i);
+        match fits {
+            Some(i) => Ok(self.bounce.swap_remove(i)),
+            None => Ok(MemoryRegion::alloc(&self.ep.pd, size, Access::LOCAL_WRITE)?),
+        }
+    }
+
+    /// Keeps a bounce buffer for later writes, unless the free ones already hold
+    /// [`BOUNCE_BYTES`] (it is deregistered then).
+    fn give_back_bounce(&mut self, mr: MemoryRegion) {
+        let kept: usize = self.bounce.iter().map(MemoryRegion::len).sum();
+        if kept + mr.len() <= BOUNCE_BYTES {
+            self.bounce.push(mr);
+        }
     }
 
     fn map_file(&mut self, access: DirectAccess) -> Result<(), DataError> {
@@ -641,9 +695,110 @@ type PostedWrite = Result<PostedRead, Error>;
 struct PostedRead {
     wr: u64,
     landing: Landing,
-    /// Its bytes land straight in the file's pages (no bounce buffer, no pwrite).
-    in_place: bool,
+    /// The size of the bounce buffer its bytes land in; None: straight in the file's pages
+    /// (no bounce buffer, no pwrite).
+    bounce: Option<usize>,
 }
 
-/// RDMA writes whose READs a connection keeps in flight at once.
-const WRITE_DEPTH: usize = 8;
+/// One write request of a run: `len` bytes from the client's `remote` buffer at `offset`.
+struct WriteItem {
+    offset: u64,
+    len: u64,
+    remote: (u64, u32),
+    part: Part,
+}
+
+/// Whom a write request's answer goes to.
+#[derive(Clone, Copy)]
+enum Part {
+    /// An `RdmaWrite`: its own answer.
+    Alone,
+    /// An item of an `RdmaWriteMany`: the batch's answer, sent after its last item.
+    Batch { last: bool },
+}
+
+/// The answer to a write batch, gathered item by item: the total written, or the first
+/// refusal.
+#[derive(Default)]
+struct BatchAnswer {
+    written: u64,
+    refusal: Option<Message>,
+}
+
+impl BatchAnswer {
+    /// Takes one write's answer; returns what to send now, if anything.
+    fn add(&mut self, part: Part, answer: Message) -> Option<Message> {
+        let last = match part {
+            Part::Alone => return Some(answer),
+            Part::Batch { last } => last,
+        };
+        match answer {
+            Message::Written { len } => self.written += len,
+            refusal => {
+                self.refusal.get_or_insert(refusal);
+            }
+        }
+        last.then(|| {
+            let this = std::mem::take(self);
+            this.refusal
+                .unwrap_or(Message::Written { len: this.written })
+        })
+    }
+}
+
+/// Queues the write requests of `msg`; returns it if it is no write (it ends the run).
+fn take_writes(msg: Message, into: &mut VecDeque<WriteItem>) -> Option<Message> {
+    match msg {
+        Message::RdmaWrite {
+            offset,
+            len,
+            addr,
+            rkey,
+        } => into.push_back(WriteItem {
+            offset,
+            len,
+            remote: (addr, rkey),
+            part: Part::Alone,
+        }),
+        Message::RdmaWriteMany { rkey, items } => {
+            let count = items.len();
+            if count == 0 {
+                // Nothing to write: answered at once, in its turn, as an empty write.
+                into.push_back(WriteItem {
+                    offset: 0,
+                    len: 0,
+                    remote: (0, rkey),
+                    part: Part::Batch { last: true },
+                });
+            }
+            for (i, span) in items.into_iter().enumerate() {
+                into.push_back(WriteItem {
+                    offset: span.offset,
+                    len: span.len,
+                    remote: (span.addr, rkey),
+                    part: Part::Batch {
+                        last: i + 1 == count,
+                    },
+                });
+            }
+        }
+        other => return Some(other),
+    }
+    None
+}
+
+/// The bounce buffer a write of `len` bytes takes: a power of two from 64 KiB, so buffers of
+/// a few sizes serve every request.
+fn bounce_size(len: u64) -> usize {
+    // (A length past the cap is refused before any buffer is taken; min first, so no
+    // length a peer sends can overflow the rounding.)
+    (len.min(MAX_REQUEST) as usize)
+        .next_power_of_two()
+        .clamp(64 << 10, MAX_REQUEST as usize)
+}
+
+/// Write requests a connection keeps in flight at once.
+const WRITE_DEPTH: usize = 64;
+/// Bytes of bounce buffers a connection's writes in flight may hold (the most one request
+/// can move, eight times), and that it keeps registered for later ones.
+const BOUNCE_BYTES: usize = 8 * MAX_REQUEST as usize;
