@@ -70,6 +70,19 @@ async fn rdma_handle(server: &TestServer, who: &TestClient, key: &str, direct: b
         .unwrap()
 }
 
+/// The server's RDMA data endpoints, as its control channel lists them.
+async fn rdma_addrs(control: &mut Client) -> Vec<std::net::SocketAddr> {
+    control
+        .endpoints()
+        .await
+        .unwrap()
+        .list
+        .iter()
+        .filter(|e| e.kind == handoff_core::wire::EndpointKind::Rdma)
+        .filter_map(|e| e.addr.parse().ok())
+        .collect()
+}
+
 fn report(out: &Out) -> serde_json::Value {
     let line = out
         .stderr
@@ -624,15 +637,7 @@ fn killing_the_control_channel_mid_transfer_leaves_the_transfer_and_the_open_int
     let pattern = random_bytes(24 << 20, 27);
     rt.block_on(async {
         let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
-        let addrs = control
-            .endpoints()
-            .await
-            .unwrap()
-            .list
-            .iter()
-            .filter(|e| e.kind == handoff_core::wire::EndpointKind::Rdma)
-            .filter_map(|e| e.addr.parse().ok())
-            .collect();
+        let addrs = rdma_addrs(&mut control).await;
         let sealed = handoff::parse_key(&key).unwrap();
         let mut h =
             handoff::data::RdmaHandle::connect(addrs, &c1.identity, &sealed, false, 16 << 20)
@@ -712,6 +717,79 @@ fn a_refused_rdma_read_leaves_no_stale_replies_for_the_next_one() {
             assert!(after.to_string().contains("abandoned"), "{after}");
         });
     }
+}
+
+#[test]
+#[ignore = "needs RDMA devices: run through hw-setup/test-rdma.sh (the rxe guest)"]
+fn four_kib_requests_go_many_to_a_message_and_keep_every_rule_of_single_ones() {
+    let Some(ips) = rdma_ips() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let server = start(&[&c1, &c2], &ips, 1, &[]);
+    let path = server.root().join("f");
+    let mut data = random_bytes((3 << 20) + 1234, 41);
+    std::fs::write(&path, &data).unwrap();
+    let key = server.cli(&c1).open(&["f", "--mode", "rw"]);
+    let sealed = handoff::parse_key(&key).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut control = Client::connect(&server.addr, &c1.identity).await.unwrap();
+        let addrs = rdma_addrs(&mut control).await;
+        // 4 KiB requests: 32 to a message, two messages in flight.
+        let h = handoff::data::RdmaHandle::connect(addrs, &c1.identity, &sealed, false, 4096)
+            .await
+            .unwrap();
+        let mut h = DataHandle::Rdma(Box::new(h));
+        let read = read_range;
+        // Whole file; an unaligned span; the end of the file inside a batch (the item that
+        // meets it is short, every later one empty, and nothing after it is delivered).
+        assert_eq!(sha256(&read(&mut h, 0, u64::MAX).await), sha256(&data));
+        assert_eq!(read(&mut h, 1000, 300_001).await, data[1000..301_001]);
+        let tail = data.len() as u64 - 10_000;
+        assert_eq!(read(&mut h, tail, 1 << 20).await, data[tail as usize..]);
+
+        // Writes inside the file (into its pages) and past its end (through bounce buffers).
+        let inside = random_bytes((2 << 20) + 77, 42);
+        h.write_at(5000, &inside).await.unwrap();
+        data[5000..5000 + inside.len()].copy_from_slice(&inside);
+        let past = random_bytes(300 << 10, 43);
+        let end = data.len() - 100;
+        h.write_at(end as u64, &past).await.unwrap();
+        data.truncate(end);
+        data.extend_from_slice(&past);
+        h.flush().await.unwrap();
+        assert_eq!(sha256(&std::fs::read(&path).unwrap()), sha256(&data));
+
+        // Another open locks one page in the middle of a batch: the read and the write that
+        // reach it are refused, and the next calls on the same handle get their own answers.
+        server
+            .cli(&c2)
+            .open(&["f", "--mode", "rw", "--lock", "40960:4096"]);
+        let refused = h.read_to(0, 1 << 20, &mut |_| Ok(())).await.unwrap_err();
+        assert!(refused.to_string().contains("locked"), "{refused}");
+        assert_eq!(
+            read(&mut h, 1 << 20, 64 << 10).await,
+            data[1 << 20..(1 << 20) + (64 << 10)]
+        );
+        let refused = h.write_at(0, &vec![7u8; 1 << 20]).await.unwrap_err();
+        assert!(refused.to_string().contains("locked"), "{refused}");
+        let again = random_bytes(64 << 10, 44);
+        h.write_at(2 << 20, &again).await.unwrap();
+        data[2 << 20..(2 << 20) + again.len()].copy_from_slice(&again);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(
+            on_disk[40960..45056],
+            data[40960..45056],
+            "a locked page was written"
+        );
+        assert_eq!(on_disk[2 << 20..], data[2 << 20..]);
+    });
+    // Each 4 KiB request was its own RDMA operation, and counted as one.
+    let s = stats(&server, &c1);
+    assert!(
+        s["rdma_requests"].as_u64().unwrap() > 2 * ((3 << 20) / 4096),
+        "{s}"
+    );
 }
 
 #[test]

@@ -739,3 +739,23 @@ pub struct DirectRevoked;
 pub fn is_revoked(e: &DataError) -> bool {
     matches!(e, DataError::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<DirectRevoked>()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_requests_go_many_to_a_message_with_two_messages_in_flight() {
+        let g = |request| {
+            let g = Geometry::new(request);
+            (g.request, g.batch, g.depth, g.slots() * g.request)
+        };
+        // (bytes per request, per message, in flight, registered)
+        assert_eq!(g(100), (4096, 32, 64, 512 << 10));
+        assert_eq!(g(4096), (4096, 32, 64, 512 << 10));
+        assert_eq!(g(64 << 10), (64 << 10, 4, 8, 1 << 20));
+        assert_eq!(g(256 << 10), (256 << 10, 1, 8, 4 << 20));
+        assert_eq!(g(CHUNK), (CHUNK, 1, DEPTH, SLOTS * CHUNK));
+        assert_eq!(g(usize::MAX).0, CHUNK);
+    }
+}

@@ -14,8 +14,8 @@ use handoff_core::Error;
 use super::cm::{CmId, EventChannel};
 use super::verbs::Wait;
 use super::verbs::{
-    Access, Completion, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, SendOp,
-    MAX_SEND_WR,
+    Access, Completion, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, SendChain,
+    SendOp, MAX_SEND_WR,
 };
 use crate::DataError;
 use rdma_sys::rdma_cm_event_type::{RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_DISCONNECTED};
@@ -60,6 +60,9 @@ pub struct Endpoint {
     sq_done: u64,
     /// Unsignaled posts since the last signaled one.
     unsignaled_run: u64,
+    /// Work requests numbered but not yet handed to the device: they go together, with the
+    /// next SEND or before the next look at the completion queue (one doorbell for many).
+    chain: SendChain,
     /// Signaled RDMA requests outstanding, by work request id. (A few at a time: a short
     /// list beats hashing on this path.)
     rdma_wrs: Vec<u64>,
@@ -135,6 +138,7 @@ impl Endpoint {
             signaled: VecDeque::new(),
             sq_done: 0,
             unsignaled_run: 0,
+            chain: SendChain::default(),
             rdma_wrs: Vec::new(),
             cq,
             pd,
@@ -165,6 +169,8 @@ impl Endpoint {
     /// Takes completions and sorts them: at once (`wait` None), or blocking for at least one
     /// for up to the given time (forever if that is None). Returns false if none came in time.
     fn pump_for(&mut self, wait: Option<Option<std::time::Duration>>) -> Result<bool, DataError> {
+        // Whatever is awaited may be in the chain still.
+        self.ring()?;
         self.wcs.clear();
         if let Some(limit) = wait {
             match self
@@ -241,7 +247,7 @@ impl Endpoint {
         // SAFETY: `send_buf` is dropped after the QP (field order); this slot is written
         // again only once its completion came back to `free_send` (signaled SEND).
         unsafe {
-            self.qp.post_send(
+            self.chain.push(
                 TAG_SEND | slot as u64,
                 SendOp::Send,
                 &self.send_buf,
@@ -251,6 +257,15 @@ impl Endpoint {
                 true,
             )?
         };
+        // A message goes now, with the RDMA requests before it.
+        self.ring()
+    }
+
+    /// Hands the device every work request numbered so far (one doorbell).
+    fn ring(&mut self) -> Result<(), DataError> {
+        if !self.chain.is_empty() {
+            self.qp.post_chain(&mut self.chain)?;
+        }
         Ok(())
     }
 
@@ -285,6 +300,7 @@ impl Endpoint {
     /// whose host died or whose path is cut fails it after the QP's ack timeout and retries.
     pub fn probe(&mut self, within: std::time::Duration) -> Result<(), DataError> {
         self.next_post(true)?;
+        self.ring()?;
         self.qp.post_probe(TAG_PROBE)?;
         let deadline = std::time::Instant::now() + within;
         while !self.finished.remove(&TAG_PROBE) {
@@ -321,7 +337,7 @@ impl Endpoint {
     /// Posts an RDMA WRITE or READ between `local[offset..offset+len]` and the peer's memory.
     ///
     /// # Safety
-    /// As [`QueuePair::post_send`]: the region stays registered, and its bytes unchanged
+    /// As [`SendChain::push`]: the region stays registered, and its bytes unchanged
     /// (WRITE) or unread (READ), until this work request's completion (or a later signaled
     /// one on this endpoint) has been taken with [`Endpoint::wait_for`] or
     /// [`Endpoint::drain_sends`], or the endpoint is gone. Posting is therefore `unsafe`:
@@ -357,10 +373,10 @@ impl Endpoint {
         self.check_wr(wr_id)?;
         let (mr, offset, len) = local;
         let (_, wr_id, signaled) = self.next_rdma_post(wr_id, signaled)?;
-        // SAFETY: this function's contract is the same as post_send's.
+        // SAFETY: this function's contract is the same as push's.
         unsafe {
-            self.qp
-                .post_send(wr_id, op, mr, offset, len, Some(remote), signaled)?
+            self.chain
+                .push(wr_id, op, mr, offset, len, Some(remote), signaled)?
         };
         Ok(())
     }
@@ -385,6 +401,7 @@ impl Endpoint {
     /// [`SIGNAL_EVERY`] unsignaled ones.
     fn next_post(&mut self, signaled: bool) -> Result<(u64, bool), DataError> {
         while self.posted - self.sq_done >= u64::from(MAX_SEND_WR) {
+            // (Rings first: what it waits for may not have been handed to the device yet.)
             self.pump(true)?;
         }
         self.posted += 1;
@@ -433,7 +450,7 @@ impl Endpoint {
         // been polled, or the endpoint is dropped, whose QP goes first (field order); through
         // a shared `Arc` its bytes cannot be changed meanwhile.
         unsafe {
-            self.qp.post_send(
+            self.chain.push(
                 wr_id,
                 SendOp::Write,
                 mr,
@@ -474,8 +491,8 @@ impl Endpoint {
         // A window is file memory no Rust code reads through a reference (only the device
         // touches it), so bytes landing there race with nothing in this process.
         unsafe {
-            self.qp
-                .post_send(wr_id, SendOp::Read, mr, at, len, Some(remote), true)?
+            self.chain
+                .push(wr_id, SendOp::Read, mr, at, len, Some(remote), true)?
         };
         self.reading.push((wr_id, target));
         Ok(())

@@ -367,17 +367,67 @@ impl QueuePair {
         Ok(())
     }
 
-    /// Posts one send-queue work request: SEND, RDMA WRITE or RDMA READ.
+    /// Posts every request of `chain` in order with one `ibv_post_send`, and empties it.
+    /// (Safe: each request's contract was taken when it was pushed.) On an error, requests
+    /// before the failed one may have been posted: the QP is not to be used further.
+    pub fn post_chain(&self, chain: &mut SendChain) -> io::Result<()> {
+        let n = chain.wrs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        // Linked only now: the vectors do not move until the call returns.
+        for i in 0..n {
+            chain.wrs[i].sg_list = &mut chain.sges[i];
+            chain.wrs[i].next = if i + 1 < n {
+                &mut chain.wrs[i + 1]
+            } else {
+                ptr::null_mut()
+            };
+        }
+        let mut bad: *mut ibv_send_wr = ptr::null_mut();
+        // SAFETY: live QP; the list is linked through the chain's own vectors, alive and
+        // unmoved for the call; each sge names registered memory its pusher keeps alive
+        // until the request completes (`SendChain::push`'s contract).
+        let rc = unsafe { ibv_post_send(self.raw, chain.wrs.as_mut_ptr(), &mut bad) };
+        chain.wrs.clear();
+        chain.sges.clear();
+        if rc != 0 {
+            return Err(post_failed(rc));
+        }
+        Ok(())
+    }
+}
+
+/// Send-queue work requests gathered to go to the device together: one `ibv_post_send`, so
+/// one doorbell (a system call with rxe) for all of them instead of one each.
+#[derive(Default)]
+pub struct SendChain {
+    wrs: Vec<ibv_send_wr>,
+    sges: Vec<ibv_sge>,
+}
+
+// SAFETY: the raw pointers in the requests point into this chain's own vectors (linked only
+// while posting) or are null, or name registered memory (which any thread may hand the
+// device).
+unsafe impl Send for SendChain {}
+
+impl SendChain {
+    pub fn is_empty(&self) -> bool {
+        self.wrs.is_empty()
+    }
+
+    /// Adds one send-queue work request: SEND, RDMA WRITE or RDMA READ of
+    /// `mr[offset..offset + len]` (to or from `remote`, an address and rkey, for RDMA).
     ///
     /// # Safety
-    /// The device reads (SEND, RDMA WRITE) or writes (RDMA READ) `mr[offset..offset + len]`
-    /// at some point until the work request completes. The caller must keep `mr` registered,
-    /// and not change (SEND, WRITE) or read (READ) those bytes, until it has polled that
-    /// completion, or a later signaled one on the same QP (completions come in order), or the
-    /// QP is destroyed.
+    /// Once the chain is posted, the device reads (SEND, RDMA WRITE) or writes (RDMA READ)
+    /// those bytes at some point until the work request completes. The caller must keep `mr`
+    /// registered, and not change (SEND, WRITE) or read (READ) those bytes, from now until it
+    /// has polled that completion, or a later signaled one on the QP the chain is posted on
+    /// (completions come in order), or that QP is destroyed.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn post_send(
-        &self,
+    pub unsafe fn push(
+        &mut self,
         wr_id: u64,
         op: SendOp,
         mr: &MemoryRegion,
@@ -387,42 +437,43 @@ impl QueuePair {
         signaled: bool,
     ) -> io::Result<()> {
         let (addr, lkey) = mr.slice_for_wr(offset, len)?;
-        let mut sge = ibv_sge {
+        self.sges.push(ibv_sge {
             addr,
             length: len as u32,
             lkey,
-        };
-        // SAFETY: plain C struct; zero is valid for unused fields and unions.
-        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = wr_id;
-        wr.sg_list = &mut sge;
-        wr.num_sge = 1;
-        wr.opcode = match op {
-            SendOp::Send => ibv_wr_opcode::IBV_WR_SEND,
-            SendOp::Write => ibv_wr_opcode::IBV_WR_RDMA_WRITE,
-            SendOp::Read => ibv_wr_opcode::IBV_WR_RDMA_READ,
-        };
-        wr.send_flags = if signaled {
-            ibv_send_flags::IBV_SEND_SIGNALED.0
-        } else {
-            0
-        };
-        if let Some((remote_addr, rkey)) = remote {
-            wr.wr.rdma = rdma_t { remote_addr, rkey };
-        }
-        let mut bad: *mut ibv_send_wr = ptr::null_mut();
-        // SAFETY: live QP; the sge names memory inside a registered MR (checked by
-        // slice_for_wr) that the caller keeps alive until the work request completes (this
-        // function's contract).
-        let rc = unsafe { ibv_post_send(self.raw, &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err(io::Error::new(
-                io::Error::from_raw_os_error(rc).kind(),
-                format!("ibv_post_send: {}", io::Error::from_raw_os_error(rc)),
-            ));
-        }
+        });
+        self.wrs.push(send_wr(wr_id, op, remote, signaled));
         Ok(())
     }
+}
+
+/// A send-queue work request with one scatter/gather entry (the caller points to it).
+fn send_wr(wr_id: u64, op: SendOp, remote: Option<(u64, u32)>, signaled: bool) -> ibv_send_wr {
+    // SAFETY: plain C struct; zero is valid for unused fields and unions.
+    let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
+    wr.wr_id = wr_id;
+    wr.num_sge = 1;
+    wr.opcode = match op {
+        SendOp::Send => ibv_wr_opcode::IBV_WR_SEND,
+        SendOp::Write => ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+        SendOp::Read => ibv_wr_opcode::IBV_WR_RDMA_READ,
+    };
+    wr.send_flags = if signaled {
+        ibv_send_flags::IBV_SEND_SIGNALED.0
+    } else {
+        0
+    };
+    if let Some((remote_addr, rkey)) = remote {
+        wr.wr.rdma = rdma_t { remote_addr, rkey };
+    }
+    wr
+}
+
+fn post_failed(rc: i32) -> io::Error {
+    io::Error::new(
+        io::Error::from_raw_os_error(rc).kind(),
+        format!("ibv_post_send: {}", io::Error::from_raw_os_error(rc)),
+    )
 }
 
 impl Drop for QueuePair {

@@ -410,14 +410,17 @@ impl Connection {
         Ok(())
     }
 
-    fn check_truncations(&mut self) -> Result<(), DataError> {
+    /// Drops the file's windows if a file was cut short through this server since they were
+    /// taken; returns whether it did.
+    fn check_truncations(&mut self) -> Result<bool, DataError> {
         let now = self.shared.truncations.load(Ordering::SeqCst);
         if now != self.truncations {
             self.ep.drain_sends()?;
             self.windows.reset(now);
             self.truncations = now;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Bytes moved by work requests this server posted (never by direct-mode reads).
@@ -497,6 +500,12 @@ impl Connection {
         let mut queue: VecDeque<(PostedWrite, Instant, Part)> = VecDeque::new();
         let mut batch = BatchAnswer::default();
         let mut bounced = 0usize;
+        // The file's size, looked up once per message (and after a truncation) where a
+        // window could take its bytes.
+        let mut size = None;
+        // Bytes placed in the file's pages whose modification time is not set yet: it is,
+        // once, before the next answer.
+        let mut untouched = false;
         let mut ended_by = take_writes(first, &mut waiting);
         loop {
             while let Some(item) = waiting.front() {
@@ -508,7 +517,9 @@ impl Connection {
                 let item = waiting.pop_front().expect("checked");
                 // A file cut short since the last request: its windows go before this write
                 // picks one (their pages past the cut are no longer the file's).
-                self.check_truncations()?;
+                if self.check_truncations()? {
+                    size = None;
+                }
                 let started = Instant::now();
                 // Bytes put in place land when their READ completes, a bounced write's only at
                 // its turn: after a bounced write, the rest of the run bounces too, so
@@ -516,7 +527,7 @@ impl Connection {
                 let bounced_ahead = queue
                     .iter()
                     .any(|(p, ..)| matches!(p, Ok(w) if w.bounce.is_some()));
-                let posted = self.post_write(&item, !bounced_ahead)?;
+                let posted = self.post_write(&item, !bounced_ahead, &mut size)?;
                 if let Ok(PostedRead {
                     bounce: Some(size), ..
                 }) = &posted
@@ -526,6 +537,7 @@ impl Connection {
                 queue.push_back((posted, started, item.part));
                 if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
                     ended_by = take_writes(self.ep.recv()?, &mut waiting);
+                    size = None;
                 }
             }
             let Some((posted, started, part)) = queue.pop_front() else {
@@ -547,7 +559,11 @@ impl Connection {
                                 self.give_back_bounce(landed);
                             }
                             ReadTarget::Window(..) => {
-                                self.session.placed(&mut landing)?;
+                                untouched = true;
+                                if let Err(e) = self.session.placed(&mut landing) {
+                                    touch_modified(self.session.file());
+                                    return Err(e.into());
+                                }
                                 self.shared
                                     .stats
                                     .rdma_in_place_bytes
@@ -565,10 +581,15 @@ impl Connection {
                 Err(e) => e.to_message(),
             };
             if let Some(answer) = batch.add(part, answer) {
+                if std::mem::take(&mut untouched) {
+                    // The bytes came without a write(2): the file's times are ours to set.
+                    touch_modified(self.session.file());
+                }
                 self.ep.send(&answer)?;
             }
             if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
                 ended_by = take_writes(self.ep.recv()?, &mut waiting);
+                size = None;
             }
         }
         Ok(ended_by)
@@ -577,7 +598,13 @@ impl Connection {
     /// Checks one write request and posts the RDMA READ of its bytes, into the file's pages
     /// where `may_place` and a window takes them, else into a bounce buffer. `Ok(Err(..))` is
     /// a refusal to answer in its turn.
-    fn post_write(&mut self, item: &WriteItem, may_place: bool) -> Result<PostedWrite, DataError> {
+    /// `size` is the file's, if known (looked up here if a window could take the bytes).
+    fn post_write(
+        &mut self,
+        item: &WriteItem,
+        may_place: bool,
+        size: &mut Option<u64>,
+    ) -> Result<PostedWrite, DataError> {
         let WriteItem {
             offset,
             len,
@@ -598,7 +625,10 @@ impl Connection {
             // can be checked again (a bounced write checks it before its pwrite). The file's
             // size is looked up only where a window could take the bytes.
             let window = if may_place && !self.shared.is_leased() && self.windows.places_writes() {
-                let size = self.session.file().metadata()?.len();
+                let size = match *size {
+                    Some(n) => n,
+                    None => *size.insert(self.session.file().metadata()?.len()),
+                };
                 self.windows.target(offset, len, size)
             } else {
                 None
@@ -802,3 +832,27 @@ const WRITE_DEPTH: usize = 64;
 /// Bytes of bounce buffers a connection's writes in flight may hold (the most one request
 /// can move, eight times), and that it keeps registered for later ones.
 const BOUNCE_BYTES: usize = 8 * MAX_REQUEST as usize;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_batch_is_answered_once_after_its_last_item_with_the_first_refusal() {
+        let written = |len| Message::Written { len };
+        let refusal = |why: &str| Error::bad_request(why.to_string()).to_message();
+        let mut b = BatchAnswer::default();
+        assert_eq!(b.add(Part::Alone, written(5)), Some(written(5)));
+        let first = Part::Batch { last: false };
+        let last = Part::Batch { last: true };
+        assert_eq!(b.add(first, written(4096)), None);
+        assert_eq!(b.add(first, written(4096)), None);
+        assert_eq!(b.add(last, written(100)), Some(written(8292)));
+        // A refusal in the middle is the answer; the next batch starts afresh.
+        assert_eq!(b.add(first, written(1)), None);
+        assert_eq!(b.add(first, refusal("one")), None);
+        assert_eq!(b.add(first, refusal("two")), None);
+        assert_eq!(b.add(last, written(1)), Some(refusal("one")));
+        assert_eq!(b.add(last, written(7)), Some(written(7)));
+    }
+}

@@ -126,11 +126,11 @@ impl DataSession {
     }
 
     /// A checked write's whole payload was placed in the file's pages by the adapter
-    /// (zero-copy, see `FileWindows::target`): counted as written, and the file's
-    /// modification time set as a write(2) would. A node whose lease lapsed while the bytes
-    /// moved ends the session, as [`DataSession::put`] does.
+    /// (zero-copy, see `FileWindows::target`): counted as written. The adapter sets the
+    /// file's modification time ([`touch_modified`]) before it answers, once for however
+    /// many writes it answers at a time. A node whose lease lapsed while the bytes moved ends
+    /// the session, as [`DataSession::put`] does.
     pub fn placed(&self, landing: &mut Landing) -> Result<(), Error> {
-        touch_modified(&self.file);
         landing.received = landing.len;
         landing.written = landing.len;
         if let Err(e) = self.gate.shared.writable() {
