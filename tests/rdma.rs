@@ -749,6 +749,8 @@ fn four_kib_requests_go_many_to_a_message_and_keep_every_rule_of_single_ones() {
         assert_eq!(read(&mut h, tail, 1 << 20).await, data[tail as usize..]);
 
         // Writes inside the file (into its pages) and past its end (through bounce buffers).
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
         let inside = random_bytes((2 << 20) + 77, 42);
         h.write_at(5000, &inside).await.unwrap();
         data[5000..5000 + inside.len()].copy_from_slice(&inside);
@@ -759,6 +761,7 @@ fn four_kib_requests_go_many_to_a_message_and_keep_every_rule_of_single_ones() {
         data.extend_from_slice(&past);
         h.flush().await.unwrap();
         assert_eq!(sha256(&std::fs::read(&path).unwrap()), sha256(&data));
+        assert!(std::fs::metadata(&path).unwrap().modified().unwrap() > modified);
 
         // Another open locks one page in the middle of a batch: the read and the write that
         // reach it are refused, and the next calls on the same handle get their own answers.
@@ -773,23 +776,47 @@ fn four_kib_requests_go_many_to_a_message_and_keep_every_rule_of_single_ones() {
         );
         let refused = h.write_at(0, &vec![7u8; 1 << 20]).await.unwrap_err();
         assert!(refused.to_string().contains("locked"), "{refused}");
-        let again = random_bytes(64 << 10, 44);
-        h.write_at(2 << 20, &again).await.unwrap();
-        data[2 << 20..(2 << 20) + again.len()].copy_from_slice(&again);
         let on_disk = std::fs::read(&path).unwrap();
         assert_eq!(
             on_disk[40960..45056],
             data[40960..45056],
             "a locked page was written"
         );
-        assert_eq!(on_disk[2 << 20..], data[2 << 20..]);
+        // The batch's other requests were each served on their own, as single ones are: the
+        // pages before the locked one were written.
+        assert!(on_disk[..40960].iter().all(|b| *b == 7));
+        data[..1 << 20].copy_from_slice(&on_disk[..1 << 20]);
+        // The next write is answered for its own bytes, not with a leftover answer.
+        let again = random_bytes(64 << 10, 44);
+        let mut rest = &again[..];
+        let written = h
+            .write_from(2 << 20, &mut |buf| {
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                Ok(n)
+            })
+            .await
+            .unwrap();
+        assert_eq!(written, again.len() as u64);
+        data[2 << 20..(2 << 20) + again.len()].copy_from_slice(&again);
+        assert_eq!(
+            sha256(&std::fs::read(&path).unwrap()),
+            sha256(&data),
+            "{} bytes",
+            data.len()
+        );
     });
-    // Each 4 KiB request was its own RDMA operation, and counted as one.
+    // Each 4 KiB request was its own RDMA operation, counted as one, and came with others in
+    // one message; writes inside the file went straight into its pages.
     let s = stats(&server, &c1);
+    let requests = s["rdma_requests"].as_u64().unwrap();
+    assert!(requests > 2 * ((3 << 20) / 4096), "{s}");
     assert!(
-        s["rdma_requests"].as_u64().unwrap() > 2 * ((3 << 20) / 4096),
+        s["rdma_batched_requests"].as_u64().unwrap() > requests * 9 / 10,
         "{s}"
     );
+    assert!(s["rdma_in_place_bytes"].as_u64().unwrap() >= 2 << 20, "{s}");
 }
 
 #[test]

@@ -32,6 +32,8 @@ Suites (--suites, comma separated; default all but mount):
 Options:
   --sizes LIST        bytes per request (default 4096,65536,1048576,16777216)
   --smoke             one size (1 MiB), small totals: checks the runner works, in seconds
+  --total BYTES       bytes per RDMA row (default 2048 requests, 16..128 MiB): larger to
+                      profile one case
   --runs N            runs per stream measurement, median kept (default 3; smoke 1)
   --clients LIST      concurrent clients (default 1,4,16,64)
   --many LIST         clients for the many suite (default 256,1000)
@@ -125,6 +127,7 @@ fn main() -> Result<()> {
     let mut work = PathBuf::from("/tmp/handoff-bench");
     let mut out = PathBuf::from("target/bench-results/results.json");
     let mut sizes_given = false;
+    let mut total = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut val = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -135,6 +138,7 @@ fn main() -> Result<()> {
                 sizes_given = true;
             }
             "--smoke" => smoke = true,
+            "--total" => total = Some(val()?.parse()?),
             "--runs" => runs = Some(val()?.parse()?),
             "--clients" => client_counts = list(&val()?)?,
             "--many" => many_counts = list(&val()?)?,
@@ -172,6 +176,7 @@ fn main() -> Result<()> {
         work,
         sizes,
         smoke,
+        total,
         identity,
         clients_file,
         rdma_ips,

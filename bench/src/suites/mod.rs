@@ -25,6 +25,8 @@ pub struct Ctx {
     pub sizes: Vec<u64>,
     /// Small totals and fewer points: keeps the runner from rotting, measures little.
     pub smoke: bool,
+    /// Bytes per row, instead of [`Ctx::total_for`]'s choice.
+    pub total: Option<u64>,
     pub identity: Identity,
     /// The identity as a clients file for handoffd.
     pub clients_file: PathBuf,
@@ -43,6 +45,9 @@ impl Ctx {
     /// Bytes moved per row at `size`: enough requests to reach a steady rate, bounded so the
     /// whole run stays within minutes on an emulated guest.
     pub fn total_for(&self, size: u64) -> u64 {
+        if let Some(total) = self.total {
+            return total.max(size);
+        }
         if self.smoke {
             return (16 << 20).max(size);
         }

@@ -15,7 +15,7 @@ use super::cm::{CmId, EventChannel};
 use super::verbs::Wait;
 use super::verbs::{
     Access, Completion, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, SendChain,
-    SendOp, MAX_SEND_WR,
+    SendOp, Sge, MAX_SEND_WR,
 };
 use crate::DataError;
 use rdma_sys::rdma_cm_event_type::{RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_DISCONNECTED};
@@ -240,23 +240,15 @@ impl Endpoint {
         }
         self.encode.clear();
         self.conv.seal(msg, &mut self.encode, SLOT)?;
-        self.next_post(true)?;
+        // (Room first: waiting for it only frees more slots, so the one taken stays free.)
+        self.room()?;
         let slot = self.free_send.pop().expect("checked non-empty");
         let dst = self.send_buf.bytes_mut().expect("owned buffer");
         dst[slot * SLOT..slot * SLOT + self.encode.len()].copy_from_slice(&self.encode);
+        let sge = self.send_buf.sge(slot * SLOT, self.encode.len())?;
         // SAFETY: `send_buf` is dropped after the QP (field order); this slot is written
         // again only once its completion came back to `free_send` (signaled SEND).
-        unsafe {
-            self.chain.push(
-                TAG_SEND | slot as u64,
-                SendOp::Send,
-                &self.send_buf,
-                slot * SLOT,
-                self.encode.len(),
-                None,
-                true,
-            )?
-        };
+        unsafe { self.queue(TAG_SEND | slot as u64, SendOp::Send, sge, None, true)? };
         // A message goes now, with the RDMA requests before it.
         self.ring()
     }
@@ -299,9 +291,10 @@ impl Endpoint {
     /// Checks the peer is still there: a zero-length RDMA WRITE it must acknowledge. A peer
     /// whose host died or whose path is cut fails it after the QP's ack timeout and retries.
     pub fn probe(&mut self, within: std::time::Duration) -> Result<(), DataError> {
-        self.next_post(true)?;
+        self.room()?;
         self.ring()?;
         self.qp.post_probe(TAG_PROBE)?;
+        self.record(true);
         let deadline = std::time::Instant::now() + within;
         while !self.finished.remove(&TAG_PROBE) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -372,12 +365,9 @@ impl Endpoint {
     ) -> Result<(), DataError> {
         self.check_wr(wr_id)?;
         let (mr, offset, len) = local;
-        let (_, wr_id, signaled) = self.next_rdma_post(wr_id, signaled)?;
+        let sge = mr.sge(offset, len)?;
         // SAFETY: this function's contract is the same as push's.
-        unsafe {
-            self.chain
-                .push(wr_id, op, mr, offset, len, Some(remote), signaled)?
-        };
+        unsafe { self.queue(wr_id, op, sge, Some(remote), signaled)? };
         Ok(())
     }
 
@@ -396,40 +386,53 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Numbers the next send-queue post, once the queue has room for it (waiting for
-    /// completions if not), and says whether it is signaled: as asked, or anyway after
-    /// [`SIGNAL_EVERY`] unsignaled ones.
-    fn next_post(&mut self, signaled: bool) -> Result<(u64, bool), DataError> {
+    /// Waits until the send queue has room for one more work request (counting those in
+    /// the chain: rings it first, as every wait does).
+    fn room(&mut self) -> Result<(), DataError> {
         while self.posted - self.sq_done >= u64::from(MAX_SEND_WR) {
-            // (Rings first: what it waits for may not have been handed to the device yet.)
             self.pump(true)?;
         }
+        Ok(())
+    }
+
+    /// Counts a work request handed to the device (or to the chain); returns its sequence
+    /// number.
+    fn record(&mut self, signaled: bool) -> u64 {
         self.posted += 1;
-        let signaled = signaled || self.unsignaled_run + 1 >= SIGNAL_EVERY;
         if signaled {
             self.signaled.push_back(self.posted);
             self.unsignaled_run = 0;
         } else {
             self.unsignaled_run += 1;
         }
-        Ok((self.posted, signaled))
+        self.posted
     }
 
-    /// Numbers an RDMA request (see [`Endpoint::next_post`]) and returns the id and
-    /// signaling to post it with: its own id, recorded as outstanding, if it was asked
-    /// signaled; [`TAG_MARK`] if it is signaled only for the queue's sake (that completion is
-    /// nobody's to wait for).
-    fn next_rdma_post(&mut self, wr_id: u64, asked: bool) -> Result<(u64, u64, bool), DataError> {
-        let (seq, signaled) = self.next_post(asked)?;
-        let id = if asked {
+    /// Queues one work request on the chain once the send queue has room for it. It is
+    /// signaled if `asked`, or anyway after [`SIGNAL_EVERY`] unsignaled ones (then under
+    /// [`TAG_MARK`]: that completion is nobody's to wait for); an RDMA request asked signaled
+    /// is recorded as outstanding under its id. Nothing is recorded for a request that could
+    /// not be queued. Returns its sequence number.
+    ///
+    /// # Safety
+    /// As [`SendChain::push`].
+    unsafe fn queue(
+        &mut self,
+        wr_id: u64,
+        op: SendOp,
+        sge: Sge,
+        remote: Option<(u64, u32)>,
+        asked: bool,
+    ) -> Result<u64, DataError> {
+        self.room()?;
+        let signaled = asked || self.unsignaled_run + 1 >= SIGNAL_EVERY;
+        let id = if signaled && !asked { TAG_MARK } else { wr_id };
+        // SAFETY: the caller's contract is push's.
+        unsafe { self.chain.push(id, op, sge, remote, signaled) };
+        if asked && wr_id & TAG_MASK == 0 {
             self.rdma_wrs.push(wr_id);
-            wr_id
-        } else if signaled {
-            TAG_MARK
-        } else {
-            wr_id
-        };
-        Ok((seq, id, signaled))
+        }
+        Ok(self.record(signaled))
     }
 
     /// Posts an RDMA WRITE of `local[offset..offset+len]` to the peer's `remote` (address,
@@ -445,21 +448,11 @@ impl Endpoint {
     ) -> Result<(), DataError> {
         self.check_wr(wr_id)?;
         let (mr, offset, len) = local;
-        let (seq, wr_id, signaled) = self.next_rdma_post(wr_id, signaled)?;
+        let sge = mr.sge(offset, len)?;
         // SAFETY: `mr` is held (below) until a completion of this post or a later one has
         // been polled, or the endpoint is dropped, whose QP goes first (field order); through
         // a shared `Arc` its bytes cannot be changed meanwhile.
-        unsafe {
-            self.chain.push(
-                wr_id,
-                SendOp::Write,
-                mr,
-                offset,
-                len,
-                Some(remote),
-                signaled,
-            )?
-        };
+        let seq = unsafe { self.queue(wr_id, SendOp::Write, sge, Some(remote), signaled)? };
         if !self.held.back().is_some_and(|(_, m)| Arc::ptr_eq(m, mr)) {
             self.held.push_back((seq, mr.clone()));
         } else if let Some(last) = self.held.back_mut() {
@@ -481,19 +474,15 @@ impl Endpoint {
         remote: (u64, u32),
     ) -> Result<(), DataError> {
         self.check_wr(wr_id)?;
-        self.next_rdma_post(wr_id, true)?;
-        let (mr, at) = match &target {
-            ReadTarget::Buffer(mr) => (mr, 0),
-            ReadTarget::Window(mr, at) => (&**mr, *at),
-        };
+        let sge = match &target {
+            ReadTarget::Buffer(mr) => mr.sge(0, len),
+            ReadTarget::Window(mr, at) => mr.sge(*at, len),
+        }?;
         // SAFETY: the region is held by the endpoint (`reading`) from here until this
         // request's completion is polled, or the endpoint is dropped, whose QP goes first.
         // A window is file memory no Rust code reads through a reference (only the device
         // touches it), so bytes landing there race with nothing in this process.
-        unsafe {
-            self.chain
-                .push(wr_id, SendOp::Read, mr, at, len, Some(remote), true)?
-        };
+        unsafe { self.queue(wr_id, SendOp::Read, sge, Some(remote), true)? };
         self.reading.push((wr_id, target));
         Ok(())
     }
@@ -523,6 +512,8 @@ impl Endpoint {
     /// Blocks until every SEND this side posted has completed (so regions the peer was told
     /// about are no longer referenced by posted work).
     pub fn drain_sends(&mut self) -> Result<(), DataError> {
+        // (Queued RDMA requests too: they complete before a SEND queued after them.)
+        self.ring()?;
         while self.free_send.len() < SEND_SLOTS {
             self.pump(true)?;
         }

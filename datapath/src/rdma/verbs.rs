@@ -375,20 +375,27 @@ impl QueuePair {
         if n == 0 {
             return Ok(());
         }
-        // Linked only now: the vectors do not move until the call returns.
+        // Linked only now, through one raw pointer per vector (taken once, so no later
+        // borrow invalidates the links): the vectors do not move until the call returns.
+        let wrs = chain.wrs.as_mut_ptr();
+        let sges = chain.sges.as_mut_ptr();
         for i in 0..n {
-            chain.wrs[i].sg_list = &mut chain.sges[i];
-            chain.wrs[i].next = if i + 1 < n {
-                &mut chain.wrs[i + 1]
-            } else {
-                ptr::null_mut()
-            };
+            // SAFETY: i < n = both vectors' length; the pointers stay inside them.
+            unsafe {
+                let wr = &mut *wrs.add(i);
+                wr.sg_list = sges.add(i);
+                wr.next = if i + 1 < n {
+                    wrs.add(i + 1)
+                } else {
+                    ptr::null_mut()
+                };
+            }
         }
         let mut bad: *mut ibv_send_wr = ptr::null_mut();
         // SAFETY: live QP; the list is linked through the chain's own vectors, alive and
         // unmoved for the call; each sge names registered memory its pusher keeps alive
         // until the request completes (`SendChain::push`'s contract).
-        let rc = unsafe { ibv_post_send(self.raw, chain.wrs.as_mut_ptr(), &mut bad) };
+        let rc = unsafe { ibv_post_send(self.raw, wrs, &mut bad) };
         chain.wrs.clear();
         chain.sges.clear();
         if rc != 0 {
@@ -396,6 +403,16 @@ impl QueuePair {
         }
         Ok(())
     }
+}
+
+/// A span of a registered region as a work request names it ([`MemoryRegion::sge`]): it
+/// refers to the region without borrowing it, so what keeps the region alive is up to whoever
+/// queues it ([`SendChain::push`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Sge {
+    addr: u64,
+    len: u32,
+    lkey: u32,
 }
 
 /// Send-queue work requests gathered to go to the device together: one `ibv_post_send`, so
@@ -416,34 +433,29 @@ impl SendChain {
         self.wrs.is_empty()
     }
 
-    /// Adds one send-queue work request: SEND, RDMA WRITE or RDMA READ of
-    /// `mr[offset..offset + len]` (to or from `remote`, an address and rkey, for RDMA).
+    /// Adds one send-queue work request: SEND, RDMA WRITE or RDMA READ of the bytes `sge`
+    /// names (to or from `remote`, an address and rkey, for RDMA).
     ///
     /// # Safety
     /// Once the chain is posted, the device reads (SEND, RDMA WRITE) or writes (RDMA READ)
-    /// those bytes at some point until the work request completes. The caller must keep `mr`
-    /// registered, and not change (SEND, WRITE) or read (READ) those bytes, from now until it
-    /// has polled that completion, or a later signaled one on the QP the chain is posted on
-    /// (completions come in order), or that QP is destroyed.
-    #[allow(clippy::too_many_arguments)]
+    /// those bytes at some point until the work request completes. The caller must keep
+    /// their region registered, and not change (SEND, WRITE) or read (READ) those bytes, from
+    /// now until it has polled that completion, or a later signaled one on the QP the chain
+    /// is posted on (completions come in order), or that QP is destroyed.
     pub unsafe fn push(
         &mut self,
         wr_id: u64,
         op: SendOp,
-        mr: &MemoryRegion,
-        offset: usize,
-        len: usize,
+        sge: Sge,
         remote: Option<(u64, u32)>,
         signaled: bool,
-    ) -> io::Result<()> {
-        let (addr, lkey) = mr.slice_for_wr(offset, len)?;
+    ) {
         self.sges.push(ibv_sge {
-            addr,
-            length: len as u32,
-            lkey,
+            addr: sge.addr,
+            length: sge.len,
+            lkey: sge.lkey,
         });
         self.wrs.push(send_wr(wr_id, op, remote, signaled));
-        Ok(())
     }
 }
 
@@ -608,6 +620,12 @@ impl MemoryRegion {
     }
 
     fn slice_for_wr(&self, offset: usize, len: usize) -> io::Result<(u64, u32)> {
+        let Sge { addr, lkey, .. } = self.sge(offset, len)?;
+        Ok((addr, lkey))
+    }
+
+    /// `self[offset..offset + len]` as a work request names it (checked to lie inside).
+    pub fn sge(&self, offset: usize, len: usize) -> io::Result<Sge> {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range overflows"))?;
@@ -617,7 +635,11 @@ impl MemoryRegion {
                 "work request outside its memory region",
             ));
         }
-        Ok((self.addr() + offset as u64, self.lkey()))
+        Ok(Sge {
+            addr: self.addr() + offset as u64,
+            len: len as u32,
+            lkey: self.lkey(),
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {

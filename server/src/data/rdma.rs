@@ -227,6 +227,11 @@ struct Connection {
     wants_direct: bool,
 }
 
+/// How long a connection thread waits for its next request before it counts the CPU its
+/// busy spell took ([`BusyCpu::idle`]): the counter is current once a connection is quiet
+/// this long.
+const SPELL_GAP: Duration = Duration::from_millis(20);
+
 /// How long a liveness probe may take: more than the QP's ack timeout and retries (about
 /// 2 s, see [`ACK_TIMEOUT`]), so only a completion that never comes hits it.
 const PROBE_WAIT: Duration = Duration::from_secs(15);
@@ -372,13 +377,20 @@ impl Connection {
         }
     }
 
-    /// The next request, if one comes within the probe interval. A thread about to wait
-    /// counts the CPU its busy spell took first.
+    /// The next request, if one comes within the probe interval. A thread that waited
+    /// [`SPELL_GAP`] with nothing to do counts the CPU its busy spell took, then waits on (a
+    /// shorter wait stays in the spell: a sleeping thread's CPU clock stands still, so the
+    /// count is the same, and a pipelined peer's next message usually comes sooner).
     fn next_request(&mut self) -> Result<Option<Message>, DataError> {
-        if !self.ep.has_message()? {
-            self.cpu.idle(&self.shared.stats.data_cpu_ns);
+        if self.ep.has_message()? {
+            return self.ep.recv_within(self.probe_every);
         }
-        self.ep.recv_within(self.probe_every)
+        if let Some(msg) = self.ep.recv_within(SPELL_GAP.min(self.probe_every))? {
+            return Ok(Some(msg));
+        }
+        self.cpu.idle(&self.shared.stats.data_cpu_ns);
+        self.ep
+            .recv_within(self.probe_every.saturating_sub(SPELL_GAP))
     }
 
     /// Direct writes `[offset, offset + len)` are done: makes them durable and counts them as
@@ -421,6 +433,14 @@ impl Connection {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Counts `n` requests that came in one message.
+    fn count_batched(&self, n: usize) {
+        self.shared
+            .stats
+            .rdma_batched_requests
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Bytes moved by work requests this server posted (never by direct-mode reads).
@@ -478,9 +498,15 @@ impl Connection {
     /// A batch of reads: each item served as an `RdmaRead` would be, in order, and one answer
     /// for all: the bytes each moved, or the first refusal (the items after it are not served).
     fn read_many(&mut self, rkey: u32, items: &[Span]) -> Result<(), DataError> {
-        let size = self.session.file().metadata()?.len();
+        self.count_batched(items.len());
+        let mut size = self.session.file().metadata()?.len();
         let mut lens = Vec::with_capacity(items.len());
         for span in items {
+            // A file cut short through this server meanwhile: as between single requests,
+            // its windows go and its size is looked up again before the next item.
+            if self.check_truncations()? {
+                size = self.session.file().metadata()?.len();
+            }
             match self.read(size, *span, rkey)? {
                 Ok(len) => lens.push(len),
                 Err(e) => return self.ep.send(&e.to_message()),
@@ -496,6 +522,22 @@ impl Connection {
     /// is. Returns the request that ended the run (a Flush or a read), to be handled after
     /// these writes.
     fn writes(&mut self, first: Message) -> Result<Option<Message>, DataError> {
+        // Bytes placed in the file's pages whose modification time is not set yet: it is,
+        // once, before the next answer, and however the run ends (an error, a peer gone).
+        let mut untouched = false;
+        let result = self.write_run(first, &mut untouched);
+        if untouched {
+            touch_modified(self.session.file());
+        }
+        result
+    }
+
+    /// [`Connection::writes`], noting in `untouched` bytes placed with no time set yet.
+    fn write_run(
+        &mut self,
+        first: Message,
+        untouched: &mut bool,
+    ) -> Result<Option<Message>, DataError> {
         let mut waiting: VecDeque<WriteItem> = VecDeque::new();
         let mut queue: VecDeque<(PostedWrite, Instant, Part)> = VecDeque::new();
         let mut batch = BatchAnswer::default();
@@ -503,10 +545,7 @@ impl Connection {
         // The file's size, looked up once per message (and after a truncation) where a
         // window could take its bytes.
         let mut size = None;
-        // Bytes placed in the file's pages whose modification time is not set yet: it is,
-        // once, before the next answer.
-        let mut untouched = false;
-        let mut ended_by = take_writes(first, &mut waiting);
+        let mut ended_by = self.take_writes(first, &mut waiting);
         loop {
             while let Some(item) = waiting.front() {
                 if queue.len() >= WRITE_DEPTH
@@ -527,7 +566,7 @@ impl Connection {
                 let bounced_ahead = queue
                     .iter()
                     .any(|(p, ..)| matches!(p, Ok(w) if w.bounce.is_some()));
-                let posted = self.post_write(&item, !bounced_ahead, &mut size)?;
+                let posted = self.post_write(&item, !bounced_ahead, &mut size, bounced)?;
                 if let Ok(PostedRead {
                     bounce: Some(size), ..
                 }) = &posted
@@ -536,7 +575,8 @@ impl Connection {
                 }
                 queue.push_back((posted, started, item.part));
                 if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
-                    ended_by = take_writes(self.ep.recv()?, &mut waiting);
+                    let msg = self.ep.recv()?;
+                    ended_by = self.take_writes(msg, &mut waiting);
                     size = None;
                 }
             }
@@ -550,20 +590,20 @@ impl Connection {
                     bounce,
                 }) => {
                     let len = landing.len();
+                    bounced -= bounce.unwrap_or(0);
                     if len > 0 {
                         // The lease may have lapsed while the RDMA READ ran: both check it.
                         match self.ep.finish_read(wr)? {
                             ReadTarget::Buffer(landed) => {
                                 let bytes = &landed.bytes()[..len as usize];
                                 self.session.put(&mut landing, bytes)?;
-                                self.give_back_bounce(landed);
+                                self.give_back_bounce(landed, bounced);
+                                // It may have grown the file.
+                                size = None;
                             }
                             ReadTarget::Window(..) => {
-                                untouched = true;
-                                if let Err(e) = self.session.placed(&mut landing) {
-                                    touch_modified(self.session.file());
-                                    return Err(e.into());
-                                }
+                                *untouched = true;
+                                self.session.placed(&mut landing)?;
                                 self.shared
                                     .stats
                                     .rdma_in_place_bytes
@@ -571,7 +611,6 @@ impl Connection {
                             }
                         }
                     }
-                    bounced -= bounce.unwrap_or(0);
                     self.session.gate().landed(&landing);
                     self.count_rdma(len);
                     self.session
@@ -581,14 +620,15 @@ impl Connection {
                 Err(e) => e.to_message(),
             };
             if let Some(answer) = batch.add(part, answer) {
-                if std::mem::take(&mut untouched) {
+                if std::mem::take(untouched) {
                     // The bytes came without a write(2): the file's times are ours to set.
                     touch_modified(self.session.file());
                 }
                 self.ep.send(&answer)?;
             }
             if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
-                ended_by = take_writes(self.ep.recv()?, &mut waiting);
+                let msg = self.ep.recv()?;
+                ended_by = self.take_writes(msg, &mut waiting);
                 size = None;
             }
         }
@@ -598,12 +638,14 @@ impl Connection {
     /// Checks one write request and posts the RDMA READ of its bytes, into the file's pages
     /// where `may_place` and a window takes them, else into a bounce buffer. `Ok(Err(..))` is
     /// a refusal to answer in its turn.
-    /// `size` is the file's, if known (looked up here if a window could take the bytes).
+    /// `size` is the file's, if known (looked up here if a window could take the bytes);
+    /// `in_flight`, the bounce bytes other writes hold.
     fn post_write(
         &mut self,
         item: &WriteItem,
         may_place: bool,
         size: &mut Option<u64>,
+        in_flight: usize,
     ) -> Result<PostedWrite, DataError> {
         let WriteItem {
             offset,
@@ -636,9 +678,9 @@ impl Connection {
             let target = match window {
                 Some((window, at)) => ReadTarget::Window(window, at),
                 None => {
-                    let size = bounce_size(len);
-                    bounce = Some(size);
-                    ReadTarget::Buffer(self.take_bounce(size)?)
+                    let mr = self.take_bounce(bounce_size(len), in_flight)?;
+                    bounce = Some(mr.len());
+                    ReadTarget::Buffer(mr)
                 }
             };
             self.ep.post_read_into(wr, target, len as usize, remote)?;
@@ -650,27 +692,37 @@ impl Connection {
         }))
     }
 
-    /// A free bounce buffer of at least `size` bytes (the smallest such), or a new one.
-    fn take_bounce(&mut self, size: usize) -> Result<MemoryRegion, DataError> {
-        let fits = self
-            .bounce
-            .iter()
-            .enumerate()
-            .filter(|(_, mr)| mr.len() >= size)
-            .min_by_key(|(_, mr)| mr.len())
-            .map(|(i, _)| i);
-        match fits {
-            Some(i) => Ok(self.bounce.swap_remove(i)),
-            None => Ok(MemoryRegion::alloc(&self.ep.pd, size, Access::LOCAL_WRITE)?),
+    /// Queues the write requests of `msg` ([`queue_writes`]), counting a batch's; returns
+    /// `msg` if it is no write.
+    fn take_writes(&self, msg: Message, into: &mut VecDeque<WriteItem>) -> Option<Message> {
+        if let Message::RdmaWriteMany { items, .. } = &msg {
+            self.count_batched(items.len());
         }
+        queue_writes(msg, into)
     }
 
-    /// Keeps a bounce buffer for later writes, unless the free ones already hold
-    /// [`BOUNCE_BYTES`] (it is deregistered then).
-    fn give_back_bounce(&mut self, mr: MemoryRegion) {
-        let kept: usize = self.bounce.iter().map(MemoryRegion::len).sum();
-        if kept + mr.len() <= BOUNCE_BYTES {
-            self.bounce.push(mr);
+    /// A free bounce buffer of exactly `size` bytes (one of [`bounce_size`]'s), or a new one
+    /// (the longest unused free ones going first if it and the `in_flight` bytes other writes
+    /// hold would pass [`BOUNCE_BYTES`]): a write holds no more than its size class says.
+    fn take_bounce(&mut self, size: usize, in_flight: usize) -> Result<MemoryRegion, DataError> {
+        if let Some(i) = self.bounce.iter().position(|mr| mr.len() == size) {
+            return Ok(self.bounce.remove(i));
+        }
+        let mut kept: usize = self.bounce.iter().map(MemoryRegion::len).sum();
+        while kept + in_flight + size > BOUNCE_BYTES && !self.bounce.is_empty() {
+            kept -= self.bounce.remove(0).len();
+        }
+        Ok(MemoryRegion::alloc(&self.ep.pd, size, Access::LOCAL_WRITE)?)
+    }
+
+    /// Keeps a bounce buffer for later writes, while the free ones and the `in_flight` bytes
+    /// other writes hold stay within [`BOUNCE_BYTES`]: past that, the longest unused go
+    /// (deregistered).
+    fn give_back_bounce(&mut self, mr: MemoryRegion, in_flight: usize) {
+        self.bounce.push(mr);
+        let mut kept: usize = self.bounce.iter().map(MemoryRegion::len).sum();
+        while kept + in_flight > BOUNCE_BYTES && !self.bounce.is_empty() {
+            kept -= self.bounce.remove(0).len();
         }
     }
 
@@ -777,7 +829,7 @@ impl BatchAnswer {
 }
 
 /// Queues the write requests of `msg`; returns it if it is no write (it ends the run).
-fn take_writes(msg: Message, into: &mut VecDeque<WriteItem>) -> Option<Message> {
+fn queue_writes(msg: Message, into: &mut VecDeque<WriteItem>) -> Option<Message> {
     match msg {
         Message::RdmaWrite {
             offset,
@@ -829,8 +881,8 @@ fn bounce_size(len: u64) -> usize {
 
 /// Write requests a connection keeps in flight at once.
 const WRITE_DEPTH: usize = 64;
-/// Bytes of bounce buffers a connection's writes in flight may hold (the most one request
-/// can move, eight times), and that it keeps registered for later ones.
+/// Bytes of bounce buffers a connection's writes may hold, in flight and kept registered for
+/// later ones together (the most one request can move, eight times).
 const BOUNCE_BYTES: usize = 8 * MAX_REQUEST as usize;
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //! The thread's CPU clock is a system call. Read around every request it cost a fifth of an
 //! RDMA connection thread's time at 4 KiB requests (perf in the rxe guest), so it is read at
 //! the edges of each *busy spell* instead: when the thread takes a request after waiting, and
-//! when it is about to wait again (a waiting thread spends no CPU, so nothing is lost), and
-//! every [`BusyCpu::FLUSH_EVERY`] requests within a long spell.
+//! when it has waited a while with nothing to do (a waiting thread spends no CPU, so short
+//! waits inside a spell change nothing; the caller says when), and every
+//! [`BusyCpu::FLUSH_EVERY`] requests within a long spell.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,7 +41,7 @@ impl BusyCpu {
         }
     }
 
-    /// The thread is about to wait for its peer: the spell's CPU time goes into `counter`.
+    /// The thread has nothing to do: the spell's CPU time goes into `counter`.
     pub fn idle(&mut self, counter: &AtomicU64) {
         self.served = 0;
         // (No clock read when no spell is open: a thread waiting again right after waiting.)

@@ -7,6 +7,8 @@ pub struct ServerStats {
     /// writes). Direct-mode reads never add to it.
     pub rdma_server_bytes: std::sync::atomic::AtomicU64,
     pub rdma_requests: std::sync::atomic::AtomicU64,
+    /// Of those, requests that came several to a message (`RdmaReadMany`, `RdmaWriteMany`).
+    pub rdma_batched_requests: std::sync::atomic::AtomicU64,
     pub rdma_connections: std::sync::atomic::AtomicU64,
     pub direct_grants: std::sync::atomic::AtomicU64,
     pub direct_revocations: std::sync::atomic::AtomicU64,
@@ -28,6 +30,10 @@ impl ServerStats {
                 self.rdma_server_bytes.load(Relaxed),
             ),
             ("rdma_requests".into(), self.rdma_requests.load(Relaxed)),
+            (
+                "rdma_batched_requests".into(),
+                self.rdma_batched_requests.load(Relaxed),
+            ),
             (
                 "rdma_connections".into(),
                 self.rdma_connections.load(Relaxed),
