@@ -715,6 +715,32 @@ fn a_refused_rdma_read_leaves_no_stale_replies_for_the_next_one() {
             assert!(stopped.to_string().contains("enough"), "{stopped}");
             let after = h.read_to(4 << 20, 4096, &mut |_| Ok(())).await.unwrap_err();
             assert!(after.to_string().contains("abandoned"), "{after}");
+
+            // The same with 4 KiB requests, 32 to a message, striped message by message.
+            let addrs = rdma_addrs(&mut control).await;
+            let sealed = handoff::parse_key(&key).unwrap();
+            let small =
+                handoff::data::RdmaHandle::connect(addrs, &c1.identity, &sealed, false, 4096)
+                    .await
+                    .unwrap();
+            let mut small = DataHandle::Rdma(Box::new(small));
+            let refused = small
+                .read_to(0, u64::MAX, &mut |_| Ok(()))
+                .await
+                .unwrap_err();
+            assert!(refused.to_string().contains("locked"), "{refused}");
+            for _ in 0..2 {
+                let got = read_range(&mut small, 4 << 20, (8 << 20) + 123).await;
+                assert_eq!(
+                    sha256(&got),
+                    sha256(&data[4 << 20..(12 << 20) + 123]),
+                    "{nics} path(s), 4 KiB requests"
+                );
+            }
+            if let DataHandle::Rdma(h) = &small {
+                let carried = h.qp_reports().iter().filter(|q| q.bytes > 0).count();
+                assert_eq!(carried, nics, "every path carries a share");
+            }
         });
     }
 }

@@ -289,7 +289,7 @@ impl RdmaClient {
     }
 
     /// Asks for the reads `items` (slot, file offset, length) in one message.
-    fn request_reads(&mut self, items: &[(usize, u64, u64)]) -> Result<(), DataError> {
+    pub(crate) fn request_reads(&mut self, items: &[(usize, u64, u64)]) -> Result<(), DataError> {
         if let [(slot, offset, len)] = *items {
             return self.request_read(slot, offset, len);
         }
@@ -306,7 +306,7 @@ impl RdmaClient {
     }
 
     /// The answer to [`RdmaClient::request_reads`] of `count` items: bytes read per item.
-    fn expect_reads(&mut self, count: usize) -> Result<Vec<u64>, DataError> {
+    pub(crate) fn expect_reads(&mut self, count: usize) -> Result<Vec<u64>, DataError> {
         if count == 1 {
             return Ok(vec![self.expect_read()?]);
         }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use handoff_core::auth::Identity;
 use handoff_core::Error;
 
-use super::client::{RdmaClient, CHUNK, DEPTH, SLOTS};
+use super::client::{Geometry, RdmaClient, CHUNK};
 use crate::DataError;
 
 fn all_failed() -> DataError {
@@ -30,7 +30,8 @@ pub struct QpReport {
 pub struct MultiChannel {
     qps: Vec<Option<RdmaClient>>,
     reports: Vec<QpReport>,
-    request: usize,
+    /// Every QP's (they connect asking the same request size).
+    geometry: Geometry,
 }
 
 /// One chunk of a striped read, in delivery order.
@@ -84,15 +85,15 @@ impl MultiChannel {
         if qps.iter().all(Option::is_none) {
             return Err(first_err.expect("at least one address was tried"));
         }
-        let request = qps
+        let geometry = qps
             .iter()
             .flatten()
             .next()
-            .map_or(CHUNK, RdmaClient::request_size);
+            .map_or(Geometry::new(CHUNK), RdmaClient::geometry);
         Ok(Self {
             qps,
             reports,
-            request,
+            geometry,
         })
     }
 
@@ -125,7 +126,9 @@ impl MultiChannel {
         tracing::warn!(addr = %self.reports[qp].addr, "RDMA path failed mid-transfer, continuing on the others: {e}");
     }
 
-    /// Striped read of up to `len` bytes at `offset`, delivered to `sink` in order.
+    /// Striped read of up to `len` bytes at `offset`, delivered to `sink` in order. Small
+    /// requests go several to a message, as on one QP: a message's requests all go to one QP,
+    /// and the next message to the next.
     pub fn read_to(
         &mut self,
         offset: u64,
@@ -135,19 +138,26 @@ impl MultiChannel {
         if self.live().len() <= 1 {
             return self.primary()?.read_to(offset, len, sink);
         }
+        let Geometry {
+            request,
+            batch,
+            depth,
+        } = self.geometry;
         let mut order: VecDeque<Chunk> = VecDeque::new();
-        // Per QP: free slots, and the chunks (by sequence number) whose replies are due, FIFO.
+        // Per QP: free slots, and the messages whose replies are due, FIFO, each with its
+        // chunks (by sequence number).
         let mut free: Vec<Vec<usize>> = (0..self.qps.len())
-            .map(|_| (0..SLOTS).rev().collect())
+            .map(|_| (0..self.geometry.slots()).rev().collect())
             .collect();
-        let mut due: Vec<VecDeque<u64>> = vec![VecDeque::new(); self.qps.len()];
+        let mut due: Vec<VecDeque<Vec<u64>>> = vec![VecDeque::new(); self.qps.len()];
+        let in_flight = |due: &VecDeque<Vec<u64>>| due.iter().map(Vec::len).sum::<usize>();
         let mut first_seq = 0u64; // sequence number of order[0]
         let mut issued = 0u64;
         let mut delivered = 0u64;
         let mut eof = false;
         let mut turn = 0usize;
         loop {
-            // Issue new chunks round-robin while QPs have room in their normal depth.
+            // Issue new messages round-robin while QPs have room in their normal depth.
             while !eof && issued < len {
                 let live = self.live();
                 if live.is_empty() {
@@ -155,37 +165,50 @@ impl MultiChannel {
                 }
                 let qp = live[turn % live.len()];
                 turn += 1;
-                if due[qp].len() >= DEPTH || free[qp].is_empty() {
-                    if live
-                        .iter()
-                        .all(|q| due[*q].len() >= DEPTH || free[*q].is_empty())
-                    {
+                let room = |q: usize| depth.saturating_sub(in_flight(&due[q])).min(free[q].len());
+                if room(qp) == 0 {
+                    if live.iter().all(|q| room(*q) == 0) {
                         break;
                     }
                     continue;
                 }
-                let slot = free[qp].pop().expect("checked");
-                let n = (len - issued).min(self.request as u64);
-                let seq = first_seq + order.len() as u64;
-                if let Err(e) =
-                    self.qps[qp]
-                        .as_mut()
-                        .expect("live")
-                        .request_read(slot, offset + issued, n)
-                {
-                    free[qp].push(slot);
+                let take = batch.min(room(qp));
+                let mut items = Vec::new();
+                while items.len() < take && issued < len {
+                    let slot = free[qp].pop().expect("room counted it");
+                    let n = (len - issued).min(request as u64);
+                    items.push((slot, offset + issued, n));
+                    issued += n;
+                }
+                if let Err(e) = self.qps[qp].as_mut().expect("live").request_reads(&items) {
+                    // Asked nowhere yet: they go to the chunks to move with the failed QP's.
+                    let mut seqs = Vec::new();
+                    for (slot, at, n) in items {
+                        seqs.push(first_seq + order.len() as u64);
+                        order.push_back(Chunk {
+                            offset: at,
+                            asked: n,
+                            qp,
+                            slot,
+                            got: None,
+                        });
+                    }
+                    due[qp].push_back(seqs);
                     self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;
                     continue;
                 }
-                order.push_back(Chunk {
-                    offset: offset + issued,
-                    asked: n,
-                    qp,
-                    slot,
-                    got: None,
-                });
-                due[qp].push_back(seq);
-                issued += n;
+                let mut seqs = Vec::new();
+                for (slot, at, n) in items {
+                    seqs.push(first_seq + order.len() as u64);
+                    order.push_back(Chunk {
+                        offset: at,
+                        asked: n,
+                        qp,
+                        slot,
+                        got: None,
+                    });
+                }
+                due[qp].push_back(seqs);
             }
             let Some(front) = order.front() else { break };
             if let Some(n) = front.got {
@@ -213,40 +236,46 @@ impl MultiChannel {
         Ok(delivered)
     }
 
-    /// Takes the next reply on `qp` and records it on its chunk; a failed path's chunks go to
-    /// the others.
+    /// Takes the next reply on `qp` and records it on its chunks; a failed path's chunks go
+    /// to the others.
     fn take_reply(
         &mut self,
         qp: usize,
         order: &mut VecDeque<Chunk>,
         first_seq: u64,
         free: &mut [Vec<usize>],
-        due: &mut [VecDeque<u64>],
+        due: &mut [VecDeque<Vec<u64>>],
     ) -> Result<(), DataError> {
-        let Some(seq) = due[qp].pop_front() else {
+        let Some(seqs) = due[qp].pop_front() else {
             return Err(DataError::Io(std::io::Error::other(
                 "striped read lost track of a chunk",
             )));
         };
-        match self.qps[qp].as_mut().expect("live").expect_read() {
-            Ok(n) => {
-                let idx = (seq - first_seq) as usize;
-                if let Some(c) = order.get_mut(idx) {
-                    if n > c.asked {
-                        return Err(DataError::Control(Error::Protocol(format!(
-                            "server announced {n} bytes for a read of at most {}",
-                            c.asked
-                        ))));
+        match self.qps[qp]
+            .as_mut()
+            .expect("live")
+            .expect_reads(seqs.len())
+        {
+            Ok(lens) => {
+                for (seq, n) in seqs.into_iter().zip(lens) {
+                    let idx = (seq - first_seq) as usize;
+                    if let Some(c) = order.get_mut(idx) {
+                        if n > c.asked {
+                            return Err(DataError::Control(Error::Protocol(format!(
+                                "server announced {n} bytes for a read of at most {}",
+                                c.asked
+                            ))));
+                        }
+                        c.got = Some(n);
                     }
-                    c.got = Some(n);
-                }
-                if let Some(q) = self.qps[qp].as_mut() {
-                    q.bytes += n;
+                    if let Some(q) = self.qps[qp].as_mut() {
+                        q.bytes += n;
+                    }
                 }
                 Ok(())
             }
             Err(e) if e.is_remote_error() => {
-                // Every QP still owes replies to chunks asked after this one.
+                // Every QP still owes replies to messages sent after this one.
                 let mut e = e;
                 for (q, owed) in due.iter().enumerate() {
                     if let Some(path) = self.qps[q].as_mut() {
@@ -256,7 +285,7 @@ impl MultiChannel {
                 Err(e)
             }
             Err(e) => {
-                due[qp].push_front(seq);
+                due[qp].push_front(seqs);
                 self.reissue(qp, &e, order, first_seq, free, due)
             }
         }
@@ -270,7 +299,7 @@ impl MultiChannel {
         order: &mut VecDeque<Chunk>,
         first_seq: u64,
         free: &mut [Vec<usize>],
-        due: &mut [VecDeque<u64>],
+        due: &mut [VecDeque<Vec<u64>>],
     ) -> Result<(), DataError> {
         self.fail(qp, e);
         // Everything on the failed QP is lost with its buffers: chunks still due and chunks
@@ -302,7 +331,7 @@ impl MultiChannel {
             c.slot = slot;
             c.got = None;
             // Replies on `to` come after everything already due there.
-            due[to].push_back(seq);
+            due[to].push_back(vec![seq]);
         }
         Ok(())
     }
