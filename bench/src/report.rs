@@ -419,7 +419,7 @@ pub fn markdown(runs: &[Run], png_name: &str) -> String {
         let _ = writeln!(out, "![MiB/s by request size](bench/results/{png_name})\n");
     }
     if has("rdma") {
-        out.push_str("**RDMA** (soft-RoCE, same devices, same boot; the limit is the perftest tool using the same verb: a server-initiated read is an RDMA WRITE, a write or a direct read an RDMA READ, a direct write the client's own RDMA WRITE; handoff keeps 8 requests in flight per QP; each row is the median of interleaved trials, perftest and handoff back to back, and its ratio the median of the trial pairs with their range, ⚠ where the pairs spread more than ±10 %):\n\n");
+        out.push_str("**RDMA** (soft-RoCE, same devices, same boot; the limit is the perftest tool using the same verb: a server-initiated read is an RDMA WRITE, a write or a direct read an RDMA READ, a direct write the client's own RDMA WRITE; handoff keeps 8 requests in flight per QP, and requests under 256 KiB go 32 to a message (at 4 KiB; 64 KiB ones 4) with two messages in flight, each request still its own RDMA operation; each handoff row's first request is untimed setup (it registers the file window the server serves from, as perftest registers its buffer before its clock starts); each row is the median of interleaved trials, perftest and handoff back to back, and its ratio the median of the trial pairs with their range, ⚠ where the pairs spread more than ±10 %):\n\n");
         out.push_str(&throughput_table(&rows, "rdma"));
         out.push('\n');
     }

@@ -227,11 +227,6 @@ struct Connection {
     wants_direct: bool,
 }
 
-/// How long a connection thread waits for its next request before it counts the CPU its
-/// busy spell took ([`BusyCpu::idle`]): the counter is current once a connection is quiet
-/// this long.
-const SPELL_GAP: Duration = Duration::from_millis(20);
-
 /// How long a liveness probe may take: more than the QP's ack timeout and retries (about
 /// 2 s, see [`ACK_TIMEOUT`]), so only a completion that never comes hits it.
 const PROBE_WAIT: Duration = Duration::from_secs(15);
@@ -377,20 +372,13 @@ impl Connection {
         }
     }
 
-    /// The next request, if one comes within the probe interval. A thread that waited
-    /// [`SPELL_GAP`] with nothing to do counts the CPU its busy spell took, then waits on (a
-    /// shorter wait stays in the spell: a sleeping thread's CPU clock stands still, so the
-    /// count is the same, and a pipelined peer's next message usually comes sooner).
+    /// The next request, if one comes within the probe interval. A thread about to wait
+    /// counts the CPU its busy spell took if the spell was long enough ([`BusyCpu::pause`]).
     fn next_request(&mut self) -> Result<Option<Message>, DataError> {
-        if self.ep.has_message()? {
-            return self.ep.recv_within(self.probe_every);
+        if !self.ep.has_message()? {
+            self.cpu.pause(&self.shared.stats.data_cpu_ns);
         }
-        if let Some(msg) = self.ep.recv_within(SPELL_GAP.min(self.probe_every))? {
-            return Ok(Some(msg));
-        }
-        self.cpu.idle(&self.shared.stats.data_cpu_ns);
-        self.ep
-            .recv_within(self.probe_every.saturating_sub(SPELL_GAP))
+        self.ep.recv_within(self.probe_every)
     }
 
     /// Direct writes `[offset, offset + len)` are done: makes them durable and counts them as
