@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use handoff_core::state::records::{KeyGrant, OpenRecord, OpenStatus};
 use handoff_core::state::{ByteRange, KeySealer, Mode, ResumeKey, ResumeReport, ShareMode};
 use handoff_core::wire::{
-    encode_frame, Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, MAC_LEN,
+    encode_frame, Endpoint, EndpointKind, ErrorCode, FileInfo, Message, OpenParams, Span, MAC_LEN,
 };
 
 fn messages() -> Vec<Message> {
@@ -55,6 +55,15 @@ fn messages() -> Vec<Message> {
         Message::Attached { handle: 3, info, report },
         Message::ReadData { len: 10 },
         Message::Written { len: 11 },
+        Message::RdmaReadMany {
+            rkey: 4,
+            items: vec![
+                Span { offset: 0, len: 4096, addr: 1 << 20 },
+                Span { offset: 4096, len: 4096, addr: (1 << 20) + 4096 },
+            ],
+        },
+        Message::RdmaWriteMany { rkey: 5, items: vec![Span { offset: 9, len: 1, addr: 2 }] },
+        Message::ReadMany { lens: vec![4096, 17, 0] },
         Message::Error {
             code: ErrorCode::Unknown(77),
             message: "x".into(),
