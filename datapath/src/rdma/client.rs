@@ -16,7 +16,7 @@ use rdma_sys::rdma_cm_event_type::*;
 use super::cm::{CmId, EventChannel};
 use super::endpoint::{connect_tag, Endpoint};
 use super::verbs::{Access, MemoryRegion, SendOp};
-use super::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
+use super::{CONNECT_PRIVATE_LEN, MAX_REQUEST, SERVES_BATCHES};
 use crate::DataError;
 
 /// Requests in flight per QP (at least; small requests keep more, see [`Geometry`]).
@@ -46,10 +46,15 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// For requests of `request` bytes (clamped to 4 KiB..=[`CHUNK`]).
-    pub fn new(request: usize) -> Self {
+    /// For requests of `request` bytes (clamped to 4 KiB..=[`CHUNK`]), several to a message
+    /// only if the server `batches` (an older one does not: see [`SERVES_BATCHES`]).
+    pub fn new(request: usize, batches: bool) -> Self {
         let request = request.clamp(4096, CHUNK);
-        let batch = (BATCH_BYTES / request).clamp(1, BATCH);
+        let batch = if batches {
+            (BATCH_BYTES / request).clamp(1, BATCH)
+        } else {
+            1
+        };
         Self {
             request,
             batch,
@@ -124,14 +129,15 @@ fn resolve(channel: &EventChannel, id: &CmId, addr: SocketAddr) -> Result<(), Da
     wait(RDMA_CM_EVENT_ROUTE_RESOLVED, "finding a route to")
 }
 
-/// Waits for the server's answer to a connect request: established, or its refusal (a
-/// handoff server says why in the reject's private data).
-fn established(channel: &EventChannel, addr: SocketAddr) -> Result<(), DataError> {
+/// Waits for the server's answer to a connect request: established, with the byte the server
+/// accepted with (see [`super::ACCEPTED`]), or its refusal (a handoff server says why in the reject's
+/// private data).
+fn established(channel: &EventChannel, addr: SocketAddr) -> Result<u8, DataError> {
     let ev = channel
         .next_event_timeout(Duration::from_secs(15))?
         .ok_or_else(|| protocol(format!("no answer to the connect request from {addr}")))?;
     match ev.kind() {
-        RDMA_CM_EVENT_ESTABLISHED => Ok(()),
+        RDMA_CM_EVENT_ESTABLISHED => Ok(ev.private_data().first().copied().unwrap_or(0)),
         RDMA_CM_EVENT_REJECTED => {
             let data = ev.private_data();
             let code = data.first().copied().unwrap_or(1);
@@ -174,7 +180,6 @@ impl RdmaClient {
         request: usize,
         wants_direct: bool,
     ) -> Result<Self, DataError> {
-        let geometry = Geometry::new(request);
         let channel = EventChannel::new()?;
         let id = CmId::new(&channel)?;
         resolve(&channel, &id, addr)?;
@@ -182,9 +187,12 @@ impl RdmaClient {
         id.set_ack_timeout(16);
         let mut ep = Endpoint::new(&id)?;
         ep.timeout = Some(Duration::from_secs(15));
+        // Registered before the server's answer says whether requests may go several to a
+        // message: sized for the larger geometry, so either fits.
+        let most = Geometry::new(request, true);
         let buf = MemoryRegion::alloc(
             &ep.pd,
-            geometry.slots() * geometry.request,
+            most.slots() * most.request,
             Access::LOCAL_WRITE
                 .with(Access::REMOTE_WRITE)
                 .with(Access::REMOTE_READ),
@@ -195,7 +203,8 @@ impl RdmaClient {
             return Err(Error::not_found("resume key rejected: wrong length").into());
         }
         id.connect(&private)?;
-        established(&channel, addr)?;
+        let accepted = established(&channel, addr)?;
+        let geometry = Geometry::new(request, accepted & SERVES_BATCHES != 0);
         ep.cm = Some(channel.clone());
         let device = id.device_name();
         ep.client_handshake(identity)?;
@@ -747,7 +756,7 @@ mod tests {
     #[test]
     fn small_requests_go_many_to_a_message_with_two_messages_in_flight() {
         let g = |request| {
-            let g = Geometry::new(request);
+            let g = Geometry::new(request, true);
             (g.request, g.batch, g.depth, g.slots() * g.request)
         };
         // (bytes per request, per message, in flight, registered)
@@ -757,5 +766,8 @@ mod tests {
         assert_eq!(g(256 << 10), (256 << 10, 1, 8, 4 << 20));
         assert_eq!(g(CHUNK), (CHUNK, 1, DEPTH, SLOTS * CHUNK));
         assert_eq!(g(usize::MAX).0, CHUNK);
+        // An older server (no batches): one request per message, as it always was.
+        let old = Geometry::new(4096, false);
+        assert_eq!((old.batch, old.depth), (1, DEPTH));
     }
 }

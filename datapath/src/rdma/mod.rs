@@ -24,6 +24,12 @@ pub mod verbs;
 /// own, because a direct grant is an rkey any QP in the grant's PD could use; the others share
 /// one per device (and the file windows registered in it), and are refused direct grants.
 pub const CONNECT_PRIVATE_LEN: usize = handoff_core::state::resume_key::SEALED_LEN + 6;
+/// The byte a handoff server accepts a connection with (the accept's private data): bit 0 is
+/// always set; each other bit names something a client may use only if the server says so,
+/// so a newer client still works with an older server (which sends 1).
+pub const ACCEPTED: u8 = 1;
+/// The server serves `RdmaReadMany` and `RdmaWriteMany` (see [`client::Geometry`]).
+pub const SERVES_BATCHES: u8 = 1 << 1;
 /// The most one request moves.
 pub const MAX_REQUEST: u64 = 4 << 20;
 /// The largest file direct mode registers at once.

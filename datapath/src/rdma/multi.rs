@@ -89,7 +89,7 @@ impl MultiChannel {
             .iter()
             .flatten()
             .next()
-            .map_or(Geometry::new(CHUNK), RdmaClient::geometry);
+            .map_or(Geometry::new(CHUNK, false), RdmaClient::geometry);
         Ok(Self {
             qps,
             reports,

@@ -23,7 +23,7 @@ use handoff_datapath::rdma::endpoint::{connect_tag_check, Endpoint, ReadTarget};
 use handoff_datapath::rdma::file_windows::{FileWindows, Source};
 use handoff_datapath::rdma::listener::{ConnKey, ListenEvent, Listener};
 use handoff_datapath::rdma::verbs::{Access, MemoryRegion};
-use handoff_datapath::rdma::{CONNECT_PRIVATE_LEN, MAX_REQUEST};
+use handoff_datapath::rdma::{ACCEPTED, CONNECT_PRIVATE_LEN, MAX_REQUEST, SERVES_BATCHES};
 use handoff_datapath::DataError;
 
 use super::session::{touch_modified, DataSession, Landing};
@@ -177,7 +177,7 @@ fn admit(
         device.and_then(|device| Ok((Endpoint::with_pd(id, device.pd().clone())?, device)));
     let (ep, device) =
         device.map_err(|e| (ErrorCode::Internal, format!("cannot set up the QP: {e}")))?;
-    id.accept(&[1])
+    id.accept(&[ACCEPTED | SERVES_BATCHES])
         .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
     shared
         .stats
