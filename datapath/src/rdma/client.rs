@@ -278,13 +278,19 @@ impl RdmaClient {
     /// refusal. (Any other error leaves the connection unusable anyway.)
     pub(crate) fn settle(&mut self, refusal: DataError, outstanding: usize) -> DataError {
         if refusal.is_remote_error() {
-            for _ in 0..outstanding {
-                if let Err(e) = self.ep.recv() {
-                    return e;
-                }
+            if let Err(e) = self.drain(outstanding) {
+                return e;
             }
         }
         refusal
+    }
+
+    /// Reads and drops the next `outstanding` replies.
+    pub(crate) fn drain(&mut self, outstanding: usize) -> Result<(), DataError> {
+        for _ in 0..outstanding {
+            self.ep.recv()?;
+        }
+        Ok(())
     }
 
     pub(crate) fn expect_read(&mut self) -> Result<u64, DataError> {

@@ -138,16 +138,20 @@ impl MultiChannel {
         if self.live().len() <= 1 {
             return self.primary()?.read_to(offset, len, sink);
         }
-        let Geometry {
-            request,
-            batch,
-            depth,
-        } = self.geometry;
+        let request = self.geometry.request;
+        // Each QP's own: its server said whether it takes several requests to a message (an
+        // older one does not), so servers of two versions can serve one read.
+        let geometry: Vec<Geometry> = self
+            .qps
+            .iter()
+            .map(|q| q.as_ref().map_or(self.geometry, RdmaClient::geometry))
+            .collect();
         let mut order: VecDeque<Chunk> = VecDeque::new();
         // Per QP: free slots, and the messages whose replies are due, FIFO, each with its
         // chunks (by sequence number).
-        let mut free: Vec<Vec<usize>> = (0..self.qps.len())
-            .map(|_| (0..self.geometry.slots()).rev().collect())
+        let mut free: Vec<Vec<usize>> = geometry
+            .iter()
+            .map(|g| (0..g.slots()).rev().collect())
             .collect();
         let mut due: Vec<VecDeque<Vec<u64>>> = vec![VecDeque::new(); self.qps.len()];
         let in_flight = |due: &VecDeque<Vec<u64>>| due.iter().map(Vec::len).sum::<usize>();
@@ -165,14 +169,24 @@ impl MultiChannel {
                 }
                 let qp = live[turn % live.len()];
                 turn += 1;
-                let room = |q: usize| depth.saturating_sub(in_flight(&due[q])).min(free[q].len());
-                if room(qp) == 0 {
-                    if live.iter().all(|q| room(*q) == 0) {
+                // Room for a whole message (or for all that is left): after a failover has put
+                // single requests on a QP, it goes back to whole messages.
+                let left = (len - issued).div_ceil(request as u64);
+                let fits = |q: usize| {
+                    let g = geometry[q];
+                    let room = g
+                        .depth
+                        .saturating_sub(in_flight(&due[q]))
+                        .min(free[q].len());
+                    let want = (g.batch as u64).min(left) as usize;
+                    (room >= want).then_some(want)
+                };
+                let Some(take) = fits(qp) else {
+                    if live.iter().all(|q| fits(*q).is_none()) {
                         break;
                     }
                     continue;
-                }
-                let take = batch.min(room(qp));
+                };
                 let mut items = Vec::new();
                 while items.len() < take && issued < len {
                     let slot = free[qp].pop().expect("room counted it");
@@ -275,11 +289,11 @@ impl MultiChannel {
                 Ok(())
             }
             Err(e) if e.is_remote_error() => {
-                // Every QP still owes replies to messages sent after this one.
-                let mut e = e;
+                // Every QP still owes replies to messages sent after this one: each takes
+                // them, or is dropped (a reply left behind would answer the next call).
                 for (q, owed) in due.iter().enumerate() {
-                    if let Some(path) = self.qps[q].as_mut() {
-                        e = path.settle(e, owed.len());
+                    if let Some(Err(lost)) = self.qps[q].as_mut().map(|p| p.drain(owed.len())) {
+                        self.fail(q, &lost);
                     }
                 }
                 Err(e)
@@ -311,27 +325,34 @@ impl MultiChannel {
             .filter(|(_, c)| c.qp == qp)
             .map(|(i, _)| first_seq + i as u64)
             .collect();
-        for seq in stranded {
-            let idx = (seq - first_seq) as usize;
+        // Asked again on the QP with the most free slots, a message at a time.
+        let mut stranded = stranded.into_iter().peekable();
+        while stranded.peek().is_some() {
             let live = self.live();
             let Some(&to) = live.iter().max_by_key(|q| free[**q].len()) else {
                 return Err(DataError::Io(std::io::Error::other(format!(
                     "every RDMA path failed; last: {e}"
                 ))));
             };
-            let Some(slot) = free[to].pop() else {
-                return Err(DataError::Io(std::io::Error::other(
-                    "no free slot to take over a failed path's chunk",
-                )));
-            };
-            let c = &mut order[idx];
-            let q = self.qps[to].as_mut().expect("live");
-            q.request_read(slot, c.offset, c.asked)?;
-            c.qp = to;
-            c.slot = slot;
-            c.got = None;
+            let batch = self.qps[to].as_ref().map_or(1, |q| q.geometry().batch);
+            let (mut items, mut seqs) = (Vec::new(), Vec::new());
+            while seqs.len() < batch {
+                let Some(seq) = stranded.next() else { break };
+                let Some(slot) = free[to].pop() else {
+                    return Err(DataError::Io(std::io::Error::other(
+                        "no free slot to take over a failed path's chunk",
+                    )));
+                };
+                let c = &mut order[(seq - first_seq) as usize];
+                c.qp = to;
+                c.slot = slot;
+                c.got = None;
+                items.push((slot, c.offset, c.asked));
+                seqs.push(seq);
+            }
+            self.qps[to].as_mut().expect("live").request_reads(&items)?;
             // Replies on `to` come after everything already due there.
-            due[to].push_back(vec![seq]);
+            due[to].push_back(seqs);
         }
         Ok(())
     }

@@ -327,6 +327,9 @@ impl Connection {
                     None => {
                         // Idle: is the peer still there? A dead one ends the connection, so
                         // the handle detaches and the open's durable timeout starts.
+                        // Quiet for the probe interval: what the last spell took is counted
+                        // now (not with the probe's CPU).
+                        self.cpu.idle(&self.shared.stats.data_cpu_ns);
                         tracing::debug!("RDMA peer idle: probing it");
                         self.ep.probe(PROBE_WAIT)?;
                         continue;

@@ -50,8 +50,13 @@ impl BusyCpu {
     /// The thread is about to wait: a spell that lasted [`BusyCpu::MIN_SPELL`] goes into
     /// `counter`; a shorter one goes on (with no clock read).
     pub fn pause(&mut self, counter: &AtomicU64) {
+        self.pause_at(coarse_now(), counter);
+    }
+
+    /// [`BusyCpu::pause`] at time `now` (None: unknown, so the spell is counted).
+    fn pause_at(&mut self, now: Option<Duration>, counter: &AtomicU64) {
         let lasted = |(_, began): (Duration, Duration)| {
-            coarse_now().is_none_or(|now| now.saturating_sub(began) >= Self::MIN_SPELL)
+            now.is_none_or(|now| now.saturating_sub(began) >= Self::MIN_SPELL)
         };
         if self.since.is_some_and(lasted) {
             self.idle(counter);
@@ -124,14 +129,16 @@ mod tests {
         let counter = AtomicU64::new(0);
         let mut cpu = BusyCpu::default();
         cpu.begin();
+        let began = cpu.since.expect("a spell").1;
         cpu.served(&counter);
-        cpu.pause(&counter);
+        // (Times given, not read: the test does not depend on how the machine schedules it.)
+        cpu.pause_at(Some(began + BusyCpu::MIN_SPELL / 2), &counter);
         assert_eq!(counter.load(Ordering::Relaxed), 0, "a short spell goes on");
         // Asleep: no CPU spent, however long.
-        std::thread::sleep(BusyCpu::MIN_SPELL);
+        std::thread::sleep(Duration::from_millis(20));
         cpu.begin();
         spin(Duration::from_millis(3));
-        cpu.pause(&counter);
+        cpu.pause_at(Some(began + BusyCpu::MIN_SPELL), &counter);
         let spent = counter.load(Ordering::Relaxed);
         assert!(
             (3_000_000..BusyCpu::MIN_SPELL.as_nanos() as u64).contains(&spent),
