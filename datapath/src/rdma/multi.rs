@@ -194,23 +194,9 @@ impl MultiChannel {
                     items.push((slot, offset + issued, n));
                     issued += n;
                 }
-                if let Err(e) = self.qps[qp].as_mut().expect("live").request_reads(&items) {
-                    // Asked nowhere yet: they go to the chunks to move with the failed QP's.
-                    let mut seqs = Vec::new();
-                    for (slot, at, n) in items {
-                        seqs.push(first_seq + order.len() as u64);
-                        order.push_back(Chunk {
-                            offset: at,
-                            asked: n,
-                            qp,
-                            slot,
-                            got: None,
-                        });
-                    }
-                    due[qp].push_back(seqs);
-                    self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;
-                    continue;
-                }
+                let sent = self.qps[qp].as_mut().expect("live").request_reads(&items);
+                // Recorded either way: if the message could not be sent, its chunks move to
+                // the other QPs with the failed one's.
                 let mut seqs = Vec::new();
                 for (slot, at, n) in items {
                     seqs.push(first_seq + order.len() as u64);
@@ -223,6 +209,9 @@ impl MultiChannel {
                     });
                 }
                 due[qp].push_back(seqs);
+                if let Err(e) = sent {
+                    self.reissue(qp, &e, &mut order, first_seq, &mut free, &mut due)?;
+                }
             }
             let Some(front) = order.front() else { break };
             if let Some(n) = front.got {

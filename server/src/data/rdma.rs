@@ -565,11 +565,7 @@ impl Connection {
                     bounced += size;
                 }
                 queue.push_back((posted, started, item.part));
-                if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
-                    let msg = self.ep.recv()?;
-                    ended_by = self.take_writes(msg, &mut waiting);
-                    size = None;
-                }
+                self.next_writes(&mut waiting, &mut ended_by, &mut size)?;
             }
             let Some((posted, started, part)) = queue.pop_front() else {
                 break;
@@ -617,20 +613,33 @@ impl Connection {
                 }
                 self.ep.send(&answer)?;
             }
-            if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
-                let msg = self.ep.recv()?;
-                ended_by = self.take_writes(msg, &mut waiting);
-                size = None;
-            }
+            self.next_writes(&mut waiting, &mut ended_by, &mut size)?;
         }
         Ok(ended_by)
     }
 
+    /// Takes the next message into a run of writes, if one is waiting and the run has not
+    /// ended and has nothing else queued (a write batch's items all go in before the next):
+    /// its writes join `waiting`, anything else ends the run (`ended_by`). A new message's
+    /// writes look the file's size up afresh.
+    fn next_writes(
+        &mut self,
+        waiting: &mut VecDeque<WriteItem>,
+        ended_by: &mut Option<Message>,
+        size: &mut Option<u64>,
+    ) -> Result<(), DataError> {
+        if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
+            let msg = self.ep.recv()?;
+            *ended_by = self.take_writes(msg, waiting);
+            *size = None;
+        }
+        Ok(())
+    }
+
     /// Checks one write request and posts the RDMA READ of its bytes, into the file's pages
     /// where `may_place` and a window takes them, else into a bounce buffer. `Ok(Err(..))` is
-    /// a refusal to answer in its turn.
-    /// `size` is the file's, if known (looked up here if a window could take the bytes);
-    /// `in_flight`, the bounce bytes other writes hold.
+    /// a refusal to answer in its turn. `size` is the file's, if known (looked up here if a
+    /// window could take the bytes); `in_flight`, the bounce bytes other writes hold.
     fn post_write(
         &mut self,
         item: &WriteItem,
