@@ -419,8 +419,8 @@ fn direct_writes_take_no_server_cpu_fall_back_when_revoked_and_survive_kill_9() 
         let mut data = rdma_handle(&server, &c1, &key, true).await;
         // The first page takes the grant; the other 256 MiB go with no server CPU at all.
         data.write_at(0, &new[..4096]).await.unwrap();
-        // (The server counts a request's CPU after its reply, or with its next request if it
-        // was short: wait for the counter to settle; nothing may be added while the bytes go.)
+        // (The server counts its RDMA threads' CPU as each goes idle: wait for the counter to
+        // settle; nothing may be added while the bytes go.)
         let before = eventually(Duration::from_secs(10), || {
             let first = stats(&server, &c1);
             std::thread::sleep(Duration::from_millis(200));

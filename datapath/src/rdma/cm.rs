@@ -208,7 +208,7 @@ pub struct CmId {
     raw: *mut rdma_cm_id,
     channel: Arc<EventChannel>,
     /// Serialises `rdma_disconnect` (which reads `id->qp`) with `rdma_destroy_qp` (which
-    /// frees it): the CM thread may disconnect while a connection thread tears down.
+    /// frees it): the CM thread may disconnect while the connection's task tears down.
     qp_lock: std::sync::Mutex<()>,
 }
 

@@ -83,6 +83,23 @@ pub struct Endpoint {
     pub cm: Option<Arc<EventChannel>>,
 }
 
+/// What a wait on the completion queue is for ([`Endpoint::met`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A message from the peer.
+    Message,
+    /// A free message slot, and room on the send queue.
+    SendSlot,
+    /// Room on the send queue for one more work request.
+    Room,
+    /// The completion of this signaled RDMA work request.
+    Finished(u64),
+    /// The peer's acknowledgement of a liveness probe.
+    ProbeAnswer,
+    /// Every SEND posted has completed.
+    SendsDrained,
+}
+
 /// Drops the holds of posts numbered below `seq`: a completion of post `seq` or later came
 /// back, and a send queue completes in order.
 fn release_before(held: &mut VecDeque<(u64, Arc<MemoryRegion>)>, seq: u64) {
@@ -196,6 +213,57 @@ impl Endpoint {
         } else {
             self.cq.poll(&mut self.wcs)?;
         }
+        self.sort()?;
+        Ok(true)
+    }
+
+    /// Takes the completions ready now (after ringing the chain) and sorts them; returns
+    /// how many there were. Never blocks.
+    pub fn poll_now(&mut self) -> Result<usize, DataError> {
+        self.ring()?;
+        self.wcs.clear();
+        let n = self.cq.poll(&mut self.wcs)?;
+        self.sort()?;
+        Ok(n)
+    }
+
+    /// Asks the completion channel for an event at the next completion ([`Endpoint::events_fd`]
+    /// turns readable). Poll once more after: a completion that came just before is not
+    /// announced.
+    pub fn arm(&self) -> Result<(), DataError> {
+        Ok(self.cq.arm()?)
+    }
+
+    /// The completion channel's descriptor (non-blocking), readable once an armed CQ has a
+    /// completion; then [`Endpoint::take_events`].
+    pub fn events_fd(&self) -> i32 {
+        self.cq.fd()
+    }
+
+    /// Takes and acknowledges the completion channel's events.
+    pub fn take_events(&self) {
+        self.cq.take_events()
+    }
+
+    /// Whether `need` is met now (nothing is polled).
+    pub fn met(&self, need: Need) -> bool {
+        match need {
+            Need::Message => !self.inbox.is_empty(),
+            Need::SendSlot => !self.free_send.is_empty() && self.has_room(),
+            Need::Room => self.has_room(),
+            Need::Finished(wr_id) => self.finished.contains(&wr_id),
+            Need::ProbeAnswer => self.finished.contains(&TAG_PROBE),
+            Need::SendsDrained => self.free_send.len() == SEND_SLOTS,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.posted - self.sq_done < u64::from(MAX_SEND_WR)
+    }
+
+    /// Sorts the completions taken into `wcs`: messages to the inbox, send-queue progress,
+    /// finished RDMA requests; the first failed one is the error.
+    fn sort(&mut self) -> Result<(), DataError> {
         let mut failure = None;
         for wc in self.wcs.drain(..) {
             if !wc.ok() {
@@ -230,18 +298,15 @@ impl Endpoint {
         }
         match failure {
             Some(f) => Err(broken(f)),
-            None => Ok(true),
+            None => Ok(()),
         }
     }
 
     pub fn send(&mut self, msg: &Message) -> Result<(), DataError> {
-        while self.free_send.is_empty() {
-            self.pump(true)?;
-        }
+        // (Room too: waiting for it only frees more slots, so a free one stays free.)
+        self.block(Need::SendSlot)?;
         self.encode.clear();
         self.conv.seal(msg, &mut self.encode, SLOT)?;
-        // (Room first: waiting for it only frees more slots, so the one taken stays free.)
-        self.room()?;
         let slot = self.free_send.pop().expect("checked non-empty");
         let dst = self.send_buf.bytes_mut().expect("owned buffer");
         dst[slot * SLOT..slot * SLOT + self.encode.len()].copy_from_slice(&self.encode);
@@ -270,10 +335,16 @@ impl Endpoint {
     }
 
     pub fn recv(&mut self) -> Result<Message, DataError> {
-        while self.inbox.is_empty() {
+        self.block(Need::Message)?;
+        self.take_message()
+    }
+
+    /// Blocks until `need` is met (each wait for a completion bounded by `timeout`).
+    fn block(&mut self, need: Need) -> Result<(), DataError> {
+        while !self.met(need) {
             self.pump(true)?;
         }
-        self.take_message()
+        Ok(())
     }
 
     /// The next message if one arrives within `idle` (None: the peer sent nothing).
@@ -291,12 +362,9 @@ impl Endpoint {
     /// Checks the peer is still there: a zero-length RDMA WRITE it must acknowledge. A peer
     /// whose host died or whose path is cut fails it after the QP's ack timeout and retries.
     pub fn probe(&mut self, within: std::time::Duration) -> Result<(), DataError> {
-        self.room()?;
-        self.ring()?;
-        self.qp.post_probe(TAG_PROBE)?;
-        self.record(true);
+        self.start_probe()?;
         let deadline = std::time::Instant::now() + within;
-        while !self.finished.remove(&TAG_PROBE) {
+        while !self.probe_answered() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.pump_for(Some(Some(left)))? {
                 return Err(broken(format!(
@@ -305,6 +373,20 @@ impl Endpoint {
             }
         }
         Ok(())
+    }
+
+    /// Posts a liveness probe ([`Endpoint::probe`]); its answer is [`Need::ProbeAnswer`].
+    pub fn start_probe(&mut self) -> Result<(), DataError> {
+        self.room()?;
+        self.ring()?;
+        self.qp.post_probe(TAG_PROBE)?;
+        self.record(true);
+        Ok(())
+    }
+
+    /// Whether the probe was acknowledged (then it is forgotten).
+    pub fn probe_answered(&mut self) -> bool {
+        self.finished.remove(&TAG_PROBE)
     }
 
     fn take_message(&mut self) -> Result<Message, DataError> {
@@ -389,10 +471,7 @@ impl Endpoint {
     /// Waits until the send queue has room for one more work request (counting those in
     /// the chain: rings it first, as every wait does).
     fn room(&mut self) -> Result<(), DataError> {
-        while self.posted - self.sq_done >= u64::from(MAX_SEND_WR) {
-            self.pump(true)?;
-        }
-        Ok(())
+        self.block(Need::Room)
     }
 
     /// Counts a work request handed to the device (or to the chain); returns its sequence
@@ -503,9 +582,8 @@ impl Endpoint {
 
     /// Blocks until the signaled work request `wr_id` completed.
     pub fn wait_for(&mut self, wr_id: u64) -> Result<(), DataError> {
-        while !self.finished.remove(&wr_id) {
-            self.pump(true)?;
-        }
+        self.block(Need::Finished(wr_id))?;
+        self.finished.remove(&wr_id);
         Ok(())
     }
 
@@ -514,10 +592,7 @@ impl Endpoint {
     pub fn drain_sends(&mut self) -> Result<(), DataError> {
         // (Queued RDMA requests too: they complete before a SEND queued after them.)
         self.ring()?;
-        while self.free_send.len() < SEND_SLOTS {
-            self.pump(true)?;
-        }
-        Ok(())
+        self.block(Need::SendsDrained)
     }
 
     /// Client side of the mutual PSK handshake, over SEND/RECV.
@@ -545,22 +620,34 @@ impl Endpoint {
     fn drive(&mut self, handshake: &mut Handshake<'_>) -> Result<String, DataError> {
         loop {
             let msg = self.recv()?;
-            match handshake.on_message(msg) {
-                Ok(Step::Send(reply)) => self.send(&reply)?,
-                Ok(Step::Done { reply, keys, peer }) => {
-                    if let Some(reply) = reply {
-                        self.send(&reply)?;
-                    }
-                    self.conv.establish(keys, handshake.side());
-                    return Ok(peer);
+            if let Some(peer) = self.handshake_step(handshake, msg)? {
+                return Ok(peer);
+            }
+        }
+    }
+
+    /// Feeds `handshake` one message and sends what it asks (at most one message, or a
+    /// refusal); on success MACs every later frame and returns the peer's proven name.
+    pub fn handshake_step(
+        &mut self,
+        handshake: &mut Handshake<'_>,
+        msg: Message,
+    ) -> Result<Option<String>, DataError> {
+        match handshake.on_message(msg) {
+            Ok(Step::Send(reply)) => self.send(&reply).map(|()| None),
+            Ok(Step::Done { reply, keys, peer }) => {
+                if let Some(reply) = reply {
+                    self.send(&reply)?;
                 }
-                Err(e) => {
-                    if let Some(refusal) = handshake.refusal(&e) {
-                        let _ = self.send(&refusal);
-                        let _ = self.drain_sends();
-                    }
-                    return Err(Error::from(e).into());
+                self.conv.establish(keys, handshake.side());
+                Ok(Some(peer))
+            }
+            Err(e) => {
+                if let Some(refusal) = handshake.refusal(&e) {
+                    let _ = self.send(&refusal);
+                    let _ = self.drain_sends();
                 }
+                Err(Error::from(e).into())
             }
         }
     }

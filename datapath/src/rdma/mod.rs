@@ -9,6 +9,7 @@
 //! client buffer (address, rkey); the server moves the bytes with RDMA WRITE (reads) or RDMA
 //! READ (writes). In direct mode the client reads the file's MR itself.
 
+pub mod async_endpoint;
 pub mod client;
 pub mod cm;
 pub mod device_share;

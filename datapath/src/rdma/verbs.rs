@@ -187,10 +187,7 @@ impl CompletionQueue {
                 return Ok(Wait::Ready);
             }
             // Arm, then poll again to close the race with a completion that arrived between.
-            // SAFETY: live CQ.
-            if unsafe { ibv_req_notify_cq(self.raw, 0) } != 0 {
-                return Err(os_err("ibv_req_notify_cq"));
-            }
+            self.arm()?;
             if self.poll(out)? > 0 {
                 return Ok(Wait::Ready);
             }
@@ -204,8 +201,7 @@ impl CompletionQueue {
                     left.as_millis().min(i32::MAX as u128) as i32
                 }
             };
-            // SAFETY: reading the fd field of a live channel.
-            let fd = unsafe { (*self.channel).fd };
+            let fd = self.fd();
             let mut pfds = [
                 libc::pollfd {
                     fd,
@@ -236,13 +232,39 @@ impl CompletionQueue {
             if pfds[0].revents == 0 {
                 continue;
             }
+            self.take_events();
+        }
+    }
+
+    /// Asks for an event on the channel at the next completion (one event per arming).
+    /// Poll once more after arming: a completion that came just before is not announced.
+    pub fn arm(&self) -> io::Result<()> {
+        // SAFETY: live CQ.
+        if unsafe { ibv_req_notify_cq(self.raw, 0) } != 0 {
+            return Err(os_err("ibv_req_notify_cq"));
+        }
+        Ok(())
+    }
+
+    /// The completion channel's descriptor (non-blocking): readable once an armed CQ has a
+    /// completion. After it is, take the events with [`CompletionQueue::take_events`].
+    pub fn fd(&self) -> i32 {
+        // SAFETY: reading the fd field of a live channel.
+        unsafe { (*self.channel).fd }
+    }
+
+    /// Takes and acknowledges every event waiting on the channel (none may be left
+    /// unacknowledged, or destroying the CQ would wait for ever).
+    pub fn take_events(&self) {
+        loop {
             let mut cq: *mut ibv_cq = ptr::null_mut();
             let mut ctx: *mut c_void = ptr::null_mut();
-            // SAFETY: live channel (non-blocking fd, readable); valid out-pointers.
-            if unsafe { ibv_get_cq_event(self.channel, &mut cq, &mut ctx) } == 0 {
-                // SAFETY: the event is for our CQ; ack at once so destroy never waits.
-                unsafe { ibv_ack_cq_events(cq, 1) };
+            // SAFETY: live channel (non-blocking fd); valid out-pointers.
+            if unsafe { ibv_get_cq_event(self.channel, &mut cq, &mut ctx) } != 0 {
+                return; // none left (EAGAIN)
             }
+            // SAFETY: the event is for our CQ (the channel serves only it); acked at once.
+            unsafe { ibv_ack_cq_events(cq, 1) };
         }
     }
 }
@@ -250,7 +272,7 @@ impl CompletionQueue {
 impl Drop for CompletionQueue {
     fn drop(&mut self) {
         // SAFETY: QPs hold an Arc of this CQ, so none uses it; every event was acked in
-        // `wait`; the CQ goes before its channel.
+        // `take_events` as it was taken; the CQ goes before its channel.
         unsafe {
             ibv_destroy_cq(self.raw);
             ibv_destroy_comp_channel(self.channel);

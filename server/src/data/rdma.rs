@@ -1,8 +1,10 @@
 //! The RDMA data-channel server. One rdma_cm thread per listen address takes connect
 //! requests: the resume key in the private data is authenticated and looked up, and the
 //! 6-byte client tag checked, *before* a QP is accepted; a refusal goes back as reject
-//! private data. Each accepted connection gets a thread that runs the mutual handshake over
-//! SEND/RECV, attaches the duplicate handle, and serves requests: reads as RDMA WRITEs from
+//! private data. Each accepted connection is a task on one small runtime for all of them
+//! (a few threads, however many connections; see [`workers`]): it runs the mutual handshake
+//! over SEND/RECV, attaches the duplicate handle, and serves requests, waiting on its
+//! completion channel through the runtime's reactor. Reads go as RDMA WRITEs from
 //! registered file windows, writes as RDMA READs straight into those windows where the file is
 //! on tmpfs and the write inside it (zero-copy), else into a registered bounce pool, then
 //! `pwrite`.
@@ -13,10 +15,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use handoff_core::state::resume_key::SEALED_LEN;
 use handoff_core::state::DirectAccess;
 use handoff_core::wire::{ErrorCode, Message, Span};
 use handoff_core::Error;
+use handoff_datapath::rdma::async_endpoint::AsyncEndpoint;
 use handoff_datapath::rdma::cm::CmId;
 use handoff_datapath::rdma::device_share::{DeviceShare, DeviceShares};
 use handoff_datapath::rdma::endpoint::{connect_tag_check, Endpoint, ReadTarget};
@@ -27,26 +32,44 @@ use handoff_datapath::rdma::{ACCEPTED, CONNECT_PRIVATE_LEN, MAX_REQUEST, SERVES_
 use handoff_datapath::DataError;
 
 use super::session::{touch_modified, DataSession, Landing};
-use super::thread_cpu::BusyCpu;
+use super::thread_cpu::metered_runtime;
 use crate::auth::ClientDirectory;
 use crate::net::metrics::{DataOp, Transport};
 use crate::net::{reopen, Revocable, Seat, Shared};
 
-/// Starts serving RDMA on each address; returns once every listener is bound.
-pub fn start(addrs: &[SocketAddr], shared: Shared) -> Result<Vec<String>, DataError> {
+/// How many threads serve every RDMA connection: twice the CPUs, at least four, so a few
+/// connections whose file system makes them wait (a `pwrite` under writeback throttling, a
+/// `fdatasync`) leave threads for the others.
+pub fn workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    (2 * cpus).max(4)
+}
+
+/// Starts serving RDMA on each address, on `workers` threads for all connections; returns
+/// once every listener is bound.
+pub fn start(
+    addrs: &[SocketAddr],
+    shared: Shared,
+    workers: usize,
+) -> Result<Vec<String>, DataError> {
     let mut bound = Vec::new();
     // One PD and window cache per device, whichever listener a connection came through.
     let shares = Arc::new(DeviceShares::default());
+    // Lives as long as the process: connections are served until it ends.
+    let runtime = metered_runtime("rdma-serve", workers, shared.stats.clone())?;
+    let serving = runtime.handle().clone();
+    std::mem::forget(runtime);
     for addr in addrs {
         let listener = Listener::bind(*addr, 64)?;
         let device = listener.device_name();
-        tracing::info!(%addr, device, "RDMA listener ready");
+        tracing::info!(%addr, device, workers, "RDMA listener ready");
         bound.push(addr.to_string());
         let shared = shared.clone();
         let shares = shares.clone();
+        let serving = serving.clone();
         std::thread::Builder::new()
             .name(format!("rdma-cm {addr}"))
-            .spawn(move || cm_loop(listener, shared, &shares))?;
+            .spawn(move || cm_loop(listener, shared, &shares, &serving))?;
     }
     Ok(bound)
 }
@@ -68,7 +91,12 @@ struct Pending {
     wants_direct: bool,
 }
 
-fn cm_loop(mut listener: Listener, shared: Shared, shares: &DeviceShares) {
+fn cm_loop(
+    mut listener: Listener,
+    shared: Shared,
+    shares: &DeviceShares,
+    serving: &tokio::runtime::Handle,
+) {
     let mut pending: HashMap<ConnKey, Pending> = HashMap::new();
     let mut live: HashMap<ConnKey, Weak<CmId>> = HashMap::new();
     loop {
@@ -95,13 +123,12 @@ fn cm_loop(mut listener: Listener, shared: Shared, shares: &DeviceShares) {
                 if let Some(p) = pending.remove(&key) {
                     live.insert(key, Arc::downgrade(&p.id));
                     live.retain(|_, w| w.strong_count() > 0);
-                    let shared = shared.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("rdma-conn".into())
-                        .spawn(move || serve(p, shared));
-                    if let Err(e) = spawned {
-                        tracing::error!("cannot start a connection thread: {e}");
-                    }
+                    let span = tracing::info_span!(
+                        "rdma",
+                        device = %p.id.device_name(),
+                        client = %p.client
+                    );
+                    serving.spawn(serve(p, shared.clone()).instrument(span));
                 }
             }
             ListenEvent::Disconnected(key) | ListenEvent::DeviceRemoval(key) => {
@@ -110,7 +137,7 @@ fn cm_loop(mut listener: Listener, shared: Shared, shares: &DeviceShares) {
                     tracing::warn!("RDMA device removed; this listener stops");
                     listener.close();
                 }
-                // Flush the QP so the connection thread wakes and ends.
+                // Flush the QP so the connection's task wakes and ends.
                 if let Some(id) = live.remove(&key).and_then(|w| w.upgrade()) {
                     id.disconnect();
                 }
@@ -208,7 +235,7 @@ impl Revocable for DirectGrant {
 }
 
 struct Connection {
-    ep: Endpoint,
+    ep: AsyncEndpoint,
     shared: Shared,
     session: DataSession,
     windows: FileWindows,
@@ -220,8 +247,6 @@ struct Connection {
     next_wr: u64,
     /// How long the peer may be silent before it is probed.
     probe_every: Duration,
-    /// The thread's CPU spent on requests (`data_cpu_ns`).
-    cpu: BusyCpu,
     /// Connected saying it may ask for direct mode, so its QP has a PD of its own: direct
     /// grants are given only then.
     wants_direct: bool,
@@ -234,10 +259,10 @@ const PROBE_WAIT: Duration = Duration::from_secs(15);
 /// a probe or a transfer in about 2 s.
 const ACK_TIMEOUT: u8 = 16;
 
-fn serve(p: Pending, shared: Shared) {
+async fn serve(p: Pending, shared: Shared) {
     let Pending {
         id,
-        mut ep,
+        ep,
         client,
         key,
         seat,
@@ -246,7 +271,7 @@ fn serve(p: Pending, shared: Shared) {
         wants_direct,
     } = p;
     // A client removed from the directory (or given another secret) loses its connections:
-    // disconnecting flushes the QP, so this thread wakes and ends.
+    // disconnecting flushes the QP, so this task wakes and ends.
     let weak = Arc::downgrade(&id);
     seat.on_revoke(move || {
         if let Some(id) = weak.upgrade() {
@@ -254,30 +279,31 @@ fn serve(p: Pending, shared: Shared) {
             id.disconnect();
         }
     });
-    let span = tracing::info_span!("rdma", device = %id.device_name(), client = %client);
-    let _enter = span.enter();
-    let result = (|| -> Result<(), DataError> {
+    let result = async {
+        let mut ep = AsyncEndpoint::new(ep)?;
         // No wait for the peer is unbounded: a peer that goes quiet in the handshake, or stops
         // taking replies, or a completion that never comes, ends the connection.
-        ep.timeout = Some(crate::net::HANDSHAKE_TIMEOUT);
-        let who = ep.server_handshake(&directory, &client)?;
+        ep.set_timeout(Some(crate::net::HANDSHAKE_TIMEOUT));
+        let who = ep.server_handshake(&directory, &client).await?;
         // From here the session gives the handle back however it ends (an error, a panic),
-        // or the open could never expire.
-        let (session, reply) =
-            match DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma) {
-                Ok(x) => x,
-                Err(e) => {
-                    ep.send(&e.to_message())?;
-                    ep.drain_sends()?;
-                    return Ok(());
-                }
-            };
+        // or the open could never expire. (Attaching writes the store: it may wait on a disk.)
+        let attached = tokio::task::block_in_place(|| {
+            DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
+        });
+        let (session, reply) = match attached {
+            Ok(x) => x,
+            Err(e) => {
+                ep.send(&e.to_message()).await?;
+                ep.drain_sends().await?;
+                return Ok(());
+            }
+        };
         let truncations = shared.truncations.load(Ordering::SeqCst);
         let map_file = reopen(session.file(), true, "").ok();
         let windows = FileWindows::new(&device, map_file, truncations);
-        let _h = session.span(&who).entered();
-        ep.send(&reply)?;
-        ep.timeout = Some(shared.config.limits.frame_timeout);
+        let span = session.span(&who);
+        ep.send(&reply).await?;
+        ep.set_timeout(Some(shared.config.limits.frame_timeout));
         let mut conn = Connection {
             ep,
             shared: shared.clone(),
@@ -288,26 +314,26 @@ fn serve(p: Pending, shared: Shared) {
             truncations,
             next_wr: 1,
             probe_every: shared.config.limits.rdma_probe_interval,
-            cpu: BusyCpu::default(),
             wants_direct,
         };
-        let r = conn.run();
-        // A spell the connection's end cut short (the peer gone, a failed request) counts.
-        conn.cpu.idle(&shared.stats.data_cpu_ns);
-        let Connection {
-            session, direct, ..
-        } = conn;
-        drop(session); // detaches the handle
-        for g in &direct {
-            g.revoke();
-        }
-        if let Err(e) = r {
-            // Said now, not after the QP and regions are torn down (which can take a while
-            // on a dead path).
-            tracing::info!("RDMA connection ended: {e}; handle detached");
-        }
-        Ok(())
-    })();
+        let r = conn.run().instrument(span.clone()).await;
+        span.in_scope(|| {
+            let Connection {
+                session, direct, ..
+            } = conn;
+            drop(session); // detaches the handle
+            for g in &direct {
+                g.revoke();
+            }
+            if let Err(e) = r {
+                // Said now, not after the QP and regions are torn down (which can take a
+                // while on a dead path).
+                tracing::info!("RDMA connection ended: {e}; handle detached");
+            }
+        });
+        Ok::<(), DataError>(())
+    }
+    .await;
     match result {
         Ok(()) => tracing::debug!("RDMA connection closed"),
         Err(e) => tracing::info!("RDMA connection ended: {e}"),
@@ -316,28 +342,26 @@ fn serve(p: Pending, shared: Shared) {
 }
 
 impl Connection {
-    fn run(&mut self) -> Result<(), DataError> {
+    async fn run(&mut self) -> Result<(), DataError> {
         // A request that ended a run of pipelined writes, to be handled next.
         let mut next: Option<Message> = None;
         loop {
             let msg = match next.take() {
                 Some(m) => m,
-                None => match self.next_request()? {
+                None => match self.ep.recv_within(self.probe_every).await? {
                     Some(m) => m,
                     None => {
                         // Idle: is the peer still there? A dead one ends the connection, so
                         // the handle detaches and the open's durable timeout starts.
-                        // Quiet for the probe interval: what the last spell took is counted
-                        // now (not with the probe's CPU).
-                        self.cpu.idle(&self.shared.stats.data_cpu_ns);
                         tracing::debug!("RDMA peer idle: probing it");
-                        self.ep.probe(PROBE_WAIT)?;
+                        self.ep.probe(PROBE_WAIT).await?;
                         continue;
                     }
                 },
             };
-            self.check_truncations()?;
-            self.cpu.begin();
+            // A connection whose peer keeps it busy lets the others on its thread go too.
+            tokio::task::consume_budget().await;
+            self.check_truncations().await?;
             match msg {
                 Message::RdmaRead {
                     offset,
@@ -346,55 +370,46 @@ impl Connection {
                     rkey,
                 } => {
                     let size = self.session.file().metadata()?.len();
-                    let answer = match self.read(size, Span { offset, len, addr }, rkey)? {
+                    let answer = match self.read(size, Span { offset, len, addr }, rkey).await? {
                         Ok(len) => Message::ReadData { len },
                         Err(e) => e.to_message(),
                     };
                     // RC ordering: the client sees this only after the WRITEs have landed.
-                    self.ep.send(&answer)?;
+                    self.ep.send(&answer).await?;
                 }
-                Message::RdmaReadMany { rkey, items } => self.read_many(rkey, &items)?,
+                Message::RdmaReadMany { rkey, items } => self.read_many(rkey, &items).await?,
                 Message::RdmaWrite { .. } | Message::RdmaWriteMany { .. } => {
-                    next = self.writes(msg)?
+                    next = self.writes(msg).await?
                 }
                 Message::Flush => {
                     let started = Instant::now();
-                    self.ep.send(&self.session.flush())?;
+                    let answer = tokio::task::block_in_place(|| self.session.flush());
+                    self.ep.send(&answer).await?;
                     self.session.served(DataOp::Flush, 0, started);
                 }
-                Message::DirectFlush { offset, len } => self.direct_flush(offset, len)?,
-                Message::MapFile => self.map_file(DirectAccess::Read)?,
-                Message::MapFileWrite => self.map_file(DirectAccess::Write)?,
+                Message::DirectFlush { offset, len } => self.direct_flush(offset, len).await?,
+                Message::MapFile => self.map_file(DirectAccess::Read).await?,
+                Message::MapFileWrite => self.map_file(DirectAccess::Write).await?,
                 other => {
                     let e = DataSession::not_a_request(&other, "RDMA");
-                    self.ep.send(&e.to_message())?;
+                    self.ep.send(&e.to_message()).await?;
                     return Err(e.into());
                 }
             }
-            self.cpu.served(&self.shared.stats.data_cpu_ns);
         }
-    }
-
-    /// The next request, if one comes within the probe interval. A thread about to wait
-    /// counts the CPU its busy spell took if the spell was long enough ([`BusyCpu::pause`]).
-    fn next_request(&mut self) -> Result<Option<Message>, DataError> {
-        if !self.ep.has_message()? {
-            self.cpu.pause(&self.shared.stats.data_cpu_ns);
-        }
-        self.ep.recv_within(self.probe_every)
     }
 
     /// Direct writes `[offset, offset + len)` are done: makes them durable and counts them as
     /// this handle's change. The client's own RDMA WRITEs completed before it asked, so the
     /// bytes are in the file's pages; nothing is copied here.
-    fn direct_flush(&mut self, offset: u64, len: u64) -> Result<(), DataError> {
+    async fn direct_flush(&mut self, offset: u64, len: u64) -> Result<(), DataError> {
         let started = Instant::now();
         if offset.checked_add(len).is_none() {
             let e = Error::bad_request("direct flush range overflows");
-            return self.ep.send(&e.to_message());
+            return self.ep.send(&e.to_message()).await;
         }
         // The bytes are in the file's pages already: make them durable whatever comes next.
-        let answer = self.session.flush();
+        let answer = tokio::task::block_in_place(|| self.session.flush());
         // Rights only, not the range's locks: the range is a span of possibly separate
         // writes, and a lock another open took inside it after a revocation must not make
         // every later flush fail.
@@ -408,17 +423,17 @@ impl Connection {
             }
             Ok(_) => answer,
         };
-        self.ep.send(&answer)?;
+        self.ep.send(&answer).await?;
         self.session.served(DataOp::Flush, 0, started);
         Ok(())
     }
 
     /// Drops the file's windows if a file was cut short through this server since they were
     /// taken; returns whether it did.
-    fn check_truncations(&mut self) -> Result<bool, DataError> {
+    async fn check_truncations(&mut self) -> Result<bool, DataError> {
         let now = self.shared.truncations.load(Ordering::SeqCst);
         if now != self.truncations {
-            self.ep.drain_sends()?;
+            self.ep.drain_sends().await?;
             self.windows.reset(now);
             self.truncations = now;
             return Ok(true);
@@ -450,7 +465,12 @@ impl Connection {
     /// Posts the RDMA WRITEs of one read request on a file of `size` bytes; returns the
     /// bytes it moves, or its refusal (to answer). The answer must follow as a SEND: RC
     /// ordering has the client see it only after these WRITEs landed.
-    fn read(&mut self, size: u64, span: Span, rkey: u32) -> Result<Result<u64, Error>, DataError> {
+    async fn read(
+        &mut self,
+        size: u64,
+        span: Span,
+        rkey: u32,
+    ) -> Result<Result<u64, Error>, DataError> {
         let started = Instant::now();
         let Span { offset, len, addr } = span;
         let len = match self.session.gate().read(size, offset, len, Some(addr)) {
@@ -460,7 +480,7 @@ impl Connection {
         let mut done = 0u64;
         while done < len {
             if self.windows.needs_eviction(offset + done, size) {
-                self.ep.drain_sends()?;
+                self.ep.drain_sends().await?;
             }
             let (source, n) =
                 self.windows
@@ -469,14 +489,18 @@ impl Connection {
             match source {
                 // The SEND that follows these WRITEs completes after them (RC order).
                 Source::Window(mr, at) => {
-                    self.ep.post_write_from(0, (&mr, at, n), remote, false)?
+                    self.ep
+                        .post_write_from(0, (&mr, at, n), remote, false)
+                        .await?
                 }
                 Source::Bounce(mr) => {
                     // The bounce buffer is refilled next time: wait for this WRITE first.
                     let wr = self.next_wr;
                     self.next_wr += 1;
-                    self.ep.post_write_from(wr, (&mr, 0, n), remote, true)?;
-                    self.ep.wait_for(wr)?;
+                    self.ep
+                        .post_write_from(wr, (&mr, 0, n), remote, true)
+                        .await?;
+                    self.ep.wait_for(wr).await?;
                 }
             }
             done += n as u64;
@@ -488,22 +512,22 @@ impl Connection {
 
     /// A batch of reads: each item served as an `RdmaRead` would be, in order, and one answer
     /// for all: the bytes each moved, or the first refusal (the items after it are not served).
-    fn read_many(&mut self, rkey: u32, items: &[Span]) -> Result<(), DataError> {
+    async fn read_many(&mut self, rkey: u32, items: &[Span]) -> Result<(), DataError> {
         self.count_batched(items.len());
         let mut size = self.session.file().metadata()?.len();
         let mut lens = Vec::with_capacity(items.len());
         for span in items {
             // A file cut short through this server meanwhile: as between single requests,
             // its windows go and its size is looked up again before the next item.
-            if self.check_truncations()? {
+            if self.check_truncations().await? {
                 size = self.session.file().metadata()?.len();
             }
-            match self.read(size, *span, rkey)? {
+            match self.read(size, *span, rkey).await? {
                 Ok(len) => lens.push(len),
-                Err(e) => return self.ep.send(&e.to_message()),
+                Err(e) => return self.ep.send(&e.to_message()).await,
             }
         }
-        self.ep.send(&Message::ReadMany { lens })
+        self.ep.send(&Message::ReadMany { lens }).await
     }
 
     /// A run of RDMA writes, pipelined: each request's RDMA READ is posted as soon as it
@@ -512,11 +536,11 @@ impl Connection {
     /// answered, in request order; a batch's items are answered together once its last one
     /// is. Returns the request that ended the run (a Flush or a read), to be handled after
     /// these writes.
-    fn writes(&mut self, first: Message) -> Result<Option<Message>, DataError> {
+    async fn writes(&mut self, first: Message) -> Result<Option<Message>, DataError> {
         // Bytes placed in the file's pages whose modification time is not set yet: it is,
         // once, before the next answer, and however the run ends (an error, a peer gone).
         let mut untouched = false;
-        let result = self.write_run(first, &mut untouched);
+        let result = self.write_run(first, &mut untouched).await;
         if untouched {
             touch_modified(self.session.file());
         }
@@ -524,7 +548,7 @@ impl Connection {
     }
 
     /// [`Connection::writes`], noting in `untouched` bytes placed with no time set yet.
-    fn write_run(
+    async fn write_run(
         &mut self,
         first: Message,
         untouched: &mut bool,
@@ -547,7 +571,7 @@ impl Connection {
                 let item = waiting.pop_front().expect("checked");
                 // A file cut short since the last request: its windows go before this write
                 // picks one (their pages past the cut are no longer the file's).
-                if self.check_truncations()? {
+                if self.check_truncations().await? {
                     size = None;
                 }
                 let started = Instant::now();
@@ -557,7 +581,9 @@ impl Connection {
                 let bounced_ahead = queue
                     .iter()
                     .any(|(p, ..)| matches!(p, Ok(w) if w.bounce.is_some()));
-                let posted = self.post_write(&item, !bounced_ahead, &mut size, bounced)?;
+                let posted = self
+                    .post_write(&item, !bounced_ahead, &mut size, bounced)
+                    .await?;
                 if let Ok(PostedRead {
                     bounce: Some(size), ..
                 }) = &posted
@@ -565,7 +591,8 @@ impl Connection {
                     bounced += size;
                 }
                 queue.push_back((posted, started, item.part));
-                self.next_writes(&mut waiting, &mut ended_by, &mut size)?;
+                self.next_writes(&mut waiting, &mut ended_by, &mut size)
+                    .await?;
             }
             let Some((posted, started, part)) = queue.pop_front() else {
                 break;
@@ -580,7 +607,7 @@ impl Connection {
                     bounced -= bounce.unwrap_or(0);
                     if len > 0 {
                         // The lease may have lapsed while the RDMA READ ran: both check it.
-                        match self.ep.finish_read(wr)? {
+                        match self.ep.finish_read(wr).await? {
                             ReadTarget::Buffer(landed) => {
                                 let bytes = &landed.bytes()[..len as usize];
                                 self.session.put(&mut landing, bytes)?;
@@ -611,9 +638,10 @@ impl Connection {
                     // The bytes came without a write(2): the file's times are ours to set.
                     touch_modified(self.session.file());
                 }
-                self.ep.send(&answer)?;
+                self.ep.send(&answer).await?;
             }
-            self.next_writes(&mut waiting, &mut ended_by, &mut size)?;
+            self.next_writes(&mut waiting, &mut ended_by, &mut size)
+                .await?;
         }
         Ok(ended_by)
     }
@@ -622,14 +650,14 @@ impl Connection {
     /// ended and has nothing else queued (a write batch's items all go in before the next):
     /// its writes join `waiting`, anything else ends the run (`ended_by`). A new message's
     /// writes look the file's size up afresh.
-    fn next_writes(
+    async fn next_writes(
         &mut self,
         waiting: &mut VecDeque<WriteItem>,
         ended_by: &mut Option<Message>,
         size: &mut Option<u64>,
     ) -> Result<(), DataError> {
         if waiting.is_empty() && ended_by.is_none() && self.ep.has_message()? {
-            let msg = self.ep.recv()?;
+            let msg = self.ep.recv().await?;
             *ended_by = self.take_writes(msg, waiting);
             *size = None;
         }
@@ -640,7 +668,7 @@ impl Connection {
     /// where `may_place` and a window takes them, else into a bounce buffer. `Ok(Err(..))` is
     /// a refusal to answer in its turn. `size` is the file's, if known (looked up here if a
     /// window could take the bytes); `in_flight`, the bounce bytes other writes hold.
-    fn post_write(
+    async fn post_write(
         &mut self,
         item: &WriteItem,
         may_place: bool,
@@ -683,7 +711,9 @@ impl Connection {
                     ReadTarget::Buffer(mr)
                 }
             };
-            self.ep.post_read_into(wr, target, len as usize, remote)?;
+            self.ep
+                .post_read_into(wr, target, len as usize, remote)
+                .await?;
         }
         Ok(Ok(PostedRead {
             wr,
@@ -726,13 +756,13 @@ impl Connection {
         }
     }
 
-    fn map_file(&mut self, access: DirectAccess) -> Result<(), DataError> {
+    async fn map_file(&mut self, access: DirectAccess) -> Result<(), DataError> {
         if !self.wants_direct {
             let e = Error::bad_request(
                 "direct mode was not asked for when this RDMA connection was made (its QP \
                  shares a protection domain): reconnect asking for it",
             );
-            return self.ep.send(&e.to_message());
+            return self.ep.send(&e.to_message()).await;
         }
         // One grant per connection: asking again gives up the last (else each ask would pin
         // the whole file once more).
@@ -742,11 +772,14 @@ impl Connection {
         let size = self.session.file().metadata()?.len();
         let windows = &self.windows;
         let writable = access == DirectAccess::Write;
-        let granted = self.shared.grant_direct(self.session.handle(), access, || {
-            let mr = windows.map_direct(size, writable).map_err(Error::Io)?;
-            Ok(Arc::new(DirectGrant {
-                mr: Mutex::new(Some(mr)),
-            }))
+        // (Registering a whole file pins every page of it: seconds for gigabytes.)
+        let granted = tokio::task::block_in_place(|| {
+            self.shared.grant_direct(self.session.handle(), access, || {
+                let mr = windows.map_direct(size, writable).map_err(Error::Io)?;
+                Ok(Arc::new(DirectGrant {
+                    mr: Mutex::new(Some(mr)),
+                }))
+            })
         });
         match granted {
             Ok(grant) => {
@@ -758,13 +791,15 @@ impl Connection {
                     (mr.addr(), mr.rkey())
                 };
                 self.direct.push(grant);
-                self.ep.send(&Message::FileMapped {
-                    addr,
-                    len: size,
-                    rkey,
-                })
+                self.ep
+                    .send(&Message::FileMapped {
+                        addr,
+                        len: size,
+                        rkey,
+                    })
+                    .await
             }
-            Err(e) => self.ep.send(&e.to_message()),
+            Err(e) => self.ep.send(&e.to_message()).await,
         }
     }
 }

@@ -454,7 +454,7 @@ impl Seat {
     }
 
     /// Runs `close` when the seat is revoked (at once if it already is): how a connection
-    /// served by a thread of its own is closed from outside.
+    /// served off the async control path (an RDMA connection) is closed from outside.
     pub fn on_revoke(&self, close: impl FnOnce() + Send + 'static) {
         let mut closers = self
             .revocation

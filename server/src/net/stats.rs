@@ -13,7 +13,7 @@ pub struct ServerStats {
     pub direct_grants: std::sync::atomic::AtomicU64,
     pub direct_revocations: std::sync::atomic::AtomicU64,
     pub tcp_bytes: std::sync::atomic::AtomicU64,
-    /// CPU time (ns) the server's RDMA connection threads spent serving data requests:
+    /// CPU time (ns) the threads serving RDMA connections spent (handshakes, requests, probes):
     /// direct-mode bytes never add to it.
     pub data_cpu_ns: std::sync::atomic::AtomicU64,
     /// Bytes of RDMA writes the adapter put straight into the file's pages (zero-copy: no

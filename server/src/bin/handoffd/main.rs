@@ -74,6 +74,11 @@ struct Args {
     /// Repeat it for one QP per interface (multichannel).
     #[arg(long, value_name = "ADDR")]
     rdma_listen: Vec<SocketAddr>,
+    /// Threads that serve every RDMA connection, however many there are (a connection waits
+    /// for its completions without holding one). Default: twice the CPUs, at least 4; raise
+    /// it if the file system under --root can make a write or a flush wait long.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    rdma_workers: Option<u16>,
     /// Keep state in etcd (`etcd://HOST:PORT[,HOST:PORT…]`) instead of the embedded database
     /// under --state: several handoffd over one --root then form an active/passive group, one
     /// active (it holds an etcd lease), the others waiting to take over.
@@ -235,6 +240,9 @@ async fn main() {
         listen: args.listen,
         data_listen: args.data_listen,
         rdma_listen: args.rdma_listen,
+        rdma_workers: args
+            .rdma_workers
+            .map_or_else(handoff_server::data::rdma::workers, usize::from),
         durable_timeout: Duration::from_secs(args.durable_timeout),
         grace: Duration::from_secs(args.grace),
         limits: args.limits.limits(),

@@ -31,6 +31,8 @@ pub struct ServerOptions {
     /// RDMA (rdma_cm) listen addresses: the IP of an RDMA-capable netdev and a port. Several
     /// give the client one QP per address (multichannel).
     pub rdma_listen: Vec<SocketAddr>,
+    /// Threads serving every RDMA connection.
+    pub rdma_workers: usize,
     pub durable_timeout: Duration,
     pub grace: Duration,
     /// Connection caps and stall timeouts.
@@ -263,14 +265,14 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     )?;
 
     if !opts.rdma_listen.is_empty() {
-        handoff_server::data::rdma::start(&opts.rdma_listen, shared.clone()).with_context(
-            || {
-                format!(
-                    "--rdma-listen {:?} (is rdma_rxe or an RDMA NIC up on that address?)",
-                    opts.rdma_listen
-                )
-            },
-        )?;
+        let serving =
+            handoff_server::data::rdma::start(&opts.rdma_listen, shared.clone(), opts.rdma_workers);
+        serving.with_context(|| {
+            format!(
+                "--rdma-listen {:?} (is rdma_rxe or an RDMA NIC up on that address?)",
+                opts.rdma_listen
+            )
+        })?;
     }
     let stop = shared.stop.clone();
     let mut tasks = tokio::task::JoinSet::new();
