@@ -929,6 +929,16 @@ fn resource_field(line: &str, name: &str) -> Option<String> {
 /// resource show mr`: `... mrlen N pdn P ...`). The kernel names the *thread* that made an
 /// object, and a region's thread may have ended since; the server makes its PDs on its
 /// long-lived `rdma-cm …` threads, so its regions are told by their PD.
+/// Names of the server's threads that serve RDMA connections (all but the rdma_cm ones).
+fn rdma_threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("rdma-") && !name.starts_with("rdma-cm"))
+        .collect()
+}
+
 fn server_regions(len: u64) -> usize {
     let pds: Vec<String> = sh_out("rdma resource show pd")
         .lines()
@@ -953,7 +963,7 @@ fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_
     let c1 = client(tmp.path(), "c1");
     let port = free_port();
     let listen = format!("{}:{port}", ips[0]);
-    let server = TestServer::start(&[&c1], &["--rdma-listen", &listen]);
+    let server = TestServer::start(&[&c1], &["--rdma-listen", &listen, "--rdma-workers", "2"]);
     // Two windows: 64 MiB, and a 3 MiB tail (no other region the server makes is 3 MiB).
     const WINDOW: u64 = 64 << 20;
     let path = server.root().join("shared");
@@ -998,6 +1008,14 @@ fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_
             sh_out("rdma resource show mr")
         );
         assert_eq!(server_regions(3 << 20), 1);
+        // ... and served by the two threads asked for (with the few that stand in for one
+        // while it waits on the store or a disk), not a thread each.
+        let serving = rdma_threads(server.pid());
+        assert!(
+            serving.len() <= 6,
+            "{} threads serve 16 RDMA connections: {serving:?}",
+            serving.len()
+        );
 
         // Cut to 1 MiB past the first window, then grow it back to its old length from
         // outside with new bytes: the tail window has its old length again, and the other
