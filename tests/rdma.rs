@@ -925,10 +925,6 @@ fn resource_field(line: &str, name: &str) -> Option<String> {
         .map(|w| w[1].to_string())
 }
 
-/// Registered regions of exactly `len` bytes in the server's protection domains (`rdma
-/// resource show mr`: `... mrlen N pdn P ...`). The kernel names the *thread* that made an
-/// object, and a region's thread may have ended since; the server makes its PDs on its
-/// long-lived `rdma-cm …` threads, so its regions are told by their PD.
 /// Names of the server's threads that serve RDMA connections (all but the rdma_cm ones).
 fn rdma_threads(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -939,6 +935,10 @@ fn rdma_threads(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Registered regions of exactly `len` bytes in the server's protection domains (`rdma
+/// resource show mr`: `... mrlen N pdn P ...`). The kernel names the *thread* that made an
+/// object, and a region's thread may have ended since; the server makes its PDs on its
+/// long-lived `rdma-cm …` threads, so its regions are told by their PD.
 fn server_regions(len: u64) -> usize {
     let pds: Vec<String> = sh_out("rdma resource show pd")
         .lines()

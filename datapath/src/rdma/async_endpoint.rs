@@ -72,6 +72,9 @@ impl AsyncEndpoint {
     /// Waits until `need` is met. Each wait for a completion is bounded by the endpoint's
     /// `timeout` (as a blocking wait is): past it the path or the peer is taken for gone.
     pub async fn until(&mut self, need: Need) -> Result<(), DataError> {
+        // A connection whose needs are always met (a busy peer) still lets the other tasks
+        // on its thread go, now and then.
+        tokio::task::consume_budget().await;
         if self.ep.met(need) {
             return Ok(());
         }
@@ -206,8 +209,13 @@ impl AsyncEndpoint {
         loop {
             let msg = self.recv().await?;
             self.until(Need::SendSlot).await?;
-            if let Some(peer) = self.ep.handshake_step(&mut handshake, msg)? {
-                return Ok(peer);
+            match self.ep.handshake_step(&mut handshake, msg) {
+                Ok(Some(peer)) => return Ok(peer),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = self.drain_sends().await;
+                    return Err(e);
+                }
             }
         }
     }

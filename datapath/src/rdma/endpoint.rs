@@ -620,14 +620,21 @@ impl Endpoint {
     fn drive(&mut self, handshake: &mut Handshake<'_>) -> Result<String, DataError> {
         loop {
             let msg = self.recv()?;
-            if let Some(peer) = self.handshake_step(handshake, msg)? {
-                return Ok(peer);
+            match self.handshake_step(handshake, msg) {
+                Ok(Some(peer)) => return Ok(peer),
+                Ok(None) => {}
+                Err(e) => {
+                    // (The refusal, if one was sent, goes out before the QP does.)
+                    let _ = self.drain_sends();
+                    return Err(e);
+                }
             }
         }
     }
 
-    /// Feeds `handshake` one message and sends what it asks (at most one message, or a
-    /// refusal); on success MACs every later frame and returns the peer's proven name.
+    /// Feeds `handshake` one message and sends what it asks (at most one message: needs
+    /// [`Need::SendSlot`] only); on success MACs every later frame and returns the peer's
+    /// proven name. On an error, a refusal may have been sent: drain it before closing.
     pub fn handshake_step(
         &mut self,
         handshake: &mut Handshake<'_>,
@@ -645,7 +652,6 @@ impl Endpoint {
             Err(e) => {
                 if let Some(refusal) = handshake.refusal(&e) {
                     let _ = self.send(&refusal);
-                    let _ = self.drain_sends();
                 }
                 Err(Error::from(e).into())
             }

@@ -122,16 +122,18 @@ impl FileWindows {
         len: u64,
         size: u64,
     ) -> Option<(Arc<MemoryRegion>, usize)> {
-        let end = offset.checked_add(len)?;
-        if !self.places_writes() || len == 0 || end > size {
-            return None;
-        }
-        let index = offset / WINDOW;
-        if (end - 1) / WINDOW != index {
-            return None;
-        }
+        let index = self.placeable(offset, len, size)?;
         let w = self.window(index, size, true)?;
         Some((w.mr.clone(), (offset - index * WINDOW) as usize))
+    }
+
+    /// The window a write of `len` bytes at `offset` (file of `size` bytes) may land in, if
+    /// it may land in one at all ([`FileWindows::target`]).
+    fn placeable(&self, offset: u64, len: u64, size: u64) -> Option<u64> {
+        let end = offset.checked_add(len)?;
+        let index = offset / WINDOW;
+        let inside = self.places_writes() && len > 0 && end <= size;
+        (inside && (end - 1) / WINDOW == index).then_some(index)
     }
 
     /// The registered window `index` of a file of `size` bytes, mapped now if need be (the
@@ -187,6 +189,27 @@ impl FileWindows {
         let w = self.windows.iter_mut().find(|w| this(w))?;
         w.last_use = tick;
         Some(w)
+    }
+
+    /// Whether [`FileWindows::source`] (or, if `writable`, [`FileWindows::target`]) for
+    /// these bytes answers at once: with a window this connection holds, or (a write) with no
+    /// window at all. Otherwise it may register one, wait for another connection that does,
+    /// or read the file into a bounce buffer.
+    pub fn at_hand(&self, offset: u64, len: u64, size: u64, writable: bool) -> bool {
+        let index = if writable {
+            match self.placeable(offset, len, size) {
+                Some(index) => index,
+                None => return true,
+            }
+        } else {
+            offset / WINDOW
+        };
+        let want_len = Self::window_len(index, size);
+        !self.mapping_failed
+            && self
+                .windows
+                .iter()
+                .any(|w| w.index == index && w.writable == writable && w.len == want_len)
     }
 
     /// Whether taking a new window for reading would evict one (the caller must first make

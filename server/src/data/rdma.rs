@@ -32,7 +32,7 @@ use handoff_datapath::rdma::{ACCEPTED, CONNECT_PRIVATE_LEN, MAX_REQUEST, SERVES_
 use handoff_datapath::DataError;
 
 use super::session::{touch_modified, DataSession, Landing};
-use super::thread_cpu::metered_runtime;
+use super::thread_cpu::{may_block, metered_runtime};
 use crate::auth::ClientDirectory;
 use crate::net::metrics::{DataOp, Transport};
 use crate::net::{reopen, Revocable, Seat, Shared};
@@ -287,7 +287,7 @@ async fn serve(p: Pending, shared: Shared) {
         let who = ep.server_handshake(&directory, &client).await?;
         // From here the session gives the handle back however it ends (an error, a panic),
         // or the open could never expire. (Attaching writes the store: it may wait on a disk.)
-        let attached = tokio::task::block_in_place(|| {
+        let attached = may_block(&shared.stats.data_cpu_ns, || {
             DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
         });
         let (session, reply) = match attached {
@@ -359,8 +359,6 @@ impl Connection {
                     }
                 },
             };
-            // A connection whose peer keeps it busy lets the others on its thread go too.
-            tokio::task::consume_budget().await;
             self.check_truncations().await?;
             match msg {
                 Message::RdmaRead {
@@ -383,7 +381,7 @@ impl Connection {
                 }
                 Message::Flush => {
                     let started = Instant::now();
-                    let answer = tokio::task::block_in_place(|| self.session.flush());
+                    let answer = may_block(&self.shared.stats.data_cpu_ns, || self.session.flush());
                     self.ep.send(&answer).await?;
                     self.session.served(DataOp::Flush, 0, started);
                 }
@@ -409,7 +407,7 @@ impl Connection {
             return self.ep.send(&e.to_message()).await;
         }
         // The bytes are in the file's pages already: make them durable whatever comes next.
-        let answer = tokio::task::block_in_place(|| self.session.flush());
+        let answer = may_block(&self.shared.stats.data_cpu_ns, || self.session.flush());
         // Rights only, not the range's locks: the range is a span of possibly separate
         // writes, and a lock another open took inside it after a revocation must not make
         // every later flush fail.
@@ -482,9 +480,16 @@ impl Connection {
             if self.windows.needs_eviction(offset + done, size) {
                 self.ep.drain_sends().await?;
             }
-            let (source, n) =
-                self.windows
-                    .source(self.session.file(), offset + done, len - done, size)?;
+            let (at, left) = (offset + done, len - done);
+            let (windows, file) = (&mut self.windows, self.session.file());
+            // (Registering a window pins its pages, reading them in from a disk first.)
+            let (source, n) = if windows.at_hand(at, left, size, false) {
+                windows.source(file, at, left, size)?
+            } else {
+                may_block(&self.shared.stats.data_cpu_ns, || {
+                    windows.source(file, at, left, size)
+                })?
+            };
             let remote = (addr + done, rkey);
             match source {
                 // The SEND that follows these WRITEs completes after them (RC order).
@@ -699,7 +704,14 @@ impl Connection {
                     Some(n) => n,
                     None => *size.insert(self.session.file().metadata()?.len()),
                 };
-                self.windows.target(offset, len, size)
+                if self.windows.at_hand(offset, len, size, true) {
+                    self.windows.target(offset, len, size)
+                } else {
+                    let windows = &mut self.windows;
+                    may_block(&self.shared.stats.data_cpu_ns, || {
+                        windows.target(offset, len, size)
+                    })
+                }
             } else {
                 None
             };
@@ -773,7 +785,7 @@ impl Connection {
         let windows = &self.windows;
         let writable = access == DirectAccess::Write;
         // (Registering a whole file pins every page of it: seconds for gigabytes.)
-        let granted = tokio::task::block_in_place(|| {
+        let granted = may_block(&self.shared.stats.data_cpu_ns, || {
             self.shared.grant_direct(self.session.handle(), access, || {
                 let mr = windows.map_direct(size, writable).map_err(Error::Io)?;
                 Ok(Arc::new(DirectGrant {

@@ -26,14 +26,24 @@ fn started() {
     COUNTED.set(read());
 }
 
-/// The thread is about to sleep (or end): the CPU it spent since it was last counted goes
-/// into `counter`.
-fn going_idle(counter: &AtomicU64) {
+/// The CPU this thread spent since it was last counted goes into `counter` (it is about to
+/// sleep or end, or did work that may have left it off the workers).
+fn count_spent(counter: &AtomicU64) {
     let Some(now) = read() else { return };
     if let Some(last) = COUNTED.replace(Some(now)) {
         let ns = now.saturating_sub(last).as_nanos();
         counter.fetch_add(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
+}
+
+/// Runs `f`, which may wait (on a disk, the store, a page-pinning registration), with the
+/// other tasks of this worker handed to another thread meanwhile; what this thread spent is
+/// counted into `counter` once `f` is done (a thread that gave its tasks away may go idle in
+/// the blocking pool without parking).
+pub fn may_block<T>(counter: &AtomicU64, f: impl FnOnce() -> T) -> T {
+    let result = tokio::task::block_in_place(f);
+    count_spent(counter);
+    result
 }
 
 fn read() -> Option<Duration> {
@@ -55,8 +65,8 @@ pub fn metered_runtime(
         .thread_name(name)
         .enable_all()
         .on_thread_start(started)
-        .on_thread_park(move || going_idle(&on_park.data_cpu_ns))
-        .on_thread_stop(move || going_idle(&on_stop.data_cpu_ns))
+        .on_thread_park(move || count_spent(&on_park.data_cpu_ns))
+        .on_thread_stop(move || count_spent(&on_stop.data_cpu_ns))
         .build()
 }
 
@@ -99,11 +109,11 @@ mod tests {
         let counter = AtomicU64::new(0);
         started();
         spin(Duration::from_millis(5));
-        going_idle(&counter);
+        count_spent(&counter);
         let spent = counter.load(Ordering::Relaxed);
         assert!(spent >= 5_000_000, "{spent} ns");
         std::thread::sleep(Duration::from_millis(20));
-        going_idle(&counter);
+        count_spent(&counter);
         let slept = counter.load(Ordering::Relaxed) - spent;
         assert!(slept < 2_000_000, "{slept} ns counted for a sleep");
     }
