@@ -1008,8 +1008,8 @@ fn sixteen_readers_of_one_file_register_its_pages_once_and_a_truncate_gives_new_
             sh_out("rdma resource show mr")
         );
         assert_eq!(server_regions(3 << 20), 1);
-        // ... and served by the two threads asked for (with the few that stand in for one
-        // while it waits on the store or a disk), not a thread each.
+        // ... and served by the two threads asked for (and their blocking pools' threads,
+        // which attached the handles), not a thread each.
         let serving = rdma_threads(server.pid());
         assert!(
             serving.len() <= 6,

@@ -191,27 +191,6 @@ impl FileWindows {
         Some(w)
     }
 
-    /// Whether [`FileWindows::source`] (or, if `writable`, [`FileWindows::target`]) for
-    /// these bytes answers at once: with a window this connection holds, or (a write) with no
-    /// window at all. Otherwise it may register one, wait for another connection that does,
-    /// or read the file into a bounce buffer.
-    pub fn at_hand(&self, offset: u64, len: u64, size: u64, writable: bool) -> bool {
-        let index = if writable {
-            match self.placeable(offset, len, size) {
-                Some(index) => index,
-                None => return true,
-            }
-        } else {
-            offset / WINDOW
-        };
-        let want_len = Self::window_len(index, size);
-        !self.mapping_failed
-            && self
-                .windows
-                .iter()
-                .any(|w| w.index == index && w.writable == writable && w.len == want_len)
-    }
-
     /// Whether taking a new window for reading would evict one (the caller must first make
     /// sure no posted work still reads from the window being evicted).
     pub fn needs_eviction(&self, offset: u64, size: u64) -> bool {

@@ -5,5 +5,6 @@ pub mod rdma;
 mod session;
 mod tcp;
 mod thread_cpu;
+mod workers;
 
 pub use tcp::DataServer;

@@ -1,10 +1,10 @@
 //! The RDMA data-channel server. One rdma_cm thread per listen address takes connect
 //! requests: the resume key in the private data is authenticated and looked up, and the
 //! 6-byte client tag checked, *before* a QP is accepted; a refusal goes back as reject
-//! private data. Each accepted connection is a task on one small runtime for all of them
-//! (a few threads, however many connections; see [`workers`]): it runs the mutual handshake
-//! over SEND/RECV, attaches the duplicate handle, and serves requests, waiting on its
-//! completion channel through the runtime's reactor. Reads go as RDMA WRITEs from
+//! private data. Each accepted connection is a task on one of a few serving threads
+//! (however many connections; see [`Workers`]): it runs the mutual handshake over SEND/RECV,
+//! attaches the duplicate handle, and serves requests, waiting on its completion channel
+//! through its thread's reactor. Reads go as RDMA WRITEs from
 //! registered file windows, writes as RDMA READs straight into those windows where the file is
 //! on tmpfs and the write inside it (zero-copy), else into a registered bounce pool, then
 //! `pwrite`.
@@ -32,18 +32,12 @@ use handoff_datapath::rdma::{ACCEPTED, CONNECT_PRIVATE_LEN, MAX_REQUEST, SERVES_
 use handoff_datapath::DataError;
 
 use super::session::{touch_modified, DataSession, Landing};
-use super::thread_cpu::{may_block, metered_runtime};
+use super::workers::Workers;
 use crate::auth::ClientDirectory;
 use crate::net::metrics::{DataOp, Transport};
 use crate::net::{reopen, Revocable, Seat, Shared};
 
-/// How many threads serve every RDMA connection: twice the CPUs, at least four, so a few
-/// connections whose file system makes them wait (a `pwrite` under writeback throttling, a
-/// `fdatasync`) leave threads for the others.
-pub fn workers() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
-    (2 * cpus).max(4)
-}
+pub use super::workers::default_count as workers;
 
 /// Starts serving RDMA on each address, on `workers` threads for all connections; returns
 /// once every listener is bound.
@@ -55,10 +49,8 @@ pub fn start(
     let mut bound = Vec::new();
     // One PD and window cache per device, whichever listener a connection came through.
     let shares = Arc::new(DeviceShares::default());
-    // Lives as long as the process: connections are served until it ends.
-    let runtime = metered_runtime("rdma-serve", workers, shared.stats.clone())?;
-    let serving = runtime.handle().clone();
-    std::mem::forget(runtime);
+    // Serving until the process ends.
+    let serving = Arc::new(Workers::start("rdma-serve", workers, shared.stats.clone())?);
     for addr in addrs {
         let listener = Listener::bind(*addr, 64)?;
         let device = listener.device_name();
@@ -91,12 +83,7 @@ struct Pending {
     wants_direct: bool,
 }
 
-fn cm_loop(
-    mut listener: Listener,
-    shared: Shared,
-    shares: &DeviceShares,
-    serving: &tokio::runtime::Handle,
-) {
+fn cm_loop(mut listener: Listener, shared: Shared, shares: &DeviceShares, serving: &Workers) {
     let mut pending: HashMap<ConnKey, Pending> = HashMap::new();
     let mut live: HashMap<ConnKey, Weak<CmId>> = HashMap::new();
     loop {
@@ -222,6 +209,15 @@ fn admit(
     })
 }
 
+/// Makes `file`'s bytes durable (fdatasync, off the serving thread: it can take long, and
+/// other connections are served there); the answer to send.
+async fn synced(file: std::fs::File) -> Result<Message, DataError> {
+    let synced = tokio::task::spawn_blocking(move || super::session::flush_answer(&file));
+    synced
+        .await
+        .map_err(|e| DataError::Io(std::io::Error::other(e)))
+}
+
 /// A direct-mode grant: the MR behind a client's rkey. Revoking deregisters it.
 struct DirectGrant {
     mr: Mutex<Option<MemoryRegion>>,
@@ -287,9 +283,15 @@ async fn serve(p: Pending, shared: Shared) {
         let who = ep.server_handshake(&directory, &client).await?;
         // From here the session gives the handle back however it ends (an error, a panic),
         // or the open could never expire. (Attaching writes the store: it may wait on a disk.)
-        let attached = may_block(&shared.stats.data_cpu_ns, || {
-            DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
-        });
+        let attach = {
+            let (shared, who, key) = (shared.clone(), who.clone(), key.clone());
+            tokio::task::spawn_blocking(move || {
+                DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
+            })
+        };
+        let attached = attach
+            .await
+            .map_err(|e| DataError::Io(std::io::Error::other(e)))?;
         let (session, reply) = match attached {
             Ok(x) => x,
             Err(e) => {
@@ -381,7 +383,7 @@ impl Connection {
                 }
                 Message::Flush => {
                     let started = Instant::now();
-                    let answer = may_block(&self.shared.stats.data_cpu_ns, || self.session.flush());
+                    let answer = synced(self.session.file().try_clone()?).await?;
                     self.ep.send(&answer).await?;
                     self.session.served(DataOp::Flush, 0, started);
                 }
@@ -407,7 +409,7 @@ impl Connection {
             return self.ep.send(&e.to_message()).await;
         }
         // The bytes are in the file's pages already: make them durable whatever comes next.
-        let answer = may_block(&self.shared.stats.data_cpu_ns, || self.session.flush());
+        let answer = synced(self.session.file().try_clone()?).await?;
         // Rights only, not the range's locks: the range is a span of possibly separate
         // writes, and a lock another open took inside it after a revocation must not make
         // every later flush fail.
@@ -480,16 +482,9 @@ impl Connection {
             if self.windows.needs_eviction(offset + done, size) {
                 self.ep.drain_sends().await?;
             }
-            let (at, left) = (offset + done, len - done);
-            let (windows, file) = (&mut self.windows, self.session.file());
-            // (Registering a window pins its pages, reading them in from a disk first.)
-            let (source, n) = if windows.at_hand(at, left, size, false) {
-                windows.source(file, at, left, size)?
-            } else {
-                may_block(&self.shared.stats.data_cpu_ns, || {
-                    windows.source(file, at, left, size)
-                })?
-            };
+            let (source, n) =
+                self.windows
+                    .source(self.session.file(), offset + done, len - done, size)?;
             let remote = (addr + done, rkey);
             match source {
                 // The SEND that follows these WRITEs completes after them (RC order).
@@ -704,14 +699,7 @@ impl Connection {
                     Some(n) => n,
                     None => *size.insert(self.session.file().metadata()?.len()),
                 };
-                if self.windows.at_hand(offset, len, size, true) {
-                    self.windows.target(offset, len, size)
-                } else {
-                    let windows = &mut self.windows;
-                    may_block(&self.shared.stats.data_cpu_ns, || {
-                        windows.target(offset, len, size)
-                    })
-                }
+                self.windows.target(offset, len, size)
             } else {
                 None
             };
@@ -784,14 +772,13 @@ impl Connection {
         let size = self.session.file().metadata()?.len();
         let windows = &self.windows;
         let writable = access == DirectAccess::Write;
-        // (Registering a whole file pins every page of it: seconds for gigabytes.)
-        let granted = may_block(&self.shared.stats.data_cpu_ns, || {
-            self.shared.grant_direct(self.session.handle(), access, || {
-                let mr = windows.map_direct(size, writable).map_err(Error::Io)?;
-                Ok(Arc::new(DirectGrant {
-                    mr: Mutex::new(Some(mr)),
-                }))
-            })
+        // (Registering a whole file pins every page of it: seconds for gigabytes, during
+        // which this thread's other connections wait.)
+        let granted = self.shared.grant_direct(self.session.handle(), access, || {
+            let mr = windows.map_direct(size, writable).map_err(Error::Io)?;
+            Ok(Arc::new(DirectGrant {
+                mr: Mutex::new(Some(mr)),
+            }))
         });
         match granted {
             Ok(grant) => {

@@ -113,11 +113,6 @@ impl DataSession {
         self.counters.served(op, bytes, started);
     }
 
-    /// Makes everything written so far durable; the answer to a Flush either way.
-    pub fn flush(&self) -> Message {
-        flush_answer(&self.file)
-    }
-
     /// Puts the next piece of a checked write's payload into the file (see [`Landing`]).
     /// A node whose lease lapsed mid-transfer writes no further byte: that error ends the
     /// session (a client must not take the rest as written).

@@ -74,9 +74,10 @@ struct Args {
     /// Repeat it for one QP per interface (multichannel).
     #[arg(long, value_name = "ADDR")]
     rdma_listen: Vec<SocketAddr>,
-    /// Threads that serve every RDMA connection, however many there are (a connection waits
-    /// for its completions without holding one). Default: twice the CPUs, at least 4; raise
-    /// it if the file system under --root can make a write or a flush wait long.
+    /// Threads that serve every RDMA connection, however many there are: each serves its
+    /// share (a new one goes to the thread serving the fewest). Default: twice the CPUs, at
+    /// least 4; raise it if the file system under --root can make a write wait long (it
+    /// holds up the other connections of its thread).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     rdma_workers: Option<u16>,
     /// Keep state in etcd (`etcd://HOST:PORT[,HOST:PORT…]`) instead of the embedded database
