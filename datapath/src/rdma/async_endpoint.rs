@@ -72,9 +72,6 @@ impl AsyncEndpoint {
     /// Waits until `need` is met. Each wait for a completion is bounded by the endpoint's
     /// `timeout` (as a blocking wait is): past it the path or the peer is taken for gone.
     pub async fn until(&mut self, need: Need) -> Result<(), DataError> {
-        // A connection whose needs are always met (a busy peer) still lets the other tasks
-        // on its thread go, now and then.
-        tokio::task::consume_budget().await;
         if self.ep.met(need) {
             return Ok(());
         }
@@ -134,12 +131,21 @@ impl AsyncEndpoint {
     }
 
     pub async fn recv(&mut self) -> Result<Message, DataError> {
+        Self::take_turn().await;
         self.until(Need::Message).await?;
         self.ep.recv()
     }
 
+    /// A connection whose peer keeps it busy (every wait met at once) lets the other
+    /// connections of its thread go now and then: each message taken counts against the
+    /// task's budget (tokio's), and one that used it up yields.
+    async fn take_turn() {
+        tokio::task::consume_budget().await;
+    }
+
     /// The next message if one arrives within `idle` (None: the peer sent nothing).
     pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, DataError> {
+        Self::take_turn().await;
         let by = Instant::now() + idle;
         if self.wait(Need::Message, Some(by), None).await? {
             return self.ep.recv().map(Some);

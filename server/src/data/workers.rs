@@ -56,7 +56,7 @@ impl Workers {
                 .enable_all()
                 .thread_name(name)
                 .on_thread_start(thread_cpu::started)
-                .on_thread_park(move || thread_cpu::count_spent(&on_park.data_cpu_ns))
+                .on_thread_park(move || thread_cpu::going_idle(&on_park.data_cpu_ns))
                 .on_thread_stop(move || thread_cpu::count_spent(&on_stop.data_cpu_ns))
                 .build()?;
             let handle = runtime.handle().clone();
