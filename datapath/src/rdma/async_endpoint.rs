@@ -32,7 +32,13 @@ pub struct AsyncEndpoint {
     // closes it.
     events: AsyncFd<ChannelFd>,
     ep: Endpoint,
+    /// Bytes posted since this connection last let the others of its thread go.
+    posted: usize,
 }
+
+/// Bytes a connection posts before it lets the other connections of its thread go (under
+/// soft-RoCE the poster moves them, inside the post).
+const TURN_BYTES: usize = 16 << 20;
 
 impl Deref for AsyncEndpoint {
     type Target = Endpoint;
@@ -56,7 +62,11 @@ impl AsyncEndpoint {
         // `ChannelFd` always gives the same number.
         let events = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(Self { events, ep })
+        Ok(Self {
+            events,
+            ep,
+            posted: 0,
+        })
     }
 
     /// How long any one wait may go without a completion (None: for ever).
@@ -143,6 +153,16 @@ impl AsyncEndpoint {
         tokio::task::consume_budget().await;
     }
 
+    /// Counts `len` bytes about to be posted; past [`TURN_BYTES`] since the last time, lets
+    /// the thread's other connections go first.
+    async fn posting(&mut self, len: usize) {
+        self.posted += len;
+        if self.posted >= TURN_BYTES {
+            self.posted = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// The next message if one arrives within `idle` (None: the peer sent nothing).
     pub async fn recv_within(&mut self, idle: Duration) -> Result<Option<Message>, DataError> {
         Self::take_turn().await;
@@ -189,6 +209,7 @@ impl AsyncEndpoint {
         remote: (u64, u32),
         signaled: bool,
     ) -> Result<(), DataError> {
+        self.posting(local.2).await;
         self.until(Need::Room).await?;
         self.ep.post_write_from(wr_id, local, remote, signaled)
     }
@@ -201,6 +222,7 @@ impl AsyncEndpoint {
         len: usize,
         remote: (u64, u32),
     ) -> Result<(), DataError> {
+        self.posting(len).await;
         self.until(Need::Room).await?;
         self.ep.post_read_into(wr_id, target, len, remote)
     }

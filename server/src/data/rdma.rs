@@ -32,10 +32,11 @@ use handoff_datapath::rdma::{ACCEPTED, CONNECT_PRIVATE_LEN, MAX_REQUEST, SERVES_
 use handoff_datapath::DataError;
 
 use super::session::{touch_modified, DataSession, Landing};
+use super::thread_cpu::counted;
 use super::workers::Workers;
 use crate::auth::ClientDirectory;
 use crate::net::metrics::{DataOp, Transport};
-use crate::net::{reopen, Revocable, Seat, Shared};
+use crate::net::{reopen, Revocable, Seat, ServerStats, Shared};
 
 pub use super::workers::default_count as workers;
 
@@ -211,8 +212,10 @@ fn admit(
 
 /// Makes `file`'s bytes durable (fdatasync, off the serving thread: it can take long, and
 /// other connections are served there); the answer to send.
-async fn synced(file: std::fs::File) -> Result<Message, DataError> {
-    let synced = tokio::task::spawn_blocking(move || super::session::flush_answer(&file));
+async fn synced(file: std::fs::File, stats: Arc<ServerStats>) -> Result<Message, DataError> {
+    let synced = tokio::task::spawn_blocking(move || {
+        counted(&stats.data_cpu_ns, || super::session::flush_answer(&file))
+    });
     synced
         .await
         .map_err(|e| DataError::Io(std::io::Error::other(e)))
@@ -286,7 +289,9 @@ async fn serve(p: Pending, shared: Shared) {
         let attach = {
             let (shared, who, key) = (shared.clone(), who.clone(), key.clone());
             tokio::task::spawn_blocking(move || {
-                DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
+                counted(&shared.stats.data_cpu_ns, || {
+                    DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
+                })
             })
         };
         let attached = attach
@@ -383,7 +388,8 @@ impl Connection {
                 }
                 Message::Flush => {
                     let started = Instant::now();
-                    let answer = synced(self.session.file().try_clone()?).await?;
+                    let answer =
+                        synced(self.session.file().try_clone()?, self.shared.stats.clone()).await?;
                     self.ep.send(&answer).await?;
                     self.session.served(DataOp::Flush, 0, started);
                 }
@@ -409,7 +415,7 @@ impl Connection {
             return self.ep.send(&e.to_message()).await;
         }
         // The bytes are in the file's pages already: make them durable whatever comes next.
-        let answer = synced(self.session.file().try_clone()?).await?;
+        let answer = synced(self.session.file().try_clone()?, self.shared.stats.clone()).await?;
         // Rights only, not the range's locks: the range is a span of possibly separate
         // writes, and a lock another open took inside it after a revocation must not make
         // every later flush fail.

@@ -3,8 +3,10 @@
 //!
 //! RDMA connections are served by a few threads that run nothing else
 //! ([`super::workers::Workers`]). A thread's CPU clock stands still while it sleeps, so their
-//! CPU is each thread's clock, read when the thread is about to go idle and when it ends,
-//! and none at all while every connection's peer moves bytes one-sidedly (no thread wakes).
+//! CPU is each thread's clock, read when the thread is about to go idle, and none at all
+//! while every connection's peer moves bytes one-sidedly (no thread wakes). Work they hand
+//! to their blocking pools (a flush, an attach) counts itself when done ([`counted`]); the
+//! pools' own bookkeeping, and a handle's detach, are not counted.
 //!
 //! The clock is a system call (under emulation, a few percent of a thread serving 4 KiB
 //! requests if read at every wait for a completion), so going idle reads it only once
@@ -49,12 +51,20 @@ fn going_idle_at(now: Option<Duration>, counter: &AtomicU64) {
 
 /// The CPU this thread spent since it was last counted goes into `counter` (it is about to
 /// sleep or end).
-pub fn count_spent(counter: &AtomicU64) {
+fn count_spent(counter: &AtomicU64) {
     let Some(now) = read() else { return };
     if let Some((last, _)) = COUNTED.replace(Some(now).zip(coarse_now())) {
         let ns = now.saturating_sub(last).as_nanos();
         counter.fetch_add(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
+}
+
+/// Runs `f` (on a blocking-pool thread) and counts the CPU the thread spent since it was
+/// last counted into `counter`.
+pub fn counted<T>(counter: &AtomicU64, f: impl FnOnce() -> T) -> T {
+    let result = f();
+    count_spent(counter);
+    result
 }
 
 fn read() -> Option<Duration> {

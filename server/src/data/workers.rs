@@ -1,8 +1,8 @@
 //! The threads that serve every RDMA connection: a fixed few, each running the connections
 //! given to it on a single-threaded runtime of its own (a connection waits for completions
 //! through the runtime's reactor, not on a thread of its own). A new connection goes to the
-//! thread serving the fewest, so the QPs of one client (one per NIC) land on different
-//! threads.
+//! thread serving the fewest (ties taken in turn), so the QPs of one client (one per NIC)
+//! land on different threads.
 //!
 //! Why not one multi-threaded runtime: under soft-RoCE the thread that posts work does the
 //! NIC's work too (packets built and copied inside `ibv_post_send`), for milliseconds at a
@@ -11,8 +11,9 @@
 //! `ib_write_bw`. Threads of their own keep two busy connections on two CPUs.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Handle;
 
@@ -27,6 +28,9 @@ pub fn default_count() -> usize {
 
 pub struct Workers {
     threads: Vec<Worker>,
+    /// Where the search for the least busy thread starts next (so ties go round), taken
+    /// with the choice and its count as one step.
+    next: Mutex<usize>,
 }
 
 struct Worker {
@@ -46,42 +50,61 @@ impl Drop for Served {
 
 impl Workers {
     /// Starts `count` threads named `name`, whose CPU goes into `stats.data_cpu_ns` (see
-    /// [`thread_cpu`]). They run until the process ends.
+    /// [`thread_cpu`]). They run until the process ends (a panic that escapes the runtime
+    /// is logged and the thread goes on serving).
     pub fn start(name: &str, count: usize, stats: Arc<ServerStats>) -> std::io::Result<Self> {
         let mut threads = Vec::new();
         for _ in 0..count.max(1) {
-            let (on_park, on_stop) = (stats.clone(), stats.clone());
-            // (Start and stop are the blocking pool's threads: a file flush, say.)
+            let on_park = stats.clone();
+            // (Started threads are the blocking pool's: work handed there counts itself, see
+            // `thread_cpu::counted`.)
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .thread_name(name)
                 .on_thread_start(thread_cpu::started)
                 .on_thread_park(move || thread_cpu::going_idle(&on_park.data_cpu_ns))
-                .on_thread_stop(move || thread_cpu::count_spent(&on_stop.data_cpu_ns))
                 .build()?;
             let handle = runtime.handle().clone();
             std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(move || {
                     thread_cpu::started();
-                    runtime.block_on(std::future::pending::<()>());
+                    loop {
+                        let serving = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            runtime.block_on(std::future::pending::<()>())
+                        }));
+                        if let Err(panic) = serving {
+                            tracing::error!(
+                                "an RDMA serving thread's runtime panicked: {panic:?}; it goes on"
+                            );
+                        }
+                    }
                 })?;
             threads.push(Worker {
                 runtime: handle,
                 load: Arc::default(),
             });
         }
-        Ok(Self { threads })
+        Ok(Self {
+            threads,
+            next: Mutex::new(0),
+        })
     }
 
     /// Serves `connection` on the thread serving the fewest.
     pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
-        let worker = self
-            .threads
-            .iter()
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
-            .expect("at least one worker");
-        worker.load.fetch_add(1, Ordering::Relaxed);
+        let worker = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let n = self.threads.len();
+            let at = (0..n)
+                .map(|i| (*next + i) % n)
+                .min_by_key(|&i| self.threads[i].load.load(Ordering::Relaxed))
+                .expect("at least one worker");
+            *next = (at + 1) % n;
+            let worker = &self.threads[at];
+            worker.load.fetch_add(1, Ordering::Relaxed);
+            worker
+        };
         let served = Served(worker.load.clone());
         worker.runtime.spawn(async move {
             let _served = served;
@@ -103,22 +126,44 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn connections_go_to_the_least_busy_thread_and_give_it_back_when_they_end() {
-        let workers = Workers::start("w-test", 2, Arc::default()).unwrap();
-        let (release, wait) = tokio::sync::watch::channel(false);
-        for _ in 0..3 {
-            let mut wait = wait.clone();
+    fn connections_go_to_the_least_busy_thread_ties_in_turn_and_give_it_back_when_they_end() {
+        let workers = Workers::start("w-test", 4, Arc::default()).unwrap();
+        // Each connection runs until its sender is dropped.
+        let mut held = Vec::new();
+        let mut connect = || {
+            let (keep, gone) = tokio::sync::oneshot::channel::<()>();
             workers.spawn(async move {
-                let _ = wait.wait_for(|done| *done).await;
+                let _ = gone.await;
             });
+            held.push(keep);
+        };
+        for _ in 0..4 {
+            connect();
         }
-        assert_eq!(workers.loads(), vec![2, 1]);
-        release.send(true).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while workers.loads() != vec![0, 0] && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(workers.loads(), vec![1, 1, 1, 1]);
+        let settle = |want: Vec<usize>| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while workers.loads() != want && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(workers.loads(), want);
+        };
+        // The first thread's connection ends: the next goes there, and the one after (a
+        // client's second QP, say) to another thread, not to the first again.
+        held.remove(0);
+        settle(vec![0, 1, 1, 1]);
+        let mut held2 = Vec::new();
+        for _ in 0..2 {
+            let (keep, gone) = tokio::sync::oneshot::channel::<()>();
+            workers.spawn(async move {
+                let _ = gone.await;
+            });
+            held2.push(keep);
         }
-        assert_eq!(workers.loads(), vec![0, 0]);
+        assert_eq!(workers.loads(), vec![1, 2, 1, 1]);
+        held.clear();
+        held2.clear();
+        settle(vec![0, 0, 0, 0]);
     }
 
     #[test]
