@@ -14,7 +14,7 @@ use handoff_core::auth::{ClientDirectory, Handshake};
 use handoff_core::wire::Message;
 use tokio::io::unix::AsyncFd;
 
-use super::endpoint::{Endpoint, Need, ReadTarget};
+use super::endpoint::{no_completion, probe_unanswered, Endpoint, Need, ReadTarget};
 use super::verbs::MemoryRegion;
 use crate::DataError;
 
@@ -45,10 +45,6 @@ impl Deref for AsyncEndpoint {
     fn deref(&self) -> &Endpoint {
         &self.ep
     }
-}
-
-fn broken(what: String) -> DataError {
-    DataError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, what))
 }
 
 impl AsyncEndpoint {
@@ -89,10 +85,7 @@ impl AsyncEndpoint {
         if self.wait(need, None, quiet).await? {
             return Ok(());
         }
-        Err(broken(format!(
-            "no RDMA completion within {:?}: the path or the peer is gone",
-            quiet.unwrap_or_default()
-        )))
+        Err(no_completion(quiet))
     }
 
     /// Waits until `need` is met (true), until `by` passes (false), or for at most `quiet`
@@ -181,9 +174,7 @@ impl AsyncEndpoint {
         if self.wait(Need::ProbeAnswer, Some(by), None).await? && self.ep.probe_answered() {
             return Ok(());
         }
-        Err(broken(format!(
-            "the peer did not acknowledge a liveness probe within {within:?}"
-        )))
+        Err(probe_unanswered(within))
     }
 
     pub async fn wait_for(&mut self, wr_id: u64) -> Result<(), DataError> {

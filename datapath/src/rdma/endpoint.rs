@@ -108,8 +108,23 @@ fn release_before(held: &mut VecDeque<(u64, Arc<MemoryRegion>)>, seq: u64) {
     }
 }
 
-fn broken(what: String) -> DataError {
+pub(super) fn broken(what: String) -> DataError {
     DataError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, what))
+}
+
+/// No completion came within `quiet`: a wait's end (blocking or not).
+pub(super) fn no_completion(quiet: Option<std::time::Duration>) -> DataError {
+    broken(format!(
+        "no RDMA completion within {:?}: the path or the peer is gone",
+        quiet.unwrap_or_default()
+    ))
+}
+
+/// A liveness probe's end when the peer did not answer it `within`.
+pub(super) fn probe_unanswered(within: std::time::Duration) -> DataError {
+    broken(format!(
+        "the peer did not acknowledge a liveness probe within {within:?}"
+    ))
 }
 
 /// Where an RDMA READ posted by this side puts the peer's bytes.
@@ -177,41 +192,35 @@ impl Endpoint {
         if self.pump_for(wait)? {
             return Ok(());
         }
-        Err(broken(format!(
-            "no RDMA completion within {:?}: the path or the peer is gone",
-            self.timeout.unwrap_or_default()
-        )))
+        Err(no_completion(self.timeout))
     }
 
     /// Takes completions and sorts them: at once (`wait` None), or blocking for at least one
     /// for up to the given time (forever if that is None). Returns false if none came in time.
     fn pump_for(&mut self, wait: Option<Option<std::time::Duration>>) -> Result<bool, DataError> {
+        let Some(limit) = wait else {
+            return self.poll_now().map(|_| true);
+        };
         // Whatever is awaited may be in the chain still.
         self.ring()?;
         self.wcs.clear();
-        if let Some(limit) = wait {
-            match self
-                .cq
-                .wait(&mut self.wcs, limit, self.cm.as_ref().map(|c| c.fd()))?
-            {
-                Wait::Ready => {}
-                Wait::TimedOut => return Ok(false),
-                Wait::Other => {
-                    let ev = self.cm.as_ref().expect("watched").next_event()?;
-                    let kind = ev.kind();
-                    let name = ev.name();
-                    drop(ev);
-                    if kind == RDMA_CM_EVENT_DISCONNECTED || kind == RDMA_CM_EVENT_DEVICE_REMOVAL {
-                        // Flush our QP too, so nothing is left posted on a dead path.
-                        self.qp.id().disconnect();
-                        self.cm = None;
-                        return Err(broken(format!("RDMA connection lost: {name}")));
-                    }
-                    return Ok(true);
+        let watched = self.cm.as_ref().map(|c| c.fd());
+        match self.cq.wait(&mut self.wcs, limit, watched)? {
+            Wait::Ready => {}
+            Wait::TimedOut => return Ok(false),
+            Wait::Other => {
+                let ev = self.cm.as_ref().expect("watched").next_event()?;
+                let kind = ev.kind();
+                let name = ev.name();
+                drop(ev);
+                if kind == RDMA_CM_EVENT_DISCONNECTED || kind == RDMA_CM_EVENT_DEVICE_REMOVAL {
+                    // Flush our QP too, so nothing is left posted on a dead path.
+                    self.qp.id().disconnect();
+                    self.cm = None;
+                    return Err(broken(format!("RDMA connection lost: {name}")));
                 }
+                return Ok(true);
             }
-        } else {
-            self.cq.poll(&mut self.wcs)?;
         }
         self.sort()?;
         Ok(true)
@@ -367,9 +376,7 @@ impl Endpoint {
         while !self.probe_answered() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.pump_for(Some(Some(left)))? {
-                return Err(broken(format!(
-                    "the peer did not acknowledge a liveness probe within {within:?}"
-                )));
+                return Err(probe_unanswered(within));
             }
         }
         Ok(())

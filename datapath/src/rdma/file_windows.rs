@@ -122,18 +122,16 @@ impl FileWindows {
         len: u64,
         size: u64,
     ) -> Option<(Arc<MemoryRegion>, usize)> {
-        let index = self.placeable(offset, len, size)?;
+        let end = offset.checked_add(len)?;
+        if !self.places_writes() || len == 0 || end > size {
+            return None;
+        }
+        let index = offset / WINDOW;
+        if (end - 1) / WINDOW != index {
+            return None;
+        }
         let w = self.window(index, size, true)?;
         Some((w.mr.clone(), (offset - index * WINDOW) as usize))
-    }
-
-    /// The window a write of `len` bytes at `offset` (file of `size` bytes) may land in, if
-    /// it may land in one at all ([`FileWindows::target`]).
-    fn placeable(&self, offset: u64, len: u64, size: u64) -> Option<u64> {
-        let end = offset.checked_add(len)?;
-        let index = offset / WINDOW;
-        let inside = self.places_writes() && len > 0 && end <= size;
-        (inside && (end - 1) / WINDOW == index).then_some(index)
     }
 
     /// The registered window `index` of a file of `size` bytes, mapped now if need be (the

@@ -210,13 +210,13 @@ fn admit(
     })
 }
 
-/// Makes `file`'s bytes durable (fdatasync, off the serving thread: it can take long, and
-/// other connections are served there); the answer to send.
-async fn synced(file: std::fs::File, stats: Arc<ServerStats>) -> Result<Message, DataError> {
-    let synced = tokio::task::spawn_blocking(move || {
-        counted(&stats.data_cpu_ns, || super::session::flush_answer(&file))
-    });
-    synced
+/// Runs `f`, which may wait on a disk or the store, off the serving thread (other
+/// connections are served there), its CPU counted as the serving threads' own.
+async fn off_thread<T: Send + 'static>(
+    stats: Arc<ServerStats>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DataError> {
+    tokio::task::spawn_blocking(move || counted(&stats.data_cpu_ns, f))
         .await
         .map_err(|e| DataError::Io(std::io::Error::other(e)))
 }
@@ -286,17 +286,13 @@ async fn serve(p: Pending, shared: Shared) {
         let who = ep.server_handshake(&directory, &client).await?;
         // From here the session gives the handle back however it ends (an error, a panic),
         // or the open could never expire. (Attaching writes the store: it may wait on a disk.)
-        let attach = {
+        let attached = {
             let (shared, who, key) = (shared.clone(), who.clone(), key.clone());
-            tokio::task::spawn_blocking(move || {
-                counted(&shared.stats.data_cpu_ns, || {
-                    DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
-                })
+            off_thread(shared.stats.clone(), move || {
+                DataSession::attach(&shared, &who, &key, MAX_REQUEST, Transport::Rdma)
             })
+            .await?
         };
-        let attached = attach
-            .await
-            .map_err(|e| DataError::Io(std::io::Error::other(e)))?;
         let (session, reply) = match attached {
             Ok(x) => x,
             Err(e) => {
@@ -388,8 +384,7 @@ impl Connection {
                 }
                 Message::Flush => {
                     let started = Instant::now();
-                    let answer =
-                        synced(self.session.file().try_clone()?, self.shared.stats.clone()).await?;
+                    let answer = self.flush()?.await?;
                     self.ep.send(&answer).await?;
                     self.session.served(DataOp::Flush, 0, started);
                 }
@@ -415,7 +410,7 @@ impl Connection {
             return self.ep.send(&e.to_message()).await;
         }
         // The bytes are in the file's pages already: make them durable whatever comes next.
-        let answer = synced(self.session.file().try_clone()?, self.shared.stats.clone()).await?;
+        let answer = self.flush()?.await?;
         // Rights only, not the range's locks: the range is a span of possibly separate
         // writes, and a lock another open took inside it after a revocation must not make
         // every later flush fail.
@@ -432,6 +427,18 @@ impl Connection {
         self.ep.send(&answer).await?;
         self.session.served(DataOp::Flush, 0, started);
         Ok(())
+    }
+
+    /// Makes everything written so far durable (fdatasync, off the serving thread): the
+    /// answer to a flush, once awaited (the future borrows nothing of the connection).
+    fn flush(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<Message, DataError>>, DataError> {
+        let file = self.session.file().try_clone()?;
+        let stats = self.shared.stats.clone();
+        Ok(off_thread(stats, move || {
+            super::session::flush_answer(&file)
+        }))
     }
 
     /// Drops the file's windows if a file was cut short through this server since they were

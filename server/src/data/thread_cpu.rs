@@ -11,7 +11,7 @@
 //! The clock is a system call (under emulation, a few percent of a thread serving 4 KiB
 //! requests if read at every wait for a completion), so going idle reads it only once
 //! [`MIN_SPELL`] has passed since it was last read (checked on a clock kept in memory): a
-//! shorter spell is counted with the thread's next one, or when it ends.
+//! shorter spell is counted with the thread's next one.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +49,7 @@ fn going_idle_at(now: Option<Duration>, counter: &AtomicU64) {
     }
 }
 
-/// The CPU this thread spent since it was last counted goes into `counter` (it is about to
-/// sleep or end).
+/// The CPU this thread spent since it was last counted goes into `counter`.
 fn count_spent(counter: &AtomicU64) {
     let Some(now) = read() else { return };
     if let Some((last, _)) = COUNTED.replace(Some(now).zip(coarse_now())) {
