@@ -4,6 +4,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use handoff::{Channel, Client};
 
 #[test]
 fn exclusive_open_denies_others_until_the_timeout_then_resume_reports_access() {
@@ -80,6 +81,68 @@ fn a_reader_meanwhile_counts_as_access_but_not_change() {
         (Some(true), Some(false))
     );
     assert_eq!(r["reopened"], false);
+}
+
+/// A read's access count is written lazily (the read's reply does not wait for the store),
+/// but it is written: after a read on a channel that stays attached (so no detach commits it)
+/// and a kill -9, the other open still learns of it on resume.
+#[test]
+fn a_lazily_counted_read_survives_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let mut server = TestServer::start(&[&c1, &c2], &["--durable-timeout", "60"]);
+    std::fs::write(server.root().join("f"), b"data").unwrap();
+    let reader = server.cli(&c2).open(&["f"]);
+    // Opened after the reader's open, so only the read that follows is news to it.
+    let key = server.cli(&c1).open(&["f", "--mode", "rw"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut channel = rt.block_on(async {
+        let mut c = Client::connect(&server.addr, &c2.identity).await.unwrap();
+        c.open_data(&reader, Some(Channel::Tcp), false)
+            .await
+            .unwrap()
+    });
+    assert_eq!(rt.block_on(read_all(&mut channel)), b"data");
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart(); // SIGKILL with the channel still attached
+    let r = server
+        .cli(&c1)
+        .run(&["resume", &key, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(r["accessed_by_other"], true, "the read's count was lost");
+    assert_eq!(r["changed_by_other"], false);
+    drop(channel);
+
+    // A clean stop right after a read writes its count before the server exits.
+    let mut channel = rt.block_on(async {
+        let mut c = Client::connect(&server.addr, &c2.identity).await.unwrap();
+        c.open_data(&reader, Some(Channel::Tcp), false)
+            .await
+            .unwrap()
+    });
+    assert_eq!(rt.block_on(read_all(&mut channel)), b"data");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    eventually(Duration::from_secs(10), || {
+        (!server.is_running()).then_some(())
+    });
+    server.restart();
+    let r = server
+        .cli(&c1)
+        .run(&["resume", &key, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        r["accessed_by_other"], true,
+        "a clean stop lost the read's count"
+    );
 }
 
 #[test]

@@ -85,12 +85,15 @@ impl GroupCommit {
     /// caller must then [`GroupCommit::wait`] for the ticket.
     pub(super) fn enqueue(&self, writes: Vec<Mutation>, checkpoint: Checkpoint) -> Ticket {
         let mut q = self.queue();
-        q.issued += 1;
-        let ticket = q.issued;
-        q.writes.extend(writes);
-        q.checkpoints.push_back((ticket, checkpoint));
+        let ticket = q.push(writes, checkpoint);
         q.hold(ticket);
         ticket
+    }
+
+    /// Queues writes that no request waits for (see `Persist::Lazy`): they go with the next
+    /// commit, of whoever waits for this ticket or a later one.
+    pub(super) fn enqueue_unwaited(&self, writes: Vec<Mutation>, checkpoint: Checkpoint) {
+        self.queue().push(writes, checkpoint);
     }
 
     /// The last ticket handed out, for a request that wrote nothing but saw state: it waits
@@ -183,6 +186,14 @@ impl Drop for Committing<'_> {
 }
 
 impl Queue {
+    /// Hands out the next ticket, for `writes` made from the core at `checkpoint`.
+    fn push(&mut self, writes: Vec<Mutation>, checkpoint: Checkpoint) -> Ticket {
+        self.issued += 1;
+        self.writes.extend(writes);
+        self.checkpoints.push_back((self.issued, checkpoint));
+        self.issued
+    }
+
     fn hold(&mut self, ticket: Ticket) {
         *self.holders.entry(ticket).or_default() += 1;
     }

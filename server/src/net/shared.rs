@@ -111,10 +111,20 @@ fn apply_while_leased(
 pub enum Persist {
     /// Before the reply: refused while the store is unreachable.
     Now,
-    /// May wait for the store (a detach, a read's access count): served even while it is
-    /// unreachable, written once it is back.
+    /// Before the reply while the store is reachable (a detach, a write's change count);
+    /// served even while it is not, and written once it is back.
     Deferred,
+    /// With the next commit, which the reply does not wait for (a read's access count, the
+    /// way `lazytime` treats atime); as [`Persist::Deferred`] while the store is
+    /// unreachable. A queued write reaches the store within [`LAZY_DELAY`] and one commit,
+    /// or sooner with any durable change after it: a crash can lose only the access counts
+    /// of its last moments, and never one that a durable change followed.
+    Lazy,
 }
+
+/// How long a lazily queued write waits for company before a commit of its own: under load
+/// the access counts of many reads share one commit, and this bounds what a crash loses.
+pub const LAZY_DELAY: Duration = Duration::from_millis(10);
 
 /// The server's state shared by every connection task.
 #[derive(Clone)]
@@ -133,6 +143,8 @@ pub struct Shared {
     fs_slots: Arc<Semaphore>,
     /// Set when this server must stop serving (fenced, or its store failed).
     pub stop: Arc<Stop>,
+    /// A commit of lazily queued writes is due (see [`Persist::Lazy`]).
+    lazy_due: Arc<std::sync::atomic::AtomicBool>,
     /// Bumped whenever the server truncates a file: a data channel that sees it change drops
     /// its registered windows of files before it serves another request. A correctness
     /// signal, not a statistic.
@@ -168,6 +180,7 @@ impl Shared {
             stats: Arc::default(),
             fs_slots: Arc::new(Semaphore::new(FS_CALLS)),
             stop: Arc::default(),
+            lazy_due: Arc::default(),
             truncations: Arc::default(),
         };
         // Persist what recovery produced (a new MAC key on a fresh store).
@@ -207,7 +220,7 @@ impl Shared {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         self.stop.check()?;
         let defer = match self.health() {
-            Health::Suspended(_) if persist == Persist::Deferred => true,
+            Health::Suspended(_) if persist != Persist::Now => true,
             health => {
                 self.may_change(health)?;
                 false
@@ -227,13 +240,18 @@ impl Shared {
                 all.append(&mut batch);
                 batch = all;
             }
-            if batch.is_empty() && persist == Persist::Deferred {
+            if batch.is_empty() && persist != Persist::Now {
                 // Nothing to write, and nothing it answers waits for the store (a read's
                 // check, say): no wait for other requests' commits on the data path.
                 None
             } else if batch.is_empty() {
                 // Nothing to write, but what it saw must be durable before it answers.
                 Some(self.commits.issued())
+            } else if persist == Persist::Lazy {
+                self.wake.notify_one();
+                self.commits.enqueue_unwaited(batch, checkpoint);
+                self.commit_lazily();
+                None
             } else {
                 self.wake.notify_one();
                 Some(self.commits.enqueue(batch, checkpoint))
@@ -244,14 +262,60 @@ impl Shared {
         drop(inner);
         // close(2) can wait on a network file system: never under the lock.
         drop(closing);
-        let Some(ticket) = ticket else {
-            return result;
+        match ticket {
+            Some(ticket) => self.settled(ticket).and(result),
+            None => result,
+        }
+    }
+
+    /// Waits until every change queued so far (lazily queued ones too) is durable, or
+    /// failed: what a server that stops does last.
+    pub fn settle(&self) -> Result<(), Error> {
+        self.settled(self.commits.issued())
+    }
+
+    /// Has lazily queued writes committed after [`LAZY_DELAY`], off the caller's thread (by
+    /// one flusher at a time; a durable change that comes first takes them along).
+    fn commit_lazily(&self) {
+        use std::sync::atomic::Ordering;
+        if self.lazy_due.swap(true, Ordering::AcqRel) {
+            return; // a flusher is waiting already, and will take these too
+        }
+        let this = self.clone();
+        let flush = move || {
+            std::thread::sleep(LAZY_DELAY);
+            // Cleared before the ticket is taken: a write queued after this point is either
+            // under that ticket or calls for a flusher of its own.
+            this.lazy_due.store(false, Ordering::Release);
+            if let Err(e) = this.settle() {
+                tracing::debug!("lazily queued writes not committed: {e}");
+            }
         };
+        let spawned = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                drop(rt.spawn_blocking(flush));
+                Ok(())
+            }
+            Err(_) => std::thread::Builder::new()
+                .name("lazy-commit".into())
+                .spawn(flush)
+                .map(drop),
+        };
+        if let Err(e) = spawned {
+            // The writes wait for the next durable change instead.
+            self.lazy_due
+                .store(false, std::sync::atomic::Ordering::Release);
+            tracing::warn!("no thread to commit lazily queued writes: {e}");
+        }
+    }
+
+    /// Waits until `ticket` is settled (committing if no one else is), and says how.
+    fn settled(&self, ticket: super::group_commit::Ticket) -> Result<(), Error> {
         match self
             .commits
             .wait(ticket, |store, group| self.commit(store, group))
         {
-            Ok(()) => result,
+            Ok(()) => Ok(()),
             Err(Failure::Unreachable(why)) => Err(Error::Store(StoreError::Unavailable(format!(
                 "{why}; the request was not confirmed, retry it"
             )))),
@@ -606,8 +670,8 @@ impl Shared {
         let _ = detached.await;
     }
 
-    /// Checks and counts one read or write. Reads go on while a cluster store is
-    /// unreachable (their access count is written later); writes are refused.
+    /// Checks and counts one read or write. A read's access count is written lazily (also
+    /// while a cluster store is unreachable); a write is refused then.
     pub fn begin_io(
         &self,
         handle: HandleId,
@@ -615,7 +679,7 @@ impl Shared {
         range: Option<ByteRange>,
     ) -> Result<(), Error> {
         let persist = match kind {
-            IoKind::Read => Persist::Deferred,
+            IoKind::Read => Persist::Lazy,
             IoKind::Write => Persist::Now,
         };
         self.run_with(persist, move |core, _| {

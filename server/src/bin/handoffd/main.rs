@@ -304,6 +304,7 @@ async fn main() {
     };
     let cluster = running.cluster.clone();
     let stop = running.stop.clone();
+    let shared = running.shared.clone();
     let result = tokio::select! {
         // First: a fatal cause wins over a task that ended because of it.
         biased;
@@ -318,6 +319,14 @@ async fn main() {
         _ = term.recv() => Ok(()),
     };
     notify::notify("STOPPING=1");
+    // Reads' access counts are written lazily: the last of them go into the store now.
+    let settled = match tokio::task::spawn_blocking(move || shared.settle()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = settled {
+        eprintln!("handoffd: the last access counts may not be in the store: {e}");
+    }
     if let Some(c) = cluster {
         // Hand over at once instead of making the passive node wait out the lease.
         c.resign();

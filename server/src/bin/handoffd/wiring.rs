@@ -78,6 +78,8 @@ pub struct Running {
     pub cluster: Option<Arc<Cluster>>,
     /// Raised when the server must stop at once (fenced, or its store failed).
     pub stop: Arc<Stop>,
+    /// The server's state: settled into the store on a clean stop.
+    pub shared: Shared,
     tasks: tokio::task::JoinSet<anyhow::Result<()>>,
 }
 
@@ -296,7 +298,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
     });
     let control = ControlServer::from_listener(control, shared.clone());
     tasks.spawn(async move { control.serve().await.context("control listener") });
-    let data = DataServer::from_listener(data, shared, Some(tls.server_config()?));
+    let data = DataServer::from_listener(data, shared.clone(), Some(tls.server_config()?));
     tasks.spawn(async move { data.serve().await.context("data listener") });
     Ok(Running {
         control_addr,
@@ -305,6 +307,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<Running> {
         recovered_opens,
         cluster,
         stop,
+        shared,
         tasks,
     })
 }
