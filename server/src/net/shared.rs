@@ -124,7 +124,7 @@ pub enum Persist {
 
 /// How long a lazily queued write waits for company before a commit of its own: under load
 /// the access counts of many reads share one commit, and this bounds what a crash loses.
-pub const LAZY_DELAY: Duration = Duration::from_millis(10);
+pub const LAZY_DELAY: Duration = Duration::from_millis(100);
 
 /// The server's state shared by every connection task.
 #[derive(Clone)]
