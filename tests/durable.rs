@@ -106,7 +106,8 @@ fn a_lazily_counted_read_survives_kill_9() {
             .unwrap()
     });
     assert_eq!(rt.block_on(read_all(&mut channel)), b"data");
-    std::thread::sleep(Duration::from_millis(500));
+    // Ten times the flush delay (LAZY_DELAY), for a loaded machine.
+    std::thread::sleep(Duration::from_secs(1));
     server.restart(); // SIGKILL with the channel still attached
     let r = server
         .cli(&c1)
@@ -116,33 +117,6 @@ fn a_lazily_counted_read_survives_kill_9() {
     assert_eq!(r["accessed_by_other"], true, "the read's count was lost");
     assert_eq!(r["changed_by_other"], false);
     drop(channel);
-
-    // A clean stop right after a read writes its count before the server exits.
-    let mut channel = rt.block_on(async {
-        let mut c = Client::connect(&server.addr, &c2.identity).await.unwrap();
-        c.open_data(&reader, Some(Channel::Tcp), false)
-            .await
-            .unwrap()
-    });
-    assert_eq!(rt.block_on(read_all(&mut channel)), b"data");
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    eventually(Duration::from_secs(10), || {
-        (!server.is_running()).then_some(())
-    });
-    server.restart();
-    let r = server
-        .cli(&c1)
-        .run(&["resume", &key, "--json"])
-        .expect(0)
-        .json();
-    assert_eq!(
-        r["accessed_by_other"], true,
-        "a clean stop lost the read's count"
-    );
 }
 
 #[test]

@@ -12,7 +12,8 @@ use crate::store::Mutation;
 #[derive(Debug, Default)]
 #[must_use = "a Ready holds store writes and revocations the driver must perform"]
 pub struct Ready {
-    /// Store writes: durable before the reply to the request that made them.
+    /// Store writes: durable before the reply to the request that made them (the driver
+    /// writes a read's access count lazily, without holding up the read).
     pub mutations: Vec<Mutation>,
     /// Opens whose direct-mode grants must be revoked now.
     pub revoke: Vec<u32>,

@@ -1,5 +1,6 @@
 //! Where server state lives between restarts. The core emits [`Mutation`]s; a [`Store`] applies
-//! each batch atomically before the reply that depends on it is sent. This crate holds the
+//! each batch atomically before the reply that depends on it is sent (a read's access count
+//! is the exception: the server writes it lazily). This crate holds the
 //! trait and the in-memory store; the embedded (redb) and cluster (etcd) stores are the server's.
 
 mod memory;

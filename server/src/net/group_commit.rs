@@ -4,7 +4,8 @@
 //! its ticket is durable. Whoever finds no commit under way becomes the committer and writes
 //! everything queued so far in one store call (one redb transaction with one fsync, one etcd
 //! transaction). Replies still go only after their change is durable; what changes is that
-//! eight concurrent opens cost one fsync instead of eight.
+//! eight concurrent opens cost one fsync instead of eight. Reads' access counts are queued
+//! without a waiter (`Persist::Lazy`) and go with the next commit, whoever makes it.
 //!
 //! Requests later in the queue may have seen state that earlier, unwritten requests made, so
 //! they stand or fall together: a commit that fails fails every ticket queued by then, and
@@ -126,7 +127,7 @@ impl GroupCommit {
                 continue;
             }
             q.committing = true;
-            let mut group = Group {
+            let group = Group {
                 last: q.issued,
                 writes: std::mem::take(&mut q.writes),
                 first_checkpoint: q.checkpoints.front().map(|(_, c)| *c),
@@ -137,7 +138,6 @@ impl GroupCommit {
                 last: group.last,
             };
             drop(q);
-            group.writes = without_superseded(group.writes);
             let (last, outcome) = {
                 let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
                 commit(store.as_mut(), group)
@@ -154,33 +154,6 @@ impl GroupCommit {
         let mut q = self.queue();
         (q.issued, std::mem::take(&mut q.writes))
     }
-}
-
-/// `writes` less every open or file record that a later write in them replaces or deletes:
-/// a group is written as one transaction, so only each record's last value is ever seen.
-/// (Reads of files that several opens share rewrite the same two records again and again.)
-fn without_superseded(writes: Vec<Mutation>) -> Vec<Mutation> {
-    use std::collections::HashSet;
-    let (mut opens, mut files) = (HashSet::new(), HashSet::new());
-    let mut kept: Vec<Mutation> = writes
-        .into_iter()
-        .rev()
-        .filter(|m| match m {
-            Mutation::PutOpen(r) => opens.insert(r.slot),
-            Mutation::DeleteOpen(slot) => {
-                opens.insert(*slot);
-                true
-            }
-            Mutation::PutFile(id, _) => files.insert(*id),
-            Mutation::DeleteFile(id) => {
-                files.insert(*id);
-                true
-            }
-            _ => true,
-        })
-        .collect();
-    kept.reverse();
-    kept
 }
 
 /// A commit under way: settled by its committer, or, if the committer panicked, as failed
@@ -283,64 +256,6 @@ mod tests {
             q.hold(t);
         }
         q
-    }
-
-    fn open(slot: u32, seen_access: u64) -> Mutation {
-        use crate::state::records::{OpenRecord, OpenStatus};
-        use crate::state::{Mode, ShareMode};
-        Mutation::PutOpen(OpenRecord {
-            slot,
-            file_id: 9,
-            path: "f".into(),
-            owner: "c1".into(),
-            pid: 1,
-            opened_at: 2,
-            mode: Mode::Read,
-            share: ShareMode::ALL,
-            locks: vec![],
-            seen_access,
-            seen_version: 0,
-            status: OpenStatus::Live,
-            deadline: None,
-            grants: vec![],
-        })
-    }
-
-    fn file(id: u64, access_seq: u64) -> Mutation {
-        let counters = crate::state::records::FileRecord {
-            access_seq,
-            version: 0,
-        };
-        Mutation::PutFile(id, counters)
-    }
-
-    #[test]
-    fn a_group_writes_each_open_and_file_record_once_with_its_last_value() {
-        let writes = vec![
-            file(9, 1),
-            open(1, 1),
-            Mutation::PutNextSlot(3),
-            file(9, 2),
-            open(2, 2),
-            open(1, 3),
-            file(9, 3),
-            open(4, 3),
-            Mutation::DeleteOpen(4),
-            file(7, 1),
-            Mutation::DeleteFile(7),
-        ];
-        let kept = without_superseded(writes);
-        assert_eq!(
-            kept,
-            vec![
-                Mutation::PutNextSlot(3),
-                open(2, 2),
-                open(1, 3),
-                file(9, 3),
-                Mutation::DeleteOpen(4),
-                Mutation::DeleteFile(7),
-            ]
-        );
     }
 
     #[test]

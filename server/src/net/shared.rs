@@ -1,6 +1,7 @@
 //! [`Shared`], the server's driver around the core: every request runs the core under one
 //! lock, and the driver performs what the core returns (mutations written through to the
-//! store before the reply, revocations of direct grants, files released), refusing state
+//! store before the reply, but for reads' access counts, which are written lazily: see
+//! [`Persist`]; revocations of direct grants, files released), refusing state
 //! changes while the cluster lease is not confirmed and raising [`Stop`] when it is lost. A
 //! timer task wakes the core at its next deadline.
 
@@ -116,9 +117,10 @@ pub enum Persist {
     Deferred,
     /// With the next commit, which the reply does not wait for (a read's access count, the
     /// way `lazytime` treats atime); as [`Persist::Deferred`] while the store is
-    /// unreachable. A queued write reaches the store within [`LAZY_DELAY`] and one commit,
-    /// or sooner with any durable change after it: a crash can lose only the access counts
-    /// of its last moments, and never one that a durable change followed.
+    /// unreachable, and while changes kept from then are not yet written (the request that
+    /// writes them waits). A queued count reaches the store within [`LAZY_DELAY`] and one
+    /// commit, or sooner with any durable change after it: a crash can lose the access
+    /// counts of its last moments, never one that a durable change followed.
     Lazy,
 }
 
@@ -198,9 +200,9 @@ impl Shared {
         self.run_with(Persist::Now, f)
     }
 
-    /// [`Shared::run_blocking`] with a choice of what happens while a cluster store is
-    /// unreachable: [`Persist::Now`] refuses the request, [`Persist::Deferred`] runs it and
-    /// writes its mutations once the store is back.
+    /// [`Shared::run_blocking`] with a choice of when its mutations must be durable (see
+    /// [`Persist`]): while a cluster store is unreachable, [`Persist::Now`] refuses the
+    /// request and the others run it and write its mutations once the store is back.
     pub fn run_with<T>(
         &self,
         persist: Persist,
@@ -231,6 +233,10 @@ impl Shared {
         let result = f(core, files, now_ms());
         let mut ready = inner.core.ready();
         let mut batch = std::mem::take(&mut ready.mutations);
+        // A backlog (written while the store was unreachable: detaches, change counts) is
+        // waited for by whoever writes it first, a read too.
+        let lazy = persist == Persist::Lazy && inner.backlog.is_empty();
+        let mut queued_lazily = false;
         let ticket = if defer {
             inner.backlog.append(&mut batch);
             None
@@ -247,10 +253,10 @@ impl Shared {
             } else if batch.is_empty() {
                 // Nothing to write, but what it saw must be durable before it answers.
                 Some(self.commits.issued())
-            } else if persist == Persist::Lazy {
-                self.wake.notify_one();
+            } else if lazy {
+                // Counters only: no deadline moved, so the timer task need not look.
                 self.commits.enqueue_unwaited(batch, checkpoint);
-                self.commit_lazily();
+                queued_lazily = true;
                 None
             } else {
                 self.wake.notify_one();
@@ -260,6 +266,9 @@ impl Shared {
         // Taking access back and closing files need not wait for the store.
         let closing = self.perform(&mut inner, ready);
         drop(inner);
+        if queued_lazily {
+            self.commit_lazily();
+        }
         // close(2) can wait on a network file system: never under the lock.
         drop(closing);
         match ticket {
@@ -268,10 +277,11 @@ impl Shared {
         }
     }
 
-    /// Waits until every change queued so far (lazily queued ones too) is durable, or
-    /// failed: what a server that stops does last.
+    /// Writes every change not yet in the store (queued lazily, or kept while it was
+    /// unreachable) and waits until it is durable: what a server that stops cleanly does
+    /// last. Refused while a cluster store is unreachable.
     pub fn settle(&self) -> Result<(), Error> {
-        self.settled(self.commits.issued())
+        self.run_blocking(|_, _| Ok(()))
     }
 
     /// Has lazily queued writes committed after [`LAZY_DELAY`], off the caller's thread (by
@@ -287,7 +297,7 @@ impl Shared {
             // Cleared before the ticket is taken: a write queued after this point is either
             // under that ticket or calls for a flusher of its own.
             this.lazy_due.store(false, Ordering::Release);
-            if let Err(e) = this.settle() {
+            if let Err(e) = this.settled(this.commits.issued()) {
                 tracing::debug!("lazily queued writes not committed: {e}");
             }
         };

@@ -74,6 +74,11 @@ impl Stop {
         }
     }
 
+    /// The cause raised, if any.
+    pub fn fatal(&self) -> Option<Fatal> {
+        self.first.get().cloned()
+    }
+
     /// Waits until a cause is raised; returns it.
     pub async fn wait(&self) -> Fatal {
         loop {

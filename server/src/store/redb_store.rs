@@ -1,6 +1,7 @@
 //! The embedded default store: one redb database file under `--state`. Each batch is one
 //! write transaction committed with immediate durability (fsync) before the reply is sent, so
-//! `kill -9` loses nothing that a client was told.
+//! `kill -9` loses nothing that a client was told (but for reads' access counts, which are
+//! written lazily, not before their replies).
 
 use std::path::Path;
 
@@ -205,7 +206,7 @@ impl RedbStore {
                 table: "batch",
                 source,
             };
-            for m in batch {
+            for m in last_writes(batch) {
                 match m {
                     Mutation::PutMacKey(k) => {
                         meta.insert("mac_key", &k[..]).map_err(backend)?;
@@ -281,6 +282,33 @@ impl Store for RedbStore {
     }
 }
 
+/// `batch` less every open or file record that a later write in it replaces or deletes: the
+/// batch is one transaction, so only each record's last value is ever seen. (Reads of a
+/// file that several opens take turns on rewrite the same few records again and again.)
+fn last_writes(batch: &[Mutation]) -> Vec<&Mutation> {
+    use std::collections::HashSet;
+    let (mut opens, mut files) = (HashSet::new(), HashSet::new());
+    let mut kept: Vec<&Mutation> = batch
+        .iter()
+        .rev()
+        .filter(|m| match m {
+            Mutation::PutOpen(r) => opens.insert(r.slot),
+            Mutation::DeleteOpen(slot) => {
+                opens.insert(*slot);
+                true
+            }
+            Mutation::PutFile(id, _) => files.insert(*id),
+            Mutation::DeleteFile(id) => {
+                files.insert(*id);
+                true
+            }
+            _ => true,
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
 /// Runs `f`, turning a panic inside the database (which redb can raise on a damaged file)
 /// into an error.
 fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -338,6 +366,83 @@ mod tests {
         s.apply(&[Mutation::DeleteLegacyInbox("bob".into())])
             .unwrap();
         assert!(s.load().unwrap().legacy_inboxes.is_empty());
+    }
+
+    fn open(slot: u32, seen_access: u64) -> Mutation {
+        Mutation::PutOpen(OpenRecord {
+            slot,
+            file_id: 9,
+            path: "f".into(),
+            owner: "c1".into(),
+            pid: 1,
+            opened_at: 2,
+            mode: Mode::Read,
+            share: ShareMode::ALL,
+            locks: vec![],
+            seen_access,
+            seen_version: 0,
+            status: OpenStatus::Live,
+            deadline: None,
+            grants: vec![],
+        })
+    }
+
+    fn file(id: u64, access_seq: u64) -> Mutation {
+        let counters = FileRecord {
+            access_seq,
+            version: 0,
+        };
+        Mutation::PutFile(id, counters)
+    }
+
+    #[test]
+    fn a_batch_writes_each_record_once_and_ends_with_its_last_value() {
+        let batch = vec![
+            file(9, 1),
+            open(1, 1),
+            Mutation::PutNextSlot(3),
+            file(9, 2),
+            open(2, 2),
+            open(1, 3),
+            file(9, 3),
+            open(4, 3),
+            Mutation::DeleteOpen(4),
+            file(7, 1),
+            Mutation::DeleteFile(7),
+            // A slot used again after its delete, and a file counted again after its delete.
+            Mutation::DeleteOpen(2),
+            open(2, 4),
+            file(7, 2),
+        ];
+        let kept: Vec<Mutation> = last_writes(&batch).into_iter().cloned().collect();
+        assert_eq!(
+            kept,
+            vec![
+                Mutation::PutNextSlot(3),
+                open(1, 3),
+                file(9, 3),
+                Mutation::DeleteOpen(4),
+                Mutation::DeleteFile(7),
+                Mutation::DeleteOpen(2),
+                open(2, 4),
+                file(7, 2),
+            ]
+        );
+        // And the store ends where the whole batch, applied one by one, would.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedbStore::open(&dir.path().join("state.redb"), false).unwrap();
+        s.apply(&batch).unwrap();
+        let got = s.load().unwrap();
+        let mut seen: Vec<(u32, u64)> = got.opens.iter().map(|r| (r.slot, r.seen_access)).collect();
+        seen.sort();
+        assert_eq!(seen, vec![(1, 3), (2, 4)]);
+        let mut files: Vec<(u64, u64)> = got
+            .files
+            .iter()
+            .map(|(id, f)| (*id, f.access_seq))
+            .collect();
+        files.sort();
+        assert_eq!(files, vec![(7, 2), (9, 3)]);
     }
 
     #[test]

@@ -319,13 +319,20 @@ async fn main() {
         _ = term.recv() => Ok(()),
     };
     notify::notify("STOPPING=1");
-    // Reads' access counts are written lazily: the last of them go into the store now.
+    // Reads' access counts are written lazily (some by flushers on the RDMA serving
+    // threads' runtimes, which nothing waits for at exit), and changes made while etcd was
+    // unreachable wait for it: all of them go into the store now.
     let settled = match tokio::task::spawn_blocking(move || shared.settle()).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = settled {
         eprintln!("handoffd: the last access counts may not be in the store: {e}");
+    }
+    if let Some(fatal) = stop.fatal() {
+        // The last commit found the node fenced, or the store failing.
+        eprintln!("handoffd: {} (exit {})", fatal.why, fatal.code);
+        std::process::exit(fatal.code);
     }
     if let Some(c) = cluster {
         // Hand over at once instead of making the passive node wait out the lease.
