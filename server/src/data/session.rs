@@ -207,6 +207,13 @@ impl Gate {
             self.shared.wrote(landing.check);
         }
     }
+
+    /// [`Gate::landed`] for a task on a serving thread (see [`Shared::wrote_off_thread`]).
+    pub async fn landed_off_thread(&self, landing: &Landing) {
+        if landing.written > 0 {
+            self.shared.wrote_off_thread(landing.check).await;
+        }
+    }
 }
 
 /// A checked write on its way into the file.

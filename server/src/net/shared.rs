@@ -219,12 +219,31 @@ impl Shared {
         persist: Persist,
         f: impl FnOnce(&mut ServerCore, &mut HashMap<u32, Arc<File>>, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        let (result, ticket) = self.queue_files(persist, f);
+        match ticket {
+            Some(ticket) => self.settled(ticket).and(result),
+            None => result,
+        }
+    }
+
+    /// The half of [`Shared::run_files`] under the lock: runs `f` and queues its writes.
+    /// Returns its result and the ticket to wait for ([`Shared::settled`]) before answering
+    /// with it, if there is one.
+    fn queue_files<T>(
+        &self,
+        persist: Persist,
+        f: impl FnOnce(&mut ServerCore, &mut HashMap<u32, Arc<File>>, u64) -> Result<T, Error>,
+    ) -> (Result<T, Error>, Option<super::group_commit::Ticket>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        self.stop.check()?;
+        if let Err(e) = self.stop.check() {
+            return (Err(e), None);
+        }
         let defer = match self.health() {
             Health::Suspended(_) if persist != Persist::Now => true,
             health => {
-                self.may_change(health)?;
+                if let Err(e) = self.may_change(health) {
+                    return (Err(e), None);
+                }
                 false
             }
         };
@@ -271,10 +290,7 @@ impl Shared {
         }
         // close(2) can wait on a network file system: never under the lock.
         drop(closing);
-        match ticket {
-            Some(ticket) => self.settled(ticket).and(result),
-            None => result,
-        }
+        (result, ticket)
     }
 
     /// Writes every change not yet in the store (queued lazily, or kept while it was
@@ -713,15 +729,42 @@ impl Shared {
     /// store now, or once a cluster store is reachable again), also if the handle's open was
     /// closed meanwhile.
     pub fn wrote(&self, write: WriteCheck) {
-        let counted = self.run_with(Persist::Deferred, move |core, _| {
-            if core.count_io(write.handle, IoKind::Write).is_err() {
-                core.count_change(write.file_id);
-            }
-            Ok(())
-        });
+        let counted = self.run_files(Persist::Deferred, count_write(write));
         if let Err(e) = counted {
             tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
         }
+    }
+
+    /// [`Shared::wrote`] for a task on a serving thread: the count is made here, and the
+    /// wait for its commit (when it needs one: opens taking turns on a file) goes off the
+    /// thread, so the thread's other connections are served meanwhile.
+    pub async fn wrote_off_thread(&self, write: WriteCheck) {
+        let (counted, ticket) = self.queue_files(Persist::Deferred, count_write(write));
+        let counted = match ticket {
+            None => counted,
+            Some(ticket) => {
+                let this = self.clone();
+                match tokio::task::spawn_blocking(move || this.settled(ticket)).await {
+                    Ok(settled) => settled.and(counted),
+                    Err(e) => Err(Error::Protocol(format!("server task failed: {e}"))),
+                }
+            }
+        };
+        if let Err(e) = counted {
+            tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
+        }
+    }
+}
+
+/// Counts the change a checked write made, also if the handle's open was closed meanwhile.
+fn count_write(
+    write: WriteCheck,
+) -> impl FnOnce(&mut ServerCore, &mut HashMap<u32, Arc<File>>, u64) -> Result<(), Error> {
+    move |core, _, _| {
+        if core.count_io(write.handle, IoKind::Write).is_err() {
+            core.count_change(write.file_id);
+        }
+        Ok(())
     }
 }
 
