@@ -4,7 +4,7 @@
 pub mod rdma;
 mod session;
 mod tcp;
-mod thread_cpu;
+pub(crate) mod thread_cpu;
 mod workers;
 
 pub use tcp::DataServer;

@@ -209,10 +209,11 @@ impl Gate {
     }
 
     /// [`Gate::landed`] for a task on a serving thread (see [`Shared::wrote_off_thread`]).
-    pub async fn landed_off_thread(&self, landing: &Landing) {
+    pub async fn landed_off_thread(&self, landing: &Landing) -> Result<(), Error> {
         if landing.written > 0 {
-            self.shared.wrote_off_thread(landing.check).await;
+            self.shared.wrote_off_thread(landing.check).await?;
         }
+        Ok(())
     }
 }
 

@@ -735,24 +735,31 @@ impl Shared {
         }
     }
 
-    /// [`Shared::wrote`] for a task on a serving thread: the count is made here, and the
-    /// wait for its commit (when it needs one: opens taking turns on a file) goes off the
-    /// thread, so the thread's other connections are served meanwhile.
-    pub async fn wrote_off_thread(&self, write: WriteCheck) {
+    /// [`Shared::wrote`] for a task on an RDMA serving thread: the count is made here, and
+    /// the wait for its commit (when it needs one: opens taking turns on a file) goes off the
+    /// thread, its CPU counted as the serving threads' own, so the thread's other
+    /// connections are served meanwhile. An error only if that wait failed to finish (a
+    /// panic in the commit): the count's fate is unknown, so the write must not be answered.
+    pub async fn wrote_off_thread(&self, write: WriteCheck) -> Result<(), Error> {
         let (counted, ticket) = self.queue_files(Persist::Deferred, count_write(write));
         let counted = match ticket {
             None => counted,
             Some(ticket) => {
                 let this = self.clone();
-                match tokio::task::spawn_blocking(move || this.settled(ticket)).await {
+                let wait = move || {
+                    let cpu = &this.stats.data_cpu_ns;
+                    crate::data::thread_cpu::counted(cpu, || this.settled(ticket))
+                };
+                match tokio::task::spawn_blocking(wait).await {
                     Ok(settled) => settled.and(counted),
-                    Err(e) => Err(Error::Protocol(format!("server task failed: {e}"))),
+                    Err(e) => return Err(Error::Protocol(format!("a store commit failed: {e}"))),
                 }
             }
         };
         if let Err(e) = counted {
             tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
         }
+        Ok(())
     }
 }
 
