@@ -298,7 +298,7 @@ async fn serve(p: Pending, shared: Shared) {
             Err(e) => {
                 ep.send(&e.to_message()).await?;
                 ep.drain_sends().await?;
-                return Ok(());
+                return Ok(None);
             }
         };
         let truncations = shared.truncations.load(Ordering::SeqCst);
@@ -320,9 +320,14 @@ async fn serve(p: Pending, shared: Shared) {
             wants_direct,
         };
         let r = conn.run().instrument(span.clone()).await;
-        span.in_scope(|| {
+        let rest = span.in_scope(|| {
             let Connection {
-                session, direct, ..
+                ep,
+                session,
+                windows,
+                bounce,
+                direct,
+                ..
             } = conn;
             drop(session); // detaches the handle
             for g in &direct {
@@ -333,15 +338,29 @@ async fn serve(p: Pending, shared: Shared) {
                 // while on a dead path).
                 tracing::info!("RDMA connection ended: {e}; handle detached");
             }
+            (ep, windows, bounce)
         });
-        Ok::<(), DataError>(())
+        Ok::<_, DataError>(Some(rest))
     }
     .await;
-    match result {
-        Ok(()) => tracing::debug!("RDMA connection closed"),
-        Err(e) => tracing::info!("RDMA connection ended: {e}"),
-    }
+    let rest = match result {
+        Ok(rest) => {
+            tracing::debug!("RDMA connection closed");
+            rest
+        }
+        Err(e) => {
+            tracing::info!("RDMA connection ended: {e}");
+            None
+        }
+    };
     id.disconnect();
+    // Destroying the QP and CQ and deregistering and unmapping the connection's regions
+    // takes a while (longer on a dead path): not on the thread that serves other
+    // connections. The CM id goes with them (the QP holds it).
+    let stats = shared.stats.clone();
+    drop(tokio::task::spawn_blocking(move || {
+        counted(&stats.data_cpu_ns, move || drop((rest, id)))
+    }));
 }
 
 impl Connection {
