@@ -356,10 +356,11 @@ async fn serve(p: Pending, shared: Shared) {
     id.disconnect();
     // Destroying the QP and CQ and deregistering and unmapping the connection's regions
     // takes a while (longer on a dead path): not on the thread that serves other
-    // connections. The CM id goes with them (the QP holds it).
+    // connections. The CM id goes with them (the QP holds it), and the client's seat only
+    // after them, so the connection caps still bound live QPs and pinned memory.
     let stats = shared.stats.clone();
     drop(tokio::task::spawn_blocking(move || {
-        counted(&stats.data_cpu_ns, move || drop((rest, id)))
+        counted(&stats.data_cpu_ns, move || drop((rest, id, seat)))
     }));
 }
 

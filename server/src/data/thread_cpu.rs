@@ -5,7 +5,8 @@
 //! ([`super::workers::Workers`]). A thread's CPU clock stands still while it sleeps, so their
 //! CPU is each thread's clock, read when the thread is about to go idle, and none at all
 //! while every connection's peer moves bytes one-sidedly (no thread wakes). Work they hand
-//! to their blocking pools (a flush, an attach) counts itself when done ([`counted`]); the
+//! to their blocking pools (a flush, an attach, a write count's commit wait, a finished
+//! connection's teardown) counts itself when done ([`counted`]); the
 //! pools' own bookkeeping, and a handle's detach, are not counted.
 //!
 //! The clock is a system call (under emulation, a few percent of a thread serving 4 KiB
