@@ -329,8 +329,7 @@ impl Shared {
         };
         if let Err(e) = spawned {
             // The writes wait for the next durable change instead.
-            self.lazy_due
-                .store(false, std::sync::atomic::Ordering::Release);
+            self.lazy_due.store(false, Ordering::Release);
             tracing::warn!("no thread to commit lazily queued writes: {e}");
         }
     }

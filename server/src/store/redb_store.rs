@@ -368,8 +368,9 @@ mod tests {
         assert!(s.load().unwrap().legacy_inboxes.is_empty());
     }
 
-    fn open(slot: u32, seen_access: u64) -> Mutation {
-        Mutation::PutOpen(OpenRecord {
+    /// A live read open of file 9 in `slot` that has seen `seen_access`.
+    fn record(slot: u32, seen_access: u64) -> OpenRecord {
+        OpenRecord {
             slot,
             file_id: 9,
             path: "f".into(),
@@ -384,7 +385,11 @@ mod tests {
             status: OpenStatus::Live,
             deadline: None,
             grants: vec![],
-        })
+        }
+    }
+
+    fn open(slot: u32, seen_access: u64) -> Mutation {
+        Mutation::PutOpen(record(slot, seen_access))
     }
 
     fn file(id: u64, access_seq: u64) -> Mutation {
@@ -450,20 +455,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         let rec = OpenRecord {
-            slot: 5,
-            file_id: 9,
-            path: "f".into(),
-            owner: "c1".into(),
-            pid: 1,
-            opened_at: 2,
-            mode: Mode::Read,
-            share: ShareMode::ALL,
-            locks: vec![],
-            seen_access: 1,
-            seen_version: 0,
-            status: OpenStatus::Live,
             deadline: Some(10),
-            grants: vec![],
+            ..record(5, 1)
         };
         {
             let mut s = RedbStore::open(&path, false).unwrap();
