@@ -275,6 +275,16 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Stops with SIGTERM (a clean stop: the server settles its state), waits up to 30 s
+    /// for it to exit 0, and starts again as [`TestServer::restart`] does.
+    pub fn restart_clean(&mut self) {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        assert_eq!(self.wait_exit(Duration::from_secs(30)), Some(0));
+        self.spawn();
+    }
+
     /// Starts again with the same --state, root, clients and control address.
     pub fn restart(&mut self) {
         self.kill9();

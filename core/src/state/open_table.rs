@@ -115,6 +115,11 @@ impl OpenTable {
         self.files.entry(file_id).or_default()
     }
 
+    /// Every file an open refers to, with its state.
+    pub fn files_mut(&mut self) -> impl Iterator<Item = (u64, &mut FileState)> {
+        self.files.iter_mut().map(|(id, f)| (*id, f))
+    }
+
     pub fn len(&self) -> usize {
         self.opens.len()
     }

@@ -55,6 +55,12 @@ pub struct OpenRecord {
 pub struct FileRecord {
     pub access_seq: u64,
     pub version: u64,
+    /// A bound `version` is raised to on recovery. Kept above `version` while a write by one
+    /// open could land unseen by another (see `ServerCore::hold_change_mark`): a write is
+    /// counted once its bytes are in the file, and a crash before that count is written
+    /// must still tell the file's other opens that it changed. 0 in records written before
+    /// the mark existed.
+    pub change_mark: u64,
 }
 
 pub fn encode_range(w: &mut Writer, r: &ByteRange) -> Result<(), WireError> {
@@ -142,20 +148,36 @@ impl OpenRecord {
 
 impl FileRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16);
+        let mut out = Vec::with_capacity(24);
         out.extend_from_slice(&self.access_seq.to_be_bytes());
         out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.change_mark.to_be_bytes());
         out
     }
 
+    /// Decodes a record of 24 bytes, or of 16 as written before the change mark existed.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(bytes);
-        let rec = FileRecord {
-            access_seq: r.u64()?,
-            version: r.u64()?,
-        };
+        let access_seq = r.u64()?;
+        let version = r.u64()?;
+        let change_mark = if bytes.len() > 16 { r.u64()? } else { 0 };
         r.finish()?;
-        Ok(rec)
+        Ok(FileRecord {
+            access_seq,
+            version,
+            change_mark,
+        })
+    }
+
+    /// The counters to serve from after a restart: a change mark above the stored version
+    /// means a write may have landed whose count was not written, so the file counts as
+    /// changed (and accessed) since any open last looked.
+    pub fn recovered(mut self) -> Self {
+        if self.change_mark > self.version {
+            self.version = self.change_mark;
+            self.access_seq += 1;
+        }
+        self
     }
 }
 

@@ -248,8 +248,24 @@ impl ServerCore {
             core.next_slot = core.next_slot.max(rec.slot.saturating_add(1));
             let file_id = rec.file_id;
             core.table.insert(rec, 0);
-            core.table.file_mut(file_id).counters =
-                files.get(&file_id).copied().unwrap_or_default();
+            core.table.file_mut(file_id).counters = files
+                .get(&file_id)
+                .map(|f| f.recovered())
+                .unwrap_or_default();
+        }
+        // A version raised to its mark has reached it: the mark goes above it again where
+        // the file is shared with a writer.
+        let unheld: Vec<u64> = files
+            .keys()
+            .copied()
+            .filter(|id| {
+                core.table.file(*id).is_some_and(|f| {
+                    shared_with_a_writer(f) && f.counters.change_mark <= f.counters.version
+                })
+            })
+            .collect();
+        for file_id in unheld {
+            core.persist_file(file_id);
         }
         if recovered {
             core.grace_until = now.saturating_add(config.grace_ms);
@@ -582,10 +598,59 @@ impl ServerCore {
         }
     }
 
+    /// Writes the file's counters, with its change mark held above its version while one
+    /// open's write could land unseen by another (see [`ServerCore::persist_file_marked`]).
     fn persist_file(&mut self, file_id: u64) {
-        if let Some(f) = self.table.file(file_id) {
-            self.pending.push(Mutation::PutFile(file_id, f.counters));
+        let hold = self.table.file(file_id).is_some_and(shared_with_a_writer);
+        self.persist_file_marked(file_id, hold);
+    }
+
+    /// Brings every file's change mark down to its version, except the files of the opens
+    /// in `except`: for a clean stop, once every write that was let through is counted (so
+    /// none can land unseen), and the restart reports exactly what happened. The marks go
+    /// up again as soon as anything is written for those files.
+    pub fn lower_change_marks(&mut self, except: &[u32]) {
+        let keep: std::collections::HashSet<u64> = except
+            .iter()
+            .filter_map(|slot| self.table.get(*slot).map(|e| e.record.file_id))
+            .collect();
+        let lowered: Vec<(u64, FileRecord)> = self
+            .table
+            .files_mut()
+            .filter(|(id, f)| !keep.contains(id) && f.counters.change_mark > f.counters.version)
+            .map(|(id, f)| {
+                f.counters.change_mark = f.counters.version;
+                (id, f.counters)
+            })
+            .collect();
+        for (id, counters) in lowered {
+            self.pending.push(Mutation::PutFile(id, counters));
         }
+    }
+
+    /// Writes the file's counters; with `hold`, its change mark first goes above its version.
+    ///
+    /// Why the mark: a write is counted once its bytes are in the file (a refused write
+    /// changes nothing), and that count's commit is not waited for. A crash between the
+    /// bytes and the commit would lose the change, and a resuming open would be told "not
+    /// changed" about a file that changed. So while a file has an open that can write and
+    /// another open that could look, its change mark stays above its version. Every commit
+    /// that records what an open has seen then also holds a mark above it (a group's file
+    /// records are written first: see the stores), and a restart raises the version to the
+    /// mark (`FileRecord::recovered`). The price is a false "changed" after a crash, in the
+    /// safe direction (as NFS's write verifier after a reboot), and only for files shared
+    /// with a writer.
+    fn persist_file_marked(&mut self, file_id: u64, hold: bool) {
+        if self.table.file(file_id).is_none() {
+            return;
+        }
+        let file = self.table.file_mut(file_id);
+        if hold {
+            let next = file.counters.version.saturating_add(1);
+            file.counters.change_mark = file.counters.change_mark.max(next);
+        }
+        let counters = file.counters;
+        self.pending.push(Mutation::PutFile(file_id, counters));
     }
 
     fn forget(&mut self, slot: u32) {
@@ -917,6 +982,8 @@ impl ServerCore {
             }
             self.table.revive(slot);
             report.reopened = true;
+            // Its mode counts again: a writer back among others needs the mark held.
+            self.persist_file(rec.file_id);
             self.revoke_for_newcomer(rec.file_id, slot, rec.mode, !rec.locks.is_empty());
         }
         if let Some(e) = self.table.get_mut(slot) {
@@ -1029,7 +1096,8 @@ impl ServerCore {
         file.counters.access_seq += 1;
         file.counters.version += 1;
         file.last_bump = None;
-        self.persist_file(file_id);
+        // The writer's open is gone, but another of its writes may still be on the way.
+        self.persist_file_marked(file_id, true);
     }
 
     /// Counts an access (and a change, for a write) through `handle`.
@@ -1198,4 +1266,10 @@ impl ServerCore {
         let slot = self.handles.get(&handle)?;
         self.table.get(*slot).map(|e| &e.record)
     }
+}
+
+/// Whether a write by one open of the file could land unseen by another: the file has two
+/// or more opens (live or expired, which may resume and look) and a live one can write.
+fn shared_with_a_writer(file: &super::open_table::FileState) -> bool {
+    file.refs >= 2 && file.shares.writers >= 1
 }

@@ -1,6 +1,7 @@
 //! The core under driven time: no sleeps, every deadline stepped explicitly.
 
 use super::*;
+use crate::state::records::FileRecord;
 use crate::store::{MemoryStore, Store};
 
 const T: u64 = 60_000;
@@ -978,4 +979,123 @@ fn an_administrator_lists_opens_and_closes_them_and_the_holder_is_told_why() {
     assert!(core
         .admin_close(&CloseTarget::Key(forged.to_vec()), t0 + 5)
         .is_err());
+}
+
+/// A crash ("kill -9": the store keeps what was committed) and a restart at `now`.
+fn crash(store: &mut MemoryStore, now: u64) -> ServerCore {
+    let mut core = ServerCore::recover(config(), store.load().unwrap(), now, 7);
+    store.apply(&core.take_mutations()).unwrap();
+    core
+}
+
+#[test]
+fn a_crash_before_a_landed_writes_count_is_committed_still_reports_the_change() {
+    let (mut core, mut store) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let b = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.attach("c2", &b.sealed).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+
+    // c1's write is checked, its bytes reach the file, it is counted: and the server dies
+    // before that count's commit.
+    core.check_io(a.handle, IoKind::Write, ByteRange::new(0, 1))
+        .unwrap();
+    core.count_io(a.handle, IoKind::Write).unwrap();
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    let r = core.attach("c2", &b.sealed).unwrap().report;
+    assert!(r.changed_by_other && r.accessed_by_other, "{r:?}");
+    store.apply(&core.take_mutations()).unwrap();
+
+    // Once more after the restart: c2 has looked again, c1 resumes and writes, and the
+    // server dies before the count is written.
+    let a2 = core.attach("c1", &a.sealed).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    core.count_io(a2.handle, IoKind::Write).unwrap();
+    drop(core);
+    let mut core = crash(&mut store, 200);
+    let r = core.attach("c2", &b.sealed).unwrap().report;
+    assert!(r.changed_by_other, "{r:?}");
+}
+
+#[test]
+fn a_write_landing_after_its_open_closed_is_reported_after_a_crash_too() {
+    let (mut core, mut store) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let b = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let file_id = core
+        .check_io(a.handle, IoKind::Write, ByteRange::new(0, 1))
+        .unwrap();
+    core.close("c1", &a.sealed).unwrap();
+    // A first write lands and is counted; c2 looks (both committed). A second write that
+    // was on its way lands, and the server dies before its count is written.
+    core.count_change(file_id);
+    core.attach("c2", &b.sealed).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    core.count_change(file_id);
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    let r = core.attach("c2", &b.sealed).unwrap().report;
+    assert!(r.changed_by_other, "{r:?}");
+}
+
+#[test]
+fn after_a_crash_a_lone_writer_and_readers_alone_are_told_nothing() {
+    // A lone writer: nobody else to tell, so no mark, and nothing false after a crash.
+    let (mut core, mut store) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.count_io(a.handle, IoKind::Write).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    core.count_io(a.handle, IoKind::Write).unwrap();
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    assert_eq!(
+        core.attach("c1", &a.sealed).unwrap().report,
+        ResumeReport::default()
+    );
+
+    // Two readers: nothing can change the file, so no mark either.
+    let (mut core, mut store) = fresh();
+    let r1 = core
+        .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let r2 = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.attach("c1", &r1.sealed).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    for (client, g) in [("c1", &r1), ("c2", &r2)] {
+        let r = core.attach(client, &g.sealed).unwrap().report;
+        assert!(!r.changed_by_other, "{client}: {r:?}");
+    }
+}
+
+#[test]
+fn file_records_from_before_the_change_mark_still_decode() {
+    let rec = FileRecord {
+        access_seq: 3,
+        version: 2,
+        change_mark: 5,
+    };
+    assert_eq!(FileRecord::decode(&rec.encode()).unwrap(), rec);
+    let old = [3u64.to_be_bytes(), 2u64.to_be_bytes()].concat();
+    let decoded = FileRecord::decode(&old).unwrap();
+    assert_eq!((decoded.version, decoded.change_mark), (2, 0));
+    assert_eq!(decoded.recovered(), decoded, "no mark: the counters stand");
+    assert!(FileRecord::decode(&old[..12]).is_err());
+    assert!(FileRecord::decode(&[0; 25]).is_err());
+    let r = rec.recovered();
+    assert_eq!((r.access_seq, r.version), (4, 5));
 }

@@ -439,7 +439,7 @@ impl Connection {
             Ok(check) if len > 0 && matches!(answer, Message::Done) => {
                 // The bytes came without a write(2): the file's times are the server's to set.
                 touch_modified(self.session.file());
-                self.shared.wrote_off_thread(check).await?;
+                self.shared.wrote_off_thread(check.check).await?;
                 answer
             }
             Ok(_) => answer,

@@ -23,7 +23,7 @@ use handoff_core::wire::Message;
 use handoff_core::Error;
 
 use crate::net::metrics::{self, DataCounters, DataOp, Transport};
-use crate::net::{AttachedHandle, Shared, WriteCheck};
+use crate::net::{AttachedHandle, CheckedWrite, Shared};
 
 /// A data channel's attached handle.
 pub struct DataSession {
@@ -197,21 +197,21 @@ impl Gate {
 
     /// Checks that this handle may write `range` now (rights, locks, the node's lease),
     /// for bytes that reach the file without the server (direct writes).
-    pub fn check_write(&self, range: Option<ByteRange>) -> Result<WriteCheck, Error> {
+    pub fn check_write(&self, range: Option<ByteRange>) -> Result<CheckedWrite, Error> {
         self.shared.check_write(self.handle, range)
     }
 
     /// A checked write's bytes reached the file (some or all): the change is counted.
     pub fn landed(&self, landing: &Landing) {
         if landing.written > 0 {
-            self.shared.wrote(landing.check);
+            self.shared.wrote(landing.check.check);
         }
     }
 
     /// [`Gate::landed`] for a task on a serving thread (see [`Shared::wrote_off_thread`]).
     pub async fn landed_off_thread(&self, landing: &Landing) -> Result<(), Error> {
         if landing.written > 0 {
-            self.shared.wrote_off_thread(landing.check).await?;
+            self.shared.wrote_off_thread(landing.check.check).await?;
         }
         Ok(())
     }
@@ -219,7 +219,8 @@ impl Gate {
 
 /// A checked write on its way into the file.
 pub struct Landing {
-    check: WriteCheck,
+    /// Counted among the writes in flight until this is dropped, after its count.
+    check: CheckedWrite,
     offset: u64,
     len: u64,
     /// Payload bytes taken so far (from the start of the request).

@@ -25,6 +25,11 @@ impl DirectGrants {
             .push(Arc::downgrade(&grant));
     }
 
+    /// The slots that hold (or held, until revoked) a grant.
+    pub(super) fn slots(&self) -> Vec<u32> {
+        self.by_slot.keys().copied().collect()
+    }
+
     /// Revokes every grant of `slot` still alive; returns how many.
     pub(super) fn revoke(&mut self, slot: u32) -> u64 {
         let mut revoked = 0;

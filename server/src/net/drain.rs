@@ -336,6 +336,7 @@ pub(super) async fn import(
                 FileRecord {
                     access_seq,
                     version,
+                    change_mark: 0,
                 },
             )
         })

@@ -24,6 +24,8 @@ pub use direct_grants::Revocable;
 pub use drain::resume_drain;
 pub use files::{reopen, FileIdentity, OpenedFile, Root};
 pub use handoff_datapath::{check_reply, with_admission_retries, Channel, ControlClient, Timeouts};
-pub use shared::{now_ms, AttachedHandle, Persist, ServerConfig, Shared, WriteCheck, FS_CALLS};
+pub use shared::{
+    now_ms, AttachedHandle, CheckedWrite, Persist, ServerConfig, Shared, WriteCheck, FS_CALLS,
+};
 pub use stats::ServerStats;
 pub use stop::{Fatal, Stop, EXIT_FENCED, EXIT_STORE_FAILED};

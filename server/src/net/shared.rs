@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -112,11 +113,12 @@ fn apply_while_leased(
 pub enum Persist {
     /// Before the reply: refused while the store is unreachable.
     Now,
-    /// Before the reply while the store is reachable (a detach, a write's change count);
+    /// Before the reply while the store is reachable (a detach);
     /// served even while it is not, and written once it is back.
     Deferred,
     /// With the next commit, which the reply does not wait for (a read's access count, the
-    /// way `lazytime` treats atime); as [`Persist::Deferred`] while the store is
+    /// way `lazytime` treats atime; a write's change count, which the file's change mark
+    /// covers until it is written); as [`Persist::Deferred`] while the store is
     /// unreachable, and while changes kept from then are not yet written (the request that
     /// writes them waits). A queued count reaches the store within [`LAZY_DELAY`] and one
     /// commit, or sooner with any durable change after it: a crash can lose the access
@@ -147,6 +149,10 @@ pub struct Shared {
     pub stop: Arc<Stop>,
     /// A commit of lazily queued writes is due (see [`Persist::Lazy`]).
     lazy_due: Arc<std::sync::atomic::AtomicBool>,
+    /// Writes checked and not yet counted or given up (see [`CheckedWrite`]).
+    writes_in_flight: Arc<AtomicUsize>,
+    /// Set by a clean stop: no write is checked any more (see [`Shared::settle`]).
+    stopping: Arc<AtomicBool>,
     /// Bumped whenever the server truncates a file: a data channel that sees it change drops
     /// its registered windows of files before it serves another request. A correctness
     /// signal, not a statistic.
@@ -183,6 +189,8 @@ impl Shared {
             fs_slots: Arc::new(Semaphore::new(FS_CALLS)),
             stop: Arc::default(),
             lazy_due: Arc::default(),
+            writes_in_flight: Arc::default(),
+            stopping: Arc::default(),
             truncations: Arc::default(),
         };
         // Persist what recovery produced (a new MAC key on a fresh store).
@@ -293,17 +301,48 @@ impl Shared {
         (result, ticket)
     }
 
-    /// Writes every change not yet in the store (queued lazily, or kept while it was
-    /// unreachable) and waits until it is durable: what a server that stops cleanly does
-    /// last. Refused while a cluster store is unreachable.
+    /// What a server that stops cleanly does last: writes every change not yet in the store
+    /// (queued lazily, or kept while it was unreachable) and waits until it is durable.
+    /// Refused while a cluster store is unreachable.
+    ///
+    /// It also makes the change counters exact for the restart: from here no write is
+    /// checked, direct grants are taken back, and once the writes in flight are counted
+    /// (waiting up to [`STOP_WRITES_WAIT`]) the files' change marks come down to their
+    /// versions, so the restart tells no open of a change that did not happen. Files with
+    /// a direct grant keep theirs (a client may still flush bytes it wrote before the
+    /// revocation), and so does every file if writes were still in flight.
     pub fn settle(&self) -> Result<(), Error> {
-        self.run_blocking(|_, _| Ok(()))
+        let granted = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            // Under the lock: a grant being made sees this when it records itself.
+            self.stopping.store(true, Ordering::SeqCst);
+            let slots = inner.grants.slots();
+            for &slot in &slots {
+                inner.grants.revoke(slot);
+            }
+            slots
+        };
+        let give_up = std::time::Instant::now() + STOP_WRITES_WAIT;
+        while self.writes_in_flight.load(Ordering::SeqCst) > 0
+            && std::time::Instant::now() < give_up
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let counted = self.writes_in_flight.load(Ordering::SeqCst) == 0;
+        if !counted {
+            tracing::warn!("writes still in flight at the stop: change marks kept");
+        }
+        self.run_blocking(move |core, _| {
+            if counted {
+                core.lower_change_marks(&granted);
+            }
+            Ok(())
+        })
     }
 
     /// Has lazily queued writes committed after [`LAZY_DELAY`], off the caller's thread (by
     /// one flusher at a time; a durable change that comes first takes them along).
     fn commit_lazily(&self) {
-        use std::sync::atomic::Ordering;
         if self.lazy_due.swap(true, Ordering::AcqRel) {
             return; // a flusher is waiting already, and will take these too
         }
@@ -466,12 +505,18 @@ impl Shared {
         let grant = make()?;
         {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if self.stopping.load(Ordering::SeqCst) {
+                // The stop took back the grants already: this one is not made.
+                return Err(Error::Store(StoreError::Unavailable(
+                    "the server is stopping".into(),
+                )));
+            }
             // Decided again: a conflicting open or lock may have come meanwhile.
             let slot = inner.core.direct_allowed(handle, access)?;
             inner.grants.record(slot, grant.clone());
         }
         if let Some(write) = write {
-            self.wrote(write);
+            self.wrote(write.check);
         }
         self.stats
             .direct_grants
@@ -713,34 +758,49 @@ impl Shared {
     }
 
     /// Checks a write before its bytes move; nothing is counted until some land (see
-    /// [`Shared::wrote`]). Refused while a cluster store is unreachable.
+    /// [`Shared::wrote`]). Refused while a cluster store is unreachable, and once the server
+    /// is stopping.
     pub fn check_write(
         &self,
         handle: HandleId,
         range: Option<ByteRange>,
-    ) -> Result<WriteCheck, Error> {
+    ) -> Result<CheckedWrite, Error> {
+        // Counted before the flag is read, as the stop sets the flag before it reads the
+        // count (both sequentially consistent): one of the two sees the other.
+        let in_flight = WriteInFlight::new(&self.writes_in_flight);
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Error::Store(StoreError::Unavailable(
+                "the server is stopping".into(),
+            )));
+        }
         self.writable()?;
         let file_id = self.peek(|core| core.check_io(handle, IoKind::Write, range))?;
-        Ok(WriteCheck { handle, file_id })
+        Ok(CheckedWrite {
+            check: WriteCheck { handle, file_id },
+            _in_flight: in_flight,
+        })
     }
 
-    /// Bytes of a checked write reached the file: the change is counted (written to the
-    /// store now, or once a cluster store is reachable again), also if the handle's open was
-    /// closed meanwhile.
+    /// Bytes of a checked write reached the file: the change is counted, also if the
+    /// handle's open was closed meanwhile. The count is written lazily (see
+    /// [`Persist::Lazy`]): while another open could look, the file's stored change mark
+    /// already covers it, so a crash before it is written still reports the change (see
+    /// `ServerCore::persist_file_marked`).
     pub fn wrote(&self, write: WriteCheck) {
-        let counted = self.run_files(Persist::Deferred, count_write(write));
+        let counted = self.run_files(Persist::Lazy, count_write(write));
         if let Err(e) = counted {
             tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
         }
     }
 
     /// [`Shared::wrote`] for a task on an RDMA serving thread: the count is made here, and
-    /// the wait for its commit (when it needs one: opens taking turns on a file) goes off the
-    /// thread, its CPU counted as the serving threads' own, so the thread's other
-    /// connections are served meanwhile. An error only if that wait failed to finish (a
-    /// panic in the commit): the count's fate is unknown, so the write must not be answered.
+    /// a wait for a commit (only when it writes changes kept while a cluster store was
+    /// unreachable) goes off the thread, its CPU counted as the serving threads' own, so
+    /// the thread's other connections are served meanwhile. An error only if that wait
+    /// failed to finish (a panic in the commit): the fate of those changes is unknown, so
+    /// the write must not be answered.
     pub async fn wrote_off_thread(&self, write: WriteCheck) -> Result<(), Error> {
-        let (counted, ticket) = self.queue_files(Persist::Deferred, count_write(write));
+        let (counted, ticket) = self.queue_files(Persist::Lazy, count_write(write));
         let counted = match ticket {
             None => counted,
             Some(ticket) => {
@@ -779,6 +839,32 @@ fn count_write(
 pub struct WriteCheck {
     pub handle: HandleId,
     pub file_id: u64,
+}
+
+/// How long a clean stop waits for the writes in flight to be counted.
+pub const STOP_WRITES_WAIT: Duration = Duration::from_secs(5);
+
+/// A checked write, counted among the writes in flight until it is dropped: keep it until
+/// the write was counted ([`Shared::wrote`]) or given up.
+pub struct CheckedWrite {
+    pub check: WriteCheck,
+    _in_flight: WriteInFlight,
+}
+
+/// One write in flight, counted while this lives.
+struct WriteInFlight(Arc<AtomicUsize>);
+
+impl WriteInFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A duplicate handle held by a data channel: dropping it (the session ended, failed or

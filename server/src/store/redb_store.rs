@@ -395,7 +395,7 @@ mod tests {
     fn file(id: u64, access_seq: u64) -> Mutation {
         let counters = FileRecord {
             access_seq,
-            version: 0,
+            ..FileRecord::default()
         };
         Mutation::PutFile(id, counters)
     }
@@ -468,7 +468,7 @@ mod tests {
                     9,
                     FileRecord {
                         access_seq: 1,
-                        version: 0,
+                        ..FileRecord::default()
                     },
                 ),
                 Mutation::PutInboxKey(crate::store::InboxKey {
@@ -517,7 +517,7 @@ mod tests {
                 9,
                 FileRecord {
                     access_seq: 1,
-                    version: 0
+                    ..FileRecord::default()
                 }
             )]
         );
