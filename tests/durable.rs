@@ -159,6 +159,59 @@ fn a_crash_reports_a_file_shared_with_a_writer_changed_and_a_clean_stop_does_not
     assert_eq!(std::fs::read(server.root().join("f")).unwrap(), b"DATA");
 }
 
+/// A writer that goes away halfway through its payload (crashed, or hostile) still changed
+/// the file: the bytes that reached it are counted, and the other open is told.
+#[test]
+fn a_writer_gone_mid_payload_still_counts_as_a_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = (client(tmp.path(), "c1"), client(tmp.path(), "c2"));
+    let server = TestServer::start(&[&c1, &c2], &["--durable-timeout", "60"]);
+    std::fs::write(server.root().join("f"), vec![b'.'; 1 << 20]).unwrap();
+    let writer = server.cli(&c1).open(&["f", "--mode", "rw"]);
+    let reader = server.cli(&c2).open(&["f"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use handoff_core::wire::Message;
+        let tcp = tokio::net::TcpStream::connect(&server.data_addr)
+            .await
+            .unwrap();
+        let mut chan = handoff_datapath::Channel::new(tcp);
+        chan.client_handshake(&c1.identity).await.unwrap();
+        let key = handoff::parse_key(&writer).unwrap();
+        chan.send(&Message::Attach { key }).await.unwrap();
+        assert!(matches!(
+            chan.expect().await.unwrap(),
+            Message::Attached { .. }
+        ));
+        chan.send(&Message::Write {
+            offset: 0,
+            len: 1 << 20,
+        })
+        .await
+        .unwrap();
+        assert!(matches!(chan.expect().await.unwrap(), Message::Done));
+        chan.write_raw(&[b'X'; 64 << 10]).await.unwrap();
+        chan.flush().await.unwrap();
+    }); // and the connection drops with the rest of the payload unsent
+    let landed = |b: &[u8]| b.starts_with(&[b'X'; 4096]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !landed(&std::fs::read(server.root().join("f")).unwrap()) {
+        assert!(Instant::now() < deadline, "the first bytes never landed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The server sees the connection end (and counts) at its own pace.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = server
+        .cli(&c2)
+        .run(&["resume", &reader, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(r["changed_by_other"], true, "{r}");
+}
+
 #[test]
 fn resume_within_the_timeout_reports_nothing_and_keeps_the_mode() {
     let tmp = tempfile::tempdir().unwrap();

@@ -77,6 +77,9 @@ pub struct FileState {
     /// other open has looked since, its further accesses change nothing anyone can observe
     /// and are not written to the store again.
     pub last_bump: Option<(u32, bool)>,
+    /// Writes checked through opens that are gone (closed while their bytes were on the
+    /// way) and not ended yet: they keep this state (and its change mark held) alive.
+    pub orphan_writes: u32,
 }
 
 /// The opens one client made (it is their owner), for its quotas.
@@ -113,6 +116,19 @@ impl OpenTable {
 
     pub fn file_mut(&mut self, file_id: u64) -> &mut FileState {
         self.files.entry(file_id).or_default()
+    }
+
+    /// Drops the state of a file no open refers to and no write is on its way to; whether
+    /// it did.
+    pub fn drop_if_unused(&mut self, file_id: u64) -> bool {
+        let unused = self
+            .files
+            .get(&file_id)
+            .is_some_and(|f| f.refs == 0 && f.orphan_writes == 0);
+        if unused {
+            self.files.remove(&file_id);
+        }
+        unused
     }
 
     /// Every file an open refers to, with its state.
@@ -203,7 +219,7 @@ impl OpenTable {
             }
             file.locks.release_all(slot);
             file.refs = file.refs.saturating_sub(1);
-            if file.refs == 0 {
+            if file.refs == 0 && file.orphan_writes == 0 {
                 self.files.remove(&file_id);
                 unreferenced = true;
             }

@@ -191,6 +191,13 @@ pub struct ServerCore {
     draining: Option<String>,
     /// Opens an administrator closed, so their holders are told.
     admin_closed: admin::AdminClosed,
+    /// A clean stop brought the change marks down (see
+    /// [`ServerCore::lower_change_marks`]): no file's bytes change any more, and no mark
+    /// is held again.
+    marks_lowered: bool,
+    /// Writes checked through each open (by slot) whose bytes may still be on the way (see
+    /// [`ServerCore::begin_write`]).
+    writing: HashMap<u32, u32>,
 }
 
 impl ServerCore {
@@ -232,6 +239,8 @@ impl ServerCore {
                 .filter(|_| snapshot.referral.is_none()),
             referral: snapshot.referral.clone(),
             admin_closed: Default::default(),
+            marks_lowered: false,
+            writing: HashMap::new(),
         };
         for a in &snapshot.aliases {
             core.aliases
@@ -255,14 +264,13 @@ impl ServerCore {
         }
         // A version raised to its mark has reached it: the mark goes above it again where
         // the file is shared with a writer.
-        let unheld: Vec<u64> = files
-            .keys()
-            .copied()
-            .filter(|id| {
-                core.table.file(*id).is_some_and(|f| {
-                    shared_with_a_writer(f) && f.counters.change_mark <= f.counters.version
-                })
+        let unheld: Vec<u64> = core
+            .table
+            .files_mut()
+            .filter(|(_, f)| {
+                shared_with_a_writer(f) && f.counters.change_mark <= f.counters.version
             })
+            .map(|(id, _)| id)
             .collect();
         for file_id in unheld {
             core.persist_file(file_id);
@@ -601,23 +609,21 @@ impl ServerCore {
     /// Writes the file's counters, with its change mark held above its version while one
     /// open's write could land unseen by another (see [`ServerCore::persist_file_marked`]).
     fn persist_file(&mut self, file_id: u64) {
-        let hold = self.table.file(file_id).is_some_and(shared_with_a_writer);
+        let hold =
+            !self.marks_lowered && self.table.file(file_id).is_some_and(shared_with_a_writer);
         self.persist_file_marked(file_id, hold);
     }
 
-    /// Brings every file's change mark down to its version, except the files of the opens
-    /// in `except`: for a clean stop, once every write that was let through is counted (so
-    /// none can land unseen), and the restart reports exactly what happened. The marks go
-    /// up again as soon as anything is written for those files.
-    pub fn lower_change_marks(&mut self, except: &[u32]) {
-        let keep: std::collections::HashSet<u64> = except
-            .iter()
-            .filter_map(|slot| self.table.get(*slot).map(|e| e.record.file_id))
-            .collect();
+    /// Brings every file's change mark down to its version, for good: for a clean stop,
+    /// once no file's bytes can change any more (writes and truncations are refused, direct
+    /// grants taken back) and every change let through before is counted, so none can land
+    /// unseen and the restart reports exactly what happened.
+    pub fn lower_change_marks(&mut self) {
+        self.marks_lowered = true;
         let lowered: Vec<(u64, FileRecord)> = self
             .table
             .files_mut()
-            .filter(|(id, f)| !keep.contains(id) && f.counters.change_mark > f.counters.version)
+            .filter(|(_, f)| f.counters.change_mark > f.counters.version)
             .map(|(id, f)| {
                 f.counters.change_mark = f.counters.version;
                 (id, f.counters)
@@ -626,6 +632,13 @@ impl ServerCore {
         for (id, counters) in lowered {
             self.pending.push(Mutation::PutFile(id, counters));
         }
+    }
+
+    /// Holds the file's change mark above its version now (written with the next commit),
+    /// whoever else holds it open: for a change of its bytes the server makes itself (a
+    /// truncation by path), before the bytes change.
+    pub fn hold_change_mark(&mut self, file_id: u64) {
+        self.persist_file_marked(file_id, true);
     }
 
     /// Writes the file's counters; with `hold`, its change mark first goes above its version.
@@ -662,6 +675,14 @@ impl ServerCore {
             self.aliases.remove(&(origin, old_slot));
             self.pending
                 .push(Mutation::DeleteAlias { origin, old_slot });
+        }
+        if let Some(n) = self.writing.remove(&slot) {
+            // Its writes still on the way keep the file's state, and its mark held (a new
+            // open of the file must not record a version those bytes then pass unseen).
+            if let Some(file_id) = self.table.get(slot).map(|e| e.record.file_id) {
+                self.table.file_mut(file_id).orphan_writes += n;
+                self.persist_file(file_id);
+            }
         }
         if let Some((rec, unreferenced)) = self.table.remove(slot) {
             self.pending.push(Mutation::DeleteOpen(slot));
@@ -1076,6 +1097,41 @@ impl ServerCore {
         Ok(e.record.file_id)
     }
 
+    /// [`ServerCore::check_io`] for a write whose bytes are about to move: the write is on
+    /// its way until [`ServerCore::end_write`]. Returns the open's slot and the file's id.
+    pub fn begin_write(
+        &mut self,
+        handle: HandleId,
+        range: Option<ByteRange>,
+    ) -> Result<(u32, u64), CoreError> {
+        let file_id = self.check_io(handle, IoKind::Write, range)?;
+        let (slot, _) = self.handle_entry(handle)?;
+        *self.writing.entry(slot).or_default() += 1;
+        Ok((slot, file_id))
+    }
+
+    /// A write [`ServerCore::begin_write`] let through is over (counted, refused, or given
+    /// up), also if its open was closed meanwhile.
+    pub fn end_write(&mut self, slot: u32, file_id: u64) {
+        if let Some(n) = self.writing.get_mut(&slot) {
+            *n -= 1;
+            if *n == 0 {
+                self.writing.remove(&slot);
+            }
+            return;
+        }
+        let Some(file) = self.table.file(file_id) else {
+            return;
+        };
+        if file.orphan_writes == 0 {
+            return;
+        }
+        self.table.file_mut(file_id).orphan_writes -= 1;
+        if self.table.drop_if_unused(file_id) {
+            self.pending.push(Mutation::DeleteFile(file_id));
+        }
+    }
+
     /// Counts a change to `file_id` whose handle is gone (its open was closed while the
     /// bytes were on their way): the file's other opens are still told.
     /// The file is about to be cut short, or was (a path truncation): every open's direct
@@ -1269,7 +1325,8 @@ impl ServerCore {
 }
 
 /// Whether a write by one open of the file could land unseen by another: the file has two
-/// or more opens (live or expired, which may resume and look) and a live one can write.
+/// or more opens (live or expired, which may resume and look) and a live one can write, or
+/// a write through an open that is gone is still on its way.
 fn shared_with_a_writer(file: &super::open_table::FileState) -> bool {
-    file.refs >= 2 && file.shares.writers >= 1
+    (file.refs >= 2 && file.shares.writers >= 1) || file.orphan_writes > 0
 }

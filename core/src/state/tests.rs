@@ -1099,3 +1099,82 @@ fn file_records_from_before_the_change_mark_still_decode() {
     let r = rec.recovered();
     assert_eq!((r.access_seq, r.version), (4, 5));
 }
+
+#[test]
+fn a_write_on_its_way_from_a_closed_open_is_reported_to_a_later_open_after_a_crash() {
+    let (mut core, mut store) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let (slot, file_id) = core.begin_write(a.handle, ByteRange::new(0, 1)).unwrap();
+    // c1 closes while its write is on the way, and c2 opens the file: committed.
+    core.close("c1", &a.sealed).unwrap();
+    let b = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 1)
+        .unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    // The bytes land and are counted, and the server dies before that is written.
+    assert!(core.count_io(a.handle, IoKind::Write).is_err());
+    core.count_change(file_id);
+    core.end_write(slot, file_id);
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    let r = core.attach("c2", &b.sealed).unwrap().report;
+    assert!(r.changed_by_other, "{r:?}");
+
+    // With nobody else: the file's state goes once the write is over, not before.
+    let (mut core, _) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let (slot, file_id) = core.begin_write(a.handle, ByteRange::new(0, 1)).unwrap();
+    core.close("c1", &a.sealed).unwrap();
+    let deleted = |m: &[crate::store::Mutation]| {
+        m.iter()
+            .any(|m| matches!(m, crate::store::Mutation::DeleteFile(id) if *id == file_id))
+    };
+    assert!(!deleted(&core.take_mutations()));
+    core.count_change(file_id);
+    core.end_write(slot, file_id);
+    assert!(deleted(&core.take_mutations()));
+}
+
+#[test]
+fn lowered_change_marks_make_the_restart_exact_and_stay_down() {
+    let (mut core, mut store) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let b = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.count_io(a.handle, IoKind::Write).unwrap();
+    core.attach("c2", &b.sealed).unwrap(); // c2 has seen the write
+    core.lower_change_marks();
+    // A read after the lowering writes the counters again, without holding the mark.
+    core.count_io(b.handle, IoKind::Read).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    let r = core.attach("c2", &b.sealed).unwrap().report;
+    assert_eq!(r, ResumeReport::default());
+    let r = core.attach("c1", &a.sealed).unwrap().report;
+    assert!(r.accessed_by_other && !r.changed_by_other, "{r:?}");
+}
+
+#[test]
+fn a_mark_held_before_a_truncation_by_path_reports_it_after_a_crash() {
+    // Readers only: no mark of their own. The server holds one before it cuts the file by
+    // path, and dies after the cut, before the count is written.
+    let (mut core, mut store) = fresh();
+    let r1 = core
+        .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.hold_change_mark(42);
+    store.apply(&core.take_mutations()).unwrap();
+    core.count_change(42);
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    let r = core.attach("c1", &r1.sealed).unwrap().report;
+    assert!(r.changed_by_other, "{r:?}");
+}

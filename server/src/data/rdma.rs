@@ -658,7 +658,7 @@ impl Connection {
                             }
                         }
                     }
-                    self.session.gate().landed_off_thread(&landing).await?;
+                    self.session.gate().landed_off_thread(&mut landing).await?;
                     self.count_rdma(len);
                     self.session
                         .served(DataOp::Write, landing.written(), started);
@@ -714,7 +714,7 @@ impl Connection {
             remote,
             ..
         } = *item;
-        let landing = match self.session.gate().write(offset, len, Some(remote.0)) {
+        let mut landing = match self.session.gate().write(offset, len, Some(remote.0)) {
             Ok(l) => l,
             Err(e) => return Ok(Err(e)),
         };
@@ -737,7 +737,10 @@ impl Connection {
                 None
             };
             let target = match window {
-                Some((window, at)) => ReadTarget::Window(window, at),
+                Some((window, at)) => {
+                    landing.placing();
+                    ReadTarget::Window(window, at)
+                }
                 None => {
                     let mr = self.take_bounce(bounce_size(len), in_flight)?;
                     bounce = Some(mr.len());

@@ -128,6 +128,7 @@ impl DataSession {
     pub fn placed(&self, landing: &mut Landing) -> Result<(), Error> {
         landing.received = landing.len;
         landing.written = landing.len;
+        landing.placing();
         if let Err(e) = self.gate.shared.writable() {
             // The bytes are in the file either way: the change is counted before the end.
             self.gate.landed(landing);
@@ -202,16 +203,18 @@ impl Gate {
     }
 
     /// A checked write's bytes reached the file (some or all): the change is counted.
-    pub fn landed(&self, landing: &Landing) {
-        if landing.written > 0 {
+    pub fn landed(&self, landing: &mut Landing) {
+        if landing.check.uncounted() {
             self.shared.wrote(landing.check.check);
+            landing.check.counted();
         }
     }
 
     /// [`Gate::landed`] for a task on a serving thread (see [`Shared::wrote_off_thread`]).
-    pub async fn landed_off_thread(&self, landing: &Landing) -> Result<(), Error> {
-        if landing.written > 0 {
+    pub async fn landed_off_thread(&self, landing: &mut Landing) -> Result<(), Error> {
+        if landing.check.uncounted() {
             self.shared.wrote_off_thread(landing.check.check).await?;
+            landing.check.counted();
         }
         Ok(())
     }
@@ -219,7 +222,8 @@ impl Gate {
 
 /// A checked write on its way into the file.
 pub struct Landing {
-    /// Counted among the writes in flight until this is dropped, after its count.
+    /// Counted among the writes in flight until this is dropped; counts the change then if
+    /// bytes may have landed and nothing counted them yet.
     check: CheckedWrite,
     offset: u64,
     len: u64,
@@ -237,6 +241,13 @@ impl Landing {
         self.len
     }
 
+    /// An adapter may place the payload in the file's pages from now on (an RDMA READ into a
+    /// window of the file is about to be posted): if the transfer then fails, the change is
+    /// counted all the same.
+    pub fn placing(&mut self) {
+        self.check.may_have_landed();
+    }
+
     /// Of the payload, the bytes that reached the file (fewer than `len` if the file system
     /// refused the rest).
     pub fn written(&self) -> u64 {
@@ -250,6 +261,9 @@ impl Landing {
         if self.refused.is_none() {
             shared.writable()?;
             let (wrote, refused) = write_fully_at(file, bytes, self.offset + self.received);
+            if wrote > 0 {
+                self.check.may_have_landed();
+            }
             self.written += wrote;
             self.refused = refused.map(|e| {
                 let e = Error::file_system(

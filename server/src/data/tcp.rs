@@ -230,7 +230,8 @@ where
                 let answer = landing.answer();
                 let written = landing.written();
                 let counted = checked(shared, gate, move |g| {
-                    g.landed(&landing);
+                    let mut landing = landing;
+                    g.landed(&mut landing);
                     Ok(())
                 });
                 let _ = counted.await;

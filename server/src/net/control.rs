@@ -215,14 +215,22 @@ async fn open(
         truncate: p.truncate,
     };
     let size = opened.size;
+    let file_id = req.file_id;
     let (granted, file) = shared.fs(move |s| s.open_blocking(req, opened)).await?;
     let key = granted.sealed.to_vec();
     if p.truncate {
+        let handle = granted.handle;
         let truncated = shared
             .fs(move |s| {
-                s.writable()?;
+                // The open counted the change already (committed with it), and held the
+                // file's change mark if others hold it open. Another open may have looked
+                // since: counted again once the bytes are gone (nothing is written if
+                // nobody looked), before the change stops being in flight.
+                let _changing = s.changing_bytes()?;
                 file.set_len(0)
-                    .map_err(|e| Error::file_system("truncating the file", &e))
+                    .map_err(|e| Error::file_system("truncating the file", &e))?;
+                s.wrote(crate::net::WriteCheck { handle, file_id });
+                Ok(())
             })
             .await;
         if let Err(e) = truncated {

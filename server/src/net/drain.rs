@@ -86,8 +86,22 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
         )
     })?;
     let to = peer.clone();
-    let export = shared
+    let mut export = shared
         .run(move |core, _| Ok(core.begin_drain(&to)?))
+        .await?;
+    // Writes checked before the drain began may still land: they are counted here, so the
+    // counters go once they have (or as a crash would leave them, if they do not end).
+    let ended = shared
+        .writes_ended_off_runtime(super::shared::STOP_WRITES_WAIT)
+        .await;
+    if !ended {
+        tracing::warn!(
+            peer,
+            "writes still in flight at the drain: changes reported to all"
+        );
+    }
+    export.counters = shared
+        .run(move |core, _| Ok(core.drain_counters(!ended)))
         .await?;
     tracing::info!(peer, opens = export.records.len(), "draining");
     match send(shared, &peer, &identity, &export).await {

@@ -63,16 +63,20 @@ pub async fn request(shared: &Shared, client: &str, msg: Message) -> Result<Mess
         }
         Message::Truncate { path, size } => {
             // Opened, checked and cut in one trip off the async workers, as removals are.
-            let file_id = shared
+            shared
                 .fs(move |s| {
-                    s.writable()?;
+                    // A change of the file's bytes in flight until it is counted.
+                    let _changing = s.changing_bytes()?;
                     let opened = s.config.root.open_file(&path, true)?;
                     let file_id = opened.identity.file_id();
                     let from = size.min(opened.size);
-                    // Direct grants on the file go before it is cut (see `revoke_file`).
+                    // Direct grants on the file go before it is cut (see `revoke_file`), and
+                    // its change mark is held: a crash after the cut and before its count
+                    // is written still tells the file's opens.
                     s.run_blocking(|core, _| {
                         core.check_truncatable(&client, file_id, from)?;
                         core.revoke_file(file_id);
+                        core.hold_change_mark(file_id);
                         Ok(())
                     })?;
                     opened
@@ -83,16 +87,13 @@ pub async fn request(shared: &Shared, client: &str, msg: Message) -> Result<Mess
                     // request: windows mapped before the cut hold pages no longer in the file.
                     s.truncations
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    Ok(file_id)
-                })
-                .await?;
-            // The file's opens are told it changed when they resume; a grant taken again
-            // while the file was being cut is revoked too.
-            shared
-                .run(move |core, _| {
-                    core.revoke_file(file_id);
-                    core.count_change(file_id);
-                    Ok(())
+                    // The file's opens are told it changed when they resume; a grant taken
+                    // again while the file was being cut is revoked too.
+                    s.run_blocking(|core, _| {
+                        core.revoke_file(file_id);
+                        core.count_change(file_id);
+                        Ok(())
+                    })
                 })
                 .await?;
             Ok(Message::Done)

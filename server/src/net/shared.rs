@@ -305,36 +305,29 @@ impl Shared {
     /// (queued lazily, or kept while it was unreachable) and waits until it is durable.
     /// Refused while a cluster store is unreachable.
     ///
-    /// It also makes the change counters exact for the restart: from here no write is
-    /// checked, direct grants are taken back, and once the writes in flight are counted
-    /// (waiting up to [`STOP_WRITES_WAIT`]) the files' change marks come down to their
-    /// versions, so the restart tells no open of a change that did not happen. Files with
-    /// a direct grant keep theirs (a client may still flush bytes it wrote before the
-    /// revocation), and so does every file if writes were still in flight.
+    /// It also makes the change counters exact for the restart: from here no file's bytes
+    /// change (writes and truncations are refused, direct grants taken back), and once the
+    /// changes in flight are counted (waiting up to [`STOP_WRITES_WAIT`]) the files' change
+    /// marks come down to their versions, so the restart tells no open of a change that
+    /// did not happen. If changes were still in flight, the marks stay. A direct write
+    /// grant was counted when it was made, and no other open could look while it lived
+    /// (looking revokes it).
     pub fn settle(&self) -> Result<(), Error> {
-        let granted = {
+        {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             // Under the lock: a grant being made sees this when it records itself.
             self.stopping.store(true, Ordering::SeqCst);
-            let slots = inner.grants.slots();
-            for &slot in &slots {
+            for slot in inner.grants.slots() {
                 inner.grants.revoke(slot);
             }
-            slots
-        };
-        let give_up = std::time::Instant::now() + STOP_WRITES_WAIT;
-        while self.writes_in_flight.load(Ordering::SeqCst) > 0
-            && std::time::Instant::now() < give_up
-        {
-            std::thread::sleep(Duration::from_millis(10));
         }
-        let counted = self.writes_in_flight.load(Ordering::SeqCst) == 0;
+        let counted = self.writes_ended(STOP_WRITES_WAIT);
         if !counted {
             tracing::warn!("writes still in flight at the stop: change marks kept");
         }
         self.run_blocking(move |core, _| {
             if counted {
-                core.lower_change_marks(&granted);
+                core.lower_change_marks();
             }
             Ok(())
         })
@@ -765,20 +758,59 @@ impl Shared {
         handle: HandleId,
         range: Option<ByteRange>,
     ) -> Result<CheckedWrite, Error> {
+        let in_flight = self.changing_bytes()?;
+        let (slot, file_id) = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.core.begin_write(handle, range)?
+        };
+        Ok(CheckedWrite {
+            check: WriteCheck { handle, file_id },
+            slot,
+            uncounted: false,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// Counts a change of file bytes (a write, a truncation) in flight until the guard is
+    /// dropped, so that a clean stop or a drain can wait for it; refused once the server is
+    /// stopping, and as [`Shared::writable`] refuses.
+    pub fn changing_bytes(&self) -> Result<WriteInFlight, Error> {
         // Counted before the flag is read, as the stop sets the flag before it reads the
         // count (both sequentially consistent): one of the two sees the other.
-        let in_flight = WriteInFlight::new(&self.writes_in_flight);
+        let in_flight = WriteInFlight {
+            shared: self.clone(),
+        };
+        self.writes_in_flight.fetch_add(1, Ordering::SeqCst);
         if self.stopping.load(Ordering::SeqCst) {
             return Err(Error::Store(StoreError::Unavailable(
                 "the server is stopping".into(),
             )));
         }
         self.writable()?;
-        let file_id = self.peek(|core| core.check_io(handle, IoKind::Write, range))?;
-        Ok(CheckedWrite {
-            check: WriteCheck { handle, file_id },
-            _in_flight: in_flight,
-        })
+        Ok(in_flight)
+    }
+
+    /// Waits up to `limit` for every change of file bytes in flight to end; whether they
+    /// did. Only meaningful once new ones are refused (stopping, draining).
+    fn writes_ended(&self, limit: Duration) -> bool {
+        let give_up = std::time::Instant::now() + limit;
+        loop {
+            if self.writes_in_flight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= give_up {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`Shared::writes_ended`] from an async task.
+    pub async fn writes_ended_off_runtime(&self, limit: Duration) -> bool {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.writes_ended(limit))
+            .await
+            .unwrap_or(false)
     }
 
     /// Bytes of a checked write reached the file: the change is counted, also if the
@@ -845,25 +877,58 @@ pub struct WriteCheck {
 pub const STOP_WRITES_WAIT: Duration = Duration::from_secs(5);
 
 /// A checked write, counted among the writes in flight until it is dropped: keep it until
-/// the write was counted ([`Shared::wrote`]) or given up.
+/// the write was counted. If some of its bytes may be in the file
+/// ([`CheckedWrite::may_have_landed`]) and it is dropped uncounted (a peer that went away
+/// mid-payload, a failed transfer), it counts the change then.
 pub struct CheckedWrite {
     pub check: WriteCheck,
+    /// The open's slot, under which the core knows the write is on its way.
+    slot: u32,
+    uncounted: bool,
     _in_flight: WriteInFlight,
 }
 
-/// One write in flight, counted while this lives.
-struct WriteInFlight(Arc<AtomicUsize>);
-
-impl WriteInFlight {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(count.clone())
+impl CheckedWrite {
+    /// Bytes of it may be in the file from now on (written, or an adapter may place them).
+    pub fn may_have_landed(&mut self) {
+        self.uncounted = true;
     }
+
+    /// Whether bytes of it may be in the file, not counted yet.
+    pub fn uncounted(&self) -> bool {
+        self.uncounted
+    }
+
+    /// Its change was counted.
+    pub fn counted(&mut self) {
+        self.uncounted = false;
+    }
+}
+
+impl Drop for CheckedWrite {
+    fn drop(&mut self) {
+        // Counted before it stops being in flight (the guard below goes after this).
+        let shared = &self._in_flight.shared;
+        if self.uncounted {
+            shared.wrote(self.check);
+        }
+        let (slot, file_id) = (self.slot, self.check.file_id);
+        let _ = shared.run_with(Persist::Lazy, |core, _| {
+            core.end_write(slot, file_id);
+            Ok(())
+        });
+    }
+}
+
+/// One change of file bytes in flight, counted while this lives (see
+/// [`Shared::changing_bytes`]).
+pub struct WriteInFlight {
+    shared: Shared,
 }
 
 impl Drop for WriteInFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.shared.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
