@@ -152,8 +152,9 @@ fn a_crash_reports_a_file_shared_with_a_writer_changed_and_a_clean_stop_does_not
     assert_eq!(report(&w, &writer), (false, false), "after a clean stop");
 
     server.restart(); // kill -9
+                      // The reader must be told (a write might have landed uncounted); the writer is too,
+                      // which is the price, not a promise.
     assert_eq!(report(&r, &reader), (true, true), "after a crash");
-    assert_eq!(report(&w, &writer), (true, true), "after a crash");
     // Reported once: nothing happened since.
     assert_eq!(report(&r, &reader), (false, false));
     assert_eq!(std::fs::read(server.root().join("f")).unwrap(), b"DATA");
@@ -202,14 +203,20 @@ fn a_writer_gone_mid_payload_still_counts_as_a_change() {
         assert!(Instant::now() < deadline, "the first bytes never landed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The server sees the connection end (and counts) at its own pace.
-    std::thread::sleep(Duration::from_millis(500));
-    let r = server
-        .cli(&c2)
-        .run(&["resume", &reader, "--json"])
-        .expect(0)
-        .json();
-    assert_eq!(r["changed_by_other"], true, "{r}");
+    // The server sees the connection end (and counts) at its own pace: asked until told
+    // (each resume's report covers what happened since the last).
+    loop {
+        let r = server
+            .cli(&c2)
+            .run(&["resume", &reader, "--json"])
+            .expect(0)
+            .json();
+        if r["changed_by_other"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never told of the change: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

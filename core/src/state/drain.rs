@@ -82,25 +82,19 @@ impl ServerCore {
         Ok(Export {
             mac_key: self.sealer.mac_key(),
             records,
-            counters: self.drain_counters(false),
+            counters: self.drain_counters(),
             inboxes,
         })
     }
 
     /// The counters of every file an open refers to, for the peer. Writes checked before
     /// the drain began may still land and be counted here: the caller takes these again
-    /// once they have, or with `unsettled` (they did not end in time) as a restart after a
-    /// crash would see them (each version raised to its change mark).
-    pub fn drain_counters(&self, unsettled: bool) -> Vec<(u64, FileRecord)> {
+    /// once they have.
+    pub fn drain_counters(&self) -> Vec<(u64, FileRecord)> {
         let mut counters = std::collections::BTreeMap::new();
         for rec in self.table.records() {
             if let Some(f) = self.table.file(rec.file_id) {
-                let c = if unsettled {
-                    f.counters.recovered()
-                } else {
-                    f.counters
-                };
-                counters.insert(rec.file_id, c);
+                counters.insert(rec.file_id, f.counters);
             }
         }
         counters.into_iter().collect()

@@ -16,7 +16,7 @@ pub use resume_key::{KeyError, KeySealer, ResumeKey};
 pub use server_core::{
     Attached, Census, Checkpoint, CloseTarget, CoreConfig, CoreError, DirectAccess, Export,
     Granted, HandleId, ImportSummary, Imported, IoKind, OpenRequest, OpenState, OpenSummary,
-    Persisted, Quotas, Ready, ResumeReport, ServerCore,
+    Persisted, Quotas, Ready, ResumeReport, ServerCore, NO_SLOT,
 };
 pub use share_mode::{Mode, ShareMode};
 

@@ -77,8 +77,9 @@ pub struct FileState {
     /// other open has looked since, its further accesses change nothing anyone can observe
     /// and are not written to the store again.
     pub last_bump: Option<(u32, bool)>,
-    /// Writes checked through opens that are gone (closed while their bytes were on the
-    /// way) and not ended yet: they keep this state (and its change mark held) alive.
+    /// Changes of the file's bytes on their way that no live open makes: writes through
+    /// opens that closed meanwhile, truncations. They keep this state (and its change mark
+    /// held) until they end.
     pub orphan_writes: u32,
 }
 

@@ -55,11 +55,12 @@ pub struct OpenRecord {
 pub struct FileRecord {
     pub access_seq: u64,
     pub version: u64,
-    /// A bound `version` is raised to on recovery. Kept above `version` while a write by one
-    /// open could land unseen by another (see `ServerCore::persist_file_marked`): a write is
-    /// counted once its bytes are in the file, and a crash before that count is written
-    /// must still tell the file's other opens that it changed. 0 in records written before
-    /// the mark existed.
+    /// A bound `version` is raised to on recovery. Kept above `version` while a change by
+    /// one open could land unseen by another, at `version` otherwise (see
+    /// `ServerCore::persist_file_marked`): a write is counted once its bytes are in the
+    /// file, and a crash before that count is written must still tell the file's other
+    /// opens that it changed. 0 in records written before the mark existed (an older
+    /// server cannot read records with it: no downgrade past this).
     pub change_mark: u64,
 }
 

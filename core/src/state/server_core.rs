@@ -634,10 +634,12 @@ impl ServerCore {
         }
     }
 
-    /// Holds the file's change mark above its version now (written with the next commit),
-    /// whoever else holds it open: for a change of its bytes the server makes itself (a
-    /// truncation by path), before the bytes change.
-    pub fn hold_change_mark(&mut self, file_id: u64) {
+    /// A change of the file's bytes the server makes itself (a truncation by path) is on
+    /// its way, whoever holds the file open: its state is kept and its change mark held
+    /// (written with the next commit, which must be durable before the bytes change) until
+    /// [`ServerCore::end_write`] with [`NO_SLOT`].
+    pub fn begin_file_change(&mut self, file_id: u64) {
+        self.table.file_mut(file_id).orphan_writes += 1;
         self.persist_file_marked(file_id, true);
     }
 
@@ -647,12 +649,14 @@ impl ServerCore {
     /// changes nothing), and that count's commit is not waited for. A crash between the
     /// bytes and the commit would lose the change, and a resuming open would be told "not
     /// changed" about a file that changed. So while a file has an open that can write and
-    /// another open that could look, its change mark stays above its version. Every commit
-    /// that records what an open has seen then also holds a mark above it (a group's file
-    /// records are written first: see the stores), and a restart raises the version to the
-    /// mark (`FileRecord::recovered`). The price is a false "changed" after a crash, in the
-    /// safe direction (as NFS's write verifier after a reboot), and only for files shared
-    /// with a writer.
+    /// another open that could look (or a change on its way that no open makes), its change
+    /// mark stays above its version. Every commit that records what an open has seen then
+    /// also holds a mark above it (a group's file records are written first: see the
+    /// stores), and a restart raises the version to the mark (`FileRecord::recovered`).
+    /// Without `hold`, the mark comes down to the version: nothing can change the bytes
+    /// unseen, and every change is in the version this writes. The price is a false
+    /// "changed" after a crash, in the safe direction (as NFS's write verifier after a
+    /// reboot), for the opens of files that were shared with a writer when it came.
     fn persist_file_marked(&mut self, file_id: u64, hold: bool) {
         if self.table.file(file_id).is_none() {
             return;
@@ -661,6 +665,10 @@ impl ServerCore {
         if hold {
             let next = file.counters.version.saturating_add(1);
             file.counters.change_mark = file.counters.change_mark.max(next);
+        } else {
+            // Nothing can change the bytes unseen any more (no other open, or no writer and
+            // no write on its way): every change is in the version written with this.
+            file.counters.change_mark = file.counters.change_mark.min(file.counters.version);
         }
         let counters = file.counters;
         self.pending.push(Mutation::PutFile(file_id, counters));
@@ -889,6 +897,11 @@ impl ServerCore {
         tracing::info!(slot, path = %record.path, owner = %record.owner, mode = %record.mode, share = %record.share, "open granted");
         self.revoke_for_newcomer(req.file_id, slot, record.mode, !record.locks.is_empty());
         self.table.insert(record, 0);
+        if req.truncate {
+            // The cut comes after this open is granted: it is on its way (holding the
+            // file's mark) until the caller ends it (`end_write` with [`NO_SLOT`]).
+            self.table.file_mut(req.file_id).orphan_writes += 1;
+        }
         let handle = self.new_handle(slot);
         self.persist_file(req.file_id);
         self.persist_open(slot);
@@ -1132,8 +1145,6 @@ impl ServerCore {
         }
     }
 
-    /// Counts a change to `file_id` whose handle is gone (its open was closed while the
-    /// bytes were on their way): the file's other opens are still told.
     /// The file is about to be cut short, or was (a path truncation): every open's direct
     /// grant on it is revoked, the cutting open's own too. Pages an adapter pinned before the
     /// cut stay pinned but leave the file, so a grant (or a registered window) that outlived
@@ -1144,6 +1155,8 @@ impl ServerCore {
         }
     }
 
+    /// Counts a change to `file_id` no handle makes: its open was closed while the bytes
+    /// were on their way, or the server cut the file by path. The file's opens are told.
     pub fn count_change(&mut self, file_id: u64) {
         if self.table.file(file_id).is_none() {
             return; // no open of the file is left to tell
@@ -1323,6 +1336,10 @@ impl ServerCore {
         self.table.get(*slot).map(|e| &e.record)
     }
 }
+
+/// The slot of no open: for [`ServerCore::end_write`] of a change no open makes (a
+/// truncation, see [`ServerCore::begin_file_change`]). Slots never reach it.
+pub const NO_SLOT: u32 = u32::MAX;
 
 /// Whether a write by one open of the file could land unseen by another: the file has two
 /// or more opens (live or expired, which may resume and look) and a live one can write, or

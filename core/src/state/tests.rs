@@ -1170,11 +1170,43 @@ fn a_mark_held_before_a_truncation_by_path_reports_it_after_a_crash() {
     let r1 = core
         .open(req("c1", Mode::Read, ShareMode::ALL, &[]), 0)
         .unwrap();
-    core.hold_change_mark(42);
+    core.begin_file_change(42);
     store.apply(&core.take_mutations()).unwrap();
     core.count_change(42);
     drop(core);
     let mut core = crash(&mut store, 100);
     let r = core.attach("c1", &r1.sealed).unwrap().report;
     assert!(r.changed_by_other, "{r:?}");
+}
+
+#[test]
+fn a_mark_comes_down_once_no_write_can_land_unseen_and_writes_leave_nothing_behind() {
+    let (mut core, mut store) = fresh();
+    let w = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let r = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let (slot, file_id) = core.begin_write(w.handle, ByteRange::new(0, 1)).unwrap();
+    core.count_io(w.handle, IoKind::Write).unwrap();
+    core.end_write(slot, file_id);
+    core.close("c1", &w.sealed).unwrap();
+    // The reader looks (its read writes the counters): the writer is gone and nothing is on
+    // its way, so the mark comes down, and a crash now tells the reader nothing.
+    core.count_io(r.handle, IoKind::Read).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    assert_eq!(
+        core.attach("c2", &r.sealed).unwrap().report,
+        ResumeReport::default()
+    );
+    // The last open gone, the file's record goes too: no write kept it.
+    core.close("c2", &r.sealed).unwrap();
+    let gone = core
+        .take_mutations()
+        .iter()
+        .any(|m| matches!(m, crate::store::Mutation::DeleteFile(id) if *id == file_id));
+    assert!(gone);
 }

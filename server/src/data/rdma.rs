@@ -249,6 +249,9 @@ struct Connection {
     /// Connected saying it may ask for direct mode, so its QP has a PD of its own: direct
     /// grants are given only then.
     wants_direct: bool,
+    /// Writes given up with their RDMA READs posted, perhaps into the file's pages: counted
+    /// (when dropped) only after the connection is disconnected, once no READ can land.
+    abandoned: Vec<Landing>,
 }
 
 /// How long a liveness probe may take: more than the QP's ack timeout and retries (about
@@ -318,6 +321,7 @@ async fn serve(p: Pending, shared: Shared) {
             next_wr: 1,
             probe_every: shared.config.limits.rdma_probe_interval,
             wants_direct,
+            abandoned: Vec::new(),
         };
         let r = conn.run().instrument(span.clone()).await;
         let rest = span.in_scope(|| {
@@ -327,6 +331,7 @@ async fn serve(p: Pending, shared: Shared) {
                 windows,
                 bounce,
                 direct,
+                abandoned,
                 ..
             } = conn;
             drop(session); // detaches the handle
@@ -338,7 +343,8 @@ async fn serve(p: Pending, shared: Shared) {
                 // while on a dead path).
                 tracing::info!("RDMA connection ended: {e}; handle detached");
             }
-            (ep, windows, bounce)
+            // The QP goes first: the abandoned writes are counted once none can land.
+            (ep, windows, bounce, abandoned)
         });
         Ok::<_, DataError>(Some(rest))
     }
@@ -436,10 +442,11 @@ impl Connection {
         // every later flush fail.
         let answer = match self.session.gate().check_write(None) {
             Err(e) => e.to_message(),
-            Ok(check) if len > 0 && matches!(answer, Message::Done) => {
+            Ok(mut check) if len > 0 && matches!(answer, Message::Done) => {
                 // The bytes came without a write(2): the file's times are the server's to set.
                 touch_modified(self.session.file());
-                self.shared.wrote_off_thread(check.check).await?;
+                check.may_have_landed();
+                self.shared.wrote_off_thread(&mut check).await?;
                 answer
             }
             Ok(_) => answer,
@@ -573,7 +580,13 @@ impl Connection {
         // Bytes placed in the file's pages whose modification time is not set yet: it is,
         // once, before the next answer, and however the run ends (an error, a peer gone).
         let mut untouched = false;
-        let result = self.write_run(first, &mut untouched).await;
+        let mut queue = VecDeque::new();
+        let result = self.write_run(first, &mut untouched, &mut queue).await;
+        if result.is_err() {
+            // Their READs may still land until the connection is disconnected.
+            let posted = queue.into_iter().filter_map(|(p, ..)| p.ok());
+            self.abandoned.extend(posted.map(|p: PostedRead| p.landing));
+        }
         if untouched {
             touch_modified(self.session.file());
         }
@@ -585,9 +598,9 @@ impl Connection {
         &mut self,
         first: Message,
         untouched: &mut bool,
+        queue: &mut VecDeque<(PostedWrite, Instant, Part)>,
     ) -> Result<Option<Message>, DataError> {
         let mut waiting: VecDeque<WriteItem> = VecDeque::new();
-        let mut queue: VecDeque<(PostedWrite, Instant, Part)> = VecDeque::new();
         let mut batch = BatchAnswer::default();
         let mut bounced = 0usize;
         // The file's size, looked up once per message (and after a truncation) where a
@@ -639,8 +652,15 @@ impl Connection {
                     let len = landing.len();
                     bounced -= bounce.unwrap_or(0);
                     if len > 0 {
+                        let landed = match self.ep.finish_read(wr).await {
+                            Ok(target) => target,
+                            Err(e) => {
+                                self.abandoned.push(landing);
+                                return Err(e);
+                            }
+                        };
                         // The lease may have lapsed while the RDMA READ ran: both check it.
-                        match self.ep.finish_read(wr).await? {
+                        match landed {
                             ReadTarget::Buffer(landed) => {
                                 let bytes = &landed.bytes()[..len as usize];
                                 self.session.put(&mut landing, bytes)?;

@@ -129,7 +129,7 @@ impl DataSession {
         landing.received = landing.len;
         landing.written = landing.len;
         landing.placing();
-        if let Err(e) = self.gate.shared.writable() {
+        if let Err(e) = self.gate.shared.may_land() {
             // The bytes are in the file either way: the change is counted before the end.
             self.gate.landed(landing);
             return Err(e);
@@ -202,19 +202,18 @@ impl Gate {
         self.shared.check_write(self.handle, range)
     }
 
-    /// A checked write's bytes reached the file (some or all): the change is counted.
+    /// A checked write is over: its change is counted if some of its bytes reached the
+    /// file.
     pub fn landed(&self, landing: &mut Landing) {
-        if landing.check.uncounted() {
-            self.shared.wrote(landing.check.check);
-            landing.check.counted();
+        if landing.check.pending() {
+            self.shared.wrote(&mut landing.check);
         }
     }
 
     /// [`Gate::landed`] for a task on a serving thread (see [`Shared::wrote_off_thread`]).
     pub async fn landed_off_thread(&self, landing: &mut Landing) -> Result<(), Error> {
-        if landing.check.uncounted() {
-            self.shared.wrote_off_thread(landing.check.check).await?;
-            landing.check.counted();
+        if landing.check.pending() {
+            self.shared.wrote_off_thread(&mut landing.check).await?;
         }
         Ok(())
     }
@@ -259,7 +258,7 @@ impl Landing {
     /// refusal back.
     fn put(&mut self, shared: &Shared, file: &File, bytes: &[u8]) -> Result<(), Error> {
         if self.refused.is_none() {
-            shared.writable()?;
+            shared.may_land()?;
             let (wrote, refused) = write_fully_at(file, bytes, self.offset + self.received);
             if wrote > 0 {
                 self.check.may_have_landed();

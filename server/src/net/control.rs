@@ -216,21 +216,29 @@ async fn open(
     };
     let size = opened.size;
     let file_id = req.file_id;
+    // A truncation changes the file's bytes: refused once the server stops or drains, and
+    // on its way from before the open (which counts it, and holds the file's change mark)
+    // until it is counted again after the cut.
+    let changing = match p.truncate {
+        true => Some(shared.changing_bytes()?),
+        false => None,
+    };
     let (granted, file) = shared.fs(move |s| s.open_blocking(req, opened)).await?;
     let key = granted.sealed.to_vec();
-    if p.truncate {
-        let handle = granted.handle;
+    if let Some(in_flight) = changing {
+        let mut change = shared.file_change_begun(file_id, Some(granted.handle), in_flight);
         let truncated = shared
             .fs(move |s| {
-                // The open counted the change already (committed with it), and held the
-                // file's change mark if others hold it open. Another open may have looked
-                // since: counted again once the bytes are gone (nothing is written if
-                // nobody looked), before the change stops being in flight.
-                let _changing = s.changing_bytes()?;
-                file.set_len(0)
-                    .map_err(|e| Error::file_system("truncating the file", &e))?;
-                s.wrote(crate::net::WriteCheck { handle, file_id });
-                Ok(())
+                s.may_land()?;
+                change.may_have_landed();
+                let cut = file
+                    .set_len(0)
+                    .map_err(|e| Error::file_system("truncating the file", &e));
+                // Another open may have looked since the open counted it: counted again
+                // (nothing is written if nobody looked), a failed cut too (it may have cut
+                // some).
+                s.wrote(&mut change);
+                cut
             })
             .await;
         if let Err(e) = truncated {

@@ -86,25 +86,34 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
         )
     })?;
     let to = peer.clone();
-    let mut export = shared
-        .run(move |core, _| Ok(core.begin_drain(&to)?))
-        .await?;
-    // Writes checked before the drain began may still land: they are counted here, so the
-    // counters go once they have (or as a crash would leave them, if they do not end).
+    // From here no byte of a file changes (a write in flight ends at its next piece).
+    shared.freeze_bytes(true);
+    let mut export = match shared.run(move |core, _| Ok(core.begin_drain(&to)?)).await {
+        Ok(export) => export,
+        Err(e) => {
+            shared.freeze_bytes(false);
+            return Err(e);
+        }
+    };
+    tracing::info!(peer, opens = export.records.len(), "draining");
+    // Changes begun before are counted here as they end: the counters go once they have.
     let ended = shared
         .writes_ended_off_runtime(super::shared::STOP_WRITES_WAIT)
         .await;
-    if !ended {
-        tracing::warn!(
-            peer,
-            "writes still in flight at the drain: changes reported to all"
-        );
-    }
-    export.counters = shared
-        .run(move |core, _| Ok(core.drain_counters(!ended)))
-        .await?;
-    tracing::info!(peer, opens = export.records.len(), "draining");
-    match send(shared, &peer, &identity, &export).await {
+    let counted = match ended {
+        true => shared.run(move |core, _| Ok(core.drain_counters())).await,
+        false => Err(Error::Protocol(
+            "writes were still in flight after 5 s; try the drain again".into(),
+        )),
+    };
+    let sent = match counted {
+        Ok(counters) => {
+            export.counters = counters;
+            send(shared, &peer, &identity, &export).await
+        }
+        Err(e) => Err(e),
+    };
+    match sent {
         Ok((files_sent, bytes_sent)) => {
             // If this cannot be recorded, the server stays "draining" (refusing, not
             // serving) rather than serve opens the peer now holds too.
@@ -134,6 +143,7 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
                     Ok(())
                 })
                 .await;
+            shared.freeze_bytes(false);
             Err(Error::Protocol(format!(
                 "drain to {peer} failed, this server serves as before: {e}"
             )))

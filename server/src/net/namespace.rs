@@ -65,35 +65,36 @@ pub async fn request(shared: &Shared, client: &str, msg: Message) -> Result<Mess
             // Opened, checked and cut in one trip off the async workers, as removals are.
             shared
                 .fs(move |s| {
-                    // A change of the file's bytes in flight until it is counted.
-                    let _changing = s.changing_bytes()?;
                     let opened = s.config.root.open_file(&path, true)?;
                     let file_id = opened.identity.file_id();
                     let from = size.min(opened.size);
                     // Direct grants on the file go before it is cut (see `revoke_file`), and
-                    // its change mark is held: a crash after the cut and before its count
-                    // is written still tells the file's opens.
-                    s.run_blocking(|core, _| {
+                    // the cut is on its way, with the file's change mark held durably: a
+                    // crash after the cut and before its count is written still tells the
+                    // file's opens (those that come meanwhile too).
+                    let mut change = s.changing_file(file_id, None, |core| {
                         core.check_truncatable(&client, file_id, from)?;
                         core.revoke_file(file_id);
-                        core.hold_change_mark(file_id);
                         Ok(())
                     })?;
-                    opened
+                    s.may_land()?;
+                    change.may_have_landed();
+                    let cut = opened
                         .file
                         .set_len(size)
-                        .map_err(|e| Error::file_system("truncating the file", &e))?;
+                        .map_err(|e| Error::file_system("truncating the file", &e));
                     // Data channels drop their registered windows of files before their next
                     // request: windows mapped before the cut hold pages no longer in the file.
                     s.truncations
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    // The file's opens are told it changed when they resume; a grant taken
-                    // again while the file was being cut is revoked too.
-                    s.run_blocking(|core, _| {
+                    // The file's opens are told it changed when they resume (a failed cut
+                    // may have cut some); a grant taken again meanwhile is revoked too.
+                    s.wrote(&mut change);
+                    s.run_with(crate::net::Persist::Lazy, |core, _| {
                         core.revoke_file(file_id);
-                        core.count_change(file_id);
                         Ok(())
-                    })
+                    })?;
+                    cut
                 })
                 .await?;
             Ok(Message::Done)

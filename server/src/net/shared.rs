@@ -130,9 +130,20 @@ pub enum Persist {
 /// the access counts of many reads share one commit, and this bounds what a crash loses.
 pub const LAZY_DELAY: Duration = Duration::from_millis(100);
 
-/// The server's state shared by every connection task.
+/// The server's state shared by every connection task: one reference-counted allocation, so
+/// a clone (for a task, a guard) is a single atomic increment.
 #[derive(Clone)]
-pub struct Shared {
+pub struct Shared(Arc<SharedParts>);
+
+impl std::ops::Deref for Shared {
+    type Target = SharedParts;
+    fn deref(&self) -> &SharedParts {
+        &self.0
+    }
+}
+
+/// What [`Shared`] holds.
+pub struct SharedParts {
     inner: Arc<Mutex<Inner>>,
     /// The store, written by group commits: see [`GroupCommit`].
     commits: Arc<GroupCommit>,
@@ -153,6 +164,8 @@ pub struct Shared {
     writes_in_flight: Arc<AtomicUsize>,
     /// Set by a clean stop: no write is checked any more (see [`Shared::settle`]).
     stopping: Arc<AtomicBool>,
+    /// Set while a drain runs: no byte of a file changes (see [`Shared::may_land`]).
+    frozen: Arc<AtomicBool>,
     /// Bumped whenever the server truncates a file: a data channel that sees it change drops
     /// its registered windows of files before it serves another request. A correctness
     /// signal, not a statistic.
@@ -173,7 +186,7 @@ impl Shared {
         config: ServerConfig,
         directory: ClientDirectory,
     ) -> Result<Self, Error> {
-        let shared = Self {
+        let shared = Self(Arc::new(SharedParts {
             lease: store.fence(),
             commits: Arc::new(GroupCommit::new(store)),
             inner: Arc::new(Mutex::new(Inner {
@@ -191,8 +204,9 @@ impl Shared {
             lazy_due: Arc::default(),
             writes_in_flight: Arc::default(),
             stopping: Arc::default(),
+            frozen: Arc::default(),
             truncations: Arc::default(),
-        };
+        }));
         // Persist what recovery produced (a new MAC key on a fresh store).
         shared.run_blocking(|_, _| Ok(()))?;
         Ok(shared)
@@ -496,20 +510,28 @@ impl Shared {
         };
         // Registering pins (so reads in) every page of the file: not under the lock.
         let grant = make()?;
-        {
+        let recorded = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if self.stopping.load(Ordering::SeqCst) {
                 // The stop took back the grants already: this one is not made.
-                return Err(Error::Store(StoreError::Unavailable(
+                Err(Error::Store(StoreError::Unavailable(
                     "the server is stopping".into(),
-                )));
+                )))
+            } else {
+                // Decided again: a conflicting open or lock may have come meanwhile.
+                inner
+                    .core
+                    .direct_allowed(handle, access)
+                    .map_err(Error::from)
             }
-            // Decided again: a conflicting open or lock may have come meanwhile.
-            let slot = inner.core.direct_allowed(handle, access)?;
-            inner.grants.record(slot, grant.clone());
-        }
-        if let Some(write) = write {
-            self.wrote(write.check);
+            .map(|slot| inner.grants.record(slot, grant.clone()))
+        };
+        // The lock is given up: a write guard dropped on an error takes it again.
+        recorded?;
+        if let Some(mut write) = write {
+            // The client may write from now on, without the server seeing the bytes.
+            write.may_have_landed();
+            self.wrote(&mut write);
         }
         self.stats
             .direct_grants
@@ -751,8 +773,8 @@ impl Shared {
     }
 
     /// Checks a write before its bytes move; nothing is counted until some land (see
-    /// [`Shared::wrote`]). Refused while a cluster store is unreachable, and once the server
-    /// is stopping.
+    /// [`Shared::wrote`]). Refused while a cluster store is unreachable, and while the
+    /// server is stopping or draining.
     pub fn check_write(
         &self,
         handle: HandleId,
@@ -764,16 +786,56 @@ impl Shared {
             inner.core.begin_write(handle, range)?
         };
         Ok(CheckedWrite {
-            check: WriteCheck { handle, file_id },
+            check: WriteCheck {
+                handle: Some(handle),
+                file_id,
+            },
             slot,
             uncounted: false,
-            _in_flight: in_flight,
+            ended: false,
+            in_flight,
         })
+    }
+
+    /// A change of `file_id`'s bytes the server makes itself (a truncation by path), once
+    /// `check` allows it: the file's change mark is held, durably, before this returns, and
+    /// the change is on its way (see [`CheckedWrite`]) until counted. `handle` is the open
+    /// to count it as, if one makes it.
+    pub fn changing_file(
+        &self,
+        file_id: u64,
+        handle: Option<HandleId>,
+        check: impl FnOnce(&mut ServerCore) -> Result<(), Error>,
+    ) -> Result<CheckedWrite, Error> {
+        let in_flight = self.changing_bytes()?;
+        self.run_blocking(|core, _| {
+            check(core)?;
+            core.begin_file_change(file_id);
+            Ok(())
+        })?;
+        Ok(self.file_change_begun(file_id, handle, in_flight))
+    }
+
+    /// The guard of a change of `file_id`'s bytes the core counts on its way already (an
+    /// open with truncation: see `ServerCore::open`), made under `in_flight`.
+    pub fn file_change_begun(
+        &self,
+        file_id: u64,
+        handle: Option<HandleId>,
+        in_flight: WriteInFlight,
+    ) -> CheckedWrite {
+        CheckedWrite {
+            check: WriteCheck { handle, file_id },
+            slot: crate::state::NO_SLOT,
+            uncounted: false,
+            ended: false,
+            in_flight,
+        }
     }
 
     /// Counts a change of file bytes (a write, a truncation) in flight until the guard is
     /// dropped, so that a clean stop or a drain can wait for it; refused once the server is
-    /// stopping, and as [`Shared::writable`] refuses.
+    /// stopping or draining, and as [`Shared::writable`] refuses.
     pub fn changing_bytes(&self) -> Result<WriteInFlight, Error> {
         // Counted before the flag is read, as the stop sets the flag before it reads the
         // count (both sequentially consistent): one of the two sees the other.
@@ -781,13 +843,30 @@ impl Shared {
             shared: self.clone(),
         };
         self.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        self.may_land()?;
+        Ok(in_flight)
+    }
+
+    /// Whether bytes of a change in flight may still go into a file: not once the server
+    /// stops or drains (a write in flight then ends at its next piece), and as
+    /// [`Shared::writable`] says.
+    pub fn may_land(&self) -> Result<(), Error> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(Error::Store(StoreError::Unavailable(
                 "the server is stopping".into(),
             )));
         }
-        self.writable()?;
-        Ok(in_flight)
+        if self.frozen.load(Ordering::SeqCst) {
+            return Err(Error::Store(StoreError::Unavailable(
+                "the server is draining to a peer".into(),
+            )));
+        }
+        self.writable()
+    }
+
+    /// A drain begins (`true`) or was given up (`false`): see [`Shared::may_land`].
+    pub fn freeze_bytes(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
     }
 
     /// Waits up to `limit` for every change of file bytes in flight to end; whether they
@@ -813,26 +892,30 @@ impl Shared {
             .unwrap_or(false)
     }
 
-    /// Bytes of a checked write reached the file: the change is counted, also if the
-    /// handle's open was closed meanwhile. The count is written lazily (see
+    /// Bytes of a checked write (or change) reached the file, or it is over: its change is
+    /// counted if bytes may have landed, also if the handle's open was closed meanwhile,
+    /// and the core stops counting it on its way. The count is written lazily (see
     /// [`Persist::Lazy`]): while another open could look, the file's stored change mark
     /// already covers it, so a crash before it is written still reports the change (see
-    /// `ServerCore::persist_file_marked`).
-    pub fn wrote(&self, write: WriteCheck) {
-        let counted = self.run_files(Persist::Lazy, count_write(write));
+    /// `ServerCore::persist_file_marked`). Waits for a commit only to write changes kept
+    /// while a cluster store was unreachable.
+    pub fn wrote(&self, write: &mut CheckedWrite) {
+        let counted = self.run_files(Persist::Lazy, write.finish());
         if let Err(e) = counted {
-            tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
+            tracing::warn!(
+                file = write.check.file_id,
+                "a write could not be counted: {e}"
+            );
         }
     }
 
     /// [`Shared::wrote`] for a task on an RDMA serving thread: the count is made here, and
-    /// a wait for a commit (only when it writes changes kept while a cluster store was
-    /// unreachable) goes off the thread, its CPU counted as the serving threads' own, so
-    /// the thread's other connections are served meanwhile. An error only if that wait
-    /// failed to finish (a panic in the commit): the fate of those changes is unknown, so
-    /// the write must not be answered.
-    pub async fn wrote_off_thread(&self, write: WriteCheck) -> Result<(), Error> {
-        let (counted, ticket) = self.queue_files(Persist::Lazy, count_write(write));
+    /// a wait for a commit goes off the thread, its CPU counted as the serving threads'
+    /// own, so the thread's other connections are served meanwhile. An error only if that
+    /// wait failed to finish (a panic in the commit): the fate of those changes is unknown,
+    /// so the write must not be answered.
+    pub async fn wrote_off_thread(&self, write: &mut CheckedWrite) -> Result<(), Error> {
+        let (counted, ticket) = self.queue_files(Persist::Lazy, write.finish());
         let counted = match ticket {
             None => counted,
             Some(ticket) => {
@@ -848,44 +931,67 @@ impl Shared {
             }
         };
         if let Err(e) = counted {
-            tracing::warn!(handle = write.handle, "a write could not be counted: {e}");
+            tracing::warn!(
+                file = write.check.file_id,
+                "a write could not be counted: {e}"
+            );
         }
         Ok(())
     }
-}
 
-/// Counts the change a checked write made, also if the handle's open was closed meanwhile.
-fn count_write(
-    write: WriteCheck,
-) -> impl FnOnce(&mut ServerCore, &mut HashMap<u32, Arc<File>>, u64) -> Result<(), Error> {
-    move |core, _, _| {
-        if core.count_io(write.handle, IoKind::Write).is_err() {
-            core.count_change(write.file_id);
+    /// [`Shared::wrote`] from a destructor, on whatever thread drops it: never waits. A
+    /// commit it must wait for (changes kept while a cluster store was unreachable) is
+    /// waited for on the blocking pool, or here outside a runtime.
+    fn wrote_in_drop(&self, write: &mut CheckedWrite) {
+        let (counted, ticket) = self.queue_files(Persist::Lazy, write.finish());
+        if let Err(e) = counted {
+            tracing::warn!(
+                file = write.check.file_id,
+                "a write could not be counted: {e}"
+            );
         }
-        Ok(())
+        let Some(ticket) = ticket else {
+            return;
+        };
+        let this = self.clone();
+        let wait = move || {
+            if let Err(e) = this.settled(ticket) {
+                tracing::warn!("a write's count was not written: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(wait)),
+            Err(_) => wait(),
+        }
     }
 }
 
 /// A write that passed its checks: what to count once its bytes land.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteCheck {
-    pub handle: HandleId,
+    /// The handle it came through (none for a change the server makes by path).
+    pub handle: Option<HandleId>,
     pub file_id: u64,
 }
 
-/// How long a clean stop waits for the writes in flight to be counted.
+/// How long a clean stop or a drain waits for the writes in flight to be counted.
 pub const STOP_WRITES_WAIT: Duration = Duration::from_secs(5);
 
-/// A checked write, counted among the writes in flight until it is dropped: keep it until
-/// the write was counted. If some of its bytes may be in the file
-/// ([`CheckedWrite::may_have_landed`]) and it is dropped uncounted (a peer that went away
-/// mid-payload, a failed transfer), it counts the change then.
+/// A checked write (or change of a file's bytes), on its way until it is counted
+/// ([`Shared::wrote`]) or dropped: the core knows it is on its way (and holds the file's
+/// change mark where another open could miss it), and a clean stop or a drain waits for
+/// it. If some of its bytes may be in the file ([`CheckedWrite::may_have_landed`]) and it
+/// is dropped uncounted (a peer that went away mid-payload, a failed transfer), it counts
+/// the change then.
 pub struct CheckedWrite {
     pub check: WriteCheck,
-    /// The open's slot, under which the core knows the write is on its way.
+    /// The open's slot, under which the core counts the write on its way (`NO_SLOT`: the
+    /// file's, for a change no open makes).
     slot: u32,
     uncounted: bool,
-    _in_flight: WriteInFlight,
+    /// Counted (or given up) and no longer on its way in the core.
+    ended: bool,
+    in_flight: WriteInFlight,
 }
 
 impl CheckedWrite {
@@ -894,29 +1000,41 @@ impl CheckedWrite {
         self.uncounted = true;
     }
 
-    /// Whether bytes of it may be in the file, not counted yet.
-    pub fn uncounted(&self) -> bool {
-        self.uncounted
+    /// Whether it is still on its way.
+    pub fn pending(&self) -> bool {
+        !self.ended
     }
 
-    /// Its change was counted.
-    pub fn counted(&mut self) {
+    /// What the core does to end it: count its change if bytes may have landed, and stop
+    /// counting it on its way. Marks it ended.
+    fn finish(
+        &mut self,
+    ) -> impl FnOnce(&mut ServerCore, &mut HashMap<u32, Arc<File>>, u64) -> Result<(), Error> {
+        let (check, slot, count) = (self.check, self.slot, self.uncounted);
+        self.ended = true;
         self.uncounted = false;
+        move |core, _, _| {
+            if count {
+                let through_handle = check
+                    .handle
+                    .is_some_and(|h| core.count_io(h, IoKind::Write).is_ok());
+                if !through_handle {
+                    core.count_change(check.file_id);
+                }
+            }
+            core.end_write(slot, check.file_id);
+            Ok(())
+        }
     }
 }
 
 impl Drop for CheckedWrite {
     fn drop(&mut self) {
-        // Counted before it stops being in flight (the guard below goes after this).
-        let shared = &self._in_flight.shared;
-        if self.uncounted {
-            shared.wrote(self.check);
+        // Counted before it stops being in flight (the guard goes after this).
+        if !self.ended {
+            let shared = self.in_flight.shared.clone();
+            shared.wrote_in_drop(self);
         }
-        let (slot, file_id) = (self.slot, self.check.file_id);
-        let _ = shared.run_with(Persist::Lazy, |core, _| {
-            core.end_write(slot, file_id);
-            Ok(())
-        });
     }
 }
 
