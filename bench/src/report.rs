@@ -196,7 +196,7 @@ fn clients_headline(rows: &[Row], out: &mut String) {
     for tool in ["handoff rdma", "handoff tcp"] {
         let of: Vec<&Row> = rows
             .iter()
-            .filter(|r| r.suite == "clients" && r.tool == tool)
+            .filter(|r| r.suite == "clients" && r.tool == tool && r.op == "read")
             .collect();
         let Some(most) = of.iter().max_by_key(|r| r.clients) else {
             continue;
@@ -359,14 +359,15 @@ fn many_table(rows: &[Row]) -> String {
 
 fn clients_table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| channel | clients | aggregate MiB/s | server CPU s/GiB | server RSS MiB |\n|---|---:|---:|---:|---:|\n",
+        "| channel | op | clients | aggregate MiB/s | server CPU s/GiB | server RSS MiB |\n|---|---|---:|---:|---:|---:|\n",
     );
     for r in rows.iter().filter(|r| r.suite == "clients") {
         let _ = writeln!(
             out,
-            "| {} ({} requests) | {} | {:.1} | {} | {} |",
+            "| {} ({} requests) | {} | {} | {:.1} | {} | {} |",
             r.tool,
             size_label(r.size),
+            r.op,
             r.clients,
             r.rate,
             sig(r.server_cpu_s_per_gib),

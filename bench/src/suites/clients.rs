@@ -1,6 +1,8 @@
 //! Concurrency: 1, 4, 16, 64 clients, each with its own control connection, open and data
 //! channel, reading its share of one file at once. Aggregate MiB/s, server CPU per GiB and
-//! server resident memory with every channel attached.
+//! server resident memory with every channel attached. Then N-to-1 writes: the same clients
+//! each write their own part of one shared file in small requests (the opens take turns on
+//! the file, so each request is news to the others: a count per request).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
@@ -19,6 +21,15 @@ use crate::servers::start_handoffd;
 const RDMA_REQUEST: usize = 256 << 10;
 /// Bytes per TCP read call.
 const TCP_BLOCK: u64 = 1 << 20;
+/// Bytes per write request in the N-to-1 rows: small, as ranks' checkpoint pieces are.
+const WRITE_BLOCK: u64 = 64 << 10;
+
+/// What each client does with its share of the file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+}
 const PORT: u16 = 7481;
 
 pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
@@ -37,12 +48,18 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         channels.insert(0, Channel::Rdma);
     }
     let rdma: Vec<SocketAddr> = listen.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
-    for channel in channels {
-        for &n in &ctx.client_counts {
-            let row = measure(ctx, &srv, channel, &rdma, n, total)
-                .with_context(|| format!("{n} clients over {channel}"))?;
-            eprintln!("clients {n:>3} over {channel}: {:.1} MiB/s", row.rate);
-            rows.push(row);
+    make_file(&root.join("written.bin"), total)?;
+    for op in [Op::Read, Op::Write] {
+        for &channel in &channels {
+            for &n in &ctx.client_counts {
+                let row = measure(ctx, &srv, channel, &rdma, n, total, op)
+                    .with_context(|| format!("{n} clients over {channel}"))?;
+                eprintln!(
+                    "clients {n:>3} over {channel}, {}: {:.1} MiB/s",
+                    row.op, row.rate
+                );
+                rows.push(row);
+            }
         }
     }
     Ok(())
@@ -55,6 +72,7 @@ fn measure(
     rdma: &[SocketAddr],
     n: u64,
     total: u64,
+    op: Op,
 ) -> Result<Row> {
     let share = total / n;
     let ready = Arc::new(Barrier::new(n as usize + 1));
@@ -69,7 +87,10 @@ fn measure(
                 .build()?;
             let setup = rt.block_on(async {
                 let mut control = Client::connect(&addr, &identity).await?;
-                let key = open_key(&mut control, "shared.bin", Mode::Read).await?;
+                let key = match op {
+                    Op::Read => open_key(&mut control, "shared.bin", Mode::Read).await?,
+                    Op::Write => open_key(&mut control, "written.bin", Mode::ReadWrite).await?,
+                };
                 let data = match channel {
                     Channel::Rdma => {
                         let sealed = handoff::parse_key(&key)?;
@@ -88,6 +109,16 @@ fn measure(
             let (_control, mut data) = setup?;
             let moved = rt.block_on(async {
                 let base = i * share;
+                if op == Op::Write {
+                    let block = vec![i as u8; WRITE_BLOCK as usize];
+                    let mut put = 0;
+                    while put < share {
+                        let len = WRITE_BLOCK.min(share - put);
+                        data.write_at(base + put, &block[..len as usize]).await?;
+                        put += len;
+                    }
+                    return Ok(put);
+                }
                 if channel == Channel::Rdma {
                     return data.read_to(base, share, &mut |_| Ok(())).await;
                 }
@@ -119,15 +150,19 @@ fn measure(
     let secs = (last - started).as_secs_f64();
     let cpu = cpu0.seconds();
     anyhow::ensure!(moved == share * n, "moved {moved} of {} bytes", share * n);
-    let size = if channel == Channel::Rdma {
-        RDMA_REQUEST as u64
-    } else {
-        TCP_BLOCK
+    let size = match (op, channel) {
+        (Op::Write, _) => WRITE_BLOCK,
+        (Op::Read, Channel::Rdma) => RDMA_REQUEST as u64,
+        (Op::Read, _) => TCP_BLOCK,
     };
     Ok(Row {
         suite: "clients".into(),
         tool: format!("handoff {channel}"),
-        op: "read".into(),
+        op: match op {
+            Op::Read => "read",
+            Op::Write => "N-to-1 write",
+        }
+        .into(),
         clients: n,
         server_rss_mib: Some(rss),
         ..Row::moved(size, moved, secs, cpu)
