@@ -527,6 +527,8 @@ impl ServerCore {
                 OpenStatus::Live if entry.channels == 0 => {
                     tracing::info!(slot, path = %entry.record.path, "durable timeout expired; open closed, locks released");
                     self.table.expire(slot);
+                    // Writes still on their way no longer count as a live writer's.
+                    self.orphan_writes_of(slot);
                     self.revoked.push(slot);
                     self.released.push(slot);
                     self.table
@@ -674,6 +676,19 @@ impl ServerCore {
         self.pending.push(Mutation::PutFile(file_id, counters));
     }
 
+    /// The writes still on their way through `slot`, whose open is closing or expiring,
+    /// become the file's: they keep its state, and its mark held (an open of the file must
+    /// not record a version those bytes then pass unseen).
+    fn orphan_writes_of(&mut self, slot: u32) {
+        let Some(n) = self.writing.remove(&slot) else {
+            return;
+        };
+        if let Some(file_id) = self.table.get(slot).map(|e| e.record.file_id) {
+            self.table.file_mut(file_id).orphan_writes += n;
+            self.persist_file(file_id);
+        }
+    }
+
     fn forget(&mut self, slot: u32) {
         self.revoked.push(slot);
         self.released.push(slot);
@@ -684,14 +699,7 @@ impl ServerCore {
             self.pending
                 .push(Mutation::DeleteAlias { origin, old_slot });
         }
-        if let Some(n) = self.writing.remove(&slot) {
-            // Its writes still on the way keep the file's state, and its mark held (a new
-            // open of the file must not record a version those bytes then pass unseen).
-            if let Some(file_id) = self.table.get(slot).map(|e| e.record.file_id) {
-                self.table.file_mut(file_id).orphan_writes += n;
-                self.persist_file(file_id);
-            }
-        }
+        self.orphan_writes_of(slot);
         if let Some((rec, unreferenced)) = self.table.remove(slot) {
             self.pending.push(Mutation::DeleteOpen(slot));
             if unreferenced {
@@ -755,6 +763,8 @@ impl ServerCore {
         file_id: u64,
         from: u64,
     ) -> Result<(), CoreError> {
+        // Decided under the lock: not once a drain has begun to take the counters.
+        self.check_referral()?;
         let tail = ByteRange::new(from, u64::MAX - from);
         for (slot, r) in self.others_opens(file_id, client) {
             if !r.share.write {
@@ -1171,13 +1181,36 @@ impl ServerCore {
 
     /// Counts an access (and a change, for a write) through `handle`.
     pub fn count_io(&mut self, handle: HandleId, kind: IoKind) -> Result<(), CoreError> {
-        let (slot, e) = self.handle_entry(handle)?;
+        let (slot, _) = self.handle_entry(handle)?;
+        self.count_at(slot, kind);
+        Ok(())
+    }
+
+    /// Counts the change a write through `slot` ([`ServerCore::begin_write`]) made, as that
+    /// open's own while it is live (also while the server drains, or after the handle that
+    /// wrote went), else as one no open made ([`ServerCore::count_change`]).
+    pub fn count_write(&mut self, slot: u32, file_id: u64) {
+        let live = self
+            .table
+            .get(slot)
+            .is_some_and(|e| e.record.status == OpenStatus::Live);
+        if live {
+            self.count_at(slot, IoKind::Write);
+        } else {
+            self.count_change(file_id);
+        }
+    }
+
+    fn count_at(&mut self, slot: u32, kind: IoKind) {
+        let Some(e) = self.table.get(slot) else {
+            return;
+        };
         let file_id = e.record.file_id;
         let wrote = kind == IoKind::Write;
         let file = self.table.file_mut(file_id);
         match file.last_bump {
             // Already counted, and nobody has looked since: nothing observable changes.
-            Some((s, w)) if s == slot && (w || !wrote) => return Ok(()),
+            Some((s, w)) if s == slot && (w || !wrote) => return,
             Some((s, w)) if s == slot => file.last_bump = Some((s, w || wrote)),
             _ => file.last_bump = Some((slot, wrote)),
         }
@@ -1192,7 +1225,6 @@ impl ServerCore {
         }
         self.persist_file(file_id);
         self.persist_open(slot);
-        Ok(())
     }
 
     /// Closes the open a key names, for every handle of it.

@@ -1210,3 +1210,57 @@ fn a_mark_comes_down_once_no_write_can_land_unseen_and_writes_leave_nothing_behi
         .any(|m| matches!(m, crate::store::Mutation::DeleteFile(id) if *id == file_id));
     assert!(gone);
 }
+
+#[test]
+fn writes_on_their_way_when_their_open_expires_keep_the_mark_held() {
+    let (mut core, mut store) = fresh();
+    let w = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let r = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.count_io(w.handle, IoKind::Write).unwrap();
+    let (slot, file_id) = core.begin_write(w.handle, ByteRange::new(0, 1)).unwrap();
+    // The writer's channel goes with its READ still posted, and it expires before the
+    // connection's teardown counts the write.
+    core.detach(w.handle, 0);
+    core.handle_timeout(T);
+    core.count_io(r.handle, IoKind::Read).unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    core.count_write(slot, file_id);
+    core.end_write(slot, file_id);
+    drop(core);
+    let mut core = crash(&mut store, T + 100);
+    let rep = core.attach("c2", &r.sealed).unwrap().report;
+    assert!(rep.changed_by_other, "{rep:?}");
+}
+
+#[test]
+fn an_open_with_truncation_holds_the_mark_until_its_cut_is_counted() {
+    let (mut core, mut store) = fresh();
+    let mut truncating = req("c1", Mode::ReadWrite, ShareMode::ALL, &[]);
+    truncating.truncate = true;
+    let w = core.open(truncating, 0).unwrap();
+    // Closed (say, by an administrator) before its cut; a reader opens meanwhile.
+    core.close("c1", &w.sealed).unwrap();
+    let r = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 1)
+        .unwrap();
+    store.apply(&core.take_mutations()).unwrap();
+    // The cut lands and is counted; the server dies before that is written.
+    core.count_change(42);
+    core.end_write(NO_SLOT, 42);
+    // Ended, the cut keeps nothing: the last close drops the file's record (not written:
+    // the crash comes first).
+    core.close("c2", &r.sealed).unwrap();
+    let gone = core
+        .take_mutations()
+        .iter()
+        .any(|m| matches!(m, crate::store::Mutation::DeleteFile(42)));
+    assert!(gone);
+    drop(core);
+    let mut core = crash(&mut store, 100);
+    let rep = core.attach("c2", &r.sealed).unwrap().report;
+    assert!(rep.changed_by_other, "{rep:?}");
+}

@@ -129,7 +129,9 @@ impl DataSession {
         landing.received = landing.len;
         landing.written = landing.len;
         landing.placing();
-        if let Err(e) = self.gate.shared.may_land() {
+        // The lease only: the bytes are in the file already, so a stop or a drain that
+        // began meanwhile has nothing to refuse (the write is counted as it ends).
+        if let Err(e) = self.gate.shared.writable() {
             // The bytes are in the file either way: the change is counted before the end.
             self.gate.landed(landing);
             return Err(e);

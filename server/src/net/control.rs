@@ -223,24 +223,28 @@ async fn open(
         true => Some(shared.changing_bytes()?),
         false => None,
     };
-    let (granted, file) = shared.fs(move |s| s.open_blocking(req, opened)).await?;
-    let key = granted.sealed.to_vec();
-    if let Some(in_flight) = changing {
-        let mut change = shared.file_change_begun(file_id, Some(granted.handle), in_flight);
-        let truncated = shared
-            .fs(move |s| {
-                s.may_land()?;
+    // The open and its cut in one call off the async workers: a request cancelled
+    // meanwhile cannot leave the cut begun in the core and never ended.
+    let (granted, truncated) = shared
+        .fs(move |s| {
+            let (granted, file) = s.open_blocking(req, opened)?;
+            let Some(in_flight) = changing else {
+                return Ok((granted, Ok(())));
+            };
+            let mut change = s.file_change_begun(file_id, Some(granted.handle), in_flight);
+            let cut = s.may_land().and_then(|()| {
                 change.may_have_landed();
-                let cut = file
-                    .set_len(0)
-                    .map_err(|e| Error::file_system("truncating the file", &e));
-                // Another open may have looked since the open counted it: counted again
-                // (nothing is written if nobody looked), a failed cut too (it may have cut
-                // some).
-                s.wrote(&mut change);
-                cut
-            })
-            .await;
+                file.set_len(0)
+                    .map_err(|e| Error::file_system("truncating the file", &e))
+            });
+            // Another open may have looked since the open counted it: counted again
+            // (nothing is written if nobody looked), a failed cut too (it may have cut some).
+            s.wrote(&mut change);
+            Ok((granted, cut))
+        })
+        .await?;
+    let key = granted.sealed.to_vec();
+    if p.truncate {
         if let Err(e) = truncated {
             let k = key.clone();
             let closed = shared

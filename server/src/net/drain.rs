@@ -85,34 +85,40 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
              (a client identity the peer lists in its --clients and --peers)",
         )
     })?;
+    let Some(_running) = shared.drain_running() else {
+        return Err(Error::bad_request(
+            "a drain of this server is already running",
+        ));
+    };
     let to = peer.clone();
     // From here no byte of a file changes (a write in flight ends at its next piece).
     shared.freeze_bytes(true);
-    let mut export = match shared.run(move |core, _| Ok(core.begin_drain(&to)?)).await {
-        Ok(export) => export,
-        Err(e) => {
+    if let Err(e) = shared.run(move |core, _| Ok(core.begin_drain(&to)?)).await {
+        if shared.draining().is_none() {
             shared.freeze_bytes(false);
-            return Err(e);
         }
-    };
-    tracing::info!(peer, opens = export.records.len(), "draining");
-    // Changes begun before are counted here as they end: the counters go once they have.
+        return Err(e);
+    }
+    // Changes begun before are counted here as they end (as their opens' own): the table
+    // and the counters are taken once they have.
     let ended = shared
         .writes_ended_off_runtime(super::shared::STOP_WRITES_WAIT)
         .await;
-    let counted = match ended {
-        true => shared.run(move |core, _| Ok(core.drain_counters())).await,
+    let to = peer.clone();
+    let exported = match ended {
+        true => shared.run(move |core, _| Ok(core.begin_drain(&to)?)).await,
         false => Err(Error::Protocol(
             "writes were still in flight after 5 s; try the drain again".into(),
         )),
     };
-    let sent = match counted {
-        Ok(counters) => {
-            export.counters = counters;
-            send(shared, &peer, &identity, &export).await
+    let sent = match &exported {
+        Ok(export) => {
+            tracing::info!(peer, opens = export.records.len(), "draining");
+            send(shared, &peer, &identity, export).await
         }
-        Err(e) => Err(e),
+        Err(e) => Err(Error::Protocol(e.to_string())),
     };
+    let opens = exported.map_or(0, |e| e.records.len() as u64);
     match sent {
         Ok((files_sent, bytes_sent)) => {
             // If this cannot be recorded, the server stays "draining" (refusing, not
@@ -130,7 +136,7 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
                     ))
                 })?;
             Ok(Message::Drained {
-                opens: export.records.len() as u64,
+                opens,
                 files_sent,
                 bytes_sent,
             })

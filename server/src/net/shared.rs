@@ -22,7 +22,7 @@ use super::stop::Stop;
 use crate::auth::ClientDirectory;
 use crate::state::{
     Attached, ByteRange, CoreError, DirectAccess, HandleId, IoKind, OpenRequest, Persisted, Ready,
-    ServerCore,
+    ServerCore, NO_SLOT,
 };
 use crate::store::Health;
 use crate::store::{Store, StoreError};
@@ -166,6 +166,8 @@ pub struct SharedParts {
     stopping: Arc<AtomicBool>,
     /// Set while a drain runs: no byte of a file changes (see [`Shared::may_land`]).
     frozen: Arc<AtomicBool>,
+    /// One drain at a time (see [`Shared::drain_running`]).
+    drain_running: Arc<AtomicBool>,
     /// Bumped whenever the server truncates a file: a data channel that sees it change drops
     /// its registered windows of files before it serves another request. A correctness
     /// signal, not a statistic.
@@ -205,6 +207,7 @@ impl Shared {
             writes_in_flight: Arc::default(),
             stopping: Arc::default(),
             frozen: Arc::default(),
+            drain_running: Arc::default(),
             truncations: Arc::default(),
         }));
         // Persist what recovery produced (a new MAC key on a fresh store).
@@ -694,8 +697,12 @@ impl Shared {
         let file = Arc::new(opened.file);
         let kept = file.clone();
         let max_kept = self.config.max_kept_files;
-        let granted = self.run_files(Persist::Now, move |core, files, now| {
+        let (truncate, file_id) = (req.truncate, req.file_id);
+        let mut pinned = false;
+        let granted = self.run_files(Persist::Now, |core, files, now| {
             let g = core.open(req, now)?;
+            // The core counts the cut on its way from here (see `ServerCore::open`).
+            pinned = truncate;
             if files.len() < max_kept {
                 files.insert(g.slot, kept);
             }
@@ -704,6 +711,9 @@ impl Shared {
         match granted {
             Ok(g) => Ok((g, file)),
             Err(e) => {
+                if pinned {
+                    self.end_file_change(file_id);
+                }
                 drop(file);
                 if opened.created && !self.file_in_use(opened.identity.file_id()) {
                     self.config.root.remove_created(&path, &opened.identity);
@@ -808,12 +818,30 @@ impl Shared {
         check: impl FnOnce(&mut ServerCore) -> Result<(), Error>,
     ) -> Result<CheckedWrite, Error> {
         let in_flight = self.changing_bytes()?;
-        self.run_blocking(|core, _| {
+        let mut begun = false;
+        let committed = self.run_blocking(|core, _| {
             check(core)?;
             core.begin_file_change(file_id);
+            begun = true;
             Ok(())
-        })?;
+        });
+        if let Err(e) = committed {
+            if begun {
+                // Begun in the core, but the mark is not known to be durable: not made.
+                self.end_file_change(file_id);
+            }
+            return Err(e);
+        }
         Ok(self.file_change_begun(file_id, handle, in_flight))
+    }
+
+    /// Ends a change of `file_id`'s bytes begun in the core but never made (its commit
+    /// failed), so it does not keep the file's state and mark held for good.
+    fn end_file_change(&self, file_id: u64) {
+        let _ = self.run_with(Persist::Lazy, |core, _| {
+            core.end_write(NO_SLOT, file_id);
+            Ok(())
+        });
     }
 
     /// The guard of a change of `file_id`'s bytes the core counts on its way already (an
@@ -826,7 +854,7 @@ impl Shared {
     ) -> CheckedWrite {
         CheckedWrite {
             check: WriteCheck { handle, file_id },
-            slot: crate::state::NO_SLOT,
+            slot: NO_SLOT,
             uncounted: false,
             ended: false,
             in_flight,
@@ -862,6 +890,14 @@ impl Shared {
             )));
         }
         self.writable()
+    }
+
+    /// Marks a drain as running while the guard lives; None if one is already.
+    pub fn drain_running(&self) -> Option<DrainRunning> {
+        let was = self.drain_running.swap(true, Ordering::SeqCst);
+        (!was).then(|| DrainRunning {
+            shared: self.clone(),
+        })
     }
 
     /// A drain begins (`true`) or was given up (`false`): see [`Shared::may_land`].
@@ -1015,11 +1051,10 @@ impl CheckedWrite {
         self.uncounted = false;
         move |core, _, _| {
             if count {
-                let through_handle = check
-                    .handle
-                    .is_some_and(|h| core.count_io(h, IoKind::Write).is_ok());
-                if !through_handle {
-                    core.count_change(check.file_id);
+                match (slot, check.handle) {
+                    (NO_SLOT, Some(h)) if core.count_io(h, IoKind::Write).is_ok() => {}
+                    (NO_SLOT, _) => core.count_change(check.file_id),
+                    (slot, _) => core.count_write(slot, check.file_id),
                 }
             }
             core.end_write(slot, check.file_id);
@@ -1035,6 +1070,17 @@ impl Drop for CheckedWrite {
             let shared = self.in_flight.shared.clone();
             shared.wrote_in_drop(self);
         }
+    }
+}
+
+/// A drain running, until dropped (see [`Shared::drain_running`]).
+pub struct DrainRunning {
+    shared: Shared,
+}
+
+impl Drop for DrainRunning {
+    fn drop(&mut self) {
+        self.shared.drain_running.store(false, Ordering::SeqCst);
     }
 }
 
