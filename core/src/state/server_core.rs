@@ -1214,14 +1214,27 @@ impl ServerCore {
             Some((s, w)) if s == slot => file.last_bump = Some((s, w || wrote)),
             _ => file.last_bump = Some((slot, wrote)),
         }
+        let before = file.counters;
         file.counters.access_seq += 1;
         if wrote {
             file.counters.version += 1;
         }
         let counters = file.counters;
         if let Some(e) = self.table.get_mut(slot) {
-            e.record.seen_access = counters.access_seq;
-            e.record.seen_version = counters.version;
+            if !wrote {
+                // A read looks at the file: it has seen everything so far.
+                e.record.seen_access = counters.access_seq;
+                e.record.seen_version = counters.version;
+            } else {
+                // A write does not look: its own count is not news to it, but what others
+                // did since it last looked (while its bytes were on their way, say) still is.
+                if e.record.seen_access == before.access_seq {
+                    e.record.seen_access = counters.access_seq;
+                }
+                if e.record.seen_version == before.version {
+                    e.record.seen_version = counters.version;
+                }
+            }
         }
         self.persist_file(file_id);
         self.persist_open(slot);

@@ -1264,3 +1264,29 @@ fn an_open_with_truncation_holds_the_mark_until_its_cut_is_counted() {
     let rep = core.attach("c2", &r.sealed).unwrap().report;
     assert!(rep.changed_by_other, "{rep:?}");
 }
+
+#[test]
+fn a_write_landing_after_anothers_change_does_not_hide_it() {
+    let (mut core, _) = fresh();
+    let a = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let b = core
+        .open(req("c2", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    core.attach("c1", &a.sealed).unwrap();
+    let (slot, file_id) = core.begin_write(a.handle, ByteRange::new(0, 1)).unwrap();
+    // c2 writes while c1's bytes are on their way (c1's channel may be gone by now).
+    core.count_io(b.handle, IoKind::Write).unwrap();
+    core.count_write(slot, file_id);
+    core.end_write(slot, file_id);
+    let r = core.attach("c1", &a.sealed).unwrap().report;
+    assert!(r.changed_by_other && r.accessed_by_other, "{r:?}");
+    // Its own write alone is no news to it.
+    let a2 = core.attach("c1", &a.sealed).unwrap();
+    core.count_io(a2.handle, IoKind::Write).unwrap();
+    assert_eq!(
+        core.attach("c1", &a.sealed).unwrap().report,
+        ResumeReport::default()
+    );
+}

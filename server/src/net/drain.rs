@@ -90,37 +90,38 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
             "a drain of this server is already running",
         ));
     };
-    let to = peer.clone();
+    // Whether this call starts the drain (else it carries on one a restart interrupted, or
+    // is refused): only then does a failure give it up.
+    let starts = shared.draining().is_none();
     // From here no byte of a file changes (a write in flight ends at its next piece).
     shared.freeze_bytes(true);
-    if let Err(e) = shared.run(move |core, _| Ok(core.begin_drain(&to)?)).await {
-        if shared.draining().is_none() {
-            shared.freeze_bytes(false);
+    let sent = async {
+        let to = peer.clone();
+        shared
+            .run(move |core, _| Ok(core.begin_drain(&to)?))
+            .await?;
+        // Changes begun before are counted here as they end (as their opens' own): the
+        // table and the counters are taken once they have.
+        let ended = shared
+            .writes_ended_off_runtime(super::shared::STOP_WRITES_WAIT)
+            .await;
+        if !ended {
+            return Err(Error::Protocol(
+                "writes were still in flight after 5 s; try the drain again".into(),
+            ));
         }
-        return Err(e);
+        let to = peer.clone();
+        let export = shared
+            .run(move |core, _| Ok(core.begin_drain(&to)?))
+            .await?;
+        let opens = export.records.len() as u64;
+        tracing::info!(peer, opens, "draining");
+        let (files, bytes) = send(shared, &peer, &identity, &export).await?;
+        Ok((opens, files, bytes))
     }
-    // Changes begun before are counted here as they end (as their opens' own): the table
-    // and the counters are taken once they have.
-    let ended = shared
-        .writes_ended_off_runtime(super::shared::STOP_WRITES_WAIT)
-        .await;
-    let to = peer.clone();
-    let exported = match ended {
-        true => shared.run(move |core, _| Ok(core.begin_drain(&to)?)).await,
-        false => Err(Error::Protocol(
-            "writes were still in flight after 5 s; try the drain again".into(),
-        )),
-    };
-    let sent = match &exported {
-        Ok(export) => {
-            tracing::info!(peer, opens = export.records.len(), "draining");
-            send(shared, &peer, &identity, export).await
-        }
-        Err(e) => Err(Error::Protocol(e.to_string())),
-    };
-    let opens = exported.map_or(0, |e| e.records.len() as u64);
+    .await;
     match sent {
-        Ok((files_sent, bytes_sent)) => {
+        Ok((opens, files_sent, bytes_sent)) => {
             // If this cannot be recorded, the server stays "draining" (refusing, not
             // serving) rather than serve opens the peer now holds too.
             shared
@@ -141,7 +142,7 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
                 bytes_sent,
             })
         }
-        Err(e) if abort => {
+        Err(e) if abort && starts => {
             tracing::warn!(peer, "drain failed, serving again: {e}");
             let _ = shared
                 .run(|core, _| {
@@ -149,12 +150,19 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
                     Ok(())
                 })
                 .await;
-            shared.freeze_bytes(false);
+            if shared.draining().is_none() {
+                shared.freeze_bytes(false);
+            }
             Err(Error::Protocol(format!(
                 "drain to {peer} failed, this server serves as before: {e}"
             )))
         }
-        Err(e) => Err(Error::Protocol(format!("drain to {peer} failed: {e}"))),
+        Err(e) => {
+            if shared.draining().is_none() {
+                shared.freeze_bytes(false);
+            }
+            Err(Error::Protocol(format!("drain to {peer} failed: {e}")))
+        }
     }
 }
 
