@@ -90,6 +90,17 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
             "a drain of this server is already running",
         ));
     };
+    // The peer is asked first: one that does not answer (or refuses this server) fails the
+    // drain before any write in flight is cut short.
+    if let Err(e) = ControlClient::connect(&peer, &identity).await {
+        let still = match shared.draining() {
+            None => "this server serves as before",
+            Some(_) => "this server keeps draining and tries again",
+        };
+        return Err(Error::Protocol(format!(
+            "drain to {peer} failed, {still}: {e}"
+        )));
+    }
     // Whether this call starts the drain (else it carries on one a restart interrupted, or
     // is refused): only then does a failure give it up.
     let starts = shared.draining().is_none();
