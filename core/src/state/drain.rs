@@ -70,34 +70,23 @@ impl ServerCore {
         let slots: Vec<u32> = self.table.records().map(|r| r.slot).collect();
         self.revoked.extend(slots);
         let mut records = Vec::with_capacity(self.table.len());
+        let mut counters = std::collections::BTreeMap::new();
         for rec in self.table.records() {
             let mut rec = rec.clone();
             if let Some(f) = self.table.file(rec.file_id) {
                 if rec.status == OpenStatus::Live {
                     rec.locks = f.locks.ranges_of(rec.slot);
                 }
+                counters.insert(rec.file_id, f.counters);
             }
             records.push(rec);
         }
         Ok(Export {
             mac_key: self.sealer.mac_key(),
             records,
-            counters: self.drain_counters(),
+            counters: counters.into_iter().collect(),
             inboxes,
         })
-    }
-
-    /// The counters of every file an open refers to, for the peer. Writes checked before
-    /// the drain began may still land and be counted here: the caller takes these again
-    /// once they have.
-    pub fn drain_counters(&self) -> Vec<(u64, FileRecord)> {
-        let mut counters = std::collections::BTreeMap::new();
-        for rec in self.table.records() {
-            if let Some(f) = self.table.file(rec.file_id) {
-                counters.insert(rec.file_id, f.counters);
-            }
-        }
-        counters.into_iter().collect()
     }
 
     /// The peer took the table: remember the referral durably and let go of every open.

@@ -622,17 +622,14 @@ impl ServerCore {
     /// unseen and the restart reports exactly what happened.
     pub fn lower_change_marks(&mut self) {
         self.marks_lowered = true;
-        let lowered: Vec<(u64, FileRecord)> = self
+        let raised: Vec<u64> = self
             .table
             .files_mut()
             .filter(|(_, f)| f.counters.change_mark > f.counters.version)
-            .map(|(id, f)| {
-                f.counters.change_mark = f.counters.version;
-                (id, f.counters)
-            })
+            .map(|(id, _)| id)
             .collect();
-        for (id, counters) in lowered {
-            self.pending.push(Mutation::PutFile(id, counters));
+        for file_id in raised {
+            self.persist_file_marked(file_id, false);
         }
     }
 
@@ -1100,6 +1097,16 @@ impl ServerCore {
         kind: IoKind,
         range: Option<ByteRange>,
     ) -> Result<u64, CoreError> {
+        Ok(self.checked_io(handle, kind, range)?.1)
+    }
+
+    /// [`ServerCore::check_io`], also naming the open's slot.
+    fn checked_io(
+        &self,
+        handle: HandleId,
+        kind: IoKind,
+        range: Option<ByteRange>,
+    ) -> Result<(u32, u64), CoreError> {
         let (slot, e) = self.handle_entry(handle)?;
         if kind == IoKind::Write && !e.record.mode.can_write() {
             return Err(CoreError::denied(
@@ -1117,7 +1124,7 @@ impl ServerCore {
                 )));
             }
         }
-        Ok(e.record.file_id)
+        Ok((slot, e.record.file_id))
     }
 
     /// [`ServerCore::check_io`] for a write whose bytes are about to move: the write is on
@@ -1127,8 +1134,7 @@ impl ServerCore {
         handle: HandleId,
         range: Option<ByteRange>,
     ) -> Result<(u32, u64), CoreError> {
-        let file_id = self.check_io(handle, IoKind::Write, range)?;
-        let (slot, _) = self.handle_entry(handle)?;
+        let (slot, file_id) = self.checked_io(handle, IoKind::Write, range)?;
         *self.writing.entry(slot).or_default() += 1;
         Ok((slot, file_id))
     }

@@ -981,6 +981,24 @@ fn an_administrator_lists_opens_and_closes_them_and_the_holder_is_told_why() {
         .is_err());
 }
 
+/// c1 opens file 42 read-write, then c2 read-only, both sharing everything, at t = 0.
+fn writer_and_reader(core: &mut ServerCore) -> (Granted, Granted) {
+    let w = core
+        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    let r = core
+        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
+        .unwrap();
+    (w, r)
+}
+
+/// Whether `mutations` delete file `id`'s record.
+fn deletes_file(mutations: &[crate::store::Mutation], id: u64) -> bool {
+    mutations
+        .iter()
+        .any(|m| matches!(m, crate::store::Mutation::DeleteFile(f) if *f == id))
+}
+
 /// A crash ("kill -9": the store keeps what was committed) and a restart at `now`.
 fn crash(store: &mut MemoryStore, now: u64) -> ServerCore {
     let mut core = ServerCore::recover(config(), store.load().unwrap(), now, 7);
@@ -991,12 +1009,7 @@ fn crash(store: &mut MemoryStore, now: u64) -> ServerCore {
 #[test]
 fn a_crash_before_a_landed_writes_count_is_committed_still_reports_the_change() {
     let (mut core, mut store) = fresh();
-    let a = core
-        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
-        .unwrap();
-    let b = core
-        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
-        .unwrap();
+    let (a, b) = writer_and_reader(&mut core);
     core.attach("c2", &b.sealed).unwrap();
     store.apply(&core.take_mutations()).unwrap();
 
@@ -1025,12 +1038,7 @@ fn a_crash_before_a_landed_writes_count_is_committed_still_reports_the_change() 
 #[test]
 fn a_write_landing_after_its_open_closed_is_reported_after_a_crash_too() {
     let (mut core, mut store) = fresh();
-    let a = core
-        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
-        .unwrap();
-    let b = core
-        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
-        .unwrap();
+    let (a, b) = writer_and_reader(&mut core);
     let file_id = core
         .check_io(a.handle, IoKind::Write, ByteRange::new(0, 1))
         .unwrap();
@@ -1129,25 +1137,16 @@ fn a_write_on_its_way_from_a_closed_open_is_reported_to_a_later_open_after_a_cra
         .unwrap();
     let (slot, file_id) = core.begin_write(a.handle, ByteRange::new(0, 1)).unwrap();
     core.close("c1", &a.sealed).unwrap();
-    let deleted = |m: &[crate::store::Mutation]| {
-        m.iter()
-            .any(|m| matches!(m, crate::store::Mutation::DeleteFile(id) if *id == file_id))
-    };
-    assert!(!deleted(&core.take_mutations()));
+    assert!(!deletes_file(&core.take_mutations(), file_id));
     core.count_change(file_id);
     core.end_write(slot, file_id);
-    assert!(deleted(&core.take_mutations()));
+    assert!(deletes_file(&core.take_mutations(), file_id));
 }
 
 #[test]
 fn lowered_change_marks_make_the_restart_exact_and_stay_down() {
     let (mut core, mut store) = fresh();
-    let a = core
-        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
-        .unwrap();
-    let b = core
-        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
-        .unwrap();
+    let (a, b) = writer_and_reader(&mut core);
     core.count_io(a.handle, IoKind::Write).unwrap();
     core.attach("c2", &b.sealed).unwrap(); // c2 has seen the write
     core.lower_change_marks();
@@ -1182,12 +1181,7 @@ fn a_mark_held_before_a_truncation_by_path_reports_it_after_a_crash() {
 #[test]
 fn a_mark_comes_down_once_no_write_can_land_unseen_and_writes_leave_nothing_behind() {
     let (mut core, mut store) = fresh();
-    let w = core
-        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
-        .unwrap();
-    let r = core
-        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
-        .unwrap();
+    let (w, r) = writer_and_reader(&mut core);
     let (slot, file_id) = core.begin_write(w.handle, ByteRange::new(0, 1)).unwrap();
     core.count_io(w.handle, IoKind::Write).unwrap();
     core.end_write(slot, file_id);
@@ -1204,22 +1198,13 @@ fn a_mark_comes_down_once_no_write_can_land_unseen_and_writes_leave_nothing_behi
     );
     // The last open gone, the file's record goes too: no write kept it.
     core.close("c2", &r.sealed).unwrap();
-    let gone = core
-        .take_mutations()
-        .iter()
-        .any(|m| matches!(m, crate::store::Mutation::DeleteFile(id) if *id == file_id));
-    assert!(gone);
+    assert!(deletes_file(&core.take_mutations(), file_id));
 }
 
 #[test]
 fn writes_on_their_way_when_their_open_expires_keep_the_mark_held() {
     let (mut core, mut store) = fresh();
-    let w = core
-        .open(req("c1", Mode::ReadWrite, ShareMode::ALL, &[]), 0)
-        .unwrap();
-    let r = core
-        .open(req("c2", Mode::Read, ShareMode::ALL, &[]), 0)
-        .unwrap();
+    let (w, r) = writer_and_reader(&mut core);
     core.count_io(w.handle, IoKind::Write).unwrap();
     let (slot, file_id) = core.begin_write(w.handle, ByteRange::new(0, 1)).unwrap();
     // The writer's channel goes with its READ still posted, and it expires before the
@@ -1254,11 +1239,7 @@ fn an_open_with_truncation_holds_the_mark_until_its_cut_is_counted() {
     // Ended, the cut keeps nothing: the last close drops the file's record (not written:
     // the crash comes first).
     core.close("c2", &r.sealed).unwrap();
-    let gone = core
-        .take_mutations()
-        .iter()
-        .any(|m| matches!(m, crate::store::Mutation::DeleteFile(42)));
-    assert!(gone);
+    assert!(deletes_file(&core.take_mutations(), 42));
     drop(core);
     let mut core = crash(&mut store, 100);
     let rep = core.attach("c2", &r.sealed).unwrap().report;

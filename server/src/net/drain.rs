@@ -153,26 +153,24 @@ pub(super) async fn drain_to(shared: &Shared, peer: String, abort: bool) -> Resu
                 bytes_sent,
             })
         }
-        Err(e) if abort && starts => {
-            tracing::warn!(peer, "drain failed, serving again: {e}");
-            let _ = shared
-                .run(|core, _| {
-                    core.abort_drain();
-                    Ok(())
-                })
-                .await;
-            if shared.draining().is_none() {
-                shared.freeze_bytes(false);
-            }
-            Err(Error::Protocol(format!(
-                "drain to {peer} failed, this server serves as before: {e}"
-            )))
-        }
         Err(e) => {
+            let gave_up = abort && starts;
+            if gave_up {
+                tracing::warn!(peer, "drain failed, serving again: {e}");
+                let _ = shared
+                    .run(|core, _| {
+                        core.abort_drain();
+                        Ok(())
+                    })
+                    .await;
+            }
             if shared.draining().is_none() {
                 shared.freeze_bytes(false);
             }
-            Err(Error::Protocol(format!("drain to {peer} failed: {e}")))
+            Err(Error::Protocol(match gave_up {
+                true => format!("drain to {peer} failed, this server serves as before: {e}"),
+                false => format!("drain to {peer} failed: {e}"),
+            }))
         }
     }
 }

@@ -161,13 +161,13 @@ pub struct SharedParts {
     /// A commit of lazily queued writes is due (see [`Persist::Lazy`]).
     lazy_due: Arc<std::sync::atomic::AtomicBool>,
     /// Writes checked and not yet counted or given up (see [`CheckedWrite`]).
-    writes_in_flight: Arc<AtomicUsize>,
+    writes_in_flight: AtomicUsize,
     /// Set by a clean stop: no write is checked any more (see [`Shared::settle`]).
-    stopping: Arc<AtomicBool>,
+    stopping: AtomicBool,
     /// Set while a drain runs: no byte of a file changes (see [`Shared::may_land`]).
-    frozen: Arc<AtomicBool>,
+    frozen: AtomicBool,
     /// One drain at a time (see [`Shared::drain_running`]).
-    drain_running: Arc<AtomicBool>,
+    drain_running: AtomicBool,
     /// Bumped whenever the server truncates a file: a data channel that sees it change drops
     /// its registered windows of files before it serves another request. A correctness
     /// signal, not a statistic.
@@ -204,10 +204,10 @@ impl Shared {
             fs_slots: Arc::new(Semaphore::new(FS_CALLS)),
             stop: Arc::default(),
             lazy_due: Arc::default(),
-            writes_in_flight: Arc::default(),
-            stopping: Arc::default(),
-            frozen: Arc::default(),
-            drain_running: Arc::default(),
+            writes_in_flight: Default::default(),
+            stopping: Default::default(),
+            frozen: Default::default(),
+            drain_running: Default::default(),
             truncations: Arc::default(),
         }));
         // Persist what recovery produced (a new MAC key on a fresh store).
@@ -937,12 +937,7 @@ impl Shared {
     /// while a cluster store was unreachable.
     pub fn wrote(&self, write: &mut CheckedWrite) {
         let counted = self.run_files(Persist::Lazy, write.finish());
-        if let Err(e) = counted {
-            tracing::warn!(
-                file = write.check.file_id,
-                "a write could not be counted: {e}"
-            );
-        }
+        warn_uncounted(write, counted);
     }
 
     /// [`Shared::wrote`] for a task on an RDMA serving thread: the count is made here, and
@@ -966,12 +961,7 @@ impl Shared {
                 }
             }
         };
-        if let Err(e) = counted {
-            tracing::warn!(
-                file = write.check.file_id,
-                "a write could not be counted: {e}"
-            );
-        }
+        warn_uncounted(write, counted);
         Ok(())
     }
 
@@ -980,12 +970,7 @@ impl Shared {
     /// waited for on the blocking pool, or here outside a runtime.
     fn wrote_in_drop(&self, write: &mut CheckedWrite) {
         let (counted, ticket) = self.queue_files(Persist::Lazy, write.finish());
-        if let Err(e) = counted {
-            tracing::warn!(
-                file = write.check.file_id,
-                "a write could not be counted: {e}"
-            );
-        }
+        warn_uncounted(write, counted);
         let Some(ticket) = ticket else {
             return;
         };
@@ -999,6 +984,14 @@ impl Shared {
             Ok(rt) => drop(rt.spawn_blocking(wait)),
             Err(_) => wait(),
         }
+    }
+}
+
+/// Says so if a write's count could not be made.
+fn warn_uncounted(write: &CheckedWrite, counted: Result<(), Error>) {
+    if let Err(e) = counted {
+        let file = write.check.file_id;
+        tracing::warn!(file, "a write could not be counted: {e}");
     }
 }
 
