@@ -122,6 +122,15 @@ fn rdma_read_and_write_256_mib_through_a_key_after_the_control_channel_closed() 
         )
     };
     assert_eq!(rdma_bytes("read"), (256u64 << 20) as f64);
+    // Read front to back, the file's four 64 MiB windows: the first waited for, the other
+    // three registered ahead while the one before was being read.
+    let windows = |s: &serde_json::Value| {
+        (
+            s["rdma_window_waits"].as_u64().unwrap(),
+            s["rdma_windows_ahead"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(windows(&stats(&server, &c1)), (1, 3));
 
     // Write 256 MiB over RDMA (server RDMA-READs from the client's buffers): on tmpfs (the
     // guest's /tmp) straight into the file's pages, and the file's mtime moves as for write(2).
@@ -138,6 +147,8 @@ fn rdma_read_and_write_256_mib_through_a_key_after_the_control_channel_closed() 
         256 << 20,
         "every byte of a write inside a tmpfs file lands in place"
     );
+    // Writes in place have windows of their own (writable), registered ahead the same way.
+    assert_eq!(windows(&stats(&server, &c1)), (2, 6));
     assert_eq!(rdma_bytes("write"), (256u64 << 20) as f64);
     assert_eq!(
         sha256(&a.run(&["read", &key, "--channel", "rdma"]).expect(0).stdout),

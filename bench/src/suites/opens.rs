@@ -35,7 +35,11 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    concurrent_opens(ctx, &rt, &srv.addr, probes, rows)?;
+    let concurrent = std::env::var("HANDOFF_OPENS_PROBES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(probes);
+    concurrent_opens(ctx, &rt, &srv.addr, concurrent, rows)?;
     // Held connections stay open, so their opens stay attached to a live control channel.
     let mut holders: Vec<Client> = Vec::new();
     let mut held = 0u64;

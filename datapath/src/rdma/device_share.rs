@@ -81,6 +81,20 @@ impl DeviceShare {
         &self.pd
     }
 
+    /// The live window `key` if one is registered and not being registered now (never
+    /// waits).
+    pub fn cached(&self, key: &WindowKey) -> Option<Arc<MemoryRegion>> {
+        let slot = self
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slots
+            .get(key)?
+            .clone();
+        let held = slot.try_lock().ok()?.upgrade();
+        held
+    }
+
     /// The live window `key`, or one made by `register` (on this device's PD) and shared from
     /// now on. A failed registration is not remembered: the next asker tries again.
     pub fn window(

@@ -6,6 +6,13 @@
 //! pinned for reading where the kernel allows it, so reading leaves the file's times alone.
 //! Where a kernel refuses to register a file mapping, a registered bounce buffer is filled
 //! with `pread` instead.
+//!
+//! Registering a window pins its pages (tens of milliseconds for 64 MiB under emulation), so
+//! the server does it off the thread that serves other connections: it asks
+//! [`FileWindows::prepare`] for the [`WindowJob`] a request needs, runs it elsewhere and hands
+//! the region back with [`FileWindows::adopt`]. A transfer moving forward through a file has
+//! its next window registered ahead ([`FileWindows::ahead`]), so it does not stop at each
+//! window's edge to wait for one.
 
 use std::fs::File;
 use std::io;
@@ -37,7 +44,8 @@ pub struct FileWindows {
     /// Where windows of the same file taken by other connections are found.
     share: Arc<DeviceShare>,
     /// Opened read-write where possible: Linux 6.1 refuses to pin a read-only shared mapping.
-    map_file: Option<File>,
+    /// (Shared with the [`WindowJob`]s registering windows elsewhere.)
+    map_file: Option<Arc<File>>,
     /// The file's device, inode and birth time, naming its windows in the share.
     identity: (u64, u64, i64, u32),
     /// The server's truncation count these windows belong to (see [`FileWindows::reset`]).
@@ -49,7 +57,44 @@ pub struct FileWindows {
     /// The file is in shared memory (tmpfs): writes land in place, in windows of their own
     /// registered writable (see [`FileWindows::target`]).
     in_place: bool,
+    /// Where the last request ended, to tell a transfer moving forward ([`FileWindows::ahead`]).
+    last_end: Option<u64>,
+    /// The window last handed out by [`FileWindows::ahead`], so it is asked for once.
+    ahead_asked: Option<WindowKey>,
 }
+
+/// The registration of one window, to be run where a wait of tens of milliseconds holds up
+/// nobody (the server's blocking pool), and its region given to [`FileWindows::adopt`].
+pub struct WindowJob {
+    share: Arc<DeviceShare>,
+    file: Arc<File>,
+    key: WindowKey,
+}
+
+impl WindowJob {
+    /// The window it registers.
+    pub fn key(&self) -> WindowKey {
+        self.key
+    }
+
+    /// Registers the window (or takes the one another connection of the device registered
+    /// meanwhile, waiting if that one is being registered now). Blocks.
+    pub fn register(self) -> io::Result<Arc<MemoryRegion>> {
+        let WindowKey {
+            index,
+            len,
+            writable,
+            ..
+        } = self.key;
+        self.share.window(self.key, |pd| {
+            map_window(pd, &self.file, index, len, writable)
+        })
+    }
+}
+
+/// How far behind the last request's end the next may start and still be moving forward
+/// through the file (a multichannel transfer's requests alternate between connections).
+const FORWARD_GAP: u64 = WINDOW / 4;
 
 /// Whether this kernel registers a read-only shared file mapping (Linux 6.2 on): learnt at
 /// the first read window, for the process.
@@ -81,7 +126,7 @@ impl FileWindows {
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos()));
-            Some((f, (m.dev(), m.ino(), born.0, born.1)))
+            Some((Arc::new(f), (m.dev(), m.ino(), born.0, born.1)))
         });
         let (map_file, identity) = match identified {
             Some((f, id)) => (Some(f), id),
@@ -100,7 +145,135 @@ impl FileWindows {
             tick: 0,
             mapping_failed: false,
             in_place,
+            last_end: None,
+            ahead_asked: None,
         }
+    }
+
+    /// What a request for `len` bytes at `offset` of a file of `size` bytes needs registered
+    /// before [`FileWindows::source`] (`writable`: false) or [`FileWindows::target`]
+    /// (`writable`: true) can serve it from a window: `None` if this connection holds the
+    /// window already, or takes it here from another connection of the device, or if no
+    /// window would serve it (the bounce buffer does). The job is run elsewhere and its
+    /// region given to [`FileWindows::adopt`]; a caller that skips this has the window
+    /// registered in place, on its own thread.
+    pub fn prepare(
+        &mut self,
+        offset: u64,
+        len: u64,
+        size: u64,
+        writable: bool,
+    ) -> Option<WindowJob> {
+        let key = self.wanted(offset, len, size, writable)?;
+        if self.holds(&key) {
+            return None;
+        }
+        if let Some(mr) = self.share.cached(&key) {
+            self.insert(key, mr);
+            return None;
+        }
+        self.job(key)
+    }
+
+    /// Takes the region a [`WindowJob`] for `key` registered (or why it could not), evicting
+    /// the least recently used window if this connection holds its most. A window registered
+    /// before a truncation this connection has seen since is dropped. A failed registration
+    /// sends this file's reads and writes to the bounce buffer from now on.
+    pub fn adopt(&mut self, key: WindowKey, registered: io::Result<Arc<MemoryRegion>>) {
+        match registered {
+            Ok(mr) if key.epoch == self.epoch => self.insert(key, mr),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("cannot register a file mapping ({e}); using a bounce buffer");
+                self.mapping_failed = true;
+            }
+        }
+    }
+
+    /// Notes a request for `len` bytes at `offset` (file of `size` bytes); if requests are
+    /// moving forward through the file and this one reached the second half of its window,
+    /// the job that registers the next window (for reading, or with `writable` for writes in
+    /// place), unless it was asked for already or is held or shared already. Run early, the
+    /// transfer finds the window ready when it gets there.
+    pub fn ahead(&mut self, offset: u64, len: u64, size: u64, writable: bool) -> Option<WindowJob> {
+        let end = offset.saturating_add(len);
+        let forward = self
+            .last_end
+            .is_some_and(|last| offset >= last && offset - last <= FORWARD_GAP);
+        self.last_end = Some(end);
+        if !forward || len == 0 || (end - 1) % WINDOW < WINDOW / 2 {
+            return None;
+        }
+        let next = ((end - 1) / WINDOW + 1) * WINDOW;
+        let key = self.wanted(next, 1, size, writable)?;
+        if self.ahead_asked == Some(key) || self.holds(&key) || self.share.cached(&key).is_some() {
+            return None;
+        }
+        self.ahead_asked = Some(key);
+        self.job(key)
+    }
+
+    /// The window a request at `offset` would be served from (see [`FileWindows::prepare`]).
+    fn wanted(&self, offset: u64, len: u64, size: u64, writable: bool) -> Option<WindowKey> {
+        if self.mapping_failed || self.map_file.is_none() {
+            return None;
+        }
+        let index = offset / WINDOW;
+        if writable {
+            // As `target` takes them: inside the file and inside one window.
+            let end = offset.checked_add(len)?;
+            if !self.places_writes() || len == 0 || end > size || (end - 1) / WINDOW != index {
+                return None;
+            }
+        }
+        let len = Self::window_len(index, size);
+        (len > 0).then_some(WindowKey {
+            file: self.identity,
+            index,
+            len,
+            writable,
+            epoch: self.epoch,
+        })
+    }
+
+    /// Whether this connection holds the window `key`.
+    pub fn holds(&self, key: &WindowKey) -> bool {
+        self.windows
+            .iter()
+            .any(|w| w.index == key.index && w.writable == key.writable && w.len == key.len)
+    }
+
+    fn job(&self, key: WindowKey) -> Option<WindowJob> {
+        Some(WindowJob {
+            share: self.share.clone(),
+            file: self.map_file.clone()?,
+            key,
+        })
+    }
+
+    /// Holds the window `key` from now on: a stale one of the same index (the file's extent
+    /// changed) goes, and the least recently used one if this connection holds its most.
+    fn insert(&mut self, key: WindowKey, mr: Arc<MemoryRegion>) {
+        let same = |w: &Window| w.index == key.index && w.writable == key.writable;
+        self.windows.retain(|w| !same(w));
+        if self.windows.len() >= MAX_WINDOWS {
+            let oldest = self
+                .windows
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.last_use)
+                .map(|(i, _)| i);
+            if let Some(i) = oldest {
+                self.windows.swap_remove(i);
+            }
+        }
+        self.windows.push(Window {
+            index: key.index,
+            len: key.len,
+            writable: key.writable,
+            mr,
+            last_use: self.tick,
+        });
     }
 
     /// Whether writes may land in this file's windows at all ([`FileWindows::target`] can
@@ -134,57 +307,19 @@ impl FileWindows {
         Some((w.mr.clone(), (offset - index * WINDOW) as usize))
     }
 
-    /// The registered window `index` of a file of `size` bytes, mapped now if need be (the
-    /// least recently used one evicted). `None` once mapping failed.
+    /// The registered window `index` of a file of `size` bytes, registered now (on this
+    /// thread) if [`FileWindows::prepare`] did not have it done. `None` once mapping failed.
     fn window(&mut self, index: u64, size: u64, writable: bool) -> Option<&mut Window> {
         self.tick += 1;
-        let want_len = Self::window_len(index, size);
-        // Drop a stale window that no longer matches the file's current extent: grown past
-        // it, or cut short (its pages past the cut are no longer the file's). Posted work holds
-        // its own reference to a region, so it stays registered until that is done.
-        let this = |w: &Window| w.index == index && w.writable == writable;
-        self.windows.retain(|w| !(this(w) && w.len != want_len));
-        if !self.windows.iter().any(this) {
-            if self.windows.len() >= MAX_WINDOWS {
-                let oldest = self
-                    .windows
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, w)| w.last_use)
-                    .map(|(i, _)| i);
-                if let Some(i) = oldest {
-                    self.windows.swap_remove(i);
-                }
-            }
-            let key = WindowKey {
-                file: self.identity,
-                index,
-                len: want_len,
-                writable,
-                epoch: self.epoch,
-            };
-            // (No share lookup without a file to map: its identity would be a placeholder.)
-            let mapped = self.mapped_file().and_then(|_| {
-                self.share
-                    .window(key, |pd| self.map_window(pd, index, want_len, writable))
-            });
-            match mapped {
-                Ok(mr) => self.windows.push(Window {
-                    index,
-                    len: want_len,
-                    writable,
-                    mr,
-                    last_use: 0,
-                }),
-                Err(e) => {
-                    tracing::warn!("cannot register a file mapping ({e}); using a bounce buffer");
-                    self.mapping_failed = true;
-                    return None;
-                }
-            }
+        let key = self.wanted(index * WINDOW, 1, size, writable)?;
+        if let Some(job) = self.prepare(index * WINDOW, 1, size, writable) {
+            self.adopt(key, job.register());
         }
         let tick = self.tick;
-        let w = self.windows.iter_mut().find(|w| this(w))?;
+        let w = self
+            .windows
+            .iter_mut()
+            .find(|w| w.index == key.index && w.writable == key.writable && w.len == key.len)?;
         w.last_use = tick;
         Some(w)
     }
@@ -217,6 +352,7 @@ impl FileWindows {
     pub fn reset(&mut self, epoch: u64) {
         self.windows.clear();
         self.epoch = epoch;
+        self.ahead_asked = None;
     }
 
     /// A registered source for up to `len` bytes at `offset` (file of `size` bytes), and how
@@ -255,85 +391,11 @@ impl FileWindows {
         Ok((Source::Bounce(bounce.clone()), n))
     }
 
-    fn map_window(
-        &self,
-        pd: &Arc<ProtectionDomain>,
-        index: u64,
-        len: u64,
-        writable: bool,
-    ) -> io::Result<MemoryRegion> {
-        let file = self.mapped_file()?;
-        let mut options = memmap2::MmapOptions::new();
-        options.offset(index * WINDOW).len(len as usize);
-        let pins = READ_ONLY_PINS.load(Ordering::Relaxed);
-        if !writable && pins != PINS_REFUSED {
-            // A read-only mapping, pinned for reading: its pages are not dirtied, so reading a
-            // file leaves its modification time alone.
-            // SAFETY: memmap2 requires that the file not be truncated under the mapping while
-            // it is in use, because touching a page past EOF through it raises SIGBUS. No code
-            // here touches the mapping's bytes: only the adapter does, through the pages it
-            // pinned at registration, which stay valid (if no longer the file's) whatever
-            // happens to the file. A truncation through handoff makes every data channel drop
-            // its windows before its next request, and a window that no longer matches the
-            // file's size is replaced.
-            let map = unsafe { options.map(file)? };
-            let refused = match MemoryRegion::register(pd, Backing::MappedRo(map), Access::LOCAL) {
-                Ok(mr) => {
-                    READ_ONLY_PINS.store(PINS_WORK, Ordering::Relaxed);
-                    return Ok(mr);
-                }
-                // Read-only pins worked before: this failure is not the kernel's rule (no
-                // memory, the memlock limit), and a writable pin would dirty the pages.
-                Err(e) if pins == PINS_WORK => return Err(e),
-                Err(e) => e,
-            };
-            // Unknown yet: a writable pin that works where the read-only one did not is the
-            // kernel's rule (before 6.2); if it fails too, nothing is learnt.
-            let mr = self.map_writable(pd, &options, Access::LOCAL)?;
-            if READ_ONLY_PINS
-                .compare_exchange(
-                    PINS_UNKNOWN,
-                    PINS_REFUSED,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                tracing::warn!(
-                    "this kernel cannot register a read-only file mapping ({refused}): before \
-                     Linux 6.2 it pins every registered page for writing. RDMA reads through \
-                     file windows then dirty the file's pages and set its modification time"
-                );
-            }
-            return Ok(mr);
-        }
-        // Writable by the adapter only for writes landing in place (tmpfs: see `target`).
-        let access = if writable {
-            Access::LOCAL_WRITE
-        } else {
-            Access::LOCAL
-        };
-        self.map_writable(pd, &options, access)
-    }
-
     /// The read-write descriptor windows and grants map.
     fn mapped_file(&self) -> io::Result<&File> {
         self.map_file
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| io::Error::other("no read-write descriptor to map"))
-    }
-
-    /// Registers a writable shared mapping of the file (`options` say which part).
-    fn map_writable(
-        &self,
-        pd: &Arc<ProtectionDomain>,
-        options: &memmap2::MmapOptions,
-        access: Access,
-    ) -> io::Result<MemoryRegion> {
-        let file = self.mapped_file()?;
-        // SAFETY: as for the read-only mapping in `map_window`.
-        let map = unsafe { options.map_mut(file)? };
-        MemoryRegion::register(pd, Backing::Mapped(map), access)
     }
 
     /// Registers the whole file for one-sided access by the client (direct mode): reads, and
@@ -381,4 +443,78 @@ impl FileWindows {
 fn is_shared_memory(file: &File) -> io::Result<bool> {
     let fs = nix::sys::statfs::fstatfs(file).map_err(io::Error::from)?;
     Ok(fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// Maps window `index` (`len` bytes) of `file` and registers it on `pd`: for reading (pinned
+/// read-only where the kernel allows), or `writable` for writes landing in place.
+fn map_window(
+    pd: &Arc<ProtectionDomain>,
+    file: &File,
+    index: u64,
+    len: u64,
+    writable: bool,
+) -> io::Result<MemoryRegion> {
+    let mut options = memmap2::MmapOptions::new();
+    options.offset(index * WINDOW).len(len as usize);
+    let pins = READ_ONLY_PINS.load(Ordering::Relaxed);
+    if !writable && pins != PINS_REFUSED {
+        // A read-only mapping, pinned for reading: its pages are not dirtied, so reading a
+        // file leaves its modification time alone.
+        // SAFETY: memmap2 requires that the file not be truncated under the mapping while
+        // it is in use, because touching a page past EOF through it raises SIGBUS. No code
+        // here touches the mapping's bytes: only the adapter does, through the pages it
+        // pinned at registration, which stay valid (if no longer the file's) whatever
+        // happens to the file. A truncation through handoff makes every data channel drop
+        // its windows before its next request, and a window that no longer matches the
+        // file's size is replaced.
+        let map = unsafe { options.map(file)? };
+        let refused = match MemoryRegion::register(pd, Backing::MappedRo(map), Access::LOCAL) {
+            Ok(mr) => {
+                READ_ONLY_PINS.store(PINS_WORK, Ordering::Relaxed);
+                return Ok(mr);
+            }
+            // Read-only pins worked before: this failure is not the kernel's rule (no
+            // memory, the memlock limit), and a writable pin would dirty the pages.
+            Err(e) if pins == PINS_WORK => return Err(e),
+            Err(e) => e,
+        };
+        // Unknown yet: a writable pin that works where the read-only one did not is the
+        // kernel's rule (before 6.2); if it fails too, nothing is learnt.
+        let mr = map_writable(pd, file, &options, Access::LOCAL)?;
+        if READ_ONLY_PINS
+            .compare_exchange(
+                PINS_UNKNOWN,
+                PINS_REFUSED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            tracing::warn!(
+                "this kernel cannot register a read-only file mapping ({refused}): before \
+                 Linux 6.2 it pins every registered page for writing. RDMA reads through \
+                 file windows then dirty the file's pages and set its modification time"
+            );
+        }
+        return Ok(mr);
+    }
+    // Writable by the adapter only for writes landing in place (tmpfs: see `target`).
+    let access = if writable {
+        Access::LOCAL_WRITE
+    } else {
+        Access::LOCAL
+    };
+    map_writable(pd, file, &options, access)
+}
+
+/// Registers a writable shared mapping of the file (`options` say which part).
+fn map_writable(
+    pd: &Arc<ProtectionDomain>,
+    file: &File,
+    options: &memmap2::MmapOptions,
+    access: Access,
+) -> io::Result<MemoryRegion> {
+    // SAFETY: as for the read-only mapping in `map_window`.
+    let map = unsafe { options.map_mut(file)? };
+    MemoryRegion::register(pd, Backing::Mapped(map), access)
 }

@@ -23,9 +23,9 @@ use handoff_core::wire::{ErrorCode, Message, Span};
 use handoff_core::Error;
 use handoff_datapath::rdma::async_endpoint::AsyncEndpoint;
 use handoff_datapath::rdma::cm::CmId;
-use handoff_datapath::rdma::device_share::{DeviceShare, DeviceShares};
+use handoff_datapath::rdma::device_share::{DeviceShare, DeviceShares, WindowKey};
 use handoff_datapath::rdma::endpoint::{connect_tag_check, Endpoint, ReadTarget};
-use handoff_datapath::rdma::file_windows::{FileWindows, Source};
+use handoff_datapath::rdma::file_windows::{FileWindows, Source, WindowJob};
 use handoff_datapath::rdma::listener::{ConnKey, ListenEvent, Listener};
 use handoff_datapath::rdma::verbs::{Access, MemoryRegion};
 use handoff_datapath::rdma::{ACCEPTED, CONNECT_PRIVATE_LEN, MAX_REQUEST, SERVES_BATCHES};
@@ -221,6 +221,16 @@ async fn off_thread<T: Send + 'static>(
         .map_err(|e| DataError::Io(std::io::Error::other(e)))
 }
 
+/// Runs a window's registration on the blocking pool, its CPU counted as the serving
+/// threads' own.
+fn register_elsewhere(
+    stats: &Arc<ServerStats>,
+    job: WindowJob,
+) -> tokio::task::JoinHandle<std::io::Result<Arc<MemoryRegion>>> {
+    let stats = stats.clone();
+    tokio::task::spawn_blocking(move || counted(&stats.data_cpu_ns, move || job.register()))
+}
+
 /// A direct-mode grant: the MR behind a client's rkey. Revoking deregisters it.
 struct DirectGrant {
     mr: Mutex<Option<MemoryRegion>>,
@@ -252,6 +262,12 @@ struct Connection {
     /// Writes given up with their RDMA READs posted, perhaps into the file's pages: counted
     /// (when dropped) only after the connection is disconnected, once no READ can land.
     abandoned: Vec<Landing>,
+    /// The file window being registered ahead of a transfer moving forward (see
+    /// `FileWindows::ahead`), on the blocking pool. Dropped, it is left to finish there.
+    ahead: Option<(
+        WindowKey,
+        tokio::task::JoinHandle<std::io::Result<Arc<MemoryRegion>>>,
+    )>,
 }
 
 /// How long a liveness probe may take: more than the QP's ack timeout and retries (about
@@ -322,6 +338,7 @@ async fn serve(p: Pending, shared: Shared) {
             probe_every: shared.config.limits.rdma_probe_interval,
             wants_direct,
             abandoned: Vec::new(),
+            ahead: None,
         };
         let r = conn.run().instrument(span.clone()).await;
         let rest = span.in_scope(|| {
@@ -475,6 +492,7 @@ impl Connection {
         if now != self.truncations {
             self.ep.drain_sends().await?;
             self.windows.reset(now);
+            self.ahead = None;
             self.truncations = now;
             return Ok(true);
         }
@@ -522,6 +540,8 @@ impl Connection {
             if self.windows.needs_eviction(offset + done, size) {
                 self.ep.drain_sends().await?;
             }
+            self.ensure_window(offset + done, len - done, size, false)
+                .await?;
             let (source, n) =
                 self.windows
                     .source(self.session.file(), offset + done, len - done, size)?;
@@ -545,6 +565,7 @@ impl Connection {
             }
             done += n as u64;
         }
+        self.look_ahead(offset, len, size, false);
         self.count_rdma(len);
         self.session.served(DataOp::Read, len, started);
         Ok(Ok(len))
@@ -752,6 +773,8 @@ impl Connection {
                     Some(n) => n,
                     None => *size.insert(self.session.file().metadata()?.len()),
                 };
+                self.ensure_window(offset, len, size, true).await?;
+                self.look_ahead(offset, len, size, true);
                 self.windows.target(offset, len, size)
             } else {
                 None
@@ -776,6 +799,57 @@ impl Connection {
             landing,
             bounce,
         }))
+    }
+
+    /// Has the file window a request at `offset` needs (`writable`: a write landing in
+    /// place) registered off this thread, which serves other connections meanwhile: pinning
+    /// 64 MiB of pages takes tens of milliseconds. A window registered ahead is waited for.
+    async fn ensure_window(
+        &mut self,
+        offset: u64,
+        len: u64,
+        size: u64,
+        writable: bool,
+    ) -> Result<(), DataError> {
+        let stats = &self.shared.stats;
+        let Some(job) = self.windows.prepare(offset, len, size, writable) else {
+            // Held already, or taken from the device's share: the window registered ahead,
+            // if it was done in time.
+            if let Some((key, _)) = &self.ahead {
+                if self.windows.holds(key) {
+                    stats.rdma_windows_ahead.fetch_add(1, Ordering::Relaxed);
+                    self.ahead = None;
+                }
+            }
+            return Ok(());
+        };
+        let key = job.key();
+        let task = match self.ahead.take() {
+            Some((k, task)) if k == key => {
+                stats.rdma_windows_ahead.fetch_add(1, Ordering::Relaxed);
+                task
+            }
+            other => {
+                self.ahead = other;
+                stats.rdma_window_waits.fetch_add(1, Ordering::Relaxed);
+                register_elsewhere(stats, job)
+            }
+        };
+        let registered = task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("window registration: {e}"))));
+        self.windows.adopt(key, registered);
+        Ok(())
+    }
+
+    /// Starts registering the next window of the file if requests are moving forward
+    /// through it and near this window's end (see `FileWindows::ahead`): one at a time, a
+    /// newer one replacing an older.
+    fn look_ahead(&mut self, offset: u64, len: u64, size: u64, writable: bool) {
+        let Some(job) = self.windows.ahead(offset, len, size, writable) else {
+            return;
+        };
+        self.ahead = Some((job.key(), register_elsewhere(&self.shared.stats, job)));
     }
 
     /// Queues the write requests of `msg` ([`queue_writes`]), counting a batch's; returns

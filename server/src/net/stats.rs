@@ -19,6 +19,11 @@ pub struct ServerStats {
     /// Bytes of RDMA writes the adapter put straight into the file's pages (zero-copy: no
     /// bounce buffer, no pwrite).
     pub rdma_in_place_bytes: std::sync::atomic::AtomicU64,
+    /// File windows a request had to wait for while they were registered (see
+    /// `FileWindows::prepare`): a transfer's first, or one out of order.
+    pub rdma_window_waits: std::sync::atomic::AtomicU64,
+    /// File windows registered ahead of a transfer moving forward, and then used by it.
+    pub rdma_windows_ahead: std::sync::atomic::AtomicU64,
 }
 
 impl ServerStats {
@@ -48,6 +53,14 @@ impl ServerStats {
             (
                 "rdma_in_place_bytes".into(),
                 self.rdma_in_place_bytes.load(Relaxed),
+            ),
+            (
+                "rdma_window_waits".into(),
+                self.rdma_window_waits.load(Relaxed),
+            ),
+            (
+                "rdma_windows_ahead".into(),
+                self.rdma_windows_ahead.load(Relaxed),
             ),
         ]
     }
