@@ -349,6 +349,7 @@ async fn serve(p: Pending, shared: Shared) {
                 bounce,
                 direct,
                 abandoned,
+                ahead,
                 ..
             } = conn;
             drop(session); // detaches the handle
@@ -361,7 +362,7 @@ async fn serve(p: Pending, shared: Shared) {
                 tracing::info!("RDMA connection ended: {e}; handle detached");
             }
             // The QP goes first: the abandoned writes are counted once none can land.
-            (ep, windows, bounce, abandoned)
+            (ep, windows, bounce, abandoned, ahead)
         });
         Ok::<_, DataError>(Some(rest))
     }
@@ -492,7 +493,7 @@ impl Connection {
         if now != self.truncations {
             self.ep.drain_sends().await?;
             self.windows.reset(now);
-            self.ahead = None;
+            self.let_go_ahead();
             self.truncations = now;
             return Ok(true);
         }
@@ -849,7 +850,25 @@ impl Connection {
         let Some(job) = self.windows.ahead(offset, len, size, writable) else {
             return;
         };
+        // One at a time: a client jumping forward faster than windows register cannot have
+        // the server pin many at once.
+        if self
+            .ahead
+            .as_ref()
+            .is_some_and(|(_, task)| !task.is_finished())
+        {
+            return;
+        }
+        self.let_go_ahead();
         self.ahead = Some((job.key(), register_elsewhere(&self.shared.stats, job)));
+    }
+
+    /// Gives up the window registered ahead, if any: dropped on the blocking pool, where its
+    /// region is deregistered if no one else holds it.
+    fn let_go_ahead(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            drop(tokio::task::spawn_blocking(move || drop(ahead)));
+        }
     }
 
     /// Queues the write requests of `msg` ([`queue_writes`]), counting a batch's; returns
