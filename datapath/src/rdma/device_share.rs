@@ -81,6 +81,18 @@ impl DeviceShare {
         &self.pd
     }
 
+    /// Whether the window `key` is registered, or being registered now (never waits).
+    pub fn has(&self, key: &WindowKey) -> bool {
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        windows
+            .slots
+            .get(key)
+            .is_some_and(|slot| match slot.try_lock() {
+                Ok(held) => held.strong_count() > 0,
+                Err(_) => true,
+            })
+    }
+
     /// The live window `key` if one is registered and not being registered now (never
     /// waits).
     pub fn cached(&self, key: &WindowKey) -> Option<Arc<MemoryRegion>> {

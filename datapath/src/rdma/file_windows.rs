@@ -59,8 +59,11 @@ pub struct FileWindows {
     in_place: bool,
     /// Where the last request ended, to tell a transfer moving forward ([`FileWindows::ahead`]).
     last_end: Option<u64>,
-    /// The window last handed out by [`FileWindows::ahead`], so it is asked for once.
+    /// The window last asked for ahead ([`FileWindows::ahead_job`]), so it is asked for once.
     ahead_asked: Option<WindowKey>,
+    /// Windows this connection gave up (evicted, or dropped by a truncation), for the caller
+    /// to drop where deregistering 64 MiB holds up nobody ([`FileWindows::released`]).
+    released: Vec<Arc<MemoryRegion>>,
 }
 
 /// The registration of one window, to be run where a wait of tens of milliseconds holds up
@@ -147,6 +150,7 @@ impl FileWindows {
             in_place,
             last_end: None,
             ahead_asked: None,
+            released: Vec::new(),
         }
     }
 
@@ -192,11 +196,12 @@ impl FileWindows {
 
     /// Notes a request for `len` bytes at `offset` (file of `size` bytes); if requests are
     /// moving forward through the file and this one reached the second half of its window,
-    /// the job that registers the next window (for reading, or with `writable` for writes in
-    /// place), unless it was asked for already or is held or shared already. Run early, the
-    /// transfer finds the window ready when it gets there.
-    pub fn ahead(&mut self, offset: u64, len: u64, size: u64, writable: bool) -> Option<WindowJob> {
-        let end = offset.saturating_add(len);
+    /// the next window (for reading, or with `writable` for writes in place), unless it was
+    /// asked for already, or is held, or the device's share has it or is registering it.
+    /// [`FileWindows::ahead_job`] asks for it: run early, the transfer finds the window
+    /// ready when it gets there.
+    pub fn ahead(&mut self, offset: u64, len: u64, size: u64, writable: bool) -> Option<WindowKey> {
+        let end = offset.checked_add(len)?;
         let forward = self
             .last_end
             .is_some_and(|last| offset >= last && offset - last <= FORWARD_GAP);
@@ -204,13 +209,22 @@ impl FileWindows {
         if !forward || len == 0 || (end - 1) % WINDOW < WINDOW / 2 {
             return None;
         }
-        let next = ((end - 1) / WINDOW + 1) * WINDOW;
+        let next = ((end - 1) / WINDOW).checked_add(1)?.checked_mul(WINDOW)?;
         let key = self.wanted(next, 1, size, writable)?;
-        if self.ahead_asked == Some(key) || self.holds(&key) || self.share.cached(&key).is_some() {
-            return None;
-        }
+        let known = self.ahead_asked == Some(key) || self.holds(&key) || self.share.has(&key);
+        (!known).then_some(key)
+    }
+
+    /// The job registering `key` ahead (from [`FileWindows::ahead`]), asked for once.
+    pub fn ahead_job(&mut self, key: WindowKey) -> Option<WindowJob> {
         self.ahead_asked = Some(key);
         self.job(key)
+    }
+
+    /// The regions of windows this connection gave up since it was last asked, to be
+    /// dropped where their deregistration (if no one else holds them) holds up nobody.
+    pub fn released(&mut self) -> Vec<Arc<MemoryRegion>> {
+        std::mem::take(&mut self.released)
     }
 
     /// The window a request at `offset` would be served from (see [`FileWindows::prepare`]).
@@ -255,7 +269,9 @@ impl FileWindows {
     /// changed) goes, and the least recently used one if this connection holds its most.
     fn insert(&mut self, key: WindowKey, mr: Arc<MemoryRegion>) {
         let same = |w: &Window| w.index == key.index && w.writable == key.writable;
-        self.windows.retain(|w| !same(w));
+        while let Some(i) = self.windows.iter().position(same) {
+            self.released.push(self.windows.swap_remove(i).mr);
+        }
         if self.windows.len() >= MAX_WINDOWS {
             let oldest = self
                 .windows
@@ -264,7 +280,7 @@ impl FileWindows {
                 .min_by_key(|(_, w)| w.last_use)
                 .map(|(i, _)| i);
             if let Some(i) = oldest {
-                self.windows.swap_remove(i);
+                self.released.push(self.windows.swap_remove(i).mr);
             }
         }
         self.windows.push(Window {
@@ -350,7 +366,7 @@ impl FileWindows {
     /// pages past the cut are no longer the file's, and no window registered before it is
     /// taken from the share again. No posted work may reference them.
     pub fn reset(&mut self, epoch: u64) {
-        self.windows.clear();
+        self.released.extend(self.windows.drain(..).map(|w| w.mr));
         self.epoch = epoch;
         self.ahead_asked = None;
     }

@@ -221,6 +221,13 @@ async fn off_thread<T: Send + 'static>(
         .map_err(|e| DataError::Io(std::io::Error::other(e)))
 }
 
+/// A window registration's outcome, a failed task (a panic) as a failed registration.
+fn joined(
+    r: Result<std::io::Result<Arc<MemoryRegion>>, tokio::task::JoinError>,
+) -> std::io::Result<Arc<MemoryRegion>> {
+    r.unwrap_or_else(|e| Err(std::io::Error::other(format!("window registration: {e}"))))
+}
+
 /// Runs a window's registration on the blocking pool, its CPU counted as the serving
 /// threads' own.
 fn register_elsewhere(
@@ -378,13 +385,20 @@ async fn serve(p: Pending, shared: Shared) {
         }
     };
     id.disconnect();
+    // A window still being registered ahead is waited for (this task waits, not the
+    // thread), so it too is let go before the seat.
+    let mut rest = rest;
+    let ahead = match rest.as_mut().and_then(|r| r.4.take()) {
+        Some((_, task)) => Some(task.await),
+        None => None,
+    };
     // Destroying the QP and CQ and deregistering and unmapping the connection's regions
     // takes a while (longer on a dead path): not on the thread that serves other
     // connections. The CM id goes with them (the QP holds it), and the client's seat only
     // after them, so the connection caps still bound live QPs and pinned memory.
     let stats = shared.stats.clone();
     drop(tokio::task::spawn_blocking(move || {
-        counted(&stats.data_cpu_ns, move || drop((rest, id, seat)))
+        counted(&stats.data_cpu_ns, move || drop((rest, ahead, id, seat)))
     }));
 }
 
@@ -493,6 +507,7 @@ impl Connection {
         if now != self.truncations {
             self.ep.drain_sends().await?;
             self.windows.reset(now);
+            self.let_go_windows();
             self.let_go_ahead();
             self.truncations = now;
             return Ok(true);
@@ -812,46 +827,57 @@ impl Connection {
         size: u64,
         writable: bool,
     ) -> Result<(), DataError> {
-        let stats = &self.shared.stats;
         let Some(job) = self.windows.prepare(offset, len, size, writable) else {
             // Held already, or taken from the device's share: the window registered ahead,
             // if it was done in time.
             if let Some((key, _)) = &self.ahead {
                 if self.windows.holds(key) {
-                    stats.rdma_windows_ahead.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .rdma_windows_ahead
+                        .fetch_add(1, Ordering::Relaxed);
                     self.ahead = None;
                 }
             }
+            self.let_go_windows();
             return Ok(());
         };
         let key = job.key();
-        let task = match self.ahead.take() {
-            Some((k, task)) if k == key => {
-                stats.rdma_windows_ahead.fetch_add(1, Ordering::Relaxed);
-                task
-            }
+        let stats = self.shared.stats.clone();
+        let ahead = match self.ahead.take() {
+            Some((k, task)) if k == key => Some(joined(task.await)),
             other => {
                 self.ahead = other;
-                stats.rdma_window_waits.fetch_add(1, Ordering::Relaxed);
-                register_elsewhere(stats, job)
+                None
             }
         };
-        let registered = task
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(format!("window registration: {e}"))));
+        let registered = match ahead {
+            Some(Ok(mr)) => {
+                stats.rdma_windows_ahead.fetch_add(1, Ordering::Relaxed);
+                Ok(mr)
+            }
+            // Registered on demand; also where pinning ahead failed (fewer windows are held
+            // by the time it is needed).
+            _ => {
+                stats.rdma_window_waits.fetch_add(1, Ordering::Relaxed);
+                joined(register_elsewhere(&stats, job).await)
+            }
+        };
         self.windows.adopt(key, registered);
+        self.let_go_windows();
         Ok(())
     }
 
     /// Starts registering the next window of the file if requests are moving forward
     /// through it and near this window's end (see `FileWindows::ahead`): one at a time, a
-    /// newer one replacing an older.
+    /// newer one replacing an older once that is done.
     fn look_ahead(&mut self, offset: u64, len: u64, size: u64, writable: bool) {
-        let Some(job) = self.windows.ahead(offset, len, size, writable) else {
+        let Some(key) = self.windows.ahead(offset, len, size, writable) else {
             return;
         };
         // One at a time: a client jumping forward faster than windows register cannot have
-        // the server pin many at once.
+        // the server pin many at once (nor by reconnecting: a connection's teardown waits
+        // for its registration).
         if self
             .ahead
             .as_ref()
@@ -859,15 +885,34 @@ impl Connection {
         {
             return;
         }
+        let Some(job) = self.windows.ahead_job(key) else {
+            return;
+        };
         self.let_go_ahead();
-        self.ahead = Some((job.key(), register_elsewhere(&self.shared.stats, job)));
+        self.ahead = Some((key, register_elsewhere(&self.shared.stats, job)));
     }
 
-    /// Gives up the window registered ahead, if any: dropped on the blocking pool, where its
-    /// region is deregistered if no one else holds it.
+    /// Gives up the window registered ahead if its registration is done: dropped on the
+    /// blocking pool, where its region is deregistered if no one else holds it. One still
+    /// being registered is kept (after a truncation it is of an older epoch, so never taken;
+    /// it is replaced once done), so a connection never has more than one under way.
     fn let_go_ahead(&mut self) {
-        if let Some(ahead) = self.ahead.take() {
+        if self
+            .ahead
+            .as_ref()
+            .is_some_and(|(_, task)| task.is_finished())
+        {
+            let ahead = self.ahead.take();
             drop(tokio::task::spawn_blocking(move || drop(ahead)));
+        }
+    }
+
+    /// Drops the windows this connection gave up (evicted, or cut by a truncation) on the
+    /// blocking pool: deregistering 64 MiB of pinned pages takes a while.
+    fn let_go_windows(&mut self) {
+        let released = self.windows.released();
+        if !released.is_empty() {
+            drop(tokio::task::spawn_blocking(move || drop(released)));
         }
     }
 

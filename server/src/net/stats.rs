@@ -19,7 +19,7 @@ pub struct ServerStats {
     /// Bytes of RDMA writes the adapter put straight into the file's pages (zero-copy: no
     /// bounce buffer, no pwrite).
     pub rdma_in_place_bytes: std::sync::atomic::AtomicU64,
-    /// File windows a request had to wait for while they were registered (see
+    /// File windows registered only when a request needed them (see
     /// `FileWindows::prepare`): a transfer's first, or one out of order.
     pub rdma_window_waits: std::sync::atomic::AtomicU64,
     /// File windows registered ahead of a transfer moving forward, and then used by it.
