@@ -1,18 +1,21 @@
 //! Group commit: requests that changed state while a store write was under way share the
 //! next one. Each request runs on the core under the state lock as before and queues its
 //! store writes with a ticket; it then waits, without the state lock, until a commit covering
-//! its ticket is durable. Whoever finds no commit under way becomes the committer and writes
-//! everything queued so far in one store call (one redb transaction with one fsync, one etcd
+//! its ticket is durable. Whoever finds no commit under way becomes the committer and, once it
+//! has gathered (below), writes everything queued by then in one store call (one redb transaction with one fsync, one etcd
 //! transaction). Replies still go only after their change is durable; what changes is that
 //! eight concurrent opens cost one fsync instead of eight. Reads' access counts are queued
 //! without a waiter (`Persist::Lazy`) and go with the next commit, whoever makes it.
 //!
-//! A committer first gathers: requests that take turns with the store split into two cohorts
+//! A committer first gathers: clients that take turns with the store split into two cohorts
 //! otherwise (those answered by one commit come back while the next, holding those that
 //! queued meanwhile, is under way), each commit taking half of them. So a new committer waits
-//! until as many requests are queued as the last commit answered plus those queued at its end,
-//! but no longer than the last commit took (at most [`MAX_GATHER`]): one client alone never
-//! waits, and eight taking turns share one fsync instead of two.
+//! until as many requests are queued as the last commit answered plus those queued at its
+//! end, but no longer than the last commit took (at most [`MAX_GATHER`]). Only requests a
+//! client waits for count (`returns`): not a detach, a lazy flush or a data path's count,
+//! which come back with no next request. One client alone then does not wait (but once,
+//! the first commit after several clients stopped), and eight taking turns share one fsync
+//! instead of two.
 //!
 //! Requests later in the queue may have seen state that earlier, unwritten requests made, so
 //! they stand or fall together: a commit that fails fails every ticket queued by then, and
@@ -49,6 +52,8 @@ pub(super) struct GroupCommit {
     settled: Condvar,
     /// Wakes a gathering committer when a request takes a ticket.
     arrived: Condvar,
+    /// The longest a committer gathers ([`MAX_GATHER`]; longer in a test).
+    max_gather: Duration,
 }
 
 #[derive(Default)]
@@ -72,9 +77,12 @@ struct Queue {
     /// Tickets handed out whose requests have not yet taken their outcome (with counts: a
     /// request that wrote nothing holds the last ticket handed out, as others may).
     holders: BTreeMap<Ticket, usize>,
+    /// Of `holders`, those a client waits for (see the module's note), counted alike.
+    returning: BTreeMap<Ticket, usize>,
     /// How many requests the next commit gathers before it starts (see the module's note).
     expect: usize,
-    /// How long the last commit took: the longest the next one gathers.
+    /// How long the last commit took: the longest the next one gathers (up to
+    /// [`MAX_GATHER`]).
     last_took: Duration,
     /// A committer is gathering: a new ticket wakes it.
     gathering: bool,
@@ -94,6 +102,7 @@ impl GroupCommit {
             queue: Mutex::default(),
             settled: Condvar::new(),
             arrived: Condvar::new(),
+            max_gather: MAX_GATHER,
         }
     }
 
@@ -102,12 +111,18 @@ impl GroupCommit {
     }
 
     /// Queues a request's writes (called under the state lock, so tickets follow the order in
-    /// which requests ran on the core). `checkpoint`: where the core stood before it ran. The
-    /// caller must then [`GroupCommit::wait`] for the ticket.
-    pub(super) fn enqueue(&self, writes: Vec<Mutation>, checkpoint: Checkpoint) -> Ticket {
+    /// which requests ran on the core). `checkpoint`: where the core stood before it ran;
+    /// `returns`: a client waits for it (see the module's note). The caller must then
+    /// [`GroupCommit::wait`] for the ticket.
+    pub(super) fn enqueue(
+        &self,
+        writes: Vec<Mutation>,
+        checkpoint: Checkpoint,
+        returns: bool,
+    ) -> Ticket {
         let mut q = self.queue();
         let ticket = q.push(writes, checkpoint);
-        q.hold(ticket);
+        q.hold(ticket, returns);
         self.arrive(&q);
         ticket
     }
@@ -126,38 +141,42 @@ impl GroupCommit {
     }
 
     /// The last ticket handed out, for a request that wrote nothing but saw state: it waits
-    /// for it, so it never answers from state that is not yet durable. The caller must then
-    /// [`GroupCommit::wait`] for the ticket.
-    pub(super) fn issued(&self) -> Ticket {
+    /// for it, so it never answers from state that is not yet durable (`returns`: as for
+    /// [`GroupCommit::enqueue`]). The caller must then [`GroupCommit::wait`] for the ticket.
+    pub(super) fn issued(&self, returns: bool) -> Ticket {
         let mut q = self.queue();
         let ticket = q.issued;
-        q.hold(ticket);
+        q.hold(ticket, returns);
         self.arrive(&q);
         ticket
     }
 
     /// Waits until `ticket` is settled; `commit` is called (without any lock of this type
     /// held) when this thread is to write a group, and returns how it went plus the ticket
-    /// up to which it settles (a failure may settle more than it took).
+    /// up to which it settles (a failure may settle more than it took). `returns`: as the
+    /// ticket was taken.
     pub(super) fn wait(
         &self,
         ticket: Ticket,
+        returns: bool,
         mut commit: impl FnMut(&mut dyn Store, Group) -> (Ticket, Result<(), Failure>),
     ) -> Result<(), Failure> {
         let mut q = self.queue();
         loop {
             if q.done >= ticket || q.stopped {
                 let outcome = q.outcome(ticket);
-                q.release(ticket);
+                q.release(ticket, returns);
                 return outcome;
             }
             if q.committing {
                 q = self.settled.wait(q).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            // (Nothing in `gather` can panic, so `committing` is always cleared by the
+            // `Committing` made below.)
             q.committing = true;
             q = self.gather(q);
-            let answers = q.holding(q.done + 1..=q.issued);
+            let answers = q.returning_in(q.done + 1..=q.issued);
             let group = Group {
                 last: q.issued,
                 writes: std::mem::take(&mut q.writes),
@@ -178,7 +197,7 @@ impl GroupCommit {
             q = pending.settle(outcome);
             q.last_took = started.elapsed();
             // Those it answered may come back, with those that queued while it ran.
-            let queued = q.holding(last + 1..=Ticket::MAX);
+            let queued = q.returning_in(q.done + 1..=Ticket::MAX);
             q.expect = answers + queued;
         }
     }
@@ -190,9 +209,9 @@ impl GroupCommit {
         if q.expect <= 1 {
             return q;
         }
-        let until = Instant::now() + q.last_took.min(MAX_GATHER);
+        let until = Instant::now() + q.last_took.min(self.max_gather);
         q.gathering = true;
-        while q.holding(q.done + 1..=q.issued) < q.expect {
+        while q.returning_in(q.done + 1..=q.issued) < q.expect {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -255,21 +274,30 @@ impl Queue {
         self.issued
     }
 
-    fn hold(&mut self, ticket: Ticket) {
+    fn hold(&mut self, ticket: Ticket, returns: bool) {
         *self.holders.entry(ticket).or_default() += 1;
+        if returns {
+            *self.returning.entry(ticket).or_default() += 1;
+        }
     }
 
-    /// Requests holding tickets in `range` (waiting for them, or about to).
-    fn holding(&self, range: std::ops::RangeInclusive<Ticket>) -> usize {
-        self.holders.range(range).map(|(_, n)| n).sum()
+    /// Requests a client waits for holding tickets in `range` (waiting, or about to).
+    fn returning_in(&self, range: std::ops::RangeInclusive<Ticket>) -> usize {
+        self.returning.range(range).map(|(_, n)| n).sum()
     }
 
     /// A request took its outcome: failed ranges no holder can ask about are dropped.
-    fn release(&mut self, ticket: Ticket) {
-        if let Some(n) = self.holders.get_mut(&ticket) {
-            *n -= 1;
-            if *n == 0 {
-                self.holders.remove(&ticket);
+    fn release(&mut self, ticket: Ticket, returns: bool) {
+        let counts = match returns {
+            true => vec![&mut self.holders, &mut self.returning],
+            false => vec![&mut self.holders],
+        };
+        for holders in counts {
+            if let Some(n) = holders.get_mut(&ticket) {
+                *n -= 1;
+                if *n == 0 {
+                    holders.remove(&ticket);
+                }
             }
         }
         let oldest = self.holders.keys().next().copied().unwrap_or(Ticket::MAX);
@@ -318,13 +346,17 @@ mod tests {
         let mut q = Queue::default();
         for t in 1..=issued {
             q.issued = t;
-            q.hold(t);
+            q.hold(t, true);
         }
         q
     }
 
+    /// How long a commit takes in these tests (and the longest a committer gathers): long
+    /// enough that a loaded machine's scheduling does not cut a gather short.
+    const COMMIT: Duration = Duration::from_millis(20);
+
     /// `clients` threads each waiting for `rounds` writes in turn on a store whose commits
-    /// take 2 ms; returns the number of writes each commit took.
+    /// take [`COMMIT`]; returns the number of writes each commit took.
     fn take_turns(commits: &GroupCommit, clients: usize, rounds: usize) -> Vec<usize> {
         use handoff_core::state::{CoreConfig, ServerCore};
         let core = ServerCore::recover(CoreConfig::default(), Default::default(), 0, 1);
@@ -333,9 +365,10 @@ mod tests {
             for _ in 0..clients {
                 s.spawn(|| {
                     for _ in 0..rounds {
-                        let t = commits.enqueue(vec![Mutation::DeleteOpen(1)], core.checkpoint());
-                        let took = commits.wait(t, |_, group| {
-                            std::thread::sleep(Duration::from_millis(2));
+                        let t =
+                            commits.enqueue(vec![Mutation::DeleteOpen(1)], core.checkpoint(), true);
+                        let took = commits.wait(t, true, |_, group| {
+                            std::thread::sleep(COMMIT);
                             batches.lock().unwrap().push(group.writes.len());
                             (group.last, Ok(()))
                         });
@@ -350,7 +383,8 @@ mod tests {
     #[test]
     fn requests_taking_turns_share_commits_and_a_lone_one_never_gathers() {
         let store = handoff_core::store::MemoryStore::default();
-        let commits = GroupCommit::new(Box::new(store));
+        let mut commits = GroupCommit::new(Box::new(store));
+        commits.max_gather = COMMIT;
         // One client: every commit is its own, and the next expects no one else.
         let alone = take_turns(&commits, 1, 5);
         assert_eq!(alone, vec![1; 5]);
@@ -359,9 +393,18 @@ mod tests {
             1,
             "a lone client never waits to gather"
         );
+        // Nor does a write no client waits for (a detach, say) that shares its commit.
+        use handoff_core::state::{CoreConfig, ServerCore};
+        let core = ServerCore::recover(CoreConfig::default(), Default::default(), 0, 1);
+        let detach = commits.enqueue(vec![Mutation::DeleteOpen(2)], core.checkpoint(), false);
+        let open = commits.enqueue(vec![Mutation::DeleteOpen(3)], core.checkpoint(), true);
+        let commit = |_: &mut dyn Store, group: Group| (group.last, Ok(()));
+        commits.wait(open, true, commit).unwrap();
+        commits.wait(detach, false, commit).unwrap();
+        assert_eq!(commits.queue().expect, 1);
         // Eight taking turns: without gathering they split into two cohorts of about four,
         // each commit taking the requests that queued while the other ran.
-        let batches = take_turns(&commits, 8, 25);
+        let batches = take_turns(&commits, 8, 10);
         let mean = batches.iter().sum::<usize>() as f64 / batches.len() as f64;
         assert!(mean >= 6.0, "{mean:.1} writes per commit: {batches:?}");
     }
@@ -383,13 +426,13 @@ mod tests {
     fn a_failed_range_is_kept_until_every_holder_in_it_looked() {
         let mut q = queue_of(3);
         q.settle(1, 3, Err(Failure::Unreachable("down".into())));
-        q.release(1);
-        q.release(2);
+        q.release(1, true);
+        q.release(2, true);
         assert!(q.outcome(3).is_err(), "ticket 3 has not looked yet");
-        q.release(3);
+        q.release(3, true);
         assert!(q.failed.is_empty());
         q.issued = 4;
-        q.hold(4);
+        q.hold(4, true);
         q.settle(4, 4, Ok(()));
         assert!(q.outcome(4).is_ok());
     }

@@ -246,7 +246,7 @@ impl Shared {
     ) -> Result<T, Error> {
         let (result, ticket) = self.queue_files(persist, f);
         match ticket {
-            Some(ticket) => self.settled(ticket).and(result),
+            Some(ticket) => self.settled(ticket, persist == Persist::Now).and(result),
             None => result,
         }
     }
@@ -296,7 +296,7 @@ impl Shared {
                 None
             } else if batch.is_empty() {
                 // Nothing to write, but what it saw must be durable before it answers.
-                Some(self.commits.issued())
+                Some(self.commits.issued(persist == Persist::Now))
             } else if lazy {
                 // Counters only: no deadline moved, so the timer task need not look.
                 self.commits.enqueue_unwaited(batch, checkpoint);
@@ -304,7 +304,10 @@ impl Shared {
                 None
             } else {
                 self.wake.notify_one();
-                Some(self.commits.enqueue(batch, checkpoint))
+                Some(
+                    self.commits
+                        .enqueue(batch, checkpoint, persist == Persist::Now),
+                )
             }
         };
         // Taking access back and closing files need not wait for the store.
@@ -362,7 +365,7 @@ impl Shared {
             // Cleared before the ticket is taken: a write queued after this point is either
             // under that ticket or calls for a flusher of its own.
             this.lazy_due.store(false, Ordering::Release);
-            if let Err(e) = this.settled(this.commits.issued()) {
+            if let Err(e) = this.settled(this.commits.issued(false), false) {
                 tracing::debug!("lazily queued writes not committed: {e}");
             }
         };
@@ -384,10 +387,11 @@ impl Shared {
     }
 
     /// Waits until `ticket` is settled (committing if no one else is), and says how.
-    fn settled(&self, ticket: super::group_commit::Ticket) -> Result<(), Error> {
+    /// `returns`: a client waits for it (see [`GroupCommit`]'s gathering).
+    fn settled(&self, ticket: super::group_commit::Ticket, returns: bool) -> Result<(), Error> {
         match self
             .commits
-            .wait(ticket, |store, group| self.commit(store, group))
+            .wait(ticket, returns, |store, group| self.commit(store, group))
         {
             Ok(()) => Ok(()),
             Err(Failure::Unreachable(why)) => Err(Error::Store(StoreError::Unavailable(format!(
@@ -953,7 +957,7 @@ impl Shared {
                 let this = self.clone();
                 let wait = move || {
                     let cpu = &this.stats.data_cpu_ns;
-                    crate::data::thread_cpu::counted(cpu, || this.settled(ticket))
+                    crate::data::thread_cpu::counted(cpu, || this.settled(ticket, false))
                 };
                 match tokio::task::spawn_blocking(wait).await {
                     Ok(settled) => settled.and(counted),
@@ -976,7 +980,7 @@ impl Shared {
         };
         let this = self.clone();
         let wait = move || {
-            if let Err(e) = this.settled(ticket) {
+            if let Err(e) = this.settled(ticket, false) {
                 tracing::warn!("a write's count was not written: {e}");
             }
         };
