@@ -211,8 +211,15 @@ impl FileWindows {
         }
         let next = ((end - 1) / WINDOW).checked_add(1)?.checked_mul(WINDOW)?;
         let key = self.wanted(next, 1, size, writable)?;
-        let known = self.ahead_asked == Some(key) || self.holds(&key) || self.share.has(&key);
-        (!known).then_some(key)
+        if self.ahead_asked == Some(key) {
+            return None;
+        }
+        if self.holds(&key) || self.share.has(&key) {
+            // Not looked up again for every request until the transfer gets there.
+            self.ahead_asked = Some(key);
+            return None;
+        }
+        Some(key)
     }
 
     /// The job registering `key` ahead (from [`FileWindows::ahead`]), asked for once.
