@@ -83,28 +83,24 @@ impl DeviceShare {
 
     /// Whether the window `key` is registered, or being registered now (never waits).
     pub fn has(&self, key: &WindowKey) -> bool {
-        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        windows
-            .slots
-            .get(key)
-            .is_some_and(|slot| match slot.try_lock() {
-                Ok(held) => held.strong_count() > 0,
-                Err(_) => true,
-            })
+        self.slot(key).is_some_and(|slot| match slot.try_lock() {
+            Ok(held) => held.strong_count() > 0,
+            Err(_) => true,
+        })
     }
 
     /// The live window `key` if one is registered and not being registered now (never
     /// waits).
     pub fn cached(&self, key: &WindowKey) -> Option<Arc<MemoryRegion>> {
-        let slot = self
-            .windows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .slots
-            .get(key)?
-            .clone();
+        let slot = self.slot(key)?;
         let held = slot.try_lock().ok()?.upgrade();
         held
+    }
+
+    /// The slot of `key`, if anyone asked for it since the last sweep.
+    fn slot(&self, key: &WindowKey) -> Option<Slot> {
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        windows.slots.get(key).cloned()
     }
 
     /// The live window `key`, or one made by `register` (on this device's PD) and shared from

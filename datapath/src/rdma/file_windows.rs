@@ -40,6 +40,13 @@ struct Window {
     last_use: u64,
 }
 
+impl Window {
+    /// Whether this is the window `key` names (its epoch aside: a truncation drops them all).
+    fn is(&self, key: &WindowKey) -> bool {
+        self.index == key.index && self.writable == key.writable && self.len == key.len
+    }
+}
+
 pub struct FileWindows {
     /// Where windows of the same file taken by other connections are found.
     share: Arc<DeviceShare>,
@@ -259,9 +266,7 @@ impl FileWindows {
 
     /// Whether this connection holds the window `key`.
     pub fn holds(&self, key: &WindowKey) -> bool {
-        self.windows
-            .iter()
-            .any(|w| w.index == key.index && w.writable == key.writable && w.len == key.len)
+        self.windows.iter().any(|w| w.is(key))
     }
 
     fn job(&self, key: WindowKey) -> Option<WindowJob> {
@@ -339,10 +344,7 @@ impl FileWindows {
             self.adopt(key, job.register());
         }
         let tick = self.tick;
-        let w = self
-            .windows
-            .iter_mut()
-            .find(|w| w.index == key.index && w.writable == key.writable && w.len == key.len)?;
+        let w = self.windows.iter_mut().find(|w| w.is(&key))?;
         w.last_use = tick;
         Some(w)
     }

@@ -288,17 +288,17 @@ impl Queue {
 
     /// A request took its outcome: failed ranges no holder can ask about are dropped.
     fn release(&mut self, ticket: Ticket, returns: bool) {
-        let counts = match returns {
-            true => vec![&mut self.holders, &mut self.returning],
-            false => vec![&mut self.holders],
-        };
-        for holders in counts {
+        let let_go = |holders: &mut BTreeMap<Ticket, usize>| {
             if let Some(n) = holders.get_mut(&ticket) {
                 *n -= 1;
                 if *n == 0 {
                     holders.remove(&ticket);
                 }
             }
+        };
+        let_go(&mut self.holders);
+        if returns {
+            let_go(&mut self.returning);
         }
         let oldest = self.holders.keys().next().copied().unwrap_or(Ticket::MAX);
         self.failed.retain(|(_, to, _)| *to >= oldest);
@@ -351,6 +351,12 @@ mod tests {
         q
     }
 
+    /// Where an empty core stands (what a request's checkpoint names does not matter here).
+    fn checkpoint() -> Checkpoint {
+        use handoff_core::state::{CoreConfig, ServerCore};
+        ServerCore::recover(CoreConfig::default(), Default::default(), 0, 1).checkpoint()
+    }
+
     /// How long a commit takes in these tests (and the longest a committer gathers): long
     /// enough that a loaded machine's scheduling does not cut a gather short.
     const COMMIT: Duration = Duration::from_millis(20);
@@ -358,15 +364,12 @@ mod tests {
     /// `clients` threads each waiting for `rounds` writes in turn on a store whose commits
     /// take [`COMMIT`]; returns the number of writes each commit took.
     fn take_turns(commits: &GroupCommit, clients: usize, rounds: usize) -> Vec<usize> {
-        use handoff_core::state::{CoreConfig, ServerCore};
-        let core = ServerCore::recover(CoreConfig::default(), Default::default(), 0, 1);
         let batches = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..clients {
                 s.spawn(|| {
                     for _ in 0..rounds {
-                        let t =
-                            commits.enqueue(vec![Mutation::DeleteOpen(1)], core.checkpoint(), true);
+                        let t = commits.enqueue(vec![Mutation::DeleteOpen(1)], checkpoint(), true);
                         let took = commits.wait(t, true, |_, group| {
                             std::thread::sleep(COMMIT);
                             batches.lock().unwrap().push(group.writes.len());
@@ -394,10 +397,8 @@ mod tests {
             "a lone client never waits to gather"
         );
         // Nor does a write no client waits for (a detach, say) that shares its commit.
-        use handoff_core::state::{CoreConfig, ServerCore};
-        let core = ServerCore::recover(CoreConfig::default(), Default::default(), 0, 1);
-        let detach = commits.enqueue(vec![Mutation::DeleteOpen(2)], core.checkpoint(), false);
-        let open = commits.enqueue(vec![Mutation::DeleteOpen(3)], core.checkpoint(), true);
+        let detach = commits.enqueue(vec![Mutation::DeleteOpen(2)], checkpoint(), false);
+        let open = commits.enqueue(vec![Mutation::DeleteOpen(3)], checkpoint(), true);
         let commit = |_: &mut dyn Store, group: Group| (group.last, Ok(()));
         commits.wait(open, true, commit).unwrap();
         commits.wait(detach, false, commit).unwrap();
