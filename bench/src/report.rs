@@ -435,7 +435,7 @@ pub fn markdown(runs: &[Run], png_name: &str) -> String {
         out.push('\n');
     }
     if has("clients") {
-        out.push_str("**Concurrent clients** reading their shares of one file, each with its own control connection, open and data channel:\n\n");
+        out.push_str("**Concurrent clients** reading their shares of one file, each with its own control connection, open and data channel; the aggregate is all bytes ÷ the time from the start to the last client's end, and every client keeps its connections until all are done (no disconnect inside the others' transfers):\n\n");
         out.push_str(&clients_table(&rows));
         out.push('\n');
     }

@@ -1,6 +1,8 @@
 //! Concurrency: 1, 4, 16, 64 clients, each with its own control connection, open and data
-//! channel, reading its share of one file at once. Aggregate MiB/s, server CPU per GiB and
-//! server resident memory with every channel attached. Then N-to-1 writes: the same clients
+//! channel, reading its share of one file at once. Aggregate MiB/s (all bytes ÷ the start to
+//! the last client's end; every client keeps its connections until all are done, so no
+//! disconnect falls inside the others' transfers), server CPU per GiB and server resident
+//! memory with every channel attached. Then N-to-1 writes: the same clients
 //! each write their own part of one shared file in small requests (the opens take turns on
 //! the file, so each request is news to the others: a count per request).
 
@@ -77,15 +79,16 @@ fn measure(
     let share = total / n;
     let ready = Arc::new(Barrier::new(n as usize + 1));
     let go = Arc::new(Barrier::new(n as usize + 1));
+    let done = Arc::new(Barrier::new(n as usize));
     let mut threads = Vec::new();
     for i in 0..n {
-        let (ready, go) = (ready.clone(), go.clone());
+        let (ready, go, done) = (ready.clone(), go.clone(), done.clone());
         let (addr, identity, rdma) = (srv.addr.clone(), ctx.identity.clone(), rdma.to_vec());
         threads.push(std::thread::spawn(move || -> Result<(u64, Instant)> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let setup = rt.block_on(async {
+            let mut setup = rt.block_on(async {
                 let mut control = Client::connect(&addr, &identity).await?;
                 let key = match op {
                     Op::Read => open_key(&mut control, "shared.bin", Mode::Read).await?,
@@ -103,34 +106,20 @@ fn measure(
                 };
                 anyhow::Ok((control, data))
             });
-            // Every thread reaches both barriers, even after a failed setup.
+            // Every thread reaches all three barriers, even after a failed setup.
             ready.wait();
             go.wait();
-            let (_control, mut data) = setup?;
-            let moved = rt.block_on(async {
-                let base = i * share;
-                if op == Op::Write {
-                    let block = vec![i as u8; WRITE_BLOCK as usize];
-                    let mut put = 0;
-                    while put < share {
-                        let len = WRITE_BLOCK.min(share - put);
-                        data.write_at(base + put, &block[..len as usize]).await?;
-                        put += len;
-                    }
-                    return Ok(put);
-                }
-                if channel == Channel::Rdma {
-                    return data.read_to(base, share, &mut |_| Ok(())).await;
-                }
-                let mut got = 0;
-                while got < share {
-                    got += data
-                        .read_to(base + got, TCP_BLOCK.min(share - got), &mut |_| Ok(()))
-                        .await?;
-                }
-                Ok(got)
-            })?;
-            Ok((moved, Instant::now()))
+            let moved = match &mut setup {
+                Ok((_, data)) => rt.block_on(transfer(data, channel, op, i, share)),
+                Err(_) => Ok(0),
+            };
+            let end = Instant::now();
+            // Each client holds its connections until every client is done, so the row times
+            // transfers only: no client's disconnect (its QP, regions and thread torn down
+            // in this same guest) falls inside the others' transfers.
+            done.wait();
+            setup?;
+            Ok((moved?, end))
         }));
     }
     ready.wait();
@@ -167,4 +156,35 @@ fn measure(
         server_rss_mib: Some(rss),
         ..Row::moved(size, moved, secs, cpu)
     })
+}
+
+/// Client `i`'s part: the `len` bytes from `i * len` of the file it opened, read or written.
+async fn transfer(
+    data: &mut DataHandle,
+    channel: Channel,
+    op: Op,
+    i: u64,
+    len: u64,
+) -> Result<u64> {
+    let base = i * len;
+    if op == Op::Write {
+        let block = vec![i as u8; WRITE_BLOCK as usize];
+        let mut put = 0;
+        while put < len {
+            let n = WRITE_BLOCK.min(len - put);
+            data.write_at(base + put, &block[..n as usize]).await?;
+            put += n;
+        }
+        return Ok(put);
+    }
+    if channel == Channel::Rdma {
+        return Ok(data.read_to(base, len, &mut |_| Ok(())).await?);
+    }
+    let mut got = 0;
+    while got < len {
+        got += data
+            .read_to(base + got, TCP_BLOCK.min(len - got), &mut |_| Ok(()))
+            .await?;
+    }
+    Ok(got)
 }
