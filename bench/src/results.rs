@@ -174,6 +174,18 @@ pub fn merge_trials(trials: &[Row]) -> Option<Row> {
     })
 }
 
+/// Rounds of the same measurements, round after round (each round's rows in the same order),
+/// merged row by row with [`merge_trials`].
+pub fn merge_rounds(rounds: &[Vec<Row>]) -> Vec<Row> {
+    let cases = rounds.first().map_or(0, Vec::len);
+    (0..cases)
+        .filter_map(|i| {
+            let runs: Vec<Row> = rounds.iter().filter_map(|t| t.get(i).cloned()).collect();
+            merge_trials(&runs)
+        })
+        .collect()
+}
+
 /// Fills `limit` and `ratio` of every row that has a peer: `peer(row)` names the tool it is
 /// compared against; the peer row has the same suite, size, clients and held opens, and op
 /// `peer_op`. Where both rows were measured in interleaved trials, the ratio is the median of

@@ -16,7 +16,7 @@ use handoff::{Channel, Client, DataHandle, Mode};
 
 use super::{make_file, open_key, Ctx};
 use crate::process::{rss_mib, CpuMeter};
-use crate::results::Row;
+use crate::results::{merge_rounds, Ratio, Row};
 use crate::servers::start_handoffd;
 
 /// Bytes per RDMA request here: 8 in flight per client, 16 registered slots each.
@@ -51,19 +51,30 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     }
     let rdma: Vec<SocketAddr> = listen.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     make_file(&root.join("written.bin"), total)?;
-    for op in [Op::Read, Op::Write] {
-        for &channel in &channels {
-            for &n in &ctx.client_counts {
-                let row = measure(ctx, &srv, channel, &rdma, n, total, op)
-                    .with_context(|| format!("{n} clients over {channel}"))?;
-                eprintln!(
-                    "clients {n:>3} over {channel}, {}: {:.1} MiB/s",
-                    row.op, row.rate
-                );
-                rows.push(row);
+    // Rounds of every row, so each round's counts ran minutes apart at most and the ratio of
+    // the most clients to the best of fewer is taken within a round.
+    let trials = if ctx.smoke { 1 } else { super::TRIALS };
+    let mut rounds = Vec::new();
+    for trial in 1..=trials {
+        let mut round = Vec::new();
+        for op in [Op::Read, Op::Write] {
+            for &channel in &channels {
+                for &n in &ctx.client_counts {
+                    let row = measure(ctx, &srv, channel, &rdma, n, total, op)
+                        .with_context(|| format!("{n} clients over {channel}"))?;
+                    eprintln!(
+                        "clients {n:>3} over {channel}, {} trial {trial}: {:.1} MiB/s",
+                        row.op, row.rate
+                    );
+                    round.push(row);
+                }
             }
         }
+        rounds.push(round);
     }
+    let mut merged = merge_rounds(&rounds);
+    set_scaling_ratios(&mut merged);
+    rows.extend(merged);
     Ok(())
 }
 
@@ -187,4 +198,94 @@ async fn transfer(
             .await?;
     }
     Ok(got)
+}
+
+/// What the most clients' row of each channel and op is held against.
+pub const FEWER: &str = "the best of fewer clients";
+
+/// Gives the row with the most clients of each channel and op its ratio to the best of the
+/// fewer counts: trial by trial (the best of that trial's fewer counts), median and range.
+fn set_scaling_ratios(rows: &mut [Row]) {
+    let rates = |r: &Row| {
+        if r.trials.is_empty() {
+            vec![r.rate]
+        } else {
+            r.trials.clone()
+        }
+    };
+    let snapshot = rows.to_vec();
+    for row in rows.iter_mut() {
+        let same = |r: &&Row| r.tool == row.tool && r.op == row.op;
+        let fewer: Vec<Vec<f64>> = snapshot
+            .iter()
+            .filter(same)
+            .filter(|r| r.clients < row.clients)
+            .map(rates)
+            .collect();
+        if fewer.is_empty()
+            || snapshot
+                .iter()
+                .filter(same)
+                .any(|r| r.clients > row.clients)
+        {
+            continue;
+        }
+        let ours = rates(row);
+        let best: Vec<f64> = (0..ours.len())
+            .map(|t| {
+                fewer
+                    .iter()
+                    .filter_map(|f| f.get(t).copied())
+                    .fold(0.0, f64::max)
+            })
+            .collect();
+        if let Some(r) = Ratio::paired(FEWER, &ours, &best) {
+            row.ratio = Some(r.median);
+            row.limit = Some(FEWER.into());
+            row.ratios = vec![r];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tool: &str, clients: u64, trials: &[f64]) -> Row {
+        Row {
+            suite: "clients".into(),
+            tool: tool.into(),
+            op: "read".into(),
+            clients,
+            rate: crate::results::median(trials).unwrap(),
+            trials: if trials.len() > 1 {
+                trials.to_vec()
+            } else {
+                Vec::new()
+            },
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn the_most_clients_are_held_against_each_trials_best_of_fewer() {
+        let mut rows = vec![
+            row("handoff rdma", 1, &[70.0, 75.0, 80.0]),
+            row("handoff rdma", 4, &[100.0, 110.0, 120.0]),
+            row("handoff rdma", 16, &[105.0, 100.0, 115.0]),
+            row("handoff rdma", 64, &[90.0, 99.0, 108.0]),
+            row("handoff tcp", 1, &[400.0]),
+            row("handoff tcp", 64, &[300.0]),
+        ];
+        set_scaling_ratios(&mut rows);
+        // Trial by trial: 90 ÷ 105 (16 clients were best), 99 ÷ 110, 108 ÷ 120.
+        let r = &rows[3].ratios[0];
+        assert_eq!((r.pairs, r.median), (3, 0.9));
+        assert!((r.min - 90.0 / 105.0).abs() < 1e-9 && (r.max - 0.9).abs() < 1e-9);
+        assert_eq!(rows[3].limit.as_deref(), Some(FEWER));
+        assert!(rows[..3].iter().all(|r| r.ratio.is_none()));
+        // One trial: the rates themselves, and each channel against its own rows.
+        assert_eq!(rows[5].ratio, Some(0.75));
+        assert_eq!(rows[4].ratio, None);
+    }
 }

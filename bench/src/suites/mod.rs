@@ -16,6 +16,9 @@ use handoff::{Client, Identity, Mode, OpenOptions};
 use rand::{RngCore, SeedableRng};
 
 /// What every suite needs.
+/// Interleaved trials of each row in a full run (the rdma and clients suites).
+pub const TRIALS: usize = 3;
+
 pub struct Ctx {
     /// Where handoffd and handoff were built (target/release).
     pub bin_dir: PathBuf,

@@ -16,7 +16,7 @@ use handoff::{Client, DataHandle, Mode};
 
 use super::{make_file, open_key, size_label, Ctx};
 use crate::process::{reaped_children_cpu, wait_listening, CpuMeter, Proc};
-use crate::results::{merge_trials, set_ratios, Row};
+use crate::results::{merge_rounds, set_ratios, Row};
 use crate::servers::start_handoffd;
 
 const PORT: u16 = 7471;
@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     })?;
     // Interleaved: each trial runs perftest and every handoff case back to back, so a ratio
     // pairs measurements taken a moment apart (the emulated CPU's speed drifts over minutes).
-    let trials = if ctx.smoke { 1 } else { TRIALS };
+    let trials = if ctx.smoke { 1 } else { super::TRIALS };
     let mut mine = Vec::new();
     for &size in &ctx.sizes {
         let total = ctx.total_for(size);
@@ -96,12 +96,7 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
             }
             samples.push(got);
         }
-        // Trial t's rows come in the same order each time: merge row i across trials.
-        let cases = samples.first().map_or(0, Vec::len);
-        for i in 0..cases {
-            let runs: Vec<Row> = samples.iter().filter_map(|t| t.get(i).cloned()).collect();
-            mine.extend(merge_trials(&runs));
-        }
+        mine.extend(merge_rounds(&samples));
     }
     set_ratios(&mut mine, |r| {
         let verb = perftest_peer(&r.tool, &r.op)?;
@@ -212,9 +207,6 @@ pub(super) fn perftest_peer(tool: &str, op: &str) -> Option<&'static str> {
         _ => None,
     }
 }
-
-/// Trials of each row per size in a full run.
-const TRIALS: usize = 3;
 
 /// One handoff transfer to measure.
 struct Transfer<'a> {
