@@ -218,10 +218,14 @@ fn clients_headline(rows: &[Row], out: &mut String) {
         } else {
             String::new()
         };
+        let fewer = match best.clients {
+            1 => "1 client".to_string(),
+            n => format!("{n} clients"),
+        };
         let _ = writeln!(
             out,
-            "- {tool}, {} concurrent clients ÷ the best of fewer: {ratio} ({:.1} MiB/s; the best of fewer: {} clients, {:.1} MiB/s{of_trials})",
-            most.clients, most.rate, best.clients, best.rate
+            "- {tool}, {} concurrent clients ÷ the best of fewer: {ratio} ({:.1} MiB/s; the best of fewer: {fewer}, {:.1} MiB/s{of_trials})",
+            most.clients, most.rate, best.rate
         );
     }
 }
