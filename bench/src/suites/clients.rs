@@ -52,25 +52,36 @@ pub fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<()> {
     let rdma: Vec<SocketAddr> = listen.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     make_file(&root.join("written.bin"), total)?;
     // Rounds of every row, so each round's counts ran minutes apart at most and the ratio of
-    // the most clients to the best of fewer is taken within a round.
+    // the most clients to the best of fewer is taken within a round. Every other round runs
+    // the cases backwards, so no count always follows the same one (a cold start, or the
+    // writes' aftermath, falls on different rows); each round's rows are kept in one order.
+    let mut cases = Vec::new();
+    for op in [Op::Read, Op::Write] {
+        for &channel in &channels {
+            for &n in &ctx.client_counts {
+                cases.push((op, channel, n));
+            }
+        }
+    }
     let trials = if ctx.smoke { 1 } else { super::TRIALS };
     let mut rounds = Vec::new();
     for trial in 1..=trials {
-        let mut round = Vec::new();
-        for op in [Op::Read, Op::Write] {
-            for &channel in &channels {
-                for &n in &ctx.client_counts {
-                    let row = measure(ctx, &srv, channel, &rdma, n, total, op)
-                        .with_context(|| format!("{n} clients over {channel}"))?;
-                    eprintln!(
-                        "clients {n:>3} over {channel}, {} trial {trial}: {:.1} MiB/s",
-                        row.op, row.rate
-                    );
-                    round.push(row);
-                }
-            }
+        let mut round: Vec<Option<Row>> = vec![None; cases.len()];
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if trial % 2 == 0 {
+            order.reverse();
         }
-        rounds.push(round);
+        for i in order {
+            let (op, channel, n) = cases[i];
+            let row = measure(ctx, &srv, channel, &rdma, n, total, op)
+                .with_context(|| format!("{n} clients over {channel}"))?;
+            eprintln!(
+                "clients {n:>3} over {channel}, {} trial {trial}: {:.1} MiB/s",
+                row.op, row.rate
+            );
+            round[i] = Some(row);
+        }
+        rounds.push(round.into_iter().flatten().collect());
     }
     let mut merged = merge_rounds(&rounds);
     set_scaling_ratios(&mut merged);
@@ -88,12 +99,11 @@ fn measure(
     op: Op,
 ) -> Result<Row> {
     let share = total / n;
-    let ready = Arc::new(Barrier::new(n as usize + 1));
-    let go = Arc::new(Barrier::new(n as usize + 1));
-    let done = Arc::new(Barrier::new(n as usize));
+    // The clients and this thread: all connected, go, all done.
+    let course = Course::new(n as usize + 1);
     let mut threads = Vec::new();
     for i in 0..n {
-        let (ready, go, done) = (ready.clone(), go.clone(), done.clone());
+        let mut course = course.clone();
         let (addr, identity, rdma) = (srv.addr.clone(), ctx.identity.clone(), rdma.to_vec());
         threads.push(std::thread::spawn(move || -> Result<(u64, Instant)> {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -117,9 +127,8 @@ fn measure(
                 };
                 anyhow::Ok((control, data))
             });
-            // Every thread reaches all three barriers, even after a failed setup.
-            ready.wait();
-            go.wait();
+            course.pass(); // connected (or failed to)
+            course.pass(); // go
             let moved = match &mut setup {
                 Ok((_, data)) => rt.block_on(transfer(data, channel, op, i, share)),
                 Err(_) => Ok(0),
@@ -128,16 +137,20 @@ fn measure(
             // Each client holds its connections until every client is done, so the row times
             // transfers only: no client's disconnect (its QP, regions and thread torn down
             // in this same guest) falls inside the others' transfers.
-            done.wait();
+            course.pass();
             setup?;
             Ok((moved?, end))
         }));
     }
-    ready.wait();
+    let mut course = course;
+    course.pass();
     let rss = rss_mib(srv.proc.pid());
     let cpu0 = CpuMeter::start(srv.proc.pid());
     let started = Instant::now();
-    go.wait();
+    course.pass();
+    course.pass();
+    // The server's CPU over the transfers, as the rate: not the disconnects that follow.
+    let cpu = cpu0.seconds();
     let mut moved = 0;
     let mut last = started;
     for t in threads {
@@ -148,7 +161,6 @@ fn measure(
         last = last.max(done);
     }
     let secs = (last - started).as_secs_f64();
-    let cpu = cpu0.seconds();
     anyhow::ensure!(moved == share * n, "moved {moved} of {} bytes", share * n);
     let size = match (op, channel) {
         (Op::Write, _) => WRITE_BLOCK,
@@ -167,6 +179,39 @@ fn measure(
         server_rss_mib: Some(rss),
         ..Row::moved(size, moved, secs, cpu)
     })
+}
+
+/// The barriers every client and the measuring thread pass in turn: all connected, go, all
+/// done. Dropped early (a thread's error or panic), it passes the rest, so no other thread
+/// waits for ever and the failure comes out of `join`.
+#[derive(Clone)]
+struct Course {
+    barriers: Arc<[Barrier; 3]>,
+    passed: usize,
+}
+
+impl Course {
+    fn new(threads: usize) -> Self {
+        Course {
+            barriers: Arc::new(std::array::from_fn(|_| Barrier::new(threads))),
+            passed: 0,
+        }
+    }
+
+    fn pass(&mut self) {
+        if let Some(b) = self.barriers.get(self.passed) {
+            b.wait();
+            self.passed += 1;
+        }
+    }
+}
+
+impl Drop for Course {
+    fn drop(&mut self) {
+        while self.passed < self.barriers.len() {
+            self.pass();
+        }
+    }
 }
 
 /// Client `i`'s part: the `len` bytes from `i * len` of the file it opened, read or written.
@@ -205,6 +250,7 @@ pub const FEWER: &str = "the best of fewer clients";
 
 /// Gives the row with the most clients of each channel and op its ratio to the best of the
 /// fewer counts: trial by trial (the best of that trial's fewer counts), median and range.
+/// Rows measured in different numbers of trials are not paired: the ratio of their medians.
 fn set_scaling_ratios(rows: &mut [Row]) {
     let rates = |r: &Row| {
         if r.trials.is_empty() {
@@ -216,29 +262,32 @@ fn set_scaling_ratios(rows: &mut [Row]) {
     let snapshot = rows.to_vec();
     for row in rows.iter_mut() {
         let same = |r: &&Row| r.tool == row.tool && r.op == row.op;
-        let fewer: Vec<Vec<f64>> = snapshot
+        if snapshot
             .iter()
             .filter(same)
-            .filter(|r| r.clients < row.clients)
-            .map(rates)
-            .collect();
-        if fewer.is_empty()
-            || snapshot
-                .iter()
-                .filter(same)
-                .any(|r| r.clients > row.clients)
+            .any(|r| r.clients > row.clients)
         {
             continue;
         }
-        let ours = rates(row);
-        let best: Vec<f64> = (0..ours.len())
-            .map(|t| {
-                fewer
-                    .iter()
-                    .filter_map(|f| f.get(t).copied())
-                    .fold(0.0, f64::max)
-            })
+        let fewer: Vec<&Row> = snapshot
+            .iter()
+            .filter(same)
+            .filter(|r| r.clients < row.clients)
             .collect();
+        if fewer.is_empty() {
+            continue;
+        }
+        let ours = rates(row);
+        let paired = fewer.iter().all(|r| rates(r).len() == ours.len());
+        let (ours, best): (Vec<f64>, Vec<f64>) = if paired {
+            let best = (0..ours.len())
+                .map(|t| fewer.iter().map(|r| rates(r)[t]).fold(0.0, f64::max))
+                .collect();
+            (ours, best)
+        } else {
+            let best = fewer.iter().map(|r| r.rate).fold(0.0, f64::max);
+            (vec![row.rate], vec![best])
+        };
         if let Some(r) = Ratio::paired(FEWER, &ours, &best) {
             row.ratio = Some(r.median);
             row.limit = Some(FEWER.into());
@@ -251,11 +300,11 @@ fn set_scaling_ratios(rows: &mut [Row]) {
 mod tests {
     use super::*;
 
-    fn row(tool: &str, clients: u64, trials: &[f64]) -> Row {
+    fn row(tool: &str, op: &str, clients: u64, trials: &[f64]) -> Row {
         Row {
             suite: "clients".into(),
             tool: tool.into(),
-            op: "read".into(),
+            op: op.into(),
             clients,
             rate: crate::results::median(trials).unwrap(),
             trials: if trials.len() > 1 {
@@ -270,22 +319,63 @@ mod tests {
     #[test]
     fn the_most_clients_are_held_against_each_trials_best_of_fewer() {
         let mut rows = vec![
-            row("handoff rdma", 1, &[70.0, 75.0, 80.0]),
-            row("handoff rdma", 4, &[100.0, 110.0, 120.0]),
-            row("handoff rdma", 16, &[105.0, 100.0, 115.0]),
-            row("handoff rdma", 64, &[90.0, 99.0, 108.0]),
-            row("handoff tcp", 1, &[400.0]),
-            row("handoff tcp", 64, &[300.0]),
+            row("handoff rdma", "read", 1, &[70.0, 75.0, 0.0]),
+            row("handoff rdma", "read", 4, &[100.0, 110.0, 120.0]),
+            row("handoff rdma", "read", 16, &[105.0, 100.0, 115.0]),
+            row("handoff rdma", "read", 64, &[108.0, 88.0, 96.0]),
+            row("handoff rdma", "write", 1, &[200.0, 200.0, 200.0]),
+            row("handoff rdma", "write", 64, &[50.0, 60.0, 40.0]),
+            row("handoff tcp", "read", 1, &[400.0]),
+            row("handoff tcp", "read", 64, &[300.0]),
+            row("handoff tcp", "write", 1, &[10.0, 20.0]),
+            row("handoff tcp", "write", 64, &[15.0]),
         ];
         set_scaling_ratios(&mut rows);
-        // Trial by trial: 90 ÷ 105 (16 clients were best), 99 ÷ 110, 108 ÷ 120.
+        // Trial by trial: 108 ÷ 105 (16 clients were best), 88 ÷ 110, 96 ÷ 120 (a trial that
+        // measured nothing is no one's best).
         let r = &rows[3].ratios[0];
-        assert_eq!((r.pairs, r.median), (3, 0.9));
-        assert!((r.min - 90.0 / 105.0).abs() < 1e-9 && (r.max - 0.9).abs() < 1e-9);
+        assert_eq!(r.pairs, 3);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(r.median, 0.8), "{r:?}");
+        assert!(near(r.min, 0.8) && near(r.max, 108.0 / 105.0), "{r:?}");
         assert_eq!(rows[3].limit.as_deref(), Some(FEWER));
         assert!(rows[..3].iter().all(|r| r.ratio.is_none()));
+        // Each op against its own rows: writes 50/200, 60/200, 40/200.
+        assert!(near(rows[5].ratio.unwrap(), 0.25), "{:?}", rows[5].ratios);
         // One trial: the rates themselves, and each channel against its own rows.
-        assert_eq!(rows[5].ratio, Some(0.75));
-        assert_eq!(rows[4].ratio, None);
+        assert_eq!(rows[7].ratio, Some(0.75));
+        assert_eq!(rows[6].ratio, None);
+        // Different numbers of trials: not paired, the medians (15 ÷ 15).
+        assert_eq!((rows[9].ratio, rows[9].ratios[0].pairs), (Some(1.0), 1));
+    }
+
+    #[test]
+    fn a_client_that_fails_or_panics_does_not_hold_up_the_others() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let course = Course::new(4);
+            let mut early = course.clone();
+            let failed = std::thread::spawn(move || -> Result<()> {
+                early.pass();
+                anyhow::bail!("setup failed")
+            });
+            let mut late = course.clone();
+            let panicked = std::thread::spawn(move || {
+                late.pass();
+                late.pass();
+                panic!("mid-transfer");
+            });
+            let mut whole = course.clone();
+            let fine = std::thread::spawn(move || (0..3).for_each(|_| whole.pass()));
+            let mut main = course;
+            (0..3).for_each(|_| main.pass());
+            let _ = tx.send((
+                failed.join().map(|r| r.is_err()),
+                panicked.join().is_err(),
+                fine.join().is_ok(),
+            ));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(matches!(got, Ok((Ok(true), true, true))), "{got:?}");
     }
 }

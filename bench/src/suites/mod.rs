@@ -15,10 +15,10 @@ use anyhow::Result;
 use handoff::{Client, Identity, Mode, OpenOptions};
 use rand::{RngCore, SeedableRng};
 
-/// What every suite needs.
 /// Interleaved trials of each row in a full run (the rdma and clients suites).
 pub const TRIALS: usize = 3;
 
+/// What every suite needs.
 pub struct Ctx {
     /// Where handoffd and handoff were built (target/release).
     pub bin_dir: PathBuf,
