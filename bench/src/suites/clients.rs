@@ -261,31 +261,30 @@ fn set_scaling_ratios(rows: &mut [Row]) {
     };
     let snapshot = rows.to_vec();
     for row in rows.iter_mut() {
-        let same = |r: &&Row| r.tool == row.tool && r.op == row.op;
-        if snapshot
+        let group: Vec<&Row> = snapshot
             .iter()
-            .filter(same)
-            .any(|r| r.clients > row.clients)
-        {
+            .filter(|r| r.tool == row.tool && r.op == row.op)
+            .collect();
+        if group.iter().any(|r| r.clients > row.clients) {
             continue;
         }
-        let fewer: Vec<&Row> = snapshot
+        let fewer: Vec<(f64, Vec<f64>)> = group
             .iter()
-            .filter(same)
             .filter(|r| r.clients < row.clients)
+            .map(|r| (r.rate, rates(r)))
             .collect();
         if fewer.is_empty() {
             continue;
         }
         let ours = rates(row);
-        let paired = fewer.iter().all(|r| rates(r).len() == ours.len());
+        let paired = fewer.iter().all(|(_, t)| t.len() == ours.len());
         let (ours, best): (Vec<f64>, Vec<f64>) = if paired {
             let best = (0..ours.len())
-                .map(|t| fewer.iter().map(|r| rates(r)[t]).fold(0.0, f64::max))
+                .map(|t| fewer.iter().map(|(_, f)| f[t]).fold(0.0, f64::max))
                 .collect();
             (ours, best)
         } else {
-            let best = fewer.iter().map(|r| r.rate).fold(0.0, f64::max);
+            let best = fewer.iter().map(|(rate, _)| *rate).fold(0.0, f64::max);
             (vec![row.rate], vec![best])
         };
         if let Some(r) = Ratio::paired(FEWER, &ours, &best) {
